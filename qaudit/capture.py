@@ -1,0 +1,97 @@
+"""Stage 4b: expose intermediate tensors and run fp32 and quantized graphs in lockstep.
+
+Sessions run with ONNX Runtime's default graph optimizations
+(ORT_ENABLE_ALL), so the quantized graph executes the fused integer kernels a
+deployment would run (see :mod:`qaudit.match` for why hooking integer tensors
+keeps those fusions). Only one batch of intermediate tensors is alive at a
+time.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import onnx
+
+#: Models above this size are saved with external data (protobuf's 2 GiB limit).
+_EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> Path:
+    """Save ``model``; large ones get their weights in ``<name>.data`` beside it."""
+    path = Path(path)
+    if model.ByteSize() > _EXTERNAL_DATA_BYTES:
+        onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
+def with_outputs(model: onnx.ModelProto, names: Iterable[tuple[str, int]]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph also outputs ``names`` (``(tensor, elem_type)`` pairs)."""
+    m = copy.deepcopy(model)
+    have = {o.name for o in m.graph.output}
+    for name, elem_type in names:
+        if name not in have:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
+            have.add(name)
+    return m
+
+
+def make_session(path: Path, optimize: bool = True, threads: int | None = None):
+    """An ORT CPU session; ``optimize=False`` disables all graph optimizations."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # errors only: ORT warns on every unused initializer
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run_named(session, feeds: dict) -> dict[str, np.ndarray]:
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds)))
+
+
+def lockstep(
+    fp32_session,
+    q_session,
+    batches: Iterable[dict[str, np.ndarray]],
+    on_batch: Callable[[dict, dict[str, np.ndarray], dict[str, np.ndarray]], None],
+) -> int:
+    """Run both sessions on each batch and hand the named outputs to ``on_batch``.
+
+    Returns the number of samples seen.
+    """
+    seen = 0
+    for feeds in batches:
+        a = run_named(fp32_session, feeds)
+        b = run_named(q_session, feeds)
+        on_batch(feeds, a, b)
+        seen += next(iter(feeds.values())).shape[0]
+    return seen
+
+
+def max_output_deviation(ref_session, other_session, batches, on_batch=None) -> dict[str, float]:
+    """Largest ``max|a - b| / max|a|`` per graph output over all batches (both sessions' outputs)."""
+    worst: dict[str, list[float]] = {}
+    for feeds in batches:
+        a = run_named(ref_session, feeds)
+        b = run_named(other_session, feeds)
+        for k, va in a.items():
+            vb = b[k]
+            va64, vb64 = np.asarray(va, np.float64), np.asarray(vb, np.float64)
+            diff = float(np.max(np.abs(va64 - vb64))) if va.size else 0.0
+            scale = float(np.max(np.abs(va64))) if va.size else 0.0
+            w = worst.setdefault(k, [0.0, 0.0])
+            w[0] = max(w[0], diff)
+            w[1] = max(w[1], scale)
+        if on_batch:
+            on_batch(next(iter(feeds.values())).shape[0])
+    return {k: (d, s) for k, (d, s) in worst.items()}

@@ -1,0 +1,117 @@
+"""Typed settings for an audit, and their translation to ONNX Runtime's options.
+
+ORT's ``quantize_static`` takes a string-keyed ``extra_options`` dict whose
+defaults are buried in several functions. :class:`QuantConfig` names every
+setting qaudit uses, validates it, and :meth:`QuantConfig.ort_extra_options`
+is the one place that spells ORT's keys. The report records
+:meth:`QuantConfig.as_dict`, i.e. the settings actually used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from .errors import ConfigError
+
+QUANT_TYPES = ("uint8", "int8")
+FORMATS = ("qdq", "qoperator")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How the model is quantized (ONNX Runtime static quantization)."""
+
+    format: str = "qdq"
+    activation_type: str = "uint8"
+    weight_type: str = "uint8"
+    per_channel: bool = False
+    reduce_range: bool = False
+    #: Percentile calibration: ORT's defaults on onnxruntime 1.32
+    #: (``create_calibrator``): percentile 99.999, 2048 bins, and *symmetric*
+    #: (histogram of |x|) unless ``CalibTensorRangeSymmetric`` is passed.
+    #: A symmetric range is still clamped to the observed min, so a ReLU
+    #: output keeps ``rmin = 0``.
+    percentile: float = 99.999
+    calib_symmetric: bool = True
+    num_bins: int = 2048
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {self.format!r}")
+        for key in ("activation_type", "weight_type"):
+            if getattr(self, key) not in QUANT_TYPES:
+                raise ConfigError(f"{key} must be one of {', '.join(QUANT_TYPES)}, not {getattr(self, key)!r}")
+        if self.activation_type == "int8" and self.weight_type == "uint8":
+            raise ConfigError(
+                "ONNX Runtime does not support int8 activations with uint8 weights; use --weight-type int8"
+            )
+        if not (0.0 < float(self.percentile) <= 100.0):
+            raise ConfigError(f"percentile must be in (0, 100], not {self.percentile}")
+        if int(self.num_bins) < 16:
+            raise ConfigError(f"num_bins must be at least 16, not {self.num_bins}")
+
+    def ort_quant_types(self):
+        from onnxruntime.quantization import QuantType
+
+        t = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+        return t[self.activation_type], t[self.weight_type]
+
+    def ort_format(self):
+        from onnxruntime.quantization import QuantFormat
+
+        return QuantFormat.QDQ if self.format == "qdq" else QuantFormat.QOperator
+
+    def ort_calibrator_options(self) -> dict:
+        """Keys of ``onnxruntime.quantization.calibrate.create_calibrator``."""
+        return {"percentile": float(self.percentile), "num_bins": int(self.num_bins), "symmetric": self.calib_symmetric}
+
+    def ort_extra_options(self) -> dict:
+        """Keys of ``quantize_static(extra_options=...)``."""
+        return {
+            "CalibTensorRangeSymmetric": self.calib_symmetric,
+            "CalibPercentile": float(self.percentile),
+        }
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["exclude"] = list(self.exclude)
+        d["calibrate_method"] = "percentile"
+        return d
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Everything one audit needs. Paths are not opened until :func:`qaudit.audit` runs."""
+
+    model: Path
+    calib: Path
+    eval: Path | None = None
+    labels: Path | None = None
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    output_model: Path | None = None
+    batch_size: int = 32
+    max_samples: int | None = None
+    #: Activation-range clipping for the report (METRICS.md: p = 1, i.e. 1%/99%).
+    clip_percentile: float = 1.0
+    #: Equivalence check of the BN-folded model: |a - b| <= atol + rtol * max|a|.
+    fold_rtol: float = 1e-4
+    fold_atol: float = 1e-5
+
+    def __post_init__(self):
+        object.__setattr__(self, "model", Path(self.model))
+        object.__setattr__(self, "calib", Path(self.calib))
+        for key in ("eval", "labels", "output_model"):
+            v = getattr(self, key)
+            if v is not None:
+                object.__setattr__(self, key, Path(v))
+        if int(self.batch_size) < 1:
+            raise ConfigError(f"batch size must be >= 1, not {self.batch_size}")
+        if self.max_samples is not None and int(self.max_samples) < 1:
+            raise ConfigError(f"max samples must be >= 1, not {self.max_samples}")
+        if not (0.0 <= float(self.clip_percentile) < 50.0):
+            raise ConfigError(f"clip percentile must be in [0, 50), not {self.clip_percentile}")
+
+    def replace(self, **changes) -> "AuditConfig":
+        return replace(self, **changes)

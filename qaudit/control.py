@@ -1,0 +1,203 @@
+"""The library API: ``audit(config) -> Report``.
+
+This is the only module that knows the order of the stages:
+
+    load -> transform (normalize, fold BN, check equivalence) -> quantize
+    (calibrate, quantize_static) -> capture + match -> measure -> Report
+
+All intermediate models live in a temporary directory that is removed on
+exit, whatever happens. The user's model file is only read. The optional
+``output_model`` is written last, atomically (temporary file + rename), so a
+failed audit leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnx
+
+from . import __version__
+from .capture import lockstep, make_session, max_output_deviation, save_model, with_outputs
+from .config import AuditConfig
+from .data import Dataset, load_labels
+from .errors import ConfigError, FoldingError, QauditError
+from .load import load_model
+from .match import match
+from .output import atomic_path
+from .measure import ActivationMeter, OutputMeter, layer_rows, softmax_outputs
+from .quantize import calibrate, quantize
+from .report import Report, UnmatchedTensor
+from .transform import constants_to_initializers, ensure_node_names, fold_batchnorm
+
+
+class Progress(Protocol):
+    """What :func:`audit` reports progress to (the CLI passes rich progress bars)."""
+
+    def stage(self, description: str, total: int | None) -> None: ...
+    def advance(self, n: int) -> None: ...
+    def done(self) -> None: ...
+
+
+class NullProgress:
+    def stage(self, description, total):
+        pass
+
+    def advance(self, n):
+        pass
+
+    def done(self):
+        pass
+
+
+def _versions() -> dict:
+    import onnxruntime
+
+    return {
+        "qaudit": __version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
+    """Audit the post-training quantization of ``cfg.model``; see the README."""
+    progress = progress or NullProgress()
+    t0 = time.perf_counter()
+    if cfg.output_model is not None and cfg.output_model.resolve() == cfg.model.resolve():
+        raise ConfigError("--output-model must not be the input model: qaudit never modifies the user's model")
+
+    # 1. load and check ------------------------------------------------------
+    lm = load_model(cfg.model)
+    calib = Dataset(cfg.calib, lm.inputs, "calibration")
+    n_calib = calib.count(cfg.max_samples)
+    evaluation = Dataset(cfg.eval, lm.inputs, "evaluation") if cfg.eval else calib
+    n_eval = evaluation.count(cfg.max_samples)
+    labels = load_labels(cfg.labels, n_eval, exact=cfg.max_samples is None) if cfg.labels else None
+
+    # 2. normalize and fold --------------------------------------------------
+    model = lm.model
+    ensure_node_names(model)
+    n_constants = constants_to_initializers(model)
+    fold = fold_batchnorm(model)
+    notes = []
+    if cfg.eval is None:
+        notes.append(
+            "no --eval data: metrics are measured on the calibration data, which flatters them; "
+            "pass held-out data with --eval"
+        )
+
+    with tempfile.TemporaryDirectory(prefix="qaudit-") as tmp:
+        work = Path(tmp)
+        original_path = save_model(model, work / "normalized.onnx")
+        folded_path = save_model(fold.model, work / "folded.onnx")
+        fold_check = {}
+        if fold.folded:
+            progress.stage("checking BN folding", n_calib)
+            deviation = max_output_deviation(
+                make_session(original_path),
+                make_session(folded_path),
+                calib.batches(cfg.batch_size, cfg.max_samples),
+                progress.advance,
+            )
+            for out, (diff, scale) in deviation.items():
+                fold_check[out] = {"max_abs_diff": diff, "max_abs": scale}
+                if diff > cfg.fold_atol + cfg.fold_rtol * scale:
+                    raise FoldingError(
+                        f"BatchNormalization folding changed output '{out}' by {diff:.3g} (max |output| {scale:.3g}, "
+                        f"tolerance {cfg.fold_atol:g} + {cfg.fold_rtol:g}*max); please report this model to qaudit"
+                    )
+
+        # 3. calibrate and quantize ------------------------------------------
+        progress.stage("calibrating", n_calib)
+        ranges = calibrate(folded_path, calib.batches(cfg.batch_size, cfg.max_samples), cfg.quant, work, progress.advance)
+        q_path = quantize(folded_path, ranges, cfg.quant, work / "quantized.onnx", work)
+        qmodel = onnx.load(str(q_path))
+
+        # 4. match and capture ----------------------------------------------
+        matching = match(fold.model, qmodel, cfg.quant.exclude)
+        vtypes = {vi.name: vi.type.tensor_type.elem_type for vi in list(fold.model.graph.value_info) + list(fold.model.graph.input)}
+        fp32_outs = [(n, vtypes.get(n, onnx.TensorProto.FLOAT)) for n in matching.twins]
+        q_outs = [
+            (tw.quant_name, onnx.TensorProto.INT8 if tw.encoding.dtype == "int8" else onnx.TensorProto.UINT8)
+            for tw in matching.twins.values()
+        ]
+        fp32_session = make_session(save_model(with_outputs(fold.model, fp32_outs), work / "folded_instrumented.onnx"))
+        q_session = make_session(save_model(with_outputs(qmodel, q_outs), work / "quantized_instrumented.onnx"))
+
+        meter = ActivationMeter(matching)
+        out_meter = OutputMeter(lm.output_names, softmax_outputs(fold.model))
+        seen = 0
+
+        def on_batch(feeds, a, b):
+            nonlocal seen
+            n = next(iter(feeds.values())).shape[0]
+            meter.update(a, b)
+            out_meter.update(a, b, labels[seen : seen + n] if labels is not None else None)
+            seen += n
+            progress.advance(n)
+
+        progress.stage("capturing fp32 + quantized", n_eval)
+        lockstep(fp32_session, q_session, evaluation.batches(cfg.batch_size, cfg.max_samples), on_batch)
+        del fp32_session, q_session
+
+        # 5. measure ----------------------------------------------------------
+        rows = layer_rows(fold.model, qmodel, matching, fold.folded, meter, cfg.clip_percentile)
+        report = Report(
+            meta={**_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": time.perf_counter() - t0},
+            model={
+                "path": str(cfg.model),
+                "sha256": lm.sha256,
+                "opset": lm.opset,
+                "producer": f"{lm.model.producer_name} {lm.model.producer_version}".strip(),
+                "inputs": [s.describe() for s in lm.inputs],
+                "outputs": list(lm.output_names),
+                "constants_to_initializers": n_constants,
+            },
+            settings={
+                **cfg.quant.as_dict(),
+                "batch_size": cfg.batch_size,
+                "max_samples": cfg.max_samples,
+                "clip_percentile": cfg.clip_percentile,
+                "error": "accumulated",
+                "graph_optimization": "ORT_ENABLE_ALL",
+            },
+            data={
+                "calib": str(cfg.calib),
+                "eval": str(cfg.eval) if cfg.eval else None,
+                "eval_is_calib": cfg.eval is None,
+                "n_calib": n_calib,
+                "n_eval": seen,
+                "labels": str(cfg.labels) if cfg.labels else None,
+            },
+            folding={
+                "folded": [{"layer": r.layer, "op_type": r.op_type, "bn": r.bn_node} for r in fold.folded.values()],
+                "skipped": [{"bn": s.bn_node, "reason": s.reason} for s in fold.skipped],
+                "check": fold_check,
+                "rtol": cfg.fold_rtol,
+                "atol": cfg.fold_atol,
+            },
+            layers=rows,
+            outputs=out_meter.rows(),
+            unmatched=tuple(UnmatchedTensor(u.tensor, u.producer, u.op_type, u.reason) for u in matching.unmatched),
+            notes=tuple(notes),
+        )
+
+        # 6. the shipped artifact, written last and atomically ---------------
+        if cfg.output_model is not None:
+            with atomic_path(cfg.output_model) as tmp_out:
+                shutil.copyfile(q_path, tmp_out)
+    progress.done()
+    return report
+
+
+__all__ = ["audit", "AuditConfig", "Report", "Progress", "QauditError"]

@@ -1,0 +1,117 @@
+"""Stage 1: load and check the user's model without ever modifying it.
+
+The model is read once, hashed, checked with ``onnx.checker`` and annotated
+with ``onnx.shape_inference``. Everything downstream works on in-memory copies
+and on files inside a temporary directory (see :mod:`qaudit.audit`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from .errors import ModelError
+from .graph import elem_dtype
+
+#: ONNX Runtime's quantizer needs QuantizeLinear/DequantizeLinear (opset >= 10)
+#: and upgrades older default-domain opsets itself only from 10 on (ORT 1.32).
+MIN_OPSET = 10
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One graph input: name, numpy dtype and shape (``None`` for a dynamic dim)."""
+
+    name: str
+    dtype: object
+    shape: tuple
+
+    def describe(self) -> str:
+        dims = ",".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    model: onnx.ModelProto
+    sha256: str
+    opset: int
+    inputs: list[InputSpec]
+    output_names: list[str]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise ModelError(f"input '{vi.name}' is not a tensor; qaudit supports tensor inputs only")
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        specs.append(InputSpec(vi.name, elem_dtype(tt.elem_type), dims))
+    return specs
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Read, check and shape-infer ``path``; raise :class:`ModelError` with a fix on failure."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"model file not found: {path}")
+    if not path.is_file():
+        raise ModelError(f"model path is not a file: {path} (pass the .onnx file itself)")
+    if path.stat().st_size == 0:
+        raise ModelError(f"model file is empty: {path} (re-export the model)")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except DecodeError as e:
+        raise ModelError(
+            f"{path} is not a valid ONNX file (protobuf decode failed: {e}); "
+            "it may be truncated or not an ONNX model - re-export it"
+        ) from e
+    except FileNotFoundError as e:
+        raise ModelError(
+            f"{path} refers to external data that is missing ({e.filename or e}); "
+            "keep the .onnx file next to its external data files"
+        ) from e
+    except Exception as e:  # onnx raises assorted types for garbage input
+        raise ModelError(f"{path} could not be read as ONNX ({type(e).__name__}: {e}); re-export the model") from e
+    if not model.graph.node:
+        raise ModelError(f"{path} has no nodes: it is not an ONNX model or the export failed")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
+        raise ModelError(f"{path} fails onnx.checker: {first}; fix the exporter settings and re-export") from e
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        raise ModelError(
+            f"{path} uses opset {opset}; quantization needs opset >= {MIN_OPSET}: "
+            f"convert it with onnx.version_converter.convert_version(model, 13) or re-export"
+        )
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception as e:
+        raise ModelError(f"ONNX shape inference failed on {path}: {str(e).splitlines()[0]}") from e
+    return LoadedModel(
+        path=path,
+        model=model,
+        sha256=_sha256(path),
+        opset=opset,
+        inputs=input_specs(model),
+        output_names=[o.name for o in model.graph.output],
+    )

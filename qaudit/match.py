@@ -1,0 +1,273 @@
+"""Stage 4a: pair each fp32 tensor with the integer tensor that approximates it.
+
+What ONNX Runtime's quantizer does to names and nodes (seen on 1.32):
+
+QDQ format
+    An activation ``X`` is quantized by ``QuantizeLinear`` (input ``X``, output
+    ``X_QuantizeLinear_Output``) and read back through ``DequantizeLinear``.
+    When ``X`` is a graph output, the producer's output is renamed
+    ``X_QuantizeLinear_Input`` and the DequantizeLinear output takes the name
+    ``X``. A Relu/Clip after Conv/Gemm is *removed*: the Conv then writes the
+    Relu's output name directly, so the pre-activation fp32 tensor has no twin.
+    MaxPool/Flatten/Reshape/Transpose reuse their input's scale and zero point.
+QOperator format
+    Integer ops (QLinearConv, QGemm, QLinearMatMul, QLinearAdd, ...) output
+    ``X_quantized`` with scale/zero point initializers ``X_scale`` and
+    ``X_zero_point``. A removed Relu is folded into the Conv's output encoding
+    but the tensor keeps the *pre-activation* name, so qaudit re-targets it to
+    the Relu's output (what the integers really hold). Pass-through ops
+    (MaxPool, Flatten, ...) keep their input's encoding.
+
+qaudit hooks the *integer* outputs (QuantizeLinear outputs, QLinear* outputs)
+and dequantizes them itself with the scale and zero point stored in the graph.
+Exposing those as graph outputs does not stop ORT from fusing
+DequantizeLinear -> Conv -> QuantizeLinear into QLinearConv at its default
+optimization level (checked: plain and instrumented sessions give bit-identical
+outputs), so what is measured is what a deployment runs. Exposing the float
+tensors between DQ and Q (what ``qdq_loss_debug`` does) would break those
+fusions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .graph import attr, consumers, initializers, producers
+
+#: Activations ORT's quantizer removes after Conv/Gemm/MatMul (QDQ and QOperator, 1.32).
+REMOVABLE_ACTIVATIONS = ("Relu", "Clip")
+_QUANT_SUFFIXES = ("_QuantizeLinear_Input", "_quantized")
+#: QOperator ops and the input positions of their *output* scale and zero point.
+_QOP_OUTPUT_QPARAMS = {
+    "QLinearConv": (6, 7),
+    "QLinearMatMul": (6, 7),
+    "QGemm": (7, 8),
+    "QLinearAdd": (6, 7),
+    "QLinearMul": (6, 7),
+    "QLinearSigmoid": (3, 4),
+    "QLinearLeakyRelu": (3, 4),
+    "QLinearAveragePool": (3, 4),
+    "QLinearGlobalAveragePool": (3, 4),
+    "QLinearSoftmax": (3, 4),
+    "QLinearConcat": (0, 1),
+    "QLinearReduceMean": (3, 4),
+}
+_QOP_WEIGHT_INPUTS = {"QLinearConv": 3, "QGemm": 3, "QLinearMatMul": 3}
+
+
+@dataclass(frozen=True)
+class Encoding:
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int | None
+    dtype: str  # "uint8" | "int8"
+
+    @property
+    def per_tensor(self) -> bool:
+        return self.scale.size == 1
+
+    def limits(self) -> tuple[float, float]:
+        """Representable real range ``[scale*(qmin - zp), scale*(qmax - zp)]`` (per-tensor)."""
+        qmin, qmax = (0, 255) if self.dtype == "uint8" else (-128, 127)
+        s = float(self.scale.reshape(-1)[0])
+        zp = int(self.zero_point.reshape(-1)[0])
+        return s * (qmin - zp), s * (qmax - zp)
+
+
+@dataclass(frozen=True)
+class Twin:
+    """The integer tensor of the quantized graph that approximates fp32 tensor ``fp32_name``."""
+
+    fp32_name: str
+    quant_name: str
+    encoding: Encoding
+    producer: str  # node of the quantized graph that writes it
+    fused: tuple[str, ...] = ()  # fp32 activation nodes folded into this encoding
+
+
+@dataclass(frozen=True)
+class Unmatched:
+    tensor: str
+    producer: str
+    op_type: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Matching:
+    twins: dict[str, Twin]  # fp32 tensor name -> twin
+    unmatched: list[Unmatched]
+    # Relu/Clip fp32 node name -> the fp32 tensor it was fused into
+    fused_into: dict[str, str]
+
+
+def _const(name: str, inits, prod) -> np.ndarray | None:
+    if name in inits:
+        return numpy_helper.to_array(inits[name])
+    node = prod.get(name)
+    if node is not None and node.op_type == "Constant":
+        return numpy_helper.to_array(attr(node, "value"))
+    return None
+
+
+def _dtype_name(arr: np.ndarray) -> str:
+    return "int8" if arr.dtype == np.int8 else "uint8"
+
+
+def quantized_tensors(qmodel: onnx.ModelProto) -> dict[str, tuple[str, Encoding, str]]:
+    """Integer activation tensors of the quantized graph: key -> (tensor, encoding, producer).
+
+    The key is the float tensor name the integer tensor stands for (suffixes stripped).
+    """
+    g = qmodel.graph
+    inits = initializers(g)
+    prod = producers(g)
+    found: dict[str, tuple[str, Encoding, str]] = {}
+    by_tensor: dict[str, Encoding] = {}
+
+    def key_of(name: str) -> str:
+        for suf in _QUANT_SUFFIXES:
+            if name.endswith(suf):
+                return name[: -len(suf)]
+        return name
+
+    for node in g.node:
+        enc = None
+        out = node.output[0] if node.output else ""
+        if node.op_type == "QuantizeLinear" and node.input[0] not in inits and _const(node.input[0], inits, prod) is None:
+            s, z = _const(node.input[1], inits, prod), _const(node.input[2], inits, prod) if len(node.input) > 2 else None
+            if s is not None:
+                z = np.zeros(s.shape, np.uint8) if z is None else z
+                enc = Encoding(s, z, attr(node, "axis", 1), _dtype_name(z))
+                key = key_of(node.input[0])
+        elif node.op_type in _QOP_OUTPUT_QPARAMS:
+            i_s, i_z = _QOP_OUTPUT_QPARAMS[node.op_type]
+            if len(node.input) > i_z:
+                s, z = _const(node.input[i_s], inits, prod), _const(node.input[i_z], inits, prod)
+                if s is not None and z is not None:
+                    enc = Encoding(s, z, None, _dtype_name(z))
+                    key = key_of(out)
+        elif out.endswith("_quantized") and node.input and node.input[0] in by_tensor:
+            # pass-through op on integers (MaxPool, Flatten, Reshape, Transpose, ...)
+            enc = by_tensor[node.input[0]]
+            key = key_of(out)
+        if enc is not None and out:
+            by_tensor[out] = enc
+            found[key] = (out, enc, node.name)
+    return found
+
+
+def match(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, excluded: tuple[str, ...] = ()) -> Matching:
+    """Pair fp32 float tensors with integer twins; explain every tensor left without one."""
+    from .quantize import quantizable_op_types
+
+    g = fp32.graph
+    prod = producers(g)
+    cons = consumers(g)
+    inits = {t.name for t in g.initializer}
+    qnames = {n.name for n in qmodel.graph.node}
+    qtensors = quantized_tensors(qmodel)
+    quantizable = set(quantizable_op_types())
+
+    vtypes = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)}
+    float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+
+    candidates = [i.name for i in g.input if i.name not in inits and vtypes.get(i.name) in float_types]
+    for n in g.node:
+        if n.op_type == "Constant":
+            continue
+        candidates += [o for o in n.output if o and vtypes.get(o, onnx.TensorProto.FLOAT) in float_types]
+
+    def removed_activation(name: str):
+        users = cons.get(name, [])
+        if len(users) == 1 and users[0].op_type in REMOVABLE_ACTIVATIONS and users[0].name not in qnames:
+            return users[0]
+        return None
+
+    twins: dict[str, Twin] = {}
+    fused_into: dict[str, str] = {}
+    for key, (qname, enc, qprod) in qtensors.items():
+        target, fused = key, []
+        act = removed_activation(target)
+        while act is not None:  # QOperator keeps the pre-activation name
+            fused.append(act.name)
+            target = act.output[0]
+            act = removed_activation(target)
+        if target not in prod and target not in candidates:
+            continue
+        twins[target] = Twin(target, qname, enc, qprod, tuple(fused))
+
+    # QDQ: the Conv wrote the Relu output's name; record the fused activation too.
+    for name, tw in list(twins.items()):
+        p = prod.get(name)
+        if p is not None and p.op_type in REMOVABLE_ACTIVATIONS and p.name not in qnames and not tw.fused:
+            twins[name] = Twin(tw.fp32_name, tw.quant_name, tw.encoding, tw.producer, (p.name,))
+    for tw in twins.values():
+        for a in tw.fused:
+            fused_into[a] = tw.fp32_name
+
+    unmatched = []
+    excluded_set = set(excluded)
+    for name in candidates:
+        if name in twins:
+            continue
+        p = prod.get(name)
+        op = p.op_type if p is not None else "Input"
+        pname = p.name if p is not None else name
+        act = removed_activation(name)
+        if act is not None and act.output[0] in twins:
+            reason = (
+                f"{act.op_type} '{act.name}' was removed by the quantizer and fused into this layer's "
+                f"output encoding; the layer is measured at '{act.output[0]}'"
+            )
+        elif p is not None and p.name in excluded_set:
+            reason = "producer excluded from quantization (--exclude); computed in float"
+        elif p is not None and p.op_type not in quantizable:
+            reason = f"{p.op_type} is not quantized by ONNX Runtime; its output stays float in the quantized graph"
+        elif p is not None and p.name not in qnames and not any(qn.startswith(p.name) for qn in qnames):
+            reason = "producer no longer exists in the quantized graph"
+        else:
+            reason = "the quantizer inserted no QuantizeLinear for this tensor (it stays float)"
+        unmatched.append(Unmatched(name, pname, op, reason))
+    return Matching(twins=twins, unmatched=unmatched, fused_into=fused_into)
+
+
+def quantized_weight(qmodel: onnx.ModelProto, layer: str, op_type: str, weight_index: int, fp32_node: onnx.NodeProto):
+    """Dequantized weight that the quantized graph holds for ``layer``, or ``None``.
+
+    Returns ``(array, encoding)``. Handles QDQ (weight -> DequantizeLinear ->
+    layer) and QOperator (QLinearConv/QGemm/QLinearMatMul weight inputs).
+    """
+    from .metrics import dequantize
+
+    g = qmodel.graph
+    inits = initializers(g)
+    prod = producers(g)
+    node = next((n for n in g.node if n.name in (layer, layer + "_quant")), None)
+    if node is None:
+        return None
+    if node.op_type in _QOP_WEIGHT_INPUTS:
+        i = _QOP_WEIGHT_INPUTS[node.op_type] if weight_index == 1 else 0
+        names = node.input[i : i + 3]
+        axis = None
+    else:
+        dq = prod.get(node.input[weight_index]) if len(node.input) > weight_index else None
+        if dq is None or dq.op_type != "DequantizeLinear":
+            return None
+        names = list(dq.input) + [""] * (3 - len(dq.input))
+        axis = attr(dq, "axis", 1)
+    q = _const(names[0], inits, prod)
+    s = _const(names[1], inits, prod)
+    z = _const(names[2], inits, prod) if names[2] else None
+    if q is None or s is None:
+        return None
+    z = np.zeros(s.shape, q.dtype) if z is None else z
+    if s.size > 1 and axis is None:
+        # QOperator per-channel: the output-channel axis of the weight
+        axis = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0 if attr(fp32_node, "transB", 0) else 1}.get(op_type, q.ndim - 1)
+    w = dequantize(q, s, z, axis=axis if s.size > 1 else None)
+    return w, Encoding(s, z, axis, _dtype_name(q))

@@ -1,0 +1,199 @@
+"""Stage 5: turn streamed tensors and the graphs' weights into report rows.
+
+:class:`ActivationMeter` and :class:`OutputMeter` consume one batch at a time;
+:func:`weight_row_fields` needs no data. :func:`layer_rows` decides which
+fp32 nodes become rows: every weighted layer, plus every node whose output has
+a quantized twin; an activation the quantizer fused into a layer (Relu/Clip
+after Conv) is reported on that layer's row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .graph import consumers, initializers, producers, to_array, weighted_layers
+from .match import REMOVABLE_ACTIVATIONS, Matching, quantized_weight
+from .metrics import (
+    ClipCounter,
+    ErrorAccumulator,
+    OutputAccumulator,
+    RangeHistogram,
+    channel_axis,
+    dequantize,
+    looks_like_probabilities,
+    qmse_of,
+    range_stats,
+    sqnr_of,
+)
+from .report import LayerRow, OutputRow
+from .transform import FoldRecord
+
+
+class ActivationMeter:
+    """Streaming statistics of every matched tensor pair."""
+
+    def __init__(self, matching: Matching):
+        self.matching = matching
+        self.hist = {n: RangeHistogram() for n in matching.twins}
+        self.err = {n: ErrorAccumulator() for n in matching.twins}
+        self.clip = {}
+        self.axis: dict[str, int | None] = {}
+        for n, tw in matching.twins.items():
+            if tw.encoding.per_tensor:
+                self.clip[n] = ClipCounter(*tw.encoding.limits())
+
+    def update(self, fp32: dict[str, np.ndarray], quant: dict[str, np.ndarray]) -> None:
+        for name, tw in self.matching.twins.items():
+            x = fp32[name]
+            q = quant[tw.quant_name]
+            enc = tw.encoding
+            x_hat = dequantize(q, enc.scale, enc.zero_point, enc.axis if not enc.per_tensor else None)
+            if x_hat.shape != x.shape:
+                x_hat = x_hat.reshape(x.shape)
+            axis = self.axis.setdefault(name, channel_axis(x.ndim))
+            self.hist[name].update(x, axis)
+            self.err[name].update(x, x_hat)
+            if name in self.clip:
+                self.clip[name].update(x)
+
+
+class OutputMeter:
+    """Model-output metrics; decides on the first batch whether outputs are probabilities."""
+
+    def __init__(self, output_names: list[str], softmax_outputs: set[str]):
+        self.names = output_names
+        self.softmax_outputs = softmax_outputs
+        self.acc: dict[str, OutputAccumulator] = {}
+        self.label_output: str | None = None
+
+    def update(self, fp32: dict, quant: dict, labels: np.ndarray | None) -> None:
+        for name in self.names:
+            x, y = fp32[name], quant[name]
+            if name not in self.acc:
+                probs = name in self.softmax_outputs or looks_like_probabilities(x)
+                self.acc[name] = OutputAccumulator(name, probabilities=probs)
+                if self.label_output is None and x.ndim == 2 and x.shape[1] >= 2:
+                    self.label_output = name
+            self.acc[name].update(x, y, labels if name == self.label_output else None)
+
+    def rows(self) -> tuple[OutputRow, ...]:
+        return tuple(OutputRow(name=n, **self.acc[n].result()) for n in self.names if n in self.acc)
+
+
+def weight_row_fields(layer, fold: FoldRecord | None, fp32_model: onnx.ModelProto, qmodel: onnx.ModelProto) -> dict:
+    """Plain and folded weight range/precision, and the weight quantization error."""
+    inits = initializers(fp32_model.graph)
+    w_fold = to_array(inits[layer.weight_name])
+    w_plain = fold.weight_before if fold is not None else w_fold
+    plain = range_stats(layer.channel_matrix(w_plain))
+    folded = range_stats(layer.channel_matrix(w_fold))
+    out = {f"w_{k}": v for k, v in plain.items()}
+    out.update({f"fold_w_{k}": v for k, v in folded.items()})
+    q = quantized_weight(qmodel, layer.name, layer.op_type, layer.weight_index, layer.node)
+    if q is not None:
+        w_hat, enc = q
+        out["w_sqnr_db"] = sqnr_of(w_fold, w_hat.reshape(w_fold.shape))
+        out["w_qmse"] = qmse_of(w_fold, w_hat.reshape(w_fold.shape))
+        out["w_encoding"] = f"{enc.dtype} {'per-tensor' if enc.per_tensor else 'per-channel'}"
+    return out
+
+
+def activation_row_fields(name: str, meter: ActivationMeter, clip_percentile: float) -> dict:
+    tw = meter.matching.twins[name]
+    h = meter.hist[name]
+    err = meter.err[name]
+    lo, hi = h.clipped_range(clip_percentile)
+    a_range = hi - lo
+    prec = None
+    if meter.axis.get(name) is not None and a_range > 0:
+        prec = float(np.mean(h.channel_ranges(clip_percentile) / a_range))
+    enc = tw.encoding
+    out = {
+        "a_lo": lo,
+        "a_hi": hi,
+        "a_range": a_range,
+        "a_precision": prec,
+        "a_min": h.min,
+        "a_max": h.max,
+        "dtype": enc.dtype,
+        "sqnr_db": err.sqnr_db,
+        "qmse": err.qmse,
+    }
+    if enc.per_tensor:
+        q_min, q_max = enc.limits()
+        out.update(
+            scale=float(enc.scale.reshape(-1)[0]),
+            zero_point=int(enc.zero_point.reshape(-1)[0]),
+            q_min=q_min,
+            q_max=q_max,
+            clip_fraction=meter.clip[name].fraction,
+        )
+    return out
+
+
+def layer_rows(
+    fp32_model: onnx.ModelProto,
+    qmodel: onnx.ModelProto,
+    matching: Matching,
+    folds: dict[str, FoldRecord],
+    meter: ActivationMeter,
+    clip_percentile: float,
+) -> tuple[LayerRow, ...]:
+    g = fp32_model.graph
+    cons = consumers(g)
+    prod = producers(g)
+    weighted = {wl.name: wl for wl in weighted_layers(g)}
+    twins = matching.twins
+    used: set[str] = set()
+    rows: list[LayerRow] = []
+
+    def add(name, op, tensor, layer=None):
+        fields = {}
+        if layer is not None:
+            fields.update(weight_row_fields(layer, folds.get(layer.name), fp32_model, qmodel))
+        tw = twins.get(tensor) if tensor else None
+        if tw is not None:
+            fields.update(activation_row_fields(tensor, meter, clip_percentile))
+            used.add(tensor)
+        fold = folds.get(name)
+        rows.append(
+            LayerRow(
+                index=len(rows),
+                name=name,
+                op_type=op,
+                tensor=tensor if tw is not None else None,
+                quant_tensor=tw.quant_name if tw is not None else None,
+                fused=tw.fused if tw is not None else (),
+                bn_folded=fold.bn_node if fold else None,
+                **fields,
+            )
+        )
+
+    inits = {t.name for t in g.initializer}
+    for inp in g.input:
+        if inp.name not in inits and inp.name in twins:
+            add(inp.name, "Input", inp.name)
+    for node in g.node:
+        out = node.output[0] if node.output else ""
+        layer = weighted.get(node.name)
+        tensor = out if out in twins else None
+        if tensor is None and out:
+            users = cons.get(out, [])
+            if len(users) == 1 and users[0].op_type in REMOVABLE_ACTIVATIONS and users[0].name in matching.fused_into:
+                tensor = matching.fused_into[users[0].name]
+        if tensor in used:
+            tensor = None
+        if node.op_type in REMOVABLE_ACTIVATIONS and node.name in matching.fused_into:
+            p = prod.get(node.input[0])
+            if p is not None and (p.name in weighted or any(r.name == p.name for r in rows)):
+                continue  # reported on the producer's row
+        if layer is None and tensor is None:
+            continue
+        add(node.name, node.op_type, tensor, layer)
+    return tuple(rows)
+
+
+def softmax_outputs(model: onnx.ModelProto) -> set[str]:
+    prod = producers(model.graph)
+    return {o.name for o in model.graph.output if o.name in prod and prod[o.name].op_type == "Softmax"}

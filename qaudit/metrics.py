@@ -1,0 +1,390 @@
+"""Stage 5: the metrics of METRICS.md as small numpy functions and streaming accumulators.
+
+Every accumulator is mergeable (``merge``) and holds only sums, counts,
+min/max and fixed-size histograms, so memory does not grow with the number of
+samples. Formulas are in the docstrings; names match the JSON report.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# ---------------------------------------------------------------- weights
+
+
+def range_stats(channel_matrix: np.ndarray) -> dict:
+    """``w_min, w_max, w_range, w_precision`` of a weight given as ``[C_out, -1]``.
+
+    ``w_precision = mean_c(range_c / w_range)`` (thesis Eq. 3.1); ``None`` when
+    ``w_range == 0``.
+    """
+    m = np.asarray(channel_matrix, dtype=np.float64)
+    lo, hi = float(m.min()), float(m.max())
+    rng = hi - lo
+    ch = m.max(axis=1) - m.min(axis=1)
+    prec = float(np.mean(ch / rng)) if rng > 0 else None
+    return {"min": lo, "max": hi, "range": rng, "precision": prec}
+
+
+def sqnr_db(sum_x2: float, sum_e2: float) -> float:
+    """``10 log10(sum x^2 / sum e^2)``; ``+inf`` when ``sum e^2 == 0``
+    (and ``nan`` when both are 0: no signal, no noise)."""
+    if sum_e2 == 0.0:
+        return math.inf if sum_x2 > 0 else math.nan
+    if sum_x2 == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(sum_x2 / sum_e2)
+
+
+def sqnr_of(x: np.ndarray, x_hat: np.ndarray) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    e = x - np.asarray(x_hat, dtype=np.float64)
+    return sqnr_db(float(np.sum(x * x)), float(np.sum(e * e)))
+
+
+def qmse_of(x: np.ndarray, x_hat: np.ndarray) -> float:
+    """``mean((x - x_hat)^2)``."""
+    e = np.asarray(x, dtype=np.float64) - np.asarray(x_hat, dtype=np.float64)
+    return float(np.mean(e * e))
+
+
+def dequantize(q: np.ndarray, scale, zero_point, axis: int | None = None) -> np.ndarray:
+    """``scale * (q - zero_point)`` computed in int32/float, never in the storage type.
+
+    (onnxruntime 1.32's ``qdq_loss_debug._run_dequantize_linear`` subtracts the
+    zero point in uint8 arithmetic, which wraps around for uint8 weights.)
+    """
+    scale = np.asarray(scale, dtype=np.float32)
+    zp = np.asarray(zero_point).astype(np.int32)
+    qi = np.asarray(q).astype(np.int32)
+    if scale.size > 1 or zp.size > 1:
+        shape = [1] * qi.ndim
+        shape[axis if axis is not None else 1] = -1
+        scale = scale.reshape(shape)
+        zp = zp.reshape(shape)
+    return ((qi - zp).astype(np.float32) * scale).astype(np.float32)
+
+
+# ---------------------------------------------------------------- streaming
+
+
+class ErrorAccumulator:
+    """Running ``sum x^2``, ``sum e^2``, element count: gives SQNR and QMSE."""
+
+    def __init__(self):
+        self.sum_x2 = 0.0
+        self.sum_e2 = 0.0
+        self.count = 0
+
+    def update(self, x: np.ndarray, x_hat: np.ndarray) -> None:
+        x = np.asarray(x, dtype=np.float64)
+        e = x - np.asarray(x_hat, dtype=np.float64)
+        self.sum_x2 += float(np.dot(x.ravel(), x.ravel()))
+        self.sum_e2 += float(np.dot(e.ravel(), e.ravel()))
+        self.count += x.size
+
+    def merge(self, other: "ErrorAccumulator") -> "ErrorAccumulator":
+        self.sum_x2 += other.sum_x2
+        self.sum_e2 += other.sum_e2
+        self.count += other.count
+        return self
+
+    @property
+    def sqnr_db(self) -> float:
+        return sqnr_db(self.sum_x2, self.sum_e2)
+
+    @property
+    def qmse(self) -> float:
+        return self.sum_e2 / self.count if self.count else math.nan
+
+
+def channel_axis(rank: int) -> int | None:
+    """Channel axis of an activation (METRICS.md): 1 for NCHW-like (rank >= 4),
+    the last axis for 2-D/3-D tensors, none below."""
+    if rank >= 4:
+        return 1
+    if rank in (2, 3):
+        return rank - 1
+    return None
+
+
+class RangeHistogram:
+    """Streaming clipped range of a tensor and of each of its channels.
+
+    Values are binned on one symmetric grid ``[-T, T]``: ``bins`` bins for the
+    whole tensor and ``channel_bins`` for each channel. ``T`` starts at the
+    power of two above the first batch's ``max|x|`` and doubles when a later
+    batch exceeds it; doubling merges bins pairwise, which is exact, so the
+    result does not depend on how the data is batched beyond the final ``T``.
+
+    Percentiles interpolate linearly inside the bin where the CDF crosses and
+    are clamped to the exact min/max. Bin error: a tensor percentile is within
+    ``2T/bins`` of the exact one, a channel percentile within
+    ``2T/channel_bins`` (``T < 2 max|x|``).
+    """
+
+    def __init__(self, bins: int = 2048, channel_bins: int = 256):
+        if bins % 4 or channel_bins % 4:
+            raise ValueError("bin counts must be multiples of 4")
+        self.bins = bins
+        self.channel_bins = channel_bins
+        self.T = 0.0
+        self.hist = np.zeros(bins, dtype=np.int64)
+        self.ch_hist: np.ndarray | None = None  # [C, channel_bins]
+        self.ch_min: np.ndarray | None = None
+        self.ch_max: np.ndarray | None = None
+        self.ch_at_min: np.ndarray | None = None  # how many values equal the channel min
+        self.ch_at_max: np.ndarray | None = None
+        self.min = math.inf
+        self.max = -math.inf
+        self.count = 0
+
+    @staticmethod
+    def _grow(h: np.ndarray) -> np.ndarray:
+        n = h.shape[-1]
+        merged = h[..., 0::2] + h[..., 1::2]
+        out = np.zeros_like(h)
+        out[..., n // 4 : n // 4 + n // 2] = merged
+        return out
+
+    def _ensure_T(self, amax: float) -> None:
+        if self.T == 0.0:
+            self.T = 2.0 ** math.ceil(math.log2(amax)) if amax > 0 else 0.0
+            if self.T and self.T < amax:  # float rounding at exact powers
+                self.T *= 2
+            return
+        while amax > self.T:
+            self.T *= 2
+            self.hist = self._grow(self.hist)
+            if self.ch_hist is not None:
+                self.ch_hist = self._grow(self.ch_hist)
+
+    def update(self, x: np.ndarray, axis: int | None) -> None:
+        x = np.asarray(x, dtype=np.float32)
+        if axis is None:
+            m = x.reshape(1, -1)
+        else:
+            m = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
+        C = m.shape[0]
+        if self.ch_hist is None:
+            self.ch_hist = np.zeros((C, self.channel_bins), dtype=np.int64)
+            self.ch_min = np.full(C, np.inf)
+            self.ch_max = np.full(C, -np.inf)
+            self.ch_at_min = np.zeros(C, dtype=np.int64)
+            self.ch_at_max = np.zeros(C, dtype=np.int64)
+        elif self.ch_hist.shape[0] != C:
+            raise ValueError(f"channel count changed from {self.ch_hist.shape[0]} to {C}")
+        if m.size == 0:
+            return
+        cmin = m.min(axis=1).astype(np.float64)
+        cmax = m.max(axis=1).astype(np.float64)
+        n_min = np.count_nonzero(m == cmin[:, None].astype(m.dtype), axis=1)
+        n_max = np.count_nonzero(m == cmax[:, None].astype(m.dtype), axis=1)
+        self.ch_at_min = _merge_atoms(self.ch_min, self.ch_at_min, cmin, n_min, np.less)
+        self.ch_at_max = _merge_atoms(self.ch_max, self.ch_at_max, cmax, n_max, np.greater)
+        self.ch_min = np.minimum(self.ch_min, cmin)
+        self.ch_max = np.maximum(self.ch_max, cmax)
+        self.min = min(self.min, float(cmin.min()))
+        self.max = max(self.max, float(cmax.max()))
+        self.count += m.size
+        amax = max(abs(self.min), abs(self.max))
+        self._ensure_T(amax)
+        if self.T == 0.0:  # all zeros so far: everything in the middle bin
+            self.hist[self.bins // 2] += m.size
+            self.ch_hist[:, self.channel_bins // 2] += m.shape[1]
+            return
+        u = (m.astype(np.float64) + self.T) / (2 * self.T)
+        fine = np.clip((u * self.bins).astype(np.int64), 0, self.bins - 1)
+        self.hist += np.bincount(fine.ravel(), minlength=self.bins)
+        coarse = np.clip((u * self.channel_bins).astype(np.int64), 0, self.channel_bins - 1)
+        coarse += (np.arange(C, dtype=np.int64) * self.channel_bins)[:, None]
+        self.ch_hist += np.bincount(coarse.ravel(), minlength=C * self.channel_bins).reshape(C, self.channel_bins)
+
+    def merge(self, other: "RangeHistogram") -> "RangeHistogram":
+        if other.count == 0:
+            return self
+        if self.count == 0:
+            self.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in other.__dict__.items()})
+            return self
+        a, b = (self, other) if self.T >= other.T else (other, self)
+        bh, bch = b.hist.copy(), b.ch_hist.copy()
+        t = b.T
+        while t < a.T:
+            t *= 2
+            bh, bch = self._grow(bh), self._grow(bch)
+        self.T = a.T
+        self.hist = a.hist + bh
+        self.ch_hist = a.ch_hist + bch
+        self.ch_at_min = _merge_atoms(self.ch_min, self.ch_at_min, other.ch_min, other.ch_at_min, np.less)
+        self.ch_at_max = _merge_atoms(self.ch_max, self.ch_at_max, other.ch_max, other.ch_at_max, np.greater)
+        self.ch_min = np.minimum(self.ch_min, other.ch_min)
+        self.ch_max = np.maximum(self.ch_max, other.ch_max)
+        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+        self.count += other.count
+        return self
+
+    def _quantile(self, h: np.ndarray, q: float, lo: float, hi: float, at_lo: int = 0, at_hi: int = 0) -> float:
+        total = h.sum()
+        if total == 0:
+            return math.nan
+        if self.T == 0.0:
+            return 0.0
+        # Exact answers where the quantile falls on a point mass at the min or
+        # max (e.g. the zeros of a ReLU output), which binning would blur.
+        if q * total <= at_lo:
+            return lo
+        if (1.0 - q) * total < at_hi:
+            return hi
+        n = h.shape[-1]
+        width = 2 * self.T / n
+        cdf = np.cumsum(h)
+        target = q * total
+        i = int(np.searchsorted(cdf, target, side="left"))
+        i = min(i, n - 1)
+        before = cdf[i - 1] if i > 0 else 0
+        frac = (target - before) / h[i] if h[i] else 0.0
+        v = -self.T + (i + frac) * width
+        return float(min(max(v, lo), hi))
+
+    def _atoms(self) -> tuple[int, int]:
+        at_lo = int(self.ch_at_min[self.ch_min == self.min].sum())
+        at_hi = int(self.ch_at_max[self.ch_max == self.max].sum())
+        return at_lo, at_hi
+
+    def clipped_range(self, p: float) -> tuple[float, float]:
+        """(lo, hi) at the ``p`` and ``100 - p`` percentiles of all values."""
+        at_lo, at_hi = self._atoms()
+        return (
+            self._quantile(self.hist, p / 100.0, self.min, self.max, at_lo, at_hi),
+            self._quantile(self.hist, 1.0 - p / 100.0, self.min, self.max, at_lo, at_hi),
+        )
+
+    def channel_ranges(self, p: float) -> np.ndarray:
+        """Per-channel clipped range ``hi_c - lo_c``."""
+        out = np.empty(self.ch_hist.shape[0])
+        for c, h in enumerate(self.ch_hist):
+            args = (self.ch_min[c], self.ch_max[c], self.ch_at_min[c], self.ch_at_max[c])
+            lo = self._quantile(h, p / 100.0, *args)
+            hi = self._quantile(h, 1.0 - p / 100.0, *args)
+            out[c] = hi - lo
+        return out
+
+    @property
+    def bin_width(self) -> float:
+        return 2 * self.T / self.bins
+
+
+def _merge_atoms(old_ext, old_n, new_ext, new_n, better):
+    """Count of values at the running extreme after seeing a new extreme ``new_ext`` x ``new_n``."""
+    return np.where(better(new_ext, old_ext), new_n, np.where(new_ext == old_ext, old_n + new_n, old_n))
+
+
+class ClipCounter:
+    """Share of fp32 values outside the encoding's representable ``[q_min, q_max]``."""
+
+    def __init__(self, q_min: float, q_max: float):
+        self.q_min, self.q_max = q_min, q_max
+        self.outside = 0
+        self.count = 0
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x)
+        self.outside += int(np.count_nonzero((x < self.q_min) | (x > self.q_max)))
+        self.count += x.size
+
+    @property
+    def fraction(self) -> float:
+        return self.outside / self.count if self.count else math.nan
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    z = z - z.max(axis=axis, keepdims=True)
+    ez = np.exp(z)
+    return ez / ez.sum(axis=axis, keepdims=True)
+
+
+#: Floor for probabilities inside log() in QCE/QKL, so a class the quantized
+#: model gives probability 0 costs -log(1e-12) = 27.6 nats instead of inf.
+PROB_FLOOR = 1e-12
+
+
+def cross_entropy(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Per-sample ``-sum_k p_k log q_k`` over the last axis."""
+    return -np.sum(p * np.log(np.clip(q, PROB_FLOOR, 1.0)), axis=-1)
+
+
+class OutputAccumulator:
+    """QMSE/SQNR, QCE, QKL, top-1 agreement and accuracies of one model output.
+
+    Classification metrics are defined for outputs shaped ``[N, K]`` with
+    ``K >= 2`` (class axis last); elsewhere they are ``None``. ``probabilities``
+    says the output already is a distribution (produced by Softmax, or rows
+    that are non-negative and sum to 1), so it is not softmaxed again.
+    """
+
+    def __init__(self, name: str, probabilities: bool = False):
+        self.name = name
+        self.probabilities = probabilities
+        self.err = ErrorAccumulator()
+        self.classification: bool | None = None
+        self.n = 0
+        self.ce_sum = 0.0
+        self.h_sum = 0.0
+        self.agree = 0
+        self.correct_fp32 = 0
+        self.correct_q = 0
+        self.labelled = 0
+
+    def update(self, x: np.ndarray, y: np.ndarray, labels: np.ndarray | None = None) -> None:
+        self.err.update(x, y)
+        is_cls = x.ndim == 2 and x.shape[1] >= 2
+        self.classification = is_cls if self.classification is None else (self.classification and is_cls)
+        if not self.classification:
+            return
+        if self.probabilities:
+            p = np.asarray(x, dtype=np.float64)
+            q = np.asarray(y, dtype=np.float64)
+        else:
+            p, q = softmax(x), softmax(y)
+        self.ce_sum += float(np.sum(cross_entropy(p, q)))
+        self.h_sum += float(np.sum(cross_entropy(p, p)))
+        ax, ay = np.argmax(x, axis=1), np.argmax(y, axis=1)
+        self.agree += int(np.sum(ax == ay))
+        self.n += x.shape[0]
+        if labels is not None:
+            self.correct_fp32 += int(np.sum(ax == labels))
+            self.correct_q += int(np.sum(ay == labels))
+            self.labelled += len(labels)
+
+    def result(self) -> dict:
+        cls = bool(self.classification) and self.n > 0
+        out = {
+            "qmse": self.err.qmse,
+            "sqnr_db": self.err.sqnr_db,
+            "qce": self.ce_sum / self.n if cls else None,
+            "qkl": (self.ce_sum - self.h_sum) / self.n if cls else None,
+            "top1_agreement": self.agree / self.n if cls else None,
+            "acc_fp32": None,
+            "acc_int8": None,
+            "acc_drop_pct": None,
+        }
+        if cls and self.labelled:
+            a32 = self.correct_fp32 / self.labelled
+            a8 = self.correct_q / self.labelled
+            out.update(
+                acc_fp32=a32,
+                acc_int8=a8,
+                acc_drop_pct=(abs(a32 - a8) / a32 * 100.0) if a32 > 0 else None,
+            )
+        return out
+
+
+def looks_like_probabilities(x: np.ndarray, atol: float = 1e-3) -> bool:
+    x = np.asarray(x)
+    return bool(x.ndim == 2 and (x >= 0).all() and np.allclose(x.sum(axis=1), 1.0, atol=atol))

@@ -1,0 +1,142 @@
+"""Stage 3: percentile calibration and static quantization with ONNX Runtime.
+
+qaudit does not reimplement calibration: it drives ORT's own
+``PercentileCalibrater`` one batch at a time and hands the resulting ranges to
+``quantize_static`` through its calibration cache. Why (onnxruntime 1.32):
+
+* ``HistogramCalibrater.collect_data`` keeps *every* intermediate output of
+  every batch it is given before histogramming them; fed the whole data set at
+  once (``quantize_static`` without ``CalibStridedMinMax``) that is all
+  activations of all samples in memory. ``CalibStridedMinMax=k`` makes
+  ``quantize_static`` call ``collect_data`` on chunks of k samples and merge
+  histograms; qaudit does the same with one batch per call, so calibration
+  memory is one batch's activations plus the histograms, and a progress bar can
+  follow it. Merged histograms can differ from a one-shot histogram by up to
+  one bin (ORT widens the grid when a later chunk exceeds it).
+* The calibrator's ``collect``/``compute_percentile`` ``print`` to stdout and
+  ``quantize_static`` logs "consider pre-processing" warnings on the root
+  logger; both are silenced here (they would corrupt ``--json -``).
+* ``create_calibrator`` makes Percentile *symmetric* by default, unlike
+  MinMax; :class:`~qaudit.config.QuantConfig` records it explicitly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .config import QuantConfig
+from .errors import QuantizationError
+
+
+@contextlib.contextmanager
+def quiet_ort():
+    """Silence ORT quantization's prints and root-logger warnings."""
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(old)
+
+
+class _OneBatch:
+    """A CalibrationDataReader that yields one feed, then stops."""
+
+    def __init__(self, feeds: dict):
+        self._feeds = [feeds]
+
+    def get_next(self):
+        return self._feeds.pop() if self._feeds else None
+
+    def __len__(self):
+        return len(self._feeds)
+
+
+def quantizable_op_types() -> list[str]:
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+
+
+def calibrate(
+    model_path: Path,
+    batches: Iterable[dict[str, np.ndarray]],
+    cfg: QuantConfig,
+    workdir: Path,
+    on_batch: Callable[[int], None] | None = None,
+):
+    """Percentile ranges of every tensor ORT will quantize, one batch at a time.
+
+    Returns ORT's ``TensorsData`` (the exact object ``quantize_static`` would compute).
+    """
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    try:
+        with quiet_ort():
+            calibrator = create_calibrator(
+                Path(model_path),
+                quantizable_op_types(),
+                augmented_model_path=str(Path(workdir) / "calibration_augmented.onnx"),
+                calibrate_method=CalibrationMethod.Percentile,
+                extra_options=cfg.ort_calibrator_options(),
+            )
+            seen = 0
+            for feeds in batches:
+                calibrator.collect_data(_OneBatch(feeds))
+                n = next(iter(feeds.values())).shape[0]
+                seen += n
+                if on_batch:
+                    on_batch(n)
+            if not seen:
+                raise QuantizationError("no calibration samples were read")
+            ranges = calibrator.compute_data()
+    except QuantizationError:
+        raise
+    except Exception as e:
+        raise QuantizationError(f"ONNX Runtime calibration failed: {type(e).__name__}: {_first_line(e)}") from e
+    return ranges
+
+
+def quantize(model_path: Path, ranges, cfg: QuantConfig, out_path: Path, workdir: Path) -> Path:
+    """Write the statically quantized model for ``model_path`` with the given ranges."""
+    from onnxruntime.quantization import CalibrationMethod, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    cache = Path(workdir) / "calibration_ranges.json"
+    save_tensors_data(ranges, cache)
+    act, wt = cfg.ort_quant_types()
+    try:
+        with quiet_ort():
+            quantize_static(
+                str(model_path),
+                str(out_path),
+                calibration_data_reader=None,
+                quant_format=cfg.ort_format(),
+                activation_type=act,
+                weight_type=wt,
+                per_channel=cfg.per_channel,
+                reduce_range=cfg.reduce_range,
+                nodes_to_exclude=list(cfg.exclude),
+                calibrate_method=CalibrationMethod.Percentile,
+                calibration_cache_path=str(cache),
+                extra_options=cfg.ort_extra_options(),
+            )
+    except Exception as e:
+        raise QuantizationError(
+            f"ONNX Runtime could not quantize the model: {type(e).__name__}: {_first_line(e)}; "
+            "try --exclude for the failing node or --format qdq"
+        ) from e
+    return Path(out_path)
+
+
+def _first_line(e: Exception) -> str:
+    s = str(e).strip()
+    return s.splitlines()[0] if s else "(no message)"

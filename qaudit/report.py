@@ -1,0 +1,175 @@
+"""The audit report: frozen dataclasses, and their versioned JSON form.
+
+This module is the only hand-off between measuring and rendering. It imports
+neither onnx nor onnxruntime, so a saved report can be re-rendered or compared
+without running a model.
+
+JSON conventions (README, "JSON report"):
+
+* every number is a plain float or ``null``; SQNR is in dB;
+* strict JSON has no Infinity: an SQNR of ``+inf`` (no error at all) is written
+  as ``null`` and the row's ``qmse`` is ``0.0``; ``-inf``/NaN also become
+  ``null``. :func:`from_json` reads ``null`` SQNR with zero QMSE back as ``inf``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+#: Version of the JSON layout. Changelog:
+#: 1 - first format: meta, model, settings, data, folding, layers, outputs, unmatched, notes.
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One row of the per-layer table: a weighted layer and/or a quantized activation."""
+
+    index: int
+    name: str  # node name in the exported model
+    op_type: str
+    tensor: str | None  # fp32 tensor whose quantization is measured
+    quant_tensor: str | None  # its integer twin in the quantized graph
+    fused: tuple[str, ...] = ()  # activations the quantizer folded into this layer
+    bn_folded: str | None = None  # BatchNormalization folded into this layer
+    # weights (Conv/ConvTranspose/Gemm/MatMul): plain and BN-folded
+    w_min: float | None = None
+    w_max: float | None = None
+    w_range: float | None = None
+    w_precision: float | None = None
+    fold_w_min: float | None = None
+    fold_w_max: float | None = None
+    fold_w_range: float | None = None
+    fold_w_precision: float | None = None
+    w_sqnr_db: float | None = None
+    w_qmse: float | None = None
+    w_encoding: str | None = None  # e.g. "uint8 per-tensor"
+    # activation: clipped range over the evaluation data, encoding used, error
+    a_lo: float | None = None
+    a_hi: float | None = None
+    a_range: float | None = None
+    a_precision: float | None = None
+    a_min: float | None = None
+    a_max: float | None = None
+    dtype: str | None = None
+    scale: float | None = None
+    zero_point: int | None = None
+    q_min: float | None = None
+    q_max: float | None = None
+    clip_fraction: float | None = None
+    sqnr_db: float | None = None  # accumulated error (end-to-end quantized graph)
+    qmse: float | None = None
+
+    @property
+    def has_weights(self) -> bool:
+        return self.w_range is not None
+
+    @property
+    def has_activation(self) -> bool:
+        return self.quant_tensor is not None
+
+
+@dataclass(frozen=True)
+class OutputRow:
+    name: str
+    qmse: float | None
+    sqnr_db: float | None
+    qce: float | None = None
+    qkl: float | None = None
+    top1_agreement: float | None = None
+    acc_fp32: float | None = None
+    acc_int8: float | None = None
+    acc_drop_pct: float | None = None
+
+
+@dataclass(frozen=True)
+class UnmatchedTensor:
+    tensor: str
+    producer: str
+    op_type: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Report:
+    meta: dict
+    model: dict
+    settings: dict
+    data: dict
+    folding: dict
+    layers: tuple[LayerRow, ...]
+    outputs: tuple[OutputRow, ...]
+    unmatched: tuple[UnmatchedTensor, ...]
+    notes: tuple[str, ...] = ()
+    format_version: int = FORMAT_VERSION
+
+    def worst_layers(self, n: int = 3) -> list[LayerRow]:
+        """Layers with the lowest finite activation SQNR, worst first."""
+        rows = [r for r in self.layers if r.sqnr_db is not None and math.isfinite(r.sqnr_db)]
+        return sorted(rows, key=lambda r: r.sqnr_db)[:n]
+
+
+# ------------------------------------------------------------------ JSON
+
+
+def _clean(v):
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if hasattr(v, "item") and callable(v.item):  # numpy scalar
+        return _clean(v.item())
+    return v
+
+
+def to_dict(report: Report) -> dict:
+    d = asdict(report)
+    out = {
+        "format": {"name": "qaudit-report", "version": report.format_version},
+        **{k: d[k] for k in ("meta", "model", "settings", "data", "folding", "layers", "outputs", "unmatched", "notes")},
+    }
+    return _clean(out)
+
+
+def to_json(report: Report, indent: int = 2) -> str:
+    return json.dumps(to_dict(report), indent=indent, allow_nan=False) + "\n"
+
+
+def _revive(cls, d: dict):
+    names = {f.name for f in fields(cls)}
+    kw = {k: v for k, v in d.items() if k in names}
+    if "fused" in kw:
+        kw["fused"] = tuple(kw["fused"])
+    if "sqnr_db" in kw and kw["sqnr_db"] is None and kw.get("qmse") == 0.0:
+        kw["sqnr_db"] = math.inf
+    if "w_sqnr_db" in kw and kw["w_sqnr_db"] is None and kw.get("w_qmse") == 0.0:
+        kw["w_sqnr_db"] = math.inf
+    return cls(**kw)
+
+
+def from_dict(d: dict) -> Report:
+    fmt = d.get("format", {})
+    if fmt.get("name") != "qaudit-report":
+        raise ValueError("not a qaudit report (missing format.name == 'qaudit-report')")
+    if fmt.get("version") != FORMAT_VERSION:
+        raise ValueError(f"unsupported qaudit report format version {fmt.get('version')}; this qaudit reads {FORMAT_VERSION}")
+    return Report(
+        meta=d["meta"],
+        model=d["model"],
+        settings=d["settings"],
+        data=d["data"],
+        folding=d["folding"],
+        layers=tuple(_revive(LayerRow, r) for r in d["layers"]),
+        outputs=tuple(_revive(OutputRow, r) for r in d["outputs"]),
+        unmatched=tuple(_revive(UnmatchedTensor, r) for r in d["unmatched"]),
+        notes=tuple(d.get("notes", ())),
+        format_version=fmt["version"],
+    )
+
+
+def from_json(text: str) -> Report:
+    return from_dict(json.loads(text))

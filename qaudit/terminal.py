@@ -1,0 +1,162 @@
+"""Rich terminal rendering of a :class:`~qaudit.report.Report` (no onnxruntime import)."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+from rich.theme import Theme
+
+from .report import LayerRow, Report
+
+THEME = Theme(
+    {
+        "worst": "bold red",
+        "warn": "yellow",
+        "ok": "green",
+        "muted": "dim",
+        "head": "bold",
+        "verdict.pass": "bold green",
+        "verdict.fail": "bold red",
+    }
+)
+
+
+def console(file=None, width: int | None = None, stderr: bool = False) -> Console:
+    """A themed console; when not writing to a terminal (CI logs, pipes) it is 160 columns wide."""
+    con = Console(file=file, width=width, theme=THEME, stderr=stderr, highlight=False)
+    if width is None and not con.is_terminal:
+        con = Console(file=file, width=160, theme=THEME, stderr=stderr, highlight=False)
+    return con
+
+
+def fmt(v, spec: str = ".3g") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and math.isinf(v):
+        return "∞" if v > 0 else "-∞"
+    if isinstance(v, float) and math.isnan(v):
+        return "nan"
+    return format(v, spec)
+
+
+def _pair(a, b, spec=".3g") -> str:
+    if a is None:
+        return "-"
+    if b is None or a == b:
+        return fmt(a, spec)
+    return f"{fmt(a, spec)} → {fmt(b, spec)}"
+
+
+def layer_table(report: Report, worst: int = 3) -> Table:
+    worst_names = {r.name for r in report.worst_layers(worst)}
+    t = Table(
+        title="Per-layer quantization, graph order (weights: plain → BN-folded; SQNR: accumulated error)",
+        title_justify="left",
+        header_style="head",
+    )
+    for col, just in [
+        ("#", "right"),
+        ("layer", "left"),
+        ("op", "left"),
+        ("w range", "right"),
+        ("w prec", "right"),
+        ("w SQNR", "right"),
+        ("act range", "right"),
+        ("act prec", "right"),
+        ("scale / zp", "right"),
+        ("clip %", "right"),
+        ("SQNR dB", "right"),
+        ("QMSE", "right"),
+    ]:
+        t.add_column(col, justify=just, overflow="fold", no_wrap=col not in ("layer", "w range", "act range"))
+    for r in report.layers:
+        style = "worst" if r.name in worst_names else None
+        name = r.name + (f" +{'+'.join(a.split('/')[-1] for a in r.fused)}" if r.fused else "")
+        if r.bn_folded:
+            name += " [bn]"
+        t.add_row(
+            str(r.index),
+            Text(name),
+            Text(r.op_type),
+            _pair(r.w_range, r.fold_w_range if r.bn_folded else None),
+            _pair(r.w_precision, r.fold_w_precision if r.bn_folded else None, ".2f"),
+            fmt(r.w_sqnr_db, ".1f"),
+            f"[{fmt(r.a_lo)}, {fmt(r.a_hi)}]" if r.has_activation else "-",
+            fmt(r.a_precision, ".2f"),
+            f"{fmt(r.scale, '.3g')} / {r.zero_point}" if r.scale is not None else ("per-channel" if r.has_activation else "-"),
+            fmt(None if r.clip_fraction is None else 100 * r.clip_fraction, ".2f"),
+            fmt(r.sqnr_db, ".1f"),
+            fmt(r.qmse, ".2e"),
+            style=style,
+        )
+    return t
+
+
+def output_table(report: Report) -> Table:
+    t = Table(title="Model outputs (fp32 vs quantized)", title_justify="left", header_style="head")
+    for col in ("output", "QMSE", "SQNR dB", "QCE", "QKL", "top-1 agree %", "acc fp32 %", "acc int8 %", "acc drop %"):
+        t.add_column(col, justify="left" if col == "output" else "right", no_wrap=col != "output")
+    for o in report.outputs:
+        pct = lambda v: fmt(None if v is None else 100 * v, ".2f")  # noqa: E731
+        t.add_row(
+            Text(o.name),
+            fmt(o.qmse, ".3e"),
+            fmt(o.sqnr_db, ".1f"),
+            fmt(o.qce, ".4f"),
+            fmt(o.qkl, ".4f"),
+            pct(o.top1_agreement),
+            pct(o.acc_fp32),
+            pct(o.acc_int8),
+            fmt(o.acc_drop_pct, ".2f"),
+        )
+    return t
+
+
+def summary(report: Report, worst: int = 3) -> Group:
+    s = report.settings
+    d = report.data
+    parts = [
+        Text.assemble(
+            ("model ", "head"),
+            f"{report.model['path']}  sha256 {report.model['sha256'][:12]}  opset {report.model['opset']}",
+        ),
+        Text(
+            f"quantized: {s['format'].upper()}, activations {s['activation_type']}, weights {s['weight_type']}"
+            f"{' per-channel' if s['per_channel'] else ' per-tensor'}, percentile {s['percentile']} "
+            f"({'symmetric' if s['calib_symmetric'] else 'asymmetric'}) on {d['n_calib']} calibration samples; "
+            f"measured on {d['n_eval']} {'calibration' if d['eval_is_calib'] else 'evaluation'} samples",
+            style="muted",
+        ),
+    ]
+    folded = report.folding.get("folded", [])
+    if folded:
+        parts.append(Text(f"BN folded into {len(folded)} layer(s) (marked [bn]); folded fp32 outputs match the original", style="muted"))
+    for sk in report.folding.get("skipped", []):
+        parts.append(Text(f"BN {sk['bn']} not folded: {sk['reason']}", style="warn"))
+    w = report.worst_layers(worst)
+    if w:
+        parts.append(
+            Text.assemble(("worst layers: ", "head"), ("; ".join(f"{r.name} {fmt(r.sqnr_db, '.1f')} dB" for r in w), "worst"))
+        )
+    if report.unmatched:
+        parts.append(Text(f"{len(report.unmatched)} fp32 tensor(s) without a quantized twin:", style="warn"))
+        for u in report.unmatched[:20]:
+            parts.append(Text(f"  {u.tensor} ({u.op_type} {u.producer}): {u.reason}", style="muted"))
+        if len(report.unmatched) > 20:
+            parts.append(Text(f"  ... {len(report.unmatched) - 20} more in the JSON report", style="muted"))
+    for n in report.notes:
+        parts.append(Text(f"note: {n}", style="warn"))
+    return Group(*parts)
+
+
+def render(report: Report, con: Console, worst: int = 3) -> None:
+    con.print(layer_table(report, worst))
+    con.print(output_table(report))
+    con.print(summary(report, worst))
+
+
+def layer_label(r: LayerRow) -> str:
+    return f"{r.index}:{r.name}"
