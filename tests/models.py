@@ -1,0 +1,121 @@
+"""Small ONNX models built in code for tests (graphs drawn in the docstrings)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+
+
+def _bn_params(rng, c, prefix):
+    return [
+        numpy_helper.from_array(rng.uniform(0.5, 2.0, c).astype(np.float32), f"{prefix}.gamma"),
+        numpy_helper.from_array(rng.normal(0, 0.5, c).astype(np.float32), f"{prefix}.beta"),
+        numpy_helper.from_array(rng.normal(0, 0.5, c).astype(np.float32), f"{prefix}.mean"),
+        numpy_helper.from_array(rng.uniform(0.1, 3.0, c).astype(np.float32), f"{prefix}.var"),
+    ]
+
+
+def _bn_node(x, y, prefix, eps=1e-3):
+    return helper.make_node(
+        "BatchNormalization",
+        [x, f"{prefix}.gamma", f"{prefix}.beta", f"{prefix}.mean", f"{prefix}.var"],
+        [y],
+        name=f"{prefix}",
+        epsilon=eps,
+    )
+
+
+def layer_bn_model(kind: str, seed: int = 0) -> onnx.ModelProto:
+    """One weighted layer followed by BatchNormalization and Relu::
+
+        x -> [layer] -> t -> BatchNormalization(bn) -> y -> Relu -> out
+
+    kinds: conv, conv_nobias, conv_grouped, conv_depthwise, convT, convT_grouped,
+    gemm_transB, gemm_noTransB_nobias, gemm_alpha_beta.
+    """
+    rng = np.random.default_rng(seed)
+    inits, attrs = [], {}
+    if kind.startswith("conv") and not kind.startswith("convT"):
+        cin, cout = 4, 6
+        groups = {"conv_grouped": 2, "conv_depthwise": 4}.get(kind, 1)
+        if kind == "conv_depthwise":
+            cout = 4
+        x_shape = ["N", cin, 7, 7]
+        w = rng.normal(0, 0.5, (cout, cin // groups, 3, 3)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, "layer.w"))
+        inputs = ["x", "layer.w"]
+        if kind != "conv_nobias":
+            inits.append(numpy_helper.from_array(rng.normal(0, 0.3, cout).astype(np.float32), "layer.b"))
+            inputs.append("layer.b")
+        node = helper.make_node("Conv", inputs, ["t"], name="layer", pads=[1, 1, 1, 1], group=groups)
+        c_out = cout
+    elif kind.startswith("convT"):
+        cin, cout_g, groups = 4, 3, (2 if kind == "convT_grouped" else 1)
+        x_shape = ["N", cin, 5, 5]
+        w = rng.normal(0, 0.5, (cin, cout_g, 3, 3)).astype(np.float32)
+        c_out = cout_g * groups
+        inits += [
+            numpy_helper.from_array(w, "layer.w"),
+            numpy_helper.from_array(rng.normal(0, 0.3, c_out).astype(np.float32), "layer.b"),
+        ]
+        node = helper.make_node("ConvTranspose", ["x", "layer.w", "layer.b"], ["t"], name="layer", group=groups, strides=[2, 2])
+    elif kind.startswith("gemm"):
+        k, n = 8, 5
+        x_shape = ["N", k]
+        trans_b = kind != "gemm_noTransB_nobias"
+        w = rng.normal(0, 0.5, (n, k) if trans_b else (k, n)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, "layer.w"))
+        inputs = ["x", "layer.w"]
+        if kind != "gemm_noTransB_nobias":
+            inits.append(numpy_helper.from_array(rng.normal(0, 0.3, n).astype(np.float32), "layer.b"))
+            inputs.append("layer.b")
+        if kind == "gemm_alpha_beta":
+            attrs = {"alpha": 0.7, "beta": 1.9}
+        node = helper.make_node("Gemm", inputs, ["t"], name="layer", transB=int(trans_b), **attrs)
+        c_out = n
+    else:
+        raise ValueError(kind)
+    inits += _bn_params(rng, c_out, "bn")
+    nodes = [node, _bn_node("t", "y", "bn"), helper.make_node("Relu", ["y"], ["out"], name="relu")]
+    graph = helper.make_graph(
+        nodes,
+        f"{kind}_bn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [f"d{i}" for i in range(len(x_shape))])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def input_for(model: onnx.ModelProto, n: int = 3, seed: int = 1) -> np.ndarray:
+    dims = [d.dim_value if d.HasField("dim_value") else n for d in model.graph.input[0].type.tensor_type.shape.dim]
+    return np.random.default_rng(seed).normal(0, 1, dims).astype(np.float32)
+
+
+def shared_output_model() -> onnx.ModelProto:
+    """A BN that must not be folded: the Conv output has a second consumer::
+
+        x -> Conv(layer) -> t -> BatchNormalization(bn) -> y -> Add -> out
+                            t ----------------------------------^
+    """
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (4, 4, 1, 1)).astype(np.float32), "layer.w")]
+    inits += _bn_params(rng, 4, "bn")
+    nodes = [
+        helper.make_node("Conv", ["x", "layer.w"], ["t"], name="layer"),
+        _bn_node("t", "y", "bn"),
+        helper.make_node("Add", ["y", "t"], ["out"], name="add"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "shared",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5, 5])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4, 5, 5])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])

@@ -1,0 +1,161 @@
+"""Every metric of METRICS.md against a computation by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from qaudit.metrics import (
+    ClipCounter,
+    ErrorAccumulator,
+    OutputAccumulator,
+    RangeHistogram,
+    channel_axis,
+    dequantize,
+    looks_like_probabilities,
+    qmse_of,
+    range_stats,
+    sqnr_db,
+    sqnr_of,
+)
+
+
+def test_weight_range_and_precision_by_hand():
+    # channel ranges 1 and 4, layer range 4 - 0 = 4: precision (1/4 + 4/4) / 2
+    st = range_stats(np.array([[1.0, 2.0], [0.0, 4.0]]))
+    assert st == {"min": 0.0, "max": 4.0, "range": 4.0, "precision": 0.625}
+
+
+def test_weight_precision_undefined_for_constant_weights():
+    assert range_stats(np.full((3, 4), 0.5))["precision"] is None
+
+
+def test_sqnr_and_qmse_by_hand():
+    x, xh = np.array([1.0, 2.0, -2.0]), np.array([1.0, 1.0, -2.5])
+    # sum x^2 = 9, sum e^2 = 1 + 0.25
+    assert sqnr_of(x, xh) == pytest.approx(10 * math.log10(9 / 1.25))
+    assert qmse_of(x, xh) == pytest.approx(1.25 / 3)
+    assert sqnr_of(x, x) == math.inf
+    assert math.isnan(sqnr_db(0.0, 0.0))
+
+
+def test_dequantize_uint8_does_not_wrap():
+    # (10 - 200) in uint8 arithmetic would wrap to 66
+    q = np.array([10, 200, 255], dtype=np.uint8)
+    np.testing.assert_allclose(dequantize(q, 0.5, np.uint8(200)), [-95.0, 0.0, 27.5])
+
+
+def test_dequantize_per_channel_axis():
+    q = np.array([[0, 10], [0, 10]], dtype=np.int8)
+    out = dequantize(q, np.array([1.0, 2.0]), np.array([0, 5], dtype=np.int8), axis=0)
+    np.testing.assert_allclose(out, [[0, 10], [-10, 10]])
+
+
+def test_error_accumulator_streams_like_whole_array():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 3, 4))
+    xh = x + rng.normal(scale=0.1, size=x.shape)
+    acc = ErrorAccumulator()
+    for i in range(0, 10, 3):
+        acc.update(x[i : i + 3], xh[i : i + 3])
+    assert acc.sqnr_db == pytest.approx(sqnr_of(x, xh), rel=1e-12)
+    assert acc.qmse == pytest.approx(qmse_of(x, xh), rel=1e-12)
+    other = ErrorAccumulator()
+    other.update(x[:5], xh[:5])
+    rest = ErrorAccumulator()
+    rest.update(x[5:], xh[5:])
+    assert other.merge(rest).sqnr_db == pytest.approx(acc.sqnr_db, rel=1e-12)
+
+
+def test_channel_axis_convention():
+    assert [channel_axis(r) for r in (1, 2, 3, 4, 5)] == [None, 1, 2, 1, 1]
+
+
+def _hist_of(batches, axis):
+    h = RangeHistogram()
+    for b in batches:
+        h.update(b, axis)
+    return h
+
+
+def test_clipped_range_within_one_bin_of_numpy_percentile():
+    rng = np.random.default_rng(1)
+    x = rng.standard_t(4, size=(64, 8, 5, 5)).astype(np.float32)
+    h = _hist_of(np.split(x, 8), axis=1)
+    lo, hi = h.clipped_range(1.0)
+    want_lo, want_hi = np.percentile(x, [1, 99])
+    assert abs(lo - want_lo) <= h.bin_width and abs(hi - want_hi) <= h.bin_width
+    # per-channel ranges against numpy, within one coarse bin per end
+    ch = np.moveaxis(x, 1, 0).reshape(8, -1)
+    want_ch = np.percentile(ch, 99, axis=1) - np.percentile(ch, 1, axis=1)
+    coarse = 2 * h.T / h.channel_bins
+    np.testing.assert_allclose(h.channel_ranges(1.0), want_ch, atol=2 * coarse)
+
+
+def test_histogram_is_independent_of_batching():
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(30, 6)) * np.linspace(0.1, 5, 30)[:, None]).astype(np.float32)  # growing range
+    a = _hist_of([x], axis=1)
+    b = _hist_of(np.split(x, 10), axis=1)
+    c = _hist_of(np.split(x, 3)[:1], axis=1).merge(_hist_of(np.split(x, 3)[1:], axis=1))
+    for h in (b, c):
+        assert h.T == a.T
+        np.testing.assert_array_equal(h.hist, a.hist)
+        np.testing.assert_array_equal(h.ch_hist, a.ch_hist)
+        assert h.clipped_range(1.0) == a.clipped_range(1.0)
+
+
+def test_point_mass_at_zero_gives_exact_zero():
+    # a ReLU output: 70% zeros, so the 1st percentile is exactly 0
+    rng = np.random.default_rng(3)
+    x = np.maximum(rng.normal(-0.5, 1, size=(100, 4)), 0).astype(np.float32)
+    lo, hi = _hist_of([x], axis=1).clipped_range(1.0)
+    assert lo == 0.0
+    assert hi == pytest.approx(np.percentile(x, 99), abs=_hist_of([x], 1).bin_width)
+
+
+def test_clip_fraction_by_hand():
+    c = ClipCounter(-1.0, 2.0)
+    c.update(np.array([-1.5, -1.0, 0.0, 2.0, 2.01]))
+    c.update(np.array([3.0, 0.5, 0.5]))
+    assert c.fraction == pytest.approx(3 / 8)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_output_metrics_by_hand():
+    x = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 1.2, 0.0]])
+    y = np.array([[1.8, 1.1, 0.1], [0.5, 2.0, 1.9], [1.3, 1.0, 0.0]])
+    labels = np.array([0, 1, 1])
+    acc = OutputAccumulator("out")
+    acc.update(x[:2], y[:2], labels[:2])
+    acc.update(x[2:], y[2:], labels[2:])
+    r = acc.result()
+    p, q = _softmax(x), _softmax(y)
+    qce = np.mean(-np.sum(p * np.log(q), axis=1))
+    h = np.mean(-np.sum(p * np.log(p), axis=1))
+    assert r["qce"] == pytest.approx(qce)
+    assert r["qkl"] == pytest.approx(qce - h)
+    assert r["top1_agreement"] == pytest.approx(2 / 3)  # sample 3 flips from class 1 to 0
+    assert r["acc_fp32"] == pytest.approx(1.0) and r["acc_int8"] == pytest.approx(2 / 3)
+    assert r["acc_drop_pct"] == pytest.approx(abs(1.0 - 2 / 3) / 1.0 * 100)
+    assert r["qmse"] == pytest.approx(np.mean((x - y) ** 2))
+
+
+def test_probability_outputs_are_not_softmaxed_again():
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    q = np.array([[0.6, 0.3, 0.1], [0.2, 0.1, 0.7]])
+    assert looks_like_probabilities(p)
+    acc = OutputAccumulator("prob", probabilities=True)
+    acc.update(p, q)
+    assert acc.result()["qce"] == pytest.approx(np.mean(-np.sum(p * np.log(q), axis=1)))
+
+
+def test_non_classification_outputs_have_no_qce():
+    acc = OutputAccumulator("feat")
+    acc.update(np.ones((2, 3, 4)), np.ones((2, 3, 4)))
+    r = acc.result()
+    assert r["qce"] is None and r["top1_agreement"] is None and r["qmse"] == 0.0

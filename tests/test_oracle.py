@@ -1,0 +1,181 @@
+"""qaudit against independent oracles: ONNX Runtime's own qdq_loss_debug and
+quantize_static, and weights dequantized by hand."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.qdq_loss_debug import (
+    collect_activations,
+    compute_activation_error,
+    create_activation_matching,
+    modify_model_output_intermediate_tensors,
+)
+
+import qaudit
+from qaudit.capture import make_session, with_outputs
+from qaudit.load import load_model
+from qaudit.match import match
+from qaudit.metrics import sqnr_of
+from qaudit.quantize import quiet_ort
+from qaudit.transform import ensure_node_names, fold_batchnorm
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "digits"
+
+
+def _batches(folder):
+    return [{"input": np.load(p)} for p in sorted((SAMPLE / folder).glob("*.npy"))]
+
+
+class _Reader:
+    def __init__(self, folder):
+        self.items = _batches(folder)
+        self.pos, self.end = 0, len(self.items)
+
+    def get_next(self):
+        if self.pos >= self.end:
+            return None
+        self.pos += 1
+        return self.items[self.pos - 1]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def set_range(self, start_index, end_index):
+        self.pos, self.end = start_index, end_index
+
+
+def _folded(tmp_path):
+    lm = load_model(SAMPLE / "model.onnx")
+    ensure_node_names(lm.model)
+    path = tmp_path / "folded.onnx"
+    onnx.save(fold_batchnorm(lm.model).model, path)
+    return path
+
+
+def _audit(tmp_path, **quant):
+    qpath = tmp_path / "quantized.onnx"
+    cfg = qaudit.AuditConfig(
+        model=SAMPLE / "model.onnx",
+        calib=SAMPLE / "calib",
+        eval=SAMPLE / "eval",
+        output_model=qpath,
+        quant=qaudit.QuantConfig(**quant),
+    )
+    return qaudit.audit(cfg), qpath
+
+
+@pytest.fixture(scope="module")
+def int8_weights(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("int8")
+    report, qpath = _audit(tmp, weight_type="int8")
+    return report, qpath, _folded(tmp)
+
+
+def test_activation_sqnr_matches_ort_qdq_loss_debug(int8_weights, tmp_path):
+    """ORT's xmodel_err runs the QDQ graph unoptimized (float simulation); qaudit
+    runs the fused integer kernels. Both must agree within 0.01 dB."""
+    report, qpath, folded = int8_weights
+    modify_model_output_intermediate_tensors(str(folded), str(tmp_path / "fa.onnx"))
+    modify_model_output_intermediate_tensors(str(qpath), str(tmp_path / "qa.onnx"))
+    fa = collect_activations(str(tmp_path / "fa.onnx"), _Reader("eval"))
+    qa = collect_activations(str(tmp_path / "qa.onnx"), _Reader("eval"))
+    ort_err = compute_activation_error(create_activation_matching(qa, fa))
+    ours = {r.tensor: r.sqnr_db for r in report.layers if r.tensor}
+    common = set(ours) & set(ort_err)
+    assert len(common) == 9  # input, 5 fused conv/gemm outputs, MaxPool, Flatten, logits
+    assert set(ort_err) <= set(ours), "ORT matched a tensor qaudit did not"
+    for name in common:
+        assert ours[name] == pytest.approx(ort_err[name]["xmodel_err"], abs=0.01), name
+
+
+def test_weight_sqnr_uint8_by_hand(tmp_path):
+    """uint8 weights dequantized by hand in int32 (ORT's weight matching wraps in uint8)."""
+    report, qpath = _audit(tmp_path)
+    q = onnx.load(qpath)
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    folded = {t.name: numpy_helper.to_array(t) for t in onnx.load(_folded(tmp_path)).graph.initializer}
+    rows = {r.name: r for r in report.layers if r.has_weights}
+    assert len(rows) == 6
+    for node in q.graph.node:
+        if node.name not in rows:
+            continue
+        dq = next(n for n in q.graph.node if n.output[0] == node.input[1])
+        wq, s, zp = (inits[n] for n in dq.input)
+        assert wq.dtype == np.uint8
+        w_hat = (wq.astype(np.int32) - int(zp)).astype(np.float64) * float(s)
+        w = folded[dq.output[0].replace("_DequantizeLinear_Output", "")]
+        want = 10 * np.log10(np.sum(w.astype(np.float64) ** 2) / np.sum((w - w_hat) ** 2))
+        assert rows[node.name].w_sqnr_db == pytest.approx(want, abs=1e-4)  # float32 vs float64 dequantization
+        assert rows[node.name].w_sqnr_db > 30  # the wrap-around bug would give < 0 dB
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_instrumenting_does_not_change_quantized_outputs(tmp_path, fmt):
+    report, qpath = _audit(tmp_path, format=fmt)
+    qmodel = onnx.load(qpath)
+    m = match(fold_batchnorm(load_model(SAMPLE / "model.onnx").model).model, qmodel)
+    assert len(m.twins) >= 8
+    extra = [(t.quant_name, onnx.TensorProto.UINT8) for t in m.twins.values()]
+    onnx.save(with_outputs(qmodel, extra), tmp_path / "instrumented.onnx")
+    plain = make_session(qpath)
+    instrumented = make_session(tmp_path / "instrumented.onnx")
+    assert len(instrumented.get_outputs()) == 1 + len(extra)
+    for feeds in _batches("eval"):
+        a = plain.run(["logits"], feeds)[0]
+        b = instrumented.run(["logits"], feeds)[0]
+        np.testing.assert_array_equal(a, b)
+
+
+def test_quantized_model_equals_ort_quantize_static(tmp_path):
+    """qaudit's batch-by-batch calibration gives exactly the encodings of
+    quantize_static(Percentile, CalibStridedMinMax=one batch)."""
+    _, qpath = _audit(tmp_path)
+    with quiet_ort():
+        quantize_static(
+            str(_folded(tmp_path)),
+            str(tmp_path / "ort.onnx"),
+            _Reader("calib"),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QUInt8,
+            calibrate_method=CalibrationMethod.Percentile,
+            extra_options={"CalibStridedMinMax": 1},
+        )
+    ours = {t.name: numpy_helper.to_array(t) for t in onnx.load(qpath).graph.initializer}
+    theirs = {t.name: numpy_helper.to_array(t) for t in onnx.load(tmp_path / "ort.onnx").graph.initializer}
+    assert ours.keys() == theirs.keys()
+    scales = [k for k in ours if k.endswith("_scale") or k.endswith("_zero_point")]
+    assert len(scales) > 20
+    for k in ours:
+        np.testing.assert_array_equal(ours[k], theirs[k], err_msg=k)
+
+
+def test_layer_sqnr_recomputed_from_raw_tensors(int8_weights, tmp_path):
+    """Accumulated SQNR of one layer from all eval activations at once (no streaming)."""
+    report, qpath, folded = int8_weights
+    row = next(r for r in report.layers if r.name == "/dw/conv/Conv")
+    fm = with_outputs(onnx.load(folded), [(row.tensor, onnx.TensorProto.FLOAT)])
+    qm = with_outputs(onnx.load(qpath), [(row.quant_tensor, onnx.TensorProto.UINT8)])
+    onnx.save(fm, tmp_path / "f.onnx")
+    onnx.save(qm, tmp_path / "q.onnx")
+    fs, qs = ort.InferenceSession(str(tmp_path / "f.onnx")), ort.InferenceSession(str(tmp_path / "q.onnx"))
+    xs, qs_ = [], []
+    for feeds in _batches("eval"):
+        xs.append(fs.run([row.tensor], feeds)[0])
+        qs_.append(qs.run([row.quant_tensor], feeds)[0])
+    x, q = np.concatenate(xs), np.concatenate(qs_)
+    x_hat = (q.astype(np.int32) - row.zero_point) * row.scale
+    assert row.sqnr_db == pytest.approx(sqnr_of(x, x_hat), abs=1e-6)
+    assert row.clip_fraction == pytest.approx(np.mean((x < row.q_min) | (x > row.q_max)))
+    lo, hi = np.percentile(x, [1, 99])
+    bin_width = 2 * 2 * float(np.abs(x).max()) / 2048  # T < 2 max|x|
+    assert row.a_lo == pytest.approx(lo, abs=bin_width)
+    assert row.a_hi == pytest.approx(hi, abs=bin_width)

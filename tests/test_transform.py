@@ -1,0 +1,120 @@
+"""BN folding equals the unfolded model (onnx's ReferenceEvaluator as the oracle)."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from qaudit.graph import output_channel_matrix
+from qaudit.load import load_model
+from qaudit.transform import constants_to_initializers, fold_batchnorm
+
+from .models import input_for, layer_bn_model, shared_output_model
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "digits"
+KINDS = [
+    "conv",
+    "conv_nobias",
+    "conv_grouped",
+    "conv_depthwise",
+    "convT",
+    "convT_grouped",
+    "gemm_transB",
+    "gemm_noTransB_nobias",
+    "gemm_alpha_beta",
+]
+
+
+def _with_y(model, rank):
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.output.append(onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [f"d{i}" for i in range(rank)]))
+    return m
+
+
+def _run(model, x):
+    """onnx's ReferenceEvaluator, an oracle independent of ONNX Runtime. It cannot
+    run grouped ConvTranspose (onnx 1.23.2 reshapes the weight with group=1), so
+    that model runs on ORT with every graph optimization off."""
+    if any(n.op_type == "ConvTranspose" and any(a.name == "group" and a.i > 1 for a in n.attribute) for n in model.graph.node):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return sess.run(["y", "out"], {"x": x})
+    return ReferenceEvaluator(model).run(["y", "out"], {"x": x})
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_folded_model_equals_original(kind):
+    model = layer_bn_model(kind)
+    res = fold_batchnorm(model)
+    assert list(res.folded) == ["layer"]
+    assert not [n for n in res.model.graph.node if n.op_type == "BatchNormalization"]
+    onnx.checker.check_model(res.model)
+    x = input_for(model)
+    # compare the pre-Relu tensor too: Relu would hide sign errors
+    rank = 2 if kind.startswith("gemm") else 4
+    want_y, want = _run(_with_y(model, rank), x)
+    got_y, got = _run(_with_y(res.model, rank), x)
+    np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["conv", "conv_nobias", "convT_grouped", "gemm_transB", "gemm_noTransB_nobias"])
+def test_fold_record_keeps_weights_before_and_after(kind):
+    model = layer_bn_model(kind)
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    rec = fold_batchnorm(model).folded["layer"]
+    np.testing.assert_array_equal(rec.weight_before, inits["layer.w"])
+    s = inits["bn.gamma"].astype(np.float64) / np.sqrt(inits["bn.var"].astype(np.float64) + 1e-3)
+    node = model.graph.node[0]
+    # by hand: every output channel's weights scaled by s_c
+    rows_before = output_channel_matrix(node, inits["layer.w"]).astype(np.float64)
+    rows_after = output_channel_matrix(node, rec.weight_after)
+    np.testing.assert_allclose(rows_after, rows_before * s[:, None], rtol=1e-6)
+    b = inits.get("layer.b", np.zeros_like(s))
+    np.testing.assert_allclose(rec.bias_after, s * (b - inits["bn.mean"]) + inits["bn.beta"], rtol=1e-5, atol=1e-6)
+    # the user's model object is untouched
+    assert [n.op_type for n in model.graph.node] == [node.op_type, "BatchNormalization", "Relu"]
+
+
+def test_fold_skips_bn_when_layer_output_is_shared():
+    res = fold_batchnorm(shared_output_model())
+    assert res.folded == {}
+    assert len(res.skipped) == 1 and "other consumers" in res.skipped[0].reason
+
+
+def test_convtranspose_output_channels():
+    """ConvTranspose weight [C_in, C_out/g, k, k]: output channel g*(C_out/g)+j reads w[block g, j]."""
+    node = onnx.helper.make_node("ConvTranspose", ["x", "w"], ["y"], group=2)
+    w = np.arange(4 * 3 * 1 * 1).reshape(4, 3, 1, 1)
+    rows = output_channel_matrix(node, w)
+    assert rows.shape == (6, 2)
+    np.testing.assert_array_equal(rows[0], [w[0, 0, 0, 0], w[1, 0, 0, 0]])
+    np.testing.assert_array_equal(rows[4], [w[2, 1, 0, 0], w[3, 1, 0, 0]])
+
+
+def test_sample_folds_every_bn_and_matches_original():
+    lm = load_model(SAMPLE / "model.onnx")
+    res = fold_batchnorm(lm.model)
+    assert sorted(r.op_type for r in res.folded.values()) == ["Conv"] * 4 + ["Gemm"]
+    x = np.load(SAMPLE / "eval" / "batch_000.npy")
+    (want,) = ReferenceEvaluator(lm.model).run(None, {"input": x})
+    (got,) = ReferenceEvaluator(res.model).run(None, {"input": x})
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_constants_become_initializers():
+    model = layer_bn_model("conv")
+    # move the weight into a Constant node, as PaddlePaddle exports do
+    w = next(t for t in model.graph.initializer if t.name == "layer.w")
+    model.graph.initializer.remove(w)
+    model.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["layer.w"], value=w))
+    assert constants_to_initializers(model) == 1
+    assert "layer.w" in {t.name for t in model.graph.initializer}
+    assert list(fold_batchnorm(model).folded) == ["layer"]
