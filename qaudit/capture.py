@@ -10,6 +10,7 @@ time.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -41,9 +42,15 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[tuple[str, int]]) -> on
     return m
 
 
-def make_session(path: Path, optimize: bool = True, threads: int | None = None):
-    """An ORT CPU session; ``optimize=False`` disables all graph optimizations."""
+def make_session(path: Path, optimize: bool = True, threads: int | None = None, what: str = "the model"):
+    """An ORT CPU session; ``optimize=False`` disables all graph optimizations.
+
+    A model ORT cannot load (unknown op, unsupported type) raises
+    :class:`~qaudit.errors.ModelError` naming ``what``.
+    """
     import onnxruntime as ort
+
+    from .errors import ModelError
 
     so = ort.SessionOptions()
     so.log_severity_level = 3  # errors only: ORT warns on every unused initializer
@@ -51,7 +58,19 @@ def make_session(path: Path, optimize: bool = True, threads: int | None = None):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ModelError(
+            f"ONNX Runtime cannot run {what}: {ort_message(e)}; the model must run on onnxruntime's CPU provider"
+        ) from e
+
+
+def ort_message(e: Exception) -> str:
+    """ORT's exception text without its error-code prefix and temporary paths."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    msg = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg)
+    return re.sub(r"Load model from \S+ failed:\s*", "", msg)
 
 
 def run_named(session, feeds: dict) -> dict[str, np.ndarray]:

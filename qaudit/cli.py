@@ -18,9 +18,8 @@ EXIT_OK, EXIT_USAGE, EXIT_INTERNAL = 0, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own exit code is 2 too; keep the one-line form
-        self.print_usage(sys.stderr)
-        sys.stderr.write(f"qaudit: error: {message}\n")
+    def error(self, message):  # one line, like every other user error
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -69,14 +68,25 @@ def build_report_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_writable(path) -> None:
+def _check_outputs(model: Path, outputs: dict) -> None:
+    """Fail before any work if an output path cannot be written or would clobber an input."""
     from .errors import ConfigError
 
-    if path is None or str(path) == "-":
-        return
-    parent = Path(path).parent
-    if not parent.is_dir():
-        raise ConfigError(f"cannot write {path}: directory {parent} does not exist")
+    seen = {}
+    for flag, path in outputs.items():
+        if path is None or str(path) == "-":
+            continue
+        p = Path(path)
+        if p.exists() and p.resolve() == model.resolve():
+            raise ConfigError(f"{flag} {path} is the input model: qaudit never overwrites the model; choose another path")
+        if p.is_dir():
+            raise ConfigError(f"cannot write {flag} {path}: it is a directory; give a file path")
+        if not p.parent.is_dir():
+            raise ConfigError(f"cannot write {flag} {path}: directory {p.parent} does not exist")
+        key = str(p.resolve())
+        if key in seen:
+            raise ConfigError(f"{seen[key]} and {flag} both write {path}; give them different paths")
+        seen[key] = flag
 
 
 class _RichProgress:
@@ -138,8 +148,7 @@ def _run_audit(args) -> int:
             exclude=tuple(args.exclude),
         ),
     )
-    _check_writable(args.json)
-    _check_writable(args.output_model)
+    _check_outputs(args.model, {"--json": args.json, "--output-model": args.output_model})
     show_progress = not (args.quiet or args.no_progress) and sys.stderr.isatty()
     progress = _RichProgress() if show_progress else None
     try:
@@ -160,12 +169,13 @@ def _run_report(args) -> int:
     from .report import from_json
     from .terminal import console, render
 
+    path = Path(args.report)
+    if not path.is_file():
+        raise ConfigError(f"report not found: {path} (give the JSON file written by --json)")
     try:
-        report = from_json(Path(args.report).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"report not found: {args.report}") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{args.report} is not a readable qaudit JSON report: {e}") from None
+        report = from_json(path.read_text(encoding="utf-8"))
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not a readable qaudit JSON report: {e}") from None
     render(report, console(), worst=args.worst)
     return EXIT_OK
 

@@ -88,6 +88,12 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
     model = lm.model
     ensure_node_names(model)
     n_constants = constants_to_initializers(model)
+    unknown = sorted(set(cfg.quant.exclude) - {n.name for n in model.graph.node})
+    if unknown:
+        raise ConfigError(
+            f"--exclude names no node of the model: {', '.join(unknown)} "
+            f"(node names look like: {', '.join(n.name for n in model.graph.node[:3])}, ...)"
+        )
     fold = fold_batchnorm(model)
     notes = []
     if cfg.eval is None:
@@ -100,12 +106,14 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         work = Path(tmp)
         original_path = save_model(model, work / "normalized.onnx")
         folded_path = save_model(fold.model, work / "folded.onnx")
+        # fail fast, naming the user's model, if ORT cannot run it at all
+        original_session = make_session(original_path, what=f"model {cfg.model}")
         fold_check = {}
         if fold.folded:
             progress.stage("checking BN folding", n_calib)
             deviation = max_output_deviation(
-                make_session(original_path),
-                make_session(folded_path),
+                original_session,
+                make_session(folded_path, what="the BN-folded model"),
                 calib.batches(cfg.batch_size, cfg.max_samples),
                 progress.advance,
             )
@@ -123,16 +131,24 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         q_path = quantize(folded_path, ranges, cfg.quant, work / "quantized.onnx", work)
         qmodel = onnx.load(str(q_path))
 
+        del original_session
+
         # 4. match and capture ----------------------------------------------
         matching = match(fold.model, qmodel, cfg.quant.exclude)
+        if not matching.twins:
+            notes.append("ONNX Runtime quantized no activation of this model: there is nothing to compare per layer")
         vtypes = {vi.name: vi.type.tensor_type.elem_type for vi in list(fold.model.graph.value_info) + list(fold.model.graph.input)}
         fp32_outs = [(n, vtypes.get(n, onnx.TensorProto.FLOAT)) for n in matching.twins]
         q_outs = [
             (tw.quant_name, onnx.TensorProto.INT8 if tw.encoding.dtype == "int8" else onnx.TensorProto.UINT8)
             for tw in matching.twins.values()
         ]
-        fp32_session = make_session(save_model(with_outputs(fold.model, fp32_outs), work / "folded_instrumented.onnx"))
-        q_session = make_session(save_model(with_outputs(qmodel, q_outs), work / "quantized_instrumented.onnx"))
+        fp32_session = make_session(
+            save_model(with_outputs(fold.model, fp32_outs), work / "folded_instrumented.onnx"), what=f"model {cfg.model}"
+        )
+        q_session = make_session(
+            save_model(with_outputs(qmodel, q_outs), work / "quantized_instrumented.onnx"), what="the quantized model"
+        )
 
         meter = ActivationMeter(matching)
         out_meter = OutputMeter(lm.output_names, softmax_outputs(fold.model))
@@ -188,7 +204,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
             },
             layers=rows,
             outputs=out_meter.rows(),
-            unmatched=tuple(UnmatchedTensor(u.tensor, u.producer, u.op_type, u.reason) for u in matching.unmatched),
+            unmatched=tuple(UnmatchedTensor(u.tensor, u.producer, u.op_type, u.kind, u.reason) for u in matching.unmatched),
             notes=tuple(notes),
         )
 

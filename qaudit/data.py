@@ -99,7 +99,7 @@ class Dataset:
         except DataError:
             raise
         except Exception as e:
-            raise DataError(f"cannot read {item.path}: {type(e).__name__}: {e}") from e
+            raise DataError(f"cannot read {item.path}: {_numpy_load_message(e)}") from e
 
     def _read_pb(self, item: _Item) -> dict[str, np.ndarray]:
         files = sorted(item.path.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[-1]) if p.stem.split("_")[-1].isdigit() else 0)
@@ -227,6 +227,14 @@ class Dataset:
             yield flush()
 
 
+def _numpy_load_message(e: Exception) -> str:
+    """numpy says "contains pickled (object) data, use allow_pickle" for any file that
+    is not .npy/.npz; that advice is wrong and unsafe here."""
+    if "allow_pickle" in str(e) or "pickle" in str(e).lower():
+        return "not a valid .npy/.npz file (or it holds Python objects); save arrays with np.save / np.savez"
+    return f"{type(e).__name__}: {e}"
+
+
 def load_labels(path: Path, n_samples: int, exact: bool = True) -> np.ndarray:
     """Integer class labels, one per evaluation sample (``[N]`` ints or ``[N, K]`` one-hot)."""
     path = Path(path)
@@ -235,7 +243,7 @@ def load_labels(path: Path, n_samples: int, exact: bool = True) -> np.ndarray:
     try:
         y = np.load(path, allow_pickle=False)
     except Exception as e:
-        raise DataError(f"cannot read labels {path}: {e}; save them with np.save as an integer array") from e
+        raise DataError(f"cannot read labels {path}: {_numpy_load_message(e)}; save them with np.save as an integer array") from e
     if y.ndim == 2:
         y = y.argmax(axis=1)
     if y.ndim != 1 or y.dtype.kind not in "iu":

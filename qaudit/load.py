@@ -95,8 +95,10 @@ def load_model(path: str | Path) -> LoadedModel:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
-        raise ModelError(f"{path} fails onnx.checker: {first}; fix the exporter settings and re-export") from e
+        text = " ".join(str(e).split()) or "invalid model"
+        if len(text) > 300:
+            text = text[:297] + "..."
+        raise ModelError(f"{path} fails onnx.checker: {text}; fix the exporter settings and re-export") from e
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
         raise ModelError(

@@ -94,7 +94,14 @@ class Unmatched:
     tensor: str
     producer: str
     op_type: str
+    kind: str  # one of UNMATCHED_KINDS
     reason: str
+
+
+#: Why an fp32 tensor has no twin: an activation fused into its layer's encoding,
+#: a node left in float by --exclude, an op ORT does not quantize, a producer
+#: that vanished from the quantized graph, or no QuantizeLinear inserted.
+UNMATCHED_KINDS = ("fused", "excluded", "float-op", "removed", "not-quantized")
 
 
 @dataclass(frozen=True)
@@ -220,19 +227,19 @@ def match(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, excluded: tuple[str, .
         pname = p.name if p is not None else name
         act = removed_activation(name)
         if act is not None and act.output[0] in twins:
-            reason = (
+            kind, reason = "fused", (
                 f"{act.op_type} '{act.name}' was removed by the quantizer and fused into this layer's "
                 f"output encoding; the layer is measured at '{act.output[0]}'"
             )
         elif p is not None and p.name in excluded_set:
-            reason = "producer excluded from quantization (--exclude); computed in float"
+            kind, reason = "excluded", "producer excluded from quantization (--exclude); computed in float"
         elif p is not None and p.op_type not in quantizable:
-            reason = f"{p.op_type} is not quantized by ONNX Runtime; its output stays float in the quantized graph"
+            kind, reason = "float-op", f"{p.op_type} is not quantized by ONNX Runtime; its output stays float in the quantized graph"
         elif p is not None and p.name not in qnames and not any(qn.startswith(p.name) for qn in qnames):
-            reason = "producer no longer exists in the quantized graph"
+            kind, reason = "removed", "producer no longer exists in the quantized graph"
         else:
-            reason = "the quantizer inserted no QuantizeLinear for this tensor (it stays float)"
-        unmatched.append(Unmatched(name, pname, op, reason))
+            kind, reason = "not-quantized", "the quantizer inserted no QuantizeLinear for this tensor (it stays float)"
+        unmatched.append(Unmatched(name, pname, op, kind, reason))
     return Matching(twins=twins, unmatched=unmatched, fused_into=fused_into)
 
 

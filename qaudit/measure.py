@@ -75,7 +75,15 @@ class OutputMeter:
                 self.acc[name] = OutputAccumulator(name, probabilities=probs)
                 if self.label_output is None and x.ndim == 2 and x.shape[1] >= 2:
                     self.label_output = name
-            self.acc[name].update(x, y, labels if name == self.label_output else None)
+            lab = labels if name == self.label_output else None
+            if lab is not None and len(lab) and (lab.min() < 0 or lab.max() >= x.shape[1]):
+                from .errors import DataError
+
+                raise DataError(
+                    f"labels must be class indices in [0, {x.shape[1] - 1}] for output '{name}' "
+                    f"(found {int(lab.min())}..{int(lab.max())})"
+                )
+            self.acc[name].update(x, y, lab)
 
     def rows(self) -> tuple[OutputRow, ...]:
         return tuple(OutputRow(name=n, **self.acc[n].result()) for n in self.names if n in self.acc)

@@ -138,5 +138,6 @@ def quantize(model_path: Path, ranges, cfg: QuantConfig, out_path: Path, workdir
 
 
 def _first_line(e: Exception) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else "(no message)"
+    from .capture import ort_message
+
+    return ort_message(e)

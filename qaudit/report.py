@@ -89,6 +89,7 @@ class UnmatchedTensor:
     tensor: str
     producer: str
     op_type: str
+    kind: str  # fused | excluded | float-op | removed | not-quantized
     reason: str
 
 
@@ -152,7 +153,9 @@ def _revive(cls, d: dict):
 
 
 def from_dict(d: dict) -> Report:
-    fmt = d.get("format", {})
+    if not isinstance(d, dict) or not isinstance(d.get("format"), dict):
+        raise ValueError("not a qaudit report (expected an object with a 'format' object)")
+    fmt = d["format"]
     if fmt.get("name") != "qaudit-report":
         raise ValueError("not a qaudit report (missing format.name == 'qaudit-report')")
     if fmt.get("version") != FORMAT_VERSION:

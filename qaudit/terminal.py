@@ -141,12 +141,22 @@ def summary(report: Report, worst: int = 3) -> Group:
         parts.append(
             Text.assemble(("worst layers: ", "head"), ("; ".join(f"{r.name} {fmt(r.sqnr_db, '.1f')} dB" for r in w), "worst"))
         )
-    if report.unmatched:
-        parts.append(Text(f"{len(report.unmatched)} fp32 tensor(s) without a quantized twin:", style="warn"))
-        for u in report.unmatched[:20]:
+    fused = [u for u in report.unmatched if u.kind == "fused"]
+    other = [u for u in report.unmatched if u.kind != "fused"]
+    if fused:
+        parts.append(
+            Text(
+                f"{len(fused)} pre-activation tensor(s) have no quantized twin because ONNX Runtime fused the Relu/Clip "
+                "that follows them into the layer's encoding; those rows (marked +Relu/+Clip) measure the activation output",
+                style="muted",
+            )
+        )
+    if other:
+        parts.append(Text(f"{len(other)} fp32 tensor(s) without a quantized twin:", style="warn"))
+        for u in other[:20]:
             parts.append(Text(f"  {u.tensor} ({u.op_type} {u.producer}): {u.reason}", style="muted"))
-        if len(report.unmatched) > 20:
-            parts.append(Text(f"  ... {len(report.unmatched) - 20} more in the JSON report", style="muted"))
+        if len(other) > 20:
+            parts.append(Text(f"  ... {len(other) - 20} more in the JSON report", style="muted"))
     for n in report.notes:
         parts.append(Text(f"note: {n}", style="warn"))
     return Group(*parts)

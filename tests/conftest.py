@@ -1,0 +1,107 @@
+"""Shared fixtures for the qaudit test suite.
+
+* ``SAMPLE`` / ``sample``: the bundled digits sample (model, calib, eval, labels).
+* ``cli_env``: that environment, for tests that start Python themselves.
+* ``run_cli(*args)``: run ``python -m qaudit ARGS`` as a subprocess from the repo
+  root, with a fixed terminal environment (no colour, 200 columns).
+* ``sample_run`` / ``sample_report_json``: ONE full audit of the sample (with
+  --eval, --labels and --json), shared by the whole session to keep the suite fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "samples" / "digits"
+SAMPLE_MODEL = SAMPLE / "model.onnx"
+SAMPLE_CALIB = SAMPLE / "calib"
+SAMPLE_EVAL = SAMPLE / "eval"
+SAMPLE_LABELS = SAMPLE / "eval_labels.npy"
+
+#: generous per-run limit (an audit of the sample takes ~1 s); a hang fails fast
+CLI_TIMEOUT = 60
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env["NO_COLOR"] = "1"
+    env["COLUMNS"] = "200"
+    env.pop("FORCE_COLOR", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return env
+
+
+def _run(*args, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "qaudit", *map(str, args)],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def sample() -> Path:
+    """The bundled digits sample directory."""
+    assert SAMPLE_MODEL.is_file(), f"sample model missing: {SAMPLE_MODEL}"
+    return SAMPLE
+
+
+@pytest.fixture(scope="session", name="cli_env")
+def cli_env_fixture() -> dict:
+    """The environment ``run_cli`` uses, for tests that start Python themselves."""
+    return cli_env()
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """``run_cli(*args, timeout=...) -> CompletedProcess`` (text mode) of ``python -m qaudit``."""
+    return _run
+
+
+@dataclass(frozen=True)
+class SampleRun:
+    proc: subprocess.CompletedProcess
+    json_path: Path
+    report: dict
+    model_sha_before: str
+    model_sha_after: str
+
+
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory) -> SampleRun:
+    """The one full audit of the sample (eval data, labels, JSON report) that most tests read."""
+    out = tmp_path_factory.mktemp("sample_report") / "report.json"
+    before = sha256_file(SAMPLE_MODEL)
+    proc = _run(
+        SAMPLE_MODEL,
+        "--calib", SAMPLE_CALIB,
+        "--eval", SAMPLE_EVAL,
+        "--labels", SAMPLE_LABELS,
+        "--json", out,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"sample audit failed ({proc.returncode}):\n{proc.stderr}"
+    assert out.is_file(), "sample audit wrote no JSON report"
+    return SampleRun(proc, out, json.loads(out.read_text(encoding="utf-8")), before, sha256_file(SAMPLE_MODEL))
+
+
+@pytest.fixture(scope="session")
+def sample_report_json(sample_run) -> dict:
+    """The parsed JSON report of the shared sample audit."""
+    return sample_run.report
