@@ -179,3 +179,24 @@ def test_layer_sqnr_recomputed_from_raw_tensors(int8_weights, tmp_path):
     bin_width = 2 * 2 * float(np.abs(x).max()) / 2048  # T < 2 max|x|
     assert row.a_lo == pytest.approx(lo, abs=bin_width)
     assert row.a_hi == pytest.approx(hi, abs=bin_width)
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_per_channel_weight_sqnr_by_hand(tmp_path, fmt):
+    """Per-channel int8 weights: each output channel dequantized with its own scale."""
+    report, qpath = _audit(tmp_path, format=fmt, weight_type="int8", per_channel=True)
+    q = onnx.load(qpath)
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    folded = {t.name: numpy_helper.to_array(t) for t in onnx.load(_folded(tmp_path)).graph.initializer}
+    row = next(r for r in report.layers if r.name == "/dw/conv/Conv")
+    assert row.w_encoding == "int8 per-channel"
+    wq = inits["/dw/conv/Conv.weight_bnfolded_quantized"]
+    s = inits["/dw/conv/Conv.weight_bnfolded_scale"]
+    assert s.shape == (32,)
+    w_hat = wq.astype(np.float64) * s.astype(np.float64)[:, None, None, None]  # symmetric int8: zp = 0
+    w = folded["/dw/conv/Conv.weight_bnfolded"].astype(np.float64)
+    want = 10 * np.log10(np.sum(w**2) / np.sum((w - w_hat) ** 2))
+    assert row.w_sqnr_db == pytest.approx(want, abs=1e-4)
+    (tmp_path / "pt").mkdir()
+    per_tensor = next(r for r in _audit(tmp_path / "pt", format=fmt, weight_type="int8")[0].layers if r.name == row.name)
+    assert row.w_sqnr_db > per_tensor.w_sqnr_db + 3  # depthwise weights gain a lot from per-channel scales
