@@ -95,8 +95,11 @@ class AuditConfig:
     max_samples: int | None = None
     #: Activation-range clipping for the report (METRICS.md: p = 1, i.e. 1%/99%).
     clip_percentile: float = 1.0
-    #: Equivalence check of the BN-folded model: |a - b| <= atol + rtol * max|a|.
-    fold_rtol: float = 1e-4
+    #: Equivalence check of the BN-folded model: |a - b| <= atol + rtol * max|a|
+    #: per output. 1e-3: deep attention models (PP-OCRv4 rec) amplify float32
+    #: rounding of the folded weights to ~2e-4 of max|output|; a folding bug
+    #: gives errors of order 0.1.
+    fold_rtol: float = 1e-3
     fold_atol: float = 1e-5
 
     def __post_init__(self):

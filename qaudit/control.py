@@ -33,7 +33,7 @@ from .load import load_model
 from .match import match
 from .output import atomic_path
 from .measure import ActivationMeter, OutputMeter, layer_rows, softmax_outputs
-from .quantize import calibrate, quantize
+from .quantize import calibrate, nonfinite_tensors, quantize
 from .report import Report, UnmatchedTensor
 from .transform import constants_to_initializers, ensure_node_names, fold_batchnorm
 
@@ -126,15 +126,30 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
                     )
 
         # 3. calibrate and quantize ------------------------------------------
+        # Tensors holding NaN/Inf (a -inf attention mask) cannot be calibrated:
+        # the nodes that read or write them stay in float.
+        bad = nonfinite_tensors(folded_path, next(iter(calib.batches(cfg.batch_size, cfg.max_samples))))
+        auto_excluded = {}
+        for node in fold.model.graph.node:
+            hit = [t for t in list(node.input) + list(node.output) if t in bad]
+            if hit:
+                auto_excluded[node.name] = (
+                    f"left in float by qaudit: tensor '{hit[0]}' holds non-finite values "
+                    f"(range [{bad[hit[0]][0]:g}, {bad[hit[0]][1]:g}]) that cannot be calibrated"
+                )
         progress.stage("calibrating", n_calib)
-        ranges = calibrate(folded_path, calib.batches(cfg.batch_size, cfg.max_samples), cfg.quant, work, progress.advance)
-        q_path = quantize(folded_path, ranges, cfg.quant, work / "quantized.onnx", work)
+        ranges = calibrate(
+            folded_path, calib.batches(cfg.batch_size, cfg.max_samples), cfg.quant, work, progress.advance, skip=set(bad)
+        )
+        q_path = quantize(folded_path, ranges, cfg.quant, work / "quantized.onnx", work, also_exclude=auto_excluded)
         qmodel = onnx.load(str(q_path))
 
         del original_session
 
         # 4. match and capture ----------------------------------------------
-        matching = match(fold.model, qmodel, cfg.quant.exclude)
+        excluded = {n: "producer excluded from quantization (--exclude); computed in float" for n in cfg.quant.exclude}
+        excluded.update(auto_excluded)
+        matching = match(fold.model, qmodel, excluded)
         if not matching.twins:
             notes.append("ONNX Runtime quantized no activation of this model: there is nothing to compare per layer")
         vtypes = {vi.name: vi.type.tensor_type.elem_type for vi in list(fold.model.graph.value_info) + list(fold.model.graph.input)}
@@ -186,6 +201,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
                 "clip_percentile": cfg.clip_percentile,
                 "error": "accumulated",
                 "graph_optimization": "ORT_ENABLE_ALL",
+                "auto_excluded": [{"node": n, "reason": r} for n, r in auto_excluded.items()],
             },
             data={
                 "calib": str(cfg.calib),

@@ -62,7 +62,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         tt = vi.type.tensor_type
         if not vi.type.HasField("tensor_type"):
             raise ModelError(f"input '{vi.name}' is not a tensor; qaudit supports tensor inputs only")
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        # Paddle2ONNX writes dynamic dims as dim_value -1; treat any non-positive value as dynamic.
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim)
         specs.append(InputSpec(vi.name, elem_dtype(tt.elem_type), dims))
     return specs
 

@@ -168,8 +168,11 @@ def quantized_tensors(qmodel: onnx.ModelProto) -> dict[str, tuple[str, Encoding,
     return found
 
 
-def match(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, excluded: tuple[str, ...] = ()) -> Matching:
-    """Pair fp32 float tensors with integer twins; explain every tensor left without one."""
+def match(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, excluded: dict[str, str] | None = None) -> Matching:
+    """Pair fp32 float tensors with integer twins; explain every tensor left without one.
+
+    ``excluded``: node name -> why it was left in float (``--exclude``, or qaudit's own choice).
+    """
     from .quantize import quantizable_op_types
 
     g = fp32.graph
@@ -218,7 +221,7 @@ def match(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, excluded: tuple[str, .
             fused_into[a] = tw.fp32_name
 
     unmatched = []
-    excluded_set = set(excluded)
+    excluded = dict(excluded or {})
     for name in candidates:
         if name in twins:
             continue
@@ -231,8 +234,8 @@ def match(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, excluded: tuple[str, .
                 f"{act.op_type} '{act.name}' was removed by the quantizer and fused into this layer's "
                 f"output encoding; the layer is measured at '{act.output[0]}'"
             )
-        elif p is not None and p.name in excluded_set:
-            kind, reason = "excluded", "producer excluded from quantization (--exclude); computed in float"
+        elif p is not None and p.name in excluded:
+            kind, reason = "excluded", excluded[p.name]
         elif p is not None and p.op_type not in quantizable:
             kind, reason = "float-op", f"{p.op_type} is not quantized by ONNX Runtime; its output stays float in the quantized graph"
         elif p is not None and p.name not in qnames and not any(qn.startswith(p.name) for qn in qnames):

@@ -51,20 +51,25 @@ def qmse_of(x: np.ndarray, x_hat: np.ndarray) -> float:
 
 
 def dequantize(q: np.ndarray, scale, zero_point, axis: int | None = None) -> np.ndarray:
-    """``scale * (q - zero_point)`` computed in int32/float, never in the storage type.
+    """``scale * (q - zero_point)`` computed in float32, never in the storage type.
 
     (onnxruntime 1.32's ``qdq_loss_debug._run_dequantize_linear`` subtracts the
     zero point in uint8 arithmetic, which wraps around for uint8 weights.)
     """
     scale = np.asarray(scale, dtype=np.float32)
-    zp = np.asarray(zero_point).astype(np.int32)
-    qi = np.asarray(q).astype(np.int32)
+    zp = np.asarray(zero_point).astype(np.float32)  # integers below 2**24: exact in float32
+    q = np.asarray(q)
     if scale.size > 1 or zp.size > 1:
-        shape = [1] * qi.ndim
+        shape = [1] * q.ndim
         shape[axis if axis is not None else 1] = -1
         scale = scale.reshape(shape)
         zp = zp.reshape(shape)
-    return ((qi - zp).astype(np.float32) * scale).astype(np.float32)
+    else:
+        scale, zp = scale.reshape(()), zp.reshape(())
+    out = q.astype(np.float32)
+    out -= zp
+    out *= scale
+    return out
 
 
 # ---------------------------------------------------------------- streaming
@@ -79,10 +84,11 @@ class ErrorAccumulator:
         self.count = 0
 
     def update(self, x: np.ndarray, x_hat: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float64)
-        e = x - np.asarray(x_hat, dtype=np.float64)
-        self.sum_x2 += float(np.dot(x.ravel(), x.ravel()))
-        self.sum_e2 += float(np.dot(e.ravel(), e.ravel()))
+        # float32 BLAS dots (many partial sums, relative error ~1e-6), summed in float64 across batches
+        x = np.ascontiguousarray(x, dtype=np.float32).ravel()
+        e = x - np.asarray(x_hat, dtype=np.float32).ravel()
+        self.sum_x2 += float(np.dot(x, x))
+        self.sum_e2 += float(np.dot(e, e))
         self.count += x.size
 
     def merge(self, other: "ErrorAccumulator") -> "ErrorAccumulator":
@@ -126,8 +132,8 @@ class RangeHistogram:
     """
 
     def __init__(self, bins: int = 2048, channel_bins: int = 256):
-        if bins % 4 or channel_bins % 4:
-            raise ValueError("bin counts must be multiples of 4")
+        if bins % 4 or channel_bins % 4 or bins % channel_bins or (bins // channel_bins) & (bins // channel_bins - 1):
+            raise ValueError("bin counts must be multiples of 4, bins a power-of-two multiple of channel_bins")
         self.bins = bins
         self.channel_bins = channel_bins
         self.T = 0.0
@@ -161,13 +167,18 @@ class RangeHistogram:
             if self.ch_hist is not None:
                 self.ch_hist = self._grow(self.ch_hist)
 
+    #: Above this many (channel x fine bin) counters per batch, channel histograms
+    #: are binned separately on the coarse grid instead of folded from the fine one.
+    _JOINT_LIMIT = 1 << 22
+
     def update(self, x: np.ndarray, axis: int | None) -> None:
-        x = np.asarray(x, dtype=np.float32)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        # [pre, C, post] view: no copy, channel axis in the middle
         if axis is None:
-            m = x.reshape(1, -1)
+            m = x.reshape(1, 1, -1)
         else:
-            m = np.moveaxis(x, axis, 0).reshape(x.shape[axis], -1)
-        C = m.shape[0]
+            m = x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), x.shape[axis], -1)
+        C = m.shape[1]
         if self.ch_hist is None:
             self.ch_hist = np.zeros((C, self.channel_bins), dtype=np.int64)
             self.ch_min = np.full(C, np.inf)
@@ -178,10 +189,11 @@ class RangeHistogram:
             raise ValueError(f"channel count changed from {self.ch_hist.shape[0]} to {C}")
         if m.size == 0:
             return
-        cmin = m.min(axis=1).astype(np.float64)
-        cmax = m.max(axis=1).astype(np.float64)
-        n_min = np.count_nonzero(m == cmin[:, None].astype(m.dtype), axis=1)
-        n_max = np.count_nonzero(m == cmax[:, None].astype(m.dtype), axis=1)
+        cmin32 = m.min(axis=(0, 2))
+        cmax32 = m.max(axis=(0, 2))
+        n_min = np.count_nonzero(m == cmin32[None, :, None], axis=(0, 2))
+        n_max = np.count_nonzero(m == cmax32[None, :, None], axis=(0, 2))
+        cmin, cmax = cmin32.astype(np.float64), cmax32.astype(np.float64)
         self.ch_at_min = _merge_atoms(self.ch_min, self.ch_at_min, cmin, n_min, np.less)
         self.ch_at_max = _merge_atoms(self.ch_max, self.ch_at_max, cmax, n_max, np.greater)
         self.ch_min = np.minimum(self.ch_min, cmin)
@@ -189,18 +201,31 @@ class RangeHistogram:
         self.min = min(self.min, float(cmin.min()))
         self.max = max(self.max, float(cmax.max()))
         self.count += m.size
+        per_channel = m.size // C
         amax = max(abs(self.min), abs(self.max))
         self._ensure_T(amax)
         if self.T == 0.0:  # all zeros so far: everything in the middle bin
             self.hist[self.bins // 2] += m.size
-            self.ch_hist[:, self.channel_bins // 2] += m.shape[1]
+            self.ch_hist[:, self.channel_bins // 2] += per_channel
             return
-        u = (m.astype(np.float64) + self.T) / (2 * self.T)
-        fine = np.clip((u * self.bins).astype(np.int64), 0, self.bins - 1)
-        self.hist += np.bincount(fine.ravel(), minlength=self.bins)
-        coarse = np.clip((u * self.channel_bins).astype(np.int64), 0, self.channel_bins - 1)
-        coarse += (np.arange(C, dtype=np.int64) * self.channel_bins)[:, None]
-        self.ch_hist += np.bincount(coarse.ravel(), minlength=C * self.channel_bins).reshape(C, self.channel_bins)
+        # fine bin = floor((x + T) * bins / 2T), in float32 (identical for any batching)
+        fine = ((m + np.float32(self.T)) * np.float32(self.bins / (2 * self.T))).astype(np.int32)
+        np.minimum(fine, self.bins - 1, out=fine)
+        np.maximum(fine, 0, out=fine)
+        shift = int(math.log2(self.bins // self.channel_bins))
+        if C == 1:
+            h = np.bincount(fine.ravel(), minlength=self.bins)
+            self.hist += h
+            self.ch_hist[0] += h.reshape(self.channel_bins, -1).sum(axis=1)
+        elif C * self.bins <= self._JOINT_LIMIT:
+            joint = fine + (np.arange(C, dtype=np.int32) * self.bins)[None, :, None]
+            h = np.bincount(joint.ravel(), minlength=C * self.bins).reshape(C, self.bins)
+            self.hist += h.sum(axis=0)
+            self.ch_hist += h.reshape(C, self.channel_bins, -1).sum(axis=2)
+        else:
+            self.hist += np.bincount(fine.ravel(), minlength=self.bins)
+            coarse = (fine >> shift) + (np.arange(C, dtype=np.int32) * self.channel_bins)[None, :, None]
+            self.ch_hist += np.bincount(coarse.ravel(), minlength=C * self.channel_bins).reshape(C, self.channel_bins)
 
     def merge(self, other: "RangeHistogram") -> "RangeHistogram":
         if other.count == 0:

@@ -66,28 +66,71 @@ def quantizable_op_types() -> list[str]:
     return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
 
+def nonfinite_tensors(model_path: Path, feeds: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """Float tensors holding NaN/Inf on ``feeds`` (e.g. a transformer's -inf attention mask).
+
+    ORT's histogram calibrators fail on them ("autodetected range of [..., inf]
+    is not finite", onnxruntime 1.32); qaudit leaves such tensors in float.
+    """
+    import onnx
+
+    from .capture import make_session, run_named, with_outputs
+
+    model = onnx.load(str(model_path))
+    vt = {vi.name: vi.type.tensor_type.elem_type for vi in list(model.graph.value_info) + list(model.graph.output)}
+    floats = [(o, vt[o]) for n in model.graph.node for o in n.output if vt.get(o) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    probe = Path(model_path).with_name("nonfinite_probe.onnx")
+    onnx.save(with_outputs(model, floats), str(probe))
+    out = run_named(make_session(probe, what="the BN-folded model"), feeds)
+    probe.unlink()
+    bad = {}
+    for name, v in out.items():
+        if v.dtype.kind == "f" and v.size and not np.isfinite(v).all():
+            finite = v[np.isfinite(v)]
+            bad[name] = (float(np.nanmin(v)), float(np.nanmax(v))) if finite.size < v.size else (0.0, 0.0)
+    return bad
+
+
+def _percentile_calibrator(model_path: Path, cfg: QuantConfig, workdir: Path, skip: set[str]):
+    """ORT's PercentileCalibrater built exactly as ``create_calibrator`` builds it
+    (onnxruntime 1.32), except that tensors in ``skip`` are not calibrated."""
+    from onnxruntime.quantization.calibrate import PercentileCalibrater
+
+    class _Calibrater(PercentileCalibrater):
+        def select_tensors_to_calibrate(self, model):
+            tensors, value_infos = super().select_tensors_to_calibrate(model)
+            return tensors - skip, value_infos
+
+    opts = cfg.ort_calibrator_options()
+    calibrator = _Calibrater(
+        Path(model_path),
+        quantizable_op_types(),
+        str(Path(workdir) / "calibration_augmented.onnx"),
+        symmetric=opts["symmetric"],
+        num_bins=opts["num_bins"],
+        percentile=opts["percentile"],
+    )
+    calibrator.augment_graph()
+    calibrator.create_inference_session()
+    return calibrator
+
+
 def calibrate(
     model_path: Path,
     batches: Iterable[dict[str, np.ndarray]],
     cfg: QuantConfig,
     workdir: Path,
     on_batch: Callable[[int], None] | None = None,
+    skip: set[str] = frozenset(),
 ):
     """Percentile ranges of every tensor ORT will quantize, one batch at a time.
 
-    Returns ORT's ``TensorsData`` (the exact object ``quantize_static`` would compute).
+    Returns ORT's ``TensorsData`` (what ``quantize_static`` would compute with
+    ``CalibStridedMinMax`` set to one batch). Tensors in ``skip`` get no range.
     """
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
-
     try:
         with quiet_ort():
-            calibrator = create_calibrator(
-                Path(model_path),
-                quantizable_op_types(),
-                augmented_model_path=str(Path(workdir) / "calibration_augmented.onnx"),
-                calibrate_method=CalibrationMethod.Percentile,
-                extra_options=cfg.ort_calibrator_options(),
-            )
+            calibrator = _percentile_calibrator(model_path, cfg, workdir, set(skip))
             seen = 0
             for feeds in batches:
                 calibrator.collect_data(_OneBatch(feeds))
@@ -105,8 +148,13 @@ def calibrate(
     return ranges
 
 
-def quantize(model_path: Path, ranges, cfg: QuantConfig, out_path: Path, workdir: Path) -> Path:
-    """Write the statically quantized model for ``model_path`` with the given ranges."""
+def quantize(
+    model_path: Path, ranges, cfg: QuantConfig, out_path: Path, workdir: Path, also_exclude: Iterable[str] = ()
+) -> Path:
+    """Write the statically quantized model for ``model_path`` with the given ranges.
+
+    ``also_exclude``: node names qaudit itself leaves in float (beside ``cfg.exclude``).
+    """
     from onnxruntime.quantization import CalibrationMethod, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
@@ -124,7 +172,7 @@ def quantize(model_path: Path, ranges, cfg: QuantConfig, out_path: Path, workdir
                 weight_type=wt,
                 per_channel=cfg.per_channel,
                 reduce_range=cfg.reduce_range,
-                nodes_to_exclude=list(cfg.exclude),
+                nodes_to_exclude=list(cfg.exclude) + [n for n in also_exclude if n not in cfg.exclude],
                 calibrate_method=CalibrationMethod.Percentile,
                 calibration_cache_path=str(cache),
                 extra_options=cfg.ort_extra_options(),

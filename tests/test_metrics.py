@@ -58,13 +58,14 @@ def test_error_accumulator_streams_like_whole_array():
     acc = ErrorAccumulator()
     for i in range(0, 10, 3):
         acc.update(x[i : i + 3], xh[i : i + 3])
-    assert acc.sqnr_db == pytest.approx(sqnr_of(x, xh), rel=1e-12)
-    assert acc.qmse == pytest.approx(qmse_of(x, xh), rel=1e-12)
+    # float32 per-batch dot products: far below the 0.01 dB that matters
+    assert acc.sqnr_db == pytest.approx(sqnr_of(x, xh), abs=1e-5)
+    assert acc.qmse == pytest.approx(qmse_of(x, xh), rel=1e-5)
     other = ErrorAccumulator()
     other.update(x[:5], xh[:5])
     rest = ErrorAccumulator()
     rest.update(x[5:], xh[5:])
-    assert other.merge(rest).sqnr_db == pytest.approx(acc.sqnr_db, rel=1e-12)
+    assert other.merge(rest).sqnr_db == pytest.approx(acc.sqnr_db, abs=1e-5)
 
 
 def test_channel_axis_convention():
@@ -159,3 +160,21 @@ def test_non_classification_outputs_have_no_qce():
     acc.update(np.ones((2, 3, 4)), np.ones((2, 3, 4)))
     r = acc.result()
     assert r["qce"] is None and r["top1_agreement"] is None and r["qmse"] == 0.0
+
+
+@pytest.mark.parametrize("C", [1, 3, 3000])
+def test_histogram_paths_agree_with_numpy(C):
+    """The three binning paths (one channel, joint fine bins, separate coarse bins)."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(4, C, 50 if C < 3000 else 2)).astype(np.float32)
+    h = _hist_of([x[:2], x[2:]], axis=1)
+    ref = RangeHistogram()
+    T = h.T
+    fine = np.clip(np.floor((x.astype(np.float64) + T) * 2048 / (2 * T)).astype(int), 0, 2047)
+    # float32 binning may move a value sitting on an edge by one bin (within the bin error)
+    moved = max(2, int(2e-3 * x.size))
+    assert np.abs(h.hist - np.bincount(fine.ravel(), minlength=2048)).sum() <= moved
+    coarse = np.moveaxis(fine // 8, 1, 0).reshape(C, -1)
+    want = np.stack([np.bincount(c, minlength=256) for c in coarse])
+    assert np.abs(h.ch_hist - want).sum() <= moved
+    assert h.count == x.size and ref.count == 0
