@@ -144,9 +144,9 @@ def _layer_plot(reports, spec, x_range) -> tuple[str | None, str]:
         if _f(get(r)) is not None and math.isfinite(_f(get(r)))
     ]
     log = scale == "log"
-    if scale == "auto":
+    if scale == "auto":  # log when the positive values span more than two decades; zeros are then named, not drawn
         pos = [v for v in values if v > 0]
-        log = bool(pos) and len(pos) == len(values) and max(pos) / min(pos) > 100
+        log = bool(pos) and max(pos) / min(pos) > 100
     if log and "log10" not in ylabel:
         ylabel += " (log10 scale)"
         title += " (log10 scale)" if scale == "auto" else ""
@@ -170,7 +170,7 @@ def _layer_plot(reports, spec, x_range) -> tuple[str | None, str]:
     if pid == "sqnr" and not any(_isolated(r) is not None for _, rep in reports for r in rep.layers):
         notes.append(ISOLATED_MISSING)
     if skipped:
-        what = "∞ (no error)" if pid == "sqnr" else ("0 (no error)" if pid == "qmse" else "not drawable")
+        what = "∞ (no error)" if pid == "sqnr" else ("0 (no error)" if pid == "qmse" else "0 or less")
         lst = ", ".join(f"{(lab + ' ') if multi else ''}#{r.index}" for lab, _, r, _ in skipped[:8])
         notes.append(f"{what}, not drawn: {lst}{' …' if len(skipped) > 8 else ''}")
     if not any(s.x for s in series):
@@ -459,8 +459,9 @@ svg.plot .note{font-style:italic;fill:#444}svg.plot .grid line{stroke:#e4e4e4}sv
 svg.plot .axes{fill:none;stroke:#777}svg.plot path.line{fill:none;stroke-width:2}
 .scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:13px;margin:4px 0}
-th,td{padding:3px 7px;border-bottom:1px solid #e6e6e6;text-align:right;vertical-align:top;white-space:nowrap}
-th{background:#f4f6f8;position:sticky;top:0}.l{text-align:left}td.name,td.reason{white-space:normal;overflow-wrap:anywhere;min-width:14em}
+th,td{padding:3px 5px;border-bottom:1px solid #e6e6e6;text-align:right;vertical-align:top;white-space:nowrap}
+th{background:#f4f6f8;position:sticky;top:0;white-space:normal;vertical-align:bottom}.l{text-align:left}
+td.name,td.reason{white-space:normal;overflow-wrap:anywhere;min-width:12em}
 th button{font:inherit;font-weight:700;background:none;border:0;padding:0;cursor:pointer;color:inherit}
 th[aria-sort=ascending] button::after{content:" ▲"}th[aria-sort=descending] button::after{content:" ▼"}
 tr.worst td{background:#fdeee6}.badge{font-size:11px;border:1px solid #b03000;color:#b03000;border-radius:3px;padding:0 3px}

@@ -85,7 +85,7 @@ def _c(v: float) -> str:
 class _Linear:
     log = False
 
-    def __init__(self, lo: float, hi: float, n: int = 5, clamp: tuple[float, float] | None = None):
+    def __init__(self, lo: float, hi: float, n: int = 5):
         if not (math.isfinite(lo) and math.isfinite(hi)):
             lo, hi = 0.0, 1.0
         if hi - lo <= 1e-12 * max(abs(lo), abs(hi), 1e-300):
@@ -100,8 +100,6 @@ class _Linear:
         self.step = step
         self.lo = math.floor(lo / step + 1e-9) * step
         self.hi = math.ceil(hi / step - 1e-9) * step
-        if clamp is not None:  # e.g. a fraction axis never goes below 0 or above 1
-            self.lo, self.hi = max(self.lo, clamp[0]), min(self.hi, clamp[1])
         k0 = math.ceil(self.lo / step - 1e-9)
         k1 = math.floor(self.hi / step + 1e-9)
         self.ticks = [k * step for k in range(k0, k1 + 1)]
@@ -152,8 +150,12 @@ def _y_scale(values: Sequence[float], log: bool, fixed: tuple[float, float] | No
     if log:
         return _Log(min(vals, default=1e-3), max(vals, default=1.0))
     lo, hi = min(vals, default=0.0), max(vals, default=1.0)
-    if fixed is not None:  # a fraction: show [0, 1] unless the data needs a closer look
-        return _Linear(min(lo, fixed[0]), max(hi, fixed[1]), clamp=None)
+    if fixed is not None:  # e.g. a fraction: always show [0, 1]
+        scale = _Linear(min(lo, fixed[0]), max(hi, fixed[1]))
+        if fixed[1] > fixed[0] and fixed[1] <= hi <= fixed[1] * 1.1:  # just above 1: do not jump to 1.25
+            scale.hi = hi
+            scale.ticks = [t for t in scale.ticks if t <= hi + 1e-12]
+        return scale
     pad = 0.06 * (hi - lo)
     # a non-negative quantity (range, error) never gets a negative axis
     return _Linear(max(lo - pad, 0.0) if lo >= 0 else lo - pad, hi + pad)

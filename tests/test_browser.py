@@ -110,6 +110,10 @@ def test_html_in_headless_chromium(chromium, pages, artifacts):
                     assert s["points"] >= 2 * len(reports), (name, s)
             # readable at 1280 px: no horizontal scrolling, two plots side by side
             assert page.evaluate("document.documentElement.scrollWidth") <= WIDTH, name
+            overflow = page.evaluate(
+                "Array.from(document.querySelectorAll('.scroll')).map(d => d.scrollWidth - d.clientWidth)"
+            )
+            assert overflow and max(overflow) <= 0, (name, overflow)  # the tables need no sideways scrolling
             lefts = page.evaluate("Array.from(document.querySelectorAll('figure.layerplot')).map(f => Math.round(f.getBoundingClientRect().left))")
             assert len(set(lefts)) == 2, (name, lefts)
 
