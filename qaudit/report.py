@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 #: Version of the JSON layout. Changelog:
@@ -162,8 +163,15 @@ def to_dict(report: Report) -> dict:
     return _clean(out)
 
 
+#: an indented array of integers (histogram counts); a raw newline occurs only between tokens, never in a JSON string
+_INT_ARRAY = re.compile(r"\[\n\s*(-?\d+(?:,\n\s*-?\d+)*)\n\s*\]")
+
+
 def to_json(report: Report, indent: int = 2) -> str:
-    return json.dumps(to_dict(report), indent=indent, allow_nan=False) + "\n"
+    text = json.dumps(to_dict(report), indent=indent, allow_nan=False)
+    # one line per array of integers, not one line per integer: histograms stay compact
+    text = _INT_ARRAY.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
+    return text + "\n"
 
 
 def _revive(cls, d: dict):

@@ -396,6 +396,14 @@ def test_layer_histograms(sample_report_json):
     assert first["op_type"] == "Input" and sum(first["histogram"]["counts"]) == n_eval * 1 * 8 * 8
 
 
+def test_json_keeps_histograms_on_one_line(sample_run):
+    text = sample_run.json_path.read_text(encoding="utf-8")
+    lines = [ln for ln in text.splitlines() if '"counts": [' in ln]
+    assert len(lines) == len(sample_run.report["layers"])
+    assert all(ln.rstrip().endswith("]") for ln in lines)
+    assert len(text.splitlines()) < 1000
+
+
 def test_report_without_histograms_still_loads(sample_report_json):
     """A version-1 report written before histograms existed reads back with histogram None."""
     from qaudit.report import from_dict
