@@ -62,8 +62,9 @@ def _isolated(r: LayerRow):
     return getattr(r, "sqnr_isolated_db", None)
 
 
-#: (plot id, title, y label, [(series name, value of a row)], scale, notes)
-#: scale: "linear", "log", "auto" (log when the data spans more than two decades) or "fraction" (shows [0, 1])
+#: (plot id, title, y label, [(series name, value of a row)], scale)
+#: scale: "linear", "log", "auto" (log when the positive values span more than two decades),
+#: "fraction" (always shows [0, 1]) or "zero" (linear, always shows 0)
 LAYER_PLOTS: list[tuple[str, str, str, list[tuple[str, Callable[[LayerRow], object]]], str]] = [
     (
         "weight-range",
