@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="qaudit",
         description="Audit the post-training quantization of an ONNX model, layer by layer.",
-        epilog="Re-render a saved report: qaudit report REPORT.json. Exit codes: 0 ok, 2 bad input, 3 internal error.",
+        epilog="Re-render a saved report: qaudit report REPORT.json [--html PATH]. "
+        "Exit codes: 0 ok, 2 bad input, 3 internal error.",
     )
     p.add_argument("model", type=Path, help="the fp32 ONNX model (never modified)")
     p.add_argument("--calib", type=Path, required=True, help="calibration data: directory of .npy/.npz or test_data_set_*")
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path, help=".npy of integer labels, one per evaluation sample (sorted file order)")
     p.add_argument("--json", metavar="PATH", help="write the JSON report to PATH ('-' for stdout)")
     p.add_argument("--output-model", type=Path, metavar="PATH", help="write the quantized model that was audited")
+    p.add_argument("--html", metavar="PATH", help="write a self-contained HTML report with layerwise plots ('-' for stdout)")
     q = p.add_argument_group("quantization (ONNX Runtime static quantization)")
     q.add_argument("--format", choices=("qdq", "qoperator"), default="qdq")
     q.add_argument("--activation-type", choices=("uint8", "int8"), default="uint8")
@@ -63,22 +65,27 @@ def build_parser() -> argparse.ArgumentParser:
 def build_report_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="qaudit report", description="Render a saved JSON report without running any model.")
     p.add_argument("report", type=Path, help="a JSON report written by --json")
-    p.add_argument("--worst", type=int, default=3)
-    p.add_argument("--debug", action="store_true")
+    p.add_argument("--html", metavar="PATH", help="write the HTML report with layerwise plots ('-' for stdout)")
+    p.add_argument("--worst", type=int, default=3, help="how many worst layers to highlight")
+    p.add_argument("--quiet", action="store_true", help="no table on the terminal")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
-def _check_outputs(model: Path, outputs: dict) -> None:
+def _check_outputs(model: Path, outputs: dict, what: str = "model") -> None:
     """Fail before any work if an output path cannot be written or would clobber an input."""
     from .errors import ConfigError
 
+    stdout = [flag for flag, path in outputs.items() if path is not None and str(path) == "-"]
+    if len(stdout) > 1:
+        raise ConfigError(f"{' and '.join(stdout)} both write to stdout ('-'); send at most one of them there")
     seen = {}
     for flag, path in outputs.items():
         if path is None or str(path) == "-":
             continue
         p = Path(path)
         if p.exists() and p.resolve() == model.resolve():
-            raise ConfigError(f"{flag} {path} is the input model: qaudit never overwrites the model; choose another path")
+            raise ConfigError(f"{flag} {path} is the input {what}: qaudit never overwrites its input; choose another path")
         if p.is_dir():
             raise ConfigError(f"cannot write {flag} {path}: it is a directory; give a file path")
         if not p.parent.is_dir():
@@ -125,6 +132,7 @@ class _RichProgress:
 def _run_audit(args) -> int:
     from .config import AuditConfig, QuantConfig
     from .control import audit
+    from .errors import ConfigError
     from .output import write_text
     from .report import to_json
     from .terminal import console, render
@@ -148,7 +156,9 @@ def _run_audit(args) -> int:
             exclude=tuple(args.exclude),
         ),
     )
-    _check_outputs(args.model, {"--json": args.json, "--output-model": args.output_model})
+    if args.worst < 0:
+        raise ConfigError(f"--worst must be >= 0 (got {args.worst})")
+    _check_outputs(args.model, {"--json": args.json, "--output-model": args.output_model, "--html": args.html})
     show_progress = not (args.quiet or args.no_progress) and sys.stderr.isatty()
     progress = _RichProgress() if show_progress else None
     try:
@@ -158,9 +168,13 @@ def _run_audit(args) -> int:
             progress.done()
     if args.json:
         write_text(args.json, to_json(report))
+    if args.html:
+        from .html import default_label, render_html
+
+        write_text(args.html, render_html([(default_label(report), report)], worst=args.worst))
     if not args.quiet:
-        # human output to stderr when stdout carries the JSON
-        render(report, console(stderr=args.json == "-"), worst=args.worst)
+        # human output to stderr when stdout carries the JSON or the HTML
+        render(report, console(stderr="-" in (args.json, args.html)), worst=args.worst)
     return EXIT_OK
 
 
@@ -170,13 +184,22 @@ def _run_report(args) -> int:
     from .terminal import console, render
 
     path = Path(args.report)
+    if args.worst < 0:
+        raise ConfigError(f"--worst must be >= 0 (got {args.worst})")
     if not path.is_file():
         raise ConfigError(f"report not found: {path} (give the JSON file written by --json)")
+    _check_outputs(path, {"--html": args.html}, what="report")
     try:
         report = from_json(path.read_text(encoding="utf-8"))
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not a readable qaudit JSON report: {e}") from None
-    render(report, console(), worst=args.worst)
+    if args.html:
+        from .html import default_label, render_html
+        from .output import write_text
+
+        write_text(args.html, render_html([(default_label(report), report)], worst=args.worst))
+    if not args.quiet:
+        render(report, console(stderr=args.html == "-"), worst=args.worst)
     return EXIT_OK
 
 

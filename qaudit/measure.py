@@ -26,8 +26,11 @@ from .metrics import (
     range_stats,
     sqnr_of,
 )
-from .report import LayerRow, OutputRow
+from .report import Histogram, LayerRow, OutputRow
 from .transform import FoldRecord
+
+#: bins of the per-layer fp32 histogram kept in the report (128 ints per row)
+HISTOGRAM_BINS = 128
 
 
 class ActivationMeter:
@@ -117,6 +120,7 @@ def activation_row_fields(name: str, meter: ActivationMeter, clip_percentile: fl
     if meter.axis.get(name) is not None and a_range > 0:
         prec = float(np.mean(h.channel_ranges(clip_percentile) / a_range))
     enc = tw.encoding
+    compact = h.compact(HISTOGRAM_BINS)
     out = {
         "a_lo": lo,
         "a_hi": hi,
@@ -127,6 +131,7 @@ def activation_row_fields(name: str, meter: ActivationMeter, clip_percentile: fl
         "dtype": enc.dtype,
         "sqnr_db": err.sqnr_db,
         "qmse": err.qmse,
+        "histogram": Histogram(compact[0], compact[1], tuple(compact[2])) if compact else None,
     }
     if enc.per_tensor:
         q_min, q_max = enc.limits()

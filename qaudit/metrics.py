@@ -300,6 +300,33 @@ class RangeHistogram:
     def bin_width(self) -> float:
         return 2 * self.T / self.bins
 
+    def compact(self, max_bins: int = 128) -> tuple[float, float, list[int]] | None:
+        """The tensor histogram over ``[min, max]`` in at most ``max_bins`` equal bins: ``(lo, hi, counts)``.
+
+        The fine bins that hold the data are merged in groups of ``g`` consecutive
+        bins, so ``lo`` and ``hi`` are edges of the fixed grid and every value is
+        counted exactly once (``sum(counts) == count``); a compact bin is
+        ``g * bin_width`` wide. ``None`` before any value; ``(0.0, 0.0, [count])``
+        when every value is 0.
+        """
+        if self.count == 0:
+            return None
+        if self.T == 0.0:
+            return 0.0, 0.0, [int(self.hist.sum())]
+
+        def fine_bin(v: float) -> int:  # the same binning as update()
+            return min(max(int((v + self.T) / (2 * self.T) * self.bins), 0), self.bins - 1)
+
+        i0, i1 = fine_bin(self.min), fine_bin(self.max)
+        n = i1 - i0 + 1
+        g = -(-n // max_bins)
+        k = -(-n // g)
+        span = np.zeros(k * g, dtype=np.int64)
+        part = self.hist[i0 : i0 + k * g]
+        span[: part.size] = part
+        w = self.bin_width
+        return -self.T + i0 * w, -self.T + (i0 + k * g) * w, span.reshape(k, g).sum(axis=1).tolist()
+
 
 def _merge_atoms(old_ext, old_n, new_ext, new_n, better):
     """Count of values at the running extreme after seeing a new extreme ``new_ext`` x ``new_n``."""

@@ -16,11 +16,37 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 #: Version of the JSON layout. Changelog:
 #: 1 - first format: meta, model, settings, data, folding, layers, outputs, unmatched, notes.
+#:     Optional additions that keep version 1 (readers ignore unknown keys and
+#:     default missing ones to null):
+#:     - ``layers[].histogram``: ``{"lo", "hi", "counts"}``, the fp32 values of the
+#:       row's activation in ``len(counts)`` (at most 128) equal bins on ``[lo, hi]``.
 FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """fp32 values of one tensor over the evaluation data: ``len(counts)`` equal bins on ``[lo, hi]``.
+
+    Built from the 2048-bin streaming histogram the percentiles come from
+    (:meth:`qaudit.metrics.RangeHistogram.compact`); ``lo == hi`` when every value is 0.
+    """
+
+    lo: float
+    hi: float
+    counts: tuple[int, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    @property
+    def bin_width(self) -> float:
+        return (self.hi - self.lo) / len(self.counts) if self.counts else 0.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +87,7 @@ class LayerRow:
     clip_fraction: float | None = None
     sqnr_db: float | None = None  # accumulated error (end-to-end quantized graph)
     qmse: float | None = None
+    histogram: Histogram | None = None  # fp32 values of the activation (format 1 addition)
 
     @property
     def has_weights(self) -> bool:
@@ -136,8 +163,15 @@ def to_dict(report: Report) -> dict:
     return _clean(out)
 
 
+#: an indented array of integers (histogram counts); a raw newline occurs only between tokens, never in a JSON string
+_INT_ARRAY = re.compile(r"\[\n\s*(-?\d+(?:,\n\s*-?\d+)*)\n\s*\]")
+
+
 def to_json(report: Report, indent: int = 2) -> str:
-    return json.dumps(to_dict(report), indent=indent, allow_nan=False) + "\n"
+    text = json.dumps(to_dict(report), indent=indent, allow_nan=False)
+    # one line per array of integers, not one line per integer: histograms stay compact
+    text = _INT_ARRAY.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
+    return text + "\n"
 
 
 def _revive(cls, d: dict):
@@ -145,6 +179,9 @@ def _revive(cls, d: dict):
     kw = {k: v for k, v in d.items() if k in names}
     if "fused" in kw:
         kw["fused"] = tuple(kw["fused"])
+    if isinstance(kw.get("histogram"), dict):
+        h = kw["histogram"]
+        kw["histogram"] = Histogram(lo=h["lo"], hi=h["hi"], counts=tuple(h["counts"]))
     if "sqnr_db" in kw and kw["sqnr_db"] is None and kw.get("qmse") == 0.0:
         kw["sqnr_db"] = math.inf
     if "w_sqnr_db" in kw and kw["w_sqnr_db"] is None and kw.get("w_qmse") == 0.0:

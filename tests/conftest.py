@@ -5,7 +5,9 @@
 * ``run_cli(*args)``: run ``python -m qaudit ARGS`` as a subprocess from the repo
   root, with a fixed terminal environment (no colour, 200 columns).
 * ``sample_run`` / ``sample_report_json``: ONE full audit of the sample (with
-  --eval, --labels and --json), shared by the whole session to keep the suite fast.
+  --eval, --labels, --json and --html), shared by the whole session to keep the
+  suite fast.
+* ``sample_int8_report_json``: the same audit with int8 weights (overlay tests).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def run_cli():
 class SampleRun:
     proc: subprocess.CompletedProcess
     json_path: Path
+    html_path: Path
     report: dict
     model_sha_before: str
     model_sha_after: str
@@ -86,8 +89,9 @@ class SampleRun:
 
 @pytest.fixture(scope="session")
 def sample_run(tmp_path_factory) -> SampleRun:
-    """The one full audit of the sample (eval data, labels, JSON report) that most tests read."""
+    """The one full audit of the sample (eval data, labels, JSON and HTML reports) that most tests read."""
     out = tmp_path_factory.mktemp("sample_report") / "report.json"
+    html = out.with_name("report.html")
     before = sha256_file(SAMPLE_MODEL)
     proc = _run(
         SAMPLE_MODEL,
@@ -95,13 +99,47 @@ def sample_run(tmp_path_factory) -> SampleRun:
         "--eval", SAMPLE_EVAL,
         "--labels", SAMPLE_LABELS,
         "--json", out,
+        "--html", html,
     )  # fmt: skip
     assert proc.returncode == 0, f"sample audit failed ({proc.returncode}):\n{proc.stderr}"
     assert out.is_file(), "sample audit wrote no JSON report"
-    return SampleRun(proc, out, json.loads(out.read_text(encoding="utf-8")), before, sha256_file(SAMPLE_MODEL))
+    assert html.is_file(), "sample audit wrote no HTML report"
+    return SampleRun(proc, out, html, json.loads(out.read_text(encoding="utf-8")), before, sha256_file(SAMPLE_MODEL))
 
 
 @pytest.fixture(scope="session")
 def sample_report_json(sample_run) -> dict:
     """The parsed JSON report of the shared sample audit."""
     return sample_run.report
+
+
+@pytest.fixture(scope="session")
+def sample_int8_report_json(tmp_path_factory) -> dict:
+    """The sample audited like ``sample_run`` but with int8 weights: the second report of overlays."""
+    out = tmp_path_factory.mktemp("sample_int8") / "report.json"
+    proc = _run(
+        SAMPLE_MODEL,
+        "--calib", SAMPLE_CALIB,
+        "--eval", SAMPLE_EVAL,
+        "--labels", SAMPLE_LABELS,
+        "--weight-type", "int8",
+        "--json", out,
+        "--quiet",
+    )  # fmt: skip
+    assert proc.returncode == 0, f"int8 sample audit failed ({proc.returncode}):\n{proc.stderr}"
+    return json.loads(out.read_text(encoding="utf-8"))
+
+
+#: files tests saved for people to look at (screenshots); listed at the end of the run
+_ARTIFACTS: list[Path] = []
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> list[Path]:
+    """Append a saved artifact's path; it is listed in pytest's closing summary."""
+    return _ARTIFACTS
+
+
+def pytest_terminal_summary(terminalreporter):
+    for p in _ARTIFACTS:
+        terminalreporter.write_line(f"artifact: {p}")

@@ -229,7 +229,7 @@ def test_bad_input(case, run_cli, tmp_path):
     assert sha256_file(SAMPLE_MODEL) == sample_sha
 
 
-@pytest.mark.parametrize("flag", ["--json", "--output-model"])
+@pytest.mark.parametrize("flag", ["--json", "--output-model", "--html"])
 def test_output_in_missing_directory(flag, run_cli, tmp_path):
     model = shutil.copyfile(SAMPLE_MODEL, tmp_path / "model.onnx")
     before = snapshot(tmp_path)

@@ -382,3 +382,38 @@ def test_format_qoperator(run_cli, tmp_path, sample_report_json):
         assert r["sqnr_db"] is not None and math.isfinite(r["sqnr_db"]), r["name"]
     o = d["outputs"][0]
     assert o["qkl"] >= -1e-9 and 0.9 <= o["top1_agreement"] <= 1
+
+
+def test_layer_histograms(sample_report_json):
+    """Format 1 addition: each measured row carries the fp32 histogram of its activation."""
+    n_eval = sample_report_json["data"]["n_eval"]
+    for r in sample_report_json["layers"]:
+        h = r["histogram"]
+        assert set(h) == {"lo", "hi", "counts"}, r["name"]
+        assert 1 <= len(h["counts"]) <= 128 and all(isinstance(c, int) and c >= 0 for c in h["counts"])
+        assert h["lo"] <= r["a_min"] <= r["a_lo"] <= r["a_hi"] <= r["a_max"] <= h["hi"], r["name"]
+    first = sample_report_json["layers"][0]
+    assert first["op_type"] == "Input" and sum(first["histogram"]["counts"]) == n_eval * 1 * 8 * 8
+
+
+def test_json_keeps_histograms_on_one_line(sample_run):
+    text = sample_run.json_path.read_text(encoding="utf-8")
+    lines = [ln for ln in text.splitlines() if '"counts": [' in ln]
+    assert len(lines) == len(sample_run.report["layers"])
+    assert all(ln.rstrip().endswith("]") for ln in lines)
+    assert len(text.splitlines()) < 1000
+
+
+def test_report_without_histograms_still_loads(sample_report_json):
+    """A version-1 report written before histograms existed reads back with histogram None."""
+    from qaudit.report import from_dict
+
+    old = json.loads(json.dumps(sample_report_json))
+    for r in old["layers"]:
+        del r["histogram"]
+    rep = from_dict(old)
+    assert all(r.histogram is None for r in rep.layers)
+    new = from_dict(sample_report_json)
+    h = new.layers[0].histogram
+    assert h.total == sum(sample_report_json["layers"][0]["histogram"]["counts"])
+    assert h.bin_width == pytest.approx((h.hi - h.lo) / len(h.counts))

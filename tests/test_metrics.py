@@ -178,3 +178,26 @@ def test_histogram_paths_agree_with_numpy(C):
     want = np.stack([np.bincount(c, minlength=256) for c in coarse])
     assert np.abs(h.ch_hist - want).sum() <= moved
     assert h.count == x.size and ref.count == 0
+
+
+def test_compact_histogram_counts_every_value_on_grid_edges():
+    rng = np.random.default_rng(5)
+    x = np.concatenate([np.zeros(300), rng.normal(1.0, 0.7, size=(2000,))]).astype(np.float32).reshape(46, 50)
+    h = _hist_of(np.split(x, 2), axis=1)
+    lo, hi, counts = h.compact(128)
+    assert len(counts) <= 128 and sum(counts) == x.size
+    assert lo <= x.min() and hi >= x.max()
+    width = (hi - lo) / len(counts)
+    g = round(width / h.bin_width)
+    assert width == pytest.approx(g * h.bin_width, rel=1e-12)
+    assert (lo + h.T) / h.bin_width == pytest.approx(round((lo + h.T) / h.bin_width), abs=1e-9)  # a grid edge
+    # the same counts as numpy on the same edges
+    want, _ = np.histogram(x.astype(np.float64), bins=len(counts), range=(lo, hi))
+    np.testing.assert_array_equal(counts, want)
+    assert h.compact(4096)[2] == h.hist[h.hist.nonzero()[0][0] : h.hist.nonzero()[0][-1] + 1].tolist()
+
+
+def test_compact_histogram_edge_cases():
+    assert RangeHistogram().compact() is None
+    zeros = _hist_of([np.zeros((4, 3), np.float32)], axis=1)
+    assert zeros.compact() == (0.0, 0.0, [12])
