@@ -93,6 +93,8 @@ class AuditConfig:
     output_model: Path | None = None
     batch_size: int = 32
     max_samples: int | None = None
+    #: Also measure each layer's isolated error (one more session run per batch).
+    isolated: bool = True
     #: Activation-range clipping for the report (METRICS.md: p = 1, i.e. 1%/99%).
     clip_percentile: float = 1.0
     #: Equivalence check of the BN-folded model: |a - b| <= atol + rtol * max|a|

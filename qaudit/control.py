@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from . import __version__
-from .capture import lockstep, make_session, max_output_deviation, save_model, with_outputs
+from .capture import isolated_model, lockstep, make_session, max_output_deviation, run_named, save_model, with_outputs
 from .config import AuditConfig
 from .data import Dataset, load_labels
 from .errors import ConfigError, FoldingError, QauditError
@@ -165,6 +165,11 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
             save_model(with_outputs(qmodel, q_outs), work / "quantized_instrumented.onnx"), what="the quantized model"
         )
 
+        iso_session, iso_inputs = None, {}
+        if cfg.isolated and matching.twins:
+            iso_model, iso_inputs = isolated_model(qmodel, matching.twins)
+            iso_session = make_session(save_model(iso_model, work / "quantized_isolated.onnx"), what="the isolated-error graph")
+
         meter = ActivationMeter(matching)
         out_meter = OutputMeter(lm.output_names, softmax_outputs(fold.model))
         seen = 0
@@ -173,13 +178,17 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
             nonlocal seen
             n = next(iter(feeds.values())).shape[0]
             meter.update(a, b)
+            if iso_session is not None:
+                iso_feeds = dict(feeds)
+                iso_feeds.update({inp: a[name] for name, inp in iso_inputs.items()})
+                meter.update_isolated(a, run_named(iso_session, iso_feeds))
             out_meter.update(a, b, labels[seen : seen + n] if labels is not None else None)
             seen += n
             progress.advance(n)
 
         progress.stage("capturing fp32 + quantized", n_eval)
         lockstep(fp32_session, q_session, evaluation.batches(cfg.batch_size, cfg.max_samples), on_batch)
-        del fp32_session, q_session
+        del fp32_session, q_session, iso_session
 
         # 5. measure ----------------------------------------------------------
         rows = layer_rows(fold.model, qmodel, matching, fold.folded, meter, cfg.clip_percentile)
@@ -199,7 +208,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
                 "batch_size": cfg.batch_size,
                 "max_samples": cfg.max_samples,
                 "clip_percentile": cfg.clip_percentile,
-                "error": "accumulated",
+                "error": "accumulated" + (" and isolated" if cfg.isolated else ""),
                 "graph_optimization": "ORT_ENABLE_ALL",
                 "auto_excluded": [{"node": n, "reason": r} for n, r in auto_excluded.items()],
             },

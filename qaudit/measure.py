@@ -40,6 +40,7 @@ class ActivationMeter:
         self.matching = matching
         self.hist = {n: RangeHistogram() for n in matching.twins}
         self.err = {n: ErrorAccumulator() for n in matching.twins}
+        self.iso = {n: ErrorAccumulator() for n in matching.twins}
         self.clip = {}
         self.axis: dict[str, int | None] = {}
         for n, tw in matching.twins.items():
@@ -59,6 +60,14 @@ class ActivationMeter:
             self.err[name].update(x, x_hat)
             if name in self.clip:
                 self.clip[name].update(x)
+
+    def update_isolated(self, fp32: dict[str, np.ndarray], isolated: dict[str, np.ndarray]) -> None:
+        """Errors of each layer fed fp32 inputs (see :func:`qaudit.capture.isolated_model`)."""
+        for name, tw in self.matching.twins.items():
+            x = fp32[name]
+            enc = tw.encoding
+            x_hat = dequantize(isolated[tw.quant_name], enc.scale, enc.zero_point, enc.axis if not enc.per_tensor else None)
+            self.iso[name].update(x, x_hat.reshape(x.shape))
 
 
 class OutputMeter:
@@ -133,6 +142,11 @@ def activation_row_fields(name: str, meter: ActivationMeter, clip_percentile: fl
         "qmse": err.qmse,
         "histogram": Histogram(compact[0], compact[1], tuple(compact[2])) if compact else None,
     }
+    iso = meter.iso[name]
+    if iso.count:
+        out["sqnr_isolated_db"] = iso.sqnr_db
+        out["qmse_isolated"] = iso.qmse
+        out["error_amplification"] = err.qmse / iso.qmse if iso.qmse > 0 else None
     if enc.per_tensor:
         q_min, q_max = enc.limits()
         out.update(

@@ -87,6 +87,9 @@ class LayerRow:
     clip_fraction: float | None = None
     sqnr_db: float | None = None  # accumulated error (end-to-end quantized graph)
     qmse: float | None = None
+    sqnr_isolated_db: float | None = None  # the layer's own error: fed fp32 inputs (format 1 addition)
+    qmse_isolated: float | None = None
+    error_amplification: float | None = None  # qmse / qmse_isolated
     histogram: Histogram | None = None  # fp32 values of the activation (format 1 addition)
 
     @property
@@ -184,6 +187,8 @@ def _revive(cls, d: dict):
         kw["histogram"] = Histogram(lo=h["lo"], hi=h["hi"], counts=tuple(h["counts"]))
     if "sqnr_db" in kw and kw["sqnr_db"] is None and kw.get("qmse") == 0.0:
         kw["sqnr_db"] = math.inf
+    if "sqnr_isolated_db" in kw and kw["sqnr_isolated_db"] is None and kw.get("qmse_isolated") == 0.0:
+        kw["sqnr_isolated_db"] = math.inf
     if "w_sqnr_db" in kw and kw["w_sqnr_db"] is None and kw.get("w_qmse") == 0.0:
         kw["w_sqnr_db"] = math.inf
     return cls(**kw)
