@@ -81,8 +81,11 @@ class ErrorAccumulator:
     def update(self, x: np.ndarray, x_hat: np.ndarray) -> None:
         x = np.asarray(x, dtype=np.float64)
         e = x - np.asarray(x_hat, dtype=np.float64)
-        self.sum_x2 += float(np.dot(x.ravel(), x.ravel()))
-        self.sum_e2 += float(np.dot(e.ravel(), e.ravel()))
+        # numpy's own pairwise sum, not np.dot: BLAS ddot (OpenBLAS) splits the
+        # sum across as many threads as the machine has cores, so its last bits
+        # depend on the machine and a gate could flap (docs/ort-quirks.md #13).
+        self.sum_x2 += float(np.sum(x * x))
+        self.sum_e2 += float(np.sum(e * e))
         self.count += x.size
 
     def merge(self, other: "ErrorAccumulator") -> "ErrorAccumulator":
