@@ -120,8 +120,11 @@ def test_json_format_and_meta(sample_report_json):
     import onnxruntime
 
     d = sample_report_json
-    assert d["format"] == {"name": "qaudit-report", "version": 1}
-    assert set(d) >= {"format", "meta", "model", "settings", "data", "folding", "layers", "outputs", "unmatched", "notes"}
+    assert d["format"] == {"name": "qaudit-report", "version": 2}
+    assert set(d) >= {
+        "format", "meta", "model", "settings", "data", "folding", "layers", "outputs", "unmatched", "notes", "gates",
+    }  # fmt: skip
+    assert d["gates"] is None  # no gate configured
     assert d["meta"]["onnxruntime"] == onnxruntime.__version__
     assert d["meta"]["onnx"] == onnx.__version__
     assert d["meta"]["seconds"] > 0
