@@ -199,24 +199,28 @@ def _finish(report, settings, baseline) -> int:
     from .markdown import format as markdown_format
     from .output import write_text
     from .report import to_json
-    from .terminal import console, render, verdict
+    from .terminal import console, print_verdict, render
 
     v = settings.values
     if settings.gates.configured(baseline is not None):
         result = evaluate(report, settings.gates, baseline, v.get("baseline"))
         report = dataclasses.replace(report, gates=result)
     result = report.gates  # a saved report re-rendered without gate settings keeps its own verdict
+    # format everything before writing anything: a bug in one formatter leaves no partial set of files
+    texts = {}
     if v.get("json"):
-        write_text(v["json"], to_json(report))
+        texts[v["json"]] = to_json(report)
     if v.get("junit"):
-        write_text(v["junit"], junit_format(report, result))
+        texts[v["junit"]] = junit_format(report, result)
     if v.get("markdown"):
-        write_text(v["markdown"], markdown_format(report, result, worst=max(v["worst"], 5)))
+        texts[v["markdown"]] = markdown_format(report, result, worst=max(v["worst"], 5))
+    for target, text in texts.items():
+        write_text(target, text)
     # human output to stderr when stdout carries a machine-readable file
     con = console(stderr="-" in (v.get("json"), v.get("junit"), v.get("markdown")))
     if v["quiet"]:
         if result is not None:
-            con.print(verdict(result))
+            print_verdict(result, con)
     else:
         render(report, con, worst=v["worst"])
     return EXIT_GATE if result is not None and not result.passed else EXIT_OK

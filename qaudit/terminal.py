@@ -229,8 +229,12 @@ def gates_section(result: GateResult) -> Group:
         parts.append(Text(f"skipped: {describe(c)}", style="muted"))
     for n in result.notes:
         parts.append(Text(f"gate note: {n}", style="warn"))
-    parts.append(verdict(result))
     return Group(*parts)
+
+
+def print_verdict(result: GateResult, con: Console) -> None:
+    """The verdict on exactly one line, however long (CI logs are grepped for it)."""
+    con.print(verdict(result), soft_wrap=True)
 
 
 def render(report: Report, con: Console, worst: int = 3) -> None:
@@ -239,6 +243,7 @@ def render(report: Report, con: Console, worst: int = 3) -> None:
     con.print(summary(report, worst))
     if report.gates is not None:
         con.print(gates_section(report.gates))
+        print_verdict(report.gates, con)
 
 
 def layer_label(r: LayerRow) -> str:
