@@ -17,7 +17,9 @@ code. The semantics (README, "Gates"):
   layer glob cannot make a gate pass silently.
 * Layer gates apply to the rows that have the metric at all: activation
   metrics to rows with a quantized activation, ``min_weight_sqnr`` to rows
-  with weights. Output gates apply to every model output.
+  with weights. Output gates apply to every model output, except accuracy
+  gates, which apply to the labelled output (all outputs when none is
+  labelled, so that they fail as missing).
 * Thresholds are a default plus per-subject overrides keyed by glob
   (:func:`fnmatch.fnmatchcase`, case-sensitive; ``*`` also matches ``/``). The
   most specific matching glob wins: a glob without wildcards equal to the
@@ -277,7 +279,13 @@ def _keyed(rows) -> dict[str, object]:
 
 def _subjects(gd: GateDef, report: Report) -> dict[str, LayerRow | OutputRow]:
     if gd.scope == "output":
-        return _keyed(report.outputs)
+        outputs = _keyed(report.outputs)
+        if gd.metric.startswith("acc_"):
+            # accuracy is measured on the labelled output only; without labels every output
+            # is checked, and fails as missing ("needs --labels")
+            labelled = {k: o for k, o in outputs.items() if o.acc_fp32 is not None}
+            return labelled or outputs
+        return outputs
     return {k: r for k, r in _keyed(report.layers).items() if _layer_applies(gd, r)}
 
 

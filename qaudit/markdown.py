@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-from .gate import describe
 from .report import GateCheck, GateResult, Report
 
 #: failing checks listed in full; the rest are counted (the JSON report has them all)

@@ -131,6 +131,21 @@ def test_missing_output_metric_fails_with_the_reason():
     assert res.passed and [c.status for c in res.checks] == ["skip", "skip"]
 
 
+def test_accuracy_gates_check_the_labelled_output():
+    unlabelled = dict(acc_fp32=None, acc_int8=None, acc_drop_pct=None)
+    r = report(outputs=[output("logits"), output("aux", **unlabelled)])
+    res = evaluate(r, GateConfig({"max_acc_drop_pct": 1.0, "min_acc_int8": 0.9, "max_qce": 1.0}))
+    assert [(c.gate, c.subject, c.status) for c in res.checks] == [
+        ("max_qce", "logits", "pass"), ("max_qce", "aux", "pass"),
+        ("min_acc_int8", "logits", "pass"), ("max_acc_drop_pct", "logits", "pass"),
+    ]  # fmt: skip
+    # no labels at all: every output is checked and fails, saying what is missing
+    r = report(outputs=[output("logits", **unlabelled), output("aux", **unlabelled)])
+    res = evaluate(r, GateConfig({"max_acc_drop_pct": 1.0}))
+    assert [(c.subject, c.status) for c in res.checks] == [("logits", "fail"), ("aux", "fail")]
+    assert all("--labels" in c.reason for c in res.checks)
+
+
 def test_layer_gates_apply_only_where_the_metric_exists():
     r = report([
         layer("input", op_type="Input"),

@@ -509,3 +509,25 @@ def test_a_crash_exits_three_never_one(monkeypatch, capsys, saved, tmp_path, whe
     assert rc == 3, err
     assert "internal error" in err and "simulated bug" in err
     assert not (tmp_path / "j.xml").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_regating_imports_no_onnxruntime(saved, cli_env, tmp_path):
+    """Gating, JUnit and Markdown work on a saved report where ONNX Runtime is not even installed."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    code = (
+        "import sys\n"
+        "sys.modules['onnxruntime'] = None  # any import of it now fails\n"
+        "from qaudit.cli import main\n"
+        "rc = main(['report', sys.argv[1], '--quiet', '--min-layer-sqnr', '32', '--baseline', sys.argv[1],\n"
+        "           '--junit', sys.argv[2] + '/j.xml', '--markdown', sys.argv[2] + '/s.md'])\n"
+        "sys.exit(rc)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code, str(saved), str(tmp_path)], cwd=REPO, env=cli_env,
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 1, p.stderr  # the gate fails (31.0 dB layers); nothing crashed
+    assert p.stdout.startswith("FAIL: ")
+    assert (tmp_path / "j.xml").is_file() and (tmp_path / "s.md").is_file()
