@@ -531,3 +531,13 @@ def test_regating_imports_no_onnxruntime(saved, cli_env, tmp_path):
     assert p.returncode == 1, p.stderr  # the gate fails (31.0 dB layers); nothing crashed
     assert p.stdout.startswith("FAIL: ")
     assert (tmp_path / "j.xml").is_file() and (tmp_path / "s.md").is_file()
+
+
+def test_no_gates_still_writes_valid_junit_and_markdown(run_cli, saved, tmp_path):
+    p = run_cli("report", saved, "--quiet", "--junit", tmp_path / "j.xml", "--markdown", tmp_path / "s.md")
+    assert p.returncode == 0 and p.stdout == "" and p.stderr == ""  # --quiet with no gate: nothing to say
+    root = ET.parse(tmp_path / "j.xml").getroot()
+    assert_junit_consistent(root)
+    assert root.get("tests") == "0"
+    assert {p.get("name"): p.get("value") for p in root.iter("property")}["gates"] == "none configured"
+    assert (tmp_path / "s.md").read_text(encoding="utf-8").startswith("## qaudit: no gates configured")
