@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from .config import AuditConfig, QuantConfig  # noqa: E402
 from .errors import QauditError  # noqa: E402
+from .gate import GateConfig, Threshold, evaluate  # noqa: E402
 
 
 def audit(cfg, progress=None):
@@ -13,4 +14,4 @@ def audit(cfg, progress=None):
     return _audit(cfg, progress)
 
 
-__all__ = ["AuditConfig", "QuantConfig", "QauditError", "audit", "__version__"]
+__all__ = ["AuditConfig", "GateConfig", "QuantConfig", "QauditError", "Threshold", "audit", "evaluate", "__version__"]

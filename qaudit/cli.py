@@ -1,20 +1,45 @@
 """The command line. The only module that knows exit codes:
 
-0  the audit ran (and every gate passed)
+0  the audit ran and every gate passed (or no gate is configured)
+1  a gate failed; the report, JUnit and Markdown files are still written
 2  usage, input or configuration error: one line on stderr, no traceback
 3  internal error: a bug in qaudit (traceback with --debug)
+
+A crash is never reported as a gate failure: only a completed gate
+evaluation returns 1, and anything unexpected returns 3.
+
+Options come from :data:`qaudit.settings.OPTIONS`; :func:`qaudit.settings.resolve`
+merges them with the config file and the environment.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import QauditError
+from .errors import ConfigError, QauditError
 
-EXIT_OK, EXIT_USAGE, EXIT_INTERNAL = 0, 2, 3
+EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+EXIT_CODES_HELP = "Exit codes: 0 all gates pass, 1 a gate failed, 2 usage/input/config error, 3 internal error."
+PRECEDENCE_HELP = (
+    "Settings: defaults < config file (--config, $QAUDIT_CONFIG, ./qaudit.toml, ./pyproject.toml [tool.qaudit]) "
+    "< environment (QAUDIT_<OPTION>) < command line."
+)
+GROUP_TITLES = {
+    "input": "input",
+    "quantization": "quantization (ONNX Runtime static quantization)",
+    "measurement": "measurement",
+    "gates": "gates: VALUE sets the default, GLOB=VALUE a layer/output override (most specific glob wins), "
+    "'off' turns one off; repeat the flag or comma-separate",
+    "regression": "baseline regression gates (run only with --baseline)",
+    "output": "output",
+    "config": "configuration",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,69 +48,87 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+def _add_options(p: argparse.ArgumentParser, command: str) -> None:
+    """The options of ``command`` from the settings table; none has a default here
+    (argparse.SUPPRESS), so :func:`qaudit.settings.resolve` sees only what was typed."""
+    from .settings import OPTIONS
+
+    used = {o.group for o in OPTIONS if command in o.commands} | {"config"}
+    groups = {name: p.add_argument_group(title) for name, title in GROUP_TITLES.items() if name in used}
+
+    def group(name):
+        return groups[name]
+
+    S = argparse.SUPPRESS
+    for o in OPTIONS:
+        if command not in o.commands:
+            continue
+        g = group(o.group)
+        o = dataclasses.replace(o, help=o.help.replace("%", "%%"))
+        if o.name == "model":
+            g.add_argument("model", nargs="?", default=S, metavar=o.metavar, help=o.help)
+        elif o.kind == "bool":
+            on, off = o.flags
+            g.add_argument(on, dest=o.name, action="store_true", default=S, help=o.help)
+            g.add_argument(off, dest=o.name, action="store_false", default=S, help=argparse.SUPPRESS)
+        elif o.kind == "list":
+            g.add_argument(o.flag, dest=o.name, nargs="+", action="extend", default=S, metavar=o.metavar, help=o.help)
+        elif o.kind == "gate":  # one value per flag, so a gate cannot swallow MODEL.onnx
+            g.add_argument(o.flag, dest=o.name, action="append", default=S, metavar=o.metavar, help=o.help)
+        else:
+            conv = {"int": int, "float": float}.get(o.kind, str)
+            g.add_argument(o.flag, dest=o.name, type=conv, choices=o.choices or None, default=S, metavar=o.metavar,
+                           help=o.help)  # fmt: skip
+        if o.name == "baseline":
+            g.add_argument("--no-baseline", dest="baseline", action="store_const", const="", default=S,
+                           help="ignore a baseline set in the config file or environment")  # fmt: skip
+    c = group("config")
+    c.add_argument("--config", metavar="PATH", default=S, help="read settings from this TOML file (see README)")
+    c.add_argument("--debug", action="store_true", help="show tracebacks")
+    if command == "audit":
+        c.add_argument("--no-progress", action="store_true", help="no progress bars")
+        c.add_argument("--version", action="version", version=f"qaudit {__version__}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="qaudit",
-        description="Audit the post-training quantization of an ONNX model, layer by layer.",
-        epilog="Re-render a saved report: qaudit report REPORT.json [--html PATH]. "
-        "Exit codes: 0 ok, 2 bad input, 3 internal error.",
+        description="Audit the post-training quantization of an ONNX model, layer by layer, and gate it.",
+        epilog=f"Re-gate or re-render a saved report: qaudit report REPORT.json. {PRECEDENCE_HELP} {EXIT_CODES_HELP}",
     )
-    p.add_argument("model", type=Path, help="the fp32 ONNX model (never modified)")
-    p.add_argument("--calib", type=Path, required=True, help="calibration data: directory of .npy/.npz or test_data_set_*")
-    p.add_argument("--eval", type=Path, help="evaluation data (default: the calibration data, which flatters)")
-    p.add_argument("--labels", type=Path, help=".npy of integer labels, one per evaluation sample (sorted file order)")
-    p.add_argument("--json", metavar="PATH", help="write the JSON report to PATH ('-' for stdout)")
-    p.add_argument("--output-model", type=Path, metavar="PATH", help="write the quantized model that was audited")
-    p.add_argument("--html", metavar="PATH", help="write a self-contained HTML report with layerwise plots ('-' for stdout)")
-    q = p.add_argument_group("quantization (ONNX Runtime static quantization)")
-    q.add_argument("--format", choices=("qdq", "qoperator"), default="qdq")
-    q.add_argument("--activation-type", choices=("uint8", "int8"), default="uint8")
-    q.add_argument("--weight-type", choices=("uint8", "int8"), default="uint8")
-    q.add_argument("--per-channel", action="store_true", help="per-channel weight quantization")
-    q.add_argument("--percentile", type=float, default=99.999, help="percentile calibration (default 99.999, ORT's)")
-    q.add_argument(
-        "--calib-asymmetric",
-        action="store_true",
-        help="histogram of signed values instead of |x| (ORT's Percentile default is symmetric)",
-    )
-    q.add_argument("--exclude", nargs="+", default=[], metavar="NODE", help="node names to leave in float")
-    r = p.add_argument_group("measurement")
-    r.add_argument("--batch-size", type=int, default=32)
-    r.add_argument("--max-samples", type=int, help="use at most N samples of each data set")
-    r.add_argument("--clip-percentile", type=float, default=1.0, help="activation range clipping, percent per side (default 1)")
-    r.add_argument("--worst", type=int, default=3, help="how many worst layers to highlight")
-    o = p.add_argument_group("output")
-    o.add_argument("--quiet", action="store_true", help="no table, no progress bars")
-    o.add_argument("--no-progress", action="store_true", help="no progress bars")
-    o.add_argument("--debug", action="store_true", help="show tracebacks")
-    p.add_argument("--version", action="version", version=f"qaudit {__version__}")
+    _add_options(p, "audit")
     return p
 
 
 def build_report_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="qaudit report", description="Render a saved JSON report without running any model.")
+    p = _Parser(
+        prog="qaudit report",
+        description="Render a saved JSON report, and evaluate gates on it, without running any model.",
+        epilog=f"{PRECEDENCE_HELP} {EXIT_CODES_HELP}",
+    )
     p.add_argument("report", type=Path, help="a JSON report written by --json")
-    p.add_argument("--html", metavar="PATH", help="write the HTML report with layerwise plots ('-' for stdout)")
-    p.add_argument("--worst", type=int, default=3, help="how many worst layers to highlight")
-    p.add_argument("--quiet", action="store_true", help="no table on the terminal")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_options(p, "report")
     return p
 
 
-def _check_outputs(model: Path, outputs: dict, what: str = "model") -> None:
-    """Fail before any work if an output path cannot be written or would clobber an input."""
-    from .errors import ConfigError
-
-    stdout = [flag for flag, path in outputs.items() if path is not None and str(path) == "-"]
-    if len(stdout) > 1:
-        raise ConfigError(f"{' and '.join(stdout)} both write to stdout ('-'); send at most one of them there")
+def _check_outputs(inputs: dict, outputs: dict) -> None:
+    """Fail before any work if an output path cannot be written, would clobber an input
+    (``inputs``: label -> path), or clashes with another output."""
     seen = {}
+    to_stdout = [flag for flag, path in outputs.items() if path is not None and str(path) == "-"]
+    if len(to_stdout) > 1:
+        raise ConfigError(f"{' and '.join(to_stdout)} both write to stdout ('-'); give one of them a file path")
+    protected = {}
+    for label, path in inputs.items():
+        if path is not None and Path(path).exists():
+            protected[Path(path).resolve()] = label
     for flag, path in outputs.items():
         if path is None or str(path) == "-":
             continue
         p = Path(path)
-        if p.exists() and p.resolve() == model.resolve():
-            raise ConfigError(f"{flag} {path} is the input {what}: qaudit never overwrites its input; choose another path")
+        if p.exists() and p.resolve() in protected:
+            label = protected[p.resolve()]
+            raise ConfigError(f"{flag} {path} is the {label}: qaudit never overwrites its inputs; choose another path")
         if p.is_dir():
             raise ConfigError(f"cannot write {flag} {path}: it is a directory; give a file path")
         if not p.parent.is_dir():
@@ -129,78 +172,95 @@ class _RichProgress:
         self._p.stop()
 
 
-def _run_audit(args) -> int:
-    from .config import AuditConfig, QuantConfig
-    from .control import audit
-    from .errors import ConfigError
+def _settings(command: str, args: argparse.Namespace):
+    from .settings import OPTIONS_BY_NAME, resolve
+
+    cli = {k: v for k, v in vars(args).items() if k in OPTIONS_BY_NAME or k == "config"}
+    return resolve(command, cli, os.environ, Path.cwd())
+
+
+def _read_report(path, what: str):
+    """A saved JSON report (a user error if it is missing or not a qaudit report)."""
+    from .report import from_json
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path} (give a JSON file written by --json)")
+    try:
+        return from_json(path.read_text(encoding="utf-8"))
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {path} is not a readable qaudit JSON report: {e}") from None
+
+
+def _finish(report, settings, baseline) -> int:
+    """Evaluate the gates, write every requested output, render, and choose the exit code."""
+    from .gate import evaluate
+    from .junit import format as junit_format
+    from .markdown import format as markdown_format
     from .output import write_text
     from .report import to_json
-    from .terminal import console, render
+    from .terminal import console, print_verdict, render
 
-    cfg = AuditConfig(
-        model=args.model,
-        calib=args.calib,
-        eval=args.eval,
-        labels=args.labels,
-        output_model=args.output_model,
-        batch_size=args.batch_size,
-        max_samples=args.max_samples,
-        clip_percentile=args.clip_percentile,
-        quant=QuantConfig(
-            format=args.format,
-            activation_type=args.activation_type,
-            weight_type=args.weight_type,
-            per_channel=args.per_channel,
-            percentile=args.percentile,
-            calib_symmetric=not args.calib_asymmetric,
-            exclude=tuple(args.exclude),
-        ),
-    )
-    if args.worst < 0:
-        raise ConfigError(f"--worst must be >= 0 (got {args.worst})")
-    _check_outputs(args.model, {"--json": args.json, "--output-model": args.output_model, "--html": args.html})
-    show_progress = not (args.quiet or args.no_progress) and sys.stderr.isatty()
+    v = settings.values
+    if settings.gates.configured(baseline is not None):
+        result = evaluate(report, settings.gates, baseline, v.get("baseline"))
+        report = dataclasses.replace(report, gates=result)
+    result = report.gates  # a saved report re-rendered without gate settings keeps its own verdict
+    # format everything before writing anything: a bug in one formatter leaves no partial set of files
+    texts = {}
+    if v.get("json"):
+        texts[v["json"]] = to_json(report)
+    if v.get("junit"):
+        texts[v["junit"]] = junit_format(report, result)
+    if v.get("markdown"):
+        texts[v["markdown"]] = markdown_format(report, result, worst=max(v["worst"], 5))
+    if v.get("html"):
+        from .html import default_label, render_html
+
+        texts[v["html"]] = render_html([(default_label(report), report)], worst=v["worst"])
+    for target, text in texts.items():
+        write_text(target, text)
+    # human output to stderr when stdout carries a machine-readable file
+    con = console(stderr="-" in (v.get("json"), v.get("junit"), v.get("markdown"), v.get("html")))
+    if v["quiet"]:
+        if result is not None:
+            print_verdict(result, con)
+    else:
+        render(report, con, worst=v["worst"])
+    return EXIT_GATE if result is not None and not result.passed else EXIT_OK
+
+
+def _run_audit(args) -> int:
+    from .control import audit
+
+    settings = _settings("audit", args)
+    cfg = settings.audit_config()
+    _check_outputs(
+        {"input model": cfg.model, "baseline": settings["baseline"]},
+        {"--json": settings["json"], "--junit": settings["junit"], "--markdown": settings["markdown"],
+         "--html": settings["html"], "--output-model": cfg.output_model},
+    )  # fmt: skip
+    baseline = _read_report(settings["baseline"], "baseline report") if settings["baseline"] else None
+    show_progress = not (settings["quiet"] or args.no_progress) and sys.stderr.isatty()
     progress = _RichProgress() if show_progress else None
     try:
         report = audit(cfg, progress)
     finally:
         if progress is not None:
             progress.done()
-    if args.json:
-        write_text(args.json, to_json(report))
-    if args.html:
-        from .html import default_label, render_html
-
-        write_text(args.html, render_html([(default_label(report), report)], worst=args.worst))
-    if not args.quiet:
-        # human output to stderr when stdout carries the JSON or the HTML
-        render(report, console(stderr="-" in (args.json, args.html)), worst=args.worst)
-    return EXIT_OK
+    return _finish(report, settings, baseline)
 
 
 def _run_report(args) -> int:
-    from .errors import ConfigError
-    from .report import from_json
-    from .terminal import console, render
-
-    path = Path(args.report)
-    if args.worst < 0:
-        raise ConfigError(f"--worst must be >= 0 (got {args.worst})")
-    if not path.is_file():
-        raise ConfigError(f"report not found: {path} (give the JSON file written by --json)")
-    _check_outputs(path, {"--html": args.html}, what="report")
-    try:
-        report = from_json(path.read_text(encoding="utf-8"))
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is not a readable qaudit JSON report: {e}") from None
-    if args.html:
-        from .html import default_label, render_html
-        from .output import write_text
-
-        write_text(args.html, render_html([(default_label(report), report)], worst=args.worst))
-    if not args.quiet:
-        render(report, console(stderr=args.html == "-"), worst=args.worst)
-    return EXIT_OK
+    settings = _settings("report", args)
+    _check_outputs(
+        {"input report": args.report, "baseline": settings["baseline"]},
+        {"--json": settings["json"], "--junit": settings["junit"], "--markdown": settings["markdown"],
+         "--html": settings["html"]},
+    )  # fmt: skip
+    report = _read_report(args.report, "report")
+    baseline = _read_report(settings["baseline"], "baseline report") if settings["baseline"] else None
+    return _finish(report, settings, baseline)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         sys.stderr.write(f"qaudit: error: {e}\n")
-        return e.exit_code
+        return EXIT_USAGE  # never EXIT_GATE: only a completed gate evaluation fails the gate
     except KeyboardInterrupt:
         sys.stderr.write("qaudit: interrupted\n")
         return 130

@@ -84,11 +84,14 @@ class ErrorAccumulator:
         self.count = 0
 
     def update(self, x: np.ndarray, x_hat: np.ndarray) -> None:
-        # float32 BLAS dots (many partial sums, relative error ~1e-6), summed in float64 across batches
+        # float32 with numpy's pairwise sum (relative error ~1e-6), summed in float64
+        # across batches. Not np.dot: OpenBLAS splits a dot product across as many
+        # threads as the machine has cores, so its last bits depend on the machine
+        # and a gate could flap (docs/ort-quirks.md #13).
         x = np.ascontiguousarray(x, dtype=np.float32).ravel()
         e = x - np.asarray(x_hat, dtype=np.float32).ravel()
-        self.sum_x2 += float(np.dot(x, x))
-        self.sum_e2 += float(np.dot(e, e))
+        self.sum_x2 += float(np.sum(x * x))
+        self.sum_e2 += float(np.sum(e * e))
         self.count += x.size
 
     def merge(self, other: "ErrorAccumulator") -> "ErrorAccumulator":

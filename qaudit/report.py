@@ -10,6 +10,11 @@ JSON conventions (README, "JSON report"):
 * strict JSON has no Infinity: an SQNR of ``+inf`` (no error at all) is written
   as ``null`` and the row's ``qmse`` is ``0.0``; ``-inf``/NaN also become
   ``null``. :func:`from_json` reads ``null`` SQNR with zero QMSE back as ``inf``.
+  In the ``gates`` section a non-finite ``measured`` is ``null`` too; the
+  check's ``status`` and ``reason`` say what it was.
+
+:func:`from_dict` reads every format version listed below, so the report of a
+previous release can serve as a baseline.
 """
 
 from __future__ import annotations
@@ -21,11 +26,18 @@ from dataclasses import asdict, dataclass, field, fields
 
 #: Version of the JSON layout. Changelog:
 #: 1 - first format: meta, model, settings, data, folding, layers, outputs, unmatched, notes.
-#:     Optional additions that keep version 1 (readers ignore unknown keys and
-#:     default missing ones to null):
+#: 2 - adds ``gates``: ``null`` when no gate was evaluated, otherwise the verdict,
+#:     the thresholds applied, every check, and layers/outputs added or removed
+#:     relative to the baseline. Everything else is unchanged, so version 1
+#:     reports are still read (with ``gates`` = ``null``).
+#: Optional additions within a version (readers ignore unknown keys and
+#: default missing ones to null):
 #:     - ``layers[].histogram``: ``{"lo", "hi", "counts"}``, the fp32 values of the
 #:       row's activation in ``len(counts)`` (at most 128) equal bins on ``[lo, hi]``.
-FORMAT_VERSION = 1
+#:     - ``layers[].sqnr_isolated_db``, ``qmse_isolated``, ``error_amplification``:
+#:       the layer's own error when fed fp32 inputs, and ``qmse / qmse_isolated``.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,78 @@ class UnmatchedTensor:
     reason: str
 
 
+CHECK_STATUSES = ("pass", "fail", "skip")
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """One gate applied to one layer or model output (see :mod:`qaudit.gate`).
+
+    ``measured`` is the number compared with ``threshold``: the metric itself
+    for a threshold gate, its change since the baseline for a regression gate
+    (then ``value`` and ``baseline`` hold the two metric values). ``pattern``
+    is the glob whose override set the threshold (``None``: the gate's
+    default). ``status`` is ``skip`` when the metric is missing and
+    ``skip_missing`` is set, when the baseline has no value to compare with,
+    or when an override turned the gate off for this subject.
+    """
+
+    gate: str
+    scope: str  # "layer" | "output"
+    subject: str  # layer or output name; "" when the gate found nothing to check
+    metric: str  # the report field, e.g. "sqnr_db"
+    comparison: str  # ">=" | "<="
+    threshold: float | None  # None only when an override turned the gate off
+    measured: float | None
+    status: str  # "pass" | "fail" | "skip"
+    pattern: str | None = None
+    value: float | None = None
+    baseline: float | None = None
+    reason: str = ""
+
+    def __post_init__(self):
+        if self.status not in CHECK_STATUSES:
+            raise ValueError(f"check status must be one of {CHECK_STATUSES}, not {self.status!r}")
+
+    @property
+    def passed(self) -> bool:
+        """A skipped check does not fail the build."""
+        return self.status != "fail"
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """The verdict of every configured gate on one report."""
+
+    checks: tuple[GateCheck, ...]
+    #: the gate configuration applied: ``{gate: {"default": v, "overrides": {glob: v}}}``
+    thresholds: dict = field(default_factory=dict)
+    skip_missing: bool = False
+    #: the baseline report compared with: path, model sha256, qaudit version, created
+    baseline: dict | None = None
+    added_layers: tuple[str, ...] = ()
+    removed_layers: tuple[str, ...] = ()
+    added_outputs: tuple[str, ...] = ()
+    removed_outputs: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> tuple[GateCheck, ...]:
+        return tuple(c for c in self.checks if c.status == "fail")
+
+    @property
+    def skipped(self) -> tuple[GateCheck, ...]:
+        return tuple(c for c in self.checks if c.status == "skip")
+
+    def failing(self, scope: str) -> list[str]:
+        """Names of the layers (``scope="layer"``) or outputs that fail a gate, first failure first."""
+        return list(dict.fromkeys(c.subject for c in self.failures if c.scope == scope and c.subject))
+
+
 @dataclass(frozen=True)
 class Report:
     meta: dict
@@ -135,6 +219,8 @@ class Report:
     unmatched: tuple[UnmatchedTensor, ...]
     notes: tuple[str, ...] = ()
     format_version: int = FORMAT_VERSION
+    #: the gates evaluated on this report, or None (see :func:`qaudit.gate.evaluate`)
+    gates: GateResult | None = None
 
     def worst_layers(self, n: int = 3) -> list[LayerRow]:
         """Layers with the lowest finite activation SQNR, worst first."""
@@ -157,13 +243,33 @@ def _clean(v):
     return v
 
 
+def gates_to_dict(result: GateResult | None) -> dict | None:
+    """The ``gates`` section: the verdict and counts first, for ``jq .gates.passed``."""
+    if result is None:
+        return None
+    d = asdict(result)
+    checks = d.pop("checks")
+    for c in checks:
+        c["passed"] = c["status"] != "fail"
+    return _clean(
+        {
+            "passed": result.passed,
+            "counts": {"checks": len(result.checks), "failed": len(result.failures), "skipped": len(result.skipped)},
+            **d,
+            "checks": checks,
+        }
+    )
+
+
 def to_dict(report: Report) -> dict:
     d = asdict(report)
     out = {
-        "format": {"name": "qaudit-report", "version": report.format_version},
+        "format": {"name": "qaudit-report", "version": FORMAT_VERSION},
         **{k: d[k] for k in ("meta", "model", "settings", "data", "folding", "layers", "outputs", "unmatched", "notes")},
     }
-    return _clean(out)
+    out = _clean(out)
+    out["gates"] = gates_to_dict(report.gates)
+    return out
 
 
 #: an indented array of integers (histogram counts); a raw newline occurs only between tokens, never in a JSON string
@@ -194,14 +300,30 @@ def _revive(cls, d: dict):
     return cls(**kw)
 
 
+def gates_from_dict(d: dict | None) -> GateResult | None:
+    if d is None:
+        return None
+    names = {f.name for f in fields(GateResult)}
+    kw = {k: v for k, v in d.items() if k in names and k != "checks"}
+    for k in ("added_layers", "removed_layers", "added_outputs", "removed_outputs", "notes"):
+        if k in kw:
+            kw[k] = tuple(kw[k])
+    check_names = {f.name for f in fields(GateCheck)}
+    checks = tuple(GateCheck(**{k: v for k, v in c.items() if k in check_names}) for c in d.get("checks", ()))
+    return GateResult(checks=checks, **kw)
+
+
 def from_dict(d: dict) -> Report:
     if not isinstance(d, dict) or not isinstance(d.get("format"), dict):
         raise ValueError("not a qaudit report (expected an object with a 'format' object)")
     fmt = d["format"]
     if fmt.get("name") != "qaudit-report":
         raise ValueError("not a qaudit report (missing format.name == 'qaudit-report')")
-    if fmt.get("version") != FORMAT_VERSION:
-        raise ValueError(f"unsupported qaudit report format version {fmt.get('version')}; this qaudit reads {FORMAT_VERSION}")
+    if fmt.get("version") not in READABLE_VERSIONS:
+        raise ValueError(
+            f"unsupported qaudit report format version {fmt.get('version')}; "
+            f"this qaudit reads versions {', '.join(map(str, READABLE_VERSIONS))}"
+        )
     return Report(
         meta=d["meta"],
         model=d["model"],
@@ -213,6 +335,7 @@ def from_dict(d: dict) -> Report:
         unmatched=tuple(_revive(UnmatchedTensor, r) for r in d["unmatched"]),
         notes=tuple(d.get("notes", ())),
         format_version=fmt["version"],
+        gates=gates_from_dict(d.get("gates")),
     )
 
 

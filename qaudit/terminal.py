@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.theme import Theme
 
-from .report import LayerRow, Report
+from .report import GateResult, LayerRow, Report
 
 THEME = Theme(
     {
@@ -20,6 +20,7 @@ THEME = Theme(
         "head": "bold",
         "verdict.pass": "bold green",
         "verdict.fail": "bold red",
+        "gate.fail": "red",
     }
 )
 
@@ -50,8 +51,13 @@ def _pair(a, b, spec=".3g") -> str:
     return f"{fmt(a, spec)} → {fmt(b, spec)}"
 
 
+#: marks a layer or output that fails a gate (visible without colour, e.g. in CI logs)
+FAIL_MARK = "✗"
+
+
 def layer_table(report: Report, worst: int = 3) -> Table:
     worst_names = {r.name for r in report.worst_layers(worst)}
+    failing = set(report.gates.failing("layer")) if report.gates else set()
     t = Table(
         title="Per-layer quantization, graph order (weights: plain → BN-folded; SQNR: accumulated error)",
         title_justify="left",
@@ -73,10 +79,12 @@ def layer_table(report: Report, worst: int = 3) -> Table:
     ]:
         t.add_column(col, justify=just, overflow="fold", no_wrap=col not in ("layer", "w range", "act range"))
     for r in report.layers:
-        style = "worst" if r.name in worst_names else None
+        style = "gate.fail" if r.name in failing else "worst" if r.name in worst_names else None
         name = r.name + (f" +{'+'.join(a.split('/')[-1] for a in r.fused)}" if r.fused else "")
         if r.bn_folded:
             name += " [bn]"
+        if r.name in failing:
+            name += f" {FAIL_MARK}"
         t.add_row(
             str(r.index),
             Text(name),
@@ -99,10 +107,11 @@ def output_table(report: Report) -> Table:
     t = Table(title="Model outputs (fp32 vs quantized)", title_justify="left", header_style="head")
     for col in ("output", "QMSE", "SQNR dB", "QCE", "QKL", "top-1 agree %", "acc fp32 %", "acc int8 %", "acc drop %"):
         t.add_column(col, justify="left" if col == "output" else "right", no_wrap=col != "output")
+    failing = set(report.gates.failing("output")) if report.gates else set()
     for o in report.outputs:
         pct = lambda v: fmt(None if v is None else 100 * v, ".2f")  # noqa: E731
         t.add_row(
-            Text(o.name),
+            Text(o.name + (f" {FAIL_MARK}" if o.name in failing else "")),
             fmt(o.qmse, ".3e"),
             fmt(o.sqnr_db, ".1f"),
             fmt(o.qce, ".4f"),
@@ -111,6 +120,7 @@ def output_table(report: Report) -> Table:
             pct(o.acc_fp32),
             pct(o.acc_int8),
             fmt(o.acc_drop_pct, ".2f"),
+            style="gate.fail" if o.name in failing else None,
         )
     return t
 
@@ -162,10 +172,78 @@ def summary(report: Report, worst: int = 3) -> Group:
     return Group(*parts)
 
 
+# ------------------------------------------------------------------ gates
+
+#: failing checks listed in the terminal; the JSON, JUnit and Markdown outputs list them all
+MAX_FAILURES_SHOWN = 20
+
+
+def verdict(result: GateResult) -> Text:
+    """One line: PASS or FAIL, the counts, and the first failing gates."""
+    n, failed, skipped = len(result.checks), result.failures, result.skipped
+    extra = f", {len(skipped)} skipped" if skipped else ""
+    if result.passed:
+        return Text.assemble(("PASS", "verdict.pass"), f": {n} gate check(s) passed{extra}")
+    from .gate import describe
+
+    first = "; ".join(describe(c, ".4g") for c in failed[:3]) + ("; ..." if len(failed) > 3 else "")
+    return Text.assemble(("FAIL", "verdict.fail"), f": {len(failed)} of {n} gate check(s) failed{extra}: {first}")
+
+
+def gates_section(result: GateResult) -> Group:
+    from .gate import describe
+
+    parts = []
+    if result.baseline is not None:
+        b = result.baseline
+        parts.append(
+            Text(
+                f"baseline {b.get('path') or '(in memory)'}: model sha256 {str(b.get('model_sha256'))[:12]}, "
+                f"qaudit {b.get('qaudit')}, created {b.get('created')}",
+                style="muted",
+            )
+        )
+        for label, names in (
+            ("layers added since the baseline", result.added_layers),
+            ("layers removed since the baseline", result.removed_layers),
+            ("outputs added since the baseline", result.added_outputs),
+            ("outputs removed since the baseline", result.removed_outputs),
+        ):
+            if names:
+                parts.append(Text(f"{label}: {', '.join(names)}", style="warn"))
+    failed = result.failures
+    if failed:
+        t = Table(title="Failing gates", title_justify="left", header_style="head")
+        for col, just in (("gate", "left"), ("layer / output", "left"), ("metric", "left"), ("measured", "right"),
+                          ("", "center"), ("threshold", "right"), ("glob", "left"), ("note", "left")):  # fmt: skip
+            t.add_column(col, justify=just, overflow="fold")
+        for c in failed[:MAX_FAILURES_SHOWN]:
+            op = {">=": "<", "<=": ">"}[c.comparison] if c.measured is not None else ""
+            metric = c.metric if c.baseline is None and c.value is None else f"{c.metric} change"
+            t.add_row(c.gate, Text(c.subject or "-"), metric, fmt(c.measured, ".4g"), op, fmt(c.threshold, ".4g"),
+                      Text(c.pattern or ""), Text(c.reason), style="gate.fail")  # fmt: skip
+        parts.append(t)
+        if len(failed) > MAX_FAILURES_SHOWN:
+            parts.append(Text(f"... {len(failed) - MAX_FAILURES_SHOWN} more failing checks in the JSON report", style="muted"))
+    for c in result.skipped[:MAX_FAILURES_SHOWN]:
+        parts.append(Text(f"skipped: {describe(c)}", style="muted"))
+    for n in result.notes:
+        parts.append(Text(f"gate note: {n}", style="warn"))
+    return Group(*parts)
+
+
+def print_verdict(result: GateResult, con: Console) -> None:
+    """The verdict on exactly one line, however long (CI logs are grepped for it)."""
+    con.print(verdict(result), soft_wrap=True)
+
+
 def render(report: Report, con: Console, worst: int = 3) -> None:
     con.print(layer_table(report, worst))
     con.print(output_table(report))
     con.print(summary(report, worst))
+    if report.gates is not None:
+        con.print(gates_section(report.gates))
+        print_verdict(report.gates, con)
 
 
 def layer_label(r: LayerRow) -> str:

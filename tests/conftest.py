@@ -3,7 +3,8 @@
 * ``SAMPLE`` / ``sample``: the bundled digits sample (model, calib, eval, labels).
 * ``cli_env``: that environment, for tests that start Python themselves.
 * ``run_cli(*args)``: run ``python -m qaudit ARGS`` as a subprocess from the repo
-  root, with a fixed terminal environment (no colour, 200 columns).
+  root, with a fixed terminal environment (no colour, 200 columns) and no
+  ``QAUDIT_*`` variables.
 * ``sample_run`` / ``sample_report_json``: ONE full audit of the sample (with
   --eval, --labels, --json and --html), shared by the whole session to keep the
   suite fast.
@@ -38,7 +39,8 @@ def sha256_file(path: Path) -> str:
 
 
 def cli_env() -> dict:
-    env = dict(os.environ)
+    # settings from the developer's shell must not leak into the runs (qaudit reads QAUDIT_*)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QAUDIT_")}
     env["NO_COLOR"] = "1"
     env["COLUMNS"] = "200"
     env.pop("FORCE_COLOR", None)

@@ -356,7 +356,18 @@ def test_corrupt_npy_message_gives_no_pickle_advice(run_cli, tmp_path):
 
 
 def test_missing_required_option_is_one_line(run_cli):
-    """argparse errors: exit 2, one line, no traceback."""
+    """--calib may come from the command line, a config file or QAUDIT_CALIB: exit 2, one line naming all three."""
     proc = run_cli(SAMPLE_MODEL)
     assert proc.returncode == 2
-    assert proc.stderr == "qaudit: error: the following arguments are required: --calib (see qaudit --help)\n"
+    assert proc.stderr == (
+        "qaudit: error: no calibration data: give --calib DIR, or set 'calib' in a config file or QAUDIT_CALIB\n"
+    )
+
+
+def test_argparse_errors_are_one_line(run_cli):
+    """argparse errors: exit 2, one line, no traceback."""
+    proc = run_cli(SAMPLE_MODEL, "--calib", SAMPLE_CALIB, "--batch-size", "many")
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "qaudit: error: argument --batch-size: invalid int value: 'many' (see qaudit --help)\n"
+    )

@@ -120,8 +120,11 @@ def test_json_format_and_meta(sample_report_json):
     import onnxruntime
 
     d = sample_report_json
-    assert d["format"] == {"name": "qaudit-report", "version": 1}
-    assert set(d) >= {"format", "meta", "model", "settings", "data", "folding", "layers", "outputs", "unmatched", "notes"}
+    assert d["format"] == {"name": "qaudit-report", "version": 2}
+    assert set(d) >= {
+        "format", "meta", "model", "settings", "data", "folding", "layers", "outputs", "unmatched", "notes", "gates",
+    }  # fmt: skip
+    assert d["gates"] is None  # no gate configured
     assert d["meta"]["onnxruntime"] == onnxruntime.__version__
     assert d["meta"]["onnx"] == onnx.__version__
     assert d["meta"]["seconds"] > 0
@@ -145,7 +148,7 @@ def test_settings_recorded(sample_report_json):
     assert s["per_channel"] is False
     assert s["exclude"] == []
     assert s["clip_percentile"] == 1.0
-    assert s["error"] == "accumulated"
+    assert s["error"] == "accumulated and isolated"
 
 
 def test_data_counts(sample_report_json):

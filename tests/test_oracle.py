@@ -200,3 +200,30 @@ def test_per_channel_weight_sqnr_by_hand(tmp_path, fmt):
     (tmp_path / "pt").mkdir()
     per_tensor = next(r for r in _audit(tmp_path / "pt", format=fmt, weight_type="int8")[0].layers if r.name == row.name)
     assert row.w_sqnr_db > per_tensor.w_sqnr_db + 3  # depthwise weights gain a lot from per-channel scales
+
+
+def test_isolated_error_by_hand(int8_weights, tmp_path):
+    """Isolated error of MaxPool computed in numpy: maxpool(dequant(quant(fp32 input))),
+    and the first conv after the input, whose accumulated error is its isolated one."""
+    report, qpath, folded = int8_weights
+    rows = {r.name: r for r in report.layers}
+    first = rows["/block1/conv/Conv"]
+    assert first.sqnr_isolated_db == pytest.approx(first.sqnr_db, abs=1e-9)
+    pool = rows["/pool/MaxPool"]
+    src = rows["/block2/conv/Conv"]  # MaxPool reads its (Relu) output and shares its encoding
+    assert (pool.scale, pool.zero_point) == (src.scale, src.zero_point)
+    fm = with_outputs(onnx.load(folded), [(src.tensor, onnx.TensorProto.FLOAT), (pool.tensor, onnx.TensorProto.FLOAT)])
+    onnx.save(fm, tmp_path / "f.onnx")
+    fs = ort.InferenceSession(str(tmp_path / "f.onnx"))
+    sx2 = se2 = 0.0
+    for feeds in _batches("eval"):
+        a, y = fs.run([src.tensor, pool.tensor], feeds)
+        q = np.clip(np.round(a / pool.scale) + pool.zero_point, 0, 255)  # round half to even, like ORT
+        a_hat = ((q - pool.zero_point) * pool.scale).astype(np.float32)
+        n, c, h, w = a_hat.shape
+        y_hat = a_hat.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+        sx2 += float(np.sum(y.astype(np.float64) ** 2))
+        se2 += float(np.sum((y.astype(np.float64) - y_hat) ** 2))
+    assert pool.sqnr_isolated_db == pytest.approx(10 * np.log10(sx2 / se2), abs=1e-3)
+    assert pool.sqnr_isolated_db > pool.sqnr_db  # upstream error accumulates into the pool's input
+    assert pool.error_amplification == pytest.approx(pool.qmse / pool.qmse_isolated)

@@ -1,0 +1,120 @@
+"""JUnit XML of the gate checks, for CI test reports (pure; imports no onnxruntime).
+
+Layout (the common Jenkins/Ant JUnit schema, read by GitLab, GitHub test
+reporters, Jenkins, Azure DevOps):
+
+* ``<testsuites name="qaudit">`` with the totals and the audit's duration;
+* one ``<testsuite name="qaudit.<gate>">`` per gate, with ``<properties>``:
+  the model, its sha256, the gate's thresholds, the baseline and the layers
+  added/removed since it;
+* one ``<testcase classname="qaudit.<gate>" name="layer <name>">`` (or
+  ``output <name>``) per check. A failing check has ``<failure type="<gate>"
+  message="...">``: the message states the measured value and the threshold,
+  the body lists ``metric``, ``measured``, ``comparison``, ``threshold``,
+  ``glob``, ``baseline``, ``value`` with full precision. A skipped check has
+  ``<skipped message="<reason>">``.
+
+With no gate configured the file holds one empty suite (``tests="0"``).
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+
+from .gate import describe
+from .report import GateCheck, GateResult, Report
+
+# characters XML 1.0 does not allow, even escaped
+_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _s(v) -> str:
+    return _ILLEGAL.sub("?", "" if v is None else str(v))
+
+
+def _num(v) -> str:
+    return "null" if v is None else repr(float(v))
+
+
+def _case_name(c: GateCheck) -> str:
+    return f"{c.scope} {c.subject}" if c.subject else f"{c.scope}s (none checked)"
+
+
+def _body(c: GateCheck) -> str:
+    lines = [
+        f"gate: {c.gate}",
+        f"{c.scope}: {c.subject or '-'}",
+        f"metric: {c.metric}",
+        f"measured: {_num(c.measured)}",
+        f"comparison: measured {c.comparison} threshold",
+        f"threshold: {_num(c.threshold)}",
+        f"glob: {c.pattern if c.pattern is not None else '(default)'}",
+    ]
+    if c.baseline is not None or c.value is not None:
+        lines += [f"value: {_num(c.value)}", f"baseline: {_num(c.baseline)}"]
+    if c.reason:
+        lines.append(f"reason: {c.reason}")
+    return "\n".join(lines) + "\n"
+
+
+def _counts(checks) -> dict:
+    return {
+        "tests": str(len(checks)),
+        "failures": str(sum(c.status == "fail" for c in checks)),
+        "errors": "0",
+        "skipped": str(sum(c.status == "skip" for c in checks)),
+    }
+
+
+def _properties(parent, report: Report, result: GateResult | None, gate: str | None) -> None:
+    props = ET.SubElement(parent, "properties")
+
+    def prop(name, value):
+        ET.SubElement(props, "property", name=name, value=_s(value))
+
+    prop("model", report.model.get("path"))
+    prop("model_sha256", report.model.get("sha256"))
+    if result is None:
+        prop("gates", "none configured")
+        return
+    if gate is not None and gate in result.thresholds:
+        t = result.thresholds[gate]
+        prop("threshold", _num(t["default"]) if t["default"] is not None else "off")
+        for glob, v in t["overrides"].items():
+            prop(f"threshold[{glob}]", _num(v) if v is not None else "off")
+    if result.baseline is not None:
+        prop("baseline", result.baseline.get("path"))
+        prop("baseline_model_sha256", result.baseline.get("model_sha256"))
+        prop("added_layers", ", ".join(result.added_layers))
+        prop("removed_layers", ", ".join(result.removed_layers))
+        if result.added_outputs or result.removed_outputs:
+            prop("added_outputs", ", ".join(result.added_outputs))
+            prop("removed_outputs", ", ".join(result.removed_outputs))
+
+
+def format(report: Report, result: GateResult | None = None) -> str:  # noqa: A001 - the formatter protocol
+    """The JUnit XML document for ``result`` (default: ``report.gates``)."""
+    result = report.gates if result is None else result
+    checks = result.checks if result is not None else ()
+    seconds = report.meta.get("seconds")
+    root = ET.Element("testsuites", name="qaudit", **_counts(checks), time=f"{float(seconds or 0):.3f}")
+    timestamp = _s(report.meta.get("created", "")).rstrip("Z")
+    by_gate: dict[str, list[GateCheck]] = {}
+    for c in checks:
+        by_gate.setdefault(c.gate, []).append(c)
+    if not by_gate:
+        suite = ET.SubElement(root, "testsuite", name="qaudit", **_counts(()), time="0", timestamp=timestamp)
+        _properties(suite, report, result, None)
+    for gate, cs in by_gate.items():
+        suite = ET.SubElement(root, "testsuite", name=f"qaudit.{gate}", **_counts(cs), time="0", timestamp=timestamp)
+        _properties(suite, report, result, gate)
+        for c in cs:
+            case = ET.SubElement(suite, "testcase", classname=f"qaudit.{gate}", name=_s(_case_name(c)), time="0")
+            if c.status == "fail":
+                el = ET.SubElement(case, "failure", type=gate, message=_s(describe(c, ".6g")))
+                el.text = _s(_body(c))
+            elif c.status == "skip":
+                ET.SubElement(case, "skipped", message=_s(c.reason or "skipped"))
+    ET.indent(root, space="  ")
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

@@ -1,0 +1,511 @@
+"""Configuration sources and their precedence: one table of options, one function.
+
+:data:`OPTIONS` lists every setting once: its config-file key, type, default,
+command-line flag, environment variable and help. :func:`resolve` is the only
+place that knows the order in which sources override each other (README,
+"Configuration"):
+
+1. defaults (the table, and each gate's default in :data:`qaudit.gate.GATES`);
+2. a config file: ``--config PATH``, else ``$QAUDIT_CONFIG``, else
+   ``./qaudit.toml``, else ``./pyproject.toml`` if it has a ``[tool.qaudit]``
+   table. Paths in the file are relative to the file's directory;
+3. environment variables ``QAUDIT_<KEY>`` (``QAUDIT_MIN_LAYER_SQNR=25``);
+4. the command line.
+
+A later source overrides exactly what it sets. Gate thresholds merge per
+entry: the default and each glob override are separate entries, so
+``--min-layer-sqnr 30`` replaces the file's default and keeps its
+``[gates.layers."/fc2/*"]`` override. ``off`` turns an entry off.
+
+Unknown keys, unknown ``QAUDIT_*`` variables and invalid values raise
+:class:`~qaudit.errors.ConfigError` naming the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from .config import FORMATS, QUANT_TYPES, AuditConfig, QuantConfig
+from .errors import ConfigError
+from .gate import GATES, GATES_BY_NAME, GateConfig, GateDef, Threshold
+
+AUDIT, REPORT = "audit", "report"
+BOTH = (AUDIT, REPORT)
+OFF = "off"
+
+
+def _at_least(lo: float) -> Callable:
+    def check(v):
+        if v < lo:
+            raise ValueError(f"must be >= {lo:g}, not {v!r}")
+
+    return check
+
+
+def _between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Callable:
+    def check(v):
+        if (v <= lo if lo_open else v < lo) or (v >= hi if hi_open else v > hi):
+            raise ValueError(f"must be in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}, not {v!r}")
+
+    return check
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting. ``kind``: path (an input file), out (an output file, ``-`` = stdout),
+    str, int, float, bool, list (of str) or gate (a :class:`~qaudit.gate.Threshold`)."""
+
+    name: str
+    kind: str
+    help: str
+    default: object = None
+    choices: tuple[str, ...] = ()
+    check: Callable | None = None
+    commands: tuple[str, ...] = (AUDIT,)
+    section: str = ""  # "" (top level) or "gates"
+    group: str = "audit"  # CLI help group
+    #: bool options: the flags that set True and False
+    bool_flags: tuple[str, str] | None = None
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str | None:
+        return None if self.name == "model" else "--" + self.name.replace("_", "-")
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        if self.kind == "bool":
+            return self.bool_flags or (self.flag, "--no-" + self.name.replace("_", "-"))
+        return (self.flag,) if self.flag else ()
+
+    @property
+    def env(self) -> str:
+        return "QAUDIT_" + self.name.upper()
+
+
+def _gate_option(g: GateDef) -> Option:
+    unit = f" ({g.unit})" if g.unit else ""
+    return Option(
+        g.name, "gate", g.help + unit, default=g.default, commands=BOTH, section="gates",
+        group="regression" if g.kind == "regression" else "gates", metavar="[GLOB=]VALUE",
+    )  # fmt: skip
+
+
+#: Every option, in the order of ``--help``. The gate options come from :data:`qaudit.gate.GATES`.
+OPTIONS: tuple[Option, ...] = (
+    Option("model", "path", "the fp32 ONNX model (never modified)", group="input", metavar="MODEL.onnx"),
+    Option("calib", "path", "calibration data: directory of .npy/.npz or test_data_set_* (required)", group="input", metavar="DIR"),
+    Option("eval", "path", "evaluation data (default: the calibration data, which flatters)", group="input", metavar="DIR"),
+    Option("labels", "path", ".npy of integer labels, one per evaluation sample (sorted file order)", group="input", metavar="F.npy"),
+    Option("format", "str", "ORT quantization format", "qdq", FORMATS, group="quantization"),
+    Option("activation_type", "str", "activation type", "uint8", QUANT_TYPES, group="quantization"),
+    Option("weight_type", "str", "weight type", "uint8", QUANT_TYPES, group="quantization"),
+    Option("per_channel", "bool", "per-channel weight quantization (default: per-tensor)", False, group="quantization"),
+    Option("percentile", "float", "percentile calibration (default 99.999, ORT's)", 99.999,
+           check=_between(0, 100, lo_open=True), group="quantization", metavar="P"),
+    Option("calib_symmetric", "bool", "histogram |x| (ORT's Percentile default) or, with --calib-asymmetric, signed values",
+           True, group="quantization", bool_flags=("--calib-symmetric", "--calib-asymmetric")),
+    Option("exclude", "list", "node names to leave in float", (), group="quantization", metavar="NODE"),
+    Option("batch_size", "int", "samples per inference batch (default 32)", 32, check=_at_least(1), group="measurement",
+           metavar="N"),
+    Option("max_samples", "int", "use at most N samples of each data set", None, check=_at_least(1), group="measurement", metavar="N"),
+    Option("clip_percentile", "float", "activation range clipping, percent per side (default 1)", 1.0,
+           check=_between(0, 50, hi_open=True), group="measurement", metavar="P"),
+    Option("isolated", "bool", "also measure each layer's isolated error (--no-isolated: accumulated only, faster)", True,
+           group="measurement", bool_flags=("--isolated", "--no-isolated")),
+    Option("output_model", "out", "write the quantized model that was audited", group="output", metavar="PATH"),
+    Option("html", "out", "write a self-contained HTML report with layerwise plots to PATH ('-' for stdout)",
+           commands=BOTH, group="output", metavar="PATH"),
+    Option("json", "out", "write the JSON report to PATH ('-' for stdout)", commands=BOTH, group="output", metavar="PATH"),
+    Option("junit", "out", "write the gate checks as JUnit XML to PATH ('-' for stdout)", commands=BOTH, group="output", metavar="PATH"),
+    Option("markdown", "out", "write a Markdown summary (verdict, failing gates, worst layers) to PATH ('-' for stdout)",
+           commands=BOTH, group="output", metavar="PATH"),
+    Option("worst", "int", "how many worst layers to highlight (default 3)", 3, check=_at_least(0), commands=BOTH, group="output", metavar="N"),
+    Option("quiet", "bool", "print only the verdict (nothing when no gate is configured); no progress bars", False,
+           commands=BOTH, group="output"),
+    Option("baseline", "path", "the JSON report of the previous release: enables the regression gates (--no-baseline: none)",
+           commands=BOTH, group="regression", metavar="REPORT.json"),
+    Option("skip_missing", "bool", "a gate whose metric is missing (null/NaN) is skipped instead of failing", False,
+           commands=BOTH, section="gates", group="gates"),
+    *(_gate_option(g) for g in GATES),
+)  # fmt: skip
+OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+ENV_CONFIG = "QAUDIT_CONFIG"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved configuration of one command, and where each value came from."""
+
+    command: str
+    values: dict
+    gates: GateConfig
+    #: option name -> "default", a config file location, an environment variable or a flag
+    sources: dict = field(default_factory=dict)
+    config_file: Path | None = None
+
+    def __getitem__(self, name: str):
+        return self.values[name]
+
+    def audit_config(self) -> AuditConfig:
+        v = self.values
+        for name, what, hint in (("model", "model", "give MODEL.onnx"), ("calib", "calibration data", "give --calib DIR")):
+            if v.get(name) is None:
+                o = OPTIONS_BY_NAME[name]
+                raise ConfigError(f"no {what}: {hint}, or set '{name}' in a config file or {o.env}")
+        return AuditConfig(
+            model=v["model"],
+            calib=v["calib"],
+            eval=v["eval"],
+            labels=v["labels"],
+            output_model=v["output_model"],
+            batch_size=v["batch_size"],
+            max_samples=v["max_samples"],
+            clip_percentile=v["clip_percentile"],
+            isolated=v["isolated"],
+            quant=QuantConfig(
+                format=v["format"],
+                activation_type=v["activation_type"],
+                weight_type=v["weight_type"],
+                per_channel=v["per_channel"],
+                percentile=v["percentile"],
+                calib_symmetric=v["calib_symmetric"],
+                exclude=tuple(v["exclude"]),
+            ),
+        )
+
+
+# ----------------------------------------------------------- value parsing
+
+
+def _suggest(key: str, valid) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _checked(opt: Option, value, where: str):
+    try:
+        if opt.choices and value not in opt.choices:
+            raise ValueError(f"must be one of {', '.join(opt.choices)}, not {value!r}")
+        if opt.check is not None and value is not None:
+            opt.check(value)
+    except ValueError as e:
+        raise ConfigError(f"{opt.name} {where}: {e}") from None
+    return value
+
+
+def _typed(opt: Option, value, where: str, base: Path | None):
+    """A value from a TOML file (already typed) checked against ``opt.kind``."""
+
+    def bad(expected):
+        return ConfigError(f"{opt.name} {where} must be {expected}, not {value!r}")
+
+    if opt.kind in ("path", "out"):
+        if not isinstance(value, str) or not value:
+            raise bad("a non-empty path string")
+        if opt.kind == "out" and value == "-":
+            return value
+        p = Path(value)
+        return str(p if p.is_absolute() or base is None else base / p)
+    if opt.kind == "str":
+        if not isinstance(value, str):
+            raise bad("a string")
+        return _checked(opt, value, where)
+    if opt.kind == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if opt.kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return _checked(opt, value, where)
+    if opt.kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad("a finite number")
+        return _checked(opt, float(value), where)
+    if opt.kind == "list":
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise bad("a list of strings")
+        return tuple(value)
+    raise AssertionError(f"unknown option kind {opt.kind}")
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _from_string(opt: Option, text: str, where: str):
+    """A value from an environment variable."""
+    s = text.strip()
+    if opt.kind in ("path", "out", "str"):
+        return _checked(opt, s, where) if opt.kind == "str" else s
+    if opt.kind == "bool":
+        if s.lower() in _TRUE:
+            return True
+        if s.lower() in _FALSE:
+            return False
+        raise ConfigError(f"{opt.name} {where} must be one of 1/0, true/false, yes/no, on/off, not {text!r}")
+    if opt.kind == "int":
+        try:
+            return _checked(opt, int(s), where)
+        except ValueError:
+            raise ConfigError(f"{opt.name} {where} must be an integer, not {text!r}") from None
+    if opt.kind == "float":
+        try:
+            v = float(s)
+        except ValueError:
+            raise ConfigError(f"{opt.name} {where} must be a number, not {text!r}") from None
+        if not math.isfinite(v):
+            raise ConfigError(f"{opt.name} {where} must be a finite number, not {text!r}")
+        return _checked(opt, v, where)
+    if opt.kind == "list":
+        return tuple(x.strip() for x in s.split(",") if x.strip())
+    raise AssertionError(f"unknown option kind {opt.kind}")
+
+
+def _threshold_value(gd: GateDef, value, where: str) -> float | None:
+    """A gate threshold: a number, or "off" (None)."""
+    if isinstance(value, str):
+        s = value.strip()
+        if s.lower() == OFF:
+            return None
+        try:
+            value = float(s)
+        except ValueError:
+            raise ConfigError(f"{gd.name} {where} must be a number or 'off', not {s!r}") from None
+    try:
+        return gd.check_value(value)
+    except ValueError as e:
+        raise ConfigError(f"{gd.name} {where} {e}") from None
+
+
+def parse_threshold_items(gd: GateDef, items, where: str) -> dict[str | None, float | None]:
+    """``["25", "/fc2/*=20", "input=off"]`` (each item may hold several, comma-separated) ->
+    ``{None: 25.0, "/fc2/*": 20.0, "input": None}``. ``None`` keys the default."""
+    out: dict[str | None, float | None] = {}
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            pattern, sep, value = part.rpartition("=")
+            if sep and not pattern.strip():
+                raise ConfigError(f"{gd.name} {where}: '{part}' has no glob before '='; write GLOB=VALUE or VALUE")
+            key = pattern.strip() if sep else None
+            out[key] = _threshold_value(gd, value, where + (f" for '{key}'" if key else ""))
+    return out
+
+
+# ----------------------------------------------------------- config files
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+
+
+def find_config(explicit: str | None, environ: Mapping[str, str], cwd: Path) -> tuple[Path, dict, str] | None:
+    """``(path, qaudit table, table name)`` of the config file in use, or None.
+
+    ``pyproject.toml`` holds the table ``[tool.qaudit]``; any other file *is* the table.
+    """
+    named = explicit if explicit else environ.get(ENV_CONFIG) or None
+    if named:
+        where = "--config" if explicit else ENV_CONFIG
+        path = Path(named)
+        if not path.is_absolute():
+            path = cwd / path
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {named} (from {where})")
+        data = _read_toml(path)
+        if path.name == "pyproject.toml":
+            table = data.get("tool", {}).get("qaudit")
+            if table is None:
+                raise ConfigError(f"{named} has no [tool.qaudit] table (from {where})")
+            return Path(named), table, "[tool.qaudit]"
+        return Path(named), data, ""
+    if (cwd / "qaudit.toml").is_file():
+        return Path("qaudit.toml"), _read_toml(cwd / "qaudit.toml"), ""
+    if (cwd / "pyproject.toml").is_file():
+        table = _read_toml(cwd / "pyproject.toml").get("tool", {}).get("qaudit")
+        if table is not None:
+            return Path("pyproject.toml"), table, "[tool.qaudit]"
+    return None
+
+
+def _section(prefix: str, *parts: str) -> str:
+    inner = ".".join([prefix.strip("[]")] if prefix else [])
+    for p in parts:
+        inner = f"{inner}.{p}" if inner else p
+    return f"[{inner}]" if inner else "the top level"
+
+
+def _quote(glob: str) -> str:
+    return '"' + glob.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _file_values(command: str, path: Path, table: dict, prefix: str, base: Path) -> tuple[dict, dict]:
+    """``(values, gate entries)`` from a config file's qaudit table; every key is checked, for every command."""
+    values: dict = {}
+    gates: dict[str, dict] = {}
+    top = {o.name for o in OPTIONS if o.section == ""}
+    gate_keys = {o.name for o in OPTIONS if o.section == "gates"}
+
+    def where(*parts):
+        return f"in {_section(prefix, *parts)} of {path}"
+
+    def unknown(key, valid, *parts, hint=""):
+        return ConfigError(f"unknown key '{key}' {where(*parts)}{hint or _suggest(key, valid)}")
+
+    for key, value in table.items():
+        if key == "gates":
+            if not isinstance(value, dict):
+                raise ConfigError(f"'gates' {where()} must be a table")
+            continue
+        if key not in top:
+            hint = f" ('{key}' belongs in {_section(prefix, 'gates')})" if key in gate_keys else ""
+            raise unknown(key, top | {"gates"}, hint=hint)
+        opt = OPTIONS_BY_NAME[key]
+        v = _typed(opt, value, where(), base)
+        if command in opt.commands:
+            values[key] = v
+
+    g = table.get("gates", {})
+    for key, value in g.items():
+        if key in ("layers", "outputs"):
+            if not isinstance(value, dict) or not all(isinstance(x, dict) for x in value.values()):
+                raise ConfigError(
+                    f"'{key}' {where('gates')} must hold tables keyed by glob, e.g. "
+                    f"{_section(prefix, 'gates', key, _quote('/fc2/*'))}"
+                )
+            continue
+        if key not in gate_keys:
+            hint = f" ('{key}' belongs at {_section(prefix)})" if key in top else ""
+            raise unknown(key, gate_keys | {"layers", "outputs"}, "gates", hint=hint)
+        if key == "skip_missing":
+            values[key] = _typed(OPTIONS_BY_NAME[key], value, where("gates"), base)
+        else:
+            gates.setdefault(key, {})[None] = _threshold_value(GATES_BY_NAME[key], value, where("gates"))
+
+    for scope_key, scope in (("layers", "layer"), ("outputs", "output")):
+        for glob, sub in g.get(scope_key, {}).items():
+            parts = ("gates", scope_key, _quote(glob))
+            if not glob:
+                raise ConfigError(f"an empty glob {where('gates', scope_key)}; name a {scope} or a glob like '/fc2/*'")
+            valid = {gd.name for gd in GATES if gd.scope == scope}
+            for key, value in sub.items():
+                if key not in valid:
+                    other = GATES_BY_NAME.get(key)
+                    hint = ""
+                    if other is not None:
+                        other_key = "layers" if other.scope == "layer" else "outputs"
+                        hint = f" ({key} is a{'n' if other.scope == 'output' else ''} {other.scope} gate: put it under {_section(prefix, 'gates', other_key, _quote(glob))})"
+                    raise unknown(key, valid, *parts, hint=hint)
+                gates.setdefault(key, {})[glob] = _threshold_value(GATES_BY_NAME[key], value, where(*parts))
+    return values, gates
+
+
+# ----------------------------------------------------------- the function
+
+
+def resolve(
+    command: str,
+    cli: Mapping[str, object],
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """The settings of ``command`` ("audit" or "report") from every source, in precedence order.
+
+    ``cli`` holds only what the command line set explicitly (option name ->
+    value; gate options as lists of ``[GLOB=]VALUE`` strings; ``config`` for
+    ``--config``). ``environ`` defaults to ``os.environ``, ``cwd`` to the
+    current directory.
+    """
+    environ = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    mine = [o for o in OPTIONS if command in o.commands]
+    values: dict = {}
+    gates: dict[str, dict] = {}
+    sources: dict = {}
+
+    # 1. defaults ------------------------------------------------------------
+    for o in mine:
+        if o.kind == "gate":
+            gates[o.name] = {None: o.default}
+        else:
+            values[o.name] = o.default
+        sources[o.name] = "default"
+
+    # 2. the config file -----------------------------------------------------
+    found = find_config(cli.get("config"), environ, cwd)
+    config_file = None
+    if found is not None:
+        config_file, table, prefix = found
+        base = config_file.parent
+        file_values, file_gates = _file_values(command, config_file, table, prefix, base)
+        where = f"{config_file} {prefix}".strip()
+        for k, v in file_values.items():
+            values[k] = v
+            sources[k] = where
+        for k, entries in file_gates.items():
+            gates[k].update(entries)
+            sources[k] = where
+
+    # 3. the environment -----------------------------------------------------
+    known_env = {o.env: o for o in OPTIONS}
+    for var in sorted(environ):
+        if not var.startswith("QAUDIT_") or var == ENV_CONFIG:
+            continue
+        o = known_env.get(var)
+        if o is None:
+            raise ConfigError(f"unknown environment variable {var}{_suggest(var, [*known_env, ENV_CONFIG])}")
+        if command not in o.commands or not environ[var].strip():
+            continue  # an empty variable counts as unset
+        if o.kind == "gate":
+            gates[o.name].update(parse_threshold_items(GATES_BY_NAME[o.name], [environ[var]], f"from {var}"))
+        else:
+            values[o.name] = _from_string(o, environ[var], f"from {var}")
+        sources[o.name] = var
+
+    # 4. the command line ----------------------------------------------------
+    for name, v in cli.items():
+        if name == "config" or v is None:
+            continue
+        o = OPTIONS_BY_NAME.get(name)
+        if o is None or command not in o.commands:
+            raise AssertionError(f"the command line passed an unknown option {name!r}")
+        flag = o.flag or name
+        if o.kind == "gate":
+            gates[name].update(parse_threshold_items(GATES_BY_NAME[name], v, f"from {flag}"))
+        elif o.kind == "list":
+            values[name] = tuple(v)
+        elif o.name == "baseline" and v == "":
+            values[name] = None  # --no-baseline
+        else:
+            values[name] = _checked(o, v, f"from {flag}") if o.kind in ("str", "int", "float") else v
+        sources[name] = flag
+
+    # 5. build the typed configuration ----------------------------------------
+    thresholds = {
+        name: Threshold(default=entries.get(None), overrides={k: v for k, v in entries.items() if k is not None})
+        for name, entries in gates.items()
+    }
+    gate_config = GateConfig(thresholds, skip_missing=bool(values.get("skip_missing", False)))
+    return Settings(command, values, gate_config, sources, config_file)
+
+
+__all__ = ["OPTIONS", "Option", "Settings", "find_config", "parse_threshold_items", "resolve"]
