@@ -59,7 +59,7 @@ def layer_table(report: Report, worst: int = 3) -> Table:
     worst_names = {r.name for r in report.worst_layers(worst)}
     failing = set(report.gates.failing("layer")) if report.gates else set()
     t = Table(
-        title="Per-layer quantization, graph order (weights: plain → BN-folded; SQNR: accumulated error)",
+        title="Per-layer quantization, graph order (weights: plain → BN-folded; SQNR: accumulated, iso: the layer's own error)",
         title_justify="left",
         header_style="head",
     )
@@ -75,6 +75,7 @@ def layer_table(report: Report, worst: int = 3) -> Table:
         ("scale / zp", "right"),
         ("clip %", "right"),
         ("SQNR dB", "right"),
+        ("iso dB", "right"),
         ("QMSE", "right"),
     ]:
         t.add_column(col, justify=just, overflow="fold", no_wrap=col not in ("layer", "w range", "act range"))
@@ -97,6 +98,7 @@ def layer_table(report: Report, worst: int = 3) -> Table:
             f"{fmt(r.scale, '.3g')} / {r.zero_point}" if r.scale is not None else ("per-channel" if r.has_activation else "-"),
             fmt(None if r.clip_fraction is None else 100 * r.clip_fraction, ".2f"),
             fmt(r.sqnr_db, ".1f"),
+            fmt(r.sqnr_isolated_db, ".1f"),
             fmt(r.qmse, ".2e"),
             style=style,
         )
