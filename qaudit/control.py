@@ -96,6 +96,11 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         )
     fold = fold_batchnorm(model)
     notes = []
+    if lm.untyped:
+        notes.append(
+            f"{len(lm.untyped)} tensor(s) have no type after shape inference ({', '.join(lm.untyped[:3])}...): "
+            "ONNX Runtime does not calibrate or quantize them"
+        )
     if cfg.eval is None:
         notes.append(
             "no --eval data: metrics are measured on the calibration data, which flatters them; "
@@ -202,6 +207,8 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
                 "inputs": [s.describe() for s in lm.inputs],
                 "outputs": list(lm.output_names),
                 "constants_to_initializers": n_constants,
+                "shape_inference": lm.shape_inference,
+                "untyped_tensors": list(lm.untyped),
             },
             settings={
                 **cfg.quant.as_dict(),

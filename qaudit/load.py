@@ -43,6 +43,8 @@ class LoadedModel:
     opset: int
     inputs: list[InputSpec]
     output_names: list[str]
+    shape_inference: str = "onnx"  # the variant that typed the graph (see infer_shapes)
+    untyped: tuple[str, ...] = ()  # node outputs no variant could type
 
 
 def _sha256(path: Path) -> str:
@@ -106,10 +108,7 @@ def load_model(path: str | Path) -> LoadedModel:
             f"{path} uses opset {opset}; quantization needs opset >= {MIN_OPSET}: "
             f"convert it with onnx.version_converter.convert_version(model, 13) or re-export"
         )
-    try:
-        model = onnx.shape_inference.infer_shapes(model)
-    except Exception as e:
-        raise ModelError(f"ONNX shape inference failed on {path}: {str(e).splitlines()[0]}") from e
+    model, variant, untyped = infer_shapes(model, path)
     return LoadedModel(
         path=path,
         model=model,
@@ -117,4 +116,72 @@ def load_model(path: str | Path) -> LoadedModel:
         opset=opset,
         inputs=input_specs(model),
         output_names=[o.name for o in model.graph.output],
+        shape_inference=variant,
+        untyped=tuple(untyped),
     )
+
+
+def untyped_outputs(model: onnx.ModelProto) -> list[str]:
+    """Node outputs with no type information after shape inference."""
+    typed = {v.name for v in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)}
+    typed |= {t.name for t in model.graph.initializer}
+    return [o for n in model.graph.node if n.op_type != "Constant" for o in n.output if o and o not in typed]
+
+
+def _ort_symbolic(auto_merge: bool):
+    def run(model):
+        import os
+        import tempfile
+
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        # On an incomplete inference it saves "sym_shape_infer_temp.onnx" into the
+        # current directory (onnxruntime 1.32): run it somewhere harmless.
+        cwd = os.getcwd()
+        with tempfile.TemporaryDirectory(prefix="qaudit-shapes-") as tmp:
+            os.chdir(tmp)
+            try:
+                out = SymbolicShapeInference.infer_shapes(model, auto_merge=auto_merge)
+            finally:
+                os.chdir(cwd)
+        if out is None:
+            raise RuntimeError("symbolic shape inference returned nothing")
+        return out
+
+    return run
+
+
+#: Tried in order until every node output has a type. ORT's calibrator only
+#: calibrates tensors that have a value_info, so an untyped tensor is silently
+#: left unquantized (onnxruntime 1.32); onnx's inference cannot type contrib ops
+#: (com.microsoft Gelu, FusedMatMul, ...), ORT's symbolic inference can, and its
+#: ``auto_merge`` reconciles conflicting symbolic dims found in real exports.
+SHAPE_INFERENCE_VARIANTS = (
+    ("onnx", lambda m: onnx.shape_inference.infer_shapes(m)),
+    ("onnxruntime symbolic", _ort_symbolic(False)),
+    ("onnxruntime symbolic auto_merge", _ort_symbolic(True)),
+)
+
+
+def infer_shapes(model: onnx.ModelProto, path: Path | str = "model") -> tuple[onnx.ModelProto, str, list[str]]:
+    """Shape-infer ``model`` with the first variant that types every tensor.
+
+    Returns ``(model, variant name, untyped outputs)``; when no variant types
+    everything, the one leaving the fewest untyped tensors wins, and the caller
+    reports them.
+    """
+    best, errors = None, []
+    for name, run in SHAPE_INFERENCE_VARIANTS:
+        try:
+            inferred = run(model)
+        except Exception as e:
+            errors.append(f"{name}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+            continue
+        untyped = untyped_outputs(inferred)
+        if not untyped:
+            return inferred, name, []
+        if best is None or len(untyped) < len(best[2]):
+            best = (inferred, name, untyped)
+    if best is None:
+        raise ModelError(f"shape inference failed on {path} with every variant ({'; '.join(errors)}); re-export the model")
+    return best

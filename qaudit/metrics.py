@@ -378,7 +378,8 @@ class OutputAccumulator:
     """QMSE/SQNR, QCE, QKL, top-1 agreement and accuracies of one model output.
 
     Classification metrics are defined for outputs shaped ``[N, K]`` with
-    ``K >= 2`` (class axis last); elsewhere they are ``None``. ``probabilities``
+    ``K >= 2`` (class axis last), and for probability outputs ``[N, ..., K]``
+    (averaged over every position); elsewhere they are ``None``. ``probabilities``
     says the output already is a distribution (produced by Softmax, or rows
     that are non-negative and sum to 1), so it is not softmaxed again.
     """
@@ -398,10 +399,14 @@ class OutputAccumulator:
 
     def update(self, x: np.ndarray, y: np.ndarray, labels: np.ndarray | None = None) -> None:
         self.err.update(x, y)
-        is_cls = x.ndim == 2 and x.shape[1] >= 2
+        # [N, K] scores, or [N, ..., K] probabilities (e.g. a CTC recognizer's
+        # per-position softmax): classification over the last axis, per position.
+        is_cls = x.shape[-1] >= 2 and (x.ndim == 2 or (x.ndim >= 3 and self.probabilities))
         self.classification = is_cls if self.classification is None else (self.classification and is_cls)
         if not self.classification:
             return
+        if x.ndim > 2:
+            x, y, labels = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1]), None
         if self.probabilities:
             p = np.asarray(x, dtype=np.float64)
             q = np.asarray(y, dtype=np.float64)
@@ -441,5 +446,6 @@ class OutputAccumulator:
 
 
 def looks_like_probabilities(x: np.ndarray, atol: float = 1e-3) -> bool:
+    """Non-negative values summing to 1 over the last axis (rank >= 2)."""
     x = np.asarray(x)
-    return bool(x.ndim == 2 and (x >= 0).all() and np.allclose(x.sum(axis=1), 1.0, atol=atol))
+    return bool(x.ndim >= 2 and x.size and (x >= 0).all() and np.allclose(x.sum(axis=-1), 1.0, atol=atol))

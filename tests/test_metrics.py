@@ -201,3 +201,18 @@ def test_compact_histogram_edge_cases():
     assert RangeHistogram().compact() is None
     zeros = _hist_of([np.zeros((4, 3), np.float32)], axis=1)
     assert zeros.compact() == (0.0, 0.0, [12])
+
+
+def test_sequence_probabilities_are_scored_per_position():
+    rng = np.random.default_rng(6)
+    p = _softmax(rng.normal(size=(6, 5))).reshape(2, 3, 5)  # [N=2, T=3, K=5]
+    q = _softmax(rng.normal(size=(6, 5))).reshape(2, 3, 5)
+    acc = OutputAccumulator("ctc", probabilities=True)
+    acc.update(p, q)
+    r = acc.result()
+    pf, qf = p.reshape(6, 5), q.reshape(6, 5)
+    assert r["qce"] == pytest.approx(np.mean(-np.sum(pf * np.log(qf), axis=1)))
+    assert r["top1_agreement"] == pytest.approx(np.mean(pf.argmax(1) == qf.argmax(1)))
+    logits = OutputAccumulator("feat")  # 3-D scores that are not probabilities: no classification
+    logits.update(rng.normal(size=(2, 3, 5)), rng.normal(size=(2, 3, 5)))
+    assert logits.result()["qce"] is None
