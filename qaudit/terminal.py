@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 from rich.console import Console, Group
 from rich.table import Table
@@ -26,10 +27,12 @@ THEME = Theme(
 
 
 def console(file=None, width: int | None = None, stderr: bool = False) -> Console:
-    """A themed console; when not writing to a terminal (CI logs, pipes) it is 160 columns wide."""
+    """A themed console; when not writing to a terminal (CI logs, pipes) it is
+    ``$COLUMNS`` or 200 columns wide, so the layer table does not wrap."""
     con = Console(file=file, width=width, theme=THEME, stderr=stderr, highlight=False)
     if width is None and not con.is_terminal:
-        con = Console(file=file, width=160, theme=THEME, stderr=stderr, highlight=False)
+        cols = os.environ.get("COLUMNS", "")
+        con = Console(file=file, width=int(cols) if cols.isdigit() else 200, theme=THEME, stderr=stderr, highlight=False)
     return con
 
 
