@@ -91,7 +91,8 @@ class AuditConfig:
     labels: Path | None = None
     quant: QuantConfig = field(default_factory=QuantConfig)
     output_model: Path | None = None
-    batch_size: int = 32
+    #: None: automatic, from the activation memory of one sample (control.auto_batch_size).
+    batch_size: int | None = None
     max_samples: int | None = None
     #: Also measure each layer's isolated error (one more session run per batch).
     isolated: bool = True
@@ -111,7 +112,7 @@ class AuditConfig:
             v = getattr(self, key)
             if v is not None:
                 object.__setattr__(self, key, Path(v))
-        if int(self.batch_size) < 1:
+        if self.batch_size is not None and int(self.batch_size) < 1:
             raise ConfigError(f"batch size must be >= 1, not {self.batch_size}")
         if self.max_samples is not None and int(self.max_samples) < 1:
             raise ConfigError(f"max samples must be >= 1, not {self.max_samples}")

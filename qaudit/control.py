@@ -33,7 +33,7 @@ from .load import load_model
 from .match import match
 from .output import atomic_path
 from .measure import ActivationMeter, OutputMeter, layer_rows, softmax_outputs
-from .quantize import calibrate, nonfinite_tensors, quantize
+from .quantize import calibrate, probe_activations, quantize
 from .report import Report, UnmatchedTensor
 from .transform import constants_to_initializers, ensure_node_names, fold_batchnorm
 
@@ -55,6 +55,20 @@ class NullProgress:
 
     def done(self):
         pass
+
+
+#: Bytes of float activations one batch may hold when the batch size is automatic.
+#: Calibration keeps every activation of a batch (ORT's calibrator), so peak
+#: memory is about this plus the model and the histograms, whatever N is.
+ACTIVATION_BUDGET = 512 * 1024 * 1024
+MAX_AUTO_BATCH = 64
+
+
+def auto_batch_size(bytes_per_sample: int, fixed: int | None) -> int:
+    """The largest batch (1..64) whose activations fit ACTIVATION_BUDGET; a fixed batch dim wins."""
+    if fixed:
+        return fixed
+    return int(max(1, min(MAX_AUTO_BATCH, ACTIVATION_BUDGET // max(1, bytes_per_sample))))
 
 
 def _versions() -> dict:
@@ -113,13 +127,19 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         folded_path = save_model(fold.model, work / "folded.onnx")
         # fail fast, naming the user's model, if ORT cannot run it at all
         original_session = make_session(original_path, what=f"model {cfg.model}")
+        # One sample with every float tensor exposed: tensors holding NaN/Inf (a
+        # -inf attention mask) cannot be calibrated, so the nodes that read or
+        # write them stay in float; the activation size sets the batch size.
+        first = next(iter(calib.batches(calib.fixed_batch() or 1, None if calib.fixed_batch() else 1)))
+        bad, bytes_per_sample = probe_activations(folded_path, first)
+        batch_size = cfg.batch_size or auto_batch_size(bytes_per_sample, calib.fixed_batch())
         fold_check = {}
         if fold.folded:
             progress.stage("checking BN folding", n_calib)
             deviation = max_output_deviation(
                 original_session,
                 make_session(folded_path, what="the BN-folded model"),
-                calib.batches(cfg.batch_size, cfg.max_samples),
+                calib.batches(batch_size, cfg.max_samples),
                 progress.advance,
             )
             for out, (diff, scale) in deviation.items():
@@ -131,9 +151,6 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
                     )
 
         # 3. calibrate and quantize ------------------------------------------
-        # Tensors holding NaN/Inf (a -inf attention mask) cannot be calibrated:
-        # the nodes that read or write them stay in float.
-        bad = nonfinite_tensors(folded_path, next(iter(calib.batches(cfg.batch_size, cfg.max_samples))))
         auto_excluded = {}
         for node in fold.model.graph.node:
             hit = [t for t in list(node.input) + list(node.output) if t in bad]
@@ -144,7 +161,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
                 )
         progress.stage("calibrating", n_calib)
         ranges = calibrate(
-            folded_path, calib.batches(cfg.batch_size, cfg.max_samples), cfg.quant, work, progress.advance, skip=set(bad)
+            folded_path, calib.batches(batch_size, cfg.max_samples), cfg.quant, work, progress.advance, skip=set(bad)
         )
         q_path = quantize(folded_path, ranges, cfg.quant, work / "quantized.onnx", work, also_exclude=auto_excluded)
         qmodel = onnx.load(str(q_path))
@@ -192,7 +209,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
             progress.advance(n)
 
         progress.stage("capturing fp32 + quantized", n_eval)
-        lockstep(fp32_session, q_session, evaluation.batches(cfg.batch_size, cfg.max_samples), on_batch)
+        lockstep(fp32_session, q_session, evaluation.batches(batch_size, cfg.max_samples), on_batch)
         del fp32_session, q_session, iso_session
 
         # 5. measure ----------------------------------------------------------
@@ -212,7 +229,9 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
             },
             settings={
                 **cfg.quant.as_dict(),
-                "batch_size": cfg.batch_size,
+                "batch_size": batch_size,
+                "batch_size_auto": cfg.batch_size is None,
+                "activation_mb_per_sample": bytes_per_sample / 1e6,
                 "max_samples": cfg.max_samples,
                 "clip_percentile": cfg.clip_percentile,
                 "error": "accumulated" + (" and isolated" if cfg.isolated else ""),

@@ -66,11 +66,13 @@ def quantizable_op_types() -> list[str]:
     return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
 
-def nonfinite_tensors(model_path: Path, feeds: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
-    """Float tensors holding NaN/Inf on ``feeds`` (e.g. a transformer's -inf attention mask).
+def probe_activations(model_path: Path, feeds: dict[str, np.ndarray]) -> tuple[dict[str, tuple[float, float]], int]:
+    """Run ``feeds`` with every float tensor exposed.
 
-    ORT's histogram calibrators fail on them ("autodetected range of [..., inf]
-    is not finite", onnxruntime 1.32); qaudit leaves such tensors in float.
+    Returns the tensors holding NaN/Inf (e.g. a transformer's -inf attention
+    mask: ORT's histogram calibrators fail on them with "autodetected range of
+    [..., inf] is not finite", onnxruntime 1.32, so qaudit leaves them in float)
+    and the bytes of float activations per sample (sizes the automatic batch).
     """
     import onnx
 
@@ -79,16 +81,20 @@ def nonfinite_tensors(model_path: Path, feeds: dict[str, np.ndarray]) -> dict[st
     model = onnx.load(str(model_path))
     vt = {vi.name: vi.type.tensor_type.elem_type for vi in list(model.graph.value_info) + list(model.graph.output)}
     floats = [(o, vt[o]) for n in model.graph.node for o in n.output if vt.get(o) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
-    probe = Path(model_path).with_name("nonfinite_probe.onnx")
+    probe = Path(model_path).with_name("activation_probe.onnx")
     onnx.save(with_outputs(model, floats), str(probe))
     out = run_named(make_session(probe, what="the BN-folded model"), feeds)
     probe.unlink()
-    bad = {}
+    n = max(1, next(iter(feeds.values())).shape[0])
+    bad, nbytes = {}, 0
     for name, v in out.items():
-        if v.dtype.kind == "f" and v.size and not np.isfinite(v).all():
+        if v.dtype.kind != "f":
+            continue
+        nbytes += v.nbytes
+        if v.size and not np.isfinite(v).all():
             finite = v[np.isfinite(v)]
-            bad[name] = (float(np.nanmin(v)), float(np.nanmax(v))) if finite.size < v.size else (0.0, 0.0)
-    return bad
+            bad[name] = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    return bad, nbytes // n
 
 
 def _percentile_calibrator(model_path: Path, cfg: QuantConfig, workdir: Path, skip: set[str]):

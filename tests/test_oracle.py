@@ -60,13 +60,14 @@ def _folded(tmp_path):
     return path
 
 
-def _audit(tmp_path, **quant):
+def _audit(tmp_path, batch_size=None, **quant):
     qpath = tmp_path / "quantized.onnx"
     cfg = qaudit.AuditConfig(
         model=SAMPLE / "model.onnx",
         calib=SAMPLE / "calib",
         eval=SAMPLE / "eval",
         output_model=qpath,
+        batch_size=batch_size,
         quant=qaudit.QuantConfig(**quant),
     )
     return qaudit.audit(cfg), qpath
@@ -137,7 +138,7 @@ def test_instrumenting_does_not_change_quantized_outputs(tmp_path, fmt):
 def test_quantized_model_equals_ort_quantize_static(tmp_path):
     """qaudit's batch-by-batch calibration gives exactly the encodings of
     quantize_static(Percentile, CalibStridedMinMax=one batch)."""
-    _, qpath = _audit(tmp_path)
+    _, qpath = _audit(tmp_path, batch_size=32)  # the reader below yields the sample's 32-sample files
     with quiet_ort():
         quantize_static(
             str(_folded(tmp_path)),
@@ -227,3 +228,19 @@ def test_isolated_error_by_hand(int8_weights, tmp_path):
     assert pool.sqnr_isolated_db == pytest.approx(10 * np.log10(sx2 / se2), abs=1e-3)
     assert pool.sqnr_isolated_db > pool.sqnr_db  # upstream error accumulates into the pool's input
     assert pool.error_amplification == pytest.approx(pool.qmse / pool.qmse_isolated)
+
+
+def test_auto_batch_size():
+    from qaudit.control import ACTIVATION_BUDGET, auto_batch_size
+
+    assert auto_batch_size(ACTIVATION_BUDGET // 3, None) == 3
+    assert auto_batch_size(177_000_000, None) == 3  # PP-OCRv4 det at 320x320: 177 MB per sample
+    assert auto_batch_size(1000, None) == 64 and auto_batch_size(10 * ACTIVATION_BUDGET, None) == 1
+    assert auto_batch_size(1000, 8) == 8  # a fixed batch dim wins
+
+
+def test_report_records_the_automatic_batch(int8_weights):
+    report, _, _ = int8_weights
+    s = report.settings
+    assert s["batch_size_auto"] is True and s["batch_size"] == 64  # digits: ~14 kB of activations per sample
+    assert 0.005 < s["activation_mb_per_sample"] < 0.1

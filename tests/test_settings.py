@@ -43,7 +43,7 @@ def audit(tmp_path, *argv, env=None):
 def test_defaults(tmp_path):
     s = audit(tmp_path)
     assert s.config_file is None
-    assert s["percentile"] == 99.999 and s["batch_size"] == 32 and s["format"] == "qdq"
+    assert s["percentile"] == 99.999 and s["batch_size"] is None and s["format"] == "qdq"  # None: automatic
     assert s["calib_symmetric"] is True and s["per_channel"] is False and s["exclude"] == ()
     assert s["baseline"] is None and s["quiet"] is False
     assert set(s.sources.values()) == {"default"}
