@@ -134,7 +134,9 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         bad, bytes_per_sample = probe_activations(folded_path, first)
         batch_size = cfg.batch_size or auto_batch_size(bytes_per_sample, calib.fixed_batch())
         fold_check = {}
-        if fold.folded:
+        if not fold.folded:
+            del original_session
+        else:
             progress.stage("checking BN folding", n_calib)
             deviation = max_output_deviation(
                 original_session,
@@ -149,6 +151,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
                         f"BatchNormalization folding changed output '{out}' by {diff:.3g} (max |output| {scale:.3g}, "
                         f"tolerance {cfg.fold_atol:g} + {cfg.fold_rtol:g}*max); please report this model to qaudit"
                     )
+            del original_session  # every session holds its own memory arena: free it before the next stage
 
         # 3. calibrate and quantize ------------------------------------------
         auto_excluded = {}
@@ -165,8 +168,6 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         )
         q_path = quantize(folded_path, ranges, cfg.quant, work / "quantized.onnx", work, also_exclude=auto_excluded)
         qmodel = onnx.load(str(q_path))
-
-        del original_session
 
         # 4. match and capture ----------------------------------------------
         excluded = {n: "producer excluded from quantization (--exclude); computed in float" for n in cfg.quant.exclude}

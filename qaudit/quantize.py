@@ -107,6 +107,19 @@ def _percentile_calibrator(model_path: Path, cfg: QuantConfig, workdir: Path, sk
             tensors, value_infos = super().select_tensors_to_calibrate(model)
             return tensors - skip, value_infos
 
+        def create_inference_session(self):
+            # ORT's own options (all graph optimizations off), but no memory arena:
+            # the arena keeps the largest batch's buffers for the whole session.
+            import onnxruntime
+
+            so = onnxruntime.SessionOptions()
+            so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+            so.enable_cpu_mem_arena = False
+            so.log_severity_level = 3
+            self.infer_session = onnxruntime.InferenceSession(
+                self.augmented_model_path, sess_options=so, providers=self.execution_providers
+            )
+
     opts = cfg.ort_calibrator_options()
     calibrator = _Calibrater(
         Path(model_path),
