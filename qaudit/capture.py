@@ -83,21 +83,36 @@ def run_named(session, feeds: dict) -> dict[str, np.ndarray]:
 
 
 def lockstep(
-    fp32_session,
-    q_session,
+    run: Callable[[dict[str, np.ndarray]], tuple],
     batches: Iterable[dict[str, np.ndarray]],
-    on_batch: Callable[[dict, dict[str, np.ndarray], dict[str, np.ndarray]], None],
+    measure: Callable[[dict[str, np.ndarray], tuple], None],
+    overlap: bool = True,
 ) -> int:
-    """Run both sessions on each batch and hand the named outputs to ``on_batch``.
+    """``run`` the sessions on each batch and hand their outputs to ``measure``.
 
-    Returns the number of samples seen.
+    With ``overlap``, batch k is measured on a worker thread while ``run``
+    computes batch k+1: ONNX Runtime releases the GIL while it runs, so the
+    numpy work of the accumulators uses the other core. At most two batches are
+    alive at once, and batches are measured one at a time in order, so the
+    results are the same as without overlap. Returns the number of samples.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     seen = 0
-    for feeds in batches:
-        a = run_named(fp32_session, feeds)
-        b = run_named(q_session, feeds)
-        on_batch(feeds, a, b)
-        seen += next(iter(feeds.values())).shape[0]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qaudit-measure") as pool:
+        pending = None
+        for feeds in batches:
+            outs = run(feeds)
+            if pending is not None:
+                pending.result()  # re-raises a measuring error; bounds memory to two batches
+                pending = None
+            if overlap:
+                pending = pool.submit(measure, feeds, outs)
+            else:
+                measure(feeds, outs)
+            seen += next(iter(feeds.values())).shape[0]
+        if pending is not None:
+            pending.result()
     return seen
 
 

@@ -197,20 +197,29 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         out_meter = OutputMeter(lm.output_names, softmax_outputs(fold.model))
         seen = 0
 
-        def on_batch(feeds, a, b):
-            nonlocal seen
-            n = next(iter(feeds.values())).shape[0]
-            meter.update(a, b)
+        def run_batch(feeds):
+            a = run_named(fp32_session, feeds)
+            b = run_named(q_session, feeds)
+            c = None
             if iso_session is not None:
                 iso_feeds = dict(feeds)
                 iso_feeds.update({inp: a[name] for name, inp in iso_inputs.items()})
-                meter.update_isolated(a, run_named(iso_session, iso_feeds))
+                c = run_named(iso_session, iso_feeds)
+            return a, b, c
+
+        def measure(feeds, outs):
+            nonlocal seen
+            a, b, c = outs
+            n = next(iter(feeds.values())).shape[0]
+            meter.update(a, b)
+            if c is not None:
+                meter.update_isolated(a, c)
             out_meter.update(a, b, labels[seen : seen + n] if labels is not None else None)
             seen += n
             progress.advance(n)
 
         progress.stage("capturing fp32 + quantized", n_eval)
-        lockstep(fp32_session, q_session, evaluation.batches(batch_size, cfg.max_samples), on_batch)
+        lockstep(run_batch, evaluation.batches(batch_size, cfg.max_samples), measure)
         del fp32_session, q_session, iso_session
 
         # 5. measure ----------------------------------------------------------
