@@ -421,6 +421,12 @@ def _explain_layer(labels, rows: Sequence[LayerRow | None], metrics: Sequence[Me
                         f"{Y} was exported with BatchNorm already folded: its weights equal {X}'s BN-folded "
                         f"weights (qaudit folded {x.bn_folded} in {X})"
                     )
+                elif _close(y.w_range, x.w_range) and _close(y.w_precision, x.w_precision):
+                    out.append(
+                        f"{Y} keeps this layer's BatchNorm unfolded but not as a BatchNormalization node "
+                        f"(e.g. Mul+Add after it): qaudit cannot fold it, so {Y} quantizes the plain weights "
+                        f"and the BN's scale becomes a separately quantized step"
+                    )
                 else:
                     out.append(f"qaudit folded a BatchNorm ({x.bn_folded}) into this layer in {X} only")
         if (
