@@ -48,12 +48,12 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def _add_options(p: argparse.ArgumentParser, command: str) -> None:
-    """The options of ``command`` from the settings table; none has a default here
-    (argparse.SUPPRESS), so :func:`qaudit.settings.resolve` sees only what was typed."""
+def _add_options(p: argparse.ArgumentParser, command: str, only: frozenset | None = None) -> None:
+    """The options of ``command`` from the settings table (``only``: just these); none has a
+    default here (argparse.SUPPRESS), so :func:`qaudit.settings.resolve` sees only what was typed."""
     from .settings import OPTIONS
 
-    used = {o.group for o in OPTIONS if command in o.commands} | {"config"}
+    used = {o.group for o in OPTIONS if command in o.commands and (only is None or o.name in only)} | {"config"}
     groups = {name: p.add_argument_group(title) for name, title in GROUP_TITLES.items() if name in used}
 
     def group(name):
@@ -61,7 +61,7 @@ def _add_options(p: argparse.ArgumentParser, command: str) -> None:
 
     S = argparse.SUPPRESS
     for o in OPTIONS:
-        if command not in o.commands:
+        if command not in o.commands or (only is not None and o.name not in only):
             continue
         g = group(o.group)
         o = dataclasses.replace(o, help=o.help.replace("%", "%%"))
@@ -85,7 +85,7 @@ def _add_options(p: argparse.ArgumentParser, command: str) -> None:
     c = group("config")
     c.add_argument("--config", metavar="PATH", default=S, help="read settings from this TOML file (see README)")
     c.add_argument("--debug", action="store_true", help="show tracebacks")
-    if command == "audit":
+    if command == "audit" and only is None:
         c.add_argument("--no-progress", action="store_true", help="no progress bars")
         c.add_argument("--version", action="version", version=f"qaudit {__version__}")
 
@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="qaudit",
         description="Audit the post-training quantization of an ONNX model, layer by layer, and gate it.",
-        epilog=f"Re-gate or re-render a saved report: qaudit report REPORT.json. {PRECEDENCE_HELP} {EXIT_CODES_HELP}",
+        epilog=f"Re-gate or re-render a saved report: qaudit report REPORT.json. Compare exports: qaudit compare "
+        f"A B [C ...]. {PRECEDENCE_HELP} {EXIT_CODES_HELP}",
     )
     _add_options(p, "audit")
     return p
@@ -109,6 +110,100 @@ def build_report_parser() -> argparse.ArgumentParser:
     p.add_argument("report", type=Path, help="a JSON report written by --json")
     _add_options(p, "report")
     return p
+
+
+#: audit settings that apply to every model a comparison audits (from the settings table)
+COMPARE_AUDIT_OPTIONS = frozenset({
+    "calib", "eval", "labels", "format", "activation_type", "weight_type", "per_channel", "percentile",
+    "calib_symmetric", "exclude", "batch_size", "max_samples", "clip_percentile", "isolated",
+})  # fmt: skip
+
+
+def build_compare_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="qaudit compare",
+        description="Compare the quantization of several exports of one network (frameworks, exporters, "
+        "checkpoints): align their layers structurally and show the metrics side by side. Each input is a model "
+        "(audited with the same data and settings) or a saved JSON report.",
+        epilog=f"The audit options come from the command line, the environment and the config file like an audit's "
+        f"(the config's model, gates and outputs are ignored). Exit codes: 0 compared (differences are not "
+        f"failures), 2 usage/input/config error, 3 internal error.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="MODEL.onnx|REPORT.json", help="two or more models or reports")
+    _add_options(p, "audit", only=COMPARE_AUDIT_OPTIONS)
+    c = p.add_argument_group("comparison")
+    c.add_argument("--map", type=Path, metavar="FILE", default=None,
+                   help='pin layers by hand: JSON {"pairs": [["layer in input 1", "layer in input 2", ...], ...]}; '
+                        'a layer is a node name, "#N" (report row N) or null (no partner)')  # fmt: skip
+    c.add_argument("--no-activations", dest="activations", action="store_false",
+                   help="align by signature and order only (no fp32 run to compare activations)")  # fmt: skip
+    c.add_argument("--tolerance", action="append", default=[], metavar="METRIC=VALUE",
+                   help="when a difference is flagged, e.g. sqnr_db=0.5 (dB), a_range=0.1 (relative); repeatable")  # fmt: skip
+    c.add_argument("--names", metavar="A,B,...", default=None, help="labels of the inputs (default: file names)")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", metavar="PATH", default=None, help="write the comparison as JSON ('-' for stdout)")
+    o.add_argument("--html", metavar="PATH", default=None,
+                   help="write an HTML page overlaying the models' plots, aligned by the comparison ('-' for stdout)")  # fmt: skip
+    o.add_argument("--quiet", action="store_true", help="print no tables")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _tolerances(items: list[str]) -> dict:
+    from .compare import DEFAULT_TOLERANCES
+
+    out = {}
+    for item in items:
+        for part in item.split(","):
+            key, sep, value = part.partition("=")
+            key = key.strip()
+            if not sep or key not in DEFAULT_TOLERANCES:
+                raise ConfigError(
+                    f"--tolerance {part!r}: write METRIC=VALUE with METRIC one of {', '.join(DEFAULT_TOLERANCES)}"
+                )
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise ConfigError(f"--tolerance {part!r}: {value!r} is not a number") from None
+    return out
+
+
+def _run_compare(args) -> int:
+    from .compare import CompareConfig, compare, read_map
+    from .compare import to_json as comparison_json
+    from .output import write_text
+    from .terminal import console, render_comparison
+
+    names = tuple(x.strip() for x in args.names.split(",")) if args.names else None
+    _check_outputs({f"input {p}": p for p in args.inputs}, {"--json": args.json, "--html": args.html})
+    models = [p for p in args.inputs if p.suffix.lower() != ".json"]
+    audit_cfg = None
+    if models:
+        settings = _settings("audit", args)
+        if settings["calib"] is None:
+            raise ConfigError(f"{models[0]} is a model: give --calib DIR (or set 'calib' in a config file or QAUDIT_CALIB)")
+        audit_cfg = dataclasses.replace(settings, values={**settings.values, "model": models[0]}).audit_config()
+    pins = read_map(args.map, len(args.inputs)) if args.map else ()
+    cfg = CompareConfig(tuple(args.inputs), audit_cfg, names, pins, args.activations, _tolerances(args.tolerance))
+    show_progress = models and not (args.quiet or args.no_progress) and sys.stderr.isatty()
+    progress = _RichProgress() if show_progress else None
+    try:
+        result = compare(cfg, progress)
+    finally:
+        if progress is not None:
+            progress.done()
+    texts = {}
+    if args.json:
+        texts[args.json] = comparison_json(result)
+    if args.html:
+        from .html_compare import render_comparison_html
+
+        texts[args.html] = render_comparison_html(result)
+    for target, text in texts.items():
+        write_text(target, text)
+    if not args.quiet:
+        render_comparison(result, console(stderr="-" in (args.json, args.html)))
+    return EXIT_OK
 
 
 def _check_outputs(inputs: dict, outputs: dict) -> None:
@@ -268,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "report":
         args = build_report_parser().parse_args(argv[1:])
         run = _run_report
+    elif argv and argv[0] == "compare":
+        args = build_compare_parser().parse_args(argv[1:])
+        run = _run_compare
     else:
         args = build_parser().parse_args(argv)
         run = _run_audit

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .graph import consumers, initializers, producers, to_array, weighted_layers
+from .graph import attr, consumers, initializers, producers, to_array, weighted_layers
 from .match import REMOVABLE_ACTIVATIONS, Matching, quantized_weight
 from .metrics import (
     ClipCounter,
@@ -109,6 +109,7 @@ def weight_row_fields(layer, fold: FoldRecord | None, fp32_model: onnx.ModelProt
     plain = range_stats(layer.channel_matrix(w_plain))
     folded = range_stats(layer.channel_matrix(w_fold))
     out = {f"w_{k}": v for k, v in plain.items()}
+    out.update(layer_signature(layer, w_fold))
     out.update({f"fold_w_{k}": v for k, v in folded.items()})
     q = quantized_weight(qmodel, layer.name, layer.op_type, layer.weight_index, layer.node)
     if q is not None:
@@ -117,6 +118,19 @@ def weight_row_fields(layer, fold: FoldRecord | None, fp32_model: onnx.ModelProt
         out["w_qmse"] = qmse_of(w_fold, w_hat.reshape(w_fold.shape))
         out["w_encoding"] = f"{enc.dtype} {'per-tensor' if enc.per_tensor else 'per-channel'}"
     return out
+
+
+def layer_signature(layer, w: np.ndarray) -> dict:
+    """Weight shape, spatial kernel, groups and channel counts: what aligns layers across exports."""
+    rows = layer.channel_matrix(w)
+    c_out = int(rows.shape[0])
+    groups = int(attr(layer.node, "group", 1)) if layer.op_type in ("Conv", "ConvTranspose") else 1
+    kernel = tuple(int(k) for k in w.shape[2:]) if layer.op_type in ("Conv", "ConvTranspose") else ()
+    k = int(np.prod(kernel)) if kernel else 1
+    c_in = int(rows.shape[1] // k) * (groups if layer.op_type == "Conv" else 1)
+    if layer.op_type == "ConvTranspose":
+        c_in = int(w.shape[0])
+    return {"w_shape": tuple(int(d) for d in w.shape), "kernel": kernel, "groups": groups, "c_in": c_in, "c_out": c_out}
 
 
 def activation_row_fields(name: str, meter: ActivationMeter, clip_percentile: float) -> dict:

@@ -36,6 +36,9 @@ from dataclasses import asdict, dataclass, field, fields
 #:       row's activation in ``len(counts)`` (at most 128) equal bins on ``[lo, hi]``.
 #:     - ``layers[].sqnr_isolated_db``, ``qmse_isolated``, ``error_amplification``:
 #:       the layer's own error when fed fp32 inputs, and ``qmse / qmse_isolated``.
+#:     - ``layers[].w_shape``, ``kernel``, ``groups``, ``c_in``, ``c_out``: the weighted
+#:       layer's signature (weight shape as stored, spatial kernel, groups, input and
+#:       output channels), so ``qaudit compare`` can align layers from JSON alone.
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
@@ -103,6 +106,12 @@ class LayerRow:
     qmse_isolated: float | None = None
     error_amplification: float | None = None  # qmse / qmse_isolated
     histogram: Histogram | None = None  # fp32 values of the activation (format 1 addition)
+    # signature of a weighted layer, for aligning layers across exports (format 2 addition)
+    w_shape: tuple[int, ...] | None = None  # the weight tensor's shape as stored
+    kernel: tuple[int, ...] | None = None  # spatial kernel (Conv/ConvTranspose), () for Gemm/MatMul
+    groups: int | None = None
+    c_in: int | None = None  # input channels / features
+    c_out: int | None = None  # output channels / features
 
     @property
     def has_weights(self) -> bool:
@@ -288,6 +297,9 @@ def _revive(cls, d: dict):
     kw = {k: v for k, v in d.items() if k in names}
     if "fused" in kw:
         kw["fused"] = tuple(kw["fused"])
+    for key in ("w_shape", "kernel"):
+        if kw.get(key) is not None:
+            kw[key] = tuple(kw[key])
     if isinstance(kw.get("histogram"), dict):
         h = kw["histogram"]
         kw["histogram"] = Histogram(lo=h["lo"], hi=h["hi"], counts=tuple(h["counts"]))

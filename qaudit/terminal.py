@@ -253,3 +253,167 @@ def render(report: Report, con: Console, worst: int = 3) -> None:
 
 def layer_label(r: LayerRow) -> str:
     return f"{r.index}:{r.name}"
+
+
+# ------------------------------------------------------------------ compare
+
+#: (metric, column title, number format) of the comparison tables
+COMPARE_COLUMNS = (
+    ("w_range", "w range", ".3g"),
+    ("fold_w_range", "w range folded", ".3g"),
+    ("fold_w_precision", "w prec folded", ".2f"),
+    ("w_sqnr_db", "w SQNR", ".1f"),
+    ("a_range", "act range", ".3g"),
+    ("a_precision", "act prec", ".2f"),
+    ("sqnr_db", "SQNR dB", ".1f"),
+    ("sqnr_isolated_db", "iso dB", ".1f"),
+    ("qmse", "QMSE", ".2e"),
+)
+OUTPUT_COMPARE_COLUMNS = (
+    ("qmse", "QMSE", ".3e"),
+    ("sqnr_db", "SQNR dB", ".1f"),
+    ("qce", "QCE", ".4f"),
+    ("top1_agreement", "top-1 agree", ".4f"),
+    ("acc_fp32", "acc fp32", ".4f"),
+    ("acc_int8", "acc int8", ".4f"),
+    ("acc_drop_pct", "acc drop %", ".2f"),
+)
+#: marks a value that differs from the first model's beyond the tolerance (visible without colour)
+DIFF_MARK = "≠"
+
+
+def _cell(values, differs, spec) -> Text:
+    """``a → b`` (one value when they print the same), marked when it differs beyond the tolerance."""
+    texts = [fmt(v, spec) for v in values]
+    if len(set(texts)) == 1:
+        return Text(texts[0])
+    return Text(" → ".join(texts) + (f" {DIFF_MARK}" if any(differs) else ""), style="worst" if any(differs) else None)
+
+
+def alignment_table(c) -> Table:
+    labels = c.labels
+    t = Table(title="Layer alignment (weighted layers; confidence of the pairing with the first model)",
+              title_justify="left", header_style="head")  # fmt: skip
+    t.add_column("#", justify="right")
+    t.add_column("signature", justify="left", overflow="fold")
+    for k, lab in enumerate(labels):
+        t.add_column(lab, justify="left", overflow="fold")
+        if k:
+            t.add_column("conf", justify="right", no_wrap=True)
+            t.add_column("how", justify="left", no_wrap=True)
+    for i, r in enumerate(c.layers):
+        cells = [str(i), Text(r.signature)]
+        for k in range(len(labels)):
+            name = r.layers[k]
+            cells.append(Text(f"{r.indices[k]}:{name}" if name is not None else "-", style=None if name else "muted"))
+            if k:
+                how = {"signature+activation": "sig+act", "signature": "sig", "map": "map"}.get(r.method[k] or "", "")
+                cells += [fmt(r.confidence[k], ".2f"), how]
+        t.add_row(*cells, style=None if r.aligned else "warn")
+    return t
+
+
+def compare_layer_table(c) -> Table:
+    """Two models: one row per aligned layer, ``a → b`` per metric."""
+    t = Table(title=f"Per-layer metrics: {' → '.join(c.labels)} ({DIFF_MARK}: beyond tolerance)",
+              title_justify="left", header_style="head")  # fmt: skip
+    t.add_column("#", justify="right")
+    t.add_column("layer", justify="left", overflow="fold")
+    for _, title, _ in COMPARE_COLUMNS:
+        t.add_column(title, justify="right", overflow="fold")
+    for i, r in enumerate(c.layers):
+        name = next(x for x in r.layers if x is not None)
+        cells = [str(i), Text(name + ("" if r.aligned else " (unaligned)"))]
+        for metric, _, spec in COMPARE_COLUMNS:
+            m = r.metric(metric)
+            cells.append(_cell(m.values, m.differs, spec))
+        t.add_row(*cells)
+    return t
+
+
+def compare_layer_tables(c) -> list[Table]:
+    """Three or more models: one table per aligned layer, metrics down, models across."""
+    tables = []
+    for i, r in enumerate(c.layers):
+        name = next(x for x in r.layers if x is not None)
+        t = Table(title=f"#{i} {name}  ({r.signature})", title_justify="left", header_style="head")
+        t.add_column("metric", justify="left")
+        for k, lab in enumerate(c.labels):
+            t.add_column(lab + ("" if k == 0 else " (Δ)"), justify="right", overflow="fold")
+        for metric, title, spec in COMPARE_COLUMNS:
+            m = r.metric(metric)
+            if all(v is None for v in m.values):
+                continue
+            cells = [title]
+            for k, v in enumerate(m.values):
+                d = m.deltas[k]
+                txt = fmt(v, spec) + (f" ({'+' if d >= 0 else ''}{fmt(d, spec)})" if k and d is not None and d != 0 else "")
+                cells.append(Text(txt + (f" {DIFF_MARK}" if m.differs[k] else ""), style="worst" if m.differs[k] else None))
+            t.add_row(*cells)
+        tables.append(t)
+    return tables
+
+
+def compare_output_table(c) -> Table:
+    t = Table(title="Model outputs (fp32 vs quantized), paired by position", title_justify="left", header_style="head")
+    t.add_column("metric", justify="left")
+    for k, lab in enumerate(c.labels):
+        t.add_column(lab, justify="right", overflow="fold")
+    for o in c.outputs:
+        t.add_row(Text("output"), *[Text(n or "-") for n in o.names], style="head")
+        for metric, title, spec in OUTPUT_COMPARE_COLUMNS:
+            m = next(x for x in o.metrics if x.metric == metric)
+            if all(v is None for v in m.values):
+                continue
+            t.add_row(title, *[Text(fmt(v, spec) + (f" {DIFF_MARK}" if m.differs[k] else ""),
+                                    style="worst" if m.differs[k] else None) for k, v in enumerate(m.values)])  # fmt: skip
+    return t
+
+
+def compare_summary(c) -> Group:
+    parts = []
+    for m in c.models:
+        desc = (
+            f"{m.path} ({'audited now' if m.source == 'model' else 'saved report'}), opset {m.opset}, "
+            f"producer {m.producer or '?'}, input {', '.join(m.inputs)}, {m.weighted_layers} weighted layers, "
+            f"{m.bn_folded_by_qaudit} BN folded by qaudit"
+        )
+        parts.append(Text.assemble((f"{m.label}: ", "head"), (desc, "muted")))
+    for k in range(1, len(c.models)):
+        pairs = c.pairs(k)
+        confs = [p[2] for p in pairs if p[2] is not None]
+        low = [p for p in pairs if p[2] is not None and p[2] < 0.8]
+        parts.append(Text(
+            f"{c.labels[0]} ↔ {c.labels[k]}: {len(pairs)} layer(s) aligned"
+            + (f", confidence {min(confs):.2f}-{max(confs):.2f}" if confs else "")
+            + (f", {len(low)} below 0.8" if low else ""), style="warn" if low else "ok"))  # fmt: skip
+    for k, m in enumerate(c.models):
+        un = c.unaligned(k)
+        if un:
+            parts.append(Text(f"unaligned in {m.label}: {', '.join(un)}", style="warn"))
+    differing = [(i, r) for i, r in enumerate(c.layers) if r.differs]
+    if differing:
+        parts.append(Text.assemble(("layers that differ beyond tolerance: ", "head"), (
+            "; ".join(f"#{i} {next(x for x in r.layers if x)} ({', '.join(m.metric for m in r.metrics if any(m.differs))})"
+                      for i, r in differing), "worst")))  # fmt: skip
+    else:
+        parts.append(Text("no aligned layer differs beyond tolerance", style="ok"))
+    for e in c.explanations:
+        parts.append(Text(f"cause: {e}", style="warn"))
+    for i, r in enumerate(c.layers):
+        for e in r.explanations:
+            parts.append(Text(f"#{i} {next(x for x in r.layers if x)}: {e}", style="muted"))
+    for n in c.notes:
+        parts.append(Text(f"note: {n}", style="warn"))
+    return Group(*parts)
+
+
+def render_comparison(c, con: Console) -> None:
+    con.print(alignment_table(c))
+    if len(c.models) == 2:
+        con.print(compare_layer_table(c))
+    else:
+        for t in compare_layer_tables(c):
+            con.print(t)
+    con.print(compare_output_table(c))
+    con.print(compare_summary(c))
