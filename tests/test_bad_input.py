@@ -9,7 +9,6 @@ was before the run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -22,19 +21,10 @@ from onnx import TensorProto, helper
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "samples" / "digits"
-SAMPLE_MODEL = SAMPLE / "model.onnx"
-SAMPLE_CALIB = SAMPLE / "calib"
-SAMPLE_EVAL = SAMPLE / "eval"
-SAMPLE_LABELS = SAMPLE / "eval_labels.npy"
+from .conftest import REPO, SAMPLE, SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_LABELS, SAMPLE_MODEL, sha256_file
 
 
 # ----------------------------------------------------------------- helpers
-
-
-def sha256_file(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def snapshot(root: Path) -> dict[str, str | None]:

@@ -7,7 +7,6 @@ command line and run the CLI once themselves.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import subprocess
@@ -19,16 +18,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE = REPO / "samples" / "digits"
-SAMPLE_MODEL = SAMPLE / "model.onnx"
-SAMPLE_CALIB = SAMPLE / "calib"
-SAMPLE_EVAL = SAMPLE / "eval"
-SAMPLE_LABELS = SAMPLE / "eval_labels.npy"
-
-
-def sha256_file(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+from .conftest import REPO, SAMPLE, SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_LABELS, SAMPLE_MODEL, sha256_file
 
 
 pytestmark = pytest.mark.slow
