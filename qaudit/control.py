@@ -134,34 +134,15 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         bad, bytes_per_sample = probe_activations(folded_path, first)
         batch_size = cfg.batch_size or auto_batch_size(bytes_per_sample, calib.fixed_batch())
         fold_check = {}
-        if not fold.folded:
-            del original_session
-        else:
+        if fold.folded:
             progress.stage("checking BN folding", n_calib)
-            deviation = max_output_deviation(
-                original_session,
-                make_session(folded_path, what="the BN-folded model"),
-                calib.batches(batch_size, cfg.max_samples),
-                progress.advance,
+            fold_check = _check_folding(
+                original_session, folded_path, calib.batches(batch_size, cfg.max_samples), cfg, progress
             )
-            for out, (diff, scale) in deviation.items():
-                fold_check[out] = {"max_abs_diff": diff, "max_abs": scale}
-                if diff > cfg.fold_atol + cfg.fold_rtol * scale:
-                    raise FoldingError(
-                        f"BatchNormalization folding changed output '{out}' by {diff:.3g} (max |output| {scale:.3g}, "
-                        f"tolerance {cfg.fold_atol:g} + {cfg.fold_rtol:g}*max); please report this model to qaudit"
-                    )
-            del original_session  # every session holds its own memory arena: free it before the next stage
+        del original_session  # every session holds its own memory: free it before the next stage
 
         # 3. calibrate and quantize ------------------------------------------
-        auto_excluded = {}
-        for node in fold.model.graph.node:
-            hit = [t for t in list(node.input) + list(node.output) if t in bad]
-            if hit:
-                auto_excluded[node.name] = (
-                    f"left in float by qaudit: tensor '{hit[0]}' holds non-finite values "
-                    f"(range [{bad[hit[0]][0]:g}, {bad[hit[0]][1]:g}]) that cannot be calibrated"
-                )
+        auto_excluded = _nonfinite_exclusions(fold.model, bad)
         progress.stage("calibrating", n_calib)
         ranges = calibrate(
             folded_path, calib.batches(batch_size, cfg.max_samples), cfg.quant, work, progress.advance, skip=set(bad)
@@ -175,52 +156,10 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         matching = match(fold.model, qmodel, excluded)
         if not matching.twins:
             notes.append("ONNX Runtime quantized no activation of this model: there is nothing to compare per layer")
-        vtypes = {vi.name: vi.type.tensor_type.elem_type for vi in list(fold.model.graph.value_info) + list(fold.model.graph.input)}
-        fp32_outs = [(n, vtypes.get(n, onnx.TensorProto.FLOAT)) for n in matching.twins]
-        q_outs = [
-            (tw.quant_name, onnx.TensorProto.INT8 if tw.encoding.dtype == "int8" else onnx.TensorProto.UINT8)
-            for tw in matching.twins.values()
-        ]
-        fp32_session = make_session(
-            save_model(with_outputs(fold.model, fp32_outs), work / "folded_instrumented.onnx"), what=f"model {cfg.model}"
-        )
-        q_session = make_session(
-            save_model(with_outputs(qmodel, q_outs), work / "quantized_instrumented.onnx"), what="the quantized model"
-        )
-
-        iso_session, iso_inputs = None, {}
-        if cfg.isolated and matching.twins:
-            iso_model, iso_inputs = isolated_model(qmodel, matching.twins)
-            iso_session = make_session(save_model(iso_model, work / "quantized_isolated.onnx"), what="the isolated-error graph")
-
-        meter = ActivationMeter(matching)
-        out_meter = OutputMeter(lm.output_names, softmax_outputs(fold.model))
-        seen = 0
-
-        def run_batch(feeds):
-            a = run_named(fp32_session, feeds)
-            b = run_named(q_session, feeds)
-            c = None
-            if iso_session is not None:
-                iso_feeds = dict(feeds)
-                iso_feeds.update({inp: a[name] for name, inp in iso_inputs.items()})
-                c = run_named(iso_session, iso_feeds)
-            return a, b, c
-
-        def measure(feeds, outs):
-            nonlocal seen
-            a, b, c = outs
-            n = next(iter(feeds.values())).shape[0]
-            meter.update(a, b)
-            if c is not None:
-                meter.update_isolated(a, c)
-            out_meter.update(a, b, labels[seen : seen + n] if labels is not None else None)
-            seen += n
-            progress.advance(n)
-
         progress.stage("capturing fp32 + quantized", n_eval)
-        lockstep(run_batch, evaluation.batches(batch_size, cfg.max_samples), measure)
-        del fp32_session, q_session, iso_session
+        meter, out_meter, seen = _capture(
+            fold.model, qmodel, matching, evaluation.batches(batch_size, cfg.max_samples), labels, cfg, work, progress
+        )
 
         # 5. measure ----------------------------------------------------------
         rows = layer_rows(fold.model, qmodel, matching, fold.folded, meter, cfg.clip_percentile)
@@ -275,6 +214,85 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
                 shutil.copyfile(q_path, tmp_out)
     progress.done()
     return report
+
+
+def _check_folding(original_session, folded_path: Path, batches, cfg: AuditConfig, progress) -> dict:
+    """The folded fp32 model must reproduce the original's outputs; returns the deviations."""
+    deviation = max_output_deviation(
+        original_session, make_session(folded_path, what="the BN-folded model"), batches, progress.advance
+    )
+    check = {}
+    for out, (diff, scale) in deviation.items():
+        check[out] = {"max_abs_diff": diff, "max_abs": scale}
+        if diff > cfg.fold_atol + cfg.fold_rtol * scale:
+            raise FoldingError(
+                f"BatchNormalization folding changed output '{out}' by {diff:.3g} (max |output| {scale:.3g}, "
+                f"tolerance {cfg.fold_atol:g} + {cfg.fold_rtol:g}*max); please report this model to qaudit"
+            )
+    return check
+
+
+def _nonfinite_exclusions(model: onnx.ModelProto, bad: dict) -> dict[str, str]:
+    """Nodes that read or write a tensor holding NaN/Inf stay in float, with the reason."""
+    out = {}
+    for node in model.graph.node:
+        hit = [t for t in list(node.input) + list(node.output) if t in bad]
+        if hit:
+            lo, hi = bad[hit[0]]
+            out[node.name] = (
+                f"left in float by qaudit: tensor '{hit[0]}' holds non-finite values "
+                f"(finite range [{lo:g}, {hi:g}]) that cannot be calibrated"
+            )
+    return out
+
+
+def _capture(fp32_model, qmodel, matching, batches, labels, cfg: AuditConfig, work: Path, progress):
+    """Run the instrumented fp32, quantized and isolated-error graphs in lockstep
+    and stream their tensors into the meters; returns (meter, output meter, samples)."""
+    vtypes = {vi.name: vi.type.tensor_type.elem_type for vi in list(fp32_model.graph.value_info) + list(fp32_model.graph.input)}
+    fp32_outs = [(n, vtypes.get(n, onnx.TensorProto.FLOAT)) for n in matching.twins]
+    q_outs = [
+        (tw.quant_name, onnx.TensorProto.INT8 if tw.encoding.dtype == "int8" else onnx.TensorProto.UINT8)
+        for tw in matching.twins.values()
+    ]
+    fp32_session = make_session(
+        save_model(with_outputs(fp32_model, fp32_outs), work / "folded_instrumented.onnx"), what=f"model {cfg.model}"
+    )
+    q_session = make_session(
+        save_model(with_outputs(qmodel, q_outs), work / "quantized_instrumented.onnx"), what="the quantized model"
+    )
+    iso_session, iso_inputs = None, {}
+    if cfg.isolated and matching.twins:
+        iso_model, iso_inputs = isolated_model(qmodel, matching.twins)
+        iso_session = make_session(save_model(iso_model, work / "quantized_isolated.onnx"), what="the isolated-error graph")
+
+    meter = ActivationMeter(matching)
+    out_meter = OutputMeter([o.name for o in fp32_model.graph.output], softmax_outputs(fp32_model))
+    seen = 0
+
+    def run_batch(feeds):
+        a = run_named(fp32_session, feeds)
+        b = run_named(q_session, feeds)
+        c = None
+        if iso_session is not None:
+            iso_feeds = dict(feeds)
+            iso_feeds.update({inp: a[name] for name, inp in iso_inputs.items()})
+            c = run_named(iso_session, iso_feeds)
+        return a, b, c
+
+    def measure(feeds, outs):
+        nonlocal seen
+        a, b, c = outs
+        n = next(iter(feeds.values())).shape[0]
+        meter.update(a, b)
+        if c is not None:
+            meter.update_isolated(a, c)
+        out_meter.update(a, b, labels[seen : seen + n] if labels is not None else None)
+        seen += n
+        progress.advance(n)
+
+    lockstep(run_batch, batches, measure)
+    return meter, out_meter, seen
 
 
 __all__ = ["audit", "AuditConfig", "Report", "Progress", "QauditError"]
