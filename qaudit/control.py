@@ -153,7 +153,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         # 4. match and capture ----------------------------------------------
         excluded = {n: "producer excluded from quantization (--exclude); computed in float" for n in cfg.quant.exclude}
         excluded.update(auto_excluded)
-        matching = match(fold.model, qmodel, excluded)
+        matching = match(fold.model, qmodel, excluded, cfg.quant.format)
         if not matching.twins:
             notes.append("ONNX Runtime quantized no activation of this model: there is nothing to compare per layer")
         progress.stage("capturing fp32 + quantized", n_eval)

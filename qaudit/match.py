@@ -162,16 +162,27 @@ def quantized_tensors(qmodel: onnx.ModelProto) -> dict[str, tuple[str, Encoding,
             # pass-through op on integers (MaxPool, Flatten, Reshape, Transpose, ...)
             enc = by_tensor[node.input[0]]
             key = key_of(out)
+        elif out.endswith("_quantized") and node.input and node.input[0].endswith("_quantized") and node.input[0] in inits:
+            # an op reading a quantized constant table (QOperator Gather on an embedding):
+            # the output carries the table's encoding, stored as <table>_scale / <table>_zero_point
+            base = node.input[0][: -len("_quantized")]
+            s, z = _const(base + "_scale", inits, prod), _const(base + "_zero_point", inits, prod)
+            if s is not None and z is not None and s.size == 1:
+                enc = Encoding(s, z, None, _dtype_name(z))
+                key = key_of(out)
         if enc is not None and out:
             by_tensor[out] = enc
             found[key] = (out, enc, node.name)
     return found
 
 
-def match(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, excluded: dict[str, str] | None = None) -> Matching:
+def match(
+    fp32: onnx.ModelProto, qmodel: onnx.ModelProto, excluded: dict[str, str] | None = None, fmt: str | None = None
+) -> Matching:
     """Pair fp32 float tensors with integer twins; explain every tensor left without one.
 
     ``excluded``: node name -> why it was left in float (``--exclude``, or qaudit's own choice).
+    ``fmt``: "qdq" or "qoperator", to name ops the format has no quantized form of.
     """
     from .quantize import quantizable_op_types
 
@@ -181,7 +192,7 @@ def match(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, excluded: dict[str, st
     inits = {t.name for t in g.initializer}
     qnames = {n.name for n in qmodel.graph.node}
     qtensors = quantized_tensors(qmodel)
-    quantizable = set(quantizable_op_types())
+    quantizable = set(quantizable_op_types(fmt))
 
     vtypes = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)}
     float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
@@ -191,6 +202,8 @@ def match(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, excluded: dict[str, st
         if n.op_type == "Constant":
             continue
         candidates += [o for o in n.output if o and vtypes.get(o, onnx.TensorProto.FLOAT) in float_types]
+
+    candidate_set = set(candidates)
 
     def removed_activation(name: str):
         users = cons.get(name, [])
@@ -207,7 +220,7 @@ def match(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, excluded: dict[str, st
             fused.append(act.name)
             target = act.output[0]
             act = removed_activation(target)
-        if target not in prod and target not in candidates:
+        if target not in prod and target not in candidate_set:
             continue
         twins[target] = Twin(target, qname, enc, qprod, tuple(fused))
 
@@ -241,7 +254,14 @@ def match(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, excluded: dict[str, st
         elif p is not None and p.name not in qnames and not any(qn.startswith(p.name) for qn in qnames):
             kind, reason = "removed", "producer no longer exists in the quantized graph"
         else:
-            kind, reason = "not-quantized", "the quantizer inserted no QuantizeLinear for this tensor (it stays float)"
+            float_in = [i for i in (p.input if p is not None else []) if i in prod and i not in twins and i in candidate_set]
+            if float_in:
+                kind, reason = "not-quantized", (
+                    f"{op} reads '{float_in[0]}', which is float in the quantized graph, so ONNX Runtime "
+                    "leaves it in float too"
+                )
+            else:
+                kind, reason = "not-quantized", "the quantizer inserted no QuantizeLinear for this tensor (it stays float)"
         unmatched.append(Unmatched(name, pname, op, kind, reason))
     return Matching(twins=twins, unmatched=unmatched, fused_into=fused_into)
 

@@ -60,9 +60,14 @@ class _OneBatch:
         return len(self._feeds)
 
 
-def quantizable_op_types() -> list[str]:
+def quantizable_op_types(fmt: str | None = None) -> list[str]:
+    """Op types ORT's quantizer handles: for ``fmt`` "qdq" or "qoperator", or both (calibration)."""
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
+    if fmt == "qdq":
+        return sorted(QDQRegistry)
+    if fmt == "qoperator":
+        return sorted(QLinearOpsRegistry)
     return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
 

