@@ -116,7 +116,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("calib_symmetric", "bool", "histogram |x| (ORT's Percentile default) or, with --calib-asymmetric, signed values",
            True, group="quantization", bool_flags=("--calib-symmetric", "--calib-asymmetric")),
     Option("exclude", "list", "node names to leave in float", (), group="quantization", metavar="NODE"),
-    Option("batch_size", "int", "samples per inference batch (default: as many as fit 512 MB of activations, at most 64)",
+    Option("batch_size", "int", "samples per inference batch (default: as many as fit 256 MiB of activations, at most 64)",
            None, check=_at_least(1), group="measurement", metavar="N"),
     Option("max_samples", "int", "use at most N samples of each data set", None, check=_at_least(1), group="measurement", metavar="N"),
     Option("clip_percentile", "float", "activation range clipping, percent per side (default 1)", 1.0,

@@ -234,7 +234,7 @@ def test_auto_batch_size():
     from qaudit.control import ACTIVATION_BUDGET, auto_batch_size
 
     assert auto_batch_size(ACTIVATION_BUDGET // 3, None) == 3
-    assert auto_batch_size(177_000_000, None) == 3  # PP-OCRv4 det at 320x320: 177 MB per sample
+    assert auto_batch_size(177_000_000, None) == 1  # PP-OCRv4 det at 320x320: 177 MB per sample
     assert auto_batch_size(1000, None) == 64 and auto_batch_size(10 * ACTIVATION_BUDGET, None) == 1
     assert auto_batch_size(1000, 8) == 8  # a fixed batch dim wins
 
