@@ -17,6 +17,9 @@ Writes, under --out (default samples/init_study/results; --quick: results_quick)
 * ``reports/<arch>__<init>.json``: qaudit's JSON report of each model (the
   table's only source of quantization numbers) and ``train/<arch>__<init>.json``
   (training log: epochs, seconds, final loss, torch accuracy, non-finite weights);
+  a full run also packs both into ``reports.tar.xz`` (committed; ``--table-only``
+  unpacks it when ``reports/`` is missing);
+* ``analysis.md`` / ``analysis.json``: the layerwise numbers RESULTS.md cites;
 * ``table.md``, ``table.csv`` (full precision) and ``table.json``: the
   Table-4.2-style summary, one row per model, failed models flagged, not dropped;
 * ``html/*.html``: qaudit's overlay pages (``qaudit compare`` machinery, N-way)
@@ -311,6 +314,11 @@ def export(net, path: Path) -> None:
 # ------------------------------------------------------------------ audit
 
 
+#: ORT Percentile calibration: asymmetric, percentile 98 = 1 % cut on each side (see quant_config)
+CALIB_PERCENTILE = 98.0
+CALIB_SYMMETRIC = False
+
+
 def quant_config():
     """uint8/uint8 per-tensor QDQ; calibration clips 1 % on each side of the signed histogram.
 
@@ -322,7 +330,7 @@ def quant_config():
     """
     import qaudit
 
-    return qaudit.QuantConfig(percentile=98.0, calib_symmetric=False)
+    return qaudit.QuantConfig(percentile=CALIB_PERCENTILE, calib_symmetric=CALIB_SYMMETRIC)
 
 
 def audit(model: Path, data: dict):
@@ -339,6 +347,29 @@ def audit(model: Path, data: dict):
             clip_percentile=1.0,
         )
     )
+
+
+def audit_only(arch: str, init: str, data: dict, work: Path, out: Path, logs_from: Path) -> dict:
+    """Re-audit a model trained by an earlier run (other calibration settings); its training log is copied."""
+    from qaudit.report import to_json
+
+    name = model_name(arch, init)
+    src = logs_from / "train" / f"{name}.json"
+    log = json.loads(src.read_text()) if src.exists() else {"arch": arch, "init": init}
+    log["audit_only"] = True
+    t0 = time.perf_counter()
+    try:
+        report = audit(work / "models" / f"{name}.onnx", data)
+        (out / "reports").mkdir(parents=True, exist_ok=True)
+        (out / "reports" / f"{name}.json").write_text(to_json(report))
+        log["audit_error"] = None
+    except Exception as e:
+        log["audit_error"] = f"{type(e).__name__}: {e}"
+    log["audit_seconds"] = time.perf_counter() - t0
+    log["total_seconds"] = log["audit_seconds"]
+    (out / "train").mkdir(parents=True, exist_ok=True)
+    (out / "train" / f"{name}.json").write_text(json.dumps(log, indent=1))
+    return log
 
 
 def run_one(arch: str, init: str, split, data: dict, work: Path, out: Path, epochs: int) -> dict:
@@ -499,8 +530,21 @@ def html_overlay(out: Path, fname: str, named_reports) -> Path | None:
     c = compare_reports([r for _, r in named_reports], labels=[n for n, _ in named_reports])
     (out / "html").mkdir(parents=True, exist_ok=True)
     p = out / "html" / fname
-    p.write_text(render_comparison_html(c))
+    # worst-layer histograms only for small overlays: each adds ~15 KB per model
+    p.write_text(render_comparison_html(c, worst=1 if len(named_reports) <= 4 else 0))
     return p
+
+
+def _save_png(fig, p: Path) -> None:
+    """A palette PNG (128 colours): a third of the size of matplotlib's RGBA file, same look."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    buf.seek(0)
+    Image.open(buf).convert("RGB").quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(p, optimize=True)
 
 
 def png_layerwise(out: Path, fname: str, title: str, named_reports, labels) -> Path | None:
@@ -542,7 +586,7 @@ def png_layerwise(out: Path, fname: str, title: str, named_reports, labels) -> P
     fig.tight_layout()
     (out / "plots").mkdir(parents=True, exist_ok=True)
     p = out / "plots" / fname
-    fig.savefig(p)
+    _save_png(fig, p)
     plt.close(fig)
     return p
 
@@ -586,7 +630,7 @@ def png_summary(out: Path, rows: list[dict]) -> Path | None:
     fig.tight_layout()
     (out / "plots").mkdir(parents=True, exist_ok=True)
     p = out / "plots" / "summary.png"
-    fig.savefig(p)
+    _save_png(fig, p)
     plt.close(fig)
     return p
 
@@ -624,10 +668,122 @@ def make_plots(out: Path, models: list[tuple[str, str]], rows: list[dict]) -> li
     return [p for p in written if p]
 
 
+# ------------------------------------------------------------------ analysis
+
+
+def _spearman(a, b) -> float | None:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 4:
+        return None
+    ra = np.argsort(np.argsort(a[ok])).astype(float)
+    rb = np.argsort(np.argsort(b[ok])).astype(float)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def _layer_stats(rep: dict) -> dict:
+    """Per model: BN-folding growth of the weight range, and the depthwise layers' folded numbers."""
+    w = [l for l in rep["layers"] if l.get("w_range") is not None]
+    conv = [l for l in w if l["op_type"] == "Conv" and not l["name"].startswith("/stem")]  # the initialized layers
+    dw = [l for l in conv if l.get("groups") not in (None, 1)]
+    worst = min((l for l in rep["layers"] if l.get("quant_tensor") and _finite(l.get("sqnr_db"))), key=lambda l: l["sqnr_db"])
+    inner = [l for l in rep["layers"] if l.get("quant_tensor") and _finite(l.get("sqnr_db")) and l["name"] != "/fc2/Gemm"]
+    worst_inner = min(inner, key=lambda l: l["sqnr_db"]) if inner else None
+    iso = [l for l in rep["layers"] if l.get("quant_tensor") and _finite(l.get("sqnr_isolated_db")) and l["name"] != "input"]
+    return {
+        "fold_growth_max": max(l["fold_w_range"] / l["w_range"] for l in w),
+        "fold_growth_mean": float(np.mean([l["fold_w_range"] / l["w_range"] for l in w])),
+        "max_fold_w_range": max(l["fold_w_range"] for l in w),
+        "max_w_range": max(l["w_range"] for l in w),
+        "min_fold_w_precision": min(l["fold_w_precision"] for l in w if l.get("fold_w_precision") is not None),
+        "mean_conv_fold_precision": float(np.mean([l["fold_w_precision"] for l in conv])) if conv else None,
+        "mean_dw_fold_precision": float(np.mean([l["fold_w_precision"] for l in dw])) if dw else None,
+        "mean_dw_fold_range": float(np.mean([l["fold_w_range"] for l in dw])) if dw else None,
+        "min_w_sqnr_db": min(l["w_sqnr_db"] for l in w if _finite(l.get("w_sqnr_db"))),
+        "worst_layer": worst["name"],
+        "worst_inner_layer": worst_inner["name"] if worst_inner else None,
+        "worst_inner_sqnr_db": worst_inner["sqnr_db"] if worst_inner else None,
+        "min_isolated_sqnr_db": min(l["sqnr_isolated_db"] for l in iso) if iso else None,
+        "mean_clip_fraction": float(np.mean([l["clip_fraction"] for l in rep["layers"] if _finite(l.get("clip_fraction"))])),
+    }
+
+
+def analyze(rows: list[dict], out: Path) -> str:
+    """The numbers RESULTS.md cites, from the saved reports: written to analysis.md and analysis.json."""
+    stats = {}
+    for r in rows:
+        if r.get("report"):
+            stats[r["model"]] = {**_layer_stats(json.loads((out / r["report"]).read_text())), **{k: r.get(k) for k in ("acc_drop_pct", "qce", "qmse", "trained", "acc_fp32", "acc_int8", "worst_sqnr_db")}}
+    lines = ["# Analysis (generated by study.py from the saved reports)", ""]
+    lines += ["## Per architecture (models that trained)", "",
+              "| architecture | trained / run | acc decrease % median (min-max) | QCE median | worst-layer SQNR dB median | worst inner-layer SQNR dB median | BN-folding range growth, mean over layers (median over inits) | max folded w range median |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for a in ARCHS:
+        rs = [r for r in rows if r["arch"] == a]
+        ok = [r for r in rs if r.get("trained") == "yes"]
+        st = [stats[r["model"]] for r in ok]
+        if not ok:
+            lines.append(f"| {ARCHS[a]} | 0 / {len(rs)} | - | - | - | - | - | - |")
+            continue
+        d = [r["acc_drop_pct"] for r in ok]
+        lines.append(
+            f"| {ARCHS[a]} | {len(ok)} / {len(rs)} | {np.median(d):.2f} ({min(d):.2f}-{max(d):.2f}) | {np.median([r['qce'] for r in ok]):.4f} | "
+            f"{np.median([r['worst_sqnr_db'] for r in ok]):.1f} | {np.median([s['worst_inner_sqnr_db'] for s in st]):.1f} | "
+            f"{np.median([s['fold_growth_mean'] for s in st]):.2f}x | {np.median([s['max_fold_w_range'] for s in st]):.3g} |"
+        )
+    lines += ["", "## BN vs no BN, same initialization (both trained)", "", "| initialization | conv: BN / no BN acc decrease % | dw-sep: BN / no BN acc decrease % |", "|---|---:|---:|"]
+    wins = {"conv": [0, 0], "dwsep": [0, 0]}
+    by = {(r["arch"], r["init"]): r for r in rows}
+    for i in INITS:
+        cells = []
+        for base in ("conv", "dwsep"):
+            b, n = by.get((base + "_bn", i)), by.get((base, i))
+            if b and n and b.get("trained") == "yes" and n.get("trained") == "yes":
+                cells.append(f"{b['acc_drop_pct']:.2f} / {n['acc_drop_pct']:.2f}")
+                wins[base][0] += b["acc_drop_pct"] > n["acc_drop_pct"]
+                wins[base][1] += 1
+            else:
+                cells.append(f"{(b or {}).get('trained', 'not run')} / {(n or {}).get('trained', 'not run')}")
+        lines.append(f"| {INITS[i][0]} | {cells[0]} | {cells[1]} |")
+    lines.append("")
+    for base in ("conv", "dwsep"):
+        lines.append(f"* {base}: BN variant loses more accuracy in {wins[base][0]} of {wins[base][1]} initializations")
+    lines += ["", "## Per model", "",
+              "| model | trained | acc decrease % | QCE | max w range plain -> folded | BN range growth max (mean) | min folded precision | mean dw folded precision | min w SQNR dB | worst layer (SQNR dB) | worst inner layer (SQNR dB) | min isolated SQNR dB |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
+    f = lambda v, spec: "-" if v is None else format(v, spec)
+    for r in rows:
+        s = stats.get(r["model"])
+        if s is None:
+            lines.append(f"| {r['model']} | {r.get('trained')} | - | - | - | - | - | - | - | - | - | - |")
+            continue
+        lines.append(
+            f"| {r['model']} | {r['trained']} | {r['acc_drop_pct']:.2f} | {r['qce']:.4f} | {s['max_w_range']:.3g} -> {s['max_fold_w_range']:.3g} | "
+            f"{s['fold_growth_max']:.2f}x ({s['fold_growth_mean']:.2f}x) | {s['min_fold_w_precision']:.3f} | {f(s['mean_dw_fold_precision'], '.3f')} | "
+            f"{s['min_w_sqnr_db']:.1f} | {short_layer(s['worst_layer'])} ({r['worst_sqnr_db']:.1f}) | "
+            f"{short_layer(s['worst_inner_layer'])} ({f(s['worst_inner_sqnr_db'], '.1f')}) | {f(s['min_isolated_sqnr_db'], '.1f')} |"
+        )
+    ok = [r for r in rows if r.get("trained") == "yes" and r["model"] in stats]
+    lines += ["", "## Rank correlation with the accuracy decrease (Spearman, trained models)", ""]
+    for arch_set, label in ((tuple(ARCHS), "all"), (("conv_bn", "dwsep_bn"), "BN variants"), (("dwsep_bn",), "dw-sep + BN")):
+        sub = [r for r in ok if r["arch"] in arch_set]
+        drop = [r["acc_drop_pct"] for r in sub]
+        cells = []
+        for key in ("max_fold_w_range", "fold_growth_mean", "min_fold_w_precision", "mean_dw_fold_precision", "min_w_sqnr_db", "worst_inner_sqnr_db", "qce"):
+            rho = _spearman(drop, [stats[r["model"]][key] if stats[r["model"]][key] is not None else np.nan for r in sub])
+            cells.append(f"{key} {f(rho, '+.2f')}")
+        lines.append(f"* {label} (n={len(sub)}): " + "; ".join(cells))
+    text = "\n".join(lines) + "\n"
+    (out / "analysis.md").write_text(text)
+    (out / "analysis.json").write_text(json.dumps(stats, indent=1))
+    return text
+
+
 # ------------------------------------------------------------------ main
 
 
 def main(argv=None) -> int:
+    global CALIB_PERCENTILE, CALIB_SYMMETRIC
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"{len(QUICK_MODELS)} models, {QUICK_EPOCHS} epoch(s): a smoke test")
     ap.add_argument("--epochs", type=int, default=None, help=f"training epochs (default {EPOCHS}, --quick {QUICK_EPOCHS})")
@@ -637,8 +793,16 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help="comma-separated arch__init names to run")
     ap.add_argument("--table-only", action="store_true", help="rebuild table and plots from the saved reports")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--audit-only", action="store_true",
+                    help="re-audit the models an earlier run left in --work (e.g. with other calibration settings)")
+    ap.add_argument("--logs-from", type=Path, default=HERE / "results", help="--audit-only: the run whose training logs to copy")
+    ap.add_argument("--calib-percentile", type=float, default=CALIB_PERCENTILE,
+                    help=f"ORT calibration percentile (default {CALIB_PERCENTILE}: with the asymmetric calibrator, 1 %% per side)")
+    ap.add_argument("--calib-symmetric", action="store_true", help="ORT's symmetric (|x|) percentile instead")
     ap.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
     args = ap.parse_args(argv)
+
+    CALIB_PERCENTILE, CALIB_SYMMETRIC = args.calib_percentile, args.calib_symmetric
 
     import torch
 
@@ -655,6 +819,12 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     t0 = time.perf_counter()
+    archive = out / "reports.tar.xz"
+    if args.table_only and not (out / "reports").exists() and archive.exists():
+        import tarfile
+
+        with tarfile.open(archive) as tar:  # the committed results: reports/ and train/
+            tar.extractall(out, filter="data")
     if not args.table_only:
         split = load_split()
         print(f"data: {split[0]}; train/calib/test {len(split[1][0])}/{len(split[2][0])}/{len(split[3][0])}", flush=True)
@@ -664,9 +834,12 @@ def main(argv=None) -> int:
             if args.resume and (out / "train" / f"{name}.json").exists() and (out / "reports" / f"{name}.json").exists():
                 print(f"[{k}/{len(models)}] {name}: done before, skipped", flush=True)
                 continue
-            log = run_one(arch, init, split, data, work, out, epochs)
+            if args.audit_only:
+                log = audit_only(arch, init, data, work, out, args.logs_from)
+            else:
+                log = run_one(arch, init, split, data, work, out, epochs)
             print(
-                f"[{k}/{len(models)}] {name}: torch acc {log['torch_acc_test']}, train {log['train_seconds']:.1f}s, "
+                f"[{k}/{len(models)}] {name}: torch acc {log.get('torch_acc_test')}, train {log.get('train_seconds', 0):.1f}s, "
                 f"audit {log['audit_seconds']:.1f}s, total {log['total_seconds']:.1f}s (elapsed {time.perf_counter() - t0:.0f}s)"
                 + (f"; AUDIT FAILED: {log['audit_error']}" if log["audit_error"] else ""),
                 flush=True,
@@ -677,12 +850,22 @@ def main(argv=None) -> int:
         "quick": args.quick,
         "epochs": epochs,
         "models": [model_name(*m) for m in models],
-        "settings": {"percentile": 98.0, "calib_symmetric": False, "clip_percentile": 1.0, "activation_type": "uint8", "weight_type": "uint8", "per_channel": False},
+        "audit_only": args.audit_only,
+        "settings": {"percentile": CALIB_PERCENTILE, "calib_symmetric": CALIB_SYMMETRIC, "clip_percentile": 1.0, "activation_type": "uint8", "weight_type": "uint8", "per_channel": False},
         "torch": torch.__version__,
         "threads": args.threads,
     }
     (out / "study.json").write_text(json.dumps(meta, indent=1))
     print(text)
+    if any(r.get("report") for r in rows):
+        analyze(rows, out)
+    if not args.quick and (out / "reports").exists():
+        import tarfile
+
+        with tarfile.open(archive, "w:xz") as tar:  # what is committed: the JSON reports compress ~10x
+            for sub in ("reports", "train"):
+                for f in sorted((out / sub).glob("*.json")):
+                    tar.add(f, arcname=f"{sub}/{f.name}")
     if not args.no_plots:
         for p in make_plots(out, models, rows):
             print(f"wrote {p}")
