@@ -349,6 +349,25 @@ def audit(model: Path, data: dict):
     )
 
 
+def portable(report):
+    """The report with its paths relative to the repository (no machine-specific absolute paths in committed files)."""
+    import dataclasses
+
+    def rel(v):
+        if not v:
+            return v
+        try:
+            return Path(v).resolve().relative_to(REPO).as_posix()
+        except ValueError:
+            return v
+
+    return dataclasses.replace(
+        report,
+        model={**report.model, "path": rel(report.model.get("path"))},
+        data={**report.data, **{k: rel(report.data.get(k)) for k in ("calib", "eval", "labels")}},
+    )
+
+
 def audit_only(arch: str, init: str, data: dict, work: Path, out: Path, logs_from: Path) -> dict:
     """Re-audit a model trained by an earlier run (other calibration settings); its training log is copied."""
     from qaudit.report import to_json
@@ -361,7 +380,7 @@ def audit_only(arch: str, init: str, data: dict, work: Path, out: Path, logs_fro
     try:
         report = audit(work / "models" / f"{name}.onnx", data)
         (out / "reports").mkdir(parents=True, exist_ok=True)
-        (out / "reports" / f"{name}.json").write_text(to_json(report))
+        (out / "reports" / f"{name}.json").write_text(to_json(portable(report)))
         log["audit_error"] = None
     except Exception as e:
         log["audit_error"] = f"{type(e).__name__}: {e}"
@@ -406,7 +425,7 @@ def run_one(arch: str, init: str, split, data: dict, work: Path, out: Path, epoc
     try:
         report = audit(model_path, data)
         (out / "reports").mkdir(parents=True, exist_ok=True)
-        (out / "reports" / f"{name}.json").write_text(to_json(report))
+        (out / "reports" / f"{name}.json").write_text(to_json(portable(report)))
         log["audit_error"] = None
     except Exception as e:  # a model that failed to train may not quantize: record it, do not hide it
         log["audit_error"] = f"{type(e).__name__}: {e}"
