@@ -1,0 +1,137 @@
+"""The initialization x architecture study (samples/init_study): its --quick run end to end.
+
+Trains the quick subset (3 models, 1 epoch), exports and audits them, and checks
+every number of the table against the JSON report it names, computed here
+independently from the report (not with the study's own reader).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from .conftest import REPO, cli_env
+
+SCRIPT = REPO / "samples" / "init_study" / "study.py"
+COMMITTED = REPO / "samples" / "init_study" / "results"
+OUTPUT_KEYS = ("acc_fp32", "acc_int8", "qmse", "qce", "acc_drop_pct")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    tmp = tmp_path_factory.mktemp("init_study")
+    out, work = tmp / "out", tmp / "work"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--work", str(work)],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def _csv_rows(out):
+    with open(out / "table.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _num(cell: str):
+    return None if cell == "" else float(cell)
+
+
+def _check_row(r: dict, rep: dict, settings=(98.0, False, 1.0), committed: bool = False) -> None:
+    """One table row against the report it names, recomputed here from the JSON (not with study.py's reader)."""
+    o = rep["outputs"][0]
+    assert o["name"] == "logits"
+    for k in OUTPUT_KEYS:
+        assert _num(r[k]) == o[k], (r["arch"], r["init"], k)  # repr() round-trips floats exactly
+    assert math.isclose(o["acc_drop_pct"], abs(o["acc_fp32"] - o["acc_int8"]) / o["acc_fp32"] * 100, rel_tol=1e-9)
+    sq = [(l["sqnr_db"], l["name"]) for l in rep["layers"] if l["quant_tensor"] and l["sqnr_db"] is not None]
+    assert (_num(r["worst_sqnr_db"]), r["worst_layer"]) == min(sq)
+    s = rep["settings"]
+    assert (s["percentile"], s["calib_symmetric"], s["clip_percentile"]) == settings
+    if committed:  # the study writes paths relative to the repository when its files are inside it
+        paths = [rep["model"]["path"]] + [rep["data"][k] for k in ("calib", "eval", "labels")]
+        assert not any(p.startswith("/") for p in paths), f"machine-specific absolute path in a committed report: {paths}"
+
+
+@pytest.mark.parametrize(
+    "folder, settings",
+    [("results", (98.0, False, 1.0)), ("results_ort_default", (99.999, True, 1.0)), ("results_sym99", (99.0, True, 1.0))],
+)
+def test_committed_tables_match_their_reports(folder, settings):
+    """The committed full-run tables (RESULTS.md) against the committed reports.tar.xz, without training."""
+    base = COMMITTED.parent / folder
+    rows = _csv_rows(base)
+    assert len(rows) == 48
+    with tarfile.open(base / "reports.tar.xz") as tar:
+        reports = {m.name: json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.startswith("reports/")}
+    for r in rows:
+        if r["trained"] in ("not run", "audit failed"):
+            continue
+        _check_row(r, reports[r["report"]], settings, committed=True)
+    if folder == "results":
+        md = (base / "table.md").read_text()
+        assert md in (COMMITTED.parent / "RESULTS.md").read_text(), "RESULTS.md does not show the committed table"
+
+
+@pytest.mark.slow
+def test_table_matches_reports(quick):
+    out, _ = quick
+    rows = _csv_rows(out)
+    meta = json.loads((out / "study.json").read_text())
+    assert [f"{r['arch']}__{r['init']}" for r in rows] == meta["models"]
+    assert len(rows) == 3
+    for r in rows:
+        assert r["report"], f"{r['arch']} {r['init']}: no report ({r['trained']})"
+        rep = json.loads((out / r["report"]).read_text())
+        _check_row(r, rep)  # fp32/int8 accuracy, QMSE, QCE, % decrease (Eq. 4.11), worst-layer SQNR
+        o = rep["outputs"][0]
+        assert _num(r["max_fold_w_range"]) == max(l["fold_w_range"] for l in rep["layers"] if l["fold_w_range"] is not None)
+        # the trained flag follows the fp32 accuracy; failed models stay in the table
+        assert (r["trained"] == "yes") == (o["acc_fp32"] >= 0.5)
+        # the settings the study claims (RESULTS.md): 1 % clipping on each side, uint8 per-tensor
+        s = rep["settings"]
+        assert (s["activation_type"], s["weight_type"], s["per_channel"]) == ("uint8", "uint8", False)
+        assert rep["data"]["n_eval"] == 1000 and rep["data"]["n_calib"] == 500
+        # BN kept unfolded in the export: qaudit folded every BN of the *_bn variants
+        n_bn = len(rep["folding"]["folded"])
+        assert (n_bn > 0) == r["arch"].endswith("_bn")
+        assert not rep["folding"]["skipped"]
+
+
+@pytest.mark.slow
+def test_markdown_table_is_the_csv(quick):
+    out, stdout = quick
+    rows = _csv_rows(out)
+    md = [l for l in (out / "table.md").read_text().splitlines() if l.startswith("| ") and "---" not in l][1:]
+    assert len(md) == len(rows)
+    for line, r in zip(md, rows):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[2] == r["trained"]
+        assert cells[3] == f"{100 * float(r['acc_fp32']):.2f}" and cells[4] == f"{100 * float(r['acc_int8']):.2f}"
+        assert cells[5] == f"{float(r['qmse']):.3e}" and cells[6] == f"{float(r['qce']):.4f}"
+        assert cells[7] == f"{float(r['acc_drop_pct']):.2f}" and cells[8] == f"{float(r['worst_sqnr_db']):.1f}"
+        assert line in stdout  # the run prints the table it saves
+
+
+@pytest.mark.slow
+def test_overlay_page(quick):
+    out, _ = quick
+    page = (out / "html" / "quick.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") or page.lstrip().lower().startswith("<!doctype html>")
+    assert 'id="alignment"' in page  # the compare machinery's alignment table heads the page
+    for r in _csv_rows(out):
+        assert f"{r['arch']}__{r['init']}" in page
