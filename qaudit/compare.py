@@ -720,13 +720,10 @@ def read_map(path: Path, n_inputs: int) -> tuple[tuple[str | int | None, ...], .
 
 
 def _clean(v):
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
+    """Strict-JSON values: the report's own rules (non-finite floats become null)."""
+    from .report import _clean as clean
+
+    return clean(v)
 
 
 def to_dict(c: Comparison) -> dict:
