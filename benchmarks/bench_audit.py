@@ -137,8 +137,8 @@ def even_batch(n: int, batch: int) -> int:
 
 
 # -- running one contender -------------------------------------------------
-def _tree_rss(pid: int) -> int:
-    """RSS in bytes of ``pid`` and all its descendants (0 once it is gone)."""
+def _tree_rss(pid: int, include_root: bool = True) -> int:
+    """RSS in bytes of ``pid`` (unless not ``include_root``) and all its descendants (0 once they are gone)."""
     total, todo, seen = 0, [pid], set()
     while todo:
         p = todo.pop()
@@ -146,10 +146,11 @@ def _tree_rss(pid: int) -> int:
             continue
         seen.add(p)
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-                    break
+            if p != pid or include_root:
+                for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+                        break
             for task in Path(f"/proc/{p}/task").iterdir():
                 todo.extend(int(c) for c in (task / "children").read_text().split())
         except (OSError, ValueError):
@@ -180,28 +181,59 @@ def wait_idle(max_wait: float, threshold: float, window: float = 3.0) -> float:
         print(f"    waiting: other processes use {load:.1f} cores", flush=True)
 
 
+# The process that starts a contender must be small: on Linux a child's ru_maxrss
+# includes the high-water RSS of the process it was forked from (exec records
+# the old address space's peak in the new process's maxrss), so a contender
+# forked from this benchmark, which holds built images, would report at least
+# the benchmark's own peak. A minimal launcher (``python -I -S``: no site, a
+# few MB) forks and execs the contender, and reports the contender's own
+# rusage and wall time.
+_LAUNCHER = """
+import json, os, sys, time
+out, argv = sys.argv[1], sys.argv[2:]
+t = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execv(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - t
+code = os.waitstatus_to_exitcode(status)
+with open(out, "w") as f:
+    json.dump({"pid": pid, "wall": wall, "code": code, "maxrss": ru.ru_maxrss, "utime": ru.ru_utime, "stime": ru.ru_stime}, f)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def measure(cmd: list[str], log: Path, cwd: Path, mem_cap: int, timeout: float, env: dict | None = None) -> dict:
     """Run ``cmd`` (output to ``log``) under the watchdog; wall time, CPU time, exit code, peak RSS from the OS.
 
-    ``other_cores``: the average number of cores that *other* processes kept
-    busy during the run (machine busy time from /proc/stat minus the child's
-    CPU time, over the wall time): above ~0.2 the timings are not clean.
+    ``cmd`` runs as the child of a minimal launcher (see ``_LAUNCHER``), which
+    reports its ``os.wait4`` rusage. ``other_cores``: the average number of
+    cores that *other* processes kept busy during the run (machine busy time
+    from /proc/stat minus the run's CPU time, over the wall time): above
+    ``NOISY`` the timings are not clean.
     """
+    rusage_file = Path(log).with_name("rusage.json")
+    rusage_file.unlink(missing_ok=True)
+    launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(rusage_file), *cmd]
     with open(log, "wb") as out:
         busy0 = _busy_seconds()
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(cwd), env=env)
+        proc = subprocess.Popen(launcher, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(cwd), env=env)
         state = {"killed": None, "killed_rss": None, "polled_peak": 0}
         lock, exited = threading.Lock(), threading.Event()
 
         def watchdog():
             while not exited.wait(0.05):
-                rss = _tree_rss(proc.pid)
+                rss = _tree_rss(proc.pid, include_root=False)  # the contender and its children, not the launcher
                 state["polled_peak"] = max(state["polled_peak"], rss)
                 why = "mem_cap" if rss > mem_cap else "timeout" if time.perf_counter() - t0 > timeout else None
                 if why:
                     with lock:
-                        if not exited.is_set():  # the child is not reaped yet: its pid is still ours
+                        if not exited.is_set():  # the launcher is not reaped yet: its pid (= process group) is still ours
                             state["killed"], state["killed_rss"] = why, rss
                             try:
                                 os.killpg(proc.pid, signal.SIGKILL)
@@ -211,20 +243,26 @@ def measure(cmd: list[str], log: Path, cwd: Path, mem_cap: int, timeout: float, 
 
         dog = threading.Thread(target=watchdog, daemon=True)
         dog.start()
-        # wait without reaping, stop the watchdog, then reap and read the rusage
+        # wait without reaping, stop the watchdog, then reap
         os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-        wall = time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
         with lock:
             exited.set()
-        _, status, rusage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.wait()
         dog.join()
     busy1 = _busy_seconds()
-    # ru_maxrss is in KiB on Linux (bytes on macOS)
-    peak = rusage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-    cpu = rusage.ru_utime + rusage.ru_stime
-    other = max(0.0, (busy1 - busy0 - cpu) / wall) if busy0 is not None and busy1 is not None and wall > 0 else None
-    return {"elapsed_s": wall, "cpu_s": cpu, "other_cores": other, "exit_code": proc.returncode, "peak_rss_bytes": peak,
+    try:
+        ru = json.loads(rusage_file.read_text())
+    except (OSError, ValueError):
+        ru = None  # killed by the watchdog (the launcher with it)
+    if ru:
+        # ru_maxrss is in KiB on Linux (bytes on macOS)
+        peak = ru["maxrss"] * (1 if sys.platform == "darwin" else 1024)
+        wall, cpu, code = ru["wall"], ru["utime"] + ru["stime"], ru["code"]
+    else:
+        peak, wall, cpu, code = state["polled_peak"] or None, elapsed, None, proc.returncode
+    other = max(0.0, (busy1 - busy0 - (cpu or 0)) / elapsed) if busy0 is not None and busy1 is not None and elapsed > 0 else None
+    return {"elapsed_s": wall, "cpu_s": cpu, "other_cores": other, "exit_code": code, "peak_rss_bytes": peak,
             "polled_peak_rss_bytes": state["polled_peak"], "killed": state["killed"], "killed_rss_bytes": state["killed_rss"]}
 
 
