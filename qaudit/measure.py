@@ -9,6 +9,8 @@ after Conv) is reported on that layer's row.
 
 from __future__ import annotations
 
+from typing import Iterable, Sequence
+
 import numpy as np
 import onnx
 
@@ -25,6 +27,7 @@ from .metrics import (
     qmse_of,
     range_stats,
     sqnr_of,
+    square_sum,
 )
 from .report import Histogram, LayerRow, OutputRow
 from .transform import FoldRecord
@@ -33,22 +36,60 @@ from .transform import FoldRecord
 HISTOGRAM_BINS = 128
 
 
-class ActivationMeter:
-    """Streaming statistics of every matched tensor pair."""
+#: Small tensors are held back and histogrammed together with the next batches'
+#: (:class:`RangeHistogram` gives the same result however the data is batched, up
+#: to float32 rounding at a bin edge when its grid grows): an update costs about
+#: ``C * bins`` counters beside the values (``C * channel_bins`` on its cheaper
+#: path), 20x the values of a [1, 384, 10, 10] tensor. A tensor waits until it
+#: has ``max(C * bins, 64 Ki)`` values or fills its share of PENDING_BYTES
+#: (split evenly over the model's twins, at least 256 KiB each). The rule depends
+#: on the tensor and the model only, not on timing or on how the tensors are
+#: shared out over threads, so the metrics are the same on every machine.
+#: PP-OCRv4 det (onnxruntime 1.32, numpy 2.4): 8.7 -> 4.6 ns per value.
+PENDING_BYTES = 64 << 20
+MIN_PENDING_BYTES = 256 << 10
 
-    def __init__(self, matching: Matching):
+
+class ActivationMeter:
+    """Streaming statistics of every matched tensor pair.
+
+    Call :meth:`flush` after the last batch, before reading :attr:`hist`.
+    """
+
+    def __init__(self, matching: Matching, names: Iterable[str] | None = None):
+        """``names``: the twins (fp32 names) this meter measures; all by default.
+        Meters of disjoint shares can run on separate threads and be joined
+        with :meth:`combine`."""
         self.matching = matching
-        self.hist = {n: RangeHistogram() for n in matching.twins}
-        self.err = {n: ErrorAccumulator() for n in matching.twins}
-        self.iso = {n: ErrorAccumulator() for n in matching.twins}
+        self.names = list(matching.twins) if names is None else list(names)
+        self.hist = {n: RangeHistogram() for n in self.names}
+        self._pending: dict[str, list[np.ndarray]] = {}
+        self._pending_values: dict[str, int] = {}
+        self._pending_cap = max(PENDING_BYTES // max(1, len(matching.twins)), MIN_PENDING_BYTES)
+        self._last_sum_x2: dict[str, float] = {}
+        self.err = {n: ErrorAccumulator() for n in self.names}
+        self.iso = {n: ErrorAccumulator() for n in self.names}
         self.clip = {}
         self.axis: dict[str, int | None] = {}
-        for n, tw in matching.twins.items():
-            if tw.encoding.per_tensor:
-                self.clip[n] = ClipCounter(*tw.encoding.limits())
+        for n in self.names:
+            enc = matching.twins[n].encoding
+            if enc.per_tensor:
+                self.clip[n] = ClipCounter(*enc.limits())
+
+    @classmethod
+    def combine(cls, meters: Sequence["ActivationMeter"]) -> "ActivationMeter":
+        """One meter holding the (flushed) statistics of meters over disjoint twins."""
+        out = cls(meters[0].matching, names=())
+        for m in meters:
+            m.flush()
+            out.names += m.names
+            for attr_name in ("hist", "err", "iso", "clip", "axis"):
+                getattr(out, attr_name).update(getattr(m, attr_name))
+        return out
 
     def update(self, fp32: dict[str, np.ndarray], quant: dict[str, np.ndarray]) -> None:
-        for name, tw in self.matching.twins.items():
+        for name in self.names:
+            tw = self.matching.twins[name]
             x = fp32[name]
             q = quant[tw.quant_name]
             enc = tw.encoding
@@ -56,18 +97,53 @@ class ActivationMeter:
             if x_hat.shape != x.shape:
                 x_hat = x_hat.reshape(x.shape)
             axis = self.axis.setdefault(name, channel_axis(x.ndim))
-            self.hist[name].update(x, axis)
-            self.err[name].update(x, x_hat)
+            self._histogram(name, x, axis)
+            sum_x2 = square_sum(np.ascontiguousarray(x, dtype=np.float32).ravel())
+            self.err[name].update(x, x_hat, sum_x2=sum_x2)
+            self._last_sum_x2[name] = sum_x2
             if name in self.clip:
                 self.clip[name].update(x)
 
+    def _histogram(self, name: str, x: np.ndarray, axis: int | None) -> None:
+        hist = self.hist[name]
+        if axis is None:
+            x = x.reshape(-1)
+        pending = self._pending.get(name)
+        if pending and pending[0].shape[1:] != x.shape[1:]:  # cannot be stacked with what waits
+            self._flush(name)
+            pending = None
+        channels = x.shape[axis] if axis is not None else 1
+        enough = min(self._pending_cap // x.itemsize, max(channels * hist.bins, 1 << 16))
+        if not pending and x.size >= enough:
+            hist.update(x, axis)
+            return
+        self._pending.setdefault(name, []).append(x)  # ORT's output array: not modified, only referenced
+        self._pending_values[name] = self._pending_values.get(name, 0) + x.size
+        if self._pending_values[name] >= enough:
+            self._flush(name)
+
+    def _flush(self, name: str) -> None:
+        parts = self._pending.pop(name, None)
+        self._pending_values.pop(name, None)
+        if not parts:
+            return
+        x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        self.hist[name].update(x, self.axis[name])
+
+    def flush(self) -> None:
+        """Histogram every tensor still pending."""
+        for name in list(self._pending):
+            self._flush(name)
+
     def update_isolated(self, fp32: dict[str, np.ndarray], isolated: dict[str, np.ndarray]) -> None:
         """Errors of each layer fed fp32 inputs (see :func:`qaudit.capture.isolated_model`)."""
-        for name, tw in self.matching.twins.items():
+        for name in self.names:
+            tw = self.matching.twins[name]
             x = fp32[name]
             enc = tw.encoding
             x_hat = dequantize(isolated[tw.quant_name], enc.scale, enc.zero_point, enc.axis if not enc.per_tensor else None)
-            self.iso[name].update(x, x_hat.reshape(x.shape))
+            # the same x as the accumulated error's: reuse its sum(x^2) of this batch
+            self.iso[name].update(x, x_hat.reshape(x.shape), sum_x2=self._last_sum_x2.pop(name, None))
 
 
 class OutputMeter:
@@ -173,6 +249,17 @@ def activation_row_fields(name: str, meter: ActivationMeter, clip_percentile: fl
     return out
 
 
+def shares(sizes: dict[str, int], n: int) -> list[list[str]]:
+    """Split tensors into ``n`` lists of about equal total size (largest first, each to the lightest list)."""
+    out: list[list[str]] = [[] for _ in range(max(1, n))]
+    load = [0] * len(out)
+    for name in sorted(sizes, key=lambda k: (-sizes[k], k)):
+        i = load.index(min(load))
+        out[i].append(name)
+        load[i] += sizes[name]
+    return [s for s in out if s]
+
+
 def layer_rows(
     fp32_model: onnx.ModelProto,
     qmodel: onnx.ModelProto,
@@ -181,6 +268,7 @@ def layer_rows(
     meter: ActivationMeter,
     clip_percentile: float,
 ) -> tuple[LayerRow, ...]:
+    meter.flush()
     g = fp32_model.graph
     cons = consumers(g)
     prod = producers(g)
