@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -58,6 +58,7 @@ def make_session(path: Path, optimize: bool = True, threads: int | None = None, 
     # life, and qaudit runs several sessions one after another (seen on 1.32: det@320
     # peak RSS 1.84 GB with arenas, 1.35 GB without).
     so.enable_cpu_mem_arena = False
+    no_spinning(so)
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
@@ -68,6 +69,27 @@ def make_session(path: Path, optimize: bool = True, threads: int | None = None, 
         raise ModelError(
             f"ONNX Runtime cannot run {what}: {ort_message(e)}; the model must run on onnxruntime's CPU provider"
         ) from e
+
+
+def no_spinning(so) -> None:
+    """Make ORT's intra-op threads sleep, not spin, while they wait for work.
+
+    By default (onnxruntime 1.32) the pool's threads busy-wait after each
+    kernel, which keeps every core busy for as long as a run lasts; qaudit
+    overlaps inference with numpy work on another thread, and the spinning
+    threads took that core: PP-OCRv4 det@320, 32 samples, capture ORT time 4.0 s
+    with spinning, 1.8 s without (docs/ort-quirks.md).
+    """
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+
+def usable_cores() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def ort_message(e: Exception) -> str:
@@ -85,54 +107,72 @@ def run_named(session, feeds: dict) -> dict[str, np.ndarray]:
 def lockstep(
     run: Callable[[dict[str, np.ndarray]], tuple],
     batches: Iterable[dict[str, np.ndarray]],
-    measure: Callable[[dict[str, np.ndarray], tuple], None],
+    measure: Callable[[dict[str, np.ndarray], tuple], None] | Sequence[Callable[[dict[str, np.ndarray], tuple], None]],
     overlap: bool = True,
 ) -> int:
     """``run`` the sessions on each batch and hand their outputs to ``measure``.
 
-    With ``overlap``, batch k is measured on a worker thread while ``run``
-    computes batch k+1: ONNX Runtime releases the GIL while it runs, so the
-    numpy work of the accumulators uses the other core. At most two batches are
-    alive at once, and batches are measured one at a time in order, so the
+    ``measure`` may be several functions (each measuring its own share of the
+    tensors); with ``overlap`` each runs on its own worker thread while ``run``
+    computes the next batch: ONNX Runtime and most numpy loops release the GIL,
+    so inference and measuring share the cores. At most two batches are alive at
+    once, and each function sees the batches one at a time and in order, so the
     results are the same as without overlap. Returns the number of samples.
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    measures = [measure] if callable(measure) else list(measure)
+    pools = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"qaudit-measure-{i}") for i in range(len(measures))]
     seen = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qaudit-measure") as pool:
-        pending = None
+    try:
+        pending: list = []
         for feeds in batches:
             outs = run(feeds)
-            if pending is not None:
-                pending.result()  # re-raises a measuring error; bounds memory to two batches
-                pending = None
+            for f in pending:
+                f.result()  # re-raises a measuring error; bounds memory to two batches
+            pending = []
             if overlap:
-                pending = pool.submit(measure, feeds, outs)
+                pending = [pool.submit(m, feeds, outs) for pool, m in zip(pools, measures)]
             else:
-                measure(feeds, outs)
+                for m in measures:
+                    m(feeds, outs)
             seen += next(iter(feeds.values())).shape[0]
-        if pending is not None:
-            pending.result()
+        for f in pending:
+            f.result()
+    finally:
+        for pool in pools:
+            pool.shutdown(wait=True, cancel_futures=True)
     return seen
 
 
-def max_output_deviation(ref_session, other_session, batches, on_batch=None) -> dict[str, float]:
-    """Largest ``max|a - b| / max|a|`` per graph output over all batches (both sessions' outputs)."""
-    worst: dict[str, list[float]] = {}
-    for feeds in batches:
-        a = run_named(ref_session, feeds)
-        b = run_named(other_session, feeds)
+class OutputDeviation:
+    """Largest ``max|a - b|`` and ``max|a|`` per graph output over all batches it is given."""
+
+    def __init__(self):
+        self.worst: dict[str, list[float]] = {}
+
+    def update(self, a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
         for k, va in a.items():
             vb = b[k]
             va64, vb64 = np.asarray(va, np.float64), np.asarray(vb, np.float64)
             diff = float(np.max(np.abs(va64 - vb64))) if va.size else 0.0
             scale = float(np.max(np.abs(va64))) if va.size else 0.0
-            w = worst.setdefault(k, [0.0, 0.0])
+            w = self.worst.setdefault(k, [0.0, 0.0])
             w[0] = max(w[0], diff)
             w[1] = max(w[1], scale)
+
+    def result(self) -> dict[str, tuple[float, float]]:
+        return {k: (d, s) for k, (d, s) in self.worst.items()}
+
+
+def max_output_deviation(ref_session, other_session, batches, on_batch=None) -> dict[str, tuple[float, float]]:
+    """``(max|a - b|, max|a|)`` per graph output of two sessions over all batches."""
+    dev = OutputDeviation()
+    for feeds in batches:
+        dev.update(run_named(ref_session, feeds), run_named(other_session, feeds))
         if on_batch:
             on_batch(next(iter(feeds.values())).shape[0])
-    return {k: (d, s) for k, (d, s) in worst.items()}
+    return dev.result()
 
 
 def isolated_model(qmodel: onnx.ModelProto, twins) -> tuple[onnx.ModelProto, dict[str, str]]:
