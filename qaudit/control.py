@@ -25,14 +25,23 @@ import numpy as np
 import onnx
 
 from . import __version__
-from .capture import isolated_model, lockstep, make_session, max_output_deviation, run_named, save_model, with_outputs
+from .capture import (
+    isolated_model,
+    lockstep,
+    make_session,
+    OutputDeviation,
+    run_named,
+    save_model,
+    usable_cores,
+    with_outputs,
+)
 from .config import AuditConfig
 from .data import Dataset, load_labels
 from .errors import ConfigError, FoldingError, QauditError
 from .load import load_model
 from .match import match
 from .output import atomic_path
-from .measure import ActivationMeter, OutputMeter, layer_rows, softmax_outputs
+from .measure import ActivationMeter, OutputMeter, layer_rows, shares, softmax_outputs
 from .quantize import calibrate, probe_activations, quantize
 from .report import Report, UnmatchedTensor
 from .transform import constants_to_initializers, ensure_node_names, fold_batchnorm
@@ -90,6 +99,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
     """Audit the post-training quantization of ``cfg.model``; see the README."""
     progress = progress or NullProgress()
     t0 = time.perf_counter()
+    clock = _PhaseClock()
     if cfg.output_model is not None and cfg.output_model.resolve() == cfg.model.resolve():
         raise ConfigError("--output-model must not be the input model: qaudit never modifies the user's model")
 
@@ -100,6 +110,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
     evaluation = Dataset(cfg.eval, lm.inputs, "evaluation") if cfg.eval else calib
     n_eval = evaluation.count(cfg.max_samples)
     labels = load_labels(cfg.labels, n_eval, exact=cfg.max_samples is None) if cfg.labels else None
+    clock.lap("load")
 
     # 2. normalize and fold --------------------------------------------------
     model = lm.model
@@ -112,6 +123,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
             f"(node names look like: {', '.join(n.name for n in model.graph.node[:3])}, ...)"
         )
     fold = fold_batchnorm(model)
+    clock.lap("fold")
     notes = []
     if lm.untyped:
         notes.append(
@@ -128,30 +140,34 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         work = Path(tmp)
         original_path = save_model(model, work / "normalized.onnx")
         folded_path = save_model(fold.model, work / "folded.onnx")
-        # fail fast, naming the user's model, if ORT cannot run it at all
-        original_session = make_session(original_path, what=f"model {cfg.model}")
+        # fail fast, naming the user's model, if ORT cannot run it at all; it is the
+        # reference of the BN-folding check (both unoptimized: only folding differs)
+        original_session = make_session(original_path, optimize=False, what=f"model {cfg.model}")
         # One sample with every float tensor exposed: tensors holding NaN/Inf (a
         # -inf attention mask) cannot be calibrated, so the nodes that read or
         # write them stay in float; the activation size sets the batch size.
         first = next(iter(calib.batches(calib.fixed_batch() or 1, None if calib.fixed_batch() else 1)))
-        bad, bytes_per_sample = probe_activations(folded_path, first)
+        bad, bytes_per_sample, tensor_bytes = probe_activations(folded_path, first)
+        clock.lap("probe")
         batch_size = cfg.batch_size or auto_batch_size(bytes_per_sample, calib.fixed_batch())
-        fold_check = {}
-        if fold.folded:
-            progress.stage("checking BN folding", n_calib)
-            fold_check = _check_folding(
-                original_session, folded_path, calib.batches(batch_size, cfg.max_samples), cfg, progress
-            )
-        del original_session  # every session holds its own memory: free it before the next stage
 
-        # 3. calibrate and quantize ------------------------------------------
+        # 3. calibrate (and check BN folding on the same pass), quantize -----
         auto_excluded = _nonfinite_exclusions(fold.model, bad)
-        progress.stage("calibrating", n_calib)
+        fold_dev = _FoldingCheck(original_session, lm.output_names) if fold.folded else None
+        progress.stage("calibrating" + (" and checking BN folding" if fold_dev else ""), n_calib)
         ranges = calibrate(
-            folded_path, calib.batches(batch_size, cfg.max_samples), cfg.quant, work, progress.advance, skip=set(bad)
+            folded_path, calib.batches(batch_size, cfg.max_samples), cfg.quant, work, progress.advance, skip=set(bad),
+            observe=fold_dev.observe if fold_dev else None,
         )
+        del original_session  # every session holds its own memory: free it before the next stage
+        fold_check = {}
+        if fold_dev:
+            fold_dev.session = None
+            fold_check = fold_dev.result(cfg)
+        clock.lap("calibrate")
         q_path = quantize(folded_path, ranges, cfg.quant, work / "quantized.onnx", work, also_exclude=auto_excluded)
         qmodel = onnx.load(str(q_path))
+        clock.lap("quantize")
 
         # 4. match and capture ----------------------------------------------
         excluded = {n: "producer excluded from quantization (--exclude); computed in float" for n in cfg.quant.exclude}
@@ -159,15 +175,20 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         matching = match(fold.model, qmodel, excluded, cfg.quant.format)
         if not matching.twins:
             notes.append("ONNX Runtime quantized no activation of this model: there is nothing to compare per layer")
+        clock.lap("match")
         progress.stage("capturing fp32 + quantized", n_eval)
         meter, out_meter, seen = _capture(
-            fold.model, qmodel, matching, evaluation.batches(batch_size, cfg.max_samples), labels, cfg, work, progress
+            fold.model, qmodel, matching, evaluation.batches(batch_size, cfg.max_samples), labels, cfg, work, progress,
+            tensor_bytes,
         )
+
+        clock.lap("capture")
 
         # 5. measure ----------------------------------------------------------
         rows = layer_rows(fold.model, qmodel, matching, fold.folded, meter, cfg.clip_percentile)
+        clock.lap("measure")
         report = Report(
-            meta={**_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": time.perf_counter() - t0},
+            meta={**_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": time.perf_counter() - t0, "phase_seconds": clock.phases},
             model={
                 "path": str(cfg.model),
                 "sha256": lm.sha256,
@@ -219,20 +240,45 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
     return report
 
 
-def _check_folding(original_session, folded_path: Path, batches, cfg: AuditConfig, progress) -> dict:
-    """The folded fp32 model must reproduce the original's outputs; returns the deviations."""
-    deviation = max_output_deviation(
-        original_session, make_session(folded_path, what="the BN-folded model"), batches, progress.advance
-    )
-    check = {}
-    for out, (diff, scale) in deviation.items():
-        check[out] = {"max_abs_diff": diff, "max_abs": scale}
-        if diff > cfg.fold_atol + cfg.fold_rtol * scale:
-            raise FoldingError(
-                f"BatchNormalization folding changed output '{out}' by {diff:.3g} (max |output| {scale:.3g}, "
-                f"tolerance {cfg.fold_atol:g} + {cfg.fold_rtol:g}*max); please report this model to qaudit"
-            )
-    return check
+class _PhaseClock:
+    """Wall seconds of the audit's stages, in order (the report's ``meta.phase_seconds``)."""
+
+    def __init__(self):
+        self.phases: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = round(self.phases.get(name, 0.0) + now - self._t, 4)
+        self._t = now
+
+
+class _FoldingCheck:
+    """The folded fp32 model must reproduce the original's outputs.
+
+    Observes the calibration pass (which runs the folded model) and runs the
+    original model on the same batches: no separate pass over the data.
+    """
+
+    def __init__(self, session, output_names):
+        self.session = session
+        self.names = list(output_names)
+        self.dev = OutputDeviation()
+
+    def observe(self, feeds, outputs) -> None:
+        ref = run_named(self.session, feeds)
+        self.dev.update({k: ref[k] for k in self.names}, {k: outputs[k] for k in self.names})
+
+    def result(self, cfg: AuditConfig) -> dict:
+        check = {}
+        for out, (diff, scale) in self.dev.result().items():
+            check[out] = {"max_abs_diff": diff, "max_abs": scale}
+            if diff > cfg.fold_atol + cfg.fold_rtol * scale:
+                raise FoldingError(
+                    f"BatchNormalization folding changed output '{out}' by {diff:.3g} (max |output| {scale:.3g}, "
+                    f"tolerance {cfg.fold_atol:g} + {cfg.fold_rtol:g}*max); please report this model to qaudit"
+                )
+        return check
 
 
 def _nonfinite_exclusions(model: onnx.ModelProto, bad: dict) -> dict[str, str]:
@@ -249,9 +295,12 @@ def _nonfinite_exclusions(model: onnx.ModelProto, bad: dict) -> dict[str, str]:
     return out
 
 
-def _capture(fp32_model, qmodel, matching, batches, labels, cfg: AuditConfig, work: Path, progress):
+def _capture(fp32_model, qmodel, matching, batches, labels, cfg: AuditConfig, work: Path, progress, tensor_bytes=None):
     """Run the instrumented fp32, quantized and isolated-error graphs in lockstep
-    and stream their tensors into the meters; returns (meter, output meter, samples)."""
+    and stream their tensors into the meters; returns (meter, output meter, samples).
+
+    The twins are measured in shares of about equal size, one per usable core,
+    each on its own thread (:func:`~qaudit.capture.lockstep`)."""
     vtypes = {vi.name: vi.type.tensor_type.elem_type for vi in list(fp32_model.graph.value_info) + list(fp32_model.graph.input)}
     fp32_outs = [(n, vtypes.get(n, onnx.TensorProto.FLOAT)) for n in matching.twins]
     q_outs = [
@@ -269,7 +318,8 @@ def _capture(fp32_model, qmodel, matching, batches, labels, cfg: AuditConfig, wo
         iso_model, iso_inputs = isolated_model(qmodel, matching.twins)
         iso_session = make_session(save_model(iso_model, work / "quantized_isolated.onnx"), what="the isolated-error graph")
 
-    meter = ActivationMeter(matching)
+    sizes = {n: (tensor_bytes or {}).get(n, 1) for n in matching.twins}
+    meters = [ActivationMeter(matching, share) for share in shares(sizes, min(2, usable_cores()))] or [ActivationMeter(matching)]
     out_meter = OutputMeter([o.name for o in fp32_model.graph.output], softmax_outputs(fp32_model))
     seen = 0
 
@@ -283,19 +333,23 @@ def _capture(fp32_model, qmodel, matching, batches, labels, cfg: AuditConfig, wo
             c = run_named(iso_session, iso_feeds)
         return a, b, c
 
-    def measure(feeds, outs):
-        nonlocal seen
-        a, b, c = outs
-        n = next(iter(feeds.values())).shape[0]
-        meter.update(a, b)
-        if c is not None:
-            meter.update_isolated(a, c)
-        out_meter.update(a, b, labels[seen : seen + n] if labels is not None else None)
-        seen += n
-        progress.advance(n)
+    def measurer(meter, first):
+        def measure(feeds, outs):
+            nonlocal seen
+            a, b, c = outs
+            meter.update(a, b)
+            if c is not None:
+                meter.update_isolated(a, c)
+            if first:
+                n = next(iter(feeds.values())).shape[0]
+                out_meter.update(a, b, labels[seen : seen + n] if labels is not None else None)
+                seen += n
+                progress.advance(n)
 
-    lockstep(run_batch, batches, measure)
-    return meter, out_meter, seen
+        return measure
+
+    lockstep(run_batch, batches, [measurer(m, i == 0) for i, m in enumerate(meters)])
+    return ActivationMeter.combine(meters), out_meter, seen
 
 
 __all__ = ["audit", "AuditConfig", "Report", "Progress", "QauditError"]

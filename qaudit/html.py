@@ -238,6 +238,8 @@ def _val(v, key: str = "") -> str:
     if isinstance(v, (list, tuple)):
         return ", ".join(_val(x) for x in v) if v else "none"
     if isinstance(v, dict):
+        if key == "phase_seconds":
+            return ", ".join(f"{k} {float(x):.2f} s" for k, x in v.items())
         return "; ".join(f"{k}: {_val(x)}" for k, x in v.items()) if v else "none"
     if isinstance(v, float):
         if key == "seconds":

@@ -31,7 +31,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .config import QuantConfig
-from .errors import QuantizationError
+from .errors import QauditError, QuantizationError
 
 
 @contextlib.contextmanager
@@ -47,19 +47,6 @@ def quiet_ort():
         root.setLevel(old)
 
 
-class _OneBatch:
-    """A CalibrationDataReader that yields one feed, then stops."""
-
-    def __init__(self, feeds: dict):
-        self._feeds = [feeds]
-
-    def get_next(self):
-        return self._feeds.pop() if self._feeds else None
-
-    def __len__(self):
-        return len(self._feeds)
-
-
 def quantizable_op_types(fmt: str | None = None) -> list[str]:
     """Op types ORT's quantizer handles: for ``fmt`` "qdq" or "qoperator", or both (calibration)."""
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
@@ -71,13 +58,16 @@ def quantizable_op_types(fmt: str | None = None) -> list[str]:
     return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
 
-def probe_activations(model_path: Path, feeds: dict[str, np.ndarray]) -> tuple[dict[str, tuple[float, float]], int]:
+def probe_activations(
+    model_path: Path, feeds: dict[str, np.ndarray]
+) -> tuple[dict[str, tuple[float, float]], int, dict[str, int]]:
     """Run ``feeds`` with every float tensor exposed.
 
     Returns the tensors holding NaN/Inf (e.g. a transformer's -inf attention
     mask: ORT's histogram calibrators fail on them with "autodetected range of
     [..., inf] is not finite", onnxruntime 1.32, so qaudit leaves them in float)
-    and the bytes of float activations per sample (sizes the automatic batch).
+    and the bytes of float activations per sample (sizes the automatic batch),
+    in total and per tensor.
     """
     import onnx
 
@@ -91,15 +81,16 @@ def probe_activations(model_path: Path, feeds: dict[str, np.ndarray]) -> tuple[d
     out = run_named(make_session(probe, what="the BN-folded model"), feeds)
     probe.unlink()
     n = max(1, next(iter(feeds.values())).shape[0])
-    bad, nbytes = {}, 0
+    bad, nbytes, sizes = {}, 0, {}
     for name, v in out.items():
         if v.dtype.kind != "f":
             continue
         nbytes += v.nbytes
+        sizes[name] = v.nbytes // n
         if v.size and not np.isfinite(v).all():
             finite = v[np.isfinite(v)]
             bad[name] = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-    return bad, nbytes // n
+    return bad, nbytes // n, sizes
 
 
 def _percentile_calibrator(model_path: Path, cfg: QuantConfig, workdir: Path, skip: set[str]):
@@ -117,10 +108,13 @@ def _percentile_calibrator(model_path: Path, cfg: QuantConfig, workdir: Path, sk
             # the arena keeps the largest batch's buffers for the whole session.
             import onnxruntime
 
+            from .capture import no_spinning
+
             so = onnxruntime.SessionOptions()
             so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
             so.enable_cpu_mem_arena = False
             so.log_severity_level = 3
+            no_spinning(so)
             self.infer_session = onnxruntime.InferenceSession(
                 self.augmented_model_path, sess_options=so, providers=self.execution_providers
             )
@@ -146,30 +140,87 @@ def calibrate(
     workdir: Path,
     on_batch: Callable[[int], None] | None = None,
     skip: set[str] = frozenset(),
+    observe: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None,
+    workers: int | None = None,
 ):
     """Percentile ranges of every tensor ORT will quantize, one batch at a time.
 
     Returns ORT's ``TensorsData`` (what ``quantize_static`` would compute with
     ``CalibStridedMinMax`` set to one batch). Tensors in ``skip`` get no range.
+
+    The calibrator's session runs batch k+1 while ORT's ``HistogramCollector``
+    histograms batch k on ``workers`` threads (default: one per usable core),
+    each collecting its share of the tensors. A tensor's histogram only ever
+    sees its own values, one batch at a time and in order, so the histograms
+    are those of ORT's ``collect_data`` (``tests/test_oracle.py``).
+    ``observe(feeds, outputs)`` sees every batch with all the calibrated tensors
+    and the model's outputs on a worker too, e.g. to check BN folding on the
+    same pass. At most two batches of activations are alive at once.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .capture import usable_cores
+
+    workers = workers or min(2, usable_cores())
     try:
-        with quiet_ort():
+        with quiet_ort(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qaudit-calibrate") as pool:
             calibrator = _percentile_calibrator(model_path, cfg, workdir, set(skip))
+            session = calibrator.infer_session
+            names = [o.name for o in session.get_outputs()]
+            input_names = {i.name for i in session.get_inputs()}
+            collector = _collector(calibrator)
+            shares_of: list[list[str]] | None = None
             seen = 0
+            pending: list = []
+            done_n = 0
             for feeds in batches:
-                calibrator.collect_data(_OneBatch(feeds))
-                n = next(iter(feeds.values())).shape[0]
-                seen += n
-                if on_batch:
-                    on_batch(n)
+                outputs = dict(zip(names, session.run(None, feeds)))
+                for k in input_names.intersection(outputs):  # as ORT does: onnxruntime issue 21922
+                    outputs[k] = outputs[k].copy()
+                for f in pending:
+                    f.result()  # re-raises a worker's error
+                if pending and on_batch:
+                    on_batch(done_n)
+                if shares_of is None:
+                    from .measure import shares
+
+                    sizes = {k: outputs[k].nbytes for k in names if k in calibrator.tensors_to_calibrate}
+                    shares_of = shares(sizes, workers)
+                # ORT's collect_data hands the collector a list of arrays per tensor (one batch here)
+                pending = [pool.submit(collector.collect, {k: [outputs[k]] for k in share}) for share in shares_of]
+                if observe:
+                    pending.append(pool.submit(observe, feeds, outputs))
+                done_n = next(iter(feeds.values())).shape[0]
+                seen += done_n
+            for f in pending:
+                f.result()
+            if pending and on_batch:
+                on_batch(done_n)
             if not seen:
                 raise QuantizationError("no calibration samples were read")
             ranges = calibrator.compute_data()
-    except QuantizationError:
+    except QauditError:
         raise
     except Exception as e:
         raise QuantizationError(f"ONNX Runtime calibration failed: {type(e).__name__}: {_first_line(e)}") from e
     return ranges
+
+
+def _collector(calibrator):
+    """The ``HistogramCollector`` ORT's ``HistogramCalibrater.collect_data`` creates
+    on its first call (onnxruntime 1.32, calibrate.py), set on the calibrator so
+    that its ``compute_data`` reads it."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    calibrator.collector = HistogramCollector(
+        method=calibrator.method,
+        symmetric=calibrator.symmetric,
+        num_bins=calibrator.num_bins,
+        num_quantized_bins=calibrator.num_quantized_bins,
+        percentile=calibrator.percentile,
+        scenario=calibrator.scenario,
+    )
+    return calibrator.collector
 
 
 def quantize(

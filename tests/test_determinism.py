@@ -3,8 +3,8 @@
 The second run pins OpenBLAS to one thread while the shared sample audit uses
 the machine's default, so this also catches sums whose order depends on the
 number of cores (docs/ort-quirks.md #13). Identity is exact (``==`` on the
-parsed JSON), not approximate; only ``meta.created`` and ``meta.seconds``
-may differ.
+parsed JSON), not approximate; only ``meta.created``, ``meta.seconds`` and
+``meta.phase_seconds`` may differ.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 def without_clock(report: dict) -> dict:
     d = json.loads(json.dumps(report))
-    for key in ("created", "seconds"):
+    for key in ("created", "seconds", "phase_seconds"):
         d["meta"].pop(key)
     return d
 

@@ -645,3 +645,41 @@ def test_minilm_attention_mask_left_in_float(realmodels, fmt):
     (out,) = r.outputs
     assert out.name == "sentence_embedding"
     assert out.sqnr_db is not None and math.isfinite(out.sqnr_db)
+
+
+@pytest.mark.parametrize("name", ["cls", "det"])
+def test_calibration_ranges_equal_ort_percentile_calibrator(realmodels, name, tmp_path):
+    """The ranges qaudit hands to the quantizer are exactly those of ORT's own
+    PercentileCalibrater fed the same batches (ORT's defaults: 99.999, 2048 bins,
+    symmetric), although qaudit runs the session and ORT's histogramming on
+    different threads, tensors shared out over two workers."""
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+    from qaudit.quantize import calibrate, quantizable_op_types, quiet_ort
+
+    s = realmodels.subject(name)
+    calib = _batches(s.dir / "calib", s.input_name)
+    x = np.concatenate([b[s.input_name] for b in calib])
+    batches = [{s.input_name: part} for part in np.array_split(x, 4)]
+    assert len(batches) == 4 and all(len(b[s.input_name]) for b in batches)
+
+    seen = []
+    ours = calibrate(
+        s.folded, batches, qaudit.QuantConfig(), tmp_path, workers=2,
+        observe=lambda feeds, outs: seen.append(len(outs)),
+    )
+    with quiet_ort():
+        ort_cal = create_calibrator(
+            s.folded, quantizable_op_types(), augmented_model_path=str(tmp_path / "ort_aug.onnx"),
+            calibrate_method=CalibrationMethod.Percentile,
+            extra_options={"symmetric": True, "num_bins": 2048, "percentile": 99.999},
+        )
+        for b in batches:
+            ort_cal.collect_data(_Reader([b]))
+        theirs = ort_cal.compute_data()
+    assert len(seen) == 4  # observe saw every batch
+    assert set(ours) == set(theirs) and len(set(theirs)) > 150
+    for t in theirs:
+        (lo, hi), (want_lo, want_hi) = ours[t].range_value, theirs[t].range_value
+        assert lo == want_lo and hi == want_hi, t
+        np.testing.assert_array_equal(ours[t].hist, theirs[t].hist, err_msg=t)
