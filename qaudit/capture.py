@@ -83,6 +83,39 @@ def no_spinning(so) -> None:
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
 
+#: batches between two :func:`release_free_memory` calls
+TRIM_EVERY = 8
+
+
+def release_free_memory() -> None:
+    """Return the C heap's free pages to the operating system (glibc ``malloc_trim``; elsewhere nothing).
+
+    glibc serves arrays below its *dynamic* mmap threshold (it rises to the size
+    of the largest freed block, up to 32 MiB) from per-thread arenas; with ORT and
+    two measuring threads allocating and freeing activation-sized arrays, freed
+    pages stay resident and RSS crept up with the number of batches: PP-OCRv4
+    det@320 peaked 10.5 % higher at 256 samples than at 64 (glibc 2.36). Trimming
+    every :data:`TRIM_EVERY` batches, while the workers are idle, halved that.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        _malloc_trim = False
+        try:
+            import ctypes
+            import ctypes.util
+
+            name = ctypes.util.find_library("c")
+            libc = ctypes.CDLL(name) if name else None
+            _malloc_trim = getattr(libc, "malloc_trim", False) if libc is not None else False
+        except OSError:
+            pass
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
 def usable_cores() -> int:
     import os
 
@@ -123,7 +156,7 @@ def lockstep(
 
     measures = [measure] if callable(measure) else list(measure)
     pools = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"qaudit-measure-{i}") for i in range(len(measures))]
-    seen = 0
+    seen = batch_no = 0
     try:
         pending: list = []
         for feeds in batches:
@@ -131,6 +164,9 @@ def lockstep(
             for f in pending:
                 f.result()  # re-raises a measuring error; bounds memory to two batches
             pending = []
+            batch_no += 1
+            if batch_no % TRIM_EVERY == 0:
+                release_free_memory()  # the workers are idle now
             if overlap:
                 pending = [pool.submit(m, feeds, outs) for pool, m in zip(pools, measures)]
             else:

@@ -159,7 +159,7 @@ def calibrate(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from .capture import usable_cores
+    from .capture import TRIM_EVERY, release_free_memory, usable_cores
 
     workers = workers or min(2, usable_cores())
     try:
@@ -170,7 +170,7 @@ def calibrate(
             input_names = {i.name for i in session.get_inputs()}
             collector = _collector(calibrator)
             shares_of: list[list[str]] | None = None
-            seen = 0
+            seen = batch_no = 0
             pending: list = []
             done_n = 0
             for feeds in batches:
@@ -181,6 +181,9 @@ def calibrate(
                     f.result()  # re-raises a worker's error
                 if pending and on_batch:
                     on_batch(done_n)
+                batch_no += 1
+                if batch_no % TRIM_EVERY == 0:
+                    release_free_memory()  # see there
                 if shares_of is None:
                     from .measure import shares
 
