@@ -67,11 +67,12 @@ class NullProgress:
 
 
 #: Bytes of float activations one batch may hold when the batch size is automatic.
-#: Calibration keeps every activation of a batch (ORT's calibrator) and the
-#: capture holds the fp32, quantized and isolated tensors of up to two batches, so
-#: peak memory is about 2.7x this plus the model, whatever N is. Measured on
-#: PP-OCRv4 det at 320x320 (177 MB of activations per sample): peak RSS 0.76 GB
-#: at batch 1, 1.24 GB at 2, 1.35 GB at 3.
+#: Calibration keeps every activation of up to two batches (ORT's calibrator
+#: histograms one while the session runs the next) and the capture holds the fp32,
+#: quantized and isolated tensors of up to two batches, so peak memory is a small
+#: multiple of this plus the model, whatever N is. Measured on PP-OCRv4 det at
+#: 320x320 (177 MB of activations per sample), batch 1: peak RSS 0.88 GB at
+#: N = 128, 0.93 GB at N = 512 (onnxruntime 1.32; README "Performance").
 ACTIVATION_BUDGET = 256 * 1024 * 1024
 MAX_AUTO_BATCH = 64
 
