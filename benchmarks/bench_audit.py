@@ -261,7 +261,9 @@ def measure(cmd: list[str], log: Path, cwd: Path, mem_cap: int, timeout: float, 
         wall, cpu, code = ru["wall"], ru["utime"] + ru["stime"], ru["code"]
     else:
         peak, wall, cpu, code = state["polled_peak"] or None, elapsed, None, proc.returncode
-    other = max(0.0, (busy1 - busy0 - (cpu or 0)) / elapsed) if busy0 is not None and busy1 is not None and elapsed > 0 else None
+    # a killed run has no rusage (its launcher died with it): its own CPU time is unknown, so is the others'
+    other = (max(0.0, (busy1 - busy0 - cpu) / elapsed)
+             if cpu is not None and busy0 is not None and busy1 is not None and elapsed > 0 else None)
     return {"elapsed_s": wall, "cpu_s": cpu, "other_cores": other, "exit_code": code, "peak_rss_bytes": peak,
             "polled_peak_rss_bytes": state["polled_peak"], "killed": state["killed"], "killed_rss_bytes": state["killed_rss"]}
 

@@ -125,6 +125,17 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def shares(sizes: dict[str, int], n: int) -> list[list[str]]:
+    """Split tensors into ``n`` lists of about equal total size (largest first, each to the lightest list)."""
+    out: list[list[str]] = [[] for _ in range(max(1, n))]
+    load = [0] * len(out)
+    for name in sorted(sizes, key=lambda k: (-sizes[k], k)):
+        i = load.index(min(load))
+        out[i].append(name)
+        load[i] += sizes[name]
+    return [s for s in out if s]
+
+
 def ort_message(e: Exception) -> str:
     """ORT's exception text without its error-code prefix and temporary paths."""
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -32,6 +32,7 @@ from .capture import (
     OutputDeviation,
     run_named,
     save_model,
+    shares,
     usable_cores,
     with_outputs,
 )
@@ -41,7 +42,7 @@ from .errors import ConfigError, FoldingError, QauditError
 from .load import load_model
 from .match import match
 from .output import atomic_path
-from .measure import ActivationMeter, OutputMeter, layer_rows, shares, softmax_outputs
+from .measure import ActivationMeter, OutputMeter, layer_rows, softmax_outputs
 from .quantize import calibrate, probe_activations, quantize
 from .report import Report, UnmatchedTensor
 from .transform import constants_to_initializers, ensure_node_names, fold_batchnorm

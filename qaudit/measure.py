@@ -249,17 +249,6 @@ def activation_row_fields(name: str, meter: ActivationMeter, clip_percentile: fl
     return out
 
 
-def shares(sizes: dict[str, int], n: int) -> list[list[str]]:
-    """Split tensors into ``n`` lists of about equal total size (largest first, each to the lightest list)."""
-    out: list[list[str]] = [[] for _ in range(max(1, n))]
-    load = [0] * len(out)
-    for name in sorted(sizes, key=lambda k: (-sizes[k], k)):
-        i = load.index(min(load))
-        out[i].append(name)
-        load[i] += sizes[name]
-    return [s for s in out if s]
-
-
 def layer_rows(
     fp32_model: onnx.ModelProto,
     qmodel: onnx.ModelProto,

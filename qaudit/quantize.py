@@ -159,7 +159,7 @@ def calibrate(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from .capture import TRIM_EVERY, release_free_memory, usable_cores
+    from .capture import TRIM_EVERY, release_free_memory, shares, usable_cores
 
     workers = workers or min(2, usable_cores())
     try:
@@ -185,8 +185,6 @@ def calibrate(
                 if batch_no % TRIM_EVERY == 0:
                     release_free_memory()  # see there
                 if shares_of is None:
-                    from .measure import shares
-
                     sizes = {k: outputs[k].nbytes for k in names if k in calibrator.tensors_to_calibrate}
                     shares_of = shares(sizes, workers)
                 # ORT's collect_data hands the collector a list of arrays per tensor (one batch here)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qaudit.capture import lockstep
+from qaudit.capture import lockstep, shares
 from qaudit.match import Encoding, Matching, Twin
-from qaudit.measure import ActivationMeter, shares
+from qaudit.measure import ActivationMeter
 from qaudit.metrics import ClipCounter, RangeHistogram, _count_extremes, dequantize
 
 
