@@ -18,6 +18,10 @@ qaudit does not reimplement calibration: it drives ORT's own
   logger; both are silenced here (they would corrupt ``--json -``).
 * ``create_calibrator`` makes Percentile *symmetric* by default, unlike
   MinMax; :class:`~qaudit.config.QuantConfig` records it explicitly.
+* ``collect_data`` runs the session and histograms on the calling thread, so
+  inference and numpy never overlap; :func:`calibrate` runs the session itself
+  and gives ORT's collector each batch's outputs on worker threads (same
+  histograms, tested against ORT's calibrator; docs/ort-quirks.md #21).
 """
 
 from __future__ import annotations
