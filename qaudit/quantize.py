@@ -256,9 +256,11 @@ def _lean_collector_class():
                     hist, hist_edges = np.histogram(data, bins=self.num_bins)
                     self.histogram_dict[tensor] = (hist, hist_edges.astype(data.dtype), min_value, max_value)
                     continue
+                if flat.size == 0:  # no values: nothing to add (ORT fails here, docs/ort-quirks.md #22)
+                    continue
                 old_hist, old_hist_edges, old_min, old_max = self.histogram_dict[tensor]
                 # = np.nanmax(|x|); NaN when every value is NaN, like ORT's
-                temp_amax = np.fmax(np.absolute(min_value), np.absolute(max_value)) if flat.size else np.nanmax(data)
+                temp_amax = np.fmax(np.absolute(min_value), np.absolute(max_value))
                 if temp_amax > old_hist_edges[-1]:
                     width = old_hist_edges[1] - old_hist_edges[0]
                     new_bin_edges = np.arange(old_hist_edges[-1] + width, temp_amax + width, width)

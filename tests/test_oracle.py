@@ -279,3 +279,40 @@ def test_calibration_ranges_equal_ort_calibrator(tmp_path, workers):
     for t in theirs:
         assert ours[t].range_value == theirs[t].range_value, t
         np.testing.assert_array_equal(ours[t].hist, theirs[t].hist, err_msg=t)
+
+
+def test_lean_collector_equals_ort_collector_and_survives_empty_tensors():
+    """qaudit's HistogramCollector (no copies) against ORT's, batch by batch, on a
+    tensor whose range grows (ORT extends its edges) and one that shrinks; an
+    empty tensor, which ORT's collector fails on at the second batch
+    (docs/ort-quirks.md #22), keeps its first histogram."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from qaudit.quantize import _lean_collector_class
+
+    kw = dict(method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=2048, percentile=99.999, scenario="same")
+    ours, theirs = _lean_collector_class()(**kw), HistogramCollector(**kw)
+    rng = np.random.default_rng(0)
+    with quiet_ort():
+        for k in range(5):
+            batch = {
+                "grows": (rng.standard_normal((2, 3, 7, 7)) * (1 + k)).astype(np.float32),
+                "shrinks": (rng.standard_normal((2, 5)) / (1 + k)).astype(np.float32),
+            }
+            ours.collect({n: [v] for n, v in batch.items()})
+            theirs.collect({n: [v] for n, v in batch.items()})
+        for name in ("grows", "shrinks"):
+            a, b = ours.histogram_dict[name], theirs.histogram_dict[name]
+            assert len(a[0]) > 2048 if name == "grows" else len(a[0]) == 2048  # the extension path ran
+            for x, y in zip(a, b):
+                np.testing.assert_array_equal(x, y)
+        assert ours.compute_collection_result().keys() == theirs.compute_collection_result().keys()
+        empty = {"e": [np.zeros((0,), np.float32)]}
+        ours.collect(empty)
+        first = tuple(np.copy(x) for x in ours.histogram_dict["e"])
+        ours.collect(empty)  # ORT: ValueError, zero-size array to reduction operation fmax
+        for x, y in zip(first, ours.histogram_dict["e"]):
+            np.testing.assert_array_equal(x, y)
+        with pytest.raises(ValueError, match="zero-size"):
+            theirs.collect(empty)
+            theirs.collect(empty)
