@@ -167,7 +167,7 @@ def calibrate(
 
     workers = workers or min(2, usable_cores())
     try:
-        with quiet_ort(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qaudit-calibrate") as pool:
+        with quiet_ort(), ThreadPoolExecutor(max_workers=workers + bool(observe), thread_name_prefix="qaudit-calibrate") as pool:
             calibrator = _percentile_calibrator(model_path, cfg, workdir, set(skip))
             session = calibrator.infer_session
             names = [o.name for o in session.get_outputs()]
