@@ -212,16 +212,6 @@ class OutputDeviation:
         return {k: (d, s) for k, (d, s) in self.worst.items()}
 
 
-def max_output_deviation(ref_session, other_session, batches, on_batch=None) -> dict[str, tuple[float, float]]:
-    """``(max|a - b|, max|a|)`` per graph output of two sessions over all batches."""
-    dev = OutputDeviation()
-    for feeds in batches:
-        dev.update(run_named(ref_session, feeds), run_named(other_session, feeds))
-        if on_batch:
-            on_batch(next(iter(feeds.values())).shape[0])
-    return dev.result()
-
-
 def isolated_model(qmodel: onnx.ModelProto, twins) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The quantized graph rewired so that every layer reads *fp32* activations.
 

@@ -339,9 +339,7 @@ def _capture(fp32_model, qmodel, matching, batches, labels, cfg: AuditConfig, wo
         def measure(feeds, outs):
             nonlocal seen
             a, b, c = outs
-            meter.update(a, b)
-            if c is not None:
-                meter.update_isolated(a, c)
+            meter.update(a, b, c)
             if first:
                 n = next(iter(feeds.values())).shape[0]
                 out_meter.update(a, b, labels[seen : seen + n] if labels is not None else None)

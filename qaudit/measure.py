@@ -66,7 +66,6 @@ class ActivationMeter:
         self._pending: dict[str, list[np.ndarray]] = {}
         self._pending_values: dict[str, int] = {}
         self._pending_cap = max(PENDING_BYTES // max(1, len(matching.twins)), MIN_PENDING_BYTES)
-        self._last_sum_x2: dict[str, float] = {}
         self.err = {n: ErrorAccumulator() for n in self.names}
         self.iso = {n: ErrorAccumulator() for n in self.names}
         self.clip = {}
@@ -87,20 +86,24 @@ class ActivationMeter:
                 getattr(out, attr_name).update(getattr(m, attr_name))
         return out
 
-    def update(self, fp32: dict[str, np.ndarray], quant: dict[str, np.ndarray]) -> None:
+    def update(
+        self, fp32: dict[str, np.ndarray], quant: dict[str, np.ndarray], isolated: dict[str, np.ndarray] | None = None
+    ) -> None:
+        """One batch: the fp32 tensors, the quantized graph's integer twins and,
+        optionally, the twins of the isolated-error graph (each layer fed fp32
+        inputs, see :func:`qaudit.capture.isolated_model`)."""
         for name in self.names:
             tw = self.matching.twins[name]
             x = fp32[name]
-            q = quant[tw.quant_name]
             enc = tw.encoding
-            x_hat = dequantize(q, enc.scale, enc.zero_point, enc.axis if not enc.per_tensor else None)
-            if x_hat.shape != x.shape:
-                x_hat = x_hat.reshape(x.shape)
-            axis = self.axis.setdefault(name, channel_axis(x.ndim))
-            self._histogram(name, x, axis)
+            axis = enc.axis if not enc.per_tensor else None
+            x_hat = dequantize(quant[tw.quant_name], enc.scale, enc.zero_point, axis).reshape(x.shape)
+            self._histogram(name, x, self.axis.setdefault(name, channel_axis(x.ndim)))
             sum_x2 = square_sum(np.ascontiguousarray(x, dtype=np.float32).ravel())
             self.err[name].update(x, x_hat, sum_x2=sum_x2)
-            self._last_sum_x2[name] = sum_x2
+            if isolated is not None:  # the same x: the same sum(x^2)
+                x_iso = dequantize(isolated[tw.quant_name], enc.scale, enc.zero_point, axis).reshape(x.shape)
+                self.iso[name].update(x, x_iso, sum_x2=sum_x2)
             if name in self.clip:
                 self.clip[name].update(x)
 
@@ -134,16 +137,6 @@ class ActivationMeter:
         """Histogram every tensor still pending."""
         for name in list(self._pending):
             self._flush(name)
-
-    def update_isolated(self, fp32: dict[str, np.ndarray], isolated: dict[str, np.ndarray]) -> None:
-        """Errors of each layer fed fp32 inputs (see :func:`qaudit.capture.isolated_model`)."""
-        for name in self.names:
-            tw = self.matching.twins[name]
-            x = fp32[name]
-            enc = tw.encoding
-            x_hat = dequantize(isolated[tw.quant_name], enc.scale, enc.zero_point, enc.axis if not enc.per_tensor else None)
-            # the same x as the accumulated error's: reuse its sum(x^2) of this batch
-            self.iso[name].update(x, x_hat.reshape(x.shape), sum_x2=self._last_sum_x2.pop(name, None))
 
 
 class OutputMeter:

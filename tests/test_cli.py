@@ -118,6 +118,10 @@ def test_json_format_and_meta(sample_report_json):
     assert d["meta"]["onnxruntime"] == onnxruntime.__version__
     assert d["meta"]["onnx"] == onnx.__version__
     assert d["meta"]["seconds"] > 0
+    # the stages in order, each timed once; together within the audit's own time
+    phases = d["meta"]["phase_seconds"]
+    assert list(phases) == ["load", "fold", "probe", "calibrate", "quantize", "match", "capture", "measure"]
+    assert all(v >= 0 for v in phases.values()) and sum(phases.values()) <= d["meta"]["seconds"] + 1e-3
 
 
 def test_model_identity(sample_report_json):

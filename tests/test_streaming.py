@@ -96,8 +96,10 @@ SHAPES = {
 def test_meter_held_back_batches_equal_one_histogram_of_everything():
     data = _data(SHAPES, 7)
     meter = ActivationMeter(_matching(SHAPES))
-    for fp32, quant in data:
-        meter.update(fp32, quant)
+    # the isolated graph's twins: other integers than the accumulated graph's
+    iso = [{k: np.clip(q.astype(int) + 1, 0, 255).astype(np.uint8) for k, q in quant.items()} for _, quant in data]
+    for (fp32, quant), q_iso in zip(data, iso):
+        meter.update(fp32, quant, isolated=q_iso)
     assert meter._pending  # small tensors are waiting ...
     meter.flush()
     assert not meter._pending  # ... until flushed
@@ -116,6 +118,9 @@ def test_meter_held_back_batches_equal_one_histogram_of_everything():
         e = x.astype(np.float64) - x_hat
         assert meter.err[name].sum_e2 == pytest.approx(np.sum(e * e), rel=1e-6)
         assert meter.err[name].sum_x2 == pytest.approx(np.sum(x.astype(np.float64) ** 2), rel=1e-6)
+        e_iso = x.astype(np.float64) - np.concatenate([dequantize(q[name + "_q"], 0.05, 128) for q in iso])
+        assert meter.iso[name].sum_e2 == pytest.approx(np.sum(e_iso * e_iso), rel=1e-6)
+        assert meter.iso[name].sum_x2 == meter.err[name].sum_x2 and meter.iso[name].count == x.size
         assert meter.clip[name].outside == np.count_nonzero((x < -6.4) | (x > 6.35))
 
 
@@ -127,8 +132,7 @@ def test_meters_on_threads_equal_one_meter():
     matching = _matching(SHAPES)
     one = ActivationMeter(matching)
     for fp32, quant in data:
-        one.update(fp32, quant)
-        one.update_isolated(fp32, quant)
+        one.update(fp32, quant, isolated=quant)
     one.flush()
 
     sizes = {n: int(np.prod(s)) * 4 for n, s in SHAPES.items()}
@@ -140,8 +144,7 @@ def test_meters_on_threads_equal_one_meter():
     def measurer(i):
         def measure(feeds, outs):
             fp32, quant = outs
-            meters[i].update(fp32, quant)
-            meters[i].update_isolated(fp32, quant)
+            meters[i].update(fp32, quant, isolated=quant)
             order[i].append(int(feeds["k"][0]))
 
         return measure
