@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from . import kernels
+
 # ---------------------------------------------------------------- weights
 
 
@@ -103,6 +105,12 @@ class ErrorAccumulator:
         self.sum_x2 += square_sum(x) if sum_x2 is None else sum_x2
         self.sum_e2 += square_sum(e)
         self.count += x.size
+
+    def add(self, sum_x2: float, sum_e2: float, count: int) -> None:
+        """Add sums computed elsewhere (``kernels.native().error_sums``)."""
+        self.sum_x2 += sum_x2
+        self.sum_e2 += sum_e2
+        self.count += count
 
     def merge(self, other: "ErrorAccumulator") -> "ErrorAccumulator":
         self.sum_x2 += other.sum_x2
@@ -204,9 +212,19 @@ class RangeHistogram:
             return
         cmin32 = m.min(axis=(0, 2))
         cmax32 = m.max(axis=(0, 2))
-        n_min = _count_extremes(m, cmin32)
-        n_max = _count_extremes(m, cmax32)
         cmin, cmax = cmin32.astype(np.float64), cmax32.astype(np.float64)
+        amax = max(abs(min(self.min, float(cmin.min()))), abs(max(self.max, float(cmax.max()))))
+        self._ensure_T(amax)
+        compiled = kernels.native()
+        if compiled is not None and self.T > 0.0 and np.isfinite(amax):
+            # one pass: bins, channel bins and the counts at each channel's extremes
+            n_min, n_max = np.empty(C, dtype=np.int64), np.empty(C, dtype=np.int64)
+            compiled.bin_values(m, m.shape[0], m.shape[2], self.T, self.hist, self.ch_hist, cmin32, cmax32, n_min, n_max)
+            binned = True
+        else:
+            n_min = _count_extremes(m, cmin32)
+            n_max = _count_extremes(m, cmax32)
+            binned = False
         self.ch_at_min = _merge_atoms(self.ch_min, self.ch_at_min, cmin, n_min, np.less)
         self.ch_at_max = _merge_atoms(self.ch_max, self.ch_at_max, cmax, n_max, np.greater)
         self.ch_min = np.minimum(self.ch_min, cmin)
@@ -214,9 +232,9 @@ class RangeHistogram:
         self.min = min(self.min, float(cmin.min()))
         self.max = max(self.max, float(cmax.max()))
         self.count += m.size
+        if binned:
+            return
         per_channel = m.size // C
-        amax = max(abs(self.min), abs(self.max))
-        self._ensure_T(amax)
         if self.T == 0.0:  # all zeros so far: everything in the middle bin
             self.hist[self.bins // 2] += m.size
             self.ch_hist[:, self.channel_bins // 2] += per_channel
@@ -401,6 +419,11 @@ class ClipCounter:
             if x.max() > self.q_max:
                 self.outside += int(np.count_nonzero(x > self.q_max))
         self.count += x.size
+
+    def add(self, outside: int, count: int) -> None:
+        """Add counts computed elsewhere (``kernels.native().error_sums``)."""
+        self.outside += outside
+        self.count += count
 
     @property
     def fraction(self) -> float:

@@ -34,6 +34,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from . import kernels
 from .config import QuantConfig
 from .errors import QauditError, QuantizationError
 
@@ -251,8 +252,8 @@ def _lean_collector_class():
                 else:
                     min_value = np.array(0, dtype=flat.dtype)
                     max_value = np.array(0, dtype=flat.dtype)
-                data = np.absolute(flat)
                 if tensor not in self.histogram_dict:
+                    data = np.absolute(flat)
                     hist, hist_edges = np.histogram(data, bins=self.num_bins)
                     self.histogram_dict[tensor] = (hist, hist_edges.astype(data.dtype), min_value, max_value)
                     continue
@@ -265,8 +266,18 @@ def _lean_collector_class():
                     width = old_hist_edges[1] - old_hist_edges[0]
                     new_bin_edges = np.arange(old_hist_edges[-1] + width, temp_amax + width, width)
                     old_hist_edges = np.hstack((old_hist_edges, new_bin_edges))
-                hist, hist_edges = np.histogram(data, bins=old_hist_edges)
-                hist_edges = hist_edges.astype(data.dtype)
+                compiled = kernels.native()
+                if compiled is not None and flat.dtype == np.float32 and old_hist_edges.dtype == np.float32:
+                    # np.histogram(|x|, bins=edges) in one pass: numpy sorts every
+                    # 64Ki-value block to histogram on explicit edges (qaudit/kernels.py).
+                    # Not in a batch that widened the edges: ORT's np.arange makes
+                    # them float64 there (onnxruntime 1.32), and numpy compares on those.
+                    hist = np.zeros(len(old_hist_edges) - 1, dtype=np.int64)
+                    compiled.abs_histogram(flat, old_hist_edges, hist)
+                    hist_edges = old_hist_edges
+                else:
+                    hist, hist_edges = np.histogram(np.absolute(flat), bins=old_hist_edges)
+                    hist_edges = hist_edges.astype(flat.dtype)
                 hist[: len(old_hist)] += old_hist
                 self.histogram_dict[tensor] = (hist, hist_edges, min(old_min, min_value), max(old_max, max_value))
 

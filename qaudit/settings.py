@@ -141,6 +141,8 @@ OPTIONS: tuple[Option, ...] = (
 )  # fmt: skip
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 ENV_CONFIG = "QAUDIT_CONFIG"
+#: Not a setting: which per-value loops to use (qaudit/kernels.py); read there.
+ENV_KERNELS = "QAUDIT_KERNELS"
 
 
 @dataclass(frozen=True)
@@ -468,11 +470,11 @@ def resolve(
     # 3. the environment -----------------------------------------------------
     known_env = {o.env: o for o in OPTIONS}
     for var in sorted(environ):
-        if not var.startswith("QAUDIT_") or var == ENV_CONFIG:
+        if not var.startswith("QAUDIT_") or var in (ENV_CONFIG, ENV_KERNELS):
             continue
         o = known_env.get(var)
         if o is None:
-            raise ConfigError(f"unknown environment variable {var}{_suggest(var, [*known_env, ENV_CONFIG])}")
+            raise ConfigError(f"unknown environment variable {var}{_suggest(var, [*known_env, ENV_CONFIG, ENV_KERNELS])}")
         if command not in o.commands or not environ[var].strip():
             continue  # an empty variable counts as unset
         if o.kind == "gate":

@@ -114,8 +114,15 @@ def test_passing_json_gates_section(passing):
     assert t["min_layer_sqnr"] == {"default": 28.0, "overrides": {"/fc*": 32.0}}
     assert t["max_clip_fraction"]["overrides"] == {"input": None}
     # same model, same data, same settings as the baseline: no layer moved at all
+    # (by ~1e-7 dB where the baseline's per-value loops were not these: numpy's
+    # float32 sums against C's double ones, qaudit/kernels.py)
     drops = [c for c in g["checks"] if c["gate"] == "max_layer_sqnr_drop"]
-    assert len(drops) == 9 and {c["measured"] for c in drops} == {0.0}
+    assert len(drops) == 9
+    baseline_kernels = json.loads(BASELINE.read_text())["meta"]["kernels"]
+    if passing.report["meta"]["kernels"] == baseline_kernels:
+        assert {c["measured"] for c in drops} == {0.0}
+    else:
+        assert max(abs(c["measured"]) for c in drops) < 1e-5
     # every quantized layer was checked, with the threshold its glob gives it
     sqnr = {c["subject"]: c for c in g["checks"] if c["gate"] == "min_layer_sqnr"}
     assert list(sqnr) == [r["name"] for r in passing.report["layers"]]

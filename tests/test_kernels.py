@@ -1,0 +1,277 @@
+"""The compiled per-value loops (qaudit/_kernels.c) against numpy.
+
+qaudit computes every statistic either with its C kernels or with numpy
+(``QAUDIT_KERNELS``). Histograms, bins and counts must be identical; sums of
+squares are accumulated in double by C and must match an independent float64
+computation to ~1e-12 (numpy's float32 pairwise sums, to ~1e-7). Bad input to
+the C code must raise, never write out of bounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+import numpy as np
+import pytest
+
+import qaudit
+from qaudit import kernels
+from qaudit.errors import ConfigError
+from qaudit.measure import ActivationMeter
+from qaudit.metrics import RangeHistogram, dequantize
+
+from .conftest import SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_MODEL
+from .test_streaming import SHAPES, _data, _matching
+
+needs_c = pytest.mark.skipif(kernels._compiled is None, reason="qaudit's C kernels are not built (no compiler)")
+
+
+@pytest.fixture(params=["c", "numpy"])
+def mode(request, monkeypatch):
+    if request.param == "c" and kernels._compiled is None:
+        pytest.skip("qaudit's C kernels are not built")
+    monkeypatch.setenv(kernels.ENV, request.param)
+    return request.param
+
+
+def test_kernels_are_built_where_ci_runs():
+    """CI installs with a compiler: the C path must be the one the suite tests."""
+    if kernels._compiled is None and not os.environ.get("CI"):
+        pytest.skip("not built here (no C compiler at install time); numpy is used")
+    assert kernels._compiled is not None
+    assert kernels.name() == "c"
+
+
+def test_kernel_choice_from_the_environment(monkeypatch):
+    monkeypatch.setenv(kernels.ENV, "numpy")
+    assert kernels.native() is None and kernels.name() == "numpy"
+    monkeypatch.setenv(kernels.ENV, "fast")
+    with pytest.raises(ConfigError, match="QAUDIT_KERNELS must be c, numpy or auto"):
+        kernels.native()
+    monkeypatch.setattr(kernels, "_compiled", None)
+    monkeypatch.setenv(kernels.ENV, "c")
+    with pytest.raises(ConfigError, match="not built"):
+        kernels.native()
+    monkeypatch.setenv(kernels.ENV, "auto")
+    assert kernels.name() == "numpy"  # falls back when not built
+
+
+# ------------------------------------------------------------- calibration
+
+
+def _ort_edges(first: np.ndarray, amax: float) -> np.ndarray:
+    """Edges as ORT's HistogramCollector builds them: np.histogram's on the first
+    batch's |x|, extended by its bin width up to a later batch's max|x|."""
+    edges = np.histogram(np.abs(first), bins=2048)[1].astype(np.float32)
+    width = edges[1] - edges[0]
+    if amax > edges[-1]:
+        edges = np.hstack((edges, np.arange(edges[-1] + width, np.float32(amax) + width, width)))
+    return edges.astype(np.float32)  # as the collector keeps them (arange made float64)
+
+
+def _abs_cases():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(100_003).astype(np.float32)
+    e = _ort_edges(rng.standard_normal(5000).astype(np.float32), float(np.abs(x).max()))
+    yield "normal", x, e
+    yield "relu", np.maximum(x, 0), e  # half the values below edges[0] (dropped)
+    on_edges = np.concatenate([e, -e, np.nextafter(e, np.float32(0)), np.nextafter(e, np.float32(np.inf))])
+    yield "exactly on every edge and next to it", on_edges.astype(np.float32), e
+    specials = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, e[0], e[-1], -e[-1], 1e30, 1e-30], np.float32)
+    yield "NaN, inf, signed zeros, extremes", np.tile(specials, 3), e
+    u = np.sort(rng.uniform(0, 3, 300)).astype(np.float32)
+    yield "non-uniform edges", (rng.standard_normal(50_000) * 2).astype(np.float32), u
+    # the uniform guess is off there, so the corrections walk to the edges
+    yield "on non-uniform edges", np.concatenate([u, np.nextafter(u, np.float32(0))]), u
+    d = np.sort(np.repeat(rng.uniform(0, 2, 40), 3)).astype(np.float32)
+    yield "repeated edges", rng.uniform(-2.5, 2.5, 20_000).astype(np.float32), d
+    c = np.float32(1.2345)
+    tiny = np.histogram(np.full(10, c), bins=2048)[1].astype(np.float32)  # constant first batch: edges 1 ulp apart
+    yield "edges a few ulps apart", (c + rng.normal(0, 1e-6, 20_000)).astype(np.float32), tiny
+    yield "one bin", rng.uniform(-1, 1, 1000).astype(np.float32), np.array([0.25, 0.75], np.float32)
+    yield "empty", np.zeros(0, np.float32), e
+
+
+@needs_c
+@pytest.mark.parametrize("case", list(_abs_cases()), ids=lambda c: c[0])
+def test_abs_histogram_equals_numpy_histogram_of_abs(case):
+    _, x, edges = case
+    with np.errstate(invalid="ignore"):
+        want = np.histogram(np.abs(x), bins=edges)[0]
+    got = np.full(len(edges) - 1, 7, dtype=np.int64)  # it adds to what is there
+    kernels._compiled.abs_histogram(x, edges, got)
+    np.testing.assert_array_equal(got - 7, want)
+
+
+@needs_c
+def test_abs_histogram_rejects_bad_input():
+    k = kernels._compiled
+    x, e, h = np.ones(10, np.float32), np.array([0, 1, 2], np.float32), np.zeros(2, np.int64)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        k.abs_histogram(x, e[::-1].copy(), h)
+    with pytest.raises(ValueError, match="len\\(counts\\)"):
+        k.abs_histogram(x, e, np.zeros(3, np.int64))
+    with pytest.raises(TypeError, match="data"):
+        k.abs_histogram(x.astype(np.float64), e, h)
+    with pytest.raises(ValueError, match="contiguous"):
+        k.abs_histogram(x[::2], e, h)
+    with pytest.raises((TypeError, ValueError)):
+        k.abs_histogram(x, e, h.astype(np.int32))
+
+
+@pytest.mark.parametrize("grows", [False, True])
+def test_lean_collector_equals_ort_collector_either_way(mode, grows):
+    """The calibration histograms handed to the quantizer are ORT's, with C or numpy."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from qaudit.quantize import _lean_collector_class, quiet_ort
+
+    kw = dict(method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=2048, percentile=99.999, scenario="same")
+    ours, theirs = _lean_collector_class()(**kw), HistogramCollector(**kw)
+    rng = np.random.default_rng(3)
+    with quiet_ort():
+        for k in range(4):
+            x = rng.standard_t(3, size=(2, 4, 9, 9)).astype(np.float32) * (1 + k if grows else 1)
+            batch = {"t": x, "relu": np.maximum(x, 0), "const": np.full((3, 3), 0.5, np.float32)}
+            ours.collect({n: [v] for n, v in batch.items()})
+            theirs.collect({n: [v] for n, v in batch.items()})
+    for name in ("t", "relu", "const"):
+        if grows and name == "t":
+            assert len(ours.histogram_dict[name][0]) > 2048  # the explicit-edges path ran
+        for a, b in zip(ours.histogram_dict[name], theirs.histogram_dict[name]):
+            np.testing.assert_array_equal(a, b, err_msg=f"{mode} {name}")
+
+
+# ------------------------------------------------------------- measurement
+
+
+def _range_batches(seed: int):
+    rng = np.random.default_rng(seed)
+    C = int(rng.integers(1, 24))
+    batches = []
+    for k in range(5):
+        x = (rng.standard_t(3, size=(2, C, 7, 5)) * (1 + 3 * (k == 3))).astype(np.float32)
+        if seed % 2:
+            x = np.maximum(x, 0)  # runs of zeros: atoms at the minimum
+        if k == 1:
+            x.flat[0] = 8.0  # a power of two: |x| == T exactly (clamped into the last bin)
+            x.flat[1] = -8.0  # and -T (the first bin)
+        batches.append(x)
+    return batches
+
+
+@needs_c
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("rank", [4, 2, 1])
+def test_range_histogram_c_equals_numpy(seed, rank, monkeypatch):
+    """Every field, batch by batch, while the grid doubles; channel axis 1, last, or none."""
+    batches = _range_batches(seed)
+    if rank == 2:
+        batches = [b.reshape(-1, b.shape[1]) for b in batches]
+    elif rank == 1:
+        batches = [b.reshape(-1) for b in batches]
+    axis = {4: 1, 2: 1, 1: None}[rank]
+    hists = {}
+    for m in ("c", "numpy"):
+        monkeypatch.setenv(kernels.ENV, m)
+        h = RangeHistogram()
+        hists[m] = h
+        for b in batches:
+            h.update(b, axis)
+    c, n = hists["c"], hists["numpy"]
+    assert c.T == n.T and c.T >= 8.0
+    for field in ("hist", "ch_hist", "ch_min", "ch_max", "ch_at_min", "ch_at_max"):
+        np.testing.assert_array_equal(getattr(c, field), getattr(n, field), err_msg=field)
+    assert (c.min, c.max, c.count) == (n.min, n.max, n.count)
+    assert c.clipped_range(1.0) == n.clipped_range(1.0)
+
+
+@needs_c
+def test_bin_values_refuses_values_outside_the_grid():
+    """NaN or |x| > T would index out of the counters: the C loop raises instead."""
+    k = kernels._compiled
+    hist, ch = np.zeros(2048, np.int64), np.zeros((2, 256), np.int64)
+    am, aM = np.zeros(2, np.int64), np.zeros(2, np.int64)
+    lo, hi = np.zeros(2, np.float32), np.ones(2, np.float32)
+    for bad in (np.nan, 2.5, -2.5):
+        x = np.zeros((1, 2, 10), np.float32)
+        x[0, 1, 3] = bad
+        with pytest.raises(ValueError, match="NaN or outside"):
+            k.bin_values(x, 1, 10, 2.0, hist, ch, lo, hi, am, aM)
+    with pytest.raises(ValueError, match="inconsistent"):
+        k.bin_values(np.zeros((1, 2, 10), np.float32), 1, 11, 2.0, hist, ch, lo, hi, am, aM)
+    with pytest.raises(ValueError, match="inconsistent"):  # channel bins must divide the fine bins
+        k.bin_values(np.zeros((1, 2, 10), np.float32), 1, 10, 2.0, hist, np.zeros((2, 300), np.int64), lo, hi, am, aM)
+
+
+@needs_c
+@pytest.mark.parametrize("qtype", [np.uint8, np.int8])
+def test_error_sums_by_hand_in_float64(qtype):
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(12_345) * 3).astype(np.float32)
+    scale, zp = np.float32(0.0437), (128 if qtype == np.uint8 else -3)
+    info = np.iinfo(qtype)
+    q = np.clip(np.round(x / scale) + zp, info.min, info.max).astype(qtype)
+    q_iso = np.clip(q.astype(int) + rng.integers(-2, 3, x.size), info.min, info.max).astype(qtype)
+    sx2, se2, se2_iso, outside = kernels._compiled.error_sums(x, q, float(scale), float(zp), q_iso, -2.5, 4.0)
+    x64 = x.astype(np.float64)
+    for qq, got in ((q, se2), (q_iso, se2_iso)):
+        x_hat = dequantize(qq, scale, zp)  # float32, as the pipeline computes it
+        e = (x - x_hat).astype(np.float64)
+        assert got == pytest.approx(math.fsum(e * e), rel=1e-12)
+    assert sx2 == pytest.approx(math.fsum(x64 * x64), rel=1e-12)
+    assert outside == np.count_nonzero((x < np.float32(-2.5)) | (x > np.float32(4.0))) > 0
+    # no isolated twin, no clip limits
+    assert kernels._compiled.error_sums(x, q, float(scale), float(zp), None, None, None)[2:] == (0.0, -1)
+    with pytest.raises(ValueError, match="same length"):
+        kernels._compiled.error_sums(x, q[:-1], float(scale), float(zp), None, None, None)
+    with pytest.raises(ValueError, match="same length"):
+        kernels._compiled.error_sums(x, q, float(scale), float(zp), q_iso.astype(np.uint8 if qtype == np.int8 else np.int8), None, None)
+
+
+@needs_c
+def test_meter_c_equals_numpy(monkeypatch):
+    """The whole ActivationMeter (held-back small tensors, isolated twins, clip counts)."""
+    data = _data(SHAPES, 6, seed=2)
+    iso = [{k: np.clip(q.astype(int) - 1, 0, 255).astype(np.uint8) for k, q in quant.items()} for _, quant in data]
+    meters = {}
+    for m in ("c", "numpy"):
+        monkeypatch.setenv(kernels.ENV, m)
+        meter = ActivationMeter(_matching(SHAPES))
+        for (fp32, quant), q_iso in zip(data, iso):
+            meter.update(fp32, quant, isolated=q_iso)
+        meter.flush()
+        meters[m] = meter
+    c, n = meters["c"], meters["numpy"]
+    for name in SHAPES:
+        np.testing.assert_array_equal(c.hist[name].hist, n.hist[name].hist)
+        np.testing.assert_array_equal(c.hist[name].ch_hist, n.hist[name].ch_hist)
+        for acc in ("err", "iso"):
+            a, b = getattr(c, acc)[name], getattr(n, acc)[name]
+            assert a.count == b.count
+            assert a.sum_x2 == pytest.approx(b.sum_x2, rel=1e-6)
+            assert a.sum_e2 == pytest.approx(b.sum_e2, rel=1e-6)
+        assert vars(c.clip[name]) == vars(n.clip[name])
+
+
+@needs_c
+def test_audit_of_the_sample_c_equals_numpy(monkeypatch):
+    """The same report either way: every range, precision and count equal, SQNR and
+    QMSE to 1e-6 relative; the report says which loops ran."""
+    reports = {}
+    for m in ("c", "numpy"):
+        monkeypatch.setenv(kernels.ENV, m)
+        reports[m] = qaudit.audit(qaudit.AuditConfig(model=SAMPLE_MODEL, calib=SAMPLE_CALIB, eval=SAMPLE_EVAL))
+    c, n = reports["c"], reports["numpy"]
+    assert c.meta["kernels"] == "c" and n.meta["kernels"] == "numpy"
+    assert len(c.layers) == len(n.layers) > 5
+    approx = {"sqnr_db", "qmse", "sqnr_isolated_db", "qmse_isolated", "error_amplification"}
+    for a, b in zip(c.layers, n.layers):
+        da, db = dataclasses.asdict(a), dataclasses.asdict(b)
+        for k in da:
+            if k in approx and isinstance(da[k], float):
+                assert da[k] == pytest.approx(db[k], rel=1e-6, nan_ok=True), (a.name, k)
+            else:
+                assert da[k] == db[k], (a.name, k)
