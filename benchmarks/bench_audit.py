@@ -295,12 +295,13 @@ def run_contender(
     for line in text.splitlines():
         if line.startswith("BENCH_PHASES "):
             phases = json.loads(line[len("BENCH_PHASES "):])
-    chosen = None
+    chosen = kernels = None
     if name == "qaudit" and m["killed"] is None and (work / "qaudit.json").exists():
         try:
             rep = json.loads((work / "qaudit.json").read_text())
-            phases = {"report_seconds": rep["meta"]["seconds"]}
+            phases = {"report_seconds": rep["meta"]["seconds"], **rep["meta"].get("phase_seconds", {})}
             chosen = rep["settings"].get("batch_size")
+            kernels = rep["meta"].get("kernels")
         except (ValueError, KeyError, AttributeError):
             pass
     if m["killed"]:
@@ -315,6 +316,7 @@ def run_contender(
         "batch_size": batch_size or chosen,
         "batch_size_auto": batch_size is None,
         "qaudit_batch_size": chosen,
+        "qaudit_kernels": kernels,  # "c" or "numpy": qaudit/kernels.py
         "status": status,
         "wall_s": m["elapsed_s"] if status == "ok" else None,
         **{k: v for k, v in m.items() if k != "killed"},
@@ -424,6 +426,8 @@ def table(results: list[dict], cap: int) -> str:
             wall, rss, note = r["status"], _mb(r["peak_rss_bytes"]), " | ".join(r.get("error_tail", []))[-80:]
         batch = "auto" if r.get("batch_size_auto") and not r.get("batch_size") else str(r.get("batch_size") or "-")
         batch += " (auto)" if r.get("batch_size_auto") and r.get("batch_size") else ""
+        if r.get("qaudit_kernels"):
+            note = (note + "; " if note else "") + f"{r['qaudit_kernels']} kernels"
         if (r.get("other_cores") or 0) > NOISY:
             note = (note + "; " if note else "") + f"other processes used {r['other_cores']:.1f} cores"
         cpu = f"{r['cpu_s']:.1f}" if r.get("cpu_s") is not None else "-"
