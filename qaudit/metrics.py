@@ -213,8 +213,11 @@ class RangeHistogram:
         cmin32 = m.min(axis=(0, 2))
         cmax32 = m.max(axis=(0, 2))
         cmin, cmax = cmin32.astype(np.float64), cmax32.astype(np.float64)
-        amax = max(abs(min(self.min, float(cmin.min()))), abs(max(self.max, float(cmax.max()))))
-        self._ensure_T(amax)
+        self.min = min(self.min, float(cmin.min()))
+        self.max = max(self.max, float(cmax.max()))
+        self.count += m.size
+        amax = max(abs(self.min), abs(self.max))
+        self._ensure_T(amax)  # before binning: the grid must hold this batch
         compiled = kernels.native()
         if compiled is not None and self.T > 0.0 and np.isfinite(amax):
             # one pass: bins, channel bins and the counts at each channel's extremes
@@ -229,9 +232,6 @@ class RangeHistogram:
         self.ch_at_max = _merge_atoms(self.ch_max, self.ch_at_max, cmax, n_max, np.greater)
         self.ch_min = np.minimum(self.ch_min, cmin)
         self.ch_max = np.maximum(self.ch_max, cmax)
-        self.min = min(self.min, float(cmin.min()))
-        self.max = max(self.max, float(cmax.max()))
-        self.count += m.size
         if binned:
             return
         per_channel = m.size // C
