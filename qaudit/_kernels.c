@@ -167,6 +167,24 @@ fail:
 /* ------------------------------------------------------------ measurement */
 
 #define BIN_BLOCK 1024
+#define WAYS 4
+/* rows shorter than this count straight into ch_hist (adding WAYS copies of
+ * a row's channel histogram would cost more than it saves) */
+#define ROW_COPIES_MIN 1024
+/* the int32 copies are added to the int64 totals before they could overflow */
+#define SUB_LIMIT ((int64_t)1 << 30)
+
+/* totals += the WAYS copies; the copies are zeroed */
+static void
+add_copies(int64_t *totals, int32_t *copies, Py_ssize_t n)
+{
+    for (int k = 0; k < WAYS; k++) {
+        for (Py_ssize_t j = 0; j < n; j++) {
+            totals[j] += copies[k * n + j];
+        }
+    }
+    memset(copies, 0, (size_t)WAYS * (size_t)n * sizeof(int32_t));
+}
 
 PyDoc_STRVAR(bin_values_doc,
 "bin_values(x, pre, post, T, hist, ch_hist, cmin, cmax, at_min, at_max)\n\n"
@@ -204,59 +222,105 @@ bin_values(PyObject *self, PyObject *args)
     }
     if (pre < 0 || post < 0 || C < 1 || pre * C * post != N_ITEMS(bx) || N_ITEMS(bmax) != C ||
         N_ITEMS(bamin) != C || N_ITEMS(bamax) != C || cbins < 1 || cbins * C != N_ITEMS(bc) ||
-        (cbins << shift) != bins || bins > (1 << 24) || !(T > 0.0)) {
+        (cbins << shift) != bins || bins > (1 << 20) || !(T > 0.0)) {
         PyErr_SetString(PyExc_ValueError, "bin_values: inconsistent shapes or T");
         goto done;
     }
     const float *x = (const float *)bx.buf, *cmin = (const float *)bmin.buf, *cmax = (const float *)bmax.buf;
     int64_t *hist = (int64_t *)bh.buf, *ch = (int64_t *)bc.buf, *at_min = (int64_t *)bamin.buf,
             *at_max = (int64_t *)bamax.buf;
+    /* Interleaved int32 copies of the counters: value i of a block goes to copy
+     * i % WAYS. On data with long runs of one bin (ReLU zeros) a single counter
+     * is a chain of dependent read-modify-writes through memory. The copies of
+     * `hist` are added to it at the end (and before any of them could overflow);
+     * a row's channel copies at the end of the row, when the row is long enough
+     * to pay for that, else the row counts straight into `ch_hist`. */
+    int32_t *sub = PyMem_RawCalloc((size_t)WAYS * (size_t)(bins + cbins), sizeof(int32_t));
+    if (!sub) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int32_t *csub = sub + (size_t)WAYS * bins;
     int bad = 0;
     Py_BEGIN_ALLOW_THREADS
     int32_t fine[BIN_BLOCK];
     const float Tf = (float)T, scale = (float)((double)bins / (2.0 * T)), last = (float)(bins - 1), top = (float)bins;
+    int64_t pending = 0; /* values in the copies of hist since they were last added */
     memset(at_min, 0, C * sizeof(int64_t));
     memset(at_max, 0, C * sizeof(int64_t));
     for (Py_ssize_t p = 0; p < pre && !bad; p++) {
         for (Py_ssize_t c = 0; c < C; c++) {
             const float *row = x + (p * C + c) * post;
             int64_t *crow = ch + c * cbins;
+            const int row_copies = post >= ROW_COPIES_MIN;
             const float lo = cmin[c], hi = cmax[c];
             int64_t n_lo = 0, n_hi = 0;
-            /* blocks: bins and extreme counts first (a loop that vectorizes),
-             * then the counter increments */
+            /* blocks: bins and extreme counts first (a loop that vectorizes: no
+             * branch in it), then the counter increments */
             for (Py_ssize_t start = 0; start < post; start += BIN_BLOCK) {
                 const Py_ssize_t m = post - start < BIN_BLOCK ? post - start : BIN_BLOCK;
                 const float *xb = row + start;
-                int32_t nan_or_out = 0;
+                int32_t nan_or_out = 0, b_lo = 0, b_hi = 0;
                 for (Py_ssize_t i = 0; i < m; i++) {
                     const float v = xb[i];
                     float t = v + Tf;
                     t *= scale;
-                    nan_or_out |= !(t >= 0.0f && t <= top); /* |x| <= T gives t <= bins */
+                    nan_or_out |= (int32_t)!(t >= 0.0f) | (int32_t)!(t <= top); /* |x| <= T gives t <= bins */
                     t = t < last ? t : last;
                     t = t > 0.0f ? t : 0.0f; /* keeps the cast defined; such a value fails above */
                     fine[i] = (int32_t)t;
-                    n_lo += v == lo;
-                    n_hi += v == hi;
+                    b_lo += v == lo;
+                    b_hi += v == hi;
                 }
+                n_lo += b_lo;
+                n_hi += b_hi;
                 if (nan_or_out) { /* NaN or |x| > T: the caller broke the contract */
                     bad = 1;
                     break;
                 }
-                for (Py_ssize_t i = 0; i < m; i++) {
-                    hist[fine[i]]++;
-                    crow[fine[i] >> shift]++;
+                if (pending + m > SUB_LIMIT) {
+                    add_copies(hist, sub, bins);
+                    pending = 0;
+                }
+                pending += m;
+                Py_ssize_t i = 0;
+                if (row_copies) {
+                    for (; i + WAYS <= m; i += WAYS) {
+                        for (int k = 0; k < WAYS; k++) {
+                            sub[k * bins + fine[i + k]]++;
+                            csub[k * cbins + (fine[i + k] >> shift)]++;
+                        }
+                    }
+                    for (; i < m; i++) {
+                        sub[(i % WAYS) * bins + fine[i]]++;
+                        csub[(i % WAYS) * cbins + (fine[i] >> shift)]++;
+                    }
+                } else {
+                    for (; i + WAYS <= m; i += WAYS) {
+                        for (int k = 0; k < WAYS; k++) {
+                            sub[k * bins + fine[i + k]]++;
+                            crow[fine[i + k] >> shift]++;
+                        }
+                    }
+                    for (; i < m; i++) {
+                        sub[(i % WAYS) * bins + fine[i]]++;
+                        crow[fine[i] >> shift]++;
+                    }
                 }
             }
             if (bad) {
                 break;
             }
+            if (row_copies) {
+                add_copies(crow, csub, cbins);
+            }
             at_min[c] += n_lo;
             at_max[c] += n_hi;
         }
     }
+    add_copies(hist, sub, bins);
     Py_END_ALLOW_THREADS
+    PyMem_RawFree(sub);
     if (bad) {
         PyErr_SetString(PyExc_ValueError, "bin_values: a value is NaN or outside [-T, T]");
         goto done;
@@ -339,9 +403,32 @@ error_sums(PyObject *self, PyObject *args)
     int64_t outside = 0;
     Py_BEGIN_ALLOW_THREADS
     const float qmin = (float)qmin_d, qmax = (float)qmax_d;
-    /* one pass; the flags are loop-invariant (the compiler unswitches the loop) */
-    for (Py_ssize_t i = 0; i < n; i++) {
-        const int k = (int)(i % LANES); /* LANES independent sums: no chain of dependent adds */
+    /* one pass, in chunks of LANES values: value i goes to lane i % LANES, so
+     * each lane is a fixed sequence of double additions whatever the chunking
+     * (and the compiler can keep the lanes in vector registers) */
+    const Py_ssize_t n_full = n - n % LANES;
+    int64_t out_lanes[LANES] = {0};
+    for (Py_ssize_t i = 0; i < n_full; i += LANES) {
+        for (int k = 0; k < LANES; k++) {
+            const float v = x[i + k];
+            const float e = v - lut[q[i + k]];
+            sx[k] += (double)v * (double)v;
+            se[k] += (double)e * (double)e;
+        }
+        if (qi) {
+            for (int k = 0; k < LANES; k++) {
+                const float ei = x[i + k] - lut[qi[i + k]];
+                si[k] += (double)ei * (double)ei;
+            }
+        }
+        if (clip) {
+            for (int k = 0; k < LANES; k++) {
+                out_lanes[k] += (x[i + k] < qmin) + (x[i + k] > qmax);
+            }
+        }
+    }
+    for (Py_ssize_t i = n_full; i < n; i++) {
+        const int k = (int)(i % LANES);
         const float v = x[i];
         const float e = v - lut[q[i]];
         sx[k] += (double)v * (double)v;
@@ -351,8 +438,11 @@ error_sums(PyObject *self, PyObject *args)
             si[k] += (double)ei * (double)ei;
         }
         if (clip) {
-            outside += (v < qmin) + (v > qmax);
+            out_lanes[k] += (v < qmin) + (v > qmax);
         }
+    }
+    for (int k = 0; k < LANES; k++) {
+        outside += out_lanes[k];
     }
     Py_END_ALLOW_THREADS
     result = Py_BuildValue("dddL", lanes_total(sx), lanes_total(se), lanes_total(si), clip ? (long long)outside : -1LL);
