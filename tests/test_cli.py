@@ -165,6 +165,9 @@ def test_batchnorm_folding(sample_report_json, fp32_model):
     assert {x["bn"]: x["layer"] for x in f["folded"]} == expected
     chk = f["check"]["logits"]
     assert 0 <= chk["max_abs_diff"] <= f["atol"] + f["rtol"] * chk["max_abs"]
+    # the first FOLD_CHECK_SAMPLES calibration samples, in whole batches
+    n, bs = sample_report_json["data"]["n_calib"], sample_report_json["settings"]["batch_size"]
+    assert min(n, 64) <= f["check_samples"] <= min(n, 64 + bs - 1)
 
 
 def test_one_row_per_layer_in_graph_order(sample_report_json, fp32_model):

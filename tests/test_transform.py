@@ -118,3 +118,51 @@ def test_constants_become_initializers():
     assert constants_to_initializers(model) == 1
     assert "layer.w" in {t.name for t in model.graph.initializer}
     assert list(fold_batchnorm(model).folded) == ["layer"]
+
+
+def _broken_fold(scale_first_channel: float):
+    """``fold_batchnorm`` whose first folded layer's output channel 0 is off by ``scale``."""
+    import qaudit.control
+
+    real = qaudit.control.fold_batchnorm
+
+    def fold(model):
+        res = real(model)
+        layer = next(iter(res.folded))
+        node = next(n for n in res.model.graph.node if n.name == layer)
+        init = next(i for i in res.model.graph.initializer if i.name == node.input[1])
+        w = numpy_helper.to_array(init).copy()
+        w[0] *= scale_first_channel
+        init.CopyFrom(numpy_helper.from_array(w, init.name))
+        return res
+
+    return fold
+
+
+def test_folding_check_stops_a_wrong_fold(monkeypatch, tmp_path):
+    """The calibration pass compares the folded model with the original: a fold
+    that changes the outputs stops the audit with FoldingError."""
+    import qaudit
+    from qaudit.errors import FoldingError
+
+    monkeypatch.setattr("qaudit.control.fold_batchnorm", _broken_fold(1.5))
+    with pytest.raises(FoldingError, match="BatchNormalization folding changed output 'logits'"):
+        qaudit.audit(qaudit.AuditConfig(model=SAMPLE / "model.onnx", calib=SAMPLE / "calib", isolated=False))
+
+
+def test_folding_check_covers_the_first_samples(monkeypatch):
+    """Checked on the first FOLD_CHECK_SAMPLES calibration samples (whole batches),
+    not beyond; the report says how many. A wrong fold is caught within them."""
+    import qaudit
+    from qaudit.errors import FoldingError
+
+    monkeypatch.setattr("qaudit.control.FOLD_CHECK_SAMPLES", 20)
+    cfg = qaudit.AuditConfig(model=SAMPLE / "model.onnx", calib=SAMPLE / "calib", isolated=False, batch_size=8)
+    report = qaudit.audit(cfg)
+    assert report.data["n_calib"] > 24
+    assert report.folding["check_samples"] == 24  # three batches of 8 reach 20
+    chk = report.folding["check"]["logits"]
+    assert 0 < chk["max_abs"] and chk["max_abs_diff"] <= report.folding["atol"] + report.folding["rtol"] * chk["max_abs"]
+    monkeypatch.setattr("qaudit.control.fold_batchnorm", _broken_fold(1.5))
+    with pytest.raises(FoldingError):
+        qaudit.audit(cfg)
