@@ -44,6 +44,19 @@ get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, co
     return 0;
 }
 
+/* x86-64 with GCC (12 or later) and glibc: the loops are compiled for the baseline ISA
+ * and for AVX2 and AVX-512 machines, chosen when the module loads (an ifunc).
+ * The arithmetic is the same IEEE float32/double operations in every clone
+ * (-ffp-contract=off: no FMA even where the ISA has it), so results do not
+ * depend on the machine. */
+#ifndef ISA_CLONES /* -DISA_CLONES= builds the baseline loops only */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__GLIBC__)
+#define ISA_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define ISA_CLONES
+#endif
+#endif
+
 #define N_ITEMS(view) ((view).len / (view).itemsize)
 
 /* interleaved copies of a histogram (see abs_histogram) */
@@ -60,7 +73,7 @@ PyDoc_STRVAR(abs_histogram_doc,
 "be non-decreasing; a uniform guess of the bin is corrected against the edges\n"
 "themselves, so the result does not depend on how uniform they are.");
 
-static PyObject *
+ISA_CLONES static PyObject *
 abs_histogram(PyObject *self, PyObject *args)
 {
     PyObject *o_data, *o_edges, *o_counts;
@@ -196,7 +209,7 @@ PyDoc_STRVAR(bin_values_doc,
 "``at_max`` (int64 [C]) how many values of each channel equal ``cmin``/``cmax``\n"
 "(float32 [C], the channel's min and max).");
 
-static PyObject *
+ISA_CLONES static PyObject *
 bin_values(PyObject *self, PyObject *args)
 {
     PyObject *o_x, *o_hist, *o_ch, *o_cmin, *o_cmax, *o_amin, *o_amax;
@@ -361,7 +374,7 @@ lanes_total(const double *a)
     return t;
 }
 
-static PyObject *
+ISA_CLONES static PyObject *
 error_sums(PyObject *self, PyObject *args)
 {
     PyObject *o_x, *o_q, *o_iso, *o_qmin, *o_qmax;
