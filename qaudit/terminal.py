@@ -148,7 +148,9 @@ def summary(report: Report, worst: int = 3) -> Group:
     ]
     folded = report.folding.get("folded", [])
     if folded:
-        parts.append(Text(f"BN folded into {len(folded)} layer(s) (marked [bn]); folded fp32 outputs match the original", style="muted"))
+        checked = report.folding.get("check_samples")
+        on = f" on {checked} of {report.data['n_calib']} calibration samples" if checked and checked < report.data["n_calib"] else ""
+        parts.append(Text(f"BN folded into {len(folded)} layer(s) (marked [bn]); folded fp32 outputs match the original{on}", style="muted"))
     for sk in report.folding.get("skipped", []):
         parts.append(Text(f"BN {sk['bn']} not folded: {sk['reason']}", style="warn"))
     w = report.worst_layers(worst)

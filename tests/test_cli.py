@@ -273,6 +273,8 @@ def test_terminal_output(sample_run):
     assert "Model outputs" in out
     assert "logits" in out
     assert "note:" not in out  # held-out eval data: no calibration-data warning
+    # the folding check covered the first 64 of the 128 calibration samples, and says so
+    assert "folded fp32 outputs match the original on 64 of 128 calibration samples" in out
 
 
 # ----------------------------------------------------- separate CLI runs
