@@ -466,10 +466,162 @@ done:
     return result;
 }
 
+/* ------------------------------------------------------------ extremes */
+
+PyDoc_STRVAR(minmax_doc,
+"minmax(x, pre, post, cmin, cmax, skip_nan) -> number of NaN\n\n"
+"Each channel's min and max of ``x`` (float32, [pre, C, post] C-contiguous)\n"
+"in one pass, written to ``cmin`` and ``cmax`` (float32 [C]). With\n"
+"``skip_nan`` false a channel holding NaN gets NaN (as ``x.min(axis=(0, 2))``),\n"
+"with it NaN values are ignored and an all-NaN channel gets NaN (as\n"
+"``np.nanmin``). Returns how many values are NaN. An empty channel gets\n"
+"+inf / -inf.");
+
+#define MM_LANES 16
+
+/* Running extremes of one row, in MM_LANES lanes: lo[k], hi[k] start at lo0,
+ * hi0; nan[k] counts NaN. `v < lo ? v : lo` keeps lo when v is NaN (as minps
+ * does), so NaN is counted apart. GCC does not vectorize a float min/max
+ * reduction without -ffinite-math-only, hence the vector types. */
+#if defined(__GNUC__)
+typedef float mm_vf __attribute__((vector_size(32)));
+typedef int32_t mm_vi __attribute__((vector_size(32)));
+
+ISA_CLONES static void
+row_extremes(const float *row, Py_ssize_t n, float lo0, float hi0, float *lo, float *hi, int32_t *nan)
+{
+    mm_vf l0, l1, h0, h1;
+    mm_vi n0 = {0}, n1 = {0};
+    for (int k = 0; k < 8; k++) {
+        l0[k] = l1[k] = lo0;
+        h0[k] = h1[k] = hi0;
+    }
+    Py_ssize_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        mm_vf a, b;
+        memcpy(&a, row + i, sizeof a);
+        memcpy(&b, row + i + 8, sizeof b);
+        mm_vi ma = a < l0, mb = b < l1;
+        l0 = (mm_vf)(((mm_vi)a & ma) | ((mm_vi)l0 & ~ma));
+        l1 = (mm_vf)(((mm_vi)b & mb) | ((mm_vi)l1 & ~mb));
+        ma = a > h0;
+        mb = b > h1;
+        h0 = (mm_vf)(((mm_vi)a & ma) | ((mm_vi)h0 & ~ma));
+        h1 = (mm_vf)(((mm_vi)b & mb) | ((mm_vi)h1 & ~mb));
+        n0 -= a != a; /* a true comparison is -1 */
+        n1 -= b != b;
+    }
+    for (int k = 0; k < 8; k++) {
+        lo[k] = l0[k];
+        lo[k + 8] = l1[k];
+        hi[k] = h0[k];
+        hi[k + 8] = h1[k];
+        nan[k] = n0[k];
+        nan[k + 8] = n1[k];
+    }
+    for (; i < n; i++) {
+        const float v = row[i];
+        lo[0] = v < lo[0] ? v : lo[0];
+        hi[0] = v > hi[0] ? v : hi[0];
+        nan[0] += v != v;
+    }
+}
+#else
+static void
+row_extremes(const float *row, Py_ssize_t n, float lo0, float hi0, float *lo, float *hi, int32_t *nan)
+{
+    for (int k = 0; k < MM_LANES; k++) {
+        lo[k] = lo0;
+        hi[k] = hi0;
+        nan[k] = 0;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const float v = row[i];
+        lo[0] = v < lo[0] ? v : lo[0];
+        hi[0] = v > hi[0] ? v : hi[0];
+        nan[0] += v != v;
+    }
+}
+#endif
+
+static PyObject *
+minmax(PyObject *self, PyObject *args)
+{
+    PyObject *o_x, *o_min, *o_max;
+    Py_ssize_t pre, post;
+    int skip_nan;
+    if (!PyArg_ParseTuple(args, "OnnOOp:minmax", &o_x, &pre, &post, &o_min, &o_max, &skip_nan)) {
+        return NULL;
+    }
+    Py_buffer bx = {0}, bmin = {0}, bmax = {0};
+    PyObject *result = NULL;
+    if (get_buffer(o_x, &bx, 0, 4, "f", "x") < 0 || get_buffer(o_min, &bmin, 1, 4, "f", "cmin") < 0 ||
+        get_buffer(o_max, &bmax, 1, 4, "f", "cmax") < 0) {
+        goto done;
+    }
+    Py_ssize_t C = N_ITEMS(bmin);
+    if (pre < 0 || post < 0 || C < 1 || N_ITEMS(bmax) != C || pre * C * post != N_ITEMS(bx)) {
+        PyErr_SetString(PyExc_ValueError, "minmax: inconsistent shapes");
+        goto done;
+    }
+    const float *x = (const float *)bx.buf;
+    float *cmin = (float *)bmin.buf, *cmax = (float *)bmax.buf;
+    int64_t n_nan = 0, *ch_nan = PyMem_RawCalloc((size_t)C, sizeof(int64_t));
+    if (!ch_nan) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t c = 0; c < C; c++) {
+        cmin[c] = INFINITY;
+        cmax[c] = -INFINITY;
+    }
+    for (Py_ssize_t p = 0; p < pre; p++) {
+        if (post < 16) { /* short rows ([N, C] tensors: rows of one value): no lanes */
+            const float *block = x + p * C * post;
+            for (Py_ssize_t c = 0; c < C; c++) {
+                for (Py_ssize_t i = 0; i < post; i++) {
+                    const float v = block[c * post + i];
+                    cmin[c] = v < cmin[c] ? v : cmin[c];
+                    cmax[c] = v > cmax[c] ? v : cmax[c];
+                    ch_nan[c] += v != v;
+                }
+            }
+            continue;
+        }
+        for (Py_ssize_t c = 0; c < C; c++) {
+            float lo[MM_LANES], hi[MM_LANES];
+            int32_t nan[MM_LANES];
+            row_extremes(x + (p * C + c) * post, post, cmin[c], cmax[c], lo, hi, nan);
+            for (int k = 0; k < MM_LANES; k++) {
+                cmin[c] = lo[k] < cmin[c] ? lo[k] : cmin[c];
+                cmax[c] = hi[k] > cmax[c] ? hi[k] : cmax[c];
+                ch_nan[c] += nan[k];
+            }
+        }
+    }
+    for (Py_ssize_t c = 0; c < C; c++) {
+        n_nan += ch_nan[c];
+        /* NaN propagates (x.min()); or, skipping NaN, a channel of nothing but NaN (np.nanmin) */
+        if (ch_nan[c] && (!skip_nan || ch_nan[c] == pre * post)) {
+            cmin[c] = cmax[c] = NAN;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_RawFree(ch_nan);
+    result = PyLong_FromLongLong((long long)n_nan);
+done:
+    PyBuffer_Release(&bx);
+    PyBuffer_Release(&bmin);
+    PyBuffer_Release(&bmax);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"abs_histogram", abs_histogram, METH_VARARGS, abs_histogram_doc},
     {"bin_values", bin_values, METH_VARARGS, bin_values_doc},
     {"error_sums", error_sums, METH_VARARGS, error_sums_doc},
+    {"minmax", minmax, METH_VARARGS, minmax_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -210,15 +210,19 @@ class RangeHistogram:
             raise ValueError(f"channel count changed from {self.ch_hist.shape[0]} to {C}")
         if m.size == 0:
             return
-        cmin32 = m.min(axis=(0, 2))
-        cmax32 = m.max(axis=(0, 2))
+        compiled = kernels.native()
+        if compiled is not None:  # both in one pass; NaN propagates as in numpy's
+            cmin32, cmax32 = np.empty(C, dtype=np.float32), np.empty(C, dtype=np.float32)
+            compiled.minmax(m, m.shape[0], m.shape[2], cmin32, cmax32, False)
+        else:
+            cmin32 = m.min(axis=(0, 2))
+            cmax32 = m.max(axis=(0, 2))
         cmin, cmax = cmin32.astype(np.float64), cmax32.astype(np.float64)
         self.min = min(self.min, float(cmin.min()))
         self.max = max(self.max, float(cmax.max()))
         self.count += m.size
         amax = max(abs(self.min), abs(self.max))
         self._ensure_T(amax)  # before binning: the grid must hold this batch
-        compiled = kernels.native()
         if compiled is not None and self.T > 0.0 and np.isfinite(amax):
             # one pass: bins, channel bins and the counts at each channel's extremes
             n_min, n_max = np.empty(C, dtype=np.int64), np.empty(C, dtype=np.int64)

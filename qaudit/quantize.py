@@ -246,7 +246,13 @@ def _lean_collector_class():
                     super().collect_absolute_value({tensor: data_arr})  # ORT's checks and messages
                     continue
                 flat = arr.ravel()
-                if flat.size > 0:
+                compiled = kernels.native()
+                if flat.size > 0 and compiled is not None and flat.dtype == np.float32 and flat.flags.c_contiguous:
+                    # np.nanmin and np.nanmax in one pass (an all-NaN tensor gives NaN, as there)
+                    extremes = np.empty(2, dtype=np.float32)
+                    compiled.minmax(flat, 1, flat.size, extremes[:1], extremes[1:], True)
+                    min_value, max_value = extremes[0], extremes[1]
+                elif flat.size > 0:
                     min_value = np.nanmin(flat)
                     max_value = np.nanmax(flat)
                 else:
@@ -266,7 +272,6 @@ def _lean_collector_class():
                     width = old_hist_edges[1] - old_hist_edges[0]
                     new_bin_edges = np.arange(old_hist_edges[-1] + width, temp_amax + width, width)
                     old_hist_edges = np.hstack((old_hist_edges, new_bin_edges))
-                compiled = kernels.native()
                 if compiled is not None and flat.dtype == np.float32 and old_hist_edges.dtype == np.float32:
                     # np.histogram(|x|, bins=edges) in one pass: numpy sorts every
                     # 64Ki-value block to histogram on explicit edges (qaudit/kernels.py).

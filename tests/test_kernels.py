@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -208,6 +209,75 @@ def test_bin_values_refuses_values_outside_the_grid():
         k.bin_values(np.zeros((1, 2, 10), np.float32), 1, 11, 2.0, hist, ch, lo, hi, am, aM)
     with pytest.raises(ValueError, match="inconsistent"):  # channel bins must divide the fine bins
         k.bin_values(np.zeros((1, 2, 10), np.float32), 1, 10, 2.0, hist, np.zeros((2, 300), np.int64), lo, hi, am, aM)
+
+
+def _minmax_cases():
+    rng = np.random.default_rng(11)
+    # rows shorter than, equal to and longer than the loop's 16 lanes, with a tail
+    for pre, C, post in ((1, 1, 1), (3, 5, 1), (2, 3, 16), (1, 4, 37), (2, 7, 1517)):
+        x = (rng.standard_normal((pre, C, post)) * 5).astype(np.float32)
+        yield f"normal-{pre}x{C}x{post}", x
+    x = np.maximum(rng.standard_normal((2, 3, 40)), 0).astype(np.float32)
+    x[1, 2, :] = -0.0
+    yield "relu-and-negative-zero", x
+    x = rng.standard_normal((2, 4, 33)).astype(np.float32)
+    x[0, 1, 32] = np.inf  # in the tail
+    x[1, 2, 3] = -np.inf
+    x[:, 3, :] = np.inf  # a channel of +inf only
+    yield "infinities", x
+    x = rng.standard_normal((2, 4, 33)).astype(np.float32)
+    x[1, 0, 5] = np.nan  # in the second row of channel 0, after its first row
+    x[0, 2, 32] = np.nan  # in the tail
+    x[:, 3, :] = np.nan  # all NaN
+    yield "nan", x
+    x = rng.standard_normal((5, 3, 1)).astype(np.float32)  # rows of one value: the loop without lanes
+    x[2, 1, 0] = np.nan
+    x[:, 2, 0] = np.nan
+    yield "nan-short-rows", x
+
+
+@needs_c
+@pytest.mark.parametrize("case", list(_minmax_cases()), ids=lambda c: c[0])
+def test_minmax_equals_numpy(case):
+    """One pass for each channel's min and max: ``x.min(axis=(0, 2))`` (NaN
+    propagates) and, flattened, ``np.nanmin``/``np.nanmax`` (NaN ignored)."""
+    _, x = case
+    pre, C, post = x.shape
+    lo, hi = np.full(C, 7.0, np.float32), np.full(C, 7.0, np.float32)  # overwritten, not merged
+    n_nan = kernels._compiled.minmax(x, pre, post, lo, hi, False)
+    assert n_nan == np.count_nonzero(np.isnan(x))
+    np.testing.assert_array_equal(lo, x.min(axis=(0, 2)))
+    np.testing.assert_array_equal(hi, x.max(axis=(0, 2)))
+    for ch in range(C):  # np.nanmin of each channel alone, and of the whole tensor
+        flat = np.ascontiguousarray(x[:, ch, :]).ravel()
+        ext = np.empty(2, np.float32)
+        kernels._compiled.minmax(flat, 1, flat.size, ext[:1], ext[1:], True)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slice
+            np.testing.assert_array_equal(ext, [np.nanmin(flat), np.nanmax(flat)])
+    flat = x.ravel()
+    ext = np.empty(2, np.float32)
+    kernels._compiled.minmax(flat, 1, flat.size, ext[:1], ext[1:], True)
+    np.testing.assert_array_equal(ext, [np.nanmin(flat), np.nanmax(flat)])
+
+
+@needs_c
+def test_minmax_rejects_bad_input():
+    k = kernels._compiled
+    x = np.zeros((2, 3, 4), np.float32)
+    lo, hi = np.empty(3, np.float32), np.empty(3, np.float32)
+    with pytest.raises(ValueError, match="inconsistent"):
+        k.minmax(x, 2, 5, lo, hi, False)
+    with pytest.raises(ValueError, match="inconsistent"):
+        k.minmax(x, 2, 4, lo, np.empty(2, np.float32), False)
+    with pytest.raises(TypeError, match="x"):
+        k.minmax(x.astype(np.float64), 2, 4, lo, hi, False)
+    with pytest.raises(TypeError, match="cmin"):
+        k.minmax(x, 2, 4, lo.astype(np.float64), hi, False)
+    with pytest.raises((TypeError, ValueError)):
+        k.minmax(np.zeros((2, 3, 8), np.float32)[:, :, ::2], 2, 4, lo, hi, False)  # not contiguous
+    with pytest.raises((TypeError, ValueError, BufferError)):
+        k.minmax(x, 2, 4, np.frombuffer(bytes(12), np.float32), hi, False)  # read-only output
 
 
 @needs_c
