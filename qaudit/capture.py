@@ -83,8 +83,8 @@ def no_spinning(so) -> None:
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
 
-#: batches between two :func:`release_free_memory` calls
-TRIM_EVERY = 8
+#: batches between two :func:`release_free_memory` calls (see there for why 32)
+TRIM_EVERY = 32
 
 
 def release_free_memory() -> None:
@@ -93,9 +93,25 @@ def release_free_memory() -> None:
     glibc serves arrays below its *dynamic* mmap threshold (it rises to the size
     of the largest freed block, up to 32 MiB) from per-thread arenas; with ORT and
     two measuring threads allocating and freeing activation-sized arrays, freed
-    pages stay resident and RSS crept up with the number of batches: PP-OCRv4
-    det@320 peaked 10.5 % higher at 256 samples than at 64 (glibc 2.36). Trimming
-    every :data:`TRIM_EVERY` batches, while the workers are idle, halved that.
+    pages stay resident and RSS creeps up with the number of batches. A trim is
+    not free either: the next batch faults every returned page back in.
+    PP-OCRv4 det@320, batch 1, peak RSS at 128 -> 512 samples and wall time at
+    512 (onnxruntime 1.32, glibc 2.36, 2 cores):
+
+    =================  =========================  ===========  ===========
+    trim               peak RSS, 128 -> 512       wall at 512  page faults
+    =================  =========================  ===========  ===========
+    never              843 -> 1,032 MB (+22 %)    (not kept)   0.5 M
+    every 8 batches    830 -> 858 MB (+3.4 %)     76.7 s       8.3 M
+    every 32 batches   827 -> 874 MB (+5.6 %)     70.8 s       2.4 M
+    every 64 batches   838 -> 905 MB (+8.0 %)     68.1 s       1.4 M
+    =================  =========================  ===========  ===========
+
+    Every 32 keeps the growth near 5 % (the target is 10 %). Trimming when RSS
+    passed the first batches' high by 5 % trimmed every other batch: the
+    capture's working set keeps growing for a while (the meters hold small
+    tensors back, ``measure.PENDING_BYTES``). MALLOC_ARENA_MAX=2 did not stop
+    the creep (865 -> 997 MB).
     """
     global _malloc_trim
     if _malloc_trim is None:
