@@ -1,7 +1,7 @@
-"""Build of qaudit's optional C kernels (qaudit/_kernels.c); everything else is in pyproject.toml.
+"""Build of qaudit's optional C kernels (qaudit/pipeline/_kernels.c); everything else is in pyproject.toml.
 
 The extension is optional: without a C compiler, ``pip install`` still succeeds
-and qaudit computes the same statistics with numpy, slower (qaudit/kernels.py).
+and qaudit computes the same statistics with numpy, slower (qaudit/pipeline/kernels.py).
 """
 
 from setuptools import Extension, setup
@@ -19,6 +19,6 @@ class BuildExt(build_ext):
 
 
 setup(
-    ext_modules=[Extension("qaudit._kernels", ["qaudit/_kernels.c"], optional=True)],
+    ext_modules=[Extension("qaudit.pipeline._kernels", ["qaudit/pipeline/_kernels.c"], optional=True)],
     cmdclass={"build_ext": BuildExt},
 )

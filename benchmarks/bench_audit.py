@@ -336,7 +336,7 @@ def profile_qaudit(model: Path, data: Path, work: Path, batch_size: int | None, 
     prof = work / "qaudit.prof"
     cmd = [
         sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "qaudit", str(model), "--calib", str(data),
-        "--json", str(work / "qaudit.json"), "--html", str(work / "qaudit.html"), "--quiet",
+        "--json", str(work / "qaudit.json"), "--html", str(work / "qaudit.render.html"), "--quiet",
         *(["--batch-size", str(batch_size)] if batch_size else []),
     ]
     m = measure(cmd, work / "run.log", work, mem_cap, timeout, env=_env_with_repo())

@@ -194,7 +194,7 @@ def qaudit(model: Path, data: Path, work: Path, batch_size: int) -> dict:
     """
     argv = [
         sys.executable, "-m", "qaudit", str(model), "--calib", str(data),
-        "--json", str(work / "qaudit.json"), "--html", str(work / "qaudit.html"),
+        "--json", str(work / "qaudit.json"), "--html", str(work / "qaudit.render.html"),
         "--quiet", *(["--batch-size", str(batch_size)] if batch_size else []),
     ]
     env = dict(os.environ)

@@ -2,14 +2,14 @@
 
 __version__ = "0.1.0"
 
-from .config import AuditConfig, QuantConfig  # noqa: E402
-from .errors import QauditError  # noqa: E402
-from .gate import GateConfig, Threshold, evaluate  # noqa: E402
+from qaudit.options import AuditConfig, QuantConfig  # noqa: E402
+from qaudit.errors import QauditError  # noqa: E402
+from qaudit.gate import GateConfig, Threshold, evaluate  # noqa: E402
 
 
 def audit(cfg, progress=None):
-    """Run an audit (see :func:`qaudit.control.audit`)."""
-    from .control import audit as _audit
+    """Run an audit (see :func:`qaudit.pipeline.audit.audit`)."""
+    from qaudit.pipeline.audit import audit as _audit
 
     return _audit(cfg, progress)
 

@@ -1,3 +1,3 @@
-from .cli import entry
+from qaudit.cli.main import entry
 
 entry()

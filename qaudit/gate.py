@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Mapping
 
-from .errors import ConfigError
-from .report import GateCheck, GateResult, LayerRow, OutputRow, Report
+from qaudit.errors import ConfigError
+from qaudit.report import GateCheck, GateResult, LayerRow, OutputRow, Report
 
 WILDCARDS = "*?["
 
@@ -172,7 +172,7 @@ class Threshold:
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Which gates apply, with what thresholds. Build it in code or with :func:`qaudit.settings.resolve`.
+    """Which gates apply, with what thresholds. Build it in code or with :func:`qaudit.cli.settings.resolve`.
 
     ``thresholds`` maps gate names (:data:`GATES`) to a :class:`Threshold` or a
     plain number (the default, no overrides). Gates with a built-in default

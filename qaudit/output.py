@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import ConfigError
+from qaudit.errors import ConfigError
 
 
 @contextlib.contextmanager

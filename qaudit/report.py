@@ -48,7 +48,7 @@ class Histogram:
     """fp32 values of one tensor over the evaluation data: ``len(counts)`` equal bins on ``[lo, hi]``.
 
     Built from the 2048-bin streaming histogram the percentiles come from
-    (:meth:`qaudit.metrics.RangeHistogram.compact`); ``lo == hi`` when every value is 0.
+    (:meth:`qaudit.pipeline.metrics.RangeHistogram.compact`); ``lo == hi`` when every value is 0.
     """
 
     lo: float

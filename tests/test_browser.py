@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from .browser import Chromium, chromium_path
-from qaudit.html import plot_ids, render_html
+from qaudit.render.html import plot_ids, render_html
 from qaudit.report import from_dict
 
 pytestmark = pytest.mark.browser

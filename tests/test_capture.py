@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from qaudit.capture import lockstep
+from qaudit.pipeline.parallel import lockstep
 from qaudit.errors import DataError
 
 

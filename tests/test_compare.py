@@ -17,9 +17,9 @@ import sys
 import onnx
 import pytest
 
-from qaudit.align import LayerSig, align, signature_similarity, signatures
-from qaudit.compare import CompareConfig, compare, compare_reports, cosine, guess_layout, to_dict
-from qaudit.config import AuditConfig
+from qaudit.comparison.align import LayerSig, align, signature_similarity, signatures
+from qaudit.comparison.compare import CompareConfig, compare, compare_reports, cosine, guess_layout, to_dict
+from qaudit.options import AuditConfig
 from qaudit.errors import ConfigError
 from qaudit.report import from_json, to_json
 
@@ -193,7 +193,7 @@ def test_inserted_layer_of_equal_signature_is_resolved_by_activations():
     rng = np.random.default_rng(0)
     acts = [rng.normal(size=(2, 8, 4, 4)) for _ in range(3)]
     # b is a without its middle layer: b0 = a0, b1 = a2
-    from qaudit.compare import activation_similarity
+    from qaudit.comparison.compare import activation_similarity
 
     sim = activation_similarity(a, b, {f"a{i}": acts[i] for i in range(3)}, {"b0": acts[0], "b1": acts[2]})
     al = align(a, b, sim)
@@ -305,7 +305,7 @@ def test_cli_user_errors_exit_2(args, message, saved_reports):
 
 
 def test_html_overlays_aligned_rows(sample_comparison):
-    from qaudit.html_compare import aligned_reports, render_comparison_html
+    from qaudit.render.compare_html import aligned_reports, render_comparison_html
 
     reps = aligned_reports(sample_comparison)
     for label, rep in reps:
@@ -315,7 +315,7 @@ def test_html_overlays_aligned_rows(sample_comparison):
 
 
 def test_terminal_rendering_two_models(sample_comparison):
-    from qaudit.terminal import console, render_comparison
+    from qaudit.render.terminal import console, render_comparison
 
     c = compare_reports(sample_comparison.reports[:2], labels=["script", "dynamo"])
     buf = io.StringIO()

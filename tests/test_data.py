@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from onnx import numpy_helper
 
-from qaudit.data import Dataset, load_labels
+from qaudit.pipeline.data import Dataset, load_labels
 from qaudit.errors import DataError
-from qaudit.load import InputSpec
+from qaudit.pipeline.load import InputSpec
 
 IMG = InputSpec("x", np.dtype("float32"), (None, 2, 3))
 TOK = InputSpec("ids", np.dtype("int64"), (None, None))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from qaudit.settings import OPTIONS
+from qaudit.cli.settings import OPTIONS
 
 from .conftest import REPO, SAMPLE
 

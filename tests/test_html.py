@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from qaudit.html import ISOLATED_MISSING, default_label, plot_ids, render_html
+from qaudit.render.html import ISOLATED_MISSING, default_label, plot_ids, render_html
 from qaudit.report import LayerRow, UnmatchedTensor, from_dict, from_json
-from qaudit.svgplot import PALETTE
+from qaudit.render.svgplot import PALETTE
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_MODEL = REPO / "samples" / "digits" / "model.onnx"

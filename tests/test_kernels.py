@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 import qaudit
-from qaudit import kernels
+from qaudit.pipeline import kernels
 from qaudit.errors import ConfigError
-from qaudit.measure import ActivationMeter
-from qaudit.metrics import RangeHistogram, dequantize
+from qaudit.pipeline.measure import ActivationMeter
+from qaudit.pipeline.metrics import RangeHistogram, dequantize
 
 from .conftest import SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_MODEL
 from .test_streaming import SHAPES, _data, _matching
@@ -127,7 +127,7 @@ def test_lean_collector_equals_ort_collector_either_way(mode, grows):
     """The calibration histograms handed to the quantizer are ORT's, with C or numpy."""
     from onnxruntime.quantization.calibrate import HistogramCollector
 
-    from qaudit.quantize import _lean_collector_class, quiet_ort
+    from qaudit.pipeline.quantize import _lean_collector_class, quiet_ort
 
     kw = dict(method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=2048, percentile=99.999, scenario="same")
     ours, theirs = _lean_collector_class()(**kw), HistogramCollector(**kw)

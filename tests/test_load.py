@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 import qaudit
-from qaudit.load import infer_shapes, input_specs, load_model, untyped_outputs
+from qaudit.pipeline.load import infer_shapes, input_specs, load_model, untyped_outputs
 
 from .models import contrib_op_model
 
@@ -47,7 +47,7 @@ def test_sample_uses_plain_onnx_inference():
 
 @pytest.mark.parametrize("variant", [0, 1, 2])
 def test_every_variant_runs(variant):
-    from qaudit.load import SHAPE_INFERENCE_VARIANTS
+    from qaudit.pipeline.load import SHAPE_INFERENCE_VARIANTS
 
     name, run = SHAPE_INFERENCE_VARIANTS[variant]
     assert run(contrib_op_model()).graph.node

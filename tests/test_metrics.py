@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from qaudit.metrics import (
+from qaudit.pipeline.metrics import (
     ClipCounter,
     ErrorAccumulator,
     OutputAccumulator,

@@ -17,12 +17,13 @@ from onnxruntime.quantization.qdq_loss_debug import (
 )
 
 import qaudit
-from qaudit.capture import make_session, with_outputs
-from qaudit.load import load_model
-from qaudit.match import match
-from qaudit.metrics import sqnr_of
-from qaudit.quantize import quiet_ort
-from qaudit.transform import ensure_node_names, fold_batchnorm
+from qaudit.pipeline.graph import with_outputs
+from qaudit.pipeline.session import make_session
+from qaudit.pipeline.load import load_model
+from qaudit.pipeline.match import match
+from qaudit.pipeline.metrics import sqnr_of
+from qaudit.pipeline.quantize import quiet_ort
+from qaudit.pipeline.transform import ensure_node_names, fold_batchnorm
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "digits"
 
@@ -231,7 +232,7 @@ def test_isolated_error_by_hand(int8_weights, tmp_path):
 
 
 def test_auto_batch_size():
-    from qaudit.control import ACTIVATION_BUDGET, auto_batch_size
+    from qaudit.pipeline.audit import ACTIVATION_BUDGET, auto_batch_size
 
     assert auto_batch_size(ACTIVATION_BUDGET // 3, None) == 3
     assert auto_batch_size(177_000_000, None) == 1  # PP-OCRv4 det at 320x320: 177 MB per sample
@@ -253,7 +254,7 @@ def test_calibration_ranges_equal_ort_calibrator(tmp_path, workers):
     sees every batch with the model's output."""
     from onnxruntime.quantization import create_calibrator
 
-    from qaudit.quantize import calibrate, quantizable_op_types
+    from qaudit.pipeline.quantize import calibrate, quantizable_op_types
 
     folded = _folded(tmp_path)
     batches = _batches("calib")
@@ -288,7 +289,7 @@ def test_lean_collector_equals_ort_collector_and_survives_empty_tensors():
     (docs/ort-quirks.md #22), keeps its first histogram."""
     from onnxruntime.quantization.calibrate import HistogramCollector
 
-    from qaudit.quantize import _lean_collector_class
+    from qaudit.pipeline.quantize import _lean_collector_class
 
     kw = dict(method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=2048, percentile=99.999, scenario="same")
     ours, theirs = _lean_collector_class()(**kw), HistogramCollector(**kw)

@@ -33,10 +33,11 @@ import onnx
 import pytest
 
 import qaudit
-from qaudit.capture import make_session, run_named, save_model, with_outputs
-from qaudit.load import load_model
-from qaudit.match import match
-from qaudit.transform import constants_to_initializers, ensure_node_names, fold_batchnorm
+from qaudit.pipeline.graph import with_outputs
+from qaudit.pipeline.session import make_session, run_named, save_model
+from qaudit.pipeline.load import load_model
+from qaudit.pipeline.match import match
+from qaudit.pipeline.transform import constants_to_initializers, ensure_node_names, fold_batchnorm
 
 from .conftest import REPO
 
@@ -186,7 +187,7 @@ class RealModels:
             n_calib, n_eval = SIZES[name]
             d = self.build.build(self.root / "subjects", only=(name,), n_calib=n_calib, n_eval=n_eval)[name]
             model = self.build.model_path(d)
-            lm = load_model(model)  # the same steps as qaudit.control.audit
+            lm = load_model(model)  # the same steps as qaudit.pipeline.audit.audit
             ensure_node_names(lm.model)
             constants_to_initializers(lm.model)
             folded = save_model(fold_batchnorm(lm.model).model, self.root / f"{name}-folded.onnx")
@@ -655,7 +656,7 @@ def test_calibration_ranges_equal_ort_percentile_calibrator(realmodels, name, tm
     different threads, tensors shared out over two workers."""
     from onnxruntime.quantization import CalibrationMethod, create_calibrator
 
-    from qaudit.quantize import calibrate, quantizable_op_types, quiet_ort
+    from qaudit.pipeline.quantize import calibrate, quantizable_op_types, quiet_ort
 
     s = realmodels.subject(name)
     calib = _batches(s.dir / "calib", s.input_name)

@@ -1,4 +1,4 @@
-"""Configuration sources and precedence (qaudit.settings), in-process.
+"""Configuration sources and precedence (qaudit.cli.settings), in-process.
 
 Every test resolves settings with its own working directory (``tmp_path``)
 and its own environment dict, so nothing depends on the machine it runs on.
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from qaudit.cli import build_parser, build_report_parser
+from qaudit.cli.main import build_parser, build_report_parser
 from qaudit.errors import ConfigError
 from qaudit.gate import Threshold
-from qaudit.settings import OPTIONS, resolve
+from qaudit.cli.settings import OPTIONS, resolve
 
 
 def write(path: Path, text: str) -> Path:
@@ -26,7 +26,7 @@ def write(path: Path, text: str) -> Path:
 
 def cli_args(*argv, command="audit") -> dict:
     """What the CLI hands to resolve() for ``argv``: only options that were typed."""
-    from qaudit.settings import OPTIONS_BY_NAME
+    from qaudit.cli.settings import OPTIONS_BY_NAME
 
     parser = build_parser() if command == "audit" else build_report_parser()
     ns = vars(parser.parse_args(list(argv)))

@@ -8,9 +8,9 @@ import pytest
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from qaudit.graph import output_channel_matrix
-from qaudit.load import load_model
-from qaudit.transform import constants_to_initializers, fold_batchnorm
+from qaudit.pipeline.graph import output_channel_matrix
+from qaudit.pipeline.load import load_model
+from qaudit.pipeline.transform import constants_to_initializers, fold_batchnorm
 
 from .models import input_for, layer_bn_model, shared_output_model
 
@@ -122,9 +122,9 @@ def test_constants_become_initializers():
 
 def _broken_fold(scale_first_channel: float):
     """``fold_batchnorm`` whose first folded layer's output channel 0 is off by ``scale``."""
-    import qaudit.control
+    import qaudit.pipeline.audit
 
-    real = qaudit.control.fold_batchnorm
+    real = qaudit.pipeline.audit.fold_batchnorm
 
     def fold(model):
         res = real(model)
@@ -145,7 +145,7 @@ def test_folding_check_stops_a_wrong_fold(monkeypatch, tmp_path):
     import qaudit
     from qaudit.errors import FoldingError
 
-    monkeypatch.setattr("qaudit.control.fold_batchnorm", _broken_fold(1.5))
+    monkeypatch.setattr("qaudit.pipeline.audit.fold_batchnorm", _broken_fold(1.5))
     with pytest.raises(FoldingError, match="BatchNormalization folding changed output 'logits'"):
         qaudit.audit(qaudit.AuditConfig(model=SAMPLE / "model.onnx", calib=SAMPLE / "calib", isolated=False))
 
@@ -156,13 +156,13 @@ def test_folding_check_covers_the_first_samples(monkeypatch):
     import qaudit
     from qaudit.errors import FoldingError
 
-    monkeypatch.setattr("qaudit.control.FOLD_CHECK_SAMPLES", 20)
+    monkeypatch.setattr("qaudit.pipeline.audit.FOLD_CHECK_SAMPLES", 20)
     cfg = qaudit.AuditConfig(model=SAMPLE / "model.onnx", calib=SAMPLE / "calib", isolated=False, batch_size=8)
     report = qaudit.audit(cfg)
     assert report.data["n_calib"] > 24
     assert report.folding["check_samples"] == 24  # three batches of 8 reach 20
     chk = report.folding["check"]["logits"]
     assert 0 < chk["max_abs"] and chk["max_abs_diff"] <= report.folding["atol"] + report.folding["rtol"] * chk["max_abs"]
-    monkeypatch.setattr("qaudit.control.fold_batchnorm", _broken_fold(1.5))
+    monkeypatch.setattr("qaudit.pipeline.audit.fold_batchnorm", _broken_fold(1.5))
     with pytest.raises(FoldingError):
         qaudit.audit(cfg)

@@ -22,8 +22,8 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from .gate import describe
-from .report import GateCheck, GateResult, Report
+from qaudit.gate import describe
+from qaudit.report import GateCheck, GateResult, Report
 
 # characters XML 1.0 does not allow, even escaped
 _ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")

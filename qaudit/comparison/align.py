@@ -36,8 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from .errors import ConfigError
-from .report import LayerRow, Report
+from qaudit.errors import ConfigError
+from qaudit.report import LayerRow, Report
 
 #: op classes that can be paired: a Keras Dense becomes MatMul(+Add), a torch Linear Gemm
 OP_CLASS = {"Conv": "conv", "ConvTranspose": "convT", "Gemm": "dense", "MatMul": "dense"}

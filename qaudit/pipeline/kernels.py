@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 
-from .errors import ConfigError
+from qaudit.errors import ConfigError
 
 try:
-    from . import _kernels as _compiled
+    from qaudit.pipeline import _kernels as _compiled
 except ImportError:  # not built: no compiler at install time
     _compiled = None
 

@@ -26,8 +26,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .errors import DataError
-from .load import InputSpec
+from qaudit.errors import DataError
+from qaudit.pipeline.load import InputSpec
 
 _FINITE_CHUNK = 1 << 22  # elements checked for NaN/Inf at a time
 

@@ -1,9 +1,9 @@
 """Compare the quantization of several exports of one network: ``compare(CompareConfig) -> Comparison``.
 
-Each input is an ONNX model (audited with :func:`qaudit.control.audit`, every
+Each input is an ONNX model (audited with :func:`qaudit.pipeline.audit.audit`, every
 model with the same data and settings) or a saved JSON report. The weighted
 layers of every model are aligned with the first model's
-(:func:`qaudit.align.align`: graph order and signature, confirmed by the
+(:func:`qaudit.comparison.align.align`: graph order and signature, confirmed by the
 cosine similarity of the fp32 activations on the first calibration batch when
 both inputs are models), and each aligned row gets the metrics of every model,
 their differences from the first model, flags for differences beyond a
@@ -32,10 +32,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .align import Alignment, LayerSig, align, resolve_layer, signatures
-from .config import AuditConfig
-from .errors import ConfigError, DataError
-from .report import LayerRow, OutputRow, Report
+from qaudit.comparison.align import Alignment, LayerSig, align, resolve_layer, signatures
+from qaudit.options import AuditConfig
+from qaudit.errors import ConfigError, DataError
+from qaudit.report import LayerRow, OutputRow, Report
 
 COMPARE_FORMAT = {"name": "qaudit-comparison", "version": 1}
 
@@ -260,7 +260,7 @@ def _is_report(path: Path) -> bool:
 
 
 def _read_report(path: Path) -> Report:
-    from .report import from_json
+    from qaudit.report import from_json
 
     if not path.is_file():
         raise ConfigError(f"report not found: {path}")
@@ -276,8 +276,8 @@ _TO_NCHW, _TO_NHWC = (0, 3, 1, 2), (0, 2, 3, 1)
 def _adapt(data: Path, inputs, what: str, work: Path) -> tuple[Path, bool]:
     """``data`` itself if it fits the model's inputs; else, for one 4-D input that is
     the layout transpose of the data, a transposed copy in ``work``."""
-    from .data import Dataset
-    from .load import InputSpec
+    from qaudit.pipeline.data import Dataset
+    from qaudit.pipeline.load import InputSpec
 
     try:
         Dataset(data, inputs, what).scan()
@@ -311,8 +311,8 @@ class _Audited:
 
 
 def _audit_model(path: Path, cfg: AuditConfig, work: Path, progress) -> _Audited:
-    from .control import audit
-    from .load import load_model
+    from qaudit.pipeline.audit import audit
+    from qaudit.pipeline.load import load_model
 
     if not path.is_file():
         raise ConfigError(f"model not found: {path}")
@@ -337,11 +337,12 @@ def _fp32_activations(path: Path, calib: Path, rows: Sequence[LayerRow], work: P
     on the first :data:`ACTIVATION_SAMPLES` calibration samples, by row name."""
     import onnx
 
-    from .capture import make_session, run_named, save_model, with_outputs
-    from .data import Dataset
-    from .graph import producers
-    from .load import load_model
-    from .transform import constants_to_initializers, ensure_node_names, fold_batchnorm
+    from qaudit.pipeline.graph import with_outputs
+    from qaudit.pipeline.session import make_session, run_named, save_model
+    from qaudit.pipeline.data import Dataset
+    from qaudit.pipeline.graph import producers
+    from qaudit.pipeline.load import load_model
+    from qaudit.pipeline.transform import constants_to_initializers, ensure_node_names, fold_batchnorm
 
     lm = load_model(path)
     model = lm.model
@@ -721,7 +722,7 @@ def read_map(path: Path, n_inputs: int) -> tuple[tuple[str | int | None, ...], .
 
 def _clean(v):
     """Strict-JSON values: the report's own rules (non-finite floats become null)."""
-    from .report import _clean as clean
+    from qaudit.report import _clean as clean
 
     return clean(v)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .errors import ConfigError
+from qaudit.errors import ConfigError
 
 QUANT_TYPES = ("uint8", "int8")
 FORMATS = ("qdq", "qoperator")

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.theme import Theme
 
-from .report import GateResult, LayerRow, Report
+from qaudit.report import GateResult, LayerRow, Report
 
 THEME = Theme(
     {
@@ -191,14 +191,14 @@ def verdict(result: GateResult) -> Text:
     extra = f", {len(skipped)} skipped" if skipped else ""
     if result.passed:
         return Text.assemble(("PASS", "verdict.pass"), f": {n} gate check(s) passed{extra}")
-    from .gate import describe
+    from qaudit.gate import describe
 
     first = "; ".join(describe(c, ".4g") for c in failed[:3]) + ("; ..." if len(failed) > 3 else "")
     return Text.assemble(("FAIL", "verdict.fail"), f": {len(failed)} of {n} gate check(s) failed{extra}: {first}")
 
 
 def gates_section(result: GateResult) -> Group:
-    from .gate import describe
+    from qaudit.gate import describe
 
     parts = []
     if result.baseline is not None:

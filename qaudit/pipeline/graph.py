@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import copy
+from typing import Iterable
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -130,3 +133,14 @@ def to_array(t: onnx.TensorProto) -> np.ndarray:
 
 def elem_dtype(elem_type: int) -> np.dtype:
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+
+
+def with_outputs(model: onnx.ModelProto, names: Iterable[tuple[str, int]]) -> onnx.ModelProto:
+    """A copy of ``model`` whose graph also outputs ``names`` (``(tensor, elem_type)`` pairs)."""
+    m = copy.deepcopy(model)
+    have = {o.name for o in m.graph.output}
+    for name, elem_type in names:
+        if name not in have:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
+            have.add(name)
+    return m

@@ -2,7 +2,7 @@
 
 ``render_html([(label, report), ...])`` returns one HTML document: header
 (model, sha256, settings, data, versions, gate verdict), output metrics, the
-layerwise plots (inline SVG from :mod:`qaudit.svgplot`; several reports are
+layerwise plots (inline SVG from :mod:`qaudit.render.svgplot`; several reports are
 overlaid on the same axes with a legend), histograms of the worst layers, and
 the sortable per-layer table with the unmatched tensors.
 
@@ -20,9 +20,9 @@ from html import escape
 from pathlib import PurePath
 from typing import Callable, Sequence
 
-from . import __version__
-from .report import LayerRow, Report
-from .svgplot import DASHES, MARKERS, PALETTE, Series, VLine, histogram_plot, line_plot, num
+from qaudit import __version__
+from qaudit.report import LayerRow, Report
+from qaudit.render.svgplot import DASHES, MARKERS, PALETTE, Series, VLine, histogram_plot, line_plot, num
 
 #: quantized integer range per activation dtype, for the quantization grid drawn on histograms
 QRANGE = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}

@@ -8,7 +8,7 @@
 A crash is never reported as a gate failure: only a completed gate
 evaluation returns 1, and anything unexpected returns 3.
 
-Options come from :data:`qaudit.settings.OPTIONS`; :func:`qaudit.settings.resolve`
+Options come from :data:`qaudit.cli.settings.OPTIONS`; :func:`qaudit.cli.settings.resolve`
 merges them with the config file and the environment.
 """
 
@@ -20,8 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import ConfigError, QauditError
+from qaudit import __version__
+from qaudit.errors import ConfigError, QauditError
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -50,8 +50,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_options(p: argparse.ArgumentParser, command: str, only: frozenset | None = None) -> None:
     """The options of ``command`` from the settings table (``only``: just these); none has a
-    default here (argparse.SUPPRESS), so :func:`qaudit.settings.resolve` sees only what was typed."""
-    from .settings import OPTIONS
+    default here (argparse.SUPPRESS), so :func:`qaudit.cli.settings.resolve` sees only what was typed."""
+    from qaudit.cli.settings import OPTIONS
 
     used = {o.group for o in OPTIONS if command in o.commands and (only is None or o.name in only)} | {"config"}
     groups = {name: p.add_argument_group(title) for name, title in GROUP_TITLES.items() if name in used}
@@ -150,7 +150,7 @@ def build_compare_parser() -> argparse.ArgumentParser:
 
 
 def _tolerances(items: list[str]) -> dict:
-    from .compare import DEFAULT_TOLERANCES
+    from qaudit.comparison.compare import DEFAULT_TOLERANCES
 
     out = {}
     for item in items:
@@ -169,10 +169,10 @@ def _tolerances(items: list[str]) -> dict:
 
 
 def _run_compare(args) -> int:
-    from .compare import CompareConfig, compare, read_map
-    from .compare import to_json as comparison_json
-    from .output import write_text
-    from .terminal import console, render_comparison
+    from qaudit.comparison.compare import CompareConfig, compare, read_map
+    from qaudit.comparison.compare import to_json as comparison_json
+    from qaudit.output import write_text
+    from qaudit.render.terminal import console, render_comparison
 
     names = tuple(x.strip() for x in args.names.split(",")) if args.names else None
     _check_outputs({f"input {p}": p for p in args.inputs}, {"--json": args.json, "--html": args.html})
@@ -196,7 +196,7 @@ def _run_compare(args) -> int:
     if args.json:
         texts[args.json] = comparison_json(result)
     if args.html:
-        from .html_compare import render_comparison_html
+        from qaudit.render.compare_html import render_comparison_html
 
         texts[args.html] = render_comparison_html(result)
     for target, text in texts.items():
@@ -240,7 +240,7 @@ class _RichProgress:
     def __init__(self):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        from .terminal import console
+        from qaudit.render.terminal import console
 
         self._p = Progress(
             TextColumn("{task.description:<28}"),
@@ -268,7 +268,7 @@ class _RichProgress:
 
 
 def _settings(command: str, args: argparse.Namespace):
-    from .settings import OPTIONS_BY_NAME, resolve
+    from qaudit.cli.settings import OPTIONS_BY_NAME, resolve
 
     cli = {k: v for k, v in vars(args).items() if k in OPTIONS_BY_NAME or k == "config"}
     return resolve(command, cli, os.environ, Path.cwd())
@@ -276,7 +276,7 @@ def _settings(command: str, args: argparse.Namespace):
 
 def _read_report(path, what: str):
     """A saved JSON report (a user error if it is missing or not a qaudit report)."""
-    from .report import from_json
+    from qaudit.report import from_json
 
     path = Path(path)
     if not path.is_file():
@@ -289,12 +289,12 @@ def _read_report(path, what: str):
 
 def _finish(report, settings, baseline) -> int:
     """Evaluate the gates, write every requested output, render, and choose the exit code."""
-    from .gate import evaluate
-    from .junit import format as junit_format
-    from .markdown import format as markdown_format
-    from .output import write_text
-    from .report import to_json
-    from .terminal import console, print_verdict, render
+    from qaudit.gate import evaluate
+    from qaudit.render.junit import format as junit_format
+    from qaudit.render.markdown import format as markdown_format
+    from qaudit.output import write_text
+    from qaudit.report import to_json
+    from qaudit.render.terminal import console, print_verdict, render
 
     v = settings.values
     if settings.gates.configured(baseline is not None):
@@ -310,7 +310,7 @@ def _finish(report, settings, baseline) -> int:
     if v.get("markdown"):
         texts[v["markdown"]] = markdown_format(report, result, worst=max(v["worst"], 5))
     if v.get("html"):
-        from .html import default_label, render_html
+        from qaudit.render.html import default_label, render_html
 
         texts[v["html"]] = render_html([(default_label(report), report)], worst=v["worst"])
     for target, text in texts.items():
@@ -326,7 +326,7 @@ def _finish(report, settings, baseline) -> int:
 
 
 def _run_audit(args) -> int:
-    from .control import audit
+    from qaudit.pipeline.audit import audit
 
     settings = _settings("audit", args)
     cfg = settings.audit_config()

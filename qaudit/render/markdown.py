@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from .report import GateCheck, GateResult, Report
+from qaudit.report import GateCheck, GateResult, Report
 
 #: failing checks listed in full; the rest are counted (the JSON report has them all)
 MAX_FAILURES = 50

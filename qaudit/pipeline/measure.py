@@ -14,10 +14,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import onnx
 
-from . import kernels
-from .graph import attr, consumers, initializers, producers, to_array, weighted_layers
-from .match import REMOVABLE_ACTIVATIONS, Matching, quantized_weight
-from .metrics import (
+from qaudit.pipeline import kernels
+from qaudit.pipeline.graph import attr, consumers, initializers, producers, to_array, weighted_layers
+from qaudit.pipeline.match import REMOVABLE_ACTIVATIONS, Matching, quantized_weight
+from qaudit.pipeline.metrics import (
     ClipCounter,
     ErrorAccumulator,
     OutputAccumulator,
@@ -30,8 +30,8 @@ from .metrics import (
     sqnr_of,
     square_sum,
 )
-from .report import Histogram, LayerRow, OutputRow
-from .transform import FoldRecord
+from qaudit.report import Histogram, LayerRow, OutputRow
+from qaudit.pipeline.transform import FoldRecord
 
 #: bins of the per-layer fp32 histogram kept in the report (128 ints per row)
 HISTOGRAM_BINS = 128
@@ -92,7 +92,7 @@ class ActivationMeter:
     ) -> None:
         """One batch: the fp32 tensors, the quantized graph's integer twins and,
         optionally, the twins of the isolated-error graph (each layer fed fp32
-        inputs, see :func:`qaudit.capture.isolated_model`)."""
+        inputs, see :func:`qaudit.pipeline.capture.isolated_model`)."""
         compiled = kernels.native()
         for name in self.names:
             tw = self.matching.twins[name]
@@ -192,7 +192,7 @@ class OutputMeter:
                     self.label_output = name
             lab = labels if name == self.label_output else None
             if lab is not None and len(lab) and (lab.min() < 0 or lab.max() >= x.shape[1]):
-                from .errors import DataError
+                from qaudit.errors import DataError
 
                 raise DataError(
                     f"labels must be class indices in [0, {x.shape[1] - 1}] for output '{name}' "

@@ -24,28 +24,23 @@ from typing import Protocol
 import numpy as np
 import onnx
 
-from . import __version__, kernels
-from .capture import (
-    isolated_model,
-    lockstep,
-    make_session,
-    OutputDeviation,
-    run_named,
-    save_model,
-    shares,
-    usable_cores,
-    with_outputs,
-)
-from .config import AuditConfig
-from .data import Dataset, load_labels
-from .errors import ConfigError, FoldingError, QauditError
-from .load import load_model
-from .match import match
-from .output import atomic_path
-from .measure import ActivationMeter, OutputMeter, layer_rows, softmax_outputs
-from .quantize import calibrate, probe_activations, quantize
-from .report import Report, UnmatchedTensor
-from .transform import constants_to_initializers, ensure_node_names, fold_batchnorm
+from qaudit import __version__
+from qaudit.pipeline import kernels
+from qaudit.pipeline.capture import isolated_model
+from qaudit.pipeline.foldcheck import OutputDeviation
+from qaudit.pipeline.graph import with_outputs
+from qaudit.pipeline.parallel import lockstep, shares, usable_cores
+from qaudit.pipeline.session import make_session, run_named, save_model
+from qaudit.options import AuditConfig
+from qaudit.pipeline.data import Dataset, load_labels
+from qaudit.errors import ConfigError, FoldingError, QauditError
+from qaudit.pipeline.load import load_model
+from qaudit.pipeline.match import match
+from qaudit.output import atomic_path
+from qaudit.pipeline.measure import ActivationMeter, OutputMeter, layer_rows, softmax_outputs
+from qaudit.pipeline.quantize import calibrate, probe_activations, quantize
+from qaudit.report import Report, UnmatchedTensor
+from qaudit.pipeline.transform import constants_to_initializers, ensure_node_names, fold_batchnorm
 
 
 class Progress(Protocol):
@@ -318,7 +313,7 @@ def _capture(fp32_model, qmodel, matching, batches, labels, cfg: AuditConfig, wo
     and stream their tensors into the meters; returns (meter, output meter, samples).
 
     The twins are measured in shares of about equal size, one per usable core,
-    each on its own thread (:func:`~qaudit.capture.lockstep`)."""
+    each on its own thread (:func:`~qaudit.pipeline.parallel.lockstep`)."""
     vtypes = {vi.name: vi.type.tensor_type.elem_type for vi in list(fp32_model.graph.value_info) + list(fp32_model.graph.input)}
     fp32_outs = [(n, vtypes.get(n, onnx.TensorProto.FLOAT)) for n in matching.twins]
     q_outs = [

@@ -1,6 +1,6 @@
-"""HTML page of a :class:`~qaudit.compare.Comparison`: the models overlaid, aligned by the comparison.
+"""HTML page of a :class:`~qaudit.comparison.compare.Comparison`: the models overlaid, aligned by the comparison.
 
-:func:`qaudit.html.render_html` overlays reports by the row index of their
+:func:`qaudit.render.html.render_html` overlays reports by the row index of their
 layer tables. Exports of one network have different rows (Transpose, Reshape,
 Identity, BN nodes), so here each report is reduced to its weighted layers,
 re-indexed by the comparison's aligned row: a layer and its partners share the
@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import replace
 from html import escape
 
-from .compare import Comparison
-from .html import render_html
-from .report import Report
-from .terminal import COMPARE_COLUMNS, fmt
+from qaudit.comparison.compare import Comparison
+from qaudit.render.html import render_html
+from qaudit.report import Report
+from qaudit.render.terminal import COMPARE_COLUMNS, fmt
 
 
 def aligned_reports(c: Comparison) -> list[tuple[str, Report]]:

@@ -35,9 +35,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from .config import FORMATS, QUANT_TYPES, AuditConfig, QuantConfig
-from .errors import ConfigError
-from .gate import GATES, GATES_BY_NAME, GateConfig, GateDef, Threshold
+from qaudit.options import FORMATS, QUANT_TYPES, AuditConfig, QuantConfig
+from qaudit.errors import ConfigError
+from qaudit.gate import GATES, GATES_BY_NAME, GateConfig, GateDef, Threshold
 
 AUDIT, REPORT = "audit", "report"
 BOTH = (AUDIT, REPORT)

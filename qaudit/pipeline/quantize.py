@@ -17,7 +17,7 @@ qaudit does not reimplement calibration: it drives ORT's own
   ``quantize_static`` logs "consider pre-processing" warnings on the root
   logger; both are silenced here (they would corrupt ``--json -``).
 * ``create_calibrator`` makes Percentile *symmetric* by default, unlike
-  MinMax; :class:`~qaudit.config.QuantConfig` records it explicitly.
+  MinMax; :class:`~qaudit.options.QuantConfig` records it explicitly.
 * ``collect_data`` runs the session and histograms on the calling thread, so
   inference and numpy never overlap; :func:`calibrate` runs the session itself
   and gives ORT's collector each batch's outputs on worker threads (same
@@ -34,9 +34,9 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from . import kernels
-from .config import QuantConfig
-from .errors import QauditError, QuantizationError
+from qaudit.pipeline import kernels
+from qaudit.options import QuantConfig
+from qaudit.errors import QauditError, QuantizationError
 
 
 @contextlib.contextmanager
@@ -76,7 +76,8 @@ def probe_activations(
     """
     import onnx
 
-    from .capture import make_session, run_named, with_outputs
+    from qaudit.pipeline.graph import with_outputs
+    from qaudit.pipeline.session import make_session, run_named
 
     model = onnx.load(str(model_path))
     vt = {vi.name: vi.type.tensor_type.elem_type for vi in list(model.graph.value_info) + list(model.graph.output)}
@@ -113,7 +114,7 @@ def _percentile_calibrator(model_path: Path, cfg: QuantConfig, workdir: Path, sk
             # the arena keeps the largest batch's buffers for the whole session.
             import onnxruntime
 
-            from .capture import no_spinning
+            from qaudit.pipeline.session import no_spinning
 
             so = onnxruntime.SessionOptions()
             so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -164,7 +165,7 @@ def calibrate(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from .capture import TRIM_EVERY, release_free_memory, shares, usable_cores
+    from qaudit.pipeline.parallel import TRIM_EVERY, release_free_memory, shares, usable_cores
 
     workers = workers or min(2, usable_cores())
     try:
@@ -327,6 +328,6 @@ def quantize(
 
 
 def _first_line(e: Exception) -> str:
-    from .capture import ort_message
+    from qaudit.pipeline.session import ort_message
 
     return ort_message(e)

@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .graph import attr, consumers, initializers, producers
+from qaudit.pipeline.graph import attr, consumers, initializers, producers
 
 #: Activations ORT's quantizer removes after Conv/Gemm/MatMul (QDQ and QOperator, 1.32).
 REMOVABLE_ACTIVATIONS = ("Relu", "Clip")
@@ -184,7 +184,7 @@ def match(
     ``excluded``: node name -> why it was left in float (``--exclude``, or qaudit's own choice).
     ``fmt``: "qdq" or "qoperator", to name ops the format has no quantized form of.
     """
-    from .quantize import quantizable_op_types
+    from qaudit.pipeline.quantize import quantizable_op_types
 
     g = fp32.graph
     prod = producers(g)
@@ -272,7 +272,7 @@ def quantized_weight(qmodel: onnx.ModelProto, layer: str, op_type: str, weight_i
     Returns ``(array, encoding)``. Handles QDQ (weight -> DequantizeLinear ->
     layer) and QOperator (QLinearConv/QGemm/QLinearMatMul weight inputs).
     """
-    from .metrics import dequantize
+    from qaudit.pipeline.metrics import dequantize
 
     g = qmodel.graph
     inits = initializers(g)

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .graph import attr, consumers, initializers, output_channel_matrix, producers
+from qaudit.pipeline.graph import attr, consumers, initializers, output_channel_matrix, producers
 
 
 @dataclass(frozen=True)

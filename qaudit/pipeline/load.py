@@ -14,8 +14,8 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
-from .errors import ModelError
-from .graph import elem_dtype
+from qaudit.errors import ModelError
+from qaudit.pipeline.graph import elem_dtype
 
 #: ONNX Runtime's quantizer needs QuantizeLinear/DequantizeLinear (opset >= 10)
 #: and upgrades older default-domain opsets itself only from 10 on (ORT 1.32).

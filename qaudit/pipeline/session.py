@@ -1,0 +1,79 @@
+"""ONNX Runtime sessions: how qaudit saves, loads and runs every graph it makes.
+
+Sessions run with ONNX Runtime's default graph optimizations
+(ORT_ENABLE_ALL) unless asked otherwise, so the quantized graph executes the
+fused integer kernels a deployment would run.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+
+#: Models above this size are saved with external data (protobuf's 2 GiB limit).
+_EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> Path:
+    """Save ``model``; large ones get their weights in ``<name>.data`` beside it."""
+    path = Path(path)
+    if model.ByteSize() > _EXTERNAL_DATA_BYTES:
+        onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+def make_session(path: Path, optimize: bool = True, threads: int | None = None, what: str = "the model"):
+    """An ORT CPU session; ``optimize=False`` disables all graph optimizations.
+
+    A model ORT cannot load (unknown op, unsupported type) raises
+    :class:`~qaudit.errors.ModelError` naming ``what``.
+    """
+    import onnxruntime as ort
+
+    from qaudit.errors import ModelError
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # errors only: ORT warns on every unused initializer
+    # No memory arena: an arena keeps the largest batch's buffers for the session's
+    # life, and qaudit runs several sessions one after another (seen on 1.32: det@320
+    # peak RSS 1.84 GB with arenas, 1.35 GB without).
+    so.enable_cpu_mem_arena = False
+    no_spinning(so)
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        so.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ModelError(
+            f"ONNX Runtime cannot run {what}: {ort_message(e)}; the model must run on onnxruntime's CPU provider"
+        ) from e
+
+
+def no_spinning(so) -> None:
+    """Make ORT's intra-op threads sleep, not spin, while they wait for work.
+
+    By default (onnxruntime 1.32) the pool's threads busy-wait after each
+    kernel, which keeps every core busy for as long as a run lasts; qaudit
+    overlaps inference with numpy work on another thread, and the spinning
+    threads took that core: PP-OCRv4 det@320, 32 samples, capture ORT time 4.0 s
+    with spinning, 1.8 s without (docs/ort-quirks.md).
+    """
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+def ort_message(e: Exception) -> str:
+    """ORT's exception text without its error-code prefix and temporary paths."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    msg = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg)
+    return re.sub(r"Load model from \S+ failed:\s*", "", msg)
+
+
+def run_named(session, feeds: dict) -> dict[str, np.ndarray]:
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds)))

@@ -1,0 +1,1 @@
+"""Renderers: every output format of a report or a comparison."""
