@@ -96,8 +96,12 @@ def machine() -> dict:
 def _qaudit_revision() -> str | None:
     """The commit of this repository, and whether qaudit/ has uncommitted changes (the figures depend on both)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "qaudit"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "qaudit"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
     n = len(dirty.splitlines())
@@ -222,7 +226,9 @@ def measure(cmd: list[str], log: Path, cwd: Path, mem_cap: int, timeout: float, 
     with open(log, "wb") as out:
         busy0 = _busy_seconds()
         t0 = time.perf_counter()
-        proc = subprocess.Popen(launcher, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(cwd), env=env)
+        proc = subprocess.Popen(
+            launcher, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=str(cwd), env=env
+        )
         state = {"killed": None, "killed_rss": None, "polled_peak": 0}
         lock, exited = threading.Lock(), threading.Event()
 
@@ -233,7 +239,9 @@ def measure(cmd: list[str], log: Path, cwd: Path, mem_cap: int, timeout: float, 
                 why = "mem_cap" if rss > mem_cap else "timeout" if time.perf_counter() - t0 > timeout else None
                 if why:
                     with lock:
-                        if not exited.is_set():  # the launcher is not reaped yet: its pid (= process group) is still ours
+                        if (
+                            not exited.is_set()
+                        ):  # the launcher is not reaped yet: its pid (= process group) is still ours
                             state["killed"], state["killed_rss"] = why, rss
                             try:
                                 os.killpg(proc.pid, signal.SIGKILL)
@@ -262,10 +270,21 @@ def measure(cmd: list[str], log: Path, cwd: Path, mem_cap: int, timeout: float, 
     else:
         peak, wall, cpu, code = state["polled_peak"] or None, elapsed, None, proc.returncode
     # a killed run has no rusage (its launcher died with it): its own CPU time is unknown, so is the others'
-    other = (max(0.0, (busy1 - busy0 - cpu) / elapsed)
-             if cpu is not None and busy0 is not None and busy1 is not None and elapsed > 0 else None)
-    return {"elapsed_s": wall, "cpu_s": cpu, "other_cores": other, "exit_code": code, "peak_rss_bytes": peak,
-            "polled_peak_rss_bytes": state["polled_peak"], "killed": state["killed"], "killed_rss_bytes": state["killed_rss"]}
+    other = (
+        max(0.0, (busy1 - busy0 - cpu) / elapsed)
+        if cpu is not None and busy0 is not None and busy1 is not None and elapsed > 0
+        else None
+    )
+    return {
+        "elapsed_s": wall,
+        "cpu_s": cpu,
+        "other_cores": other,
+        "exit_code": code,
+        "peak_rss_bytes": peak,
+        "polled_peak_rss_bytes": state["polled_peak"],
+        "killed": state["killed"],
+        "killed_rss_bytes": state["killed_rss"],
+    }
 
 
 def _env_with_repo() -> dict:
@@ -275,8 +294,15 @@ def _env_with_repo() -> dict:
 
 
 def run_contender(
-    name: str, model: Path, data: Path, work: Path, batch_size: int | None, mem_cap: int, timeout: float,
-    label: str | None = None, idle: tuple[float, float] | None = None,
+    name: str,
+    model: Path,
+    data: Path,
+    work: Path,
+    batch_size: int | None,
+    mem_cap: int,
+    timeout: float,
+    label: str | None = None,
+    idle: tuple[float, float] | None = None,
 ) -> dict:
     """Run one contender of ``contenders.py`` in its own process, measured from outside.
 
@@ -294,7 +320,7 @@ def run_contender(
     phases = None
     for line in text.splitlines():
         if line.startswith("BENCH_PHASES "):
-            phases = json.loads(line[len("BENCH_PHASES "):])
+            phases = json.loads(line[len("BENCH_PHASES ") :])
     chosen = kernels = None
     if name == "qaudit" and m["killed"] is None and (work / "qaudit.json").exists():
         try:
@@ -327,7 +353,9 @@ def run_contender(
     return res
 
 
-def profile_qaudit(model: Path, data: Path, work: Path, batch_size: int | None, mem_cap: int, timeout: float, top: int = 15) -> dict:
+def profile_qaudit(
+    model: Path, data: Path, work: Path, batch_size: int | None, mem_cap: int, timeout: float, top: int = 15
+) -> dict:
     """Run the qaudit CLI once under cProfile (and the watchdog); the ``top`` functions by tottime, as pstats prints them."""
     import io
     import pstats
@@ -335,8 +363,21 @@ def profile_qaudit(model: Path, data: Path, work: Path, batch_size: int | None, 
     work.mkdir(parents=True, exist_ok=True)
     prof = work / "qaudit.prof"
     cmd = [
-        sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "qaudit", str(model), "--calib", str(data),
-        "--json", str(work / "qaudit.json"), "--html", str(work / "qaudit.render.html"), "--quiet",
+        sys.executable,
+        "-m",
+        "cProfile",
+        "-o",
+        str(prof),
+        "-m",
+        "qaudit",
+        str(model),
+        "--calib",
+        str(data),
+        "--json",
+        str(work / "qaudit.json"),
+        "--html",
+        str(work / "qaudit.render.html"),
+        "--quiet",
         *(["--batch-size", str(batch_size)] if batch_size else []),
     ]
     m = measure(cmd, work / "run.log", work, mem_cap, timeout, env=_env_with_repo())
@@ -349,7 +390,7 @@ def profile_qaudit(model: Path, data: Path, work: Path, batch_size: int | None, 
     for root in sorted({str(REPO), *(p for p in sys.path if p)}, key=len, reverse=True):
         if root and root != os.sep:
             text = text.replace(root + os.sep, "")
-    text = text[text.find("   Ordered by"):] if "Ordered by" in text else text
+    text = text[text.find("   Ordered by") :] if "Ordered by" in text else text
     head = f"wall under cProfile: {m['elapsed_s']:.1f} s, peak RSS {_mb(m['peak_rss_bytes'])} MB"
     return {**m, "text": head + "\n" + text.rstrip() + "\n"}
 
@@ -375,7 +416,10 @@ def ratios(results: list[dict], cap: int) -> list[dict]:
     for (model, n), rs in by.items():
         q = rs.get("qaudit")
         row = {"model": model, "n": n}
-        for key, other, target in (("qaudit_vs_ort_percentile", "ort_percentile", TARGET_VS_ORT), ("qaudit_vs_fp32", "fp32", TARGET_VS_FP32)):
+        for key, other, target in (
+            ("qaudit_vs_ort_percentile", "ort_percentile", TARGET_VS_ORT),
+            ("qaudit_vs_fp32", "fp32", TARGET_VS_FP32),
+        ):
             o = rs.get(other)
             if not q or q["wall_s"] is None or not o:
                 row[key] = None
@@ -399,13 +443,21 @@ def summary(results: list[dict]) -> dict:
     s = {}
     det128 = q.get(("det", 128))
     if det128:
-        s["qaudit_det_n128_peak_rss"] = {"bytes": det128["peak_rss_bytes"], "target": TARGET_DET128_RSS, "met": det128["peak_rss_bytes"] < TARGET_DET128_RSS}
+        s["qaudit_det_n128_peak_rss"] = {
+            "bytes": det128["peak_rss_bytes"],
+            "target": TARGET_DET128_RSS,
+            "met": det128["peak_rss_bytes"] < TARGET_DET128_RSS,
+        }
     for model in MODELS:
         ns = sorted(n for (m, n) in q if m == model)
         if len(ns) >= 2:
             a, b = q[(model, ns[0])], q[(model, ns[-1])]
             g = b["peak_rss_bytes"] / a["peak_rss_bytes"] - 1
-            s[f"qaudit_{model}_rss_growth_n{ns[0]}_to_n{ns[-1]}"] = {"growth": g, "target": TARGET_RSS_GROWTH, "met": g <= TARGET_RSS_GROWTH}
+            s[f"qaudit_{model}_rss_growth_n{ns[0]}_to_n{ns[-1]}"] = {
+                "growth": g,
+                "target": TARGET_RSS_GROWTH,
+                "met": g <= TARGET_RSS_GROWTH,
+            }
     return s
 
 
@@ -449,14 +501,19 @@ def table(results: list[dict], cap: int) -> str:
     lines.append("")
     lines.append("Targets (qaudit with its default batch size):")
     for r in ratios(results, cap):
-        for key, what in (("qaudit_vs_ort_percentile", "wall qaudit / ort_percentile"), ("qaudit_vs_fp32", "wall qaudit / fp32")):
+        for key, what in (
+            ("qaudit_vs_ort_percentile", "wall qaudit / ort_percentile"),
+            ("qaudit_vs_fp32", "wall qaudit / fp32"),
+        ):
             v = r[key]
             if v is None:
                 lines.append(f"  {r['model']:<4} N={r['n']:<4} {what:<30} n/a")
                 continue
             verdict = "met" if v["met"] else "NOT met"
             cpu = f"; CPU time ratio {v['cpu_ratio']:.2f}" if v.get("cpu_ratio") is not None else ""
-            lines.append(f"  {r['model']:<4} N={r['n']:<4} {what:<30} {_fmt_ratio((v['value'], v['bound'])):>7}  (target <= {v['target']:g}: {verdict}{cpu})")
+            lines.append(
+                f"  {r['model']:<4} N={r['n']:<4} {what:<30} {_fmt_ratio((v['value'], v['bound'])):>7}  (target <= {v['target']:g}: {verdict}{cpu})"
+            )
     for key, v in summary(results).items():
         verdict = "met" if v["met"] else "NOT met"
         if "growth" in v:
@@ -468,29 +525,63 @@ def table(results: list[dict], cap: int) -> str:
 
 # -- main ------------------------------------------------------------------
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 2)[2],
+    )
     ap.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     ap.add_argument("--n", nargs="+", type=int, default=[128, 512], help="numbers of samples (multiples of 16)")
     ap.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
     ap.add_argument("--quick", action="store_true", help="a smoke run: cls only, N=32")
-    ap.add_argument("--batch-size", type=int,
-                    help="batch size of every contender; default: qaudit's automatic choice, which the others then use")
-    ap.add_argument("--qaudit-batch-sizes", nargs="*", type=int, default=[], metavar="B",
-                    help="also run qaudit with these batch sizes (rows 'qaudit bs=B')")
-    ap.add_argument("--skip", nargs="*", default=[], metavar="MODEL:N:CONTENDER",
-                    help="runs to leave out (to fit a time budget); '*' matches any model, N or contender")
+    ap.add_argument(
+        "--batch-size",
+        type=int,
+        help="batch size of every contender; default: qaudit's automatic choice, which the others then use",
+    )
+    ap.add_argument(
+        "--qaudit-batch-sizes",
+        nargs="*",
+        type=int,
+        default=[],
+        metavar="B",
+        help="also run qaudit with these batch sizes (rows 'qaudit bs=B')",
+    )
+    ap.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        metavar="MODEL:N:CONTENDER",
+        help="runs to leave out (to fit a time budget); '*' matches any model, N or contender",
+    )
     ap.add_argument("--mem-cap-gb", type=float, default=8.0, help="kill a contender whose RSS exceeds this (GiB)")
     ap.add_argument("--timeout", type=float, default=900.0, help="kill a contender after this many seconds")
-    ap.add_argument("--wait-idle", type=float, default=300.0, metavar="S",
-                    help="before each run, wait up to S seconds until other processes use < --idle-cores cores (0: don't wait)")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="before each run, wait up to S seconds until other processes use < --idle-cores cores (0: don't wait)",
+    )
     ap.add_argument("--idle-cores", type=float, default=0.3, help="see --wait-idle")
-    ap.add_argument("--profile", metavar="MODEL:N", help="also run qaudit once under cProfile on MODEL with N samples; print the top 15 by tottime")
-    ap.add_argument("--profile-mem-cap-gb", type=float, help="memory cap of the profiled run (GiB); default: 75%% of RAM")
-    ap.add_argument("--work", type=Path, help="folder for data, logs and outputs (kept); default: a temporary folder, removed")
+    ap.add_argument(
+        "--profile",
+        metavar="MODEL:N",
+        help="also run qaudit once under cProfile on MODEL with N samples; print the top 15 by tottime",
+    )
+    ap.add_argument(
+        "--profile-mem-cap-gb", type=float, help="memory cap of the profiled run (GiB); default: 75%% of RAM"
+    )
+    ap.add_argument(
+        "--work", type=Path, help="folder for data, logs and outputs (kept); default: a temporary folder, removed"
+    )
     ap.add_argument("--out", type=Path, help="write the results as JSON")
-    ap.add_argument("--reuse", action="store_true",
-                    help="with --work: reuse the result of a run already made there (same batch and cap, "
-                         "other processes below 0.2 cores) instead of running it again")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --work: reuse the result of a run already made there (same batch and cap, "
+        "other processes below 0.2 cores) instead of running it again",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.models, args.n = ["cls"], [32]
@@ -509,8 +600,11 @@ def main(argv=None) -> int:
         f"onnxruntime {m['onnxruntime']}, onnx {m['onnx']}, numpy {m['numpy']}",
         flush=True,
     )
-    print(f"memory cap {args.mem_cap_gb:g} GiB, timeout {args.timeout:g} s, "
-          f"batch size {args.batch_size or 'automatic (qaudit chooses, the other contenders use its choice)'}", flush=True)
+    print(
+        f"memory cap {args.mem_cap_gb:g} GiB, timeout {args.timeout:g} s, "
+        f"batch size {args.batch_size or 'automatic (qaudit chooses, the other contenders use its choice)'}",
+        flush=True,
+    )
 
     tmp = None
     if args.work is None:
@@ -541,8 +635,19 @@ def main(argv=None) -> int:
                 for name, label, fixed in [(c, c, None) for c in order] + extra:
                     run_bs = fixed or bs
                     if skipped(model, n, label):
-                        group.append({"model": model, "n": n, "contender": label, "name": name, "batch_size": run_bs,
-                                      "status": "skipped", "reason": "--skip", "wall_s": None, "peak_rss_bytes": None})
+                        group.append(
+                            {
+                                "model": model,
+                                "n": n,
+                                "contender": label,
+                                "name": name,
+                                "batch_size": run_bs,
+                                "status": "skipped",
+                                "reason": "--skip",
+                                "wall_s": None,
+                                "peak_rss_bytes": None,
+                            }
+                        )
                         print(f"  {model} N={n} {label}: skipped", flush=True)
                         continue
                     if name != "qaudit" and not fixed:
@@ -550,27 +655,47 @@ def main(argv=None) -> int:
                     run_dir = work / "runs" / f"{model}_n{n}" / label.replace(" ", "_").replace("=", "")
                     saved = run_dir / "result.json"
                     r = json.loads(saved.read_text()) if args.reuse and saved.exists() else None
-                    if (r is not None and r.get("batch_size_requested") == run_bs and r.get("mem_cap_bytes") == cap
-                            and (r.get("other_cores") or 0) <= NOISY):
+                    if (
+                        r is not None
+                        and r.get("batch_size_requested") == run_bs
+                        and r.get("mem_cap_bytes") == cap
+                        and (r.get("other_cores") or 0) <= NOISY
+                    ):
                         print(f"  {model} N={n} {label}: reused {saved.relative_to(work)}", flush=True)
                     else:
                         r = run_contender(name, model_path, data, run_dir, run_bs, cap, args.timeout, label, idle)
-                        r = {"model": model, "n": n, "batch_size_requested": run_bs, "mem_cap_bytes": cap, "revision": m["qaudit"], **r}
+                        r = {
+                            "model": model,
+                            "n": n,
+                            "batch_size_requested": run_bs,
+                            "mem_cap_bytes": cap,
+                            "revision": m["qaudit"],
+                            **r,
+                        }
                         saved.write_text(json.dumps(r, indent=2) + "\n")
                     if label == "qaudit" and bs is None and r.get("qaudit_batch_size"):
                         bs = r["qaudit_batch_size"]
                     group.append(r)
-                    print(f"  {model} N={n} {label} (batch {r['batch_size'] or 'auto'}): {r['status']}, {r['elapsed_s']:.1f} s, "
-                          f"peak RSS {_mb(r['peak_rss_bytes'])} MB", flush=True)
+                    print(
+                        f"  {model} N={n} {label} (batch {r['batch_size'] or 'auto'}): {r['status']}, {r['elapsed_s']:.1f} s, "
+                        f"peak RSS {_mb(r['peak_rss_bytes'])} MB",
+                        flush=True,
+                    )
                 rank = {c: i for i, c in enumerate(CONTENDERS)}
                 results += sorted(group, key=lambda r: rank.get(r["contender"], len(rank)))
         if args.profile:
             pm, pn = args.profile.split(":")
             model_path, data = build_inputs(work, pm, int(pn))
-            pcap = int(args.profile_mem_cap_gb * GiB) if args.profile_mem_cap_gb else int(0.75 * (m["ram_bytes"] or 16 * GiB))
+            pcap = (
+                int(args.profile_mem_cap_gb * GiB)
+                if args.profile_mem_cap_gb
+                else int(0.75 * (m["ram_bytes"] or 16 * GiB))
+            )
             if idle is not None:
                 wait_idle(*idle)
-            profile = profile_qaudit(model_path, data, work / "profile" / f"{pm}_n{pn}", args.batch_size, pcap, args.timeout)
+            profile = profile_qaudit(
+                model_path, data, work / "profile" / f"{pm}_n{pn}", args.batch_size, pcap, args.timeout
+            )
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -578,17 +703,31 @@ def main(argv=None) -> int:
     print()
     print(table(results, cap))
     if profile:
-        print(f"\nqaudit under cProfile, {args.profile}, batch size {args.batch_size or 'automatic'}, top 15 by tottime:\n{profile['text']}")
+        print(
+            f"\nqaudit under cProfile, {args.profile}, batch size {args.batch_size or 'automatic'}, top 15 by tottime:\n{profile['text']}"
+        )
     if args.out:
-        args.out.write_text(json.dumps({
-            "machine": m,
-            "settings": {"mem_cap_bytes": cap, "timeout_s": args.timeout, "batch_size": args.batch_size,
-                         "models": args.models, "n": args.n, "quantization": "QDQ, uint8/uint8, per-tensor, Percentile"},
-            "results": results,
-            "ratios": ratios(results, cap),
-            "targets": summary(results),
-            "profile": profile,
-        }, indent=2) + "\n")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "machine": m,
+                    "settings": {
+                        "mem_cap_bytes": cap,
+                        "timeout_s": args.timeout,
+                        "batch_size": args.batch_size,
+                        "models": args.models,
+                        "n": args.n,
+                        "quantization": "QDQ, uint8/uint8, per-tensor, Percentile",
+                    },
+                    "results": results,
+                    "ratios": ratios(results, cap),
+                    "targets": summary(results),
+                    "profile": profile,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         print(f"\nresults written to {args.out}")
     return 0
 

@@ -193,9 +193,18 @@ def qaudit(model: Path, data: Path, work: Path, batch_size: int) -> dict:
     the benchmark reads ``meta.seconds`` from the JSON report.
     """
     argv = [
-        sys.executable, "-m", "qaudit", str(model), "--calib", str(data),
-        "--json", str(work / "qaudit.json"), "--html", str(work / "qaudit.render.html"),
-        "--quiet", *(["--batch-size", str(batch_size)] if batch_size else []),
+        sys.executable,
+        "-m",
+        "qaudit",
+        str(model),
+        "--calib",
+        str(data),
+        "--json",
+        str(work / "qaudit.json"),
+        "--html",
+        str(work / "qaudit.render.html"),
+        "--quiet",
+        *(["--batch-size", str(batch_size)] if batch_size else []),
     ]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))

@@ -2,9 +2,9 @@
 
 __version__ = "0.1.0"
 
-from qaudit.options import AuditConfig, QuantConfig  # noqa: E402
-from qaudit.errors import QauditError  # noqa: E402
-from qaudit.gate import GateConfig, Threshold, evaluate  # noqa: E402
+from qaudit.errors import QauditError
+from qaudit.gate import GateConfig, Threshold, evaluate
+from qaudit.options import AuditConfig, QuantConfig
 
 
 def audit(cfg, progress=None):

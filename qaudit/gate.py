@@ -36,9 +36,9 @@ code. The semantics (README, "Gates"):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Mapping
 
 from qaudit.errors import ConfigError
 from qaudit.report import GateCheck, GateResult, LayerRow, OutputRow, Report
@@ -84,46 +84,102 @@ GATES: tuple[GateDef, ...] = (
     GateDef("min_layer_sqnr", "layer", "sqnr_db", ">=", "minimum activation SQNR of each quantized layer", "dB"),
     GateDef("max_layer_qmse", "layer", "qmse", "<=", "maximum activation QMSE of each quantized layer", low=0.0),
     GateDef(
-        "max_clip_fraction", "layer", "clip_fraction", "<=",
-        "maximum share (0-1) of fp32 values outside the encoding's range, per layer", low=0.0, high=1.0,
+        "max_clip_fraction",
+        "layer",
+        "clip_fraction",
+        "<=",
+        "maximum share (0-1) of fp32 values outside the encoding's range, per layer",
+        low=0.0,
+        high=1.0,
     ),
     GateDef("min_weight_sqnr", "layer", "w_sqnr_db", ">=", "minimum weight SQNR of each weighted layer", "dB"),
     GateDef("min_output_sqnr", "output", "sqnr_db", ">=", "minimum SQNR of each model output", "dB"),
     GateDef("max_output_qmse", "output", "qmse", "<=", "maximum QMSE of each model output", low=0.0),
-    GateDef("max_qce", "output", "qce", "<=", "maximum QCE (cross-entropy fp32 -> int8) of each output", "nats", low=0.0),
-    GateDef("max_qkl", "output", "qkl", "<=", "maximum QKL (KL divergence fp32 -> int8) of each output", "nats", low=0.0),
     GateDef(
-        "min_top1_agreement", "output", "top1_agreement", ">=",
-        "minimum share (0-1) of samples whose top-1 class is unchanged", low=0.0, high=1.0,
-    ),
-    GateDef("min_acc_int8", "output", "acc_int8", ">=", "minimum accuracy (0-1) of the quantized model", low=0.0, high=1.0),
-    GateDef(
-        "max_acc_drop_pct", "output", "acc_drop_pct", "<=",
-        "maximum relative accuracy drop |acc_fp32 - acc_int8| / acc_fp32, in percent", "%", low=0.0,
+        "max_qce", "output", "qce", "<=", "maximum QCE (cross-entropy fp32 -> int8) of each output", "nats", low=0.0
     ),
     GateDef(
-        "max_layer_sqnr_drop", "layer", "sqnr_db", "<=", "with --baseline: maximum SQNR drop of each layer",
-        "dB", kind="regression", direction=-1, low=0.0, default=1.0,
+        "max_qkl", "output", "qkl", "<=", "maximum QKL (KL divergence fp32 -> int8) of each output", "nats", low=0.0
     ),
     GateDef(
-        "max_output_sqnr_drop", "output", "sqnr_db", "<=", "with --baseline: maximum SQNR drop of each output",
-        "dB", kind="regression", direction=-1, low=0.0, default=1.0,
+        "min_top1_agreement",
+        "output",
+        "top1_agreement",
+        ">=",
+        "minimum share (0-1) of samples whose top-1 class is unchanged",
+        low=0.0,
+        high=1.0,
     ),
     GateDef(
-        "max_qce_increase", "output", "qce", "<=", "with --baseline: maximum QCE increase of each output",
-        "nats", kind="regression", direction=+1, low=0.0,
+        "min_acc_int8", "output", "acc_int8", ">=", "minimum accuracy (0-1) of the quantized model", low=0.0, high=1.0
     ),
     GateDef(
-        "max_top1_agreement_drop", "output", "top1_agreement", "<=",
+        "max_acc_drop_pct",
+        "output",
+        "acc_drop_pct",
+        "<=",
+        "maximum relative accuracy drop |acc_fp32 - acc_int8| / acc_fp32, in percent",
+        "%",
+        low=0.0,
+    ),
+    GateDef(
+        "max_layer_sqnr_drop",
+        "layer",
+        "sqnr_db",
+        "<=",
+        "with --baseline: maximum SQNR drop of each layer",
+        "dB",
+        kind="regression",
+        direction=-1,
+        low=0.0,
+        default=1.0,
+    ),
+    GateDef(
+        "max_output_sqnr_drop",
+        "output",
+        "sqnr_db",
+        "<=",
+        "with --baseline: maximum SQNR drop of each output",
+        "dB",
+        kind="regression",
+        direction=-1,
+        low=0.0,
+        default=1.0,
+    ),
+    GateDef(
+        "max_qce_increase",
+        "output",
+        "qce",
+        "<=",
+        "with --baseline: maximum QCE increase of each output",
+        "nats",
+        kind="regression",
+        direction=+1,
+        low=0.0,
+    ),
+    GateDef(
+        "max_top1_agreement_drop",
+        "output",
+        "top1_agreement",
+        "<=",
         "with --baseline: maximum drop (0-1) of the top-1 agreement of each output",
-        kind="regression", direction=-1, low=0.0, high=1.0,
+        kind="regression",
+        direction=-1,
+        low=0.0,
+        high=1.0,
     ),
     GateDef(
-        "max_acc_drop_increase", "output", "acc_drop_pct", "<=",
+        "max_acc_drop_increase",
+        "output",
+        "acc_drop_pct",
+        "<=",
         "with --baseline: maximum increase of acc_drop_pct, in percentage points",
-        "points", kind="regression", direction=+1, low=0.0,
+        "points",
+        kind="regression",
+        direction=+1,
+        low=0.0,
     ),
-)  # fmt: skip
+)
 GATES_BY_NAME: dict[str, GateDef] = {g.name: g for g in GATES}
 
 
@@ -298,8 +354,18 @@ def _threshold_checks(gd, spec, subjects, skip_missing):
         threshold, pattern = spec.resolve(name)
         if threshold is None:
             if pattern is not None:
-                yield GateCheck(gd.name, gd.scope, name, gd.metric, gd.comparison, None, None, "skip", pattern,
-                                reason=f"gate off for '{pattern}'")  # fmt: skip
+                yield GateCheck(
+                    gd.name,
+                    gd.scope,
+                    name,
+                    gd.metric,
+                    gd.comparison,
+                    None,
+                    None,
+                    "skip",
+                    pattern,
+                    reason=f"gate off for '{pattern}'",
+                )
             continue
         v = getattr(row, gd.metric)
         ok = compare(v, gd.comparison, threshold)
@@ -309,8 +375,18 @@ def _threshold_checks(gd, spec, subjects, skip_missing):
             status, reason = ("pass" if ok else "fail"), ""
             if isinstance(v, float) and math.isinf(v):
                 reason = f"{gd.metric} is {'+' if v > 0 else '-'}inf"
-        yield GateCheck(gd.name, gd.scope, name, gd.metric, gd.comparison, threshold,
-                        None if is_missing(v) else v, status, pattern, reason=reason)  # fmt: skip
+        yield GateCheck(
+            gd.name,
+            gd.scope,
+            name,
+            gd.metric,
+            gd.comparison,
+            threshold,
+            None if is_missing(v) else v,
+            status,
+            pattern,
+            reason=reason,
+        )
 
 
 def _regression_checks(gd, spec, subjects, base_subjects, skip_missing):
@@ -321,8 +397,18 @@ def _regression_checks(gd, spec, subjects, base_subjects, skip_missing):
         threshold, pattern = spec.resolve(name)
         if threshold is None:
             if pattern is not None:
-                yield GateCheck(gd.name, gd.scope, name, gd.metric, gd.comparison, None, None, "skip", pattern,
-                                reason=f"gate off for '{pattern}'")  # fmt: skip
+                yield GateCheck(
+                    gd.name,
+                    gd.scope,
+                    name,
+                    gd.metric,
+                    gd.comparison,
+                    None,
+                    None,
+                    "skip",
+                    pattern,
+                    reason=f"gate off for '{pattern}'",
+                )
             continue
         cur, base = getattr(row, gd.metric), getattr(brow, gd.metric)
         cur_v = None if is_missing(cur) else cur
@@ -334,8 +420,20 @@ def _regression_checks(gd, spec, subjects, base_subjects, skip_missing):
         else:
             measured = change(gd.direction, cur_v, base_v)
             status, reason = ("pass" if measured <= threshold else "fail"), ""
-        yield GateCheck(gd.name, gd.scope, name, gd.metric, gd.comparison, threshold, measured, status, pattern,
-                        value=cur_v, baseline=base_v, reason=reason)  # fmt: skip
+        yield GateCheck(
+            gd.name,
+            gd.scope,
+            name,
+            gd.metric,
+            gd.comparison,
+            threshold,
+            measured,
+            status,
+            pattern,
+            value=cur_v,
+            baseline=base_v,
+            reason=reason,
+        )
 
 
 def _nothing_checked(gd: GateDef, spec: Threshold, regression: bool, skip_missing: bool) -> GateCheck:
@@ -348,8 +446,17 @@ def _nothing_checked(gd: GateDef, spec: Threshold, regression: bool, skip_missin
         reason = f"no {what} is in both this report and the baseline"
     else:
         reason = f"the report has no {what} with {gd.metric}"
-    return GateCheck(gd.name, gd.scope, "", gd.metric, gd.comparison, spec.default, None,
-                     _missing_status(skip_missing), reason=f"nothing checked: {reason}")  # fmt: skip
+    return GateCheck(
+        gd.name,
+        gd.scope,
+        "",
+        gd.metric,
+        gd.comparison,
+        spec.default,
+        None,
+        _missing_status(skip_missing),
+        reason=f"nothing checked: {reason}",
+    )
 
 
 def _baseline_notes(report: Report, baseline: Report) -> list[str]:

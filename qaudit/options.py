@@ -119,5 +119,5 @@ class AuditConfig:
         if not (0.0 <= float(self.clip_percentile) < 50.0):
             raise ConfigError(f"clip percentile must be in [0, 50), not {self.clip_percentile}")
 
-    def replace(self, **changes) -> "AuditConfig":
+    def replace(self, **changes) -> AuditConfig:
         return replace(self, **changes)

@@ -274,7 +274,9 @@ def to_dict(report: Report) -> dict:
     d = asdict(report)
     out = {
         "format": {"name": "qaudit-report", "version": FORMAT_VERSION},
-        **{k: d[k] for k in ("meta", "model", "settings", "data", "folding", "layers", "outputs", "unmatched", "notes")},
+        **{
+            k: d[k] for k in ("meta", "model", "settings", "data", "folding", "layers", "outputs", "unmatched", "notes")
+        },
     }
     out = _clean(out)
     out["gates"] = gates_to_dict(report.gates)

@@ -45,7 +45,6 @@ DIGITS = HERE / "digits"
 OUT = HERE / "compare"
 
 import torch  # noqa: E402
-
 from make_digits_cnn import DigitsCNN  # noqa: E402
 
 #: BatchNorm epsilon of torch's BatchNorm (Keras' default is 1e-3)
@@ -75,19 +74,31 @@ def export_torchscript(m: torch.nn.Module, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            m, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
-            training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
-        )  # fmt: skip
+            m,
+            (torch.zeros(1, 1, 8, 8),),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            training=torch.onnx.TrainingMode.PRESERVE,
+            do_constant_folding=False,
+        )
 
 
 def export_dynamo(m: torch.nn.Module, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(
-            m, (torch.zeros(2, 1, 8, 8),), dynamo=True, input_names=["input"], output_names=["logits"],
-            dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
-        )  # fmt: skip
+            m,
+            (torch.zeros(2, 1, 8, 8),),
+            dynamo=True,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
+        )
     prog.save(str(path))
 
 
@@ -101,7 +112,12 @@ def keras_model(w: dict[str, np.ndarray]):
 
     def bn(name, prefix):
         layer = L.BatchNormalization(epsilon=BN_EPS, name=name)
-        return layer, [w[f"{prefix}.weight"], w[f"{prefix}.bias"], w[f"{prefix}.running_mean"], w[f"{prefix}.running_var"]]
+        return layer, [
+            w[f"{prefix}.weight"],
+            w[f"{prefix}.bias"],
+            w[f"{prefix}.running_mean"],
+            w[f"{prefix}.running_var"],
+        ]
 
     inp = keras.Input((8, 8, 1), name="input")
     setters = []
@@ -114,13 +130,18 @@ def keras_model(w: dict[str, np.ndarray]):
     x = add(L.Conv2D(16, 3, padding="same", use_bias=False, name="block1_conv"), inp, [conv_w(w["block1.conv.weight"])])
     b1, b1w = bn("block1_bn", "block1.bn")
     x = L.ReLU(name="block1_relu")(add(b1, x, b1w))
-    x = add(L.Conv2D(32, 3, padding="same", name="block2_conv"), x, [conv_w(w["block2.conv.weight"]), w["block2.conv.bias"]])
+    x = add(
+        L.Conv2D(32, 3, padding="same", name="block2_conv"), x, [conv_w(w["block2.conv.weight"]), w["block2.conv.bias"]]
+    )
     b2, b2w = bn("block2_bn", "block2.bn")
     x = L.ReLU(name="block2_relu")(add(b2, x, b2w))
     x = L.MaxPooling2D(2, name="pool")(x)
     # depthwise: torch [C, 1, kh, kw] -> keras [kh, kw, C, 1]
-    x = add(L.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw_conv"), x,
-            [w["dw.conv.weight"].transpose(2, 3, 0, 1)])  # fmt: skip
+    x = add(
+        L.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw_conv"),
+        x,
+        [w["dw.conv.weight"].transpose(2, 3, 0, 1)],
+    )
     b3, b3w = bn("dw_bn", "dw.bn")
     x = L.ReLU(name="dw_relu")(add(b3, x, b3w))
     x = add(L.Conv2D(32, 1, name="pw_conv"), x, [conv_w(w["pw.conv.weight"]), w["pw.conv.bias"]])
@@ -194,9 +215,11 @@ def main(out: Path = OUT) -> None:
         ops = [n.op_type for n in model.graph.node]
         weighted = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
         opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-        print(f"{name}: {path.stat().st_size} bytes, opset {opset}, producer {model.producer_name} {model.producer_version}, "
-              f"{len(ops)} nodes ({ops.count('BatchNormalization')} BN, {ops.count('Transpose')} Transpose), "
-              f"max |logit diff| vs torch {diff:.2e}")  # fmt: skip
+        print(
+            f"{name}: {path.stat().st_size} bytes, opset {opset}, producer {model.producer_name} {model.producer_version}, "
+            f"{len(ops)} nodes ({ops.count('BatchNormalization')} BN, {ops.count('Transpose')} Transpose), "
+            f"max |logit diff| vs torch {diff:.2e}"
+        )
         print("   weighted:", ", ".join(weighted))
         if diff > 1e-4:
             raise SystemExit(f"{name} does not reproduce the torch model (max |diff| {diff:.3g})")

@@ -73,9 +73,7 @@ def load_split():
     digits = load_digits()
     x = (digits.images.astype(np.float32) / 16.0)[:, None, :, :]  # NCHW [N,1,8,8] in [0,1]
     y = digits.target.astype(np.int64)
-    x_rest, x_eval, y_rest, y_eval = train_test_split(
-        x, y, test_size=N_EVAL, stratify=y, random_state=SEED
-    )
+    x_rest, x_eval, y_rest, y_eval = train_test_split(x, y, test_size=N_EVAL, stratify=y, random_state=SEED)
     x_train, x_calib, y_train, y_calib = train_test_split(
         x_rest, y_rest, test_size=N_CALIB, stratify=y_rest, random_state=SEED
     )

@@ -70,7 +70,7 @@ class Chromium:
         self.events: list[dict] = []
 
     # -- process ------------------------------------------------------
-    def __enter__(self) -> "Chromium":
+    def __enter__(self) -> Chromium:
         self._profile = tempfile.mkdtemp(prefix="qaudit-chromium-")
         cmd_r, self._cmd_w = os.pipe()  # we write commands, chromium reads fd 3
         self._res_r, res_w = os.pipe()  # chromium writes fd 4, we read
@@ -159,7 +159,7 @@ class Chromium:
                 return m
             self.events.append(m)
 
-    def open(self, path: Path, width: int = 1280, height: int = 900) -> "Page":
+    def open(self, path: Path, width: int = 1280, height: int = 900) -> Page:
         """Open a local file in a new tab at ``width`` CSS px and wait for its load event."""
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
@@ -199,7 +199,9 @@ class Page:
             if m["method"] == "Runtime.consoleAPICalled" and p["type"] in ("error", "warning", "assert"):
                 out.append(f"console.{p['type']}: {[a.get('value', a.get('description')) for a in p['args']]}")
             elif m["method"] == "Runtime.exceptionThrown":
-                out.append(f"exception: {p['exceptionDetails'].get('text')} {p['exceptionDetails'].get('exception', {}).get('description', '')}")
+                out.append(
+                    f"exception: {p['exceptionDetails'].get('text')} {p['exceptionDetails'].get('exception', {}).get('description', '')}"
+                )
             elif m["method"] == "Log.entryAdded" and p["entry"]["level"] in ("error", "warning"):
                 out.append(f"log {p['entry']['level']}: {p['entry']['text']}")
         return out
@@ -213,7 +215,11 @@ class Page:
         w, h = self.evaluate("[document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
         r = self.b.call(
             "Page.captureScreenshot",
-            {"format": "png", "captureBeyondViewport": True, "clip": {"x": 0, "y": 0, "width": w, "height": h, "scale": 1}},
+            {
+                "format": "png",
+                "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": w, "height": h, "scale": 1},
+            },
             session=self.session,
             timeout=60,
         )

@@ -97,12 +97,17 @@ def sample_run(tmp_path_factory) -> SampleRun:
     before = sha256_file(SAMPLE_MODEL)
     proc = _run(
         SAMPLE_MODEL,
-        "--calib", SAMPLE_CALIB,
-        "--eval", SAMPLE_EVAL,
-        "--labels", SAMPLE_LABELS,
-        "--json", out,
-        "--html", html,
-    )  # fmt: skip
+        "--calib",
+        SAMPLE_CALIB,
+        "--eval",
+        SAMPLE_EVAL,
+        "--labels",
+        SAMPLE_LABELS,
+        "--json",
+        out,
+        "--html",
+        html,
+    )
     assert proc.returncode == 0, f"sample audit failed ({proc.returncode}):\n{proc.stderr}"
     assert out.is_file(), "sample audit wrote no JSON report"
     assert html.is_file(), "sample audit wrote no HTML report"
@@ -121,13 +126,18 @@ def sample_int8_report_json(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("sample_int8") / "report.json"
     proc = _run(
         SAMPLE_MODEL,
-        "--calib", SAMPLE_CALIB,
-        "--eval", SAMPLE_EVAL,
-        "--labels", SAMPLE_LABELS,
-        "--weight-type", "int8",
-        "--json", out,
+        "--calib",
+        SAMPLE_CALIB,
+        "--eval",
+        SAMPLE_EVAL,
+        "--labels",
+        SAMPLE_LABELS,
+        "--weight-type",
+        "int8",
+        "--json",
+        out,
         "--quiet",
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, f"int8 sample audit failed ({proc.returncode}):\n{proc.stderr}"
     return json.loads(out.read_text(encoding="utf-8"))
 

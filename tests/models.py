@@ -61,7 +61,9 @@ def layer_bn_model(kind: str, seed: int = 0) -> onnx.ModelProto:
             numpy_helper.from_array(w, "layer.w"),
             numpy_helper.from_array(rng.normal(0, 0.3, c_out).astype(np.float32), "layer.b"),
         ]
-        node = helper.make_node("ConvTranspose", ["x", "layer.w", "layer.b"], ["t"], name="layer", group=groups, strides=[2, 2])
+        node = helper.make_node(
+            "ConvTranspose", ["x", "layer.w", "layer.b"], ["t"], name="layer", group=groups, strides=[2, 2]
+        )
     elif kind.startswith("gemm"):
         k, n = 8, 5
         x_shape = ["N", k]
@@ -100,8 +102,8 @@ def input_for(model: onnx.ModelProto, n: int = 3, seed: int = 1) -> np.ndarray:
 def shared_output_model() -> onnx.ModelProto:
     """A BN that must not be folded: the Conv output has a second consumer::
 
-        x -> Conv(layer) -> t -> BatchNormalization(bn) -> y -> Add -> out
-                            t ----------------------------------^
+    x -> Conv(layer) -> t -> BatchNormalization(bn) -> y -> Add -> out
+                        t ----------------------------------^
     """
     rng = np.random.default_rng(3)
     inits = [numpy_helper.from_array(rng.normal(0, 0.5, (4, 4, 1, 1)).astype(np.float32), "layer.w")]
@@ -124,7 +126,7 @@ def shared_output_model() -> onnx.ModelProto:
 def contrib_op_model() -> onnx.ModelProto:
     """An ONNX Runtime contrib op that onnx's shape inference cannot type::
 
-        x -> MatMul(w1) -> h -> com.microsoft.Gelu -> g -> MatMul(w2) -> y
+    x -> MatMul(w1) -> h -> com.microsoft.Gelu -> g -> MatMul(w2) -> y
     """
     rng = np.random.default_rng(5)
     inits = [

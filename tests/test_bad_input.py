@@ -15,23 +15,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from .conftest import SAMPLE, SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_LABELS, SAMPLE_MODEL, sha256_file
+
 pytestmark = pytest.mark.slow
-
-from .conftest import REPO, SAMPLE, SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_LABELS, SAMPLE_MODEL, sha256_file
-
 
 # ----------------------------------------------------------------- helpers
 
 
 def snapshot(root: Path) -> dict[str, str | None]:
     """Every path under ``root`` (hidden ones too): file -> sha256, directory -> None."""
-    return {
-        str(p.relative_to(root)): (sha256_file(p) if p.is_file() else None) for p in sorted(root.rglob("*"))
-    }
+    return {str(p.relative_to(root)): (sha256_file(p) if p.is_file() else None) for p in sorted(root.rglob("*"))}
 
 
 def assert_user_error(proc, *needles: str) -> str:
@@ -254,9 +250,15 @@ def test_debug_shows_traceback(run_cli, tmp_path):
     outputs = tmp_path / "out"
     outputs.mkdir()
     proc = run_cli(
-        tmp_path / "missing.onnx", "--calib", SAMPLE_CALIB, "--debug",
-        "--json", outputs / "r.json", "--output-model", outputs / "q.onnx",
-    )  # fmt: skip
+        tmp_path / "missing.onnx",
+        "--calib",
+        SAMPLE_CALIB,
+        "--debug",
+        "--json",
+        outputs / "r.json",
+        "--output-model",
+        outputs / "q.onnx",
+    )
     assert proc.returncode != 0
     assert "Traceback (most recent call last)" in proc.stderr
     assert "ModelError" in proc.stderr and "missing.onnx" in proc.stderr
@@ -297,9 +299,15 @@ def test_json_is_a_directory_leaves_no_output_model(run_cli, tmp_path):
     (tmp_path / "report_dir").mkdir()
     before = snapshot(tmp_path)
     proc = run_cli(
-        SAMPLE_MODEL, "--calib", SAMPLE_CALIB, "--quiet",
-        "--json", tmp_path / "report_dir", "--output-model", tmp_path / "q.onnx",
-    )  # fmt: skip
+        SAMPLE_MODEL,
+        "--calib",
+        SAMPLE_CALIB,
+        "--quiet",
+        "--json",
+        tmp_path / "report_dir",
+        "--output-model",
+        tmp_path / "q.onnx",
+    )
     assert_user_error(proc, "report_dir")
     assert snapshot(tmp_path) == before
 
@@ -358,6 +366,4 @@ def test_argparse_errors_are_one_line(run_cli):
     """argparse errors: exit 2, one line, no traceback."""
     proc = run_cli(SAMPLE_MODEL, "--calib", SAMPLE_CALIB, "--batch-size", "many")
     assert proc.returncode == 2
-    assert proc.stderr == (
-        "qaudit: error: argument --batch-size: invalid int value: 'many' (see qaudit --help)\n"
-    )
+    assert proc.stderr == ("qaudit: error: argument --batch-size: invalid int value: 'many' (see qaudit --help)\n")

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from .browser import Chromium, chromium_path
 from qaudit.render.html import plot_ids, render_html
 from qaudit.report import from_dict
+
+from .browser import Chromium, chromium_path
 
 pytestmark = pytest.mark.browser
 
@@ -114,7 +115,9 @@ def test_html_in_headless_chromium(chromium, pages, artifacts):
                 "Array.from(document.querySelectorAll('.scroll')).map(d => d.scrollWidth - d.clientWidth)"
             )
             assert overflow and max(overflow) <= 0, (name, overflow)  # the tables need no sideways scrolling
-            lefts = page.evaluate("Array.from(document.querySelectorAll('figure.layerplot')).map(f => Math.round(f.getBoundingClientRect().left))")
+            lefts = page.evaluate(
+                "Array.from(document.querySelectorAll('figure.layerplot')).map(f => Math.round(f.getBoundingClientRect().left))"
+            )
             assert len(set(lefts)) == 2, (name, lefts)
 
             # the table sorts: worst SQNR first, reverse, and back to graph order
@@ -142,8 +145,8 @@ def test_the_browser_check_catches_errors_and_requests(chromium, tmp_path):
     """The checks above would see a broken page: a console error, an exception, a blocked fetch."""
     bad = tmp_path / "bad.html"
     bad.write_text(
-        "<!DOCTYPE html><html><head><meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
-        "script-src 'unsafe-inline'; img-src data:\"></head><body data-js-errors=\"0\">"
+        '<!DOCTYPE html><html><head><meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
+        'script-src \'unsafe-inline\'; img-src data:"></head><body data-js-errors="0">'
         "<img src=\"http://example.invalid/x.png\"><script>console.error('boom'); undefined_function();</script>"
         "</body></html>",
         encoding="utf-8",

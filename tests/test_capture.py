@@ -5,8 +5,8 @@ import threading
 import numpy as np
 import pytest
 
-from qaudit.pipeline.parallel import lockstep
 from qaudit.errors import DataError
+from qaudit.pipeline.parallel import lockstep
 
 
 def _batches(n):

@@ -11,15 +11,13 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
 
-from .conftest import REPO, SAMPLE, SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_LABELS, SAMPLE_MODEL, sha256_file
-
+from .conftest import REPO, SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_LABELS, SAMPLE_MODEL, sha256_file
 
 pytestmark = pytest.mark.slow
 
@@ -112,8 +110,18 @@ def test_json_format_and_meta(sample_report_json):
     d = sample_report_json
     assert d["format"] == {"name": "qaudit-report", "version": 2}
     assert set(d) >= {
-        "format", "meta", "model", "settings", "data", "folding", "layers", "outputs", "unmatched", "notes", "gates",
-    }  # fmt: skip
+        "format",
+        "meta",
+        "model",
+        "settings",
+        "data",
+        "folding",
+        "layers",
+        "outputs",
+        "unmatched",
+        "notes",
+        "gates",
+    }
     assert d["gates"] is None  # no gate configured
     assert d["meta"]["onnxruntime"] == onnxruntime.__version__
     assert d["meta"]["onnx"] == onnx.__version__
@@ -315,9 +323,19 @@ def test_output_model(run_cli, tmp_path, eval_data):
     out_json = tmp_path / "report.json"
     before = sha256_file(SAMPLE_MODEL)
     p = run_cli(
-        SAMPLE_MODEL, "--calib", SAMPLE_CALIB, "--eval", SAMPLE_EVAL, "--labels", SAMPLE_LABELS,
-        "--output-model", out_model, "--json", out_json, "--quiet",
-    )  # fmt: skip
+        SAMPLE_MODEL,
+        "--calib",
+        SAMPLE_CALIB,
+        "--eval",
+        SAMPLE_EVAL,
+        "--labels",
+        SAMPLE_LABELS,
+        "--output-model",
+        out_model,
+        "--json",
+        out_json,
+        "--quiet",
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout == ""  # --quiet
     assert sha256_file(SAMPLE_MODEL) == before

@@ -19,8 +19,8 @@ import pytest
 
 from qaudit.comparison.align import LayerSig, align, signature_similarity, signatures
 from qaudit.comparison.compare import CompareConfig, compare, compare_reports, cosine, guess_layout, to_dict
-from qaudit.options import AuditConfig
 from qaudit.errors import ConfigError
+from qaudit.options import AuditConfig
 from qaudit.report import from_json, to_json
 
 from .conftest import REPO, SAMPLE_CALIB, cli_env
@@ -38,8 +38,22 @@ ARCH = [
     ("fc2", (64, 10, (), 1)),
 ]
 NODES = {
-    "torch_script.onnx": ["/block1/conv/Conv", "/block2/conv/Conv", "/dw/conv/Conv", "/pw/conv/Conv", "/fc1/Gemm", "/fc2/Gemm"],
-    "torch_dynamo.onnx": ["node_Conv_55", "node_Conv_56", "node_Conv_58", "node_Conv_59", "node_Gemm_63", "node_linear_1"],
+    "torch_script.onnx": [
+        "/block1/conv/Conv",
+        "/block2/conv/Conv",
+        "/dw/conv/Conv",
+        "/pw/conv/Conv",
+        "/fc1/Gemm",
+        "/fc2/Gemm",
+    ],
+    "torch_dynamo.onnx": [
+        "node_Conv_55",
+        "node_Conv_56",
+        "node_Conv_58",
+        "node_Conv_59",
+        "node_Gemm_63",
+        "node_linear_1",
+    ],
     "keras_tf2onnx.onnx": [
         "Conv__41",
         "digits_cnn_1/block2_conv_1/BiasAdd",
@@ -75,8 +89,13 @@ def saved_reports(sample_comparison, tmp_path_factory):
 def run(*args, env=None):
     return subprocess.run(
         [sys.executable, "-m", "qaudit", "compare", *map(str, args)],
-        cwd=REPO, env=env or cli_env(), capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 # ------------------------------------------------------------------ the sample
@@ -124,8 +143,13 @@ def test_fp32_weights_of_aligned_layers_agree(sample_comparison):
     fields = ("min", "max", "range", "precision")
     for a, b, k in zip(*rows):
         for f in fields:
-            assert getattr(b, f"fold_w_{f}") == pytest.approx(getattr(a, f"fold_w_{f}"), rel=1e-5, abs=1e-7), (a.name, f)
-        keras_ref = "w_" if a.name in ("/block2/conv/Conv", "/dw/conv/Conv", "/pw/conv/Conv", "/fc1/Gemm") else "fold_w_"
+            assert getattr(b, f"fold_w_{f}") == pytest.approx(getattr(a, f"fold_w_{f}"), rel=1e-5, abs=1e-7), (
+                a.name,
+                f,
+            )
+        keras_ref = (
+            "w_" if a.name in ("/block2/conv/Conv", "/dw/conv/Conv", "/pw/conv/Conv", "/fc1/Gemm") else "fold_w_"
+        )
         for f in fields:
             assert getattr(k, f"w_{f}") == pytest.approx(getattr(a, keras_ref + f), rel=1e-5, abs=1e-7), (a.name, f)
 
@@ -138,7 +162,10 @@ def test_explanations_name_the_known_causes(sample_comparison):
     first = c.layers[0].explanations
     assert any("torch_dynamo.onnx was exported with BatchNorm already folded" in e for e in first)
     assert any("keras_tf2onnx.onnx was exported with BatchNorm already folded" in e for e in first)
-    assert any("keeps this layer's BatchNorm unfolded but not as a BatchNormalization node" in e for e in c.layers[1].explanations)
+    assert any(
+        "keeps this layer's BatchNorm unfolded but not as a BatchNormalization node" in e
+        for e in c.layers[1].explanations
+    )
     assert any("fed it the data transposed" in n for n in c.notes)
     # the two torch exports quantize identically; the Keras export differs where BN stayed Mul/Add
     plain = ("w_range", "w_precision")  # before folding: BN folded at export in the dynamo export only
@@ -255,10 +282,14 @@ def test_cli_compares_two_json_reports_without_onnxruntime(saved_reports, tmp_pa
         "assert 'onnxruntime' not in sys.modules or sys.modules['onnxruntime'] is None\n"
         "sys.exit(rc)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     d = json.loads(out.read_text())
-    assert [r["layers"] for r in d["layers"]] == [list(x) for x in zip(NODES["torch_script.onnx"], NODES["keras_tf2onnx.onnx"])]
+    assert [r["layers"] for r in d["layers"]] == [
+        list(x) for x in zip(NODES["torch_script.onnx"], NODES["keras_tf2onnx.onnx"])
+    ]
     assert all(r["method"][1] == "signature" for r in d["layers"])
     assert "Per-layer metrics: torch_script.json → keras_tf2onnx.json" in proc.stdout
     assert "Layer alignment" in proc.stdout
@@ -308,7 +339,7 @@ def test_html_overlays_aligned_rows(sample_comparison):
     from qaudit.render.compare_html import aligned_reports, render_comparison_html
 
     reps = aligned_reports(sample_comparison)
-    for label, rep in reps:
+    for _label, rep in reps:
         assert [r.index for r in rep.layers] == list(range(len(ARCH)))
     page = render_comparison_html(sample_comparison)
     assert page.count("<svg") >= 6 and "Known causes" in page
@@ -345,15 +376,21 @@ def test_old_reports_without_signatures_still_align():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("REBUILD_SAMPLES"), reason="~30 s; set REBUILD_SAMPLES=1 (needs the compare-samples extra)")
+@pytest.mark.skipif(
+    not os.environ.get("REBUILD_SAMPLES"), reason="~30 s; set REBUILD_SAMPLES=1 (needs the compare-samples extra)"
+)
 def test_rebuild_sample_exports(tmp_path):
     """The sample script reproduces exports with the same weighted layers."""
     for mod in ("tensorflow", "tf2onnx", "onnxscript"):
         pytest.importorskip(mod)
     proc = subprocess.run(
         [sys.executable, str(REPO / "samples" / "make_compare_exports.py"), str(tmp_path)],
-        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     for e in EXPORTS:
         got = [n.name for n in onnx.load(str(tmp_path / e)).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]

@@ -1,12 +1,11 @@
 """Data layouts: .npy samples/batches, .npz by input name, ONNX test_data_set folders."""
 
 import numpy as np
-
 import pytest
 from onnx import numpy_helper
 
-from qaudit.pipeline.data import Dataset, load_labels
 from qaudit.errors import DataError
+from qaudit.pipeline.data import Dataset, load_labels
 from qaudit.pipeline.load import InputSpec
 
 IMG = InputSpec("x", np.dtype("float32"), (None, 2, 3))
@@ -109,5 +108,3 @@ def test_labels(tmp_path):
         load_labels(tmp_path / "y.npy", 2)
     np.save(tmp_path / "onehot.npy", np.eye(3)[[2, 0]])
     np.testing.assert_array_equal(load_labels(tmp_path / "onehot.npy", 2), [2, 0])
-
-

@@ -32,12 +32,26 @@ def test_two_runs_give_identical_metrics(sample_run, cli_env, tmp_path):
     env = {**cli_env, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     p = subprocess.run(
         [
-            sys.executable, "-m", "qaudit", str(SAMPLE_MODEL),
-            "--calib", str(SAMPLE_CALIB), "--eval", str(SAMPLE_EVAL), "--labels", str(SAMPLE_LABELS),
-            "--json", str(out), "--quiet",
+            sys.executable,
+            "-m",
+            "qaudit",
+            str(SAMPLE_MODEL),
+            "--calib",
+            str(SAMPLE_CALIB),
+            "--eval",
+            str(SAMPLE_EVAL),
+            "--labels",
+            str(SAMPLE_LABELS),
+            "--json",
+            str(out),
+            "--quiet",
         ],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     again = json.loads(out.read_text(encoding="utf-8"))
     first = without_clock(sample_run.report)

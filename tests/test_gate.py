@@ -23,13 +23,23 @@ def layer(name, sqnr=40.0, qmse=1e-4, clip=0.0, w_sqnr=None, quantized=True, ind
     act = dict(tensor=f"{name}_out", quant_tensor=f"{name}_q", sqnr_db=sqnr, qmse=qmse, clip_fraction=clip)
     if not quantized:
         act = dict(tensor=None, quant_tensor=None)
-    weights = dict(w_range=1.0, w_sqnr_db=w_sqnr, w_qmse=1e-6) if w_sqnr is not None or kw.pop("weighted", False) else {}
+    weights = (
+        dict(w_range=1.0, w_sqnr_db=w_sqnr, w_qmse=1e-6) if w_sqnr is not None or kw.pop("weighted", False) else {}
+    )
     return LayerRow(index=index, name=name, op_type=kw.pop("op_type", "Conv"), **act, **weights, **kw)
 
 
 def output(name="logits", **kw):
-    base = dict(qmse=1e-3, sqnr_db=35.0, qce=0.05, qkl=0.001, top1_agreement=0.99, acc_fp32=0.98, acc_int8=0.975,
-                acc_drop_pct=0.5102)  # fmt: skip
+    base = dict(
+        qmse=1e-3,
+        sqnr_db=35.0,
+        qce=0.05,
+        qkl=0.001,
+        top1_agreement=0.99,
+        acc_fp32=0.98,
+        acc_int8=0.975,
+        acc_drop_pct=0.5102,
+    )
     base.update(kw)
     return OutputRow(name=name, **base)
 
@@ -120,8 +130,11 @@ def test_nan_sqnr_is_missing_and_fails_unless_skip_missing():
 
 def test_missing_output_metric_fails_with_the_reason():
     """QCE of a non-classification output is null: a configured QCE gate fails and says why."""
-    r = report(outputs=[output("boxes", qce=None, qkl=None, top1_agreement=None, acc_fp32=None, acc_int8=None,
-                               acc_drop_pct=None)])  # fmt: skip
+    r = report(
+        outputs=[
+            output("boxes", qce=None, qkl=None, top1_agreement=None, acc_fp32=None, acc_int8=None, acc_drop_pct=None)
+        ]
+    )
     res = evaluate(r, GateConfig({"max_qce": 0.1, "max_acc_drop_pct": 1.0}))
     qce, acc = res.checks
     assert (qce.status, qce.subject, qce.measured) == ("fail", "boxes", None)
@@ -136,9 +149,11 @@ def test_accuracy_gates_check_the_labelled_output():
     r = report(outputs=[output("logits"), output("aux", **unlabelled)])
     res = evaluate(r, GateConfig({"max_acc_drop_pct": 1.0, "min_acc_int8": 0.9, "max_qce": 1.0}))
     assert [(c.gate, c.subject, c.status) for c in res.checks] == [
-        ("max_qce", "logits", "pass"), ("max_qce", "aux", "pass"),
-        ("min_acc_int8", "logits", "pass"), ("max_acc_drop_pct", "logits", "pass"),
-    ]  # fmt: skip
+        ("max_qce", "logits", "pass"),
+        ("max_qce", "aux", "pass"),
+        ("min_acc_int8", "logits", "pass"),
+        ("max_acc_drop_pct", "logits", "pass"),
+    ]
     # no labels at all: every output is checked and fails, saying what is missing
     r = report(outputs=[output("logits", **unlabelled), output("aux", **unlabelled)])
     res = evaluate(r, GateConfig({"max_acc_drop_pct": 1.0}))
@@ -147,12 +162,14 @@ def test_accuracy_gates_check_the_labelled_output():
 
 
 def test_layer_gates_apply_only_where_the_metric_exists():
-    r = report([
-        layer("input", op_type="Input"),
-        layer("/conv", w_sqnr=45.0),
-        layer("/excluded", quantized=False, weighted=True),  # left in float: no activation twin
-        layer("/pool", op_type="MaxPool"),
-    ])  # fmt: skip
+    r = report(
+        [
+            layer("input", op_type="Input"),
+            layer("/conv", w_sqnr=45.0),
+            layer("/excluded", quantized=False, weighted=True),  # left in float: no activation twin
+            layer("/pool", op_type="MaxPool"),
+        ]
+    )
     res = evaluate(r, GateConfig({"min_layer_sqnr": 30, "min_weight_sqnr": 40}))
     by_gate = {}
     for c in res.checks:
@@ -293,10 +310,22 @@ def test_baseline_pairs_layers_by_name_and_lists_added_and_removed():
 
 
 def test_baseline_infinities_and_missing_values():
-    base = report([layer("exact", sqnr=INF, qmse=0.0), layer("was_exact", sqnr=INF, qmse=0.0), layer("nobase", sqnr=NAN),
-                   layer("nocur", sqnr=40.0)])  # fmt: skip
-    cur = report([layer("exact", sqnr=INF, qmse=0.0), layer("was_exact", sqnr=60.0), layer("nobase", sqnr=40.0),
-                  layer("nocur", sqnr=NAN)])  # fmt: skip
+    base = report(
+        [
+            layer("exact", sqnr=INF, qmse=0.0),
+            layer("was_exact", sqnr=INF, qmse=0.0),
+            layer("nobase", sqnr=NAN),
+            layer("nocur", sqnr=40.0),
+        ]
+    )
+    cur = report(
+        [
+            layer("exact", sqnr=INF, qmse=0.0),
+            layer("was_exact", sqnr=60.0),
+            layer("nobase", sqnr=40.0),
+            layer("nocur", sqnr=NAN),
+        ]
+    )
     res = evaluate(cur, GateConfig({"max_output_sqnr_drop": None}), base)
     got = {c.subject: (c.status, c.measured) for c in res.checks}
     assert got["exact"] == ("pass", 0.0)
@@ -309,8 +338,15 @@ def test_baseline_infinities_and_missing_values():
 def test_output_regressions():
     base = report(outputs=[output(qce=0.05, top1_agreement=0.99, acc_drop_pct=0.5)])
     cur = report(outputs=[output(qce=0.08, top1_agreement=0.97, acc_drop_pct=0.5)])
-    cfg = GateConfig({"max_qce_increase": 0.02, "max_top1_agreement_drop": 0.01, "max_acc_drop_increase": 0.0,
-                      "max_output_sqnr_drop": None, "max_layer_sqnr_drop": None})  # fmt: skip
+    cfg = GateConfig(
+        {
+            "max_qce_increase": 0.02,
+            "max_top1_agreement_drop": 0.01,
+            "max_acc_drop_increase": 0.0,
+            "max_output_sqnr_drop": None,
+            "max_layer_sqnr_drop": None,
+        }
+    )
     res = evaluate(cur, cfg, base)
     got = {c.gate: (c.status, c.measured) for c in res.checks}
     assert got["max_qce_increase"][0] == "fail" and got["max_qce_increase"][1] == pytest.approx(0.03)
@@ -320,8 +356,11 @@ def test_output_regressions():
 
 def test_baseline_with_different_settings_is_noted():
     base = report([layer("a")], settings={"percentile": 99.999, "format": "qdq"})
-    cur = report([layer("a")], settings={"percentile": 99.0, "format": "qdq"},
-                 data={"n_calib": 128, "n_eval": 100, "eval_is_calib": False, "labels": "l.npy"})  # fmt: skip
+    cur = report(
+        [layer("a")],
+        settings={"percentile": 99.0, "format": "qdq"},
+        data={"n_calib": 128, "n_eval": 100, "eval_is_calib": False, "labels": "l.npy"},
+    )
     res = evaluate(cur, GateConfig(), base)
     assert any("percentile 99.999 -> 99.0" in n for n in res.notes)
     assert any("n_eval" in n for n in res.notes)
@@ -372,9 +411,12 @@ def test_checks_are_ordered_by_gate_then_report_order():
     cfg = GateConfig({"max_qce": 1.0, "min_layer_sqnr": 0.0, "max_layer_qmse": 1.0})
     res = evaluate(r, cfg)
     assert [(c.gate, c.subject) for c in res.checks] == [
-        ("min_layer_sqnr", "z"), ("min_layer_sqnr", "a"), ("max_layer_qmse", "z"), ("max_layer_qmse", "a"),
+        ("min_layer_sqnr", "z"),
+        ("min_layer_sqnr", "a"),
+        ("max_layer_qmse", "z"),
+        ("max_layer_qmse", "a"),
         ("max_qce", "logits"),
-    ]  # fmt: skip
+    ]
     assert evaluate(r, cfg) == res  # pure: same input, same result
 
 
@@ -414,7 +456,9 @@ def test_version_1_reports_are_read_as_baselines():
 
 
 def test_describe_states_value_threshold_and_glob():
-    res = evaluate(report([layer("/fc2/Gemm", sqnr=18.25)]), GateConfig({"min_layer_sqnr": Threshold(25.0, {"/fc2/*": 20.0})}))
+    res = evaluate(
+        report([layer("/fc2/Gemm", sqnr=18.25)]), GateConfig({"min_layer_sqnr": Threshold(25.0, {"/fc2/*": 20.0})})
+    )
     assert describe(res.checks[0]) == "min_layer_sqnr /fc2/Gemm: sqnr_db 18.25 < 20 (glob '/fc2/*')"
     base = report([layer("/fc2/Gemm", sqnr=30.0)])
     res = evaluate(report([layer("/fc2/Gemm", sqnr=27.5)]), GateConfig({"max_output_sqnr_drop": None}), base)

@@ -307,9 +307,13 @@ def test_environment_sets_gates(saved, sample_report_json, cli_env):
 
     def run(*args, **env):
         return subprocess.run(
-            [sys.executable, "-m", "qaudit", "report", str(saved), "--json", "-", *args], cwd=REPO,
-            env={**cli_env, **env}, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            [sys.executable, "-m", "qaudit", "report", str(saved), "--json", "-", *args],
+            cwd=REPO,
+            env={**cli_env, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     p = run(QAUDIT_MIN_LAYER_SQNR="40,/fc*=30")
     assert p.returncode == 1, p.stderr
@@ -330,7 +334,9 @@ def drops(current: dict, baseline: dict, tol: float) -> list[str]:
     return [
         r["name"]
         for r in current["layers"]
-        if r["name"] in base and base[r["name"]] is not None and r["sqnr_db"] is not None
+        if r["name"] in base
+        and base[r["name"]] is not None
+        and r["sqnr_db"] is not None
         and base[r["name"]] - r["sqnr_db"] > tol
     ]
 
@@ -447,7 +453,10 @@ def assert_one_line_error(p, *words):
 @pytest.mark.parametrize(
     "make, words",
     [
-        (lambda d: ["--config", _w(d / "q.toml", "[gates]\nmin_layer_sqrn = 25\n")], ["min_layer_sqrn", "q.toml", "min_layer_sqnr"]),
+        (
+            lambda d: ["--config", _w(d / "q.toml", "[gates]\nmin_layer_sqrn = 25\n")],
+            ["min_layer_sqrn", "q.toml", "min_layer_sqnr"],
+        ),
         (lambda d: ["--config", _w(d / "q.toml", "[gates]\nmin_layer_sqnr = nan\n")], ["min_layer_sqnr", "finite"]),
         (lambda d: ["--config", d / "none.toml"], ["config file not found"]),
         (lambda d: ["--min-layer-sqnr", "fast"], ["--min-layer-sqnr", "'fast'"]),
@@ -489,8 +498,14 @@ def test_unknown_environment_variable_is_a_config_error(saved, cli_env):
     from .conftest import REPO
 
     env = {**cli_env, "QAUDIT_MIN_LAYER_SQRN": "25"}
-    p = subprocess.run([sys.executable, "-m", "qaudit", "report", str(saved)], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-m", "qaudit", "report", str(saved)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert_one_line_error(p, "QAUDIT_MIN_LAYER_SQRN", "QAUDIT_MIN_LAYER_SQNR")
 
 
@@ -510,8 +525,18 @@ def test_a_crash_exits_three_never_one(monkeypatch, capsys, saved, tmp_path, whe
     for key in [k for k in __import__("os").environ if k.startswith("QAUDIT_")]:
         monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
-    rc = main(["report", str(saved), "--min-layer-sqnr", "99", "--junit", str(tmp_path / "j.xml"),
-               "--json", str(tmp_path / "r.json")])  # fmt: skip
+    rc = main(
+        [
+            "report",
+            str(saved),
+            "--min-layer-sqnr",
+            "99",
+            "--junit",
+            str(tmp_path / "j.xml"),
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 3, err
     assert "internal error" in err and "simulated bug" in err
@@ -533,8 +558,14 @@ def test_regating_imports_no_onnxruntime(saved, cli_env, tmp_path):
         "           '--junit', sys.argv[2] + '/j.xml', '--markdown', sys.argv[2] + '/s.md'])\n"
         "sys.exit(rc)\n"
     )
-    p = subprocess.run([sys.executable, "-c", code, str(saved), str(tmp_path)], cwd=REPO, env=cli_env,
-                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(saved), str(tmp_path)],
+        cwd=REPO,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 1, p.stderr  # the gate fails (31.0 dB layers); nothing crashed
     assert p.stdout.startswith("FAIL: ")
     assert (tmp_path / "j.xml").is_file() and (tmp_path / "s.md").is_file()

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from qaudit.render.html import ISOLATED_MISSING, default_label, plot_ids, render_html
-from qaudit.report import LayerRow, UnmatchedTensor, from_dict, from_json
 from qaudit.render.svgplot import PALETTE
+from qaudit.report import UnmatchedTensor, from_dict, from_json
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_MODEL = REPO / "samples" / "digits" / "model.onnx"
@@ -90,7 +90,7 @@ def parse(html: str) -> _Strict:
 
 
 def test_audit_writes_html(sample_run, sample_html, sample_report_json):
-    assert sample_html.startswith("<!DOCTYPE html>\n<html lang=\"en\">")
+    assert sample_html.startswith('<!DOCTYPE html>\n<html lang="en">')
     assert sample_run.proc.returncode == 0 and sample_run.proc.stderr == ""
     size = sample_run.html_path.stat().st_size
     assert 10_000 < size < MAX_SAMPLE_BYTES, size
@@ -149,9 +149,7 @@ def test_every_plot_is_present_and_drawn(sample_html, sample_report):
             lines = re.findall(r'<path class="line" d="(M[^"]*)"', svg)
             assert lines and all("L" in d for d in lines), pid  # every series has at least 2 points
     # the worst layers are the ones with the lowest SQNR, worst first
-    assert [r.sqnr_db for r in sample_report.worst_layers(3)] == sorted(
-        r.sqnr_db for r in sample_report.layers
-    )[:3]
+    assert [r.sqnr_db for r in sample_report.worst_layers(3)] == sorted(r.sqnr_db for r in sample_report.layers)[:3]
 
 
 def test_plots_are_accessible(sample_html):
@@ -179,7 +177,10 @@ def test_plots_are_accessible(sample_html):
 
 def test_isolated_sqnr_is_said_to_be_missing(sample_report):
     """A report measured with --no-isolated (or an older report) has no isolated series."""
-    rows = tuple(dataclasses.replace(r, sqnr_isolated_db=None, qmse_isolated=None, error_amplification=None) for r in sample_report.layers)
+    rows = tuple(
+        dataclasses.replace(r, sqnr_isolated_db=None, qmse_isolated=None, error_amplification=None)
+        for r in sample_report.layers
+    )
     sample_html = render_html([("m", dataclasses.replace(sample_report, layers=rows))])
     sqnr = svgs(sample_html)["sqnr"]
     assert ISOLATED_MISSING in sqnr
@@ -204,7 +205,7 @@ def test_layer_table(sample_html, sample_report):
     for r in sample_report.layers:
         assert r.name in table
     # sortable: a button per header, and the two presets
-    assert table.count("<th scope=\"col\"") == table.count("<button type=\"button\">") == 15  # with isolated SQNR
+    assert table.count('<th scope="col"') == table.count('<button type="button">') == 15  # with isolated SQNR
     assert 'data-table="layers-0"' in sample_html and ">worst SQNR first</button>" in sample_html
 
 
@@ -249,12 +250,25 @@ def test_report_with_infinite_sqnr_and_no_weights_renders(sample_report):
     rows = tuple(
         dataclasses.replace(
             r,
-            **{k: None for k in ("w_min", "w_max", "w_range", "w_precision", "fold_w_min", "fold_w_max", "fold_w_range",
-                                 "fold_w_precision", "w_sqnr_db", "w_qmse")},
+            **{
+                k: None
+                for k in (
+                    "w_min",
+                    "w_max",
+                    "w_range",
+                    "w_precision",
+                    "fold_w_min",
+                    "fold_w_max",
+                    "fold_w_range",
+                    "fold_w_precision",
+                    "w_sqnr_db",
+                    "w_qmse",
+                )
+            },
             **({"sqnr_db": float("inf"), "qmse": 0.0} if r.index == 0 else {}),
         )
         for r in sample_report.layers
-    )  # fmt: skip
+    )
     html = render_html([("m", dataclasses.replace(sample_report, layers=rows))])
     parse(html)
     plots = svgs(html)
@@ -338,8 +352,12 @@ def test_html_rendering_imports_no_onnx(sample_run, tmp_path, cli_env):
     )
     p = subprocess.run(
         [sys.executable, "-c", code, str(sample_run.json_path), str(out)],
-        cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=REPO,
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"
     assert out.read_bytes() == sample_run.html_path.read_bytes()

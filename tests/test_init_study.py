@@ -58,18 +58,24 @@ def _check_row(r: dict, rep: dict, settings=(98.0, False, 1.0), committed: bool 
     for k in OUTPUT_KEYS:
         assert _num(r[k]) == o[k], (r["arch"], r["init"], k)  # repr() round-trips floats exactly
     assert math.isclose(o["acc_drop_pct"], abs(o["acc_fp32"] - o["acc_int8"]) / o["acc_fp32"] * 100, rel_tol=1e-9)
-    sq = [(l["sqnr_db"], l["name"]) for l in rep["layers"] if l["quant_tensor"] and l["sqnr_db"] is not None]
+    sq = [(lr["sqnr_db"], lr["name"]) for lr in rep["layers"] if lr["quant_tensor"] and lr["sqnr_db"] is not None]
     assert (_num(r["worst_sqnr_db"]), r["worst_layer"]) == min(sq)
     s = rep["settings"]
     assert (s["percentile"], s["calib_symmetric"], s["clip_percentile"]) == settings
     if committed:  # the study writes paths relative to the repository when its files are inside it
         paths = [rep["model"]["path"]] + [rep["data"][k] for k in ("calib", "eval", "labels")]
-        assert not any(p.startswith("/") for p in paths), f"machine-specific absolute path in a committed report: {paths}"
+        assert not any(p.startswith("/") for p in paths), (
+            f"machine-specific absolute path in a committed report: {paths}"
+        )
 
 
 @pytest.mark.parametrize(
     "folder, settings",
-    [("results", (98.0, False, 1.0)), ("results_ort_default", (99.999, True, 1.0)), ("results_sym99", (99.0, True, 1.0))],
+    [
+        ("results", (98.0, False, 1.0)),
+        ("results_ort_default", (99.999, True, 1.0)),
+        ("results_sym99", (99.0, True, 1.0)),
+    ],
 )
 def test_committed_tables_match_their_reports(folder, settings):
     """The committed full-run tables (RESULTS.md) against the committed reports.tar.xz, without training."""
@@ -99,7 +105,9 @@ def test_table_matches_reports(quick):
         rep = json.loads((out / r["report"]).read_text())
         _check_row(r, rep)  # fp32/int8 accuracy, QMSE, QCE, % decrease (Eq. 4.11), worst-layer SQNR
         o = rep["outputs"][0]
-        assert _num(r["max_fold_w_range"]) == max(l["fold_w_range"] for l in rep["layers"] if l["fold_w_range"] is not None)
+        assert _num(r["max_fold_w_range"]) == max(
+            lr["fold_w_range"] for lr in rep["layers"] if lr["fold_w_range"] is not None
+        )
         # the trained flag follows the fp32 accuracy; failed models stay in the table
         assert (r["trained"] == "yes") == (o["acc_fp32"] >= 0.5)
         # the settings the study claims (RESULTS.md): 1 % clipping on each side, uint8 per-tensor
@@ -116,7 +124,7 @@ def test_table_matches_reports(quick):
 def test_markdown_table_is_the_csv(quick):
     out, stdout = quick
     rows = _csv_rows(out)
-    md = [l for l in (out / "table.md").read_text().splitlines() if l.startswith("| ") and "---" not in l][1:]
+    md = [ln for ln in (out / "table.md").read_text().splitlines() if ln.startswith("| ") and "---" not in ln][1:]
     assert len(md) == len(rows)
     for line, r in zip(md, rows):
         cells = [c.strip() for c in line.strip("|").split("|")]

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 import qaudit
-from qaudit.pipeline import kernels
 from qaudit.errors import ConfigError
+from qaudit.pipeline import kernels
 from qaudit.pipeline.measure import ActivationMeter
 from qaudit.pipeline.metrics import RangeHistogram, dequantize
 
@@ -129,7 +129,9 @@ def test_lean_collector_equals_ort_collector_either_way(mode, grows):
 
     from qaudit.pipeline.quantize import _lean_collector_class, quiet_ort
 
-    kw = dict(method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=2048, percentile=99.999, scenario="same")
+    kw = dict(
+        method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=2048, percentile=99.999, scenario="same"
+    )
     ours, theirs = _lean_collector_class()(**kw), HistogramCollector(**kw)
     rng = np.random.default_rng(3)
     with quiet_ort():
@@ -302,7 +304,9 @@ def test_error_sums_by_hand_in_float64(qtype):
     with pytest.raises(ValueError, match="same length"):
         kernels._compiled.error_sums(x, q[:-1], float(scale), float(zp), None, None, None)
     with pytest.raises(ValueError, match="same length"):
-        kernels._compiled.error_sums(x, q, float(scale), float(zp), q_iso.astype(np.uint8 if qtype == np.int8 else np.int8), None, None)
+        kernels._compiled.error_sums(
+            x, q, float(scale), float(zp), q_iso.astype(np.uint8 if qtype == np.int8 else np.int8), None, None
+        )
 
 
 @needs_c

@@ -18,11 +18,11 @@ from onnxruntime.quantization.qdq_loss_debug import (
 
 import qaudit
 from qaudit.pipeline.graph import with_outputs
-from qaudit.pipeline.session import make_session
 from qaudit.pipeline.load import load_model
 from qaudit.pipeline.match import match
 from qaudit.pipeline.metrics import sqnr_of
 from qaudit.pipeline.quantize import quiet_ort
+from qaudit.pipeline.session import make_session
 from qaudit.pipeline.transform import ensure_node_names, fold_batchnorm
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "digits"
@@ -200,7 +200,9 @@ def test_per_channel_weight_sqnr_by_hand(tmp_path, fmt):
     want = 10 * np.log10(np.sum(w**2) / np.sum((w - w_hat) ** 2))
     assert row.w_sqnr_db == pytest.approx(want, abs=1e-4)
     (tmp_path / "pt").mkdir()
-    per_tensor = next(r for r in _audit(tmp_path / "pt", format=fmt, weight_type="int8")[0].layers if r.name == row.name)
+    per_tensor = next(
+        r for r in _audit(tmp_path / "pt", format=fmt, weight_type="int8")[0].layers if r.name == row.name
+    )
     assert row.w_sqnr_db > per_tensor.w_sqnr_db + 3  # depthwise weights gain a lot from per-channel scales
 
 
@@ -260,12 +262,18 @@ def test_calibration_ranges_equal_ort_calibrator(tmp_path, workers):
     batches = _batches("calib")
     seen = []
     ours = calibrate(
-        folded, batches, qaudit.QuantConfig(), tmp_path, workers=workers,
+        folded,
+        batches,
+        qaudit.QuantConfig(),
+        tmp_path,
+        workers=workers,
         observe=lambda feeds, outs: seen.append(outs["logits"].shape[0]),
     )
     with quiet_ort():
         cal = create_calibrator(
-            folded, quantizable_op_types(), augmented_model_path=str(tmp_path / "aug.onnx"),
+            folded,
+            quantizable_op_types(),
+            augmented_model_path=str(tmp_path / "aug.onnx"),
             calibrate_method=CalibrationMethod.Percentile,
             extra_options={"symmetric": True, "num_bins": 2048, "percentile": 99.999},
         )
@@ -291,7 +299,9 @@ def test_lean_collector_equals_ort_collector_and_survives_empty_tensors():
 
     from qaudit.pipeline.quantize import _lean_collector_class
 
-    kw = dict(method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=2048, percentile=99.999, scenario="same")
+    kw = dict(
+        method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=2048, percentile=99.999, scenario="same"
+    )
     ours, theirs = _lean_collector_class()(**kw), HistogramCollector(**kw)
     rng = np.random.default_rng(0)
     with quiet_ort():

@@ -34,9 +34,9 @@ import pytest
 
 import qaudit
 from qaudit.pipeline.graph import with_outputs
-from qaudit.pipeline.session import make_session, run_named, save_model
 from qaudit.pipeline.load import load_model
 from qaudit.pipeline.match import match
+from qaudit.pipeline.session import make_session, run_named, save_model
 from qaudit.pipeline.transform import constants_to_initializers, ensure_node_names, fold_batchnorm
 
 from .conftest import REPO
@@ -305,7 +305,9 @@ def test_audit_matches_most_tensors(realmodels, name, fmt):
     qinits = {t.name: t for t in qmodel.graph.initializer}
     for row in weighted:
         if row.w_sqnr_db is None:
-            assert fmt == "qoperator" and row.op_type == "ConvTranspose", f"{row.name} ({row.op_type}) has no weight SQNR"
+            assert fmt == "qoperator" and row.op_type == "ConvTranspose", (
+                f"{row.name} ({row.op_type}) has no weight SQNR"
+            )
             node = qnodes[row.name]
             assert node.op_type == "ConvTranspose"
             assert qinits[node.input[1]].data_type == onnx.TensorProto.FLOAT, "a float layer holds float weights"
@@ -373,9 +375,15 @@ def test_unmatched_tensors_are_explained(realmodels, name, fmt):
             # op reads is float in the quantized graph (ORT keeps MaxPool, Squeeze,
             # Relu, Clip, GlobalAveragePool reading a float tensor in float)
             node = producers.get(u.tensor)
-            reads = [i for i in (node.input if node else []) if i and i not in inits and vtypes.get(i) == onnx.TensorProto.FLOAT]
+            reads = [
+                i
+                for i in (node.input if node else [])
+                if i and i not in inits and vtypes.get(i) == onnx.TensorProto.FLOAT
+            ]
             if node is not None and node.op_type in registry and (not reads or any(i in twins for i in reads)):
-                problems[u.tensor] = f"not-quantized {u.op_type} reading {reads}: no reason for ORT to leave it in float"
+                problems[u.tensor] = (
+                    f"not-quantized {u.op_type} reading {reads}: no reason for ORT to leave it in float"
+                )
     summary = ", ".join(f"{k}/{op} {v}" for (k, op), v in sorted(by_kind.items()))
     print(f"\n{name} {fmt} unmatched: {summary}")
     realmodels.notes[f"unmatched {name} {fmt}"] = [summary]
@@ -385,7 +393,9 @@ def test_unmatched_tensors_are_explained(realmodels, name, fmt):
     assert not unexpected, f"unexplained unmatched tensors: {unexpected}"
     assert known <= set(problems), f"fixed? no longer wrong: {sorted(known - set(problems))}; update KNOWN_MISLABELLED"
     if known:
-        pytest.xfail(f"known qaudit bug, {len(known)} tensors: QOperator Gather on a quantized table reported as not-quantized")
+        pytest.xfail(
+            f"known qaudit bug, {len(known)} tensors: QOperator Gather on a quantized table reported as not-quantized"
+        )
 
 
 @pytest.mark.parametrize("name,fmt", _params())
@@ -483,7 +493,12 @@ def _oracle(rm: RealModels, name: str) -> Oracle:
     qpath = work / "quantized.onnx"
     report = qaudit.audit(
         qaudit.AuditConfig(
-            model=s.model, calib=s.dir / "calib", eval=subset, batch_size=BATCH, output_model=qpath, quant=qaudit.QuantConfig()
+            model=s.model,
+            calib=s.dir / "calib",
+            eval=subset,
+            batch_size=BATCH,
+            output_model=qpath,
+            quant=qaudit.QuantConfig(),
         )
     )
     assert report.data["n_eval"] == ORACLE_SAMPLES[name]
@@ -501,7 +516,9 @@ def _oracle(rm: RealModels, name: str) -> Oracle:
     fp32 = onnx.load(str(s.folded))
     twins = match(fp32, onnx.load(str(qpath)), excluded).twins
     vtypes = {vi.name: vi.type.tensor_type.elem_type for vi in list(fp32.graph.value_info) + list(fp32.graph.input)}
-    f_inst = save_model(with_outputs(fp32, [(n, vtypes.get(n, onnx.TensorProto.FLOAT)) for n in twins]), work / "f.onnx")
+    f_inst = save_model(
+        with_outputs(fp32, [(n, vtypes.get(n, onnx.TensorProto.FLOAT)) for n in twins]), work / "f.onnx"
+    )
     q_inst = save_model(with_outputs(onnx.load(str(qpath)), _twin_outputs(twins)), work / "q.onnx")
     sqnr, identical = _sqnr_by_hand(f_inst, q_inst, twins, feeds)
     rm.oracles[name] = Oracle(report, qpath, ort_err, sqnr["optimized"], sqnr["unoptimized"], identical)
@@ -571,7 +588,16 @@ def test_eval_data_does_not_change_the_quantized_model(realmodels, name):
 
 # ------------------------------------------------------------ QDQ vs QOperator
 
-_WEIGHT_KEYS = ("w_min", "w_max", "w_range", "w_precision", "fold_w_min", "fold_w_max", "fold_w_range", "fold_w_precision")
+_WEIGHT_KEYS = (
+    "w_min",
+    "w_max",
+    "w_range",
+    "w_precision",
+    "fold_w_min",
+    "fold_w_max",
+    "fold_w_range",
+    "fold_w_precision",
+)
 
 
 @pytest.mark.parametrize("name", SUBJECTS)
@@ -602,9 +628,13 @@ def test_qoperator_agrees_with_qdq(realmodels, name):
             continue
         if (x.scale, x.zero_point, x.dtype) != (y.scale, y.zero_point, y.dtype):
             reads_float = [i for i in getattr(producers.get(x.tensor), "input", []) if i in float_somewhere]
-            assert x.op_type in ENCODING_MAY_DIFFER or reads_float, f"{n} ({x.op_type}): the formats chose different encodings"
-            differ.append(f"{n} ({x.op_type}{', reads float ' + reads_float[0] if reads_float else ''}): "
-                          f"{x.sqnr_db:.2f} vs {y.sqnr_db:.2f} dB")
+            assert x.op_type in ENCODING_MAY_DIFFER or reads_float, (
+                f"{n} ({x.op_type}): the formats chose different encodings"
+            )
+            differ.append(
+                f"{n} ({x.op_type}{', reads float ' + reads_float[0] if reads_float else ''}): "
+                f"{x.sqnr_db:.2f} vs {y.sqnr_db:.2f} dB"
+            )
             continue
         gaps.append((abs(x.sqnr_db - y.sqnr_db), n))
     gaps.sort(reverse=True)
@@ -624,7 +654,9 @@ def test_qoperator_agrees_with_qdq(realmodels, name):
 def test_cls_accuracy(realmodels, fmt):
     """PP-OCR's direction classifier tells upright from rotated text lines (build.py labels every other one 180)."""
     out = realmodels.audit("cls", fmt).report.outputs[0]
-    print(f"\ncls {fmt}: acc fp32 {out.acc_fp32}, int8 {out.acc_int8}, drop {out.acc_drop_pct} %, top-1 {out.top1_agreement}")
+    print(
+        f"\ncls {fmt}: acc fp32 {out.acc_fp32}, int8 {out.acc_int8}, drop {out.acc_drop_pct} %, top-1 {out.top1_agreement}"
+    )
     assert out.acc_fp32 >= 0.9
     assert out.acc_int8 is not None and out.acc_drop_pct is not None and out.top1_agreement is not None
     assert out.acc_drop_pct == pytest.approx(abs(out.acc_fp32 - out.acc_int8) / out.acc_fp32 * 100)
@@ -666,12 +698,18 @@ def test_calibration_ranges_equal_ort_percentile_calibrator(realmodels, name, tm
 
     seen = []
     ours = calibrate(
-        s.folded, batches, qaudit.QuantConfig(), tmp_path, workers=2,
+        s.folded,
+        batches,
+        qaudit.QuantConfig(),
+        tmp_path,
+        workers=2,
         observe=lambda feeds, outs: seen.append(len(outs)),
     )
     with quiet_ort():
         ort_cal = create_calibrator(
-            s.folded, quantizable_op_types(), augmented_model_path=str(tmp_path / "ort_aug.onnx"),
+            s.folded,
+            quantizable_op_types(),
+            augmented_model_path=str(tmp_path / "ort_aug.onnx"),
             calibrate_method=CalibrationMethod.Percentile,
             extra_options={"symmetric": True, "num_bins": 2048, "percentile": 99.999},
         )

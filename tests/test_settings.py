@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from qaudit.cli.main import build_parser, build_report_parser
+from qaudit.cli.settings import OPTIONS, resolve
 from qaudit.errors import ConfigError
 from qaudit.gate import Threshold
-from qaudit.cli.settings import OPTIONS, resolve
 
 
 def write(path: Path, text: str) -> Path:
@@ -213,12 +213,21 @@ def test_report_command_ignores_audit_settings_but_checks_every_key(tmp_path):
 @pytest.mark.parametrize(
     "toml, words",
     [
-        ("percentil = 99.9\n", ["unknown key 'percentil'", "the top level", "qaudit.toml", "did you mean 'percentile'"]),
-        ("[gates]\nmin_layer_sqrn = 25\n", ["unknown key 'min_layer_sqrn'", "[gates]", "did you mean 'min_layer_sqnr'"]),
+        (
+            "percentil = 99.9\n",
+            ["unknown key 'percentil'", "the top level", "qaudit.toml", "did you mean 'percentile'"],
+        ),
+        (
+            "[gates]\nmin_layer_sqrn = 25\n",
+            ["unknown key 'min_layer_sqrn'", "[gates]", "did you mean 'min_layer_sqnr'"],
+        ),
         ("min_layer_sqnr = 25\n", ["unknown key 'min_layer_sqnr'", "belongs in [gates]"]),
         ("[gates]\npercentile = 99.0\n", ["unknown key 'percentile'", "belongs at the top level"]),
         ('[gates.layers."/fc2/*"]\nmax_qce = 0.1\n', ["max_qce is an output gate", '[gates.outputs."/fc2/*"]']),
-        ('[gates.outputs."logits"]\nmin_layer_sqnr = 3\n', ["min_layer_sqnr is a layer gate", '[gates.layers."logits"]']),
+        (
+            '[gates.outputs."logits"]\nmin_layer_sqnr = 3\n',
+            ["min_layer_sqnr is a layer gate", '[gates.layers."logits"]'],
+        ),
         ("[gate]\nmin_layer_sqnr = 25\n", ["unknown key 'gate'", "did you mean 'gates'"]),
         ("[gates.layers]\nmin_layer_sqnr = 25\n", ["'layers'", "tables keyed by glob"]),
         ('percentile = "high"\n', ["percentile", "must be a finite number", "'high'"]),
@@ -248,7 +257,9 @@ def test_file_errors_name_the_key_and_the_file(tmp_path, toml, words):
 
 def test_errors_in_pyproject_name_the_tool_table(tmp_path):
     write(tmp_path / "pyproject.toml", "[tool.qaudit.gates]\nmin_layer_sqrn = 25\n")
-    with pytest.raises(ConfigError, match=re.escape("unknown key 'min_layer_sqrn' in [tool.qaudit.gates] of pyproject.toml")):
+    with pytest.raises(
+        ConfigError, match=re.escape("unknown key 'min_layer_sqrn' in [tool.qaudit.gates] of pyproject.toml")
+    ):
         audit(tmp_path)
 
 
@@ -261,7 +272,10 @@ def test_errors_in_pyproject_name_the_tool_table(tmp_path):
         ({"QAUDIT_PER_CHANNEL": "maybe"}, ["QAUDIT_PER_CHANNEL", "true/false"]),
         ({"QAUDIT_MIN_LAYER_SQNR": "/fc2/*=x"}, ["min_layer_sqnr from QAUDIT_MIN_LAYER_SQNR for '/fc2/*'", "'x'"]),
         ({"QAUDIT_MIN_LAYER_SQNR": "=20"}, ["QAUDIT_MIN_LAYER_SQNR", "no glob before '='"]),
-        ({"QAUDIT_MIN_LAYER_SQRN": "25"}, ["unknown environment variable QAUDIT_MIN_LAYER_SQRN", "QAUDIT_MIN_LAYER_SQNR"]),
+        (
+            {"QAUDIT_MIN_LAYER_SQRN": "25"},
+            ["unknown environment variable QAUDIT_MIN_LAYER_SQRN", "QAUDIT_MIN_LAYER_SQNR"],
+        ),
         ({"QAUDIT_FORMAT": "onnx"}, ["format from QAUDIT_FORMAT", "qdq, qoperator"]),
     ],
 )
@@ -304,4 +318,3 @@ def test_every_option_has_its_flags_and_env_var():
             if "audit" in o.commands:
                 assert flag in audit_flags, flag
             assert (flag in report_flags) == ("report" in o.commands), flag
-

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qaudit.pipeline.parallel import lockstep, shares
 from qaudit.pipeline.match import Encoding, Matching, Twin
 from qaudit.pipeline.measure import ActivationMeter
 from qaudit.pipeline.metrics import ClipCounter, RangeHistogram, _count_extremes, dequantize
+from qaudit.pipeline.parallel import lockstep, shares
 
 
 def _hist(batches, axis=1):

@@ -31,7 +31,9 @@ KINDS = [
 def _with_y(model, rank):
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    m.graph.output.append(onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [f"d{i}" for i in range(rank)]))
+    m.graph.output.append(
+        onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [f"d{i}" for i in range(rank)])
+    )
     return m
 
 
@@ -39,7 +41,10 @@ def _run(model, x):
     """onnx's ReferenceEvaluator, an oracle independent of ONNX Runtime. It cannot
     run grouped ConvTranspose (onnx 1.23.2 reshapes the weight with group=1), so
     that model runs on ORT with every graph optimization off."""
-    if any(n.op_type == "ConvTranspose" and any(a.name == "group" and a.i > 1 for a in n.attribute) for n in model.graph.node):
+    if any(
+        n.op_type == "ConvTranspose" and any(a.name == "group" and a.i > 1 for a in n.attribute)
+        for n in model.graph.node
+    ):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -162,7 +167,9 @@ def test_folding_check_covers_the_first_samples(monkeypatch):
     assert report.data["n_calib"] > 24
     assert report.folding["check_samples"] == 24  # three batches of 8 reach 20
     chk = report.folding["check"]["logits"]
-    assert 0 < chk["max_abs"] and chk["max_abs_diff"] <= report.folding["atol"] + report.folding["rtol"] * chk["max_abs"]
+    assert (
+        0 < chk["max_abs"] and chk["max_abs_diff"] <= report.folding["atol"] + report.folding["rtol"] * chk["max_abs"]
+    )
     monkeypatch.setattr("qaudit.pipeline.audit.fold_batchnorm", _broken_fold(1.5))
     with pytest.raises(FoldingError):
         qaudit.audit(cfg)

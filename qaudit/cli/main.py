@@ -77,11 +77,18 @@ def _add_options(p: argparse.ArgumentParser, command: str, only: frozenset | Non
             g.add_argument(o.flag, dest=o.name, action="append", default=S, metavar=o.metavar, help=o.help)
         else:
             conv = {"int": int, "float": float}.get(o.kind, str)
-            g.add_argument(o.flag, dest=o.name, type=conv, choices=o.choices or None, default=S, metavar=o.metavar,
-                           help=o.help)  # fmt: skip
+            g.add_argument(
+                o.flag, dest=o.name, type=conv, choices=o.choices or None, default=S, metavar=o.metavar, help=o.help
+            )
         if o.name == "baseline":
-            g.add_argument("--no-baseline", dest="baseline", action="store_const", const="", default=S,
-                           help="ignore a baseline set in the config file or environment")  # fmt: skip
+            g.add_argument(
+                "--no-baseline",
+                dest="baseline",
+                action="store_const",
+                const="",
+                default=S,
+                help="ignore a baseline set in the config file or environment",
+            )
     c = group("config")
     c.add_argument("--config", metavar="PATH", default=S, help="read settings from this TOML file (see README)")
     c.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -113,10 +120,24 @@ def build_report_parser() -> argparse.ArgumentParser:
 
 
 #: audit settings that apply to every model a comparison audits (from the settings table)
-COMPARE_AUDIT_OPTIONS = frozenset({
-    "calib", "eval", "labels", "format", "activation_type", "weight_type", "per_channel", "percentile",
-    "calib_symmetric", "exclude", "batch_size", "max_samples", "clip_percentile", "isolated",
-})  # fmt: skip
+COMPARE_AUDIT_OPTIONS = frozenset(
+    {
+        "calib",
+        "eval",
+        "labels",
+        "format",
+        "activation_type",
+        "weight_type",
+        "per_channel",
+        "percentile",
+        "calib_symmetric",
+        "exclude",
+        "batch_size",
+        "max_samples",
+        "clip_percentile",
+        "isolated",
+    }
+)
 
 
 def build_compare_parser() -> argparse.ArgumentParser:
@@ -125,25 +146,45 @@ def build_compare_parser() -> argparse.ArgumentParser:
         description="Compare the quantization of several exports of one network (frameworks, exporters, "
         "checkpoints): align their layers structurally and show the metrics side by side. Each input is a model "
         "(audited with the same data and settings) or a saved JSON report.",
-        epilog=f"The audit options come from the command line, the environment and the config file like an audit's "
-        f"(the config's model, gates and outputs are ignored). Exit codes: 0 compared (differences are not "
-        f"failures), 2 usage/input/config error, 3 internal error.",
+        epilog="The audit options come from the command line, the environment and the config file like an audit's "
+        "(the config's model, gates and outputs are ignored). Exit codes: 0 compared (differences are not "
+        "failures), 2 usage/input/config error, 3 internal error.",
     )
-    p.add_argument("inputs", nargs="+", type=Path, metavar="MODEL.onnx|REPORT.json", help="two or more models or reports")
+    p.add_argument(
+        "inputs", nargs="+", type=Path, metavar="MODEL.onnx|REPORT.json", help="two or more models or reports"
+    )
     _add_options(p, "audit", only=COMPARE_AUDIT_OPTIONS)
     c = p.add_argument_group("comparison")
-    c.add_argument("--map", type=Path, metavar="FILE", default=None,
-                   help='pin layers by hand: JSON {"pairs": [["layer in input 1", "layer in input 2", ...], ...]}; '
-                        'a layer is a node name, "#N" (report row N) or null (no partner)')  # fmt: skip
-    c.add_argument("--no-activations", dest="activations", action="store_false",
-                   help="align by signature and order only (no fp32 run to compare activations)")  # fmt: skip
-    c.add_argument("--tolerance", action="append", default=[], metavar="METRIC=VALUE",
-                   help="when a difference is flagged, e.g. sqnr_db=0.5 (dB), a_range=0.1 (relative); repeatable")  # fmt: skip
+    c.add_argument(
+        "--map",
+        type=Path,
+        metavar="FILE",
+        default=None,
+        help='pin layers by hand: JSON {"pairs": [["layer in input 1", "layer in input 2", ...], ...]}; '
+        'a layer is a node name, "#N" (report row N) or null (no partner)',
+    )
+    c.add_argument(
+        "--no-activations",
+        dest="activations",
+        action="store_false",
+        help="align by signature and order only (no fp32 run to compare activations)",
+    )
+    c.add_argument(
+        "--tolerance",
+        action="append",
+        default=[],
+        metavar="METRIC=VALUE",
+        help="when a difference is flagged, e.g. sqnr_db=0.5 (dB), a_range=0.1 (relative); repeatable",
+    )
     c.add_argument("--names", metavar="A,B,...", default=None, help="labels of the inputs (default: file names)")
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="PATH", default=None, help="write the comparison as JSON ('-' for stdout)")
-    o.add_argument("--html", metavar="PATH", default=None,
-                   help="write an HTML page overlaying the models' plots, aligned by the comparison ('-' for stdout)")  # fmt: skip
+    o.add_argument(
+        "--html",
+        metavar="PATH",
+        default=None,
+        help="write an HTML page overlaying the models' plots, aligned by the comparison ('-' for stdout)",
+    )
     o.add_argument("--quiet", action="store_true", help="print no tables")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -181,7 +222,9 @@ def _run_compare(args) -> int:
     if models:
         settings = _settings("audit", args)
         if settings["calib"] is None:
-            raise ConfigError(f"{models[0]} is a model: give --calib DIR (or set 'calib' in a config file or QAUDIT_CALIB)")
+            raise ConfigError(
+                f"{models[0]} is a model: give --calib DIR (or set 'calib' in a config file or QAUDIT_CALIB)"
+            )
         audit_cfg = dataclasses.replace(settings, values={**settings.values, "model": models[0]}).audit_config()
     pins = read_map(args.map, len(args.inputs)) if args.map else ()
     cfg = CompareConfig(tuple(args.inputs), audit_cfg, names, pins, args.activations, _tolerances(args.tolerance))
@@ -238,7 +281,14 @@ class _RichProgress:
     """Progress bars on stderr for the stages of an audit."""
 
     def __init__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         from qaudit.render.terminal import console
 
@@ -290,11 +340,11 @@ def _read_report(path, what: str):
 def _finish(report, settings, baseline) -> int:
     """Evaluate the gates, write every requested output, render, and choose the exit code."""
     from qaudit.gate import evaluate
+    from qaudit.output import write_text
     from qaudit.render.junit import format as junit_format
     from qaudit.render.markdown import format as markdown_format
-    from qaudit.output import write_text
-    from qaudit.report import to_json
     from qaudit.render.terminal import console, print_verdict, render
+    from qaudit.report import to_json
 
     v = settings.values
     if settings.gates.configured(baseline is not None):
@@ -332,9 +382,14 @@ def _run_audit(args) -> int:
     cfg = settings.audit_config()
     _check_outputs(
         {"input model": cfg.model, "baseline": settings["baseline"]},
-        {"--json": settings["json"], "--junit": settings["junit"], "--markdown": settings["markdown"],
-         "--html": settings["html"], "--output-model": cfg.output_model},
-    )  # fmt: skip
+        {
+            "--json": settings["json"],
+            "--junit": settings["junit"],
+            "--markdown": settings["markdown"],
+            "--html": settings["html"],
+            "--output-model": cfg.output_model,
+        },
+    )
     baseline = _read_report(settings["baseline"], "baseline report") if settings["baseline"] else None
     show_progress = not (settings["quiet"] or args.no_progress) and sys.stderr.isatty()
     progress = _RichProgress() if show_progress else None
@@ -350,9 +405,13 @@ def _run_report(args) -> int:
     settings = _settings("report", args)
     _check_outputs(
         {"input report": args.report, "baseline": settings["baseline"]},
-        {"--json": settings["json"], "--junit": settings["junit"], "--markdown": settings["markdown"],
-         "--html": settings["html"]},
-    )  # fmt: skip
+        {
+            "--json": settings["json"],
+            "--junit": settings["junit"],
+            "--markdown": settings["markdown"],
+            "--html": settings["html"],
+        },
+    )
     report = _read_report(args.report, "report")
     baseline = _read_report(settings["baseline"], "baseline report") if settings["baseline"] else None
     return _finish(report, settings, baseline)

@@ -26,18 +26,18 @@ from __future__ import annotations
 import difflib
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from qaudit.options import FORMATS, QUANT_TYPES, AuditConfig, QuantConfig
 from qaudit.errors import ConfigError
 from qaudit.gate import GATES, GATES_BY_NAME, GateConfig, GateDef, Threshold
+from qaudit.options import FORMATS, QUANT_TYPES, AuditConfig, QuantConfig
 
 AUDIT, REPORT = "audit", "report"
 BOTH = (AUDIT, REPORT)
@@ -96,49 +96,159 @@ class Option:
 def _gate_option(g: GateDef) -> Option:
     unit = f" ({g.unit})" if g.unit else ""
     return Option(
-        g.name, "gate", g.help + unit, default=g.default, commands=BOTH, section="gates",
-        group="regression" if g.kind == "regression" else "gates", metavar="[GLOB=]VALUE",
-    )  # fmt: skip
+        g.name,
+        "gate",
+        g.help + unit,
+        default=g.default,
+        commands=BOTH,
+        section="gates",
+        group="regression" if g.kind == "regression" else "gates",
+        metavar="[GLOB=]VALUE",
+    )
 
 
 #: Every option, in the order of ``--help``. The gate options come from :data:`qaudit.gate.GATES`.
 OPTIONS: tuple[Option, ...] = (
     Option("model", "path", "the fp32 ONNX model (never modified)", group="input", metavar="MODEL.onnx"),
-    Option("calib", "path", "calibration data: directory of .npy/.npz or test_data_set_* (required)", group="input", metavar="DIR"),
-    Option("eval", "path", "evaluation data (default: the calibration data, which flatters)", group="input", metavar="DIR"),
-    Option("labels", "path", ".npy of integer labels, one per evaluation sample (sorted file order)", group="input", metavar="F.npy"),
+    Option(
+        "calib",
+        "path",
+        "calibration data: directory of .npy/.npz or test_data_set_* (required)",
+        group="input",
+        metavar="DIR",
+    ),
+    Option(
+        "eval", "path", "evaluation data (default: the calibration data, which flatters)", group="input", metavar="DIR"
+    ),
+    Option(
+        "labels",
+        "path",
+        ".npy of integer labels, one per evaluation sample (sorted file order)",
+        group="input",
+        metavar="F.npy",
+    ),
     Option("format", "str", "ORT quantization format", "qdq", FORMATS, group="quantization"),
     Option("activation_type", "str", "activation type", "uint8", QUANT_TYPES, group="quantization"),
     Option("weight_type", "str", "weight type", "uint8", QUANT_TYPES, group="quantization"),
     Option("per_channel", "bool", "per-channel weight quantization (default: per-tensor)", False, group="quantization"),
-    Option("percentile", "float", "percentile calibration (default 99.999, ORT's)", 99.999,
-           check=_between(0, 100, lo_open=True), group="quantization", metavar="P"),
-    Option("calib_symmetric", "bool", "histogram |x| (ORT's Percentile default) or, with --calib-asymmetric, signed values",
-           True, group="quantization", bool_flags=("--calib-symmetric", "--calib-asymmetric")),
+    Option(
+        "percentile",
+        "float",
+        "percentile calibration (default 99.999, ORT's)",
+        99.999,
+        check=_between(0, 100, lo_open=True),
+        group="quantization",
+        metavar="P",
+    ),
+    Option(
+        "calib_symmetric",
+        "bool",
+        "histogram |x| (ORT's Percentile default) or, with --calib-asymmetric, signed values",
+        True,
+        group="quantization",
+        bool_flags=("--calib-symmetric", "--calib-asymmetric"),
+    ),
     Option("exclude", "list", "node names to leave in float", (), group="quantization", metavar="NODE"),
-    Option("batch_size", "int", "samples per inference batch (default: as many as fit 256 MiB of activations, at most 64)",
-           None, check=_at_least(1), group="measurement", metavar="N"),
-    Option("max_samples", "int", "use at most N samples of each data set", None, check=_at_least(1), group="measurement", metavar="N"),
-    Option("clip_percentile", "float", "activation range clipping, percent per side (default 1)", 1.0,
-           check=_between(0, 50, hi_open=True), group="measurement", metavar="P"),
-    Option("isolated", "bool", "also measure each layer's isolated error (--no-isolated: accumulated only, faster)", True,
-           group="measurement", bool_flags=("--isolated", "--no-isolated")),
+    Option(
+        "batch_size",
+        "int",
+        "samples per inference batch (default: as many as fit 256 MiB of activations, at most 64)",
+        None,
+        check=_at_least(1),
+        group="measurement",
+        metavar="N",
+    ),
+    Option(
+        "max_samples",
+        "int",
+        "use at most N samples of each data set",
+        None,
+        check=_at_least(1),
+        group="measurement",
+        metavar="N",
+    ),
+    Option(
+        "clip_percentile",
+        "float",
+        "activation range clipping, percent per side (default 1)",
+        1.0,
+        check=_between(0, 50, hi_open=True),
+        group="measurement",
+        metavar="P",
+    ),
+    Option(
+        "isolated",
+        "bool",
+        "also measure each layer's isolated error (--no-isolated: accumulated only, faster)",
+        True,
+        group="measurement",
+        bool_flags=("--isolated", "--no-isolated"),
+    ),
     Option("output_model", "out", "write the quantized model that was audited", group="output", metavar="PATH"),
-    Option("html", "out", "write a self-contained HTML report with layerwise plots to PATH ('-' for stdout)",
-           commands=BOTH, group="output", metavar="PATH"),
-    Option("json", "out", "write the JSON report to PATH ('-' for stdout)", commands=BOTH, group="output", metavar="PATH"),
-    Option("junit", "out", "write the gate checks as JUnit XML to PATH ('-' for stdout)", commands=BOTH, group="output", metavar="PATH"),
-    Option("markdown", "out", "write a Markdown summary (verdict, failing gates, worst layers) to PATH ('-' for stdout)",
-           commands=BOTH, group="output", metavar="PATH"),
-    Option("worst", "int", "how many worst layers to highlight (default 3)", 3, check=_at_least(0), commands=BOTH, group="output", metavar="N"),
-    Option("quiet", "bool", "print only the verdict (nothing when no gate is configured); no progress bars", False,
-           commands=BOTH, group="output"),
-    Option("baseline", "path", "the JSON report of the previous release: enables the regression gates (--no-baseline: none)",
-           commands=BOTH, group="regression", metavar="REPORT.json"),
-    Option("skip_missing", "bool", "a gate whose metric is missing (null/NaN) is skipped instead of failing", False,
-           commands=BOTH, section="gates", group="gates"),
+    Option(
+        "html",
+        "out",
+        "write a self-contained HTML report with layerwise plots to PATH ('-' for stdout)",
+        commands=BOTH,
+        group="output",
+        metavar="PATH",
+    ),
+    Option(
+        "json", "out", "write the JSON report to PATH ('-' for stdout)", commands=BOTH, group="output", metavar="PATH"
+    ),
+    Option(
+        "junit",
+        "out",
+        "write the gate checks as JUnit XML to PATH ('-' for stdout)",
+        commands=BOTH,
+        group="output",
+        metavar="PATH",
+    ),
+    Option(
+        "markdown",
+        "out",
+        "write a Markdown summary (verdict, failing gates, worst layers) to PATH ('-' for stdout)",
+        commands=BOTH,
+        group="output",
+        metavar="PATH",
+    ),
+    Option(
+        "worst",
+        "int",
+        "how many worst layers to highlight (default 3)",
+        3,
+        check=_at_least(0),
+        commands=BOTH,
+        group="output",
+        metavar="N",
+    ),
+    Option(
+        "quiet",
+        "bool",
+        "print only the verdict (nothing when no gate is configured); no progress bars",
+        False,
+        commands=BOTH,
+        group="output",
+    ),
+    Option(
+        "baseline",
+        "path",
+        "the JSON report of the previous release: enables the regression gates (--no-baseline: none)",
+        commands=BOTH,
+        group="regression",
+        metavar="REPORT.json",
+    ),
+    Option(
+        "skip_missing",
+        "bool",
+        "a gate whose metric is missing (null/NaN) is skipped instead of failing",
+        False,
+        commands=BOTH,
+        section="gates",
+        group="gates",
+    ),
     *(_gate_option(g) for g in GATES),
-)  # fmt: skip
+)
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 ENV_CONFIG = "QAUDIT_CONFIG"
 #: Not a setting: which per-value loops to use (qaudit/kernels.py); read there.
@@ -161,7 +271,10 @@ class Settings:
 
     def audit_config(self) -> AuditConfig:
         v = self.values
-        for name, what, hint in (("model", "model", "give MODEL.onnx"), ("calib", "calibration data", "give --calib DIR")):
+        for name, what, hint in (
+            ("model", "model", "give MODEL.onnx"),
+            ("calib", "calibration data", "give --calib DIR"),
+        ):
             if v.get(name) is None:
                 o = OPTIONS_BY_NAME[name]
                 raise ConfigError(f"no {what}: {hint}, or set '{name}' in a config file or {o.env}")
@@ -474,7 +587,9 @@ def resolve(
             continue
         o = known_env.get(var)
         if o is None:
-            raise ConfigError(f"unknown environment variable {var}{_suggest(var, [*known_env, ENV_CONFIG, ENV_KERNELS])}")
+            raise ConfigError(
+                f"unknown environment variable {var}{_suggest(var, [*known_env, ENV_CONFIG, ENV_KERNELS])}"
+            )
         if command not in o.commands or not environ[var].strip():
             continue  # an empty variable counts as unset
         if o.kind == "gate":

@@ -33,8 +33,8 @@ before these fields existed align by op class and order only (similarity 0.5).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from qaudit.errors import ConfigError
 from qaudit.report import LayerRow, Report
@@ -71,7 +71,7 @@ class LayerSig:
     c_out: int | None = None
 
     @classmethod
-    def from_row(cls, r: LayerRow) -> "LayerSig":
+    def from_row(cls, r: LayerRow) -> LayerSig:
         return cls(
             index=r.index,
             name=r.name,
@@ -159,7 +159,9 @@ def resolve_layer(sigs: Sequence[LayerSig], ref: str | int, what: str) -> int:
         if s.name == ref:
             return pos
     names = ", ".join(s.name for s in sigs[:4])
-    raise ConfigError(f"{what}: no weighted layer named {ref!r} (weighted layers: {names}{', ...' if len(sigs) > 4 else ''})")
+    raise ConfigError(
+        f"{what}: no weighted layer named {ref!r} (weighted layers: {names}{', ...' if len(sigs) > 4 else ''})"
+    )
 
 
 def align(

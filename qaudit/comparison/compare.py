@@ -26,15 +26,15 @@ import json
 import math
 import re
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePath
-from typing import Mapping, Sequence
 
 import numpy as np
 
 from qaudit.comparison.align import Alignment, LayerSig, align, resolve_layer, signatures
-from qaudit.options import AuditConfig
 from qaudit.errors import ConfigError, DataError
+from qaudit.options import AuditConfig
 from qaudit.report import LayerRow, OutputRow, Report
 
 COMPARE_FORMAT = {"name": "qaudit-comparison", "version": 1}
@@ -210,9 +210,7 @@ def _differs(kind: str, tol: float, a: float | None, b: float | None) -> bool:
 def _metric(name: str, values: Sequence, tolerances: Mapping[str, float]) -> MetricDiff:
     vals = tuple(_num(v) for v in values)
     ref = vals[0]
-    deltas = tuple(
-        None if ref is None or v is None or math.isinf(ref) or math.isinf(v) else v - ref for v in vals
-    )
+    deltas = tuple(None if ref is None or v is None or math.isinf(ref) or math.isinf(v) else v - ref for v in vals)
     tol = tolerances.get(name, DEFAULT_TOLERANCES[name])
     differs = tuple(k > 0 and _differs(KINDS[name], tol, ref, v) for k, v in enumerate(vals))
     return MetricDiff(name, vals, deltas, differs)
@@ -323,8 +321,12 @@ def _audit_model(path: Path, cfg: AuditConfig, work: Path, progress) -> _Audited
     report = audit(run, progress)
     if t1 or t2:
         # name the user's data, not the temporary copy
-        data = {**report.data, "calib": str(cfg.calib), "eval": str(cfg.eval) if cfg.eval else None,
-                "transposed": "fed transposed (the model's input layout differs from the data's)"}  # fmt: skip
+        data = {
+            **report.data,
+            "calib": str(cfg.calib),
+            "eval": str(cfg.eval) if cfg.eval else None,
+            "transposed": "fed transposed (the model's input layout differs from the data's)",
+        }
         report = replace(report, data=data)
     return _Audited(report, path, calib, t1 or t2)
 
@@ -337,11 +339,10 @@ def _fp32_activations(path: Path, calib: Path, rows: Sequence[LayerRow], work: P
     on the first :data:`ACTIVATION_SAMPLES` calibration samples, by row name."""
     import onnx
 
-    from qaudit.pipeline.graph import with_outputs
-    from qaudit.pipeline.session import make_session, run_named, save_model
     from qaudit.pipeline.data import Dataset
-    from qaudit.pipeline.graph import producers
+    from qaudit.pipeline.graph import producers, with_outputs
     from qaudit.pipeline.load import load_model
+    from qaudit.pipeline.session import make_session, run_named, save_model
     from qaudit.pipeline.transform import constants_to_initializers, ensure_node_names, fold_batchnorm
 
     lm = load_model(path)
@@ -431,10 +432,12 @@ def _explain_layer(labels, rows: Sequence[LayerRow | None], metrics: Sequence[Me
                 else:
                     out.append(f"qaudit folded a BatchNorm ({x.bn_folded}) into this layer in {X} only")
         if (
-            "w_range" in diff and diff["w_range"].differs[k]
-            and "fold_w_range" in diff and not diff["fold_w_range"].differs[k]
+            "w_range" in diff
+            and diff["w_range"].differs[k]
+            and "fold_w_range" in diff
+            and not diff["fold_w_range"].differs[k]
             and not (a.bn_folded and b.bn_folded)
-        ):  # fmt: skip
+        ):
             out.append(f"plain weights of {A} and {B} differ only by BN folding: the quantized (folded) weights agree")
         if bool(a.fused) != bool(b.fused):
             x, X, Y = (a, A, B) if a.fused else (b, B, A)
@@ -444,7 +447,11 @@ def _explain_layer(labels, rows: Sequence[LayerRow | None], metrics: Sequence[Me
             )
         if a.w_encoding and b.w_encoding and a.w_encoding != b.w_encoding:
             out.append(f"weight encoding differs: {A} {a.w_encoding}, {B} {b.w_encoding}")
-        folded_same = "fold_w_range" in diff and not diff["fold_w_range"].differs[k] and diff["fold_w_range"].values[k] is not None
+        folded_same = (
+            "fold_w_range" in diff
+            and not diff["fold_w_range"].differs[k]
+            and diff["fold_w_range"].values[k] is not None
+        )
         act = diff.get("a_range")
         if folded_same and act is not None and act.differs[k]:
             out.append(
@@ -456,7 +463,9 @@ def _explain_layer(labels, rows: Sequence[LayerRow | None], metrics: Sequence[Me
             out.append(f"same activation range but ORT calibrated a different scale in {B} (calibration range differs)")
         s, iso = diff.get("sqnr_db"), diff.get("sqnr_isolated_db")
         if s is not None and s.differs[k] and iso is not None and iso.values[k] is not None and not iso.differs[k]:
-            out.append(f"SQNR differs in {B} but the layer's own (isolated) error agrees: the difference comes from upstream")
+            out.append(
+                f"SQNR differs in {B} but the layer's own (isolated) error agrees: the difference comes from upstream"
+            )
     return list(dict.fromkeys(out))
 
 
@@ -482,11 +491,17 @@ def _explain_models(models: Sequence[ModelInfo], reports: Sequence[Report]) -> l
         sa, sb = reports[0].settings, reports[k].settings
         keys = [x for x in sorted(set(sa) | set(sb)) if x != "auto_excluded" and sa.get(x) != sb.get(x)]
         if keys:
-            out.append(f"settings differ between {A.label} and {B.label}: " + ", ".join(f"{x} {sa.get(x)!r} vs {sb.get(x)!r}" for x in keys))
+            out.append(
+                f"settings differ between {A.label} and {B.label}: "
+                + ", ".join(f"{x} {sa.get(x)!r} vs {sb.get(x)!r}" for x in keys)
+            )
         da, db = reports[0].data, reports[k].data
         dkeys = [x for x in ("n_calib", "n_eval", "eval_is_calib") if da.get(x) != db.get(x)]
         if dkeys:
-            out.append(f"data differ between {A.label} and {B.label}: " + ", ".join(f"{x} {da.get(x)!r} vs {db.get(x)!r}" for x in dkeys))
+            out.append(
+                f"data differ between {A.label} and {B.label}: "
+                + ", ".join(f"{x} {da.get(x)!r} vs {db.get(x)!r}" for x in dkeys)
+            )
     return out
 
 
@@ -553,16 +568,20 @@ def build(
                 conf[k], method[k], act[k] = p.confidence, p.method, p.activation
         first = next(k for k in range(n) if names[k] is not None)
         metrics = tuple(
-            _metric(m, [getattr(r, m) if r is not None else None for r in rows], tol)
-            for m, _, _ in LAYER_METRICS
+            _metric(m, [getattr(r, m) if r is not None else None for r in rows], tol) for m, _, _ in LAYER_METRICS
         )
         layers.append(
             LayerCompare(
-                layers=tuple(names), indices=tuple(idx), signature=sigs[first][c[0][1]].describe(),
-                confidence=tuple(conf), method=tuple(method), activation=tuple(act), metrics=metrics,
+                layers=tuple(names),
+                indices=tuple(idx),
+                signature=sigs[first][c[0][1]].describe(),
+                confidence=tuple(conf),
+                method=tuple(method),
+                activation=tuple(act),
+                metrics=metrics,
                 explanations=tuple(_explain_layer(labels, rows, metrics)),
             )
-        )  # fmt: skip
+        )
 
     outputs = []
     n_out = max(len(r.outputs) for r in reports)
@@ -600,7 +619,9 @@ def build(
         all_notes.append("the models have different numbers of outputs: outputs are paired by position")
     for k in range(n):
         if transposed[k]:
-            all_notes.append(f"{labels[k]} takes its input in another layout than the data: qaudit fed it the data transposed")
+            all_notes.append(
+                f"{labels[k]} takes its input in another layout than the data: qaudit fed it the data transposed"
+            )
     return Comparison(
         models=models,
         layers=tuple(layers),
@@ -657,7 +678,9 @@ def compare(cfg: CompareConfig, progress=None) -> Comparison:
                 audited.append(_Audited(_read_report(path)))
             else:
                 if cfg.audit is None:
-                    raise ConfigError(f"{path} is a model: give --calib data to audit it (or compare saved JSON reports)")
+                    raise ConfigError(
+                        f"{path} is a model: give --calib data to audit it (or compare saved JSON reports)"
+                    )
                 audited.append(_audit_model(path, cfg.audit, work / f"data-{k}", progress))
         reports = [a.report for a in audited]
         taken: set = set()
@@ -671,7 +694,9 @@ def compare(cfg: CompareConfig, progress=None) -> Comparison:
                     rows = [r for r in audited[k].report.layers if r.has_weights]
                     acts[k] = _fp32_activations(audited[k].model, audited[k].calib, rows, work, str(k))
             elif len(models) < len(audited):
-                notes.append("activation similarity needs the first input and another to be models: aligned by signature only")
+                notes.append(
+                    "activation similarity needs the first input and another to be models: aligned by signature only"
+                )
         comparison = compare_reports(reports, labels, cfg.pins, cfg.tolerances, acts)
         comparison = replace(
             comparison,
@@ -741,20 +766,32 @@ def to_dict(c: Comparison) -> dict:
     for r in c.layers:
         d["layers"].append(
             {
-                "layers": list(r.layers), "indices": list(r.indices), "signature": r.signature,
-                "aligned": r.aligned, "confidence": list(r.confidence), "method": list(r.method),
-                "activation_cosine": list(r.activation), "differs": r.differs,
-                "metrics": {m.metric: {"values": list(m.values), "deltas": list(m.deltas), "differs": list(m.differs)} for m in r.metrics},
+                "layers": list(r.layers),
+                "indices": list(r.indices),
+                "signature": r.signature,
+                "aligned": r.aligned,
+                "confidence": list(r.confidence),
+                "method": list(r.method),
+                "activation_cosine": list(r.activation),
+                "differs": r.differs,
+                "metrics": {
+                    m.metric: {"values": list(m.values), "deltas": list(m.deltas), "differs": list(m.differs)}
+                    for m in r.metrics
+                },
                 "explanations": list(r.explanations),
             }
-        )  # fmt: skip
+        )
     for o in c.outputs:
         d["outputs"].append(
             {
-                "names": list(o.names), "differs": o.differs,
-                "metrics": {m.metric: {"values": list(m.values), "deltas": list(m.deltas), "differs": list(m.differs)} for m in o.metrics},
+                "names": list(o.names),
+                "differs": o.differs,
+                "metrics": {
+                    m.metric: {"values": list(m.values), "deltas": list(m.deltas), "differs": list(m.differs)}
+                    for m in o.metrics
+                },
             }
-        )  # fmt: skip
+        )
     d["unaligned"] = {m.label: list(c.unaligned(k)) for k, m in enumerate(c.models)}
     return _clean(d)
 
@@ -763,4 +800,13 @@ def to_json(c: Comparison, indent: int = 2) -> str:
     return json.dumps(to_dict(c), indent=indent, allow_nan=False) + "\n"
 
 
-__all__ = ["CompareConfig", "Comparison", "LayerCompare", "compare", "compare_reports", "read_map", "to_dict", "to_json"]
+__all__ = [
+    "CompareConfig",
+    "Comparison",
+    "LayerCompare",
+    "compare",
+    "compare_reports",
+    "read_map",
+    "to_dict",
+    "to_json",
+]

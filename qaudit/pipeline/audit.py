@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import platform
 import shutil
-
 import tempfile
 import time
 from pathlib import Path
@@ -25,22 +24,22 @@ import numpy as np
 import onnx
 
 from qaudit import __version__
+from qaudit.errors import ConfigError, FoldingError, QauditError
+from qaudit.options import AuditConfig
+from qaudit.output import atomic_path
 from qaudit.pipeline import kernels
 from qaudit.pipeline.capture import isolated_model
+from qaudit.pipeline.data import Dataset, load_labels
 from qaudit.pipeline.foldcheck import OutputDeviation
 from qaudit.pipeline.graph import with_outputs
-from qaudit.pipeline.parallel import lockstep, shares, usable_cores
-from qaudit.pipeline.session import make_session, run_named, save_model
-from qaudit.options import AuditConfig
-from qaudit.pipeline.data import Dataset, load_labels
-from qaudit.errors import ConfigError, FoldingError, QauditError
 from qaudit.pipeline.load import load_model
 from qaudit.pipeline.match import match
-from qaudit.output import atomic_path
 from qaudit.pipeline.measure import ActivationMeter, OutputMeter, layer_rows, softmax_outputs
+from qaudit.pipeline.parallel import lockstep, shares, usable_cores
 from qaudit.pipeline.quantize import calibrate, probe_activations, quantize
-from qaudit.report import Report, UnmatchedTensor
+from qaudit.pipeline.session import make_session, run_named, save_model
 from qaudit.pipeline.transform import constants_to_initializers, ensure_node_names, fold_batchnorm
+from qaudit.report import Report, UnmatchedTensor
 
 
 class Progress(Protocol):
@@ -159,7 +158,12 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         fold_dev = _FoldingCheck(original_session, lm.output_names, FOLD_CHECK_SAMPLES) if fold.folded else None
         progress.stage("calibrating" + (" and checking BN folding" if fold_dev else ""), n_calib)
         ranges = calibrate(
-            folded_path, calib.batches(batch_size, cfg.max_samples), cfg.quant, work, progress.advance, skip=set(bad),
+            folded_path,
+            calib.batches(batch_size, cfg.max_samples),
+            cfg.quant,
+            work,
+            progress.advance,
+            skip=set(bad),
             observe=fold_dev.observe if fold_dev else None,
         )
         del original_session  # every session holds its own memory: free it before the next stage
@@ -181,7 +185,14 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         clock.lap("match")
         progress.stage("capturing fp32 + quantized", n_eval)
         meter, out_meter, seen = _capture(
-            fold.model, qmodel, matching, evaluation.batches(batch_size, cfg.max_samples), labels, cfg, work, progress,
+            fold.model,
+            qmodel,
+            matching,
+            evaluation.batches(batch_size, cfg.max_samples),
+            labels,
+            cfg,
+            work,
+            progress,
             tensor_bytes,
         )
 
@@ -191,7 +202,12 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         rows = layer_rows(fold.model, qmodel, matching, fold.folded, meter, cfg.clip_percentile)
         clock.lap("measure")
         report = Report(
-            meta={**_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seconds": time.perf_counter() - t0, "phase_seconds": clock.phases},
+            meta={
+                **_versions(),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "seconds": time.perf_counter() - t0,
+                "phase_seconds": clock.phases,
+            },
             model={
                 "path": str(cfg.model),
                 "sha256": lm.sha256,
@@ -232,7 +248,9 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
             },
             layers=rows,
             outputs=out_meter.rows(),
-            unmatched=tuple(UnmatchedTensor(u.tensor, u.producer, u.op_type, u.kind, u.reason) for u in matching.unmatched),
+            unmatched=tuple(
+                UnmatchedTensor(u.tensor, u.producer, u.op_type, u.kind, u.reason) for u in matching.unmatched
+            ),
             notes=tuple(notes),
         )
 
@@ -314,7 +332,10 @@ def _capture(fp32_model, qmodel, matching, batches, labels, cfg: AuditConfig, wo
 
     The twins are measured in shares of about equal size, one per usable core,
     each on its own thread (:func:`~qaudit.pipeline.parallel.lockstep`)."""
-    vtypes = {vi.name: vi.type.tensor_type.elem_type for vi in list(fp32_model.graph.value_info) + list(fp32_model.graph.input)}
+    vtypes = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in list(fp32_model.graph.value_info) + list(fp32_model.graph.input)
+    }
     fp32_outs = [(n, vtypes.get(n, onnx.TensorProto.FLOAT)) for n in matching.twins]
     q_outs = [
         (tw.quant_name, onnx.TensorProto.INT8 if tw.encoding.dtype == "int8" else onnx.TensorProto.UINT8)
@@ -329,10 +350,14 @@ def _capture(fp32_model, qmodel, matching, batches, labels, cfg: AuditConfig, wo
     iso_session, iso_inputs = None, {}
     if cfg.isolated and matching.twins:
         iso_model, iso_inputs = isolated_model(qmodel, matching.twins)
-        iso_session = make_session(save_model(iso_model, work / "quantized_isolated.onnx"), what="the isolated-error graph")
+        iso_session = make_session(
+            save_model(iso_model, work / "quantized_isolated.onnx"), what="the isolated-error graph"
+        )
 
     sizes = {n: (tensor_bytes or {}).get(n, 1) for n in matching.twins}
-    meters = [ActivationMeter(matching, share) for share in shares(sizes, min(2, usable_cores()))] or [ActivationMeter(matching)]
+    meters = [ActivationMeter(matching, share) for share in shares(sizes, min(2, usable_cores()))] or [
+        ActivationMeter(matching)
+    ]
     out_meter = OutputMeter([o.name for o in fp32_model.graph.output], softmax_outputs(fp32_model))
     seen = 0
 

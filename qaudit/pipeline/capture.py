@@ -42,7 +42,11 @@ def isolated_model(qmodel: onnx.ModelProto, twins) -> tuple[onnx.ModelProto, dic
         zp = numpy_helper.from_array(np.asarray(enc.zero_point), f"{tw.quant_name}::iso_zp")
         g.initializer.extend([scale, zp])
         kw = {"axis": int(enc.axis)} if not enc.per_tensor and enc.axis is not None else {}
-        new_nodes.append(helper.make_node("QuantizeLinear", [inp, scale.name, zp.name], [q_out], name=f"{tw.quant_name}::isolate", **kw))
+        new_nodes.append(
+            helper.make_node(
+                "QuantizeLinear", [inp, scale.name, zp.name], [q_out], name=f"{tw.quant_name}::isolate", **kw
+            )
+        )
         g.input.append(helper.make_tensor_value_info(inp, onnx.TensorProto.FLOAT, None))
         feeds[tw.fp32_name] = inp
     rename = {tw.quant_name: f"{tw.quant_name}::isolated_q" for tw in by_quant.values()}

@@ -18,9 +18,9 @@ mapped and only one batch is held in memory at a time.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import onnx
@@ -55,7 +55,9 @@ def discover(path: Path, what: str) -> list[_Item]:
         if not items:
             raise DataError(f"{what} data {path}: the test_data_set_* folders hold no input_*.pb files")
         return items
-    items = [_Item(p, p.suffix.lower().lstrip(".")) for p in sorted(path.iterdir()) if p.suffix.lower() in (".npy", ".npz")]
+    items = [
+        _Item(p, p.suffix.lower().lstrip(".")) for p in sorted(path.iterdir()) if p.suffix.lower() in (".npy", ".npz")
+    ]
     if not items:
         raise DataError(
             f"{what} data directory {path} is empty: put .npy/.npz files or test_data_set_*/input_*.pb folders in it"
@@ -102,7 +104,10 @@ class Dataset:
             raise DataError(f"cannot read {item.path}: {_numpy_load_message(e)}") from e
 
     def _read_pb(self, item: _Item) -> dict[str, np.ndarray]:
-        files = sorted(item.path.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[-1]) if p.stem.split("_")[-1].isdigit() else 0)
+        files = sorted(
+            item.path.glob("input_*.pb"),
+            key=lambda p: int(p.stem.split("_")[-1]) if p.stem.split("_")[-1].isdigit() else 0,
+        )
         names = [s.name for s in self.inputs]
         out: dict[str, np.ndarray] = {}
         for i, f in enumerate(files):
@@ -243,11 +248,15 @@ def load_labels(path: Path, n_samples: int, exact: bool = True) -> np.ndarray:
     try:
         y = np.load(path, allow_pickle=False)
     except Exception as e:
-        raise DataError(f"cannot read labels {path}: {_numpy_load_message(e)}; save them with np.save as an integer array") from e
+        raise DataError(
+            f"cannot read labels {path}: {_numpy_load_message(e)}; save them with np.save as an integer array"
+        ) from e
     if y.ndim == 2:
         y = y.argmax(axis=1)
     if y.ndim != 1 or y.dtype.kind not in "iu":
         raise DataError(f"labels {path} must be a 1-D integer array (or one-hot [N, K]), got {y.dtype}{list(y.shape)}")
     if len(y) < n_samples or (exact and len(y) != n_samples):
-        raise DataError(f"labels {path} has {len(y)} entries for {n_samples} evaluation samples; give one label per sample")
+        raise DataError(
+            f"labels {path} has {len(y)} entries for {n_samples} evaluation samples; give one label per sample"
+        )
     return y[:n_samples].astype(np.int64)

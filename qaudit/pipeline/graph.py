@@ -7,10 +7,9 @@ weight matching agree on it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import copy
-from typing import Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx

@@ -183,5 +183,7 @@ def infer_shapes(model: onnx.ModelProto, path: Path | str = "model") -> tuple[on
         if best is None or len(untyped) < len(best[2]):
             best = (inferred, name, untyped)
     if best is None:
-        raise ModelError(f"shape inference failed on {path} with every variant ({'; '.join(errors)}); re-export the model")
+        raise ModelError(
+            f"shape inference failed on {path} with every variant ({'; '.join(errors)}); re-export the model"
+        )
     return best

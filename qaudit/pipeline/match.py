@@ -145,8 +145,15 @@ def quantized_tensors(qmodel: onnx.ModelProto) -> dict[str, tuple[str, Encoding,
     for node in g.node:
         enc = None
         out = node.output[0] if node.output else ""
-        if node.op_type == "QuantizeLinear" and node.input[0] not in inits and _const(node.input[0], inits, prod) is None:
-            s, z = _const(node.input[1], inits, prod), _const(node.input[2], inits, prod) if len(node.input) > 2 else None
+        if (
+            node.op_type == "QuantizeLinear"
+            and node.input[0] not in inits
+            and _const(node.input[0], inits, prod) is None
+        ):
+            s, z = (
+                _const(node.input[1], inits, prod),
+                _const(node.input[2], inits, prod) if len(node.input) > 2 else None,
+            )
             if s is not None:
                 z = np.zeros(s.shape, np.uint8) if z is None else z
                 enc = Encoding(s, z, attr(node, "axis", 1), _dtype_name(z))
@@ -162,7 +169,12 @@ def quantized_tensors(qmodel: onnx.ModelProto) -> dict[str, tuple[str, Encoding,
             # pass-through op on integers (MaxPool, Flatten, Reshape, Transpose, ...)
             enc = by_tensor[node.input[0]]
             key = key_of(out)
-        elif out.endswith("_quantized") and node.input and node.input[0].endswith("_quantized") and node.input[0] in inits:
+        elif (
+            out.endswith("_quantized")
+            and node.input
+            and node.input[0].endswith("_quantized")
+            and node.input[0] in inits
+        ):
             # an op reading a quantized constant table (QOperator Gather on an embedding):
             # the output carries the table's encoding, stored as <table>_scale / <table>_zero_point
             base = node.input[0][: -len("_quantized")]
@@ -243,25 +255,39 @@ def match(
         pname = p.name if p is not None else name
         act = removed_activation(name)
         if act is not None and act.output[0] in twins:
-            kind, reason = "fused", (
-                f"{act.op_type} '{act.name}' was removed by the quantizer and fused into this layer's "
-                f"output encoding; the layer is measured at '{act.output[0]}'"
+            kind, reason = (
+                "fused",
+                (
+                    f"{act.op_type} '{act.name}' was removed by the quantizer and fused into this layer's "
+                    f"output encoding; the layer is measured at '{act.output[0]}'"
+                ),
             )
         elif p is not None and p.name in excluded:
             kind, reason = "excluded", excluded[p.name]
         elif p is not None and p.op_type not in quantizable:
-            kind, reason = "float-op", f"{p.op_type} is not quantized by ONNX Runtime; its output stays float in the quantized graph"
+            kind, reason = (
+                "float-op",
+                f"{p.op_type} is not quantized by ONNX Runtime; its output stays float in the quantized graph",
+            )
         elif p is not None and p.name not in qnames and not any(qn.startswith(p.name) for qn in qnames):
             kind, reason = "removed", "producer no longer exists in the quantized graph"
         else:
-            float_in = [i for i in (p.input if p is not None else []) if i in prod and i not in twins and i in candidate_set]
+            float_in = [
+                i for i in (p.input if p is not None else []) if i in prod and i not in twins and i in candidate_set
+            ]
             if float_in:
-                kind, reason = "not-quantized", (
-                    f"{op} reads '{float_in[0]}', which is float in the quantized graph, so ONNX Runtime "
-                    "leaves it in float too"
+                kind, reason = (
+                    "not-quantized",
+                    (
+                        f"{op} reads '{float_in[0]}', which is float in the quantized graph, so ONNX Runtime "
+                        "leaves it in float too"
+                    ),
                 )
             else:
-                kind, reason = "not-quantized", "the quantizer inserted no QuantizeLinear for this tensor (it stays float)"
+                kind, reason = (
+                    "not-quantized",
+                    "the quantizer inserted no QuantizeLinear for this tensor (it stays float)",
+                )
         unmatched.append(Unmatched(name, pname, op, kind, reason))
     return Matching(twins=twins, unmatched=unmatched, fused_into=fused_into)
 
@@ -298,6 +324,8 @@ def quantized_weight(qmodel: onnx.ModelProto, layer: str, op_type: str, weight_i
     z = np.zeros(s.shape, q.dtype) if z is None else z
     if s.size > 1 and axis is None:
         # QOperator per-channel: the output-channel axis of the weight
-        axis = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0 if attr(fp32_node, "transB", 0) else 1}.get(op_type, q.ndim - 1)
+        axis = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0 if attr(fp32_node, "transB", 0) else 1}.get(
+            op_type, q.ndim - 1
+        )
     w = dequantize(q, s, z, axis=axis if s.size > 1 else None)
     return w, Encoding(s, z, axis, _dtype_name(q))

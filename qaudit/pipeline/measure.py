@@ -9,7 +9,7 @@ after Conv) is reported on that layer's row.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -30,8 +30,8 @@ from qaudit.pipeline.metrics import (
     sqnr_of,
     square_sum,
 )
-from qaudit.report import Histogram, LayerRow, OutputRow
 from qaudit.pipeline.transform import FoldRecord
+from qaudit.report import Histogram, LayerRow, OutputRow
 
 #: bins of the per-layer fp32 histogram kept in the report (128 ints per row)
 HISTOGRAM_BINS = 128
@@ -77,7 +77,7 @@ class ActivationMeter:
                 self.clip[n] = ClipCounter(*enc.limits())
 
     @classmethod
-    def combine(cls, meters: Sequence["ActivationMeter"]) -> "ActivationMeter":
+    def combine(cls, meters: Sequence[ActivationMeter]) -> ActivationMeter:
         """One meter holding the (flushed) statistics of meters over disjoint twins."""
         out = cls(meters[0].matching, names=())
         for m in meters:

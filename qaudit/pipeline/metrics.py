@@ -112,7 +112,7 @@ class ErrorAccumulator:
         self.sum_e2 += sum_e2
         self.count += count
 
-    def merge(self, other: "ErrorAccumulator") -> "ErrorAccumulator":
+    def merge(self, other: ErrorAccumulator) -> ErrorAccumulator:
         self.sum_x2 += other.sum_x2
         self.sum_e2 += other.sum_e2
         self.count += other.count
@@ -226,7 +226,9 @@ class RangeHistogram:
         if compiled is not None and self.T > 0.0 and np.isfinite(amax):
             # one pass: bins, channel bins and the counts at each channel's extremes
             n_min, n_max = np.empty(C, dtype=np.int64), np.empty(C, dtype=np.int64)
-            compiled.bin_values(m, m.shape[0], m.shape[2], self.T, self.hist, self.ch_hist, cmin32, cmax32, n_min, n_max)
+            compiled.bin_values(
+                m, m.shape[0], m.shape[2], self.T, self.hist, self.ch_hist, cmin32, cmax32, n_min, n_max
+            )
             binned = True
         else:
             n_min = _count_extremes(m, cmin32)
@@ -269,7 +271,7 @@ class RangeHistogram:
             fine += (np.arange(C, dtype=np.int32) * self.channel_bins)[None, :, None]
             self.ch_hist += np.bincount(fine.ravel(), minlength=C * self.channel_bins).reshape(C, self.channel_bins)
 
-    def merge(self, other: "RangeHistogram") -> "RangeHistogram":
+    def merge(self, other: RangeHistogram) -> RangeHistogram:
         if other.count == 0:
             return self
         if self.count == 0:

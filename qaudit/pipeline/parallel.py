@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
-
 
 #: batches between two :func:`release_free_memory` calls (see there for why 32)
 TRIM_EVERY = 32
@@ -74,6 +73,7 @@ def shares(sizes: dict[str, int], n: int) -> list[list[str]]:
         out[i].append(name)
         load[i] += sizes[name]
     return [s for s in out if s]
+
 
 def lockstep(
     run: Callable[[dict[str, np.ndarray]], tuple],

@@ -29,14 +29,14 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
-from qaudit.pipeline import kernels
-from qaudit.options import QuantConfig
 from qaudit.errors import QauditError, QuantizationError
+from qaudit.options import QuantConfig
+from qaudit.pipeline import kernels
 
 
 @contextlib.contextmanager
@@ -81,7 +81,12 @@ def probe_activations(
 
     model = onnx.load(str(model_path))
     vt = {vi.name: vi.type.tensor_type.elem_type for vi in list(model.graph.value_info) + list(model.graph.output)}
-    floats = [(o, vt[o]) for n in model.graph.node for o in n.output if vt.get(o) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    floats = [
+        (o, vt[o])
+        for n in model.graph.node
+        for o in n.output
+        if vt.get(o) in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    ]
     probe = Path(model_path).with_name("activation_probe.onnx")
     onnx.save(with_outputs(model, floats), str(probe))
     out = run_named(make_session(probe, what="the BN-folded model"), feeds)
@@ -169,7 +174,10 @@ def calibrate(
 
     workers = workers or min(2, usable_cores())
     try:
-        with quiet_ort(), ThreadPoolExecutor(max_workers=workers + bool(observe), thread_name_prefix="qaudit-calibrate") as pool:
+        with (
+            quiet_ort(),
+            ThreadPoolExecutor(max_workers=workers + bool(observe), thread_name_prefix="qaudit-calibrate") as pool,
+        ):
             calibrator = _percentile_calibrator(model_path, cfg, workdir, set(skip))
             session = calibrator.infer_session
             names = [o.name for o in session.get_outputs()]

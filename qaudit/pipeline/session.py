@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-
 #: Models above this size are saved with external data (protobuf's 2 GiB limit).
 _EXTERNAL_DATA_BYTES = 1_800_000_000
 
@@ -26,6 +25,7 @@ def save_model(model: onnx.ModelProto, path: Path) -> Path:
     else:
         onnx.save_model(model, str(path))
     return path
+
 
 def make_session(path: Path, optimize: bool = True, threads: int | None = None, what: str = "the model"):
     """An ORT CPU session; ``optimize=False`` disables all graph optimizations.
@@ -66,6 +66,7 @@ def no_spinning(so) -> None:
     with spinning, 1.8 s without (docs/ort-quirks.md).
     """
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
 
 def ort_message(e: Exception) -> str:
     """ORT's exception text without its error-code prefix and temporary paths."""

@@ -143,7 +143,9 @@ def fold_batchnorm(model: onnx.ModelProto) -> FoldResult:
         node = prod.get(x)
         why = None
         if node is None or node.op_type not in ("Conv", "ConvTranspose", "Gemm"):
-            why = f"input comes from {node.op_type if node is not None else 'a graph input'}, not Conv/ConvTranspose/Gemm"
+            why = (
+                f"input comes from {node.op_type if node is not None else 'a graph input'}, not Conv/ConvTranspose/Gemm"
+            )
         elif len(cons.get(x, [])) != 1 or x in graph_outputs:
             why = f"{node.name}'s output has other consumers"
         elif len([o for o in bn.output if o]) != 1 or attr(bn, "training_mode", 0):

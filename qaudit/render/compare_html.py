@@ -16,8 +16,8 @@ from html import escape
 
 from qaudit.comparison.compare import Comparison
 from qaudit.render.html import render_html
-from qaudit.report import Report
 from qaudit.render.terminal import COMPARE_COLUMNS, fmt
+from qaudit.report import Report
 
 
 def aligned_reports(c: Comparison) -> list[tuple[str, Report]]:
@@ -47,7 +47,9 @@ def _alignment_section(c: Comparison) -> str:
         for k in range(len(c.labels)):
             cells.append(f'<td class="l name">{escape(r.layers[k]) if r.layers[k] else "-"}</td>')
             if k:
-                cells.append(f"<td>{fmt(r.confidence[k], '.2f')}{' ' + escape(r.method[k]) if r.method[k] else ''}</td>")
+                cells.append(
+                    f"<td>{fmt(r.confidence[k], '.2f')}{' ' + escape(r.method[k]) if r.method[k] else ''}</td>"
+                )
         for metric, _, spec in COMPARE_COLUMNS:
             m = r.metric(metric)
             txt = " → ".join(fmt(v, spec) for v in m.values)
@@ -61,7 +63,9 @@ def _alignment_section(c: Comparison) -> str:
     causes = "".join(f"<li>{escape(e)}</li>" for e in c.explanations)
     notes = "".join(f"<li>{escape(n)}</li>" for n in c.notes)
     unaligned = "".join(
-        f"<li>{escape(lab)}: {escape(', '.join(c.unaligned(k)))}</li>" for k, lab in enumerate(c.labels) if c.unaligned(k)
+        f"<li>{escape(lab)}: {escape(', '.join(c.unaligned(k)))}</li>"
+        for k, lab in enumerate(c.labels)
+        if c.unaligned(k)
     )
     return (
         '<h2 id="alignment">Layer alignment</h2>'

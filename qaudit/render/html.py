@@ -16,13 +16,13 @@ imports neither onnx nor onnxruntime.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from html import escape
 from pathlib import PurePath
-from typing import Callable, Sequence
 
 from qaudit import __version__
-from qaudit.report import LayerRow, Report
 from qaudit.render.svgplot import DASHES, MARKERS, PALETTE, Series, VLine, histogram_plot, line_plot, num
+from qaudit.report import LayerRow, Report
 
 #: quantized integer range per activation dtype, for the quantization grid drawn on histograms
 QRANGE = {"uint8": (0, 255), "int8": (-128, 127), "uint16": (0, 65535), "int16": (-32768, 32767)}
@@ -122,7 +122,11 @@ XLABEL = "layer index (graph order, column # of the table)"
 
 def _style(i_report: int, j_series: int, n_reports: int) -> dict:
     if n_reports == 1:
-        return {"color": PALETTE[j_series % len(PALETTE)], "dash": DASHES[j_series % len(DASHES)], "marker": MARKERS[j_series % len(MARKERS)]}
+        return {
+            "color": PALETTE[j_series % len(PALETTE)],
+            "dash": DASHES[j_series % len(DASHES)],
+            "marker": MARKERS[j_series % len(MARKERS)],
+        }
     # later models are drawn thinner, with hollow markers, on top of the first: equal values stay visible
     return {
         "color": PALETTE[i_report % len(PALETTE)],
@@ -167,7 +171,9 @@ def _layer_plot(reports, spec, x_range) -> tuple[str | None, str]:
                 tips.append(f"layer {r.index} {r.name}: {num(v, 4)}")
             if not xs and name == "isolated":
                 continue
-            series.append(Series(f"{label}: {name}" if multi else name, xs, ys, tips=tips, **_style(i, j, len(reports))))
+            series.append(
+                Series(f"{label}: {name}" if multi else name, xs, ys, tips=tips, **_style(i, j, len(reports)))
+            )
     if pid == "sqnr" and not any(_isolated(r) is not None for _, rep in reports for r in rep.layers):
         notes.append(ISOLATED_MISSING)
     if skipped:
@@ -195,10 +201,16 @@ def _histogram_figure(pid: str, label: str | None, r: LayerRow) -> str:
     vlines, grid, notes = [], [], []
     q_min, q_max, scale = _f(r.q_min), _f(r.q_max), _f(r.scale)
     if q_min is not None and q_max is not None:
-        vlines += [VLine(q_min, "clip points q_min / q_max", PALETTE[1]), VLine(q_max, "clip points q_min / q_max", PALETTE[1])]
+        vlines += [
+            VLine(q_min, "clip points q_min / q_max", PALETTE[1]),
+            VLine(q_max, "clip points q_min / q_max", PALETTE[1]),
+        ]
     a_lo, a_hi = _f(r.a_lo), _f(r.a_hi)
     if a_lo is not None and a_hi is not None:
-        vlines += [VLine(a_lo, "clipped range a_lo / a_hi", PALETTE[2], "5 3"), VLine(a_hi, "clipped range a_lo / a_hi", PALETTE[2], "5 3")]
+        vlines += [
+            VLine(a_lo, "clipped range a_lo / a_hi", PALETTE[2], "5 3"),
+            VLine(a_hi, "clipped range a_lo / a_hi", PALETTE[2], "5 3"),
+        ]
     grid_label = ""
     if scale is not None and r.zero_point is not None and r.dtype in QRANGE:
         lo_q, hi_q = QRANGE[r.dtype]
@@ -253,7 +265,7 @@ def _dl(d: dict, code: Sequence[str] = ()) -> str:
     for k, v in d.items():
         text = escape(_val(v, k))
         items.append(f"<dt>{escape(str(k))}</dt><dd>{f'<code>{text}</code>' if k in code else text}</dd>")
-    return f'<dl>{"".join(items)}</dl>'
+    return f"<dl>{''.join(items)}</dl>"
 
 
 def _td(v, spec: str = ".3g", *, scale: float = 1.0) -> str:
@@ -278,7 +290,11 @@ def _gates_html(report: Report) -> str:
     if not isinstance(d, dict):
         return f"<p>Gates: {escape(_val(d))}</p>"
     passed = d.get("passed", d.get("verdict"))
-    verdict = "PASS" if passed is True or passed == "pass" else ("FAIL" if passed in (False, "fail") else escape(_val(passed)))
+    verdict = (
+        "PASS"
+        if passed is True or passed == "pass"
+        else ("FAIL" if passed in (False, "fail") else escape(_val(passed)))
+    )
     cls = "pass" if verdict == "PASS" else "fail"
     rest = {k: v for k, v in d.items() if k not in ("passed", "verdict")}
     return f'<p>Gates: <strong class="verdict {cls}">{verdict}</strong></p>{_dl(rest)}'
@@ -290,10 +306,15 @@ def _model_card(label: str, report: Report, multi: bool) -> str:
     fold = report.folding or {}
     folded = fold.get("folded", [])
     fold_txt = f"BatchNorm folded into {len(folded)} layer(s)" if folded else "no BatchNorm folded"
-    skipped = "".join(f"<li>BN <code>{escape(str(x.get('bn')))}</code> not folded: {escape(str(x.get('reason')))}</li>" for x in fold.get("skipped", []))
+    skipped = "".join(
+        f"<li>BN <code>{escape(str(x.get('bn')))}</code> not folded: {escape(str(x.get('reason')))}</li>"
+        for x in fold.get("skipped", [])
+    )
     notes = "".join(f"<li>{escape(n)}</li>" for n in report.notes)
     eval_txt = (
-        "the calibration data (no --eval: flatters the numbers)" if data.get("eval_is_calib") else escape(str(data.get("eval")))
+        "the calibration data (no --eval: flatters the numbers)"
+        if data.get("eval_is_calib")
+        else escape(str(data.get("eval")))
     )
     summary = (
         f"<p class='lead'>{escape(str(s.get('format', '?')).upper())}, activations {escape(str(s.get('activation_type')))}, "
@@ -407,7 +428,7 @@ def _layer_table(tid: str, report: Report, worst: int) -> str:
     return (
         buttons
         + f'<div class="scroll"><table class="layers sortable" id="{tid}"><thead><tr>{ths}</tr></thead>'
-        + f'<tbody>{"".join(rows)}</tbody></table></div>'
+        + f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
 
 

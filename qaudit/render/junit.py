@@ -93,7 +93,7 @@ def _properties(parent, report: Report, result: GateResult | None, gate: str | N
             prop("removed_outputs", ", ".join(result.removed_outputs))
 
 
-def format(report: Report, result: GateResult | None = None) -> str:  # noqa: A001 - the formatter protocol
+def format(report: Report, result: GateResult | None = None) -> str:
     """The JUnit XML document for ``result`` (default: ``report.gates``)."""
     result = report.gates if result is None else result
     checks = result.checks if result is not None else ()

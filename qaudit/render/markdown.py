@@ -51,7 +51,11 @@ def _cell(text: str) -> str:
 def _table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
     """A GFM table; ``align`` has one letter per column: l(eft), r(ight), c(enter)."""
     rule = [{"l": "---", "r": "---:", "c": ":---:"}[a] for a in align]
-    return ["| " + " | ".join(header) + " |", "| " + " | ".join(rule) + " |", *("| " + " | ".join(r) + " |" for r in rows)]
+    return [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(rule) + " |",
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
 
 
 def _check_row(c: GateCheck) -> list[str]:
@@ -73,7 +77,7 @@ _CHECK_HEADER = ["gate", "subject", "metric", "measured", "", "threshold", "glob
 _CHECK_ALIGN = "lllrcrll"
 
 
-def format(report: Report, result: GateResult | None = None, worst: int = 5) -> str:  # noqa: A001 - formatter protocol
+def format(report: Report, result: GateResult | None = None, worst: int = 5) -> str:
     """The Markdown summary of ``report`` and ``result`` (default: ``report.gates``)."""
     result = report.gates if result is None else result
     s, d, m = report.settings, report.data, report.model
@@ -110,25 +114,42 @@ def format(report: Report, result: GateResult | None = None, worst: int = 5) -> 
         out += _table(
             ["#", "layer", "op", "SQNR dB", "QMSE", "clip %", "weight SQNR dB", "gate"],
             [
-                [str(r.index), code(r.name), code(r.op_type), _num(r.sqnr_db, ".1f"), _num(r.qmse, ".3e"),
-                 _pct(r.clip_fraction), _num(r.w_sqnr_db, ".1f"), "❌" if r.name in failing_layers else ""]
+                [
+                    str(r.index),
+                    code(r.name),
+                    code(r.op_type),
+                    _num(r.sqnr_db, ".1f"),
+                    _num(r.qmse, ".3e"),
+                    _pct(r.clip_fraction),
+                    _num(r.w_sqnr_db, ".1f"),
+                    "❌" if r.name in failing_layers else "",
+                ]
                 for r in rows
             ],
             "rllrrrrc",
-        )  # fmt: skip
+        )
 
     failing_outputs = set(result.failing("output")) if result is not None else set()
     out += ["", "### Model outputs", ""]
     out += _table(
         ["output", "QMSE", "SQNR dB", "QCE", "QKL", "top-1 agree %", "acc fp32 %", "acc int8 %", "acc drop %", "gate"],
         [
-            [code(o.name), _num(o.qmse, ".3e"), _num(o.sqnr_db, ".1f"), _num(o.qce, ".4f"), _num(o.qkl, ".4f"),
-             _pct(o.top1_agreement), _pct(o.acc_fp32), _pct(o.acc_int8), _num(o.acc_drop_pct, ".2f"),
-             "❌" if o.name in failing_outputs else ""]
+            [
+                code(o.name),
+                _num(o.qmse, ".3e"),
+                _num(o.sqnr_db, ".1f"),
+                _num(o.qce, ".4f"),
+                _num(o.qkl, ".4f"),
+                _pct(o.top1_agreement),
+                _pct(o.acc_fp32),
+                _pct(o.acc_int8),
+                _num(o.acc_drop_pct, ".2f"),
+                "❌" if o.name in failing_outputs else "",
+            ]
             for o in report.outputs
         ],
         "lrrrrrrrrc",
-    )  # fmt: skip
+    )
 
     if result is not None and result.baseline is not None:
         b = result.baseline
@@ -157,4 +178,3 @@ def format(report: Report, result: GateResult | None = None, worst: int = 5) -> 
             out += ["", f"… and {len(result.checks) - MAX_CHECKS} more in the JSON report."]
         out += ["", "</details>"]
     return "\n".join(out) + "\n"
-

@@ -17,9 +17,9 @@ Conventions:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
-from typing import Sequence
 
 #: Okabe & Ito (2008), "Color Universal Design"; yellow is left out (too light on white).
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
@@ -201,11 +201,17 @@ def _legend_svg(rows: list[list], x0: float, y0: float) -> str:
             else:
                 d = f' stroke-dasharray="{dash}"' if dash else ""
                 if kind == "bar":
-                    out.append(f'<rect x="{_c(x)}" y="{_c(y - 5)}" width="26" height="10" fill="{color}" fill-opacity="0.55"/>')
+                    out.append(
+                        f'<rect x="{_c(x)}" y="{_c(y - 5)}" width="26" height="10" fill="{color}" fill-opacity="0.55"/>'
+                    )
                 elif kind == "rug":
-                    out.append(f'<path d="M{_c(x + 2)} {_c(y - 5)}v10m5 -10v10m5 -10v10m5 -10v10m5 -10v10" stroke="{color}"/>')
+                    out.append(
+                        f'<path d="M{_c(x + 2)} {_c(y - 5)}v10m5 -10v10m5 -10v10m5 -10v10m5 -10v10" stroke="{color}"/>'
+                    )
                 else:
-                    out.append(f'<line x1="{_c(x)}" y1="{_c(y)}" x2="{_c(x + 26)}" y2="{_c(y)}" stroke="{color}" stroke-width="2"{d}/>')
+                    out.append(
+                        f'<line x1="{_c(x)}" y1="{_c(y)}" x2="{_c(x + 26)}" y2="{_c(y)}" stroke="{color}" stroke-width="2"{d}/>'
+                    )
                     if marker:
                         out.append(_marker(marker, x + 13, y, 3.5, color, None, hollow))
                 out.append(f'<text x="{_c(x + 32)}" y="{_c(y + 4)}">{escape(label)}</text>')
@@ -263,7 +269,9 @@ def _frame(
     for v in xs.ticks:
         out.append(f'<text x="{_c(sx(v))}" y="{top + ph + 16}" text-anchor="middle">{escape(xs.label(v))}</text>')
     out.append("</g>")
-    out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle" class="alabel">{escape(xlabel)}</text>')
+    out.append(
+        f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle" class="alabel">{escape(xlabel)}</text>'
+    )
     cy = top + ph / 2
     out.append(
         f'<text transform="translate(15 {cy:.1f}) rotate(-90)" text-anchor="middle" class="alabel">{escape(ylabel)}</text>'
@@ -403,7 +411,9 @@ def histogram_plot(
             x0, x1 = sx(a), max(sx(b), sx(a) + 0.8)
             top = sy(c)
             bars.append(f"M{_c(x0)} {_c(base)}V{_c(top)}H{_c(x1)}V{_c(base)}Z")
-        out = [f'<path class="bars" d="{"".join(bars)}" fill="{color}" fill-opacity="0.55" stroke="{color}" stroke-width="0.5"/>']
+        out = [
+            f'<path class="bars" d="{"".join(bars)}" fill="{color}" fill-opacity="0.55" stroke="{color}" stroke-width="0.5"/>'
+        ]
         for v in vlines:
             dash = f' stroke-dasharray="{v.dash}"' if v.dash else ""
             out.append(

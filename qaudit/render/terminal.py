@@ -32,7 +32,9 @@ def console(file=None, width: int | None = None, stderr: bool = False) -> Consol
     con = Console(file=file, width=width, theme=THEME, stderr=stderr, highlight=False)
     if width is None and not con.is_terminal:
         cols = os.environ.get("COLUMNS", "")
-        con = Console(file=file, width=int(cols) if cols.isdigit() else 200, theme=THEME, stderr=stderr, highlight=False)
+        con = Console(
+            file=file, width=int(cols) if cols.isdigit() else 200, theme=THEME, stderr=stderr, highlight=False
+        )
     return con
 
 
@@ -98,7 +100,9 @@ def layer_table(report: Report, worst: int = 3) -> Table:
             fmt(r.w_sqnr_db, ".1f"),
             f"[{fmt(r.a_lo)}, {fmt(r.a_hi)}]" if r.has_activation else "-",
             fmt(r.a_precision, ".2f"),
-            f"{fmt(r.scale, '.3g')} / {r.zero_point}" if r.scale is not None else ("per-channel" if r.has_activation else "-"),
+            f"{fmt(r.scale, '.3g')} / {r.zero_point}"
+            if r.scale is not None
+            else ("per-channel" if r.has_activation else "-"),
             fmt(None if r.clip_fraction is None else 100 * r.clip_fraction, ".2f"),
             fmt(r.sqnr_db, ".1f"),
             fmt(r.sqnr_isolated_db, ".1f"),
@@ -149,14 +153,25 @@ def summary(report: Report, worst: int = 3) -> Group:
     folded = report.folding.get("folded", [])
     if folded:
         checked = report.folding.get("check_samples")
-        on = f" on {checked} of {report.data['n_calib']} calibration samples" if checked and checked < report.data["n_calib"] else ""
-        parts.append(Text(f"BN folded into {len(folded)} layer(s) (marked [bn]); folded fp32 outputs match the original{on}", style="muted"))
+        on = (
+            f" on {checked} of {report.data['n_calib']} calibration samples"
+            if checked and checked < report.data["n_calib"]
+            else ""
+        )
+        parts.append(
+            Text(
+                f"BN folded into {len(folded)} layer(s) (marked [bn]); folded fp32 outputs match the original{on}",
+                style="muted",
+            )
+        )
     for sk in report.folding.get("skipped", []):
         parts.append(Text(f"BN {sk['bn']} not folded: {sk['reason']}", style="warn"))
     w = report.worst_layers(worst)
     if w:
         parts.append(
-            Text.assemble(("worst layers: ", "head"), ("; ".join(f"{r.name} {fmt(r.sqnr_db, '.1f')} dB" for r in w), "worst"))
+            Text.assemble(
+                ("worst layers: ", "head"), ("; ".join(f"{r.name} {fmt(r.sqnr_db, '.1f')} dB" for r in w), "worst")
+            )
         )
     fused = [u for u in report.unmatched if u.kind == "fused"]
     other = [u for u in report.unmatched if u.kind != "fused"]
@@ -221,17 +236,36 @@ def gates_section(result: GateResult) -> Group:
     failed = result.failures
     if failed:
         t = Table(title="Failing gates", title_justify="left", header_style="head")
-        for col, just in (("gate", "left"), ("layer / output", "left"), ("metric", "left"), ("measured", "right"),
-                          ("", "center"), ("threshold", "right"), ("glob", "left"), ("note", "left")):  # fmt: skip
+        for col, just in (
+            ("gate", "left"),
+            ("layer / output", "left"),
+            ("metric", "left"),
+            ("measured", "right"),
+            ("", "center"),
+            ("threshold", "right"),
+            ("glob", "left"),
+            ("note", "left"),
+        ):
             t.add_column(col, justify=just, overflow="fold")
         for c in failed[:MAX_FAILURES_SHOWN]:
             op = {">=": "<", "<=": ">"}[c.comparison] if c.measured is not None else ""
             metric = c.metric if c.baseline is None and c.value is None else f"{c.metric} change"
-            t.add_row(c.gate, Text(c.subject or "-"), metric, fmt(c.measured, ".4g"), op, fmt(c.threshold, ".4g"),
-                      Text(c.pattern or ""), Text(c.reason), style="gate.fail")  # fmt: skip
+            t.add_row(
+                c.gate,
+                Text(c.subject or "-"),
+                metric,
+                fmt(c.measured, ".4g"),
+                op,
+                fmt(c.threshold, ".4g"),
+                Text(c.pattern or ""),
+                Text(c.reason),
+                style="gate.fail",
+            )
         parts.append(t)
         if len(failed) > MAX_FAILURES_SHOWN:
-            parts.append(Text(f"... {len(failed) - MAX_FAILURES_SHOWN} more failing checks in the JSON report", style="muted"))
+            parts.append(
+                Text(f"... {len(failed) - MAX_FAILURES_SHOWN} more failing checks in the JSON report", style="muted")
+            )
     for c in result.skipped[:MAX_FAILURES_SHOWN]:
         parts.append(Text(f"skipped: {describe(c)}", style="muted"))
     for n in result.notes:
@@ -294,8 +328,11 @@ def _cell(values, differs, spec) -> Text:
 
 def alignment_table(c) -> Table:
     labels = c.labels
-    t = Table(title="Layer alignment (weighted layers; confidence of the pairing with the first model)",
-              title_justify="left", header_style="head")  # fmt: skip
+    t = Table(
+        title="Layer alignment (weighted layers; confidence of the pairing with the first model)",
+        title_justify="left",
+        header_style="head",
+    )
     t.add_column("#", justify="right")
     t.add_column("signature", justify="left", overflow="fold")
     for k, lab in enumerate(labels):
@@ -317,8 +354,11 @@ def alignment_table(c) -> Table:
 
 def compare_layer_table(c) -> Table:
     """Two models: one row per aligned layer, ``a → b`` per metric."""
-    t = Table(title=f"Per-layer metrics: {' → '.join(c.labels)} ({DIFF_MARK}: beyond tolerance)",
-              title_justify="left", header_style="head")  # fmt: skip
+    t = Table(
+        title=f"Per-layer metrics: {' → '.join(c.labels)} ({DIFF_MARK}: beyond tolerance)",
+        title_justify="left",
+        header_style="head",
+    )
     t.add_column("#", justify="right")
     t.add_column("layer", justify="left", overflow="fold")
     for _, title, _ in COMPARE_COLUMNS:
@@ -349,8 +389,12 @@ def compare_layer_tables(c) -> list[Table]:
             cells = [title]
             for k, v in enumerate(m.values):
                 d = m.deltas[k]
-                txt = fmt(v, spec) + (f" ({'+' if d >= 0 else ''}{fmt(d, spec)})" if k and d is not None and d != 0 else "")
-                cells.append(Text(txt + (f" {DIFF_MARK}" if m.differs[k] else ""), style="worst" if m.differs[k] else None))
+                txt = fmt(v, spec) + (
+                    f" ({'+' if d >= 0 else ''}{fmt(d, spec)})" if k and d is not None and d != 0 else ""
+                )
+                cells.append(
+                    Text(txt + (f" {DIFF_MARK}" if m.differs[k] else ""), style="worst" if m.differs[k] else None)
+                )
             t.add_row(*cells)
         tables.append(t)
     return tables
@@ -359,7 +403,7 @@ def compare_layer_tables(c) -> list[Table]:
 def compare_output_table(c) -> Table:
     t = Table(title="Model outputs (fp32 vs quantized), paired by position", title_justify="left", header_style="head")
     t.add_column("metric", justify="left")
-    for k, lab in enumerate(c.labels):
+    for lab in c.labels:
         t.add_column(lab, justify="right", overflow="fold")
     for o in c.outputs:
         t.add_row(Text("output"), *[Text(n or "-") for n in o.names], style="head")
@@ -367,8 +411,16 @@ def compare_output_table(c) -> Table:
             m = next(x for x in o.metrics if x.metric == metric)
             if all(v is None for v in m.values):
                 continue
-            t.add_row(title, *[Text(fmt(v, spec) + (f" {DIFF_MARK}" if m.differs[k] else ""),
-                                    style="worst" if m.differs[k] else None) for k, v in enumerate(m.values)])  # fmt: skip
+            t.add_row(
+                title,
+                *[
+                    Text(
+                        fmt(v, spec) + (f" {DIFF_MARK}" if m.differs[k] else ""),
+                        style="worst" if m.differs[k] else None,
+                    )
+                    for k, v in enumerate(m.values)
+                ],
+            )
     return t
 
 
@@ -385,19 +437,32 @@ def compare_summary(c) -> Group:
         pairs = c.pairs(k)
         confs = [p[2] for p in pairs if p[2] is not None]
         low = [p for p in pairs if p[2] is not None and p[2] < 0.8]
-        parts.append(Text(
-            f"{c.labels[0]} ↔ {c.labels[k]}: {len(pairs)} layer(s) aligned"
-            + (f", confidence {min(confs):.2f}-{max(confs):.2f}" if confs else "")
-            + (f", {len(low)} below 0.8" if low else ""), style="warn" if low else "ok"))  # fmt: skip
+        parts.append(
+            Text(
+                f"{c.labels[0]} ↔ {c.labels[k]}: {len(pairs)} layer(s) aligned"
+                + (f", confidence {min(confs):.2f}-{max(confs):.2f}" if confs else "")
+                + (f", {len(low)} below 0.8" if low else ""),
+                style="warn" if low else "ok",
+            )
+        )
     for k, m in enumerate(c.models):
         un = c.unaligned(k)
         if un:
             parts.append(Text(f"unaligned in {m.label}: {', '.join(un)}", style="warn"))
     differing = [(i, r) for i, r in enumerate(c.layers) if r.differs]
     if differing:
-        parts.append(Text.assemble(("layers that differ beyond tolerance: ", "head"), (
-            "; ".join(f"#{i} {next(x for x in r.layers if x)} ({', '.join(m.metric for m in r.metrics if any(m.differs))})"
-                      for i, r in differing), "worst")))  # fmt: skip
+        parts.append(
+            Text.assemble(
+                ("layers that differ beyond tolerance: ", "head"),
+                (
+                    "; ".join(
+                        f"#{i} {next(x for x in r.layers if x)} ({', '.join(m.metric for m in r.metrics if any(m.differs))})"
+                        for i, r in differing
+                    ),
+                    "worst",
+                ),
+            )
+        )
     else:
         parts.append(Text("no aligned layer differs beyond tolerance", style="ok"))
     for e in c.explanations:

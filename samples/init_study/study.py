@@ -502,7 +502,10 @@ def write_table(rows: list[dict], out: Path) -> str:
         w = csv.writer(f)
         w.writerow(keys + ["report"])
         for r in rows:
-            w.writerow([("" if r.get(k) is None else repr(r[k]) if isinstance(r.get(k), float) else r[k]) for k in keys] + [r.get("report", "")])
+            w.writerow(
+                [("" if r.get(k) is None else repr(r[k]) if isinstance(r.get(k), float) else r[k]) for k in keys]
+                + [r.get("report", "")]
+            )
     (out / "table.json").write_text(json.dumps(rows, indent=1))
     lines = [
         "| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
@@ -584,11 +587,17 @@ def png_layerwise(out: Path, fname: str, title: str, named_reports, labels) -> P
         (axes[1, 1], "activation SQNR, accumulated (dB)", "linear"),
     ]
     cmap = plt.get_cmap("tab20" if len(named_reports) > 10 else "tab10")
-    for i, ((name, rep), label) in enumerate(zip(named_reports, labels)):
+    for i, ((_name, rep), label) in enumerate(zip(named_reports, labels)):
         rows = [r for r in rep.layers if r.has_weights]
         x = np.arange(len(rows))
         col = cmap(i % cmap.N)
-        v = lambda k: np.array([getattr(r, k) if getattr(r, k) is not None and math.isfinite(getattr(r, k)) else np.nan for r in rows], float)
+
+        def v(k, rows=rows):
+            return np.array(
+                [getattr(r, k) if getattr(r, k) is not None and math.isfinite(getattr(r, k)) else np.nan for r in rows],
+                float,
+            )
+
         axes[0, 0].plot(x, v("w_range"), "--", color=col, lw=1, marker=".")
         axes[0, 0].plot(x, v("fold_w_range"), "-", color=col, lw=1.6, marker="o", ms=3, label=label)
         axes[0, 1].plot(x, v("fold_w_precision"), "-", color=col, marker="o", ms=3)
@@ -664,11 +673,15 @@ def make_plots(out: Path, models: list[tuple[str, str]], rows: list[dict]) -> li
         # separable models share all rows and the regular convs pair with some of them
         order = ("dwsep_bn", "dwsep", "conv_bn", "conv")
         names = [model_name(a, init) for a in order if model_name(a, init) in done]
-        subsets.append((f"variants_{init}", f"4 variants, {INITS[init][0]}", names, [ARCHS[n.split('__')[0]] for n in names]))
+        subsets.append(
+            (f"variants_{init}", f"4 variants, {INITS[init][0]}", names, [ARCHS[n.split("__")[0]] for n in names])
+        )
     # the 12 initializations of each BN variant
     for arch in ("dwsep_bn", "conv_bn"):
         names = [model_name(arch, i) for i in INITS if model_name(arch, i) in done]
-        subsets.append((f"inits_{arch}", f"{ARCHS[arch]}: 12 initializations", names, [INITS[n.split('__')[1]][0] for n in names]))
+        subsets.append(
+            (f"inits_{arch}", f"{ARCHS[arch]}: 12 initializations", names, [INITS[n.split("__")[1]][0] for n in names])
+        )
     # quick mode: whatever ran
     if len(done) <= 3:
         names = [model_name(a, i) for a, i in models if model_name(a, i) in done]
@@ -705,28 +718,41 @@ def _spearman(a, b) -> float | None:
 
 def _layer_stats(rep: dict) -> dict:
     """Per model: BN-folding growth of the weight range, and the depthwise layers' folded numbers."""
-    w = [l for l in rep["layers"] if l.get("w_range") is not None]
-    conv = [l for l in w if l["op_type"] == "Conv" and not l["name"].startswith("/stem")]  # the initialized layers
-    dw = [l for l in conv if l.get("groups") not in (None, 1)]
-    worst = min((l for l in rep["layers"] if l.get("quant_tensor") and _finite(l.get("sqnr_db"))), key=lambda l: l["sqnr_db"])
-    inner = [l for l in rep["layers"] if l.get("quant_tensor") and _finite(l.get("sqnr_db")) and l["name"] != "/fc2/Gemm"]
-    worst_inner = min(inner, key=lambda l: l["sqnr_db"]) if inner else None
-    iso = [l for l in rep["layers"] if l.get("quant_tensor") and _finite(l.get("sqnr_isolated_db")) and l["name"] != "input"]
+    w = [lr for lr in rep["layers"] if lr.get("w_range") is not None]
+    conv = [lr for lr in w if lr["op_type"] == "Conv" and not lr["name"].startswith("/stem")]  # the initialized layers
+    dw = [lr for lr in conv if lr.get("groups") not in (None, 1)]
+    worst = min(
+        (lr for lr in rep["layers"] if lr.get("quant_tensor") and _finite(lr.get("sqnr_db"))),
+        key=lambda lr: lr["sqnr_db"],
+    )
+    inner = [
+        lr
+        for lr in rep["layers"]
+        if lr.get("quant_tensor") and _finite(lr.get("sqnr_db")) and lr["name"] != "/fc2/Gemm"
+    ]
+    worst_inner = min(inner, key=lambda lr: lr["sqnr_db"]) if inner else None
+    iso = [
+        lr
+        for lr in rep["layers"]
+        if lr.get("quant_tensor") and _finite(lr.get("sqnr_isolated_db")) and lr["name"] != "input"
+    ]
     return {
-        "fold_growth_max": max(l["fold_w_range"] / l["w_range"] for l in w),
-        "fold_growth_mean": float(np.mean([l["fold_w_range"] / l["w_range"] for l in w])),
-        "max_fold_w_range": max(l["fold_w_range"] for l in w),
-        "max_w_range": max(l["w_range"] for l in w),
-        "min_fold_w_precision": min(l["fold_w_precision"] for l in w if l.get("fold_w_precision") is not None),
-        "mean_conv_fold_precision": float(np.mean([l["fold_w_precision"] for l in conv])) if conv else None,
-        "mean_dw_fold_precision": float(np.mean([l["fold_w_precision"] for l in dw])) if dw else None,
-        "mean_dw_fold_range": float(np.mean([l["fold_w_range"] for l in dw])) if dw else None,
-        "min_w_sqnr_db": min(l["w_sqnr_db"] for l in w if _finite(l.get("w_sqnr_db"))),
+        "fold_growth_max": max(lr["fold_w_range"] / lr["w_range"] for lr in w),
+        "fold_growth_mean": float(np.mean([lr["fold_w_range"] / lr["w_range"] for lr in w])),
+        "max_fold_w_range": max(lr["fold_w_range"] for lr in w),
+        "max_w_range": max(lr["w_range"] for lr in w),
+        "min_fold_w_precision": min(lr["fold_w_precision"] for lr in w if lr.get("fold_w_precision") is not None),
+        "mean_conv_fold_precision": float(np.mean([lr["fold_w_precision"] for lr in conv])) if conv else None,
+        "mean_dw_fold_precision": float(np.mean([lr["fold_w_precision"] for lr in dw])) if dw else None,
+        "mean_dw_fold_range": float(np.mean([lr["fold_w_range"] for lr in dw])) if dw else None,
+        "min_w_sqnr_db": min(lr["w_sqnr_db"] for lr in w if _finite(lr.get("w_sqnr_db"))),
         "worst_layer": worst["name"],
         "worst_inner_layer": worst_inner["name"] if worst_inner else None,
         "worst_inner_sqnr_db": worst_inner["sqnr_db"] if worst_inner else None,
-        "min_isolated_sqnr_db": min(l["sqnr_isolated_db"] for l in iso) if iso else None,
-        "mean_clip_fraction": float(np.mean([l["clip_fraction"] for l in rep["layers"] if _finite(l.get("clip_fraction"))])),
+        "min_isolated_sqnr_db": min(lr["sqnr_isolated_db"] for lr in iso) if iso else None,
+        "mean_clip_fraction": float(
+            np.mean([lr["clip_fraction"] for lr in rep["layers"] if _finite(lr.get("clip_fraction"))])
+        ),
     }
 
 
@@ -735,11 +761,20 @@ def analyze(rows: list[dict], out: Path) -> str:
     stats = {}
     for r in rows:
         if r.get("report"):
-            stats[r["model"]] = {**_layer_stats(json.loads((out / r["report"]).read_text())), **{k: r.get(k) for k in ("acc_drop_pct", "qce", "qmse", "trained", "acc_fp32", "acc_int8", "worst_sqnr_db")}}
+            stats[r["model"]] = {
+                **_layer_stats(json.loads((out / r["report"]).read_text())),
+                **{
+                    k: r.get(k)
+                    for k in ("acc_drop_pct", "qce", "qmse", "trained", "acc_fp32", "acc_int8", "worst_sqnr_db")
+                },
+            }
     lines = ["# Analysis (generated by study.py from the saved reports)", ""]
-    lines += ["## Per architecture (models that trained)", "",
-              "| architecture | trained / run | acc decrease % median (min-max) | QCE median | worst-layer SQNR dB median | worst inner-layer SQNR dB median | BN-folding range growth, mean over layers (median over inits) | max folded w range median |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "## Per architecture (models that trained)",
+        "",
+        "| architecture | trained / run | acc decrease % median (min-max) | QCE median | worst-layer SQNR dB median | worst inner-layer SQNR dB median | BN-folding range growth, mean over layers (median over inits) | max folded w range median |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for a in ARCHS:
         rs = [r for r in rows if r["arch"] == a]
         ok = [r for r in rs if r.get("trained") == "yes"]
@@ -753,7 +788,13 @@ def analyze(rows: list[dict], out: Path) -> str:
             f"{np.median([r['worst_sqnr_db'] for r in ok]):.1f} | {np.median([s['worst_inner_sqnr_db'] for s in st]):.1f} | "
             f"{np.median([s['fold_growth_mean'] for s in st]):.2f}x | {np.median([s['max_fold_w_range'] for s in st]):.3g} |"
         )
-    lines += ["", "## BN vs no BN, same initialization (both trained)", "", "| initialization | conv: BN / no BN acc decrease % | dw-sep: BN / no BN acc decrease % |", "|---|---:|---:|"]
+    lines += [
+        "",
+        "## BN vs no BN, same initialization (both trained)",
+        "",
+        "| initialization | conv: BN / no BN acc decrease % | dw-sep: BN / no BN acc decrease % |",
+        "|---|---:|---:|",
+    ]
     wins = {"conv": [0, 0], "dwsep": [0, 0]}
     by = {(r["arch"], r["init"]): r for r in rows}
     for i in INITS:
@@ -770,10 +811,17 @@ def analyze(rows: list[dict], out: Path) -> str:
     lines.append("")
     for base in ("conv", "dwsep"):
         lines.append(f"* {base}: BN variant loses more accuracy in {wins[base][0]} of {wins[base][1]} initializations")
-    lines += ["", "## Per model", "",
-              "| model | trained | acc decrease % | QCE | max w range plain -> folded | BN range growth max (mean) | min folded precision | mean dw folded precision | min w SQNR dB | worst layer (SQNR dB) | worst inner layer (SQNR dB) | min isolated SQNR dB |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"]
-    f = lambda v, spec: "-" if v is None else format(v, spec)
+    lines += [
+        "",
+        "## Per model",
+        "",
+        "| model | trained | acc decrease % | QCE | max w range plain -> folded | BN range growth max (mean) | min folded precision | mean dw folded precision | min w SQNR dB | worst layer (SQNR dB) | worst inner layer (SQNR dB) | min isolated SQNR dB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---:|",
+    ]
+
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
+
     for r in rows:
         s = stats.get(r["model"])
         if s is None:
@@ -787,12 +835,26 @@ def analyze(rows: list[dict], out: Path) -> str:
         )
     ok = [r for r in rows if r.get("trained") == "yes" and r["model"] in stats]
     lines += ["", "## Rank correlation with the accuracy decrease (Spearman, trained models)", ""]
-    for arch_set, label in ((tuple(ARCHS), "all"), (("conv_bn", "dwsep_bn"), "BN variants"), (("dwsep_bn",), "dw-sep + BN")):
+    for arch_set, label in (
+        (tuple(ARCHS), "all"),
+        (("conv_bn", "dwsep_bn"), "BN variants"),
+        (("dwsep_bn",), "dw-sep + BN"),
+    ):
         sub = [r for r in ok if r["arch"] in arch_set]
         drop = [r["acc_drop_pct"] for r in sub]
         cells = []
-        for key in ("max_fold_w_range", "fold_growth_mean", "min_fold_w_precision", "mean_dw_fold_precision", "min_w_sqnr_db", "worst_inner_sqnr_db", "qce"):
-            rho = _spearman(drop, [stats[r["model"]][key] if stats[r["model"]][key] is not None else np.nan for r in sub])
+        for key in (
+            "max_fold_w_range",
+            "fold_growth_mean",
+            "min_fold_w_precision",
+            "mean_dw_fold_precision",
+            "min_w_sqnr_db",
+            "worst_inner_sqnr_db",
+            "qce",
+        ):
+            rho = _spearman(
+                drop, [stats[r["model"]][key] if stats[r["model"]][key] is not None else np.nan for r in sub]
+            )
             cells.append(f"{key} {f(rho, '+.2f')}")
         lines.append(f"* {label} (n={len(sub)}): " + "; ".join(cells))
     text = "\n".join(lines) + "\n"
@@ -807,19 +869,37 @@ def analyze(rows: list[dict], out: Path) -> str:
 def main(argv=None) -> int:
     global CALIB_PERCENTILE, CALIB_SYMMETRIC
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help=f"{len(QUICK_MODELS)} models, {QUICK_EPOCHS} epoch(s): a smoke test")
-    ap.add_argument("--epochs", type=int, default=None, help=f"training epochs (default {EPOCHS}, --quick {QUICK_EPOCHS})")
-    ap.add_argument("--out", type=Path, default=None, help="default: samples/init_study/results (--quick: results_quick, not committed)")
+    ap.add_argument(
+        "--quick", action="store_true", help=f"{len(QUICK_MODELS)} models, {QUICK_EPOCHS} epoch(s): a smoke test"
+    )
+    ap.add_argument(
+        "--epochs", type=int, default=None, help=f"training epochs (default {EPOCHS}, --quick {QUICK_EPOCHS})"
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: samples/init_study/results (--quick: results_quick, not committed)",
+    )
     ap.add_argument("--work", type=Path, default=HERE / "work", help="models and data (not committed)")
     ap.add_argument("--resume", action="store_true", help="skip models whose training log and report exist")
     ap.add_argument("--only", default=None, help="comma-separated arch__init names to run")
     ap.add_argument("--table-only", action="store_true", help="rebuild table and plots from the saved reports")
     ap.add_argument("--no-plots", action="store_true")
-    ap.add_argument("--audit-only", action="store_true",
-                    help="re-audit the models an earlier run left in --work (e.g. with other calibration settings)")
-    ap.add_argument("--logs-from", type=Path, default=HERE / "results", help="--audit-only: the run whose training logs to copy")
-    ap.add_argument("--calib-percentile", type=float, default=CALIB_PERCENTILE,
-                    help=f"ORT calibration percentile (default {CALIB_PERCENTILE}: with the asymmetric calibrator, 1 %% per side)")
+    ap.add_argument(
+        "--audit-only",
+        action="store_true",
+        help="re-audit the models an earlier run left in --work (e.g. with other calibration settings)",
+    )
+    ap.add_argument(
+        "--logs-from", type=Path, default=HERE / "results", help="--audit-only: the run whose training logs to copy"
+    )
+    ap.add_argument(
+        "--calib-percentile",
+        type=float,
+        default=CALIB_PERCENTILE,
+        help=f"ORT calibration percentile (default {CALIB_PERCENTILE}: with the asymmetric calibrator, 1 %% per side)",
+    )
     ap.add_argument("--calib-symmetric", action="store_true", help="ORT's symmetric (|x|) percentile instead")
     ap.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
     args = ap.parse_args(argv)
@@ -832,7 +912,9 @@ def main(argv=None) -> int:
     torch.use_deterministic_algorithms(True)
     np.random.seed(SEED)
 
-    models = QUICK_MODELS if args.quick else [(a, i) for i in INITS for a in ARCHS]  # init-major: a partial run has whole groups
+    models = (
+        QUICK_MODELS if args.quick else [(a, i) for i in INITS for a in ARCHS]
+    )  # init-major: a partial run has whole groups
     if args.only:
         wanted = set(args.only.split(","))
         models = [m for m in models if model_name(*m) in wanted]
@@ -849,11 +931,17 @@ def main(argv=None) -> int:
             tar.extractall(out, filter="data")
     if not args.table_only:
         split = load_split()
-        print(f"data: {split[0]}; train/calib/test {len(split[1][0])}/{len(split[2][0])}/{len(split[3][0])}", flush=True)
+        print(
+            f"data: {split[0]}; train/calib/test {len(split[1][0])}/{len(split[2][0])}/{len(split[3][0])}", flush=True
+        )
         data = write_data(work, split[1:])
         for k, (arch, init) in enumerate(models, 1):
             name = model_name(arch, init)
-            if args.resume and (out / "train" / f"{name}.json").exists() and (out / "reports" / f"{name}.json").exists():
+            if (
+                args.resume
+                and (out / "train" / f"{name}.json").exists()
+                and (out / "reports" / f"{name}.json").exists()
+            ):
                 print(f"[{k}/{len(models)}] {name}: done before, skipped", flush=True)
                 continue
             if args.audit_only:
@@ -873,7 +961,14 @@ def main(argv=None) -> int:
         "epochs": epochs,
         "models": [model_name(*m) for m in models],
         "audit_only": args.audit_only,
-        "settings": {"percentile": CALIB_PERCENTILE, "calib_symmetric": CALIB_SYMMETRIC, "clip_percentile": 1.0, "activation_type": "uint8", "weight_type": "uint8", "per_channel": False},
+        "settings": {
+            "percentile": CALIB_PERCENTILE,
+            "calib_symmetric": CALIB_SYMMETRIC,
+            "clip_percentile": 1.0,
+            "activation_type": "uint8",
+            "weight_type": "uint8",
+            "per_channel": False,
+        },
         "torch": torch.__version__,
         "threads": args.threads,
     }
@@ -882,9 +977,8 @@ def main(argv=None) -> int:
     if any(r.get("report") for r in rows):
         analyze(rows, out)
     if not args.quick and (out / "reports").exists():
-        import tarfile
-
         import io
+        import tarfile
 
         with tarfile.open(archive, "w:xz") as tar:  # what is committed: the JSON reports compress ~10x
             for sub in ("reports", "train"):

@@ -61,7 +61,9 @@ def text_line(rng: np.random.Generator) -> np.ndarray:
     bg = tuple(int(v) for v in rng.integers(150, 256, 3))
     fg = tuple(int(v) for v in rng.integers(0, 90, 3))
     img = Image.new("RGB", (w, h), bg)
-    ImageDraw.Draw(img).text((int(rng.integers(2, 8)) - left, (h - (bottom - top)) // 2 - top), words, font=font, fill=fg)
+    ImageDraw.Draw(img).text(
+        (int(rng.integers(2, 8)) - left, (h - (bottom - top)) // 2 - top), words, font=font, fill=fg
+    )
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.0))))
     arr = np.asarray(img, dtype=np.float32)
@@ -90,7 +92,18 @@ def _photos() -> list[np.ndarray]:
     from skimage import color, data
 
     imgs = []
-    for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "text", "page", "coins", "immunohistochemistry", "hubble_deep_field"):
+    for name in (
+        "astronaut",
+        "coffee",
+        "chelsea",
+        "rocket",
+        "camera",
+        "text",
+        "page",
+        "coins",
+        "immunohistochemistry",
+        "hubble_deep_field",
+    ):
         a = getattr(data, name)()
         if a.ndim == 2:
             a = (color.gray2rgb(a)).astype(np.uint8)
@@ -179,7 +192,9 @@ def _sentences() -> list[str]:
 
     out = []
     for mod in (m1, m2, m3, m4, m5, m6, m7, m8, m9, m10):
-        texts = [mod.__doc__ or ""] + [getattr(getattr(mod, a), "__doc__", "") or "" for a in sorted(dir(mod)) if not a.startswith("_")]
+        texts = [mod.__doc__ or ""] + [
+            getattr(getattr(mod, a), "__doc__", "") or "" for a in sorted(dir(mod)) if not a.startswith("_")
+        ]
         for t in texts:
             for s in re.split(r"(?<=[.!?])\s+", " ".join(t.split())):
                 if 6 <= len(s.split()) <= 30 and re.match(r"^[A-Z][^>{}\[\]|=]*[.!?]$", s):
@@ -205,7 +220,9 @@ def build_minilm(out: Path, n_calib: int, n_eval: int, seq_len: int = 32) -> Pat
             self.m = m
 
         def forward(self, input_ids, attention_mask, token_type_ids):
-            h = self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+            h = self.m(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
             mask = attention_mask.unsqueeze(-1).to(h.dtype)
             emb = (h * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(emb, p=2, dim=1)
