@@ -6,7 +6,7 @@ the GIL, what numpy does in 5 to 8 passes (temporaries for ``|x|``, bin
 indices, errors, squares) while holding it in ``np.bincount``. The statistics
 are the same either way: histograms and counts identical, sums of squares
 equal to ~1e-7 relative (double in C, numpy's float32 pairwise sums);
-``tests/test_kernels.py`` holds the two side by side.
+``tests/pipeline/test_kernels.py`` holds the two side by side.
 
 ``QAUDIT_KERNELS=numpy`` makes qaudit use numpy although the kernels are
 built; ``QAUDIT_KERNELS=c`` makes it fail when they are not (CI, benchmarks).

@@ -163,7 +163,7 @@ def calibrate(
     histograms batch k on ``workers`` threads (default: one per usable core),
     each collecting its share of the tensors. A tensor's histogram only ever
     sees its own values, one batch at a time and in order, so the histograms
-    are those of ORT's ``collect_data`` (``tests/test_oracle.py``).
+    are those of ORT's ``collect_data`` (``tests/pipeline/test_oracle.py``).
     ``observe(feeds, outputs)`` sees every batch with all the calibrated tensors
     and the model's outputs on a worker too, e.g. to check BN folding on the
     same pass. At most two batches of activations are alive at once.
@@ -243,7 +243,7 @@ def _lean_collector_class():
     ``flatten`` (two copies of every activation; ``ravel`` is a view), and the
     batch's ``max|x|`` from its min and max instead of another pass. Any other
     input (several arrays per tensor) goes to ORT's own method. The histograms
-    are identical to ORT's (``tests/test_oracle.py``, ``tests/test_realmodels.py``).
+    are identical to ORT's (``tests/pipeline/test_oracle.py``, ``tests/test_realmodels.py``).
     """
     from onnxruntime.quantization.calibrate import HistogramCollector
 

@@ -19,7 +19,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from .conftest import SAMPLE, SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_LABELS, SAMPLE_MODEL, sha256_file
+from ..conftest import SAMPLE, SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_LABELS, SAMPLE_MODEL, sha256_file
 
 pytestmark = pytest.mark.slow
 
@@ -303,7 +303,7 @@ def test_environment_sets_gates(saved, sample_report_json, cli_env):
     import subprocess
     import sys
 
-    from .conftest import REPO
+    from ..conftest import REPO
 
     def run(*args, **env):
         return subprocess.run(
@@ -495,7 +495,7 @@ def test_unknown_environment_variable_is_a_config_error(saved, cli_env):
     import subprocess
     import sys
 
-    from .conftest import REPO
+    from ..conftest import REPO
 
     env = {**cli_env, "QAUDIT_MIN_LAYER_SQRN": "25"}
     p = subprocess.run(
@@ -548,7 +548,7 @@ def test_regating_imports_no_onnxruntime(saved, cli_env, tmp_path):
     import subprocess
     import sys
 
-    from .conftest import REPO
+    from ..conftest import REPO
 
     code = (
         "import sys\n"

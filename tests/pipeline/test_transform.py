@@ -12,9 +12,9 @@ from qaudit.pipeline.graph import output_channel_matrix
 from qaudit.pipeline.load import load_model
 from qaudit.pipeline.transform import constants_to_initializers, fold_batchnorm
 
-from .models import input_for, layer_bn_model, shared_output_model
+from ..models import input_for, layer_bn_model, shared_output_model
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "digits"
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "digits"
 KINDS = [
     "conv",
     "conv_nobias",

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from .conftest import REPO, SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_LABELS, SAMPLE_MODEL
+from ..conftest import REPO, SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_LABELS, SAMPLE_MODEL
 
 pytestmark = pytest.mark.slow
 

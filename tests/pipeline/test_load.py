@@ -7,7 +7,7 @@ import pytest
 import qaudit
 from qaudit.pipeline.load import infer_shapes, input_specs, load_model, untyped_outputs
 
-from .models import contrib_op_model
+from ..models import contrib_op_model
 
 
 def test_contrib_op_needs_ort_symbolic_shape_inference(tmp_path):
@@ -41,7 +41,7 @@ def test_negative_dims_are_dynamic():
 def test_sample_uses_plain_onnx_inference():
     from pathlib import Path
 
-    lm = load_model(Path(__file__).resolve().parents[1] / "samples" / "digits" / "model.onnx")
+    lm = load_model(Path(__file__).resolve().parents[2] / "samples" / "digits" / "model.onnx")
     assert lm.shape_inference == "onnx" and lm.untyped == ()
 
 

@@ -23,11 +23,11 @@ import pytest
 from qaudit.render.html import plot_ids, render_html
 from qaudit.report import from_dict
 
-from .browser import Chromium, chromium_path
+from ..browser import Chromium, chromium_path
 
 pytestmark = pytest.mark.browser
 
-ARTIFACTS = Path(os.environ.get("QAUDIT_ARTIFACTS") or Path(__file__).resolve().parent / "artifacts")
+ARTIFACTS = Path(os.environ.get("QAUDIT_ARTIFACTS") or Path(__file__).resolve().parents[1] / "artifacts")
 WIDTH = 1280
 
 #: per plot: drawn size, and the marks inside it (series paths with a non-empty bounding box, bars)

@@ -23,7 +23,7 @@ from qaudit.errors import ConfigError
 from qaudit.options import AuditConfig
 from qaudit.report import from_json, to_json
 
-from .conftest import REPO, SAMPLE_CALIB, cli_env
+from ..conftest import REPO, SAMPLE_CALIB, cli_env
 
 COMPARE = REPO / "samples" / "compare"
 EXPORTS = ("torch_script.onnx", "torch_dynamo.onnx", "keras_tf2onnx.onnx")

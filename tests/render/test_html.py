@@ -20,7 +20,7 @@ from qaudit.render.html import ISOLATED_MISSING, default_label, plot_ids, render
 from qaudit.render.svgplot import PALETTE
 from qaudit.report import UnmatchedTensor, from_dict, from_json
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE_MODEL = REPO / "samples" / "digits" / "model.onnx"
 SAMPLE_CALIB = REPO / "samples" / "digits" / "calib"
 

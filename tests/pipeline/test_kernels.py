@@ -23,7 +23,7 @@ from qaudit.pipeline import kernels
 from qaudit.pipeline.measure import ActivationMeter
 from qaudit.pipeline.metrics import RangeHistogram, dequantize
 
-from .conftest import SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_MODEL
+from ..conftest import SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_MODEL
 from .test_streaming import SHAPES, _data, _matching
 
 needs_c = pytest.mark.skipif(kernels._compiled is None, reason="qaudit's C kernels are not built (no compiler)")

@@ -25,7 +25,7 @@ from qaudit.pipeline.quantize import quiet_ort
 from qaudit.pipeline.session import make_session
 from qaudit.pipeline.transform import ensure_node_names, fold_batchnorm
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "digits"
+SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "digits"
 
 
 def _batches(folder):
