@@ -1,4 +1,4 @@
-"""The initialization x architecture study (samples/init_study): its --quick run end to end.
+"""The initialization x architecture study (studies/init): its --quick run end to end.
 
 Trains the quick subset (3 models, 1 epoch), exports and audits them, and checks
 every number of the table against the JSON report it names, computed here
@@ -16,10 +16,10 @@ import tarfile
 
 import pytest
 
-from .conftest import REPO, cli_env
+from ..conftest import REPO, cli_env
 
-SCRIPT = REPO / "samples" / "init_study" / "study.py"
-COMMITTED = REPO / "samples" / "init_study" / "results"
+SCRIPT = REPO / "studies" / "init" / "study.py"
+COMMITTED = REPO / "studies" / "init" / "results"
 OUTPUT_KEYS = ("acc_fp32", "acc_int8", "qmse", "qce", "acc_drop_pct")
 
 

@@ -8,11 +8,11 @@ exported to ONNX with BatchNormalization kept unfolded, and audited with qaudit
 (uint8 activations and weights, per-tensor, 1 % percentile clipping on each
 side of the calibration histogram).
 
-    python samples/init_study/study.py            # the full study: 48 models, about an hour on 2 cores
-    python samples/init_study/study.py --quick    # 3 models, 1 epoch: a smoke test (CI)
-    python samples/init_study/study.py --table-only   # rebuild table and plots from the saved reports
+    python studies/init/study.py            # the full study: 48 models, about an hour on 2 cores
+    python studies/init/study.py --quick    # 3 models, 1 epoch: a smoke test (CI)
+    python studies/init/study.py --table-only   # rebuild table and plots from the saved reports
 
-Writes, under --out (default samples/init_study/results; --quick: results_quick):
+Writes, under --out (default studies/init/results; --quick: results_quick):
 
 * ``reports/<arch>__<init>.json``: qaudit's JSON report of each model (the
   table's only source of quantization numbers) and ``train/<arch>__<init>.json``
@@ -25,7 +25,7 @@ Writes, under --out (default samples/init_study/results; --quick: results_quick)
 * ``html/*.html``: qaudit's overlay pages (``qaudit compare`` machinery, N-way)
   for chosen subsets; ``plots/*.png``: matplotlib figures for RESULTS.md.
 
-Models and data go to --work (default samples/init_study/work, git-ignored).
+Models and data go to --work (default studies/init/work, git-ignored).
 Needs the ``init-study`` extra (torch==2.13.0, mlxtend, matplotlib).
 """
 
@@ -879,7 +879,7 @@ def main(argv=None) -> int:
         "--out",
         type=Path,
         default=None,
-        help="default: samples/init_study/results (--quick: results_quick, not committed)",
+        help="default: studies/init/results (--quick: results_quick, not committed)",
     )
     ap.add_argument("--work", type=Path, default=HERE / "work", help="models and data (not committed)")
     ap.add_argument("--resume", action="store_true", help="skip models whose training log and report exist")
