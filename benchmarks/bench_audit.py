@@ -376,7 +376,7 @@ def profile_qaudit(
         "--json",
         str(work / "qaudit.json"),
         "--html",
-        str(work / "qaudit.render.html"),
+        str(work / "qaudit.renderers.html"),
         "--quiet",
         *(["--batch-size", str(batch_size)] if batch_size else []),
     ]

@@ -213,7 +213,7 @@ def _run_compare(args) -> int:
     from qaudit.comparison.compare import CompareConfig, compare, read_map
     from qaudit.comparison.compare import to_json as comparison_json
     from qaudit.output import write_text
-    from qaudit.render.terminal import console, render_comparison
+    from qaudit.renderers.terminal import console, render_comparison
 
     names = tuple(x.strip() for x in args.names.split(",")) if args.names else None
     _check_outputs({f"input {p}": p for p in args.inputs}, {"--json": args.json, "--html": args.html})
@@ -239,7 +239,7 @@ def _run_compare(args) -> int:
     if args.json:
         texts[args.json] = comparison_json(result)
     if args.html:
-        from qaudit.render.compare_html import render_comparison_html
+        from qaudit.renderers.compare_html import render_comparison_html
 
         texts[args.html] = render_comparison_html(result)
     for target, text in texts.items():
@@ -290,7 +290,7 @@ class _RichProgress:
             TimeRemainingColumn,
         )
 
-        from qaudit.render.terminal import console
+        from qaudit.renderers.terminal import console
 
         self._p = Progress(
             TextColumn("{task.description:<28}"),
@@ -341,9 +341,9 @@ def _finish(report, settings, baseline) -> int:
     """Evaluate the gates, write every requested output, render, and choose the exit code."""
     from qaudit.gate import evaluate
     from qaudit.output import write_text
-    from qaudit.render.junit import format as junit_format
-    from qaudit.render.markdown import format as markdown_format
-    from qaudit.render.terminal import console, print_verdict, render
+    from qaudit.renderers.junit import format as junit_format
+    from qaudit.renderers.markdown import format as markdown_format
+    from qaudit.renderers.terminal import console, print_verdict, render
     from qaudit.report import to_json
 
     v = settings.values
@@ -360,7 +360,7 @@ def _finish(report, settings, baseline) -> int:
     if v.get("markdown"):
         texts[v["markdown"]] = markdown_format(report, result, worst=max(v["worst"], 5))
     if v.get("html"):
-        from qaudit.render.html import default_label, render_html
+        from qaudit.renderers.html import default_label, render_html
 
         texts[v["html"]] = render_html([(default_label(report), report)], worst=v["worst"])
     for target, text in texts.items():

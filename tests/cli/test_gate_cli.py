@@ -509,7 +509,7 @@ def test_unknown_environment_variable_is_a_config_error(saved, cli_env):
     assert_one_line_error(p, "QAUDIT_MIN_LAYER_SQRN", "QAUDIT_MIN_LAYER_SQNR")
 
 
-@pytest.mark.parametrize("where", ["qaudit.gate.evaluate", "qaudit.render.junit.format", "qaudit.report.to_json"])
+@pytest.mark.parametrize("where", ["qaudit.gate.evaluate", "qaudit.renderers.junit.format", "qaudit.report.to_json"])
 def test_a_crash_exits_three_never_one(monkeypatch, capsys, saved, tmp_path, where):
     """A bug while gating or writing is an internal error (3), not a failed gate (1), and writes nothing."""
     import importlib

@@ -336,7 +336,7 @@ def test_cli_user_errors_exit_2(args, message, saved_reports):
 
 
 def test_html_overlays_aligned_rows(sample_comparison):
-    from qaudit.render.compare_html import aligned_reports, render_comparison_html
+    from qaudit.renderers.compare_html import aligned_reports, render_comparison_html
 
     reps = aligned_reports(sample_comparison)
     for _label, rep in reps:
@@ -346,7 +346,7 @@ def test_html_overlays_aligned_rows(sample_comparison):
 
 
 def test_terminal_rendering_two_models(sample_comparison):
-    from qaudit.render.terminal import console, render_comparison
+    from qaudit.renderers.terminal import console, render_comparison
 
     c = compare_reports(sample_comparison.reports[:2], labels=["script", "dynamo"])
     buf = io.StringIO()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from qaudit.render.html import plot_ids, render_html
+from qaudit.renderers.html import plot_ids, render_html
 from qaudit.report import from_dict
 
 from ..browser import Chromium, chromium_path

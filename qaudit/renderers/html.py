@@ -2,7 +2,7 @@
 
 ``render_html([(label, report), ...])`` returns one HTML document: header
 (model, sha256, settings, data, versions, gate verdict), output metrics, the
-layerwise plots (inline SVG from :mod:`qaudit.render.svgplot`; several reports are
+layerwise plots (inline SVG from :mod:`qaudit.renderers.svgplot`; several reports are
 overlaid on the same axes with a legend), histograms of the worst layers, and
 the sortable per-layer table with the unmatched tensors.
 
@@ -21,7 +21,7 @@ from html import escape
 from pathlib import PurePath
 
 from qaudit import __version__
-from qaudit.render.svgplot import DASHES, MARKERS, PALETTE, Series, VLine, histogram_plot, line_plot, num
+from qaudit.renderers.svgplot import DASHES, MARKERS, PALETTE, Series, VLine, histogram_plot, line_plot, num
 from qaudit.report import LayerRow, Report
 
 #: quantized integer range per activation dtype, for the quantization grid drawn on histograms

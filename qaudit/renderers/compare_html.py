@@ -1,6 +1,6 @@
 """HTML page of a :class:`~qaudit.comparison.compare.Comparison`: the models overlaid, aligned by the comparison.
 
-:func:`qaudit.render.html.render_html` overlays reports by the row index of their
+:func:`qaudit.renderers.html.render_html` overlays reports by the row index of their
 layer tables. Exports of one network have different rows (Transpose, Reshape,
 Identity, BN nodes), so here each report is reduced to its weighted layers,
 re-indexed by the comparison's aligned row: a layer and its partners share the
@@ -15,8 +15,8 @@ from dataclasses import replace
 from html import escape
 
 from qaudit.comparison.compare import Comparison
-from qaudit.render.html import render_html
-from qaudit.render.terminal import COMPARE_COLUMNS, fmt
+from qaudit.renderers.html import render_html
+from qaudit.renderers.terminal import COMPARE_COLUMNS, fmt
 from qaudit.report import Report
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from qaudit.render.html import ISOLATED_MISSING, default_label, plot_ids, render_html
-from qaudit.render.svgplot import PALETTE
+from qaudit.renderers.html import ISOLATED_MISSING, default_label, plot_ids, render_html
+from qaudit.renderers.svgplot import PALETTE
 from qaudit.report import UnmatchedTensor, from_dict, from_json
 
 REPO = Path(__file__).resolve().parents[2]
