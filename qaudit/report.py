@@ -23,6 +23,7 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 #: Version of the JSON layout. Changelog:
 #: 1 - first format: meta, model, settings, data, folding, layers, outputs, unmatched, notes.
@@ -137,11 +138,19 @@ class OutputRow:
 
 @dataclass(frozen=True)
 class UnmatchedTensor:
+    """An fp32 tensor without a quantized twin, and why (one of :data:`UNMATCHED_KINDS`)."""
+
     tensor: str
     producer: str
     op_type: str
-    kind: str  # fused | excluded | float-op | removed | not-quantized
+    kind: str
     reason: str
+
+
+#: Why an fp32 tensor has no twin: an activation fused into its layer's encoding,
+#: a node left in float by --exclude, an op ORT does not quantize, a producer
+#: that vanished from the quantized graph, or no QuantizeLinear inserted.
+UNMATCHED_KINDS = ("fused", "excluded", "float-op", "removed", "not-quantized")
 
 
 CHECK_STATUSES = ("pass", "fail", "skip")
@@ -355,3 +364,17 @@ def from_dict(d: dict) -> Report:
 
 def from_json(text: str) -> Report:
     return from_dict(json.loads(text))
+
+
+def load_report(path, what: str = "report") -> Report:
+    """A saved JSON report (``--json``). A missing file or one that is not a qaudit
+    report is a user error (:class:`~qaudit.errors.ConfigError`) naming ``what``."""
+    from qaudit.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path} (give a JSON file written by --json)")
+    try:
+        return from_json(path.read_text(encoding="utf-8"))
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} {path} is not a readable qaudit JSON report: {e}") from None

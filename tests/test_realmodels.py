@@ -33,11 +33,12 @@ import onnx
 import pytest
 
 import qaudit
+from qaudit.pipeline.audit import prepare
 from qaudit.pipeline.graph import with_outputs
 from qaudit.pipeline.load import load_model
 from qaudit.pipeline.match import match
 from qaudit.pipeline.session import make_session, run_named, save_model
-from qaudit.pipeline.transform import constants_to_initializers, ensure_node_names, fold_batchnorm
+from qaudit.report import UNMATCHED_KINDS
 
 from .conftest import REPO
 
@@ -87,7 +88,6 @@ FORMAT_DB = 0.5
 #: (Squeeze, Transpose, ...) gets its own calibrated encoding in QOperator when
 #: its input is float there (rec: Squeeze after a Slice, which has no QLinear form).
 ENCODING_MAY_DIFFER = {"Softmax", "AveragePool", "Gather"}
-UNMATCHED_KINDS = {"fused", "excluded", "float-op", "removed", "not-quantized"}
 
 
 def _require(subject: str) -> None:
@@ -158,7 +158,7 @@ class Subject:
     dir: Path
     model: Path
     input_name: str  # first graph input (the only one for the OCR models)
-    folded: Path  # qaudit's normalized + BN-folded fp32 model, rebuilt here as control.py does
+    folded: Path  # qaudit's normalized + BN-folded fp32 model, rebuilt with the audit's own prepare()
     eval_batches: list[dict]
     labels: Path | None
 
@@ -187,10 +187,8 @@ class RealModels:
             n_calib, n_eval = SIZES[name]
             d = self.build.build(self.root / "subjects", only=(name,), n_calib=n_calib, n_eval=n_eval)[name]
             model = self.build.model_path(d)
-            lm = load_model(model)  # the same steps as qaudit.pipeline.audit.audit
-            ensure_node_names(lm.model)
-            constants_to_initializers(lm.model)
-            folded = save_model(fold_batchnorm(lm.model).model, self.root / f"{name}-folded.onnx")
+            lm = load_model(model)
+            folded = save_model(prepare(lm).fold.model, self.root / f"{name}-folded.onnx")  # as the audit does
             labels = d / "eval_labels.npy" if (d / "eval_labels.npy").exists() else None
             self.subjects[name] = Subject(
                 name, d, model, lm.inputs[0].name, folded, _batches(d / "eval", lm.inputs[0].name), labels

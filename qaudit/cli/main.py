@@ -22,6 +22,7 @@ from pathlib import Path
 
 from qaudit import __version__
 from qaudit.errors import ConfigError, QauditError
+from qaudit.report import load_report
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -191,7 +192,7 @@ def build_compare_parser() -> argparse.ArgumentParser:
 
 
 def _tolerances(items: list[str]) -> dict:
-    from qaudit.comparison.compare import DEFAULT_TOLERANCES
+    from qaudit.comparison.result import DEFAULT_TOLERANCES
 
     out = {}
     for item in items:
@@ -210,8 +211,8 @@ def _tolerances(items: list[str]) -> dict:
 
 
 def _run_compare(args) -> int:
-    from qaudit.comparison.compare import CompareConfig, compare, read_map
-    from qaudit.comparison.compare import to_json as comparison_json
+    from qaudit.comparison.result import to_json as comparison_json
+    from qaudit.comparison.run import CompareConfig, compare, read_map
     from qaudit.output import write_text
     from qaudit.renderers.terminal import console, render_comparison
 
@@ -324,19 +325,6 @@ def _settings(command: str, args: argparse.Namespace):
     return resolve(command, cli, os.environ, Path.cwd())
 
 
-def _read_report(path, what: str):
-    """A saved JSON report (a user error if it is missing or not a qaudit report)."""
-    from qaudit.report import from_json
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} not found: {path} (give a JSON file written by --json)")
-    try:
-        return from_json(path.read_text(encoding="utf-8"))
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{what} {path} is not a readable qaudit JSON report: {e}") from None
-
-
 def _finish(report, settings, baseline) -> int:
     """Evaluate the gates, write every requested output, render, and choose the exit code."""
     from qaudit.gate import evaluate
@@ -390,7 +378,7 @@ def _run_audit(args) -> int:
             "--output-model": cfg.output_model,
         },
     )
-    baseline = _read_report(settings["baseline"], "baseline report") if settings["baseline"] else None
+    baseline = load_report(settings["baseline"], "baseline report") if settings["baseline"] else None
     show_progress = not (settings["quiet"] or args.no_progress) and sys.stderr.isatty()
     progress = _RichProgress() if show_progress else None
     try:
@@ -412,8 +400,8 @@ def _run_report(args) -> int:
             "--html": settings["html"],
         },
     )
-    report = _read_report(args.report, "report")
-    baseline = _read_report(settings["baseline"], "baseline report") if settings["baseline"] else None
+    report = load_report(args.report, "report")
+    baseline = load_report(settings["baseline"], "baseline report") if settings["baseline"] else None
     return _finish(report, settings, baseline)
 
 

@@ -1,4 +1,4 @@
-"""Stage 4b: expose intermediate tensors and run fp32 and quantized graphs in lockstep.
+"""Stage 4b: expose the twins and run the fp32, quantized and isolated graphs in lockstep.
 
 Sessions run with ONNX Runtime's default graph optimizations
 (ORT_ENABLE_ALL), so the quantized graph executes the fused integer kernels a
@@ -10,9 +10,104 @@ time.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
+
+from qaudit.pipeline.graph import with_outputs
+from qaudit.pipeline.match import Matching
+from qaudit.pipeline.measure import ActivationMeter, OutputMeter, softmax_outputs
+from qaudit.pipeline.parallel import lockstep, shares, usable_cores
+from qaudit.pipeline.session import make_session, run_named, save_model
+
+
+@dataclass
+class Captured:
+    """What the capture measured: every twin's statistics, the outputs', and how many samples."""
+
+    meter: ActivationMeter
+    outputs: OutputMeter
+    samples: int
+
+
+def capture(
+    fp32_model: onnx.ModelProto,
+    qmodel: onnx.ModelProto,
+    matching: Matching,
+    batches: Iterable[dict[str, np.ndarray]],
+    work: Path,
+    *,
+    labels: np.ndarray | None = None,
+    isolated: bool = True,
+    tensor_bytes: dict[str, int] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    model_name: str = "the model",
+) -> Captured:
+    """Run the instrumented fp32, quantized and isolated-error graphs in lockstep
+    and stream their tensors into the meters.
+
+    The twins are measured in shares of about equal size, one per usable core,
+    each on its own thread (:func:`~qaudit.pipeline.parallel.lockstep`).
+    ``on_batch(n)`` is called after each batch of ``n`` samples is measured.
+    """
+    vtypes = {
+        vi.name: vi.type.tensor_type.elem_type
+        for vi in list(fp32_model.graph.value_info) + list(fp32_model.graph.input)
+    }
+    fp32_outs = [(n, vtypes.get(n, onnx.TensorProto.FLOAT)) for n in matching.twins]
+    q_outs = [
+        (tw.quant_name, onnx.TensorProto.INT8 if tw.encoding.dtype == "int8" else onnx.TensorProto.UINT8)
+        for tw in matching.twins.values()
+    ]
+    fp32_session = make_session(
+        save_model(with_outputs(fp32_model, fp32_outs), work / "folded_instrumented.onnx"), what=model_name
+    )
+    q_session = make_session(
+        save_model(with_outputs(qmodel, q_outs), work / "quantized_instrumented.onnx"), what="the quantized model"
+    )
+    iso_session, iso_inputs = None, {}
+    if isolated and matching.twins:
+        iso_model, iso_inputs = isolated_model(qmodel, matching.twins)
+        iso_session = make_session(
+            save_model(iso_model, work / "quantized_isolated.onnx"), what="the isolated-error graph"
+        )
+
+    sizes = {n: (tensor_bytes or {}).get(n, 1) for n in matching.twins}
+    meters = [ActivationMeter(matching, share) for share in shares(sizes, min(2, usable_cores()))] or [
+        ActivationMeter(matching)
+    ]
+    out_meter = OutputMeter([o.name for o in fp32_model.graph.output], softmax_outputs(fp32_model))
+    seen = 0
+
+    def run_batch(feeds):
+        a = run_named(fp32_session, feeds)
+        b = run_named(q_session, feeds)
+        c = None
+        if iso_session is not None:
+            iso_feeds = dict(feeds)
+            iso_feeds.update({inp: a[name] for name, inp in iso_inputs.items()})
+            c = run_named(iso_session, iso_feeds)
+        return a, b, c
+
+    def measurer(meter, first):
+        def measure(feeds, outs):
+            nonlocal seen
+            a, b, c = outs
+            meter.update(a, b, c)
+            if first:
+                n = next(iter(feeds.values())).shape[0]
+                out_meter.update(a, b, labels[seen : seen + n] if labels is not None else None)
+                seen += n
+                if on_batch is not None:
+                    on_batch(n)
+
+        return measure
+
+    lockstep(run_batch, batches, [measurer(m, i == 0) for i, m in enumerate(meters)])
+    return Captured(ActivationMeter.combine(meters), out_meter, seen)
 
 
 def isolated_model(qmodel: onnx.ModelProto, twins) -> tuple[onnx.ModelProto, dict[str, str]]:

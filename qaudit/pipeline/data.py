@@ -9,6 +9,19 @@ Accepted layouts (``--calib`` / ``--eval`` take a directory or a single file):
 * ONNX test-data folders, the model-zoo layout: ``test_data_set_*/input_*.pb``
   (TensorProto files; matched to inputs by the tensor's name, else by index).
 
+In the Python API the data may also be held by the caller, and is streamed
+from it, never copied whole:
+
+* an ONNX Runtime ``CalibrationDataReader`` with a ``rewind()`` method
+  (``get_next()`` until ``None``; rewound before every pass);
+* a callable returning a fresh iterator of feed dicts (``{input: array}``);
+* arrays: one array (single-input models), ``{input name: array}``, or a
+  list of feed dicts; axis 0 is the batch axis.
+
+The pipeline reads the calibration data more than once (a check, the
+activation probe, calibration, the folding check), so a one-shot iterator or
+generator is refused with a message saying what to pass instead.
+
 Files are read in sorted name order, so labels line up with samples in that
 order. Axis 0 is the batch axis. Everything is checked against the model's
 inputs (names, rank, fixed dims, dtype, finite values) by :meth:`Dataset.scan`
@@ -18,7 +31,8 @@ mapped and only one batch is held in memory at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +40,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qaudit.errors import DataError
-from qaudit.pipeline.load import InputSpec
+from qaudit.errors import ConfigError, DataError
+from qaudit.pipeline.load import InputSpec, LoadedModel, load_model
 
 _FINITE_CHUNK = 1 << 22  # elements checked for NaN/Inf at a time
 
@@ -65,16 +79,134 @@ def discover(path: Path, what: str) -> list[_Item]:
     return items
 
 
+class _FileSource:
+    """Files on disk: ``.npy``/``.npz`` files or ONNX test-data folders (see the module docstring)."""
+
+    def __init__(self, path, what: str):
+        self.path = Path(path)
+        self.description = str(self.path)
+        self.items = discover(self.path, what)
+
+    def read(self, dataset: Dataset) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        for item in self.items:
+            yield str(item.path), dataset._read(item)
+
+
+class _MemorySource:
+    """Feeds the caller holds: a reader with ``rewind()``, a callable returning a fresh
+    iterator, or arrays. ``read`` streams them; nothing is copied whole."""
+
+    path = None
+
+    def __init__(self, kind: str, obj, description: str, what: str):
+        self.kind, self.obj, self.description, self.what = kind, obj, description, what
+
+    def _feeds(self) -> Iterator:
+        if self.kind == "reader":
+            self.obj.rewind()
+            while (feeds := self.obj.get_next()) is not None:
+                yield feeds
+        elif self.kind == "callable":
+            it = self.obj()
+            try:
+                it = iter(it)
+            except TypeError:
+                raise DataError(
+                    f"{self.what} data: {self.description} returned {type(it).__name__}, not an iterator of "
+                    "feed dicts ({input name: array})"
+                ) from None
+            yield from it
+        else:  # "arrays": a list of feeds or one feed
+            yield from self.obj
+
+    def read(self, dataset: Dataset) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        names = [s.name for s in dataset.inputs]
+        for i, feeds in enumerate(self._feeds()):
+            where = f"{self.what} data ({self.description}), item {i}"
+            if isinstance(feeds, np.ndarray) and len(names) == 1:
+                feeds = {names[0]: feeds}
+            if not isinstance(feeds, Mapping):
+                raise DataError(
+                    f"{where} is {type(feeds).__name__}, not a feed dict {{input name: array}} "
+                    f"(the model's inputs: {', '.join(names)})"
+                )
+            unknown = sorted(str(k) for k in feeds if k not in names)
+            missing = [n for n in names if n not in feeds]
+            if unknown or missing:
+                raise DataError(
+                    f"{where} has inputs {', '.join(map(str, feeds)) or 'none'}; the model's inputs are "
+                    f"{', '.join(names)}: key every feed by the model's input names"
+                )
+            try:
+                yield where, {n: np.asarray(feeds[n]) for n in names}
+            except (ValueError, TypeError) as e:
+                raise DataError(f"{where}: an input is not an array: {e}") from None
+
+
+def _describe(obj) -> str:
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"{type(obj).__module__}.{name}" if not isinstance(obj, type) else name
+
+
+def _arrays_description(feeds) -> str:
+    if isinstance(feeds, Mapping):
+        parts = [f"{k}: {getattr(v, 'dtype', '?')}{list(getattr(v, 'shape', ()))}" for k, v in feeds.items()]
+        return "arrays {" + ", ".join(parts) + "}"
+    return f"array {feeds.dtype}{list(feeds.shape)}"
+
+
+def source(data, what: str):
+    """The source of ``data``: a path, a reader with ``rewind()``, a callable, or arrays.
+
+    A one-shot iterator is refused: the pipeline reads the data more than once.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        return _FileSource(data, what)
+    if isinstance(data, np.ndarray):
+        return _MemorySource("arrays", [data], _arrays_description(data), what)
+    if isinstance(data, Mapping):
+        return _MemorySource("arrays", [data], _arrays_description(data), what)
+    if hasattr(data, "get_next"):
+        if not callable(getattr(data, "rewind", None)):
+            raise DataError(
+                f"{what} data: the CalibrationDataReader {type(data).__name__} has no rewind() method, and qaudit "
+                "reads the data more than once; add a rewind() that restarts it (as ONNX Runtime's examples do), "
+                "or pass a function that returns a fresh reader or iterator"
+            )
+        return _MemorySource("reader", data, f"CalibrationDataReader {_describe(data)}", what)
+    if isinstance(data, (list, tuple)):
+        return _MemorySource("arrays", data, f"a list of {len(data)} feeds", what)
+    if isinstance(data, Iterator):
+        raise DataError(
+            f"{what} data is a one-shot {type(data).__name__}, and qaudit reads the data more than once; pass a "
+            "function that returns a fresh iterator (e.g. lambda: make_batches()), a CalibrationDataReader with "
+            "rewind(), a list of feed dicts, or a directory of .npy/.npz files"
+        )
+    if callable(data):
+        return _MemorySource("callable", data, f"callable {_describe(data)}", what)
+    raise DataError(
+        f"{what} data of type {type(data).__name__} is not supported: pass a path, a CalibrationDataReader with "
+        "rewind(), a function returning an iterator of feed dicts, or arrays"
+    )
+
+
 class Dataset:
     """A validated, streamable set of model feeds."""
 
-    def __init__(self, path: Path, inputs: list[InputSpec], what: str = "calibration"):
-        self.path = Path(path)
+    def __init__(self, data, inputs: list[InputSpec], what: str = "calibration"):
+        """``data``: a path, or what :func:`source` accepts from the Python API."""
+        self.source = source(data, what)
+        self.path = self.source.path  # None for data held in memory
+        self.description = self.source.description  # what the report records as the data
         self.inputs = inputs
         self.what = what
-        self.items = discover(self.path, what)
         self.n_samples = 0
         self._scanned = False
+
+    def _items(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        """``(where, feeds)`` for every file or in-memory item, batched and checked."""
+        for where, arrays in self.source.read(self):
+            yield where, self._batched(where, arrays)
 
     # -- reading ---------------------------------------------------------
     def _read(self, item: _Item) -> dict[str, np.ndarray]:
@@ -123,7 +255,7 @@ class Dataset:
         return out
 
     # -- validation ------------------------------------------------------
-    def _batched(self, item: _Item, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _batched(self, where: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Add the batch axis to single samples, and check every input's shape and dtype."""
         out, n = {}, None
         for spec in self.inputs:
@@ -133,32 +265,31 @@ class Dataset:
                 a = a[None]
             elif a.ndim != rank:
                 raise DataError(
-                    f"{item.path}: input '{spec.name}' has shape {tuple(a.shape)}, the model expects "
+                    f"{where}: input '{spec.name}' has shape {tuple(a.shape)}, the model expects "
                     f"{spec.describe()} (one sample without the batch axis, or a batch)"
                 )
             for axis, (got, want) in enumerate(zip(a.shape, spec.shape)):
                 if axis > 0 and want is not None and got != want:
                     raise DataError(
-                        f"{item.path}: input '{spec.name}' has shape {tuple(a.shape)}, the model expects "
+                        f"{where}: input '{spec.name}' has shape {tuple(a.shape)}, the model expects "
                         f"{spec.describe()} (axis {axis} must be {want})"
                     )
             if a.dtype != spec.dtype:
                 raise DataError(
-                    f"{item.path}: input '{spec.name}' is {a.dtype}, the model expects {spec.dtype}; "
+                    f"{where}: input '{spec.name}' is {a.dtype}, the model expects {spec.dtype}; "
                     f"convert with array.astype(np.{spec.dtype})"
                 )
             if n is None:
                 n = a.shape[0]
             elif a.shape[0] != n:
-                raise DataError(f"{item.path}: inputs have different batch sizes ({n} and {a.shape[0]})")
+                raise DataError(f"{where}: inputs have different batch sizes ({n} and {a.shape[0]})")
             out[spec.name] = a
         return out
 
     def scan(self) -> int:
         """Check every file against the model's inputs; return the number of samples."""
         total = 0
-        for item in self.items:
-            feeds = self._batched(item, self._read(item))
+        for where, feeds in self._items():
             for name, a in feeds.items():
                 if a.dtype.kind == "f":
                     flat = a.reshape(-1)
@@ -167,12 +298,12 @@ class Dataset:
                         if not np.isfinite(chunk).all():
                             bad = "NaN" if np.isnan(chunk).any() else "Inf"
                             raise DataError(
-                                f"{item.path}: input '{name}' contains {bad} values; clean the data "
+                                f"{where}: input '{name}' contains {bad} values; clean the data "
                                 f"(e.g. np.nan_to_num) or drop those samples"
                             )
             total += next(iter(feeds.values())).shape[0]
         if total == 0:
-            raise DataError(f"{self.what} data {self.path} holds no samples")
+            raise DataError(f"{self.what} data {self.description} holds no samples")
         self.n_samples = total
         self._scanned = True
         return total
@@ -212,8 +343,7 @@ class Dataset:
             pending, held = [], 0
             return feeds
 
-        for item in self.items:
-            feeds = self._batched(item, self._read(item))
+        for _where, feeds in self._items():
             n = next(iter(feeds.values())).shape[0]
             start = 0
             while start < n and sent < limit:
@@ -240,23 +370,80 @@ def _numpy_load_message(e: Exception) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def load_labels(path: Path, n_samples: int, exact: bool = True) -> np.ndarray:
-    """Integer class labels, one per evaluation sample (``[N]`` ints or ``[N, K]`` one-hot)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"labels file not found: {path}")
-    try:
-        y = np.load(path, allow_pickle=False)
-    except Exception as e:
-        raise DataError(
-            f"cannot read labels {path}: {_numpy_load_message(e)}; save them with np.save as an integer array"
-        ) from e
+def load_labels(labels, n_samples: int, exact: bool = True) -> np.ndarray:
+    """Integer class labels, one per evaluation sample (``[N]`` ints or ``[N, K]`` one-hot):
+    a ``.npy`` file, or (Python API) an array."""
+    if isinstance(labels, (str, os.PathLike)):
+        path = Path(labels)
+        what = f"labels {path}"
+        if not path.is_file():
+            raise DataError(f"labels file not found: {path}")
+        try:
+            y = np.load(path, allow_pickle=False)
+        except Exception as e:
+            raise DataError(
+                f"cannot read labels {path}: {_numpy_load_message(e)}; save them with np.save as an integer array"
+            ) from e
+    else:
+        what = "labels"
+        try:
+            y = np.asarray(labels)
+        except (ValueError, TypeError) as e:
+            raise DataError(f"labels are not an array: {e}") from None
     if y.ndim == 2:
         y = y.argmax(axis=1)
     if y.ndim != 1 or y.dtype.kind not in "iu":
-        raise DataError(f"labels {path} must be a 1-D integer array (or one-hot [N, K]), got {y.dtype}{list(y.shape)}")
+        raise DataError(f"{what} must be a 1-D integer array (or one-hot [N, K]), got {y.dtype}{list(y.shape)}")
     if len(y) < n_samples or (exact and len(y) != n_samples):
-        raise DataError(
-            f"labels {path} has {len(y)} entries for {n_samples} evaluation samples; give one label per sample"
-        )
+        raise DataError(f"{what} has {len(y)} entries for {n_samples} evaluation samples; give one label per sample")
     return y[:n_samples].astype(np.int64)
+
+
+def describe_labels(labels) -> str | None:
+    """What the report records as the labels: the path, or the array's shape."""
+    if labels is None:
+        return None
+    if isinstance(labels, (str, os.PathLike)):
+        return str(labels)
+    a = np.asarray(labels)
+    return f"array {a.dtype}{list(a.shape)}"
+
+
+@dataclass
+class Inputs:
+    """The audit's checked inputs: the model, its calibration and evaluation data, the labels."""
+
+    model: LoadedModel
+    calib: Dataset
+    evaluation: Dataset  # the calibration data when no evaluation data is given
+    n_calib: int
+    n_eval: int
+    labels: np.ndarray | None
+
+    def first_batch(self) -> dict[str, np.ndarray]:
+        """One calibration batch: one sample, or the model's fixed batch."""
+        fixed = self.calib.fixed_batch()
+        return next(iter(self.calib.batches(fixed or 1, None if fixed else 1)))
+
+    def describe(self) -> dict:
+        return {
+            "calib": self.calib.description,
+            "eval": self.evaluation.description if self.evaluation is not self.calib else None,
+        }
+
+
+def open_inputs(cfg) -> Inputs:
+    """Load and check everything the audit reads, before any session runs: the model
+    (:func:`~qaudit.pipeline.load.load_model`), every data file or item against its
+    inputs, and the labels against the evaluation samples. ``cfg``: an AuditConfig."""
+    if cfg.output_model is not None and cfg.output_model.resolve() == cfg.model.resolve():
+        raise ConfigError("--output-model must not be the input model: qaudit never modifies the user's model")
+    lm = load_model(cfg.model)
+    calib = Dataset(cfg.calib, lm.inputs, "calibration")
+    n_calib = calib.count(cfg.max_samples)
+    evaluation = Dataset(cfg.eval, lm.inputs, "evaluation") if cfg.eval is not None else calib
+    n_eval = evaluation.count(cfg.max_samples)
+    labels = None
+    if cfg.labels is not None:
+        labels = load_labels(cfg.labels, n_eval, exact=cfg.max_samples is None)
+    return Inputs(lm, calib, evaluation, n_calib, n_eval, labels)

@@ -37,6 +37,7 @@ import onnx
 from onnx import numpy_helper
 
 from qaudit.pipeline.graph import attr, consumers, initializers, producers
+from qaudit.report import UnmatchedTensor
 
 #: Activations ORT's quantizer removes after Conv/Gemm/MatMul (QDQ and QOperator, 1.32).
 REMOVABLE_ACTIVATIONS = ("Relu", "Clip")
@@ -90,24 +91,9 @@ class Twin:
 
 
 @dataclass(frozen=True)
-class Unmatched:
-    tensor: str
-    producer: str
-    op_type: str
-    kind: str  # one of UNMATCHED_KINDS
-    reason: str
-
-
-#: Why an fp32 tensor has no twin: an activation fused into its layer's encoding,
-#: a node left in float by --exclude, an op ORT does not quantize, a producer
-#: that vanished from the quantized graph, or no QuantizeLinear inserted.
-UNMATCHED_KINDS = ("fused", "excluded", "float-op", "removed", "not-quantized")
-
-
-@dataclass(frozen=True)
 class Matching:
     twins: dict[str, Twin]  # fp32 tensor name -> twin
-    unmatched: list[Unmatched]
+    unmatched: list[UnmatchedTensor]
     # Relu/Clip fp32 node name -> the fp32 tensor it was fused into
     fused_into: dict[str, str]
 
@@ -288,7 +274,7 @@ def match(
                     "not-quantized",
                     "the quantizer inserted no QuantizeLinear for this tensor (it stays float)",
                 )
-        unmatched.append(Unmatched(name, pname, op, kind, reason))
+        unmatched.append(UnmatchedTensor(name, pname, op, kind, reason))
     return Matching(twins=twins, unmatched=unmatched, fused_into=fused_into)
 
 

@@ -9,6 +9,23 @@ import numpy as np
 #: batches between two :func:`release_free_memory` calls (see there for why 32)
 TRIM_EVERY = 32
 
+#: Bytes of float activations one batch may hold when the batch size is automatic.
+#: Calibration keeps every activation of up to two batches (ORT's calibrator
+#: histograms one while the session runs the next) and the capture holds the fp32,
+#: quantized and isolated tensors of up to two batches, so peak memory is a small
+#: multiple of this plus the model, whatever N is. Measured on PP-OCRv4 det at
+#: 320x320 (177 MB of activations per sample), batch 1: peak RSS 0.88 GB at
+#: N = 128, 0.93 GB at N = 512 (onnxruntime 1.32; docs/performance.md).
+ACTIVATION_BUDGET = 256 * 1024 * 1024
+MAX_AUTO_BATCH = 64
+
+
+def auto_batch_size(bytes_per_sample: int, fixed: int | None) -> int:
+    """The largest batch (1..64) whose activations fit ACTIVATION_BUDGET; a fixed batch dim wins."""
+    if fixed:
+        return fixed
+    return int(max(1, min(MAX_AUTO_BATCH, ACTIVATION_BUDGET // max(1, bytes_per_sample))))
+
 
 def release_free_memory() -> None:
     """Return the C heap's free pages to the operating system (glibc ``malloc_trim``; elsewhere nothing).

@@ -339,3 +339,20 @@ def _first_line(e: Exception) -> str:
     from qaudit.pipeline.session import ort_message
 
     return ort_message(e)
+
+
+def nonfinite_exclusions(model, bad: dict) -> dict[str, str]:
+    """Nodes that read or write a tensor holding NaN/Inf stay in float, with the reason.
+
+    ``bad`` is :func:`probe_activations`' ``{tensor: (finite min, finite max)}``.
+    """
+    out = {}
+    for node in model.graph.node:
+        hit = [t for t in list(node.input) + list(node.output) if t in bad]
+        if hit:
+            lo, hi = bad[hit[0]]
+            out[node.name] = (
+                f"left in float by qaudit: tensor '{hit[0]}' holds non-finite values "
+                f"(finite range [{lo:g}, {hi:g}]) that cannot be calibrated"
+            )
+    return out

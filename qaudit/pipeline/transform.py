@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from qaudit.errors import ConfigError
 from qaudit.pipeline.graph import attr, consumers, initializers, output_channel_matrix, producers
 
 
@@ -89,6 +90,23 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
         del graph.node[:]
         graph.node.extend(keep)
     return converted
+
+
+def normalize(model: onnx.ModelProto, exclude=()) -> int:
+    """Prepare the user's graph in place for folding and quantization: name every
+    node, turn Constant nodes into initializers; check that ``exclude`` names nodes.
+
+    Returns how many Constant nodes became initializers.
+    """
+    ensure_node_names(model)
+    n_constants = constants_to_initializers(model)
+    unknown = sorted(set(exclude) - {n.name for n in model.graph.node})
+    if unknown:
+        raise ConfigError(
+            f"--exclude names no node of the model: {', '.join(unknown)} "
+            f"(node names look like: {', '.join(n.name for n in model.graph.node[:3])}, ...)"
+        )
+    return n_constants
 
 
 def _fold_one(node, bn, inits, w, b):

@@ -1,4 +1,4 @@
-"""HTML page of a :class:`~qaudit.comparison.compare.Comparison`: the models overlaid, aligned by the comparison.
+"""HTML page of a :class:`~qaudit.comparison.result.Comparison`: the models overlaid, aligned by the comparison.
 
 :func:`qaudit.renderers.html.render_html` overlays reports by the row index of their
 layer tables. Exports of one network have different rows (Transpose, Reshape,
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 from html import escape
 
-from qaudit.comparison.compare import Comparison
+from qaudit.comparison.result import Comparison
 from qaudit.renderers.html import render_html
 from qaudit.renderers.terminal import COMPARE_COLUMNS, fmt
 from qaudit.report import Report

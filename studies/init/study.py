@@ -544,7 +544,7 @@ def load_reports(out: Path, names: list[str]):
 
 def html_overlay(out: Path, fname: str, named_reports) -> Path | None:
     """``qaudit compare`` on saved reports (N-way alignment), rendered as its overlay page."""
-    from qaudit.comparison.compare import compare_reports
+    from qaudit.comparison.run import compare_reports
     from qaudit.renderers.compare_html import render_comparison_html
 
     if len(named_reports) < 2:

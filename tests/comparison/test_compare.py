@@ -18,7 +18,8 @@ import onnx
 import pytest
 
 from qaudit.comparison.align import LayerSig, align, signature_similarity, signatures
-from qaudit.comparison.compare import CompareConfig, compare, compare_reports, cosine, guess_layout, to_dict
+from qaudit.comparison.result import to_dict
+from qaudit.comparison.run import CompareConfig, compare, compare_reports, cosine, guess_layout
 from qaudit.errors import ConfigError
 from qaudit.options import AuditConfig
 from qaudit.report import from_json, to_json
@@ -220,7 +221,7 @@ def test_inserted_layer_of_equal_signature_is_resolved_by_activations():
     rng = np.random.default_rng(0)
     acts = [rng.normal(size=(2, 8, 4, 4)) for _ in range(3)]
     # b is a without its middle layer: b0 = a0, b1 = a2
-    from qaudit.comparison.compare import activation_similarity
+    from qaudit.comparison.run import activation_similarity
 
     sim = activation_similarity(a, b, {f"a{i}": acts[i] for i in range(3)}, {"b0": acts[0], "b1": acts[2]})
     al = align(a, b, sim)

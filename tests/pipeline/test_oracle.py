@@ -17,13 +17,13 @@ from onnxruntime.quantization.qdq_loss_debug import (
 )
 
 import qaudit
+from qaudit.pipeline.audit import prepare
 from qaudit.pipeline.graph import with_outputs
 from qaudit.pipeline.load import load_model
 from qaudit.pipeline.match import match
 from qaudit.pipeline.metrics import sqnr_of
 from qaudit.pipeline.quantize import quiet_ort
 from qaudit.pipeline.session import make_session
-from qaudit.pipeline.transform import ensure_node_names, fold_batchnorm
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "digits"
 
@@ -55,9 +55,8 @@ class _Reader:
 
 def _folded(tmp_path):
     lm = load_model(SAMPLE / "model.onnx")
-    ensure_node_names(lm.model)
     path = tmp_path / "folded.onnx"
-    onnx.save(fold_batchnorm(lm.model).model, path)
+    onnx.save(prepare(lm).fold.model, path)  # the graph the audit calibrates
     return path
 
 
@@ -123,7 +122,7 @@ def test_weight_sqnr_uint8_by_hand(tmp_path):
 def test_instrumenting_does_not_change_quantized_outputs(tmp_path, fmt):
     report, qpath = _audit(tmp_path, format=fmt)
     qmodel = onnx.load(qpath)
-    m = match(fold_batchnorm(load_model(SAMPLE / "model.onnx").model).model, qmodel)
+    m = match(prepare(load_model(SAMPLE / "model.onnx")).fold.model, qmodel)
     assert len(m.twins) >= 8
     extra = [(t.quant_name, onnx.TensorProto.UINT8) for t in m.twins.values()]
     onnx.save(with_outputs(qmodel, extra), tmp_path / "instrumented.onnx")
@@ -234,7 +233,7 @@ def test_isolated_error_by_hand(int8_weights, tmp_path):
 
 
 def test_auto_batch_size():
-    from qaudit.pipeline.audit import ACTIVATION_BUDGET, auto_batch_size
+    from qaudit.pipeline.parallel import ACTIVATION_BUDGET, auto_batch_size
 
     assert auto_batch_size(ACTIVATION_BUDGET // 3, None) == 3
     assert auto_batch_size(177_000_000, None) == 1  # PP-OCRv4 det at 320x320: 177 MB per sample

@@ -1,5 +1,7 @@
 """Compare the quantization of several exports of one network: ``compare(CompareConfig) -> Comparison``.
 
+(The result types and their JSON are in :mod:`qaudit.comparison.result`.)
+
 Each input is an ONNX model (audited with :func:`qaudit.pipeline.audit.audit`, every
 model with the same data and settings) or a saved JSON report. The weighted
 layers of every model are aligned with the first model's
@@ -27,46 +29,26 @@ import math
 import re
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 
 import numpy as np
 
 from qaudit.comparison.align import Alignment, LayerSig, align, resolve_layer, signatures
+from qaudit.comparison.result import (
+    DEFAULT_TOLERANCES,
+    KINDS,
+    LAYER_METRICS,
+    OUTPUT_METRICS,
+    Comparison,
+    LayerCompare,
+    MetricDiff,
+    ModelInfo,
+    OutputCompare,
+)
 from qaudit.errors import ConfigError, DataError
 from qaudit.options import AuditConfig
-from qaudit.report import LayerRow, OutputRow, Report
-
-COMPARE_FORMAT = {"name": "qaudit-comparison", "version": 1}
-
-#: per-layer metrics compared: (field, kind, default tolerance). kind "rel": differs when
-#: |b - a| > tol * max(|a|, |b|); "abs": when |b - a| > tol (dB for SQNR).
-LAYER_METRICS: tuple[tuple[str, str, float], ...] = (
-    ("w_range", "rel", 0.01),
-    ("fold_w_range", "rel", 0.01),
-    ("w_precision", "abs", 0.02),
-    ("fold_w_precision", "abs", 0.02),
-    ("w_sqnr_db", "abs", 1.0),
-    ("a_range", "rel", 0.05),
-    ("a_precision", "abs", 0.05),
-    ("scale", "rel", 0.05),
-    ("sqnr_db", "abs", 1.0),
-    ("sqnr_isolated_db", "abs", 1.0),
-    ("qmse", "rel", 0.25),
-)
-OUTPUT_METRICS: tuple[tuple[str, str, float], ...] = (
-    ("qmse", "rel", 0.25),
-    ("sqnr_db", "abs", 1.0),
-    ("qce", "abs", 0.01),
-    ("qkl", "abs", 0.01),
-    ("top1_agreement", "abs", 0.01),
-    ("acc_fp32", "abs", 0.005),
-    ("acc_int8", "abs", 0.005),
-    ("acc_drop_pct", "abs", 0.5),
-)
-KINDS = {name: kind for name, kind, _ in LAYER_METRICS + OUTPUT_METRICS}
-DEFAULT_TOLERANCES = {**{n: t for n, _, t in OUTPUT_METRICS}, **{n: t for n, _, t in LAYER_METRICS}}
-#: output metrics share names with layer metrics (qmse, sqnr_db): one tolerance serves both
+from qaudit.report import LayerRow, OutputRow, Report, load_report
 
 #: samples of the first calibration batch used for the activation similarity
 ACTIVATION_SAMPLES = 16
@@ -101,90 +83,6 @@ class CompareConfig:
         for pin in self.pins:
             if len(pin) != len(self.inputs):
                 raise ConfigError(f"--map entry {list(pin)} names {len(pin)} layers for {len(self.inputs)} inputs")
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    label: str
-    source: str  # "model" (audited here) | "report" (saved JSON)
-    path: str
-    opset: int | None
-    producer: str | None
-    inputs: tuple[str, ...]
-    layout: str | None  # "NCHW" | "NHWC" | None (not an image input)
-    weighted_layers: int
-    bn_folded_by_qaudit: int
-    data_transposed: bool = False
-
-
-@dataclass(frozen=True)
-class MetricDiff:
-    """One metric across models: ``values[k]``, ``deltas[k] = values[k] - values[0]``,
-    ``differs[k]`` when beyond the tolerance (``differs[0]`` is always False)."""
-
-    metric: str
-    values: tuple[float | None, ...]
-    deltas: tuple[float | None, ...]
-    differs: tuple[bool, ...]
-
-
-@dataclass(frozen=True)
-class LayerCompare:
-    """One aligned row: a weighted layer of each model (None where a model has none)."""
-
-    layers: tuple[str | None, ...]
-    indices: tuple[int | None, ...]
-    signature: str
-    confidence: tuple[float | None, ...]  # of the pairing with model 0 (None for model 0 / unaligned)
-    method: tuple[str | None, ...]
-    activation: tuple[float | None, ...]  # cosine similarity of the fp32 activation with model 0's
-    metrics: tuple[MetricDiff, ...]
-    explanations: tuple[str, ...] = ()
-
-    @property
-    def aligned(self) -> bool:
-        return sum(x is not None for x in self.layers) > 1
-
-    @property
-    def differs(self) -> bool:
-        return any(any(m.differs) for m in self.metrics)
-
-    def metric(self, name: str) -> MetricDiff | None:
-        return next((m for m in self.metrics if m.metric == name), None)
-
-
-@dataclass(frozen=True)
-class OutputCompare:
-    names: tuple[str | None, ...]
-    metrics: tuple[MetricDiff, ...]
-
-    @property
-    def differs(self) -> bool:
-        return any(any(m.differs) for m in self.metrics)
-
-
-@dataclass(frozen=True)
-class Comparison:
-    models: tuple[ModelInfo, ...]
-    layers: tuple[LayerCompare, ...]
-    outputs: tuple[OutputCompare, ...]
-    explanations: tuple[str, ...]
-    notes: tuple[str, ...]
-    tolerances: dict
-    #: the compared reports (for HTML overlays); not part of the JSON form
-    reports: tuple[Report, ...] = field(default=(), compare=False, repr=False)
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return tuple(m.label for m in self.models)
-
-    def unaligned(self, k: int) -> tuple[str, ...]:
-        """Weighted layers of model ``k`` paired with no layer of model 0 (for k = 0: with no other model)."""
-        return tuple(r.layers[k] for r in self.layers if r.layers[k] is not None and not r.aligned)
-
-    def pairs(self, k: int) -> list[tuple[str, str, float | None]]:
-        """``(model 0 layer, model k layer, confidence)`` of every aligned pair."""
-        return [(r.layers[0], r.layers[k], r.confidence[k]) for r in self.layers if r.layers[0] and r.layers[k]]
 
 
 # ------------------------------------------------------------------ numbers
@@ -255,17 +153,6 @@ def guess_layout(inputs: Sequence[str]) -> str | None:
 
 def _is_report(path: Path) -> bool:
     return path.suffix.lower() == ".json"
-
-
-def _read_report(path: Path) -> Report:
-    from qaudit.report import from_json
-
-    if not path.is_file():
-        raise ConfigError(f"report not found: {path}")
-    try:
-        return from_json(path.read_text(encoding="utf-8"))
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is not a readable qaudit JSON report: {e}") from None
 
 
 _TO_NCHW, _TO_NHWC = (0, 3, 1, 2), (0, 2, 3, 1)
@@ -339,17 +226,14 @@ def _fp32_activations(path: Path, calib: Path, rows: Sequence[LayerRow], work: P
     on the first :data:`ACTIVATION_SAMPLES` calibration samples, by row name."""
     import onnx
 
+    from qaudit.pipeline.audit import prepare
     from qaudit.pipeline.data import Dataset
     from qaudit.pipeline.graph import producers, with_outputs
     from qaudit.pipeline.load import load_model
     from qaudit.pipeline.session import make_session, run_named, save_model
-    from qaudit.pipeline.transform import constants_to_initializers, ensure_node_names, fold_batchnorm
 
     lm = load_model(path)
-    model = lm.model
-    ensure_node_names(model)
-    constants_to_initializers(model)
-    folded = fold_batchnorm(model).model
+    folded = prepare(lm).fold.model  # the graph the audit measured
     by_name = {n.name: n for n in folded.graph.node}
     tensors = {}
     for r in rows:
@@ -668,23 +552,40 @@ def compare_reports(
     return build(reports, labels, alignments, sigs, tolerances)
 
 
+class _Labelled:
+    """The caller's progress, with each stage named after the model being audited."""
+
+    def __init__(self, progress, label: str):
+        self.progress, self.label = progress, label
+
+    def stage(self, description: str, total: int | None) -> None:
+        self.progress.stage(f"{self.label}: {description}", total)
+
+    def advance(self, n: int) -> None:
+        self.progress.advance(n)
+
+
 def compare(cfg: CompareConfig, progress=None) -> Comparison:
-    """Audit (or load) every input and compare them; see the module docstring."""
+    """Audit (or load) every input and compare them; see the module docstring.
+
+    ``progress`` (owned by the caller) follows every audit: each gets its own
+    stages, named after its model's label."""
+    taken: set = set()
+    labels = list(cfg.labels) if cfg.labels else [_label(p, taken) for p in cfg.inputs]
     with tempfile.TemporaryDirectory(prefix="qaudit-compare-") as tmp:
         work = Path(tmp)
         audited: list[_Audited] = []
         for k, path in enumerate(cfg.inputs):
             if _is_report(path):
-                audited.append(_Audited(_read_report(path)))
+                audited.append(_Audited(load_report(path)))
             else:
                 if cfg.audit is None:
                     raise ConfigError(
                         f"{path} is a model: give --calib data to audit it (or compare saved JSON reports)"
                     )
-                audited.append(_audit_model(path, cfg.audit, work / f"data-{k}", progress))
+                labelled = _Labelled(progress, labels[k]) if progress is not None else None
+                audited.append(_audit_model(path, cfg.audit, work / f"data-{k}", labelled))
         reports = [a.report for a in audited]
-        taken: set = set()
-        labels = list(cfg.labels) if cfg.labels else [_label(p, taken) for p in cfg.inputs]
         acts: list = [None] * len(audited)
         notes = []
         if cfg.activations:
@@ -742,71 +643,12 @@ def read_map(path: Path, n_inputs: int) -> tuple[tuple[str | int | None, ...], .
     return tuple(out)
 
 
-# ------------------------------------------------------------------ JSON
-
-
-def _clean(v):
-    """Strict-JSON values: the report's own rules (non-finite floats become null)."""
-    from qaudit.report import _clean as clean
-
-    return clean(v)
-
-
-def to_dict(c: Comparison) -> dict:
-    """The JSON form. Non-finite numbers are ``null`` (an SQNR of +inf: no error)."""
-    d = {
-        "format": dict(COMPARE_FORMAT),
-        "models": [asdict(m) for m in c.models],
-        "explanations": list(c.explanations),
-        "notes": list(c.notes),
-        "tolerances": dict(c.tolerances),
-        "layers": [],
-        "outputs": [],
-    }
-    for r in c.layers:
-        d["layers"].append(
-            {
-                "layers": list(r.layers),
-                "indices": list(r.indices),
-                "signature": r.signature,
-                "aligned": r.aligned,
-                "confidence": list(r.confidence),
-                "method": list(r.method),
-                "activation_cosine": list(r.activation),
-                "differs": r.differs,
-                "metrics": {
-                    m.metric: {"values": list(m.values), "deltas": list(m.deltas), "differs": list(m.differs)}
-                    for m in r.metrics
-                },
-                "explanations": list(r.explanations),
-            }
-        )
-    for o in c.outputs:
-        d["outputs"].append(
-            {
-                "names": list(o.names),
-                "differs": o.differs,
-                "metrics": {
-                    m.metric: {"values": list(m.values), "deltas": list(m.deltas), "differs": list(m.differs)}
-                    for m in o.metrics
-                },
-            }
-        )
-    d["unaligned"] = {m.label: list(c.unaligned(k)) for k, m in enumerate(c.models)}
-    return _clean(d)
-
-
-def to_json(c: Comparison, indent: int = 2) -> str:
-    return json.dumps(to_dict(c), indent=indent, allow_nan=False) + "\n"
-
-
 __all__ = [
     "CompareConfig",
-    "Comparison",
-    "LayerCompare",
+    "activation_similarity",
     "compare",
     "compare_reports",
+    "cosine",
+    "guess_layout",
     "read_map",
-    "to_dict",
-    "to_json",
 ]

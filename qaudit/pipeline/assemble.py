@@ -1,0 +1,151 @@
+"""Stage 5b: assemble the :class:`~qaudit.report.Report` from what the stages measured.
+
+Every fact the report carries about the run (versions, model, settings, data,
+folding, notes) is written here, in one place, from the stages' results:
+:func:`qaudit.pipeline.audit.audit` only orders the stages.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from qaudit import __version__
+from qaudit.options import AuditConfig
+from qaudit.pipeline import kernels
+from qaudit.pipeline.data import describe_labels
+from qaudit.pipeline.load import LoadedModel
+from qaudit.pipeline.match import Matching
+from qaudit.pipeline.transform import FoldResult
+from qaudit.report import LayerRow, OutputRow, Report
+
+
+class PhaseClock:
+    """Wall seconds of the audit's stages, in order (the report's ``meta.phase_seconds``)."""
+
+    def __init__(self):
+        self.start = self._t = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = round(self.phases.get(name, 0.0) + now - self._t, 4)
+        self._t = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.start
+
+
+@dataclass
+class RunFacts:
+    """What the stages decided or found, beyond the rows: the report's settings, data and folding."""
+
+    n_constants: int
+    batch_size: int
+    bytes_per_sample: int
+    auto_excluded: dict[str, str]
+    n_calib: int
+    n_eval: int
+    fold_check: dict = field(default_factory=dict)
+    fold_check_samples: int = 0
+
+
+def versions() -> dict:
+    import onnxruntime
+
+    return {
+        "qaudit": __version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        # which per-value loops ran: "c" or "numpy" (qaudit/pipeline/kernels.py); the same
+        # statistics, sums of squares equal to ~1e-7 relative
+        "kernels": kernels.name(),
+    }
+
+
+def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching) -> tuple[str, ...]:
+    """What the reader must know to trust the numbers, in the order the stages found it."""
+    out = []
+    if lm.untyped:
+        out.append(
+            f"{len(lm.untyped)} tensor(s) have no type after shape inference ({', '.join(lm.untyped[:3])}...): "
+            "ONNX Runtime does not calibrate or quantize them"
+        )
+    if cfg.eval is None:
+        out.append(
+            "no --eval data: metrics are measured on the calibration data, which flatters them; "
+            "pass held-out data with --eval"
+        )
+    if not matching.twins:
+        out.append("ONNX Runtime quantized no activation of this model: there is nothing to compare per layer")
+    return tuple(out)
+
+
+def build_report(
+    cfg: AuditConfig,
+    lm: LoadedModel,
+    fold: FoldResult,
+    matching: Matching,
+    facts: RunFacts,
+    rows: tuple[LayerRow, ...],
+    outputs: tuple[OutputRow, ...],
+    clock: PhaseClock,
+    data: dict,
+) -> Report:
+    """The frozen report of one audit. ``data``: descriptions of the calibration and evaluation data."""
+    return Report(
+        meta={
+            **versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": clock.total(),
+            "phase_seconds": clock.phases,
+        },
+        model={
+            "path": str(cfg.model),
+            "sha256": lm.sha256,
+            "opset": lm.opset,
+            "producer": f"{lm.model.producer_name} {lm.model.producer_version}".strip(),
+            "inputs": [s.describe() for s in lm.inputs],
+            "outputs": list(lm.output_names),
+            "constants_to_initializers": facts.n_constants,
+            "shape_inference": lm.shape_inference,
+            "untyped_tensors": list(lm.untyped),
+        },
+        settings={
+            **cfg.quant.as_dict(),
+            "batch_size": facts.batch_size,
+            "batch_size_auto": cfg.batch_size is None,
+            "activation_mb_per_sample": facts.bytes_per_sample / 1e6,
+            "max_samples": cfg.max_samples,
+            "clip_percentile": cfg.clip_percentile,
+            "error": "accumulated" + (" and isolated" if cfg.isolated else ""),
+            "graph_optimization": "ORT_ENABLE_ALL",
+            "auto_excluded": [{"node": n, "reason": r} for n, r in facts.auto_excluded.items()],
+        },
+        data={
+            "calib": data["calib"],
+            "eval": data["eval"],
+            "eval_is_calib": cfg.eval is None,
+            "n_calib": facts.n_calib,
+            "n_eval": facts.n_eval,
+            "labels": describe_labels(cfg.labels),
+        },
+        folding={
+            "folded": [{"layer": r.layer, "op_type": r.op_type, "bn": r.bn_node} for r in fold.folded.values()],
+            "skipped": [{"bn": s.bn_node, "reason": s.reason} for s in fold.skipped],
+            "check": facts.fold_check,
+            "check_samples": facts.fold_check_samples,
+            "rtol": cfg.fold_rtol,
+            "atol": cfg.fold_atol,
+        },
+        layers=rows,
+        outputs=outputs,
+        unmatched=tuple(matching.unmatched),
+        notes=notes(cfg, lm, matching),
+    )
