@@ -9,7 +9,9 @@ is the one place that spells ORT's keys. The report records
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import difflib
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from qaudit.errors import ConfigError
@@ -86,9 +88,11 @@ class AuditConfig:
     """Everything one audit needs. Paths are not opened until :func:`qaudit.audit` runs."""
 
     model: Path
-    calib: Path
-    eval: Path | None = None
-    labels: Path | None = None
+    #: a path, or (Python API) a CalibrationDataReader with rewind(), a callable
+    #: returning a fresh iterator of feed dicts, or arrays (qaudit.pipeline.data)
+    calib: Path | object
+    eval: Path | object | None = None
+    labels: Path | object | None = None  # a .npy file, or an integer array
     quant: QuantConfig = field(default_factory=QuantConfig)
     output_model: Path | None = None
     #: None: automatic, from the activation memory of one sample (control.auto_batch_size).
@@ -107,11 +111,14 @@ class AuditConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "model", Path(self.model))
-        object.__setattr__(self, "calib", Path(self.calib))
-        for key in ("eval", "labels", "output_model"):
+        if self.calib is None:
+            raise ConfigError("an audit needs calibration data (--calib)")
+        for key in ("calib", "eval", "labels", "output_model"):
             v = getattr(self, key)
-            if v is not None:
+            if isinstance(v, (str, os.PathLike)):
                 object.__setattr__(self, key, Path(v))
+        if self.output_model is not None and not isinstance(self.output_model, Path):
+            raise ConfigError(f"output_model must be a path, not {type(self.output_model).__name__}")
         if self.batch_size is not None and int(self.batch_size) < 1:
             raise ConfigError(f"batch size must be >= 1, not {self.batch_size}")
         if self.max_samples is not None and int(self.max_samples) < 1:
@@ -121,3 +128,28 @@ class AuditConfig:
 
     def replace(self, **changes) -> AuditConfig:
         return replace(self, **changes)
+
+
+def audit_config(model, calib, eval=None, labels=None, **options) -> AuditConfig:
+    """An :class:`AuditConfig` from keywords: any field of :class:`AuditConfig` or of
+    :class:`QuantConfig` (``weight_type="int8"``, ``per_channel=True``, ...), or ``quant=``
+    a whole :class:`QuantConfig`. An unknown keyword is a :class:`ConfigError` naming
+    the closest valid one."""
+    audit_keys = {f.name for f in fields(AuditConfig)} - {"model", "calib", "eval", "labels"}
+    quant_keys = {f.name for f in fields(QuantConfig)}
+    unknown = sorted(set(options) - audit_keys - quant_keys)
+    if unknown:
+        valid = sorted(audit_keys | quant_keys)
+        hint = difflib.get_close_matches(unknown[0], valid, n=1)
+        raise ConfigError(
+            f"unknown audit option {unknown[0]!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; valid options: {', '.join(valid)}"
+        )
+    quant_changes = {k: options.pop(k) for k in list(options) if k in quant_keys}
+    if "exclude" in quant_changes:
+        quant_changes["exclude"] = tuple(quant_changes["exclude"])
+    quant = options.pop("quant", None) or QuantConfig()
+    if quant_changes:
+        quant = replace(quant, **quant_changes)
+    return AuditConfig(model=model, calib=calib, eval=eval, labels=labels, quant=quant, **options)

@@ -197,6 +197,7 @@ class _Audited:
 
 def _audit_model(path: Path, cfg: AuditConfig, work: Path, progress) -> _Audited:
     from qaudit.pipeline.audit import audit
+    from qaudit.pipeline.data import source
     from qaudit.pipeline.load import load_model
 
     if not path.is_file():
@@ -210,8 +211,8 @@ def _audit_model(path: Path, cfg: AuditConfig, work: Path, progress) -> _Audited
         # name the user's data, not the temporary copy
         data = {
             **report.data,
-            "calib": str(cfg.calib),
-            "eval": str(cfg.eval) if cfg.eval else None,
+            "calib": source(cfg.calib, "calibration").description,
+            "eval": source(cfg.eval, "evaluation").description if cfg.eval is not None else None,
             "transposed": "fed transposed (the model's input layout differs from the data's)",
         }
         report = replace(report, data=data)
