@@ -342,7 +342,7 @@ def run_contender(
         "batch_size": batch_size or chosen,
         "batch_size_auto": batch_size is None,
         "qaudit_batch_size": chosen,
-        "qaudit_kernels": kernels,  # "c" or "numpy": qaudit/kernels.py
+        "qaudit_kernels": kernels,  # "c" or "numpy": qaudit/pipeline/kernels.py
         "status": status,
         "wall_s": m["elapsed_s"] if status == "ok" else None,
         **{k: v for k, v in m.items() if k != "killed"},

@@ -2,7 +2,7 @@
 
 Pure: no I/O, no onnxruntime. ``evaluate(report, config, baseline)`` returns a
 :class:`~qaudit.report.GateResult`; only the CLI turns its verdict into an exit
-code. The semantics (README, "Gates"):
+code. The semantics (docs/gates.md):
 
 * Every gate in :data:`GATES` compares one report metric with a threshold:
   ``min_*`` gates pass when ``measured >= threshold``, ``max_*`` gates when

@@ -95,12 +95,12 @@ class AuditConfig:
     labels: Path | object | None = None  # a .npy file, or an integer array
     quant: QuantConfig = field(default_factory=QuantConfig)
     output_model: Path | None = None
-    #: None: automatic, from the activation memory of one sample (control.auto_batch_size).
+    #: None: automatic, from the activation memory of one sample (qaudit.pipeline.parallel.auto_batch_size).
     batch_size: int | None = None
     max_samples: int | None = None
     #: Also measure each layer's isolated error (one more session run per batch).
     isolated: bool = True
-    #: Activation-range clipping for the report (METRICS.md: p = 1, i.e. 1%/99%).
+    #: Activation-range clipping for the report (docs/metrics.md: p = 1, i.e. 1%/99%).
     clip_percentile: float = 1.0
     #: Equivalence check of the BN-folded model: |a - b| <= atol + rtol * max|a|
     #: per output. 1e-3: deep attention models (PP-OCRv4 rec) amplify float32

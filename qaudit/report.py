@@ -4,7 +4,7 @@ This module is the only hand-off between measuring and rendering. It imports
 neither onnx nor onnxruntime, so a saved report can be re-rendered or compared
 without running a model.
 
-JSON conventions (README, "JSON report"):
+JSON conventions (docs/json-format.md):
 
 * every number is a plain float or ``null``; SQNR is in dB;
 * strict JSON has no Infinity: an SQNR of ``+inf`` (no error at all) is written

@@ -226,7 +226,7 @@ def realmodels(tmp_path_factory, artifacts):
 
 
 def _summary(rm: RealModels) -> str:
-    """The README's results table, from this session's audits."""
+    """The results table of docs/real-models.md, from this session's audits."""
     lines = [
         "| model | format | calib / eval | rows (weighted) | unmatched by kind | worst layer | output SQNR dB | top-1 agree % | acc fp32 % | acc drop % | audit s |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -2,8 +2,8 @@
 
 :data:`OPTIONS` lists every setting once: its config-file key, type, default,
 command-line flag, environment variable and help. :func:`resolve` is the only
-place that knows the order in which sources override each other (README,
-"Configuration"):
+place that knows the order in which sources override each other
+(docs/configuration.md):
 
 1. defaults (the table, and each gate's default in :data:`qaudit.gate.GATES`);
 2. a config file: ``--config PATH``, else ``$QAUDIT_CONFIG``, else
@@ -251,7 +251,7 @@ OPTIONS: tuple[Option, ...] = (
 )
 OPTIONS_BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 ENV_CONFIG = "QAUDIT_CONFIG"
-#: Not a setting: which per-value loops to use (qaudit/kernels.py); read there.
+#: Not a setting: which per-value loops to use (qaudit/pipeline/kernels.py); read there.
 ENV_KERNELS = "QAUDIT_KERNELS"
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-#: Op types whose constant weight operand qaudit measures (METRICS.md, "Weights").
+#: Op types whose constant weight operand qaudit measures (docs/metrics.md, "Weights").
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
@@ -74,7 +74,7 @@ class WeightedLayer:
         return self.node.op_type
 
     def channel_matrix(self, w: np.ndarray) -> np.ndarray:
-        """``w`` rearranged as ``[C_out, -1]``: one row per output channel (METRICS.md)."""
+        """``w`` rearranged as ``[C_out, -1]``: one row per output channel (docs/metrics.md)."""
         return output_channel_matrix(self.node, w, self.weight_index)
 
 

@@ -2,7 +2,7 @@
 
 The model is read once, hashed, checked with ``onnx.checker`` and annotated
 with ``onnx.shape_inference``. Everything downstream works on in-memory copies
-and on files inside a temporary directory (see :mod:`qaudit.audit`).
+and on files inside a temporary directory (see :mod:`qaudit.pipeline.audit`).
 """
 
 from __future__ import annotations

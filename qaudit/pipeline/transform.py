@@ -7,7 +7,7 @@ longer be traced to the exported layer. Here the folded node keeps its name,
 its output takes the BN's output name (so every downstream tensor keeps its
 name) and the weights before and after folding are kept for the report.
 
-Folding (METRICS.md, thesis Eq. 3.2), per output channel c::
+Folding (docs/metrics.md, thesis Eq. 3.2), per output channel c::
 
     s_c    = gamma_c / sqrt(var_c + eps)
     w_fold = s_c * w

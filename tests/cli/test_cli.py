@@ -57,7 +57,7 @@ def expected_layer_names(model: onnx.ModelProto) -> list[str]:
 
 
 def channel_precision(w: np.ndarray, axis: int) -> float:
-    """METRICS.md: mean_c(range_c / w_range) over the output-channel axis."""
+    """docs/metrics.md: mean_c(range_c / w_range) over the output-channel axis."""
     w = np.moveaxis(w.astype(np.float64), axis, 0).reshape(w.shape[axis], -1)
     return float(np.mean((w.max(axis=1) - w.min(axis=1)) / (w.max() - w.min())))
 
@@ -231,7 +231,7 @@ def test_activation_rows(sample_report_json):
         assert r["qmse"] >= 0, name
         assert r["dtype"] == "uint8", name
         assert r["scale"] > 0 and 0 <= r["zero_point"] <= 255, name
-        # METRICS.md: q_min/q_max derived from the encoding used
+        # docs/metrics.md: q_min/q_max derived from the encoding used
         assert r["q_min"] == pytest.approx(r["scale"] * (0 - r["zero_point"]), rel=1e-6, abs=1e-12), name
         assert r["q_max"] == pytest.approx(r["scale"] * (255 - r["zero_point"]), rel=1e-6), name
         assert 0 <= r["clip_fraction"] <= 1, name

@@ -115,7 +115,7 @@ def test_passing_json_gates_section(passing):
     assert t["max_clip_fraction"]["overrides"] == {"input": None}
     # same model, same data, same settings as the baseline: no layer moved at all
     # (by ~1e-7 dB where the baseline's per-value loops were not these: numpy's
-    # float32 sums against C's double ones, qaudit/kernels.py)
+    # float32 sums against C's double ones, qaudit/pipeline/kernels.py)
     drops = [c for c in g["checks"] if c["gate"] == "max_layer_sqnr_drop"]
     assert len(drops) == 9
     baseline_kernels = json.loads(BASELINE.read_text())["meta"]["kernels"]

@@ -26,7 +26,7 @@ SAMPLE_CALIB = REPO / "samples" / "digits" / "calib"
 
 #: every plot the sample's page must show: the layerwise plots, then the 3 worst layers' histograms
 LAYER_PLOT_IDS = ["weight-range", "weight-precision", "act-range", "act-precision", "sqnr", "qmse", "clip"]
-#: the sample's page stays small (README states the size)
+#: the sample's page stays small (docs/html-report.md states the size)
 MAX_SAMPLE_BYTES = 150_000
 
 
