@@ -91,7 +91,9 @@ def _add_options(p: argparse.ArgumentParser, command: str, only: frozenset | Non
                 help="ignore a baseline set in the config file or environment",
             )
     c = group("config")
-    c.add_argument("--config", metavar="PATH", default=S, help="read settings from this TOML file (see docs/configuration.md)")
+    c.add_argument(
+        "--config", metavar="PATH", default=S, help="read settings from this TOML file (see docs/configuration.md)"
+    )
     c.add_argument("--debug", action="store_true", help="show tracebacks")
     if command == "audit" and only is None:
         c.add_argument("--no-progress", action="store_true", help="no progress bars")
