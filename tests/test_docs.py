@@ -259,22 +259,6 @@ def test_python_api_example_compiles():
     compile(_api_example(), "README.md", "exec")
 
 
-@pytest.mark.slow
-def test_python_api_example_runs(tmp_path, cli_env):
-    import qaudit
-
-    missing = [n for n in ("audit", "compare", "evaluate", "render", "load_report") if not hasattr(qaudit, n)]
-    if missing:
-        pytest.skip(f"the public API of issue 15 is not merged yet (qaudit.{', qaudit.'.join(missing)})")
-    code = _api_example().replace('"samples/', f'"{(REPO / "samples").as_posix()}/')
-    p = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=120
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert (tmp_path / "report.json").is_file() and (tmp_path / "report.html").is_file()
-    assert p.stdout.strip(), "the example prints the worst layers and a Markdown summary"
-
-
 # ------------------------------------------------------------------ CI
 
 
