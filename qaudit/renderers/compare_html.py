@@ -1,6 +1,6 @@
 """HTML page of a :class:`~qaudit.comparison.compare.Comparison`: the models overlaid, aligned by the comparison.
 
-:func:`qaudit.renderers.html.render_html` overlays reports by the row index of their
+The ``html`` renderer overlays several reports by the row index of their
 layer tables. Exports of one network have different rows (Transpose, Reshape,
 Identity, BN nodes), so here each report is reduced to its weighted layers,
 re-indexed by the comparison's aligned row: a layer and its partners share the
@@ -15,7 +15,7 @@ from dataclasses import replace
 from html import escape
 
 from qaudit.comparison.compare import Comparison
-from qaudit.renderers.html import render_html
+from qaudit.renderers.html import RENDERER as HTML
 from qaudit.renderers.terminal import COMPARE_COLUMNS, fmt
 from qaudit.report import Report
 
@@ -79,9 +79,17 @@ def _alignment_section(c: Comparison) -> str:
     )
 
 
-def render_comparison_html(c: Comparison, worst: int = 3) -> str:
-    page = render_html(aligned_reports(c), worst=worst)
+def comparison_page(c: Comparison, worst: int = 3) -> str:
+    """The page of ``c``: the alignment section, then the overlay of :func:`aligned_reports`."""
+    page = HTML.render(aligned_reports(c), worst=worst)
     return page.replace('<h2 id="summary">', _alignment_section(c) + '<h2 id="summary">', 1)
 
 
-__all__ = ["aligned_reports", "render_comparison_html"]
+def render_comparison_html(c: Comparison, worst: int = 3) -> str:
+    """Deprecated: ``qaudit.renderers.render(c, "html", worst=worst)`` (kept for studies/init/study.py)."""
+    from qaudit.renderers.base import render
+
+    return render(c, "html", worst=worst)
+
+
+__all__ = ["aligned_reports", "comparison_page", "render_comparison_html"]

@@ -1,6 +1,8 @@
 """Self-contained HTML rendering of one or more :class:`~qaudit.report.Report`\\ s.
 
-``render_html([(label, report), ...])`` returns one HTML document: header
+The ``html`` renderer (:data:`RENDERER`) renders a report, several labelled
+reports ``[(label, report), ...]`` or a comparison (:mod:`qaudit.renderers.compare_html`)
+as one HTML document: header
 (model, sha256, settings, data, versions, gate verdict), output metrics, the
 layerwise plots (inline SVG from :mod:`qaudit.renderers.svgplot`; several reports are
 overlaid on the same axes with a legend), histograms of the worst layers, and
@@ -21,6 +23,7 @@ from html import escape
 from pathlib import PurePath
 
 from qaudit import __version__
+from qaudit.renderers.base import accept, with_gates
 from qaudit.renderers.svgplot import DASHES, MARKERS, PALETTE, Series, VLine, histogram_plot, line_plot, num
 from qaudit.report import LayerRow, Report
 
@@ -521,7 +524,7 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'
 
 
 def plot_ids(reports: Sequence[tuple[str, Report]], worst: int = 3) -> list[str]:
-    """Ids of the plots :func:`render_html` draws for these reports, in page order (for tests and links)."""
+    """Ids of the plots the page of these reports draws, in page order (for tests and links)."""
     x_range = _x_range(reports)
     ids = [pid for svg, pid in (_layer_plot(reports, spec, x_range) for spec in LAYER_PLOTS) if svg]
     for i, (_, rep) in enumerate(reports):
@@ -534,10 +537,8 @@ def _x_range(reports) -> tuple[int, int]:
     return (min(idx, default=0), max(idx, default=1))
 
 
-def render_html(reports: Sequence[tuple[str, Report]], worst: int = 3) -> str:
-    """One self-contained HTML page for ``[(label, report), ...]``; several reports are overlaid on the plots."""
-    if not reports:
-        raise ValueError("render_html needs at least one report")
+def _page(reports: Sequence[tuple[str, Report]], worst: int) -> str:
+    """One self-contained HTML page for ``[(label, report), ...]`` (at least one); several are overlaid."""
     reports = list(reports)
     multi = len(reports) > 1
     x_range = _x_range(reports)
@@ -629,3 +630,30 @@ def render_html(reports: Sequence[tuple[str, Report]], worst: int = 3) -> str:
 </body>
 </html>
 """
+
+
+class HtmlRenderer:
+    """``render(subject, *, gates=None, worst=3) -> str``: one self-contained HTML page.
+
+    A report is labelled with its model's file name (:func:`default_label`) and
+    shows ``gates`` (default: its own verdict); several labelled reports are
+    overlaid on the same plots; a comparison overlays its models aligned by the
+    comparison (:mod:`qaudit.renderers.compare_html`). ``worst``: how many worst
+    layers get a histogram.
+    """
+
+    name = "html"
+    subjects = frozenset({"report", "reports", "comparison"})
+
+    def render(self, subject, *, gates=None, worst: int = 3) -> str:
+        kind = accept(self, subject, gates)
+        if kind == "comparison":
+            from qaudit.renderers.compare_html import comparison_page
+
+            return comparison_page(subject, worst)
+        if kind == "report":
+            subject = [(default_label(subject), with_gates(subject, gates))]
+        return _page(subject, worst)
+
+
+RENDERER = HtmlRenderer()

@@ -23,6 +23,7 @@ import re
 import xml.etree.ElementTree as ET
 
 from qaudit.gate import describe
+from qaudit.renderers.base import accept, with_gates
 from qaudit.report import GateCheck, GateResult, Report
 
 # characters XML 1.0 does not allow, even escaped
@@ -93,28 +94,41 @@ def _properties(parent, report: Report, result: GateResult | None, gate: str | N
             prop("removed_outputs", ", ".join(result.removed_outputs))
 
 
-def format(report: Report, result: GateResult | None = None) -> str:
-    """The JUnit XML document for ``result`` (default: ``report.gates``)."""
-    result = report.gates if result is None else result
-    checks = result.checks if result is not None else ()
-    seconds = report.meta.get("seconds")
-    root = ET.Element("testsuites", name="qaudit", **_counts(checks), time=f"{float(seconds or 0):.3f}")
-    timestamp = _s(report.meta.get("created", "")).rstrip("Z")
-    by_gate: dict[str, list[GateCheck]] = {}
-    for c in checks:
-        by_gate.setdefault(c.gate, []).append(c)
-    if not by_gate:
-        suite = ET.SubElement(root, "testsuite", name="qaudit", **_counts(()), time="0", timestamp=timestamp)
-        _properties(suite, report, result, None)
-    for gate, cs in by_gate.items():
-        suite = ET.SubElement(root, "testsuite", name=f"qaudit.{gate}", **_counts(cs), time="0", timestamp=timestamp)
-        _properties(suite, report, result, gate)
-        for c in cs:
-            case = ET.SubElement(suite, "testcase", classname=f"qaudit.{gate}", name=_s(_case_name(c)), time="0")
-            if c.status == "fail":
-                el = ET.SubElement(case, "failure", type=gate, message=_s(describe(c, ".6g")))
-                el.text = _s(_body(c))
-            elif c.status == "skip":
-                ET.SubElement(case, "skipped", message=_s(c.reason or "skipped"))
-    ET.indent(root, space="  ")
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+class JUnitRenderer:
+    """``render(report, *, gates=None) -> str``: the JUnit XML document of the gate checks
+    (of ``gates``, default ``report.gates``), laid out as the module docstring says."""
+
+    name = "junit"
+    subjects = frozenset({"report"})
+
+    def render(self, subject: Report, *, gates: GateResult | None = None) -> str:
+        accept(self, subject, gates)
+        report = with_gates(subject, gates)
+        result = report.gates
+        checks = result.checks if result is not None else ()
+        seconds = report.meta.get("seconds")
+        root = ET.Element("testsuites", name="qaudit", **_counts(checks), time=f"{float(seconds or 0):.3f}")
+        timestamp = _s(report.meta.get("created", "")).rstrip("Z")
+        by_gate: dict[str, list[GateCheck]] = {}
+        for c in checks:
+            by_gate.setdefault(c.gate, []).append(c)
+        if not by_gate:
+            suite = ET.SubElement(root, "testsuite", name="qaudit", **_counts(()), time="0", timestamp=timestamp)
+            _properties(suite, report, result, None)
+        for gate, cs in by_gate.items():
+            suite = ET.SubElement(
+                root, "testsuite", name=f"qaudit.{gate}", **_counts(cs), time="0", timestamp=timestamp
+            )
+            _properties(suite, report, result, gate)
+            for c in cs:
+                case = ET.SubElement(suite, "testcase", classname=f"qaudit.{gate}", name=_s(_case_name(c)), time="0")
+                if c.status == "fail":
+                    el = ET.SubElement(case, "failure", type=gate, message=_s(describe(c, ".6g")))
+                    el.text = _s(_body(c))
+                elif c.status == "skip":
+                    ET.SubElement(case, "skipped", message=_s(c.reason or "skipped"))
+        ET.indent(root, space="  ")
+        return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+RENDERER = JUnitRenderer()

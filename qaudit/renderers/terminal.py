@@ -1,7 +1,15 @@
-"""Rich terminal rendering of a :class:`~qaudit.report.Report` (no onnxruntime import)."""
+"""The terminal renderer: rich tables of a :class:`~qaudit.report.Report` or a comparison.
+
+:data:`RENDERER` renders to plain text (no colour, no ANSI codes, a fixed
+``width``, independent of the environment) like every renderer, and is the one
+renderer that can also stream: ``render(..., console=con)`` (or
+:meth:`TerminalRenderer.print`) prints to a :class:`rich.console.Console` in
+the colours of :data:`THEME`. Both give the same characters. Imports no onnxruntime.
+"""
 
 from __future__ import annotations
 
+import io
 import math
 import os
 
@@ -10,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.theme import Theme
 
+from qaudit.renderers.base import accept, with_gates
 from qaudit.report import GateResult, LayerRow, Report
 
 THEME = Theme(
@@ -278,15 +287,6 @@ def print_verdict(result: GateResult, con: Console) -> None:
     con.print(verdict(result), soft_wrap=True)
 
 
-def render(report: Report, con: Console, worst: int = 3) -> None:
-    con.print(layer_table(report, worst))
-    con.print(output_table(report))
-    con.print(summary(report, worst))
-    if report.gates is not None:
-        con.print(gates_section(report.gates))
-        print_verdict(report.gates, con)
-
-
 def layer_label(r: LayerRow) -> str:
     return f"{r.index}:{r.name}"
 
@@ -475,12 +475,85 @@ def compare_summary(c) -> Group:
     return Group(*parts)
 
 
-def render_comparison(c, con: Console) -> None:
-    con.print(alignment_table(c))
-    if len(c.models) == 2:
-        con.print(compare_layer_table(c))
-    else:
-        for t in compare_layer_tables(c):
-            con.print(t)
-    con.print(compare_output_table(c))
-    con.print(compare_summary(c))
+#: width of the text :meth:`TerminalRenderer.render` returns when no width is given
+#: (the CLI's width when it does not write to a terminal and ``$COLUMNS`` is unset)
+DEFAULT_WIDTH = 200
+
+
+def plain_console(file, width: int = DEFAULT_WIDTH) -> Console:
+    """A console that writes plain text at ``width`` columns whatever the environment
+    (``NO_COLOR``, ``FORCE_COLOR``, ``COLUMNS``, ``TERM`` are ignored)."""
+    return Console(
+        file=file,
+        width=width,
+        theme=THEME,
+        highlight=False,
+        color_system=None,
+        force_terminal=False,
+        force_jupyter=False,
+        force_interactive=False,
+        legacy_windows=False,
+        _environ={},
+    )
+
+
+class TerminalRenderer:
+    """The tables of a report (layers, outputs, summary, gates and the verdict line) or of a comparison.
+
+    ``render(subject, *, gates=None, worst=3, quiet=False, width=200, console=None) -> str``:
+    ``worst`` layers are highlighted; ``quiet`` keeps only the verdict line (a report
+    without gates, or a comparison, then prints nothing); ``width`` is the width of
+    the plain text returned. With ``console`` it prints there instead (at that
+    console's width, in colour when it is a terminal) and returns ``""``.
+    """
+
+    name = "terminal"
+    subjects = frozenset({"report", "comparison"})
+
+    def render(
+        self,
+        subject,
+        *,
+        gates: GateResult | None = None,
+        worst: int = 3,
+        quiet: bool = False,
+        width: int = DEFAULT_WIDTH,
+        console: Console | None = None,
+    ) -> str:
+        if console is not None:
+            self.print(subject, console, gates=gates, worst=worst, quiet=quiet)
+            return ""
+        buf = io.StringIO()
+        self.print(subject, plain_console(buf, width), gates=gates, worst=worst, quiet=quiet)
+        return buf.getvalue()
+
+    def print(
+        self, subject, console: Console, *, gates: GateResult | None = None, worst: int = 3, quiet: bool = False
+    ) -> None:
+        """Stream the same output to ``console``."""
+        con = console
+        if accept(self, subject, gates) == "comparison":
+            if quiet:
+                return
+            c = subject
+            con.print(alignment_table(c))
+            if len(c.models) == 2:
+                con.print(compare_layer_table(c))
+            else:
+                for t in compare_layer_tables(c):
+                    con.print(t)
+            con.print(compare_output_table(c))
+            con.print(compare_summary(c))
+            return
+        report = with_gates(subject, gates)
+        if not quiet:
+            con.print(layer_table(report, worst))
+            con.print(output_table(report))
+            con.print(summary(report, worst))
+            if report.gates is not None:
+                con.print(gates_section(report.gates))
+        if report.gates is not None:
+            print_verdict(report.gates, con)
+
+
+RENDERER = TerminalRenderer()

@@ -509,38 +509,43 @@ def test_unknown_environment_variable_is_a_config_error(saved, cli_env):
     assert_one_line_error(p, "QAUDIT_MIN_LAYER_SQRN", "QAUDIT_MIN_LAYER_SQNR")
 
 
-@pytest.mark.parametrize("where", ["qaudit.gate.evaluate", "qaudit.renderers.junit.format", "qaudit.report.to_json"])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "qaudit.gate.evaluate",
+        "qaudit.report.to_json",
+        "qaudit.renderers.jsonreport.JsonRenderer.render",
+        "qaudit.renderers.junit.JUnitRenderer.render",
+        "qaudit.renderers.markdown.MarkdownRenderer.render",
+        "qaudit.renderers.html.HtmlRenderer.render",
+    ],
+)
 def test_a_crash_exits_three_never_one(monkeypatch, capsys, saved, tmp_path, where):
-    """A bug while gating or writing is an internal error (3), not a failed gate (1), and writes nothing."""
-    import importlib
-
+    """A bug while gating or rendering is an internal error (3), not a failed gate (1), and writes nothing
+    (every output is rendered before any is written, the HTML last)."""
     from qaudit.cli import main
-
-    module, name = where.rsplit(".", 1)
 
     def boom(*a, **k):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(importlib.import_module(module), name, boom)
+    monkeypatch.setattr(where, boom)
     for key in [k for k in __import__("os").environ if k.startswith("QAUDIT_")]:
         monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
+    outputs = {"--junit": "j.xml", "--json": "r.json", "--markdown": "s.md", "--html": "r.html"}
     rc = main(
         [
             "report",
             str(saved),
             "--min-layer-sqnr",
             "99",
-            "--junit",
-            str(tmp_path / "j.xml"),
-            "--json",
-            str(tmp_path / "r.json"),
+            *(x for flag, name in outputs.items() for x in (flag, str(tmp_path / name))),
         ]
     )
     err = capsys.readouterr().err
     assert rc == 3, err
     assert "internal error" in err and "simulated bug" in err
-    assert not (tmp_path / "j.xml").exists() and not (tmp_path / "r.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no temporary file
 
 
 def test_regating_imports_no_onnxruntime(saved, cli_env, tmp_path):
