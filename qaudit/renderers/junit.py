@@ -11,8 +11,9 @@ reporters, Jenkins, Azure DevOps):
   ``output <name>``) per check. A failing check has ``<failure type="<gate>"
   message="...">``: the message states the measured value and the threshold,
   the body lists ``metric``, ``measured``, ``comparison``, ``threshold``,
-  ``glob``, ``baseline``, ``value`` with full precision. A skipped check has
-  ``<skipped message="<reason>">``.
+  ``glob``, ``baseline``, ``value`` with full precision
+  (:func:`qaudit.renderers.numbers.exact`: ``-`` when missing, ``∞`` for +inf).
+  A skipped check has ``<skipped message="<reason>">``.
 
 With no gate configured the file holds one empty suite (``tests="0"``).
 """
@@ -22,8 +23,9 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from qaudit.gate import describe
 from qaudit.renderers.base import accept, with_gates
+from qaudit.renderers.checks import sentence
+from qaudit.renderers.numbers import exact
 from qaudit.report import GateCheck, GateResult, Report
 
 # characters XML 1.0 does not allow, even escaped
@@ -32,10 +34,6 @@ _ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 def _s(v) -> str:
     return _ILLEGAL.sub("?", "" if v is None else str(v))
-
-
-def _num(v) -> str:
-    return "null" if v is None else repr(float(v))
 
 
 def _case_name(c: GateCheck) -> str:
@@ -47,13 +45,13 @@ def _body(c: GateCheck) -> str:
         f"gate: {c.gate}",
         f"{c.scope}: {c.subject or '-'}",
         f"metric: {c.metric}",
-        f"measured: {_num(c.measured)}",
+        f"measured: {exact(c.measured)}",
         f"comparison: measured {c.comparison} threshold",
-        f"threshold: {_num(c.threshold)}",
+        f"threshold: {exact(c.threshold)}",
         f"glob: {c.pattern if c.pattern is not None else '(default)'}",
     ]
     if c.baseline is not None or c.value is not None:
-        lines += [f"value: {_num(c.value)}", f"baseline: {_num(c.baseline)}"]
+        lines += [f"value: {exact(c.value)}", f"baseline: {exact(c.baseline)}"]
     if c.reason:
         lines.append(f"reason: {c.reason}")
     return "\n".join(lines) + "\n"
@@ -81,9 +79,9 @@ def _properties(parent, report: Report, result: GateResult | None, gate: str | N
         return
     if gate is not None and gate in result.thresholds:
         t = result.thresholds[gate]
-        prop("threshold", _num(t["default"]) if t["default"] is not None else "off")
+        prop("threshold", exact(t["default"]) if t["default"] is not None else "off")
         for glob, v in t["overrides"].items():
-            prop(f"threshold[{glob}]", _num(v) if v is not None else "off")
+            prop(f"threshold[{glob}]", exact(v) if v is not None else "off")
     if result.baseline is not None:
         prop("baseline", result.baseline.get("path"))
         prop("baseline_model_sha256", result.baseline.get("model_sha256"))
@@ -123,7 +121,7 @@ class JUnitRenderer:
             for c in cs:
                 case = ET.SubElement(suite, "testcase", classname=f"qaudit.{gate}", name=_s(_case_name(c)), time="0")
                 if c.status == "fail":
-                    el = ET.SubElement(case, "failure", type=gate, message=_s(describe(c, ".6g")))
+                    el = ET.SubElement(case, "failure", type=gate, message=_s(sentence(c)))
                     el.text = _s(_body(c))
                 elif c.status == "skip":
                     ET.SubElement(case, "skipped", message=_s(c.reason or "skipped"))

@@ -8,29 +8,15 @@ outputs, the baseline comparison, and every check in a collapsed block.
 
 from __future__ import annotations
 
-import math
-
+from qaudit.renderers import numbers as num
 from qaudit.renderers.base import accept, with_gates
+from qaudit.renderers.checks import words
 from qaudit.report import GateCheck, GateResult, Report
 
 #: failing checks listed in full; the rest are counted (the JSON report has them all)
 MAX_FAILURES = 50
 #: checks listed in the collapsed "all checks" block
 MAX_CHECKS = 500
-
-
-def _num(v, spec: str = ".4g") -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float) and math.isinf(v):
-        return "∞" if v > 0 else "−∞"
-    if isinstance(v, float) and math.isnan(v):
-        return "NaN"
-    return f"{v:{spec}}"
-
-
-def _pct(v) -> str:
-    return _num(None if v is None else 100 * v, ".2f")
 
 
 def code(text: str) -> str:
@@ -60,17 +46,16 @@ def _table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
 
 
 def _check_row(c: GateCheck) -> list[str]:
-    op = c.comparison if c.passed else {">=": "<", "<=": ">"}[c.comparison]
-    metric = c.metric if c.baseline is None and c.value is None else f"{c.metric} change"
+    w = words(c)
     return [
-        code(c.gate),
-        f"{c.scope} {code(c.subject)}" if c.subject else f"(no {c.scope})",
-        code(metric),
-        _num(c.measured),
-        op if c.measured is not None else "",
-        _num(c.threshold),
-        code(c.pattern) if c.pattern else "",
-        _cell(c.reason),
+        code(w.gate),
+        f"{w.scope} {code(w.subject)}" if c.subject else w.subject,
+        code(w.metric),
+        w.measured,
+        w.relation,
+        w.threshold,
+        code(w.glob) if w.glob else "",
+        _cell(w.note),
     ]
 
 
@@ -127,10 +112,10 @@ class MarkdownRenderer:
                         str(r.index),
                         code(r.name),
                         code(r.op_type),
-                        _num(r.sqnr_db, ".1f"),
-                        _num(r.qmse, ".3e"),
-                        _pct(r.clip_fraction),
-                        _num(r.w_sqnr_db, ".1f"),
+                        num.db(r.sqnr_db),
+                        num.mse(r.qmse),
+                        num.pct(r.clip_fraction),
+                        num.db(r.w_sqnr_db),
                         "❌" if r.name in failing_layers else "",
                     ]
                     for r in rows
@@ -156,14 +141,14 @@ class MarkdownRenderer:
             [
                 [
                     code(o.name),
-                    _num(o.qmse, ".3e"),
-                    _num(o.sqnr_db, ".1f"),
-                    _num(o.qce, ".4f"),
-                    _num(o.qkl, ".4f"),
-                    _pct(o.top1_agreement),
-                    _pct(o.acc_fp32),
-                    _pct(o.acc_int8),
-                    _num(o.acc_drop_pct, ".2f"),
+                    num.mse(o.qmse),
+                    num.db(o.sqnr_db),
+                    num.nats(o.qce),
+                    num.nats(o.qkl),
+                    num.pct(o.top1_agreement),
+                    num.pct(o.acc_fp32),
+                    num.pct(o.acc_int8),
+                    num.points(o.acc_drop_pct),
                     "❌" if o.name in failing_outputs else "",
                 ]
                 for o in report.outputs

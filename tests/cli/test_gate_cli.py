@@ -19,6 +19,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from qaudit.renderers import numbers
+
 from ..conftest import SAMPLE, SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_LABELS, SAMPLE_MODEL, sha256_file
 
 pytestmark = pytest.mark.slow
@@ -220,7 +222,9 @@ def test_failing_layers_are_named_in_json_junit_and_markdown(failing):
         assert float(b["measured"]) == rows[layer]["sqnr_db"]
         assert float(b["threshold"]) == 35.0 and b["comparison"] == "measured >= threshold"
         assert b["metric"] == "sqnr_db" and b["glob"] == "(default)"
-        assert f"{rows[layer]['sqnr_db']:.6g}" in f.get("message") and "< 35" in f.get("message")
+        # the message is the one gate-check sentence, its numbers by the shared rule
+        measured = numbers.gate(rows[layer]["sqnr_db"], 35.0)
+        assert f.get("message") == f"min_layer_sqnr {layer}: sqnr_db {measured} < 35"
 
     md = failing.markdown
     assert md.startswith(f"## qaudit: ❌ FAIL — {len(want)} of ")
@@ -292,7 +296,7 @@ def test_missing_metric_fails_unless_skip_missing(run_cli, saved, sample_report_
     assert p.returncode == 1
     assert "--labels" in p.stdout
     fail = failing_cases(ET.parse(tmp_path / "m.xml").getroot())[("qaudit.max_acc_drop_pct", "output logits")]
-    assert body(fail)["measured"] == "null" and "missing" in body(fail)["reason"]
+    assert body(fail)["measured"] == numbers.MISSING and "missing" in body(fail)["reason"]
     p = run_cli("report", f, "--quiet", "--max-acc-drop-pct", "1", "--skip-missing", "--junit", tmp_path / "s.xml")
     assert p.returncode == 0
     root = ET.parse(tmp_path / "s.xml").getroot()
