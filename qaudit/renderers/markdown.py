@@ -19,9 +19,12 @@ MAX_FAILURES = 50
 MAX_CHECKS = 500
 
 
-def code(text: str) -> str:
-    """``text`` as an inline code span that is safe inside a table cell."""
-    text = str(text).replace("|", "\\|").replace("\n", " ")
+def code(text: str, cell: bool = True) -> str:
+    """``text`` as an inline code span; ``cell``: inside a table cell (``|`` escaped, as GFM tables need;
+    elsewhere the backslash would show)."""
+    text = str(text).replace("\n", " ")
+    if cell:
+        text = text.replace("|", "\\|")
     longest, run = 0, 0
     for ch in text:
         run = run + 1 if ch == "`" else 0
@@ -84,7 +87,7 @@ class MarkdownRenderer:
             out.append(f"## qaudit: ❌ FAIL — {len(result.failures)} of {len(result.checks)} gate checks failed")
         out.append("")
         out.append(
-            f"Model {code(m.get('path'))} (sha256 `{str(m.get('sha256'))[:12]}`), "
+            f"Model {code(m.get('path'), cell=False)} (sha256 `{str(m.get('sha256'))[:12]}`), "
             f"{str(s.get('format', '')).upper()} activations {s.get('activation_type')}, weights {s.get('weight_type')} "
             f"{'per-channel' if s.get('per_channel') else 'per-tensor'}, percentile {s.get('percentile')}; "
             f"{d.get('n_calib')} calibration / {d.get('n_eval')} {'calibration' if d.get('eval_is_calib') else 'evaluation'} "
@@ -160,7 +163,7 @@ class MarkdownRenderer:
             b = result.baseline
             out += ["", "### Baseline", ""]
             out.append(
-                f"Compared with {code(b.get('path') or '(in memory)')}: model sha256 `{str(b.get('model_sha256'))[:12]}`, "
+                f"Compared with {code(b.get('path') or '(in memory)', cell=False)}: model sha256 `{str(b.get('model_sha256'))[:12]}`, "
                 f"qaudit {b.get('qaudit')}, created {b.get('created')}."
             )
             for label, names in (
@@ -169,11 +172,11 @@ class MarkdownRenderer:
                 ("Outputs added", result.added_outputs),
                 ("Outputs removed", result.removed_outputs),
             ):
-                out.append(f"- {label}: " + (", ".join(code(n) for n in names) if names else "none"))
+                out.append(f"- {label}: " + (", ".join(code(n, cell=False) for n in names) if names else "none"))
 
         if result is not None and result.notes:
             out += ["", "### Notes", ""]
-            out += [f"- {_cell(n)}" for n in result.notes]
+            out += [f"- {n}".replace("\n", " ") for n in result.notes]
 
         if result is not None and result.checks:
             shown = result.checks[:MAX_CHECKS]
