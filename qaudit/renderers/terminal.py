@@ -20,7 +20,7 @@ from rich.theme import Theme
 from qaudit.renderers import numbers as num
 from qaudit.renderers.base import accept, with_gates
 from qaudit.renderers.checks import counts, sentence, words
-from qaudit.report import GateResult, LayerRow, Report
+from qaudit.report import GateResult, Report
 
 THEME = Theme(
     {
@@ -36,14 +36,19 @@ THEME = Theme(
 )
 
 
+#: width of the text :meth:`TerminalRenderer.render` returns when no width is given
+#: (the CLI's width when it does not write to a terminal and ``$COLUMNS`` is unset)
+DEFAULT_WIDTH = 200
+
+
 def console(file=None, width: int | None = None, stderr: bool = False) -> Console:
     """A themed console; when not writing to a terminal (CI logs, pipes) it is
-    ``$COLUMNS`` or 200 columns wide, so the layer table does not wrap."""
+    ``$COLUMNS`` or :data:`DEFAULT_WIDTH` columns wide, so the layer table does not wrap."""
     con = Console(file=file, width=width, theme=THEME, stderr=stderr, highlight=False)
     if width is None and not con.is_terminal:
         cols = os.environ.get("COLUMNS", "")
         con = Console(
-            file=file, width=int(cols) if cols.isdigit() else 200, theme=THEME, stderr=stderr, highlight=False
+            file=file, width=int(cols) if cols.isdigit() else DEFAULT_WIDTH, theme=THEME, stderr=stderr, highlight=False
         )
     return con
 
@@ -265,10 +270,6 @@ def print_verdict(result: GateResult, con: Console) -> None:
     con.print(verdict(result), soft_wrap=True)
 
 
-def layer_label(r: LayerRow) -> str:
-    return f"{r.index}:{r.name}"
-
-
 # ------------------------------------------------------------------ compare
 
 #: (metric, column title) of the comparison tables; numbers follow :func:`qaudit.renderers.numbers.metric`
@@ -451,11 +452,6 @@ def compare_summary(c) -> Group:
     for n in c.notes:
         parts.append(Text(f"note: {n}", style="warn"))
     return Group(*parts)
-
-
-#: width of the text :meth:`TerminalRenderer.render` returns when no width is given
-#: (the CLI's width when it does not write to a terminal and ``$COLUMNS`` is unset)
-DEFAULT_WIDTH = 200
 
 
 def plain_console(file, width: int = DEFAULT_WIDTH) -> Console:
