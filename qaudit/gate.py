@@ -535,19 +535,12 @@ def evaluate(
     )
 
 
-def describe(c: GateCheck, spec: str = ".4g") -> str:
-    """One line for a check, e.g. ``min_layer_sqnr /fc2/Gemm: sqnr_db 18.2 < 20 (glob '/fc2/*')``."""
-    subject = c.subject or f"(no {c.scope})"
-    if c.threshold is None or c.measured is None:
-        return f"{c.gate} {subject}: {c.reason or c.status}"
-    op = c.comparison if c.passed else {">=": "<", "<=": ">"}[c.comparison]
-    what = c.metric if c.baseline is None and c.value is None else f"{c.metric} change"
-    line = f"{c.gate} {subject}: {what} {format(c.measured, spec)} {op} {format(c.threshold, spec)}"
-    if c.baseline is not None:
-        line += f" (baseline {format(c.baseline, spec)}, now {format(c.value, spec)})"
-    if c.pattern is not None:
-        line += f" (glob '{c.pattern}')"
-    return line
+def describe(c: GateCheck) -> str:
+    """The one line every output writes for a check, e.g.
+    ``min_layer_sqnr /fc2/Gemm: sqnr_db 18.25 < 20 (glob '/fc2/*')`` (see :mod:`qaudit.renderers.checks`)."""
+    from qaudit.renderers.checks import sentence
+
+    return sentence(c)
 
 
 __all__ = ["GATES", "GateConfig", "GateDef", "GateCheck", "GateResult", "Threshold", "compare", "evaluate", "describe"]

@@ -213,10 +213,7 @@ def _tolerances(items: list[str]) -> dict:
 
 
 def _run_compare(args) -> int:
-    from qaudit.comparison.result import to_json as comparison_json
     from qaudit.comparison.run import CompareConfig, compare, read_map
-    from qaudit.output import write_text
-    from qaudit.renderers.terminal import console, render_comparison
 
     names = tuple(x.strip() for x in args.names.split(",")) if args.names else None
     _check_outputs({f"input {p}": p for p in args.inputs}, {"--json": args.json, "--html": args.html})
@@ -238,18 +235,25 @@ def _run_compare(args) -> int:
     finally:
         if progress is not None:
             progress.done()
-    texts = {}
-    if args.json:
-        texts[args.json] = comparison_json(result)
-    if args.html:
-        from qaudit.renderers.compare_html import render_comparison_html
+    _write_outputs(result, {"json": args.json, "html": args.html}, {}, args.quiet)
+    return EXIT_OK
 
-        texts[args.html] = render_comparison_html(result)
+
+def _write_outputs(subject, targets: dict, options: dict, quiet: bool, gates=None) -> None:
+    """Render ``subject`` in every format of ``targets`` (format -> path, ``-`` or None) with
+    ``options[format]``, then write the files, then print the terminal output: to stderr
+    when stdout carries a file. Everything is rendered before anything is written, so a
+    bug in one renderer leaves no partial set of files."""
+    from qaudit.output import write_text
+    from qaudit.renderers import render
+    from qaudit.renderers.terminal import console
+
+    wanted = {fmt: target for fmt, target in targets.items() if target}
+    texts = {target: render(subject, fmt, gates=gates, **options.get(fmt, {})) for fmt, target in wanted.items()}
     for target, text in texts.items():
         write_text(target, text)
-    if not args.quiet:
-        render_comparison(result, console(stderr="-" in (args.json, args.html)))
-    return EXIT_OK
+    con = console(stderr="-" in wanted.values())
+    render(subject, "terminal", gates=gates, console=con, quiet=quiet, **options.get("terminal", {}))
 
 
 def _check_outputs(inputs: dict, outputs: dict) -> None:
@@ -330,38 +334,19 @@ def _settings(command: str, args: argparse.Namespace):
 def _finish(report, settings, baseline) -> int:
     """Evaluate the gates, write every requested output, render, and choose the exit code."""
     from qaudit.gate import evaluate
-    from qaudit.output import write_text
-    from qaudit.renderers.junit import format as junit_format
-    from qaudit.renderers.markdown import format as markdown_format
-    from qaudit.renderers.terminal import console, print_verdict, render
-    from qaudit.report import to_json
 
     v = settings.values
     if settings.gates.configured(baseline is not None):
         result = evaluate(report, settings.gates, baseline, v.get("baseline"))
         report = dataclasses.replace(report, gates=result)
     result = report.gates  # a saved report re-rendered without gate settings keeps its own verdict
-    # format everything before writing anything: a bug in one formatter leaves no partial set of files
-    texts = {}
-    if v.get("json"):
-        texts[v["json"]] = to_json(report)
-    if v.get("junit"):
-        texts[v["junit"]] = junit_format(report, result)
-    if v.get("markdown"):
-        texts[v["markdown"]] = markdown_format(report, result, worst=max(v["worst"], 5))
-    if v.get("html"):
-        from qaudit.renderers.html import default_label, render_html
-
-        texts[v["html"]] = render_html([(default_label(report), report)], worst=v["worst"])
-    for target, text in texts.items():
-        write_text(target, text)
-    # human output to stderr when stdout carries a machine-readable file
-    con = console(stderr="-" in (v.get("json"), v.get("junit"), v.get("markdown"), v.get("html")))
-    if v["quiet"]:
-        if result is not None:
-            print_verdict(result, con)
-    else:
-        render(report, con, worst=v["worst"])
+    _write_outputs(
+        report,
+        {fmt: v.get(fmt) for fmt in ("json", "junit", "markdown", "html")},
+        {"markdown": {"worst": max(v["worst"], 5)}, "html": {"worst": v["worst"]}, "terminal": {"worst": v["worst"]}},
+        v["quiet"],
+        gates=result,
+    )
     return EXIT_GATE if result is not None and not result.passed else EXIT_OK
 
 

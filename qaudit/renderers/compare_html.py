@@ -1,6 +1,6 @@
 """HTML page of a :class:`~qaudit.comparison.result.Comparison`: the models overlaid, aligned by the comparison.
 
-:func:`qaudit.renderers.html.render_html` overlays reports by the row index of their
+The ``html`` renderer overlays several reports by the row index of their
 layer tables. Exports of one network have different rows (Transpose, Reshape,
 Identity, BN nodes), so here each report is reduced to its weighted layers,
 re-indexed by the comparison's aligned row: a layer and its partners share the
@@ -15,8 +15,9 @@ from dataclasses import replace
 from html import escape
 
 from qaudit.comparison.result import Comparison
-from qaudit.renderers.html import render_html
-from qaudit.renderers.terminal import COMPARE_COLUMNS, fmt
+from qaudit.renderers import numbers as num
+from qaudit.renderers.html import RENDERER as HTML
+from qaudit.renderers.terminal import COMPARE_COLUMNS
 from qaudit.report import Report
 
 
@@ -40,21 +41,18 @@ def _alignment_section(c: Comparison) -> str:
         head.append(lab)
         if k:
             head.append(f"conf ({lab})")
-    head += [title for _, title, _ in COMPARE_COLUMNS] + ["explanations"]
+    head += [title for _, title in COMPARE_COLUMNS] + ["explanations"]
     rows = []
     for i, r in enumerate(c.layers):
         cells = [f"<td>{i}</td>", f'<td class="l">{escape(r.signature)}</td>']
         for k in range(len(c.labels)):
             cells.append(f'<td class="l name">{escape(r.layers[k]) if r.layers[k] else "-"}</td>')
             if k:
-                cells.append(
-                    f"<td>{fmt(r.confidence[k], '.2f')}{' ' + escape(r.method[k]) if r.method[k] else ''}</td>"
-                )
-        for metric, _, spec in COMPARE_COLUMNS:
+                cells.append(f"<td>{num.frac(r.confidence[k])}{' ' + escape(r.method[k]) if r.method[k] else ''}</td>")
+        for metric, _ in COMPARE_COLUMNS:
             m = r.metric(metric)
-            txt = " → ".join(fmt(v, spec) for v in m.values)
-            if len({fmt(v, spec) for v in m.values}) == 1:
-                txt = fmt(m.values[0], spec)
+            texts = [num.metric(metric, v) for v in m.values]
+            txt = texts[0] if len(set(texts)) == 1 else " → ".join(texts)
             differs = any(m.differs)
             cells.append(f"<td{' class=worst' if differs else ''}>{escape(txt)}{' ≠' if differs else ''}</td>")
         cells.append(f'<td class="l">{"<br>".join(escape(e) for e in r.explanations)}</td>')
@@ -79,9 +77,17 @@ def _alignment_section(c: Comparison) -> str:
     )
 
 
-def render_comparison_html(c: Comparison, worst: int = 3) -> str:
-    page = render_html(aligned_reports(c), worst=worst)
+def comparison_page(c: Comparison, worst: int = 3) -> str:
+    """The page of ``c``: the alignment section, then the overlay of :func:`aligned_reports`."""
+    page = HTML.render(aligned_reports(c), worst=worst)
     return page.replace('<h2 id="summary">', _alignment_section(c) + '<h2 id="summary">', 1)
 
 
-__all__ = ["aligned_reports", "render_comparison_html"]
+def render_comparison_html(c: Comparison, worst: int = 3) -> str:
+    """Deprecated: ``qaudit.renderers.render(c, "html", worst=worst)`` (kept for studies/init/study.py)."""
+    from qaudit.renderers.base import render
+
+    return render(c, "html", worst=worst)
+
+
+__all__ = ["aligned_reports", "comparison_page", "render_comparison_html"]

@@ -1,6 +1,8 @@
 """Self-contained HTML rendering of one or more :class:`~qaudit.report.Report`\\ s.
 
-``render_html([(label, report), ...])`` returns one HTML document: header
+The ``html`` renderer (:data:`RENDERER`) renders a report, several labelled
+reports ``[(label, report), ...]`` or a comparison (:mod:`qaudit.renderers.compare_html`)
+as one HTML document: header
 (model, sha256, settings, data, versions, gate verdict), output metrics, the
 layerwise plots (inline SVG from :mod:`qaudit.renderers.svgplot`; several reports are
 overlaid on the same axes with a legend), histograms of the worst layers, and
@@ -21,7 +23,10 @@ from html import escape
 from pathlib import PurePath
 
 from qaudit import __version__
-from qaudit.renderers.svgplot import DASHES, MARKERS, PALETTE, Series, VLine, histogram_plot, line_plot, num
+from qaudit.renderers import numbers as num
+from qaudit.renderers.base import accept, with_gates
+from qaudit.renderers.checks import counts, sentence
+from qaudit.renderers.svgplot import DASHES, MARKERS, PALETTE, Series, VLine, histogram_plot, line_plot
 from qaudit.report import LayerRow, Report
 
 #: quantized integer range per activation dtype, for the quantization grid drawn on histograms
@@ -38,11 +43,6 @@ def _f(v) -> float | None:
         v = v.item()
     v = float(v)
     return None if math.isnan(v) else v
-
-
-def _db(v) -> str:
-    f = _f(v)
-    return num(f) if f is None or math.isinf(f) else f"{f:.1f}"
 
 
 def default_label(report: Report) -> str:
@@ -168,7 +168,7 @@ def _layer_plot(reports, spec, x_range) -> tuple[str | None, str]:
                     continue
                 xs.append(r.index)
                 ys.append(v)
-                tips.append(f"layer {r.index} {r.name}: {num(v, 4)}")
+                tips.append(f"layer {r.index} {r.name}: {num.sig(v, 4)}")
             if not xs and name == "isolated":
                 continue
             series.append(
@@ -197,7 +197,7 @@ def _short(name: str, n: int = 44) -> str:
 def _histogram_figure(pid: str, label: str | None, r: LayerRow) -> str:
     h = r.histogram
     head = f"{label}: " if label else ""
-    title = f"{head}#{r.index} {_short(r.name)}, SQNR {_db(r.sqnr_db)} dB"
+    title = f"{head}#{r.index} {_short(r.name)}, SQNR {num.db(r.sqnr_db)} dB"
     vlines, grid, notes = [], [], []
     q_min, q_max, scale = _f(r.q_min), _f(r.q_max), _f(r.scale)
     if q_min is not None and q_max is not None:
@@ -216,13 +216,12 @@ def _histogram_figure(pid: str, label: str | None, r: LayerRow) -> str:
         lo_q, hi_q = QRANGE[r.dtype]
         if hi_q - lo_q <= 4096:
             grid = [scale * (q - int(r.zero_point)) for q in range(lo_q, hi_q + 1)]
-            grid_label = f"quantization grid: {hi_q - lo_q + 1} {r.dtype} levels, step {num(scale, 3)}"
+            grid_label = f"quantization grid: {hi_q - lo_q + 1} {r.dtype} levels, step {num.sig(scale)}"
     elif r.has_activation:
         notes.append("per-channel encoding: no single grid or clip points")
     caption = (
         f"Layer {r.index} <code>{escape(r.name)}</code> ({escape(r.op_type)}): fp32 values over the evaluation data, "
-        f"{len(h.counts)} bins of width {num(h.bin_width, 3)}; clip fraction "
-        f"{num(None if _f(r.clip_fraction) is None else 100 * _f(r.clip_fraction), 3)} %."
+        f"{len(h.counts)} bins of width {num.sig(h.bin_width)}; clip fraction {num.pct(r.clip_fraction)} %."
     )
     svg = histogram_plot(
         pid,
@@ -244,7 +243,7 @@ def _histogram_figure(pid: str, label: str | None, r: LayerRow) -> str:
 
 def _val(v, key: str = "") -> str:
     if v is None:
-        return "—"
+        return num.MISSING
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, (list, tuple)):
@@ -256,7 +255,7 @@ def _val(v, key: str = "") -> str:
     if isinstance(v, float):
         if key == "seconds":
             return f"{v:.2f} s"
-        return num(v, 6)
+        return num.sig(v, 6)
     return str(v)
 
 
@@ -268,36 +267,44 @@ def _dl(d: dict, code: Sequence[str] = ()) -> str:
     return f"<dl>{''.join(items)}</dl>"
 
 
-def _td(v, spec: str = ".3g", *, scale: float = 1.0) -> str:
-    """A numeric cell with its exact sort key (empty key: missing, sorted last)."""
+def _td(v, rule: Callable[[object], str] = num.sig) -> str:
+    """A numeric cell written by ``rule`` (:mod:`qaudit.renderers.numbers`), with its exact sort key
+    (JavaScript's spelling of the infinities; empty key: missing or NaN, sorted last)."""
     f = _f(v)
-    if f is None:
-        return '<td data-v="">-</td>'
-    shown = f * scale
-    text = "∞" if math.isinf(shown) and shown > 0 else ("-∞" if math.isinf(shown) else format(shown, spec))
-    key = "Infinity" if math.isinf(f) and f > 0 else ("-Infinity" if math.isinf(f) else repr(f))
-    return f'<td data-v="{key}">{text}</td>'
+    key = "" if f is None else ("Infinity" if f == math.inf else ("-Infinity" if f == -math.inf else repr(f)))
+    return f'<td data-v="{key}">{escape(rule(v))}</td>'
 
 
 def _gates_html(report: Report) -> str:
-    """The gate verdict, when the report carries one (gates are a separate feature)."""
-    g = getattr(report, "gates", None)
+    """The gate verdict, the failing and skipped checks (one sentence each), the thresholds and the baseline."""
+    g = report.gates
     if g is None:
         return "<p class='muted'>Gates: none evaluated for this report.</p>"
-    from dataclasses import asdict, is_dataclass
-
-    d = asdict(g) if is_dataclass(g) else g
-    if not isinstance(d, dict):
-        return f"<p>Gates: {escape(_val(d))}</p>"
-    passed = d.get("passed", d.get("verdict"))
-    verdict = (
-        "PASS"
-        if passed is True or passed == "pass"
-        else ("FAIL" if passed in (False, "fail") else escape(_val(passed)))
+    verdict, cls = ("PASS", "pass") if g.passed else ("FAIL", "fail")
+    items = [f"<li>{escape(sentence(c))}</li>" for c in g.failures]
+    items += [f"<li class='muted'>skipped: {escape(sentence(c))}</li>" for c in g.skipped]
+    off = lambda v: "off" if v is None else v  # noqa: E731
+    thresholds = {
+        gate: {"default": off(t.get("default")), "overrides": {p: off(v) for p, v in t.get("overrides", {}).items()}}
+        for gate, t in g.thresholds.items()
+    }
+    details = {
+        "thresholds": thresholds,
+        "skip_missing": g.skip_missing,
+        "baseline": g.baseline,
+        "added_layers": g.added_layers,
+        "removed_layers": g.removed_layers,
+        "added_outputs": g.added_outputs,
+        "removed_outputs": g.removed_outputs,
+        "notes": g.notes,
+    }
+    if g.baseline is None:
+        details = {k: v for k, v in details.items() if k in ("thresholds", "skip_missing", "notes")}
+    return (
+        f'<p>Gates: <strong class="verdict {cls}">{verdict}</strong> {escape(counts(g))}.</p>'
+        + (f'<ul class="checks">{"".join(items)}</ul>' if items else "")
+        + _dl(details)
     )
-    cls = "pass" if verdict == "PASS" else "fail"
-    rest = {k: v for k, v in d.items() if k not in ("passed", "verdict")}
-    return f'<p>Gates: <strong class="verdict {cls}">{verdict}</strong></p>{_dl(rest)}'
 
 
 def _model_card(label: str, report: Report, multi: bool) -> str:
@@ -344,14 +351,14 @@ def _outputs_table(reports) -> str:
             cells = [f'<td class="l">{escape(label)}</td>'] if multi else []
             cells += [
                 f'<td class="l"><code>{escape(o.name)}</code></td>',
-                _td(o.qmse, ".3e"),
-                _td(o.sqnr_db, ".1f"),
-                _td(o.qce, ".4f"),
-                _td(o.qkl, ".4f"),
-                _td(o.top1_agreement, ".2f", scale=100),
-                _td(o.acc_fp32, ".2f", scale=100),
-                _td(o.acc_int8, ".2f", scale=100),
-                _td(o.acc_drop_pct, ".2f"),
+                _td(o.qmse, num.mse),
+                _td(o.sqnr_db, num.db),
+                _td(o.qce, num.nats),
+                _td(o.qkl, num.nats),
+                _td(o.top1_agreement, num.pct),
+                _td(o.acc_fp32, num.pct),
+                _td(o.acc_int8, num.pct),
+                _td(o.acc_drop_pct, num.points),
             ]
             rows.append(f"<tr>{''.join(cells)}</tr>")
     ths = "".join(f'<th scope="col"{" class=l" if h in ("model", "output") else ""}>{escape(h)}</th>' for h in head)
@@ -395,30 +402,30 @@ def _layer_table(tid: str, report: Report, worst: int) -> str:
         if is_worst:
             name += " <span class='badge'>worst</span>"
         if r.has_activation:
-            act = f"[{num(_f(r.a_lo))}, {num(_f(r.a_hi))}]"
+            act = f"[{num.sig(r.a_lo)}, {num.sig(r.a_hi)}]"
             act_key = repr(_f(r.a_range)) if _f(r.a_range) is not None else ""
-            enc = f"{num(_f(r.scale))} / {r.zero_point}" if _f(r.scale) is not None else "per-channel"
+            enc = f"{num.sig(r.scale)} / {r.zero_point}" if _f(r.scale) is not None else "per-channel"
             enc_key = repr(_f(r.scale)) if _f(r.scale) is not None else ""
         else:
-            act, act_key, enc, enc_key = "-", "", "-", ""
+            act, act_key, enc, enc_key = num.MISSING, "", num.MISSING, ""
         cells = [
             f'<td data-v="{r.index}">{r.index}</td>',
             f'<td class="l name">{name}</td>',
             f'<td class="l">{escape(r.op_type)}</td>',
             _td(r.w_range),
             _td(r.fold_w_range),
-            _td(r.w_precision, ".2f"),
-            _td(r.fold_w_precision, ".2f"),
-            _td(r.w_sqnr_db, ".1f"),
+            _td(r.w_precision, num.frac),
+            _td(r.fold_w_precision, num.frac),
+            _td(r.w_sqnr_db, num.db),
             f'<td data-v="{act_key}">{escape(act)}</td>',
-            _td(r.a_precision, ".2f"),
+            _td(r.a_precision, num.frac),
             f'<td data-v="{enc_key}">{escape(enc)}</td>',
-            _td(r.clip_fraction, ".2f", scale=100),
-            _td(r.sqnr_db, ".1f"),
+            _td(r.clip_fraction, num.pct),
+            _td(r.sqnr_db, num.db),
         ]
         if has_iso:
-            cells.append(_td(_isolated(r), ".1f"))
-        cells.append(_td(r.qmse, ".2e"))
+            cells.append(_td(_isolated(r), num.db))
+        cells.append(_td(r.qmse, num.mse))
         rows.append(f'<tr data-i="{r.index}"{" class=worst" if is_worst else ""}>{"".join(cells)}</tr>')
     buttons = (
         f'<p class="sortbar">Sort: <button type="button" data-table="{tid}" data-col="{sqnr_col}" data-dir="1">worst SQNR first</button> '
@@ -521,7 +528,7 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'
 
 
 def plot_ids(reports: Sequence[tuple[str, Report]], worst: int = 3) -> list[str]:
-    """Ids of the plots :func:`render_html` draws for these reports, in page order (for tests and links)."""
+    """Ids of the plots the page of these reports draws, in page order (for tests and links)."""
     x_range = _x_range(reports)
     ids = [pid for svg, pid in (_layer_plot(reports, spec, x_range) for spec in LAYER_PLOTS) if svg]
     for i, (_, rep) in enumerate(reports):
@@ -534,10 +541,8 @@ def _x_range(reports) -> tuple[int, int]:
     return (min(idx, default=0), max(idx, default=1))
 
 
-def render_html(reports: Sequence[tuple[str, Report]], worst: int = 3) -> str:
-    """One self-contained HTML page for ``[(label, report), ...]``; several reports are overlaid on the plots."""
-    if not reports:
-        raise ValueError("render_html needs at least one report")
+def _page(reports: Sequence[tuple[str, Report]], worst: int) -> str:
+    """One self-contained HTML page for ``[(label, report), ...]`` (at least one); several are overlaid."""
     reports = list(reports)
     multi = len(reports) > 1
     x_range = _x_range(reports)
@@ -579,7 +584,7 @@ def render_html(reports: Sequence[tuple[str, Report]], worst: int = 3) -> str:
     layer_sections = []
     for i, (label, rep) in enumerate(reports):
         head = f"<h3>{escape(label)}</h3>" if multi else ""
-        worst_txt = "; ".join(f"#{r.index} {escape(r.name)} {_db(r.sqnr_db)} dB" for r in rep.worst_layers(worst))
+        worst_txt = "; ".join(f"#{r.index} {escape(r.name)} {num.db(r.sqnr_db)} dB" for r in rep.worst_layers(worst))
         layer_sections.append(
             f"{head}<p>{len(rep.layers)} rows in graph order. Worst {min(worst, len(rep.layers))} by accumulated SQNR "
             f"(highlighted): {worst_txt or 'none'}.</p>{_layer_table(f'layers-{i}', rep, worst)}{_unmatched(rep)}"
@@ -629,3 +634,30 @@ def render_html(reports: Sequence[tuple[str, Report]], worst: int = 3) -> str:
 </body>
 </html>
 """
+
+
+class HtmlRenderer:
+    """``render(subject, *, gates=None, worst=3) -> str``: one self-contained HTML page.
+
+    A report is labelled with its model's file name (:func:`default_label`) and
+    shows ``gates`` (default: its own verdict); several labelled reports are
+    overlaid on the same plots; a comparison overlays its models aligned by the
+    comparison (:mod:`qaudit.renderers.compare_html`). ``worst``: how many worst
+    layers get a histogram.
+    """
+
+    name = "html"
+    subjects = frozenset({"report", "reports", "comparison"})
+
+    def render(self, subject, *, gates=None, worst: int = 3) -> str:
+        kind = accept(self, subject, gates)
+        if kind == "comparison":
+            from qaudit.renderers.compare_html import comparison_page
+
+            return comparison_page(subject, worst)
+        if kind == "report":
+            subject = [(default_label(subject), with_gates(subject, gates))]
+        return _page(subject, worst)
+
+
+RENDERER = HtmlRenderer()

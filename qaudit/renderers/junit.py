@@ -11,8 +11,9 @@ reporters, Jenkins, Azure DevOps):
   ``output <name>``) per check. A failing check has ``<failure type="<gate>"
   message="...">``: the message states the measured value and the threshold,
   the body lists ``metric``, ``measured``, ``comparison``, ``threshold``,
-  ``glob``, ``baseline``, ``value`` with full precision. A skipped check has
-  ``<skipped message="<reason>">``.
+  ``glob``, ``baseline``, ``value`` with full precision
+  (:func:`qaudit.renderers.numbers.exact`: ``-`` when missing, ``∞`` for +inf).
+  A skipped check has ``<skipped message="<reason>">``.
 
 With no gate configured the file holds one empty suite (``tests="0"``).
 """
@@ -22,7 +23,9 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
-from qaudit.gate import describe
+from qaudit.renderers.base import accept, with_gates
+from qaudit.renderers.checks import sentence
+from qaudit.renderers.numbers import exact
 from qaudit.report import GateCheck, GateResult, Report
 
 # characters XML 1.0 does not allow, even escaped
@@ -31,10 +34,6 @@ _ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 
 def _s(v) -> str:
     return _ILLEGAL.sub("?", "" if v is None else str(v))
-
-
-def _num(v) -> str:
-    return "null" if v is None else repr(float(v))
 
 
 def _case_name(c: GateCheck) -> str:
@@ -46,13 +45,13 @@ def _body(c: GateCheck) -> str:
         f"gate: {c.gate}",
         f"{c.scope}: {c.subject or '-'}",
         f"metric: {c.metric}",
-        f"measured: {_num(c.measured)}",
+        f"measured: {exact(c.measured)}",
         f"comparison: measured {c.comparison} threshold",
-        f"threshold: {_num(c.threshold)}",
+        f"threshold: {exact(c.threshold)}",
         f"glob: {c.pattern if c.pattern is not None else '(default)'}",
     ]
     if c.baseline is not None or c.value is not None:
-        lines += [f"value: {_num(c.value)}", f"baseline: {_num(c.baseline)}"]
+        lines += [f"value: {exact(c.value)}", f"baseline: {exact(c.baseline)}"]
     if c.reason:
         lines.append(f"reason: {c.reason}")
     return "\n".join(lines) + "\n"
@@ -80,9 +79,9 @@ def _properties(parent, report: Report, result: GateResult | None, gate: str | N
         return
     if gate is not None and gate in result.thresholds:
         t = result.thresholds[gate]
-        prop("threshold", _num(t["default"]) if t["default"] is not None else "off")
+        prop("threshold", exact(t["default"]) if t["default"] is not None else "off")
         for glob, v in t["overrides"].items():
-            prop(f"threshold[{glob}]", _num(v) if v is not None else "off")
+            prop(f"threshold[{glob}]", exact(v) if v is not None else "off")
     if result.baseline is not None:
         prop("baseline", result.baseline.get("path"))
         prop("baseline_model_sha256", result.baseline.get("model_sha256"))
@@ -93,28 +92,41 @@ def _properties(parent, report: Report, result: GateResult | None, gate: str | N
             prop("removed_outputs", ", ".join(result.removed_outputs))
 
 
-def format(report: Report, result: GateResult | None = None) -> str:
-    """The JUnit XML document for ``result`` (default: ``report.gates``)."""
-    result = report.gates if result is None else result
-    checks = result.checks if result is not None else ()
-    seconds = report.meta.get("seconds")
-    root = ET.Element("testsuites", name="qaudit", **_counts(checks), time=f"{float(seconds or 0):.3f}")
-    timestamp = _s(report.meta.get("created", "")).rstrip("Z")
-    by_gate: dict[str, list[GateCheck]] = {}
-    for c in checks:
-        by_gate.setdefault(c.gate, []).append(c)
-    if not by_gate:
-        suite = ET.SubElement(root, "testsuite", name="qaudit", **_counts(()), time="0", timestamp=timestamp)
-        _properties(suite, report, result, None)
-    for gate, cs in by_gate.items():
-        suite = ET.SubElement(root, "testsuite", name=f"qaudit.{gate}", **_counts(cs), time="0", timestamp=timestamp)
-        _properties(suite, report, result, gate)
-        for c in cs:
-            case = ET.SubElement(suite, "testcase", classname=f"qaudit.{gate}", name=_s(_case_name(c)), time="0")
-            if c.status == "fail":
-                el = ET.SubElement(case, "failure", type=gate, message=_s(describe(c, ".6g")))
-                el.text = _s(_body(c))
-            elif c.status == "skip":
-                ET.SubElement(case, "skipped", message=_s(c.reason or "skipped"))
-    ET.indent(root, space="  ")
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+class JUnitRenderer:
+    """``render(report, *, gates=None) -> str``: the JUnit XML document of the gate checks
+    (of ``gates``, default ``report.gates``), laid out as the module docstring says."""
+
+    name = "junit"
+    subjects = frozenset({"report"})
+
+    def render(self, subject: Report, *, gates: GateResult | None = None) -> str:
+        accept(self, subject, gates)
+        report = with_gates(subject, gates)
+        result = report.gates
+        checks = result.checks if result is not None else ()
+        seconds = report.meta.get("seconds")
+        root = ET.Element("testsuites", name="qaudit", **_counts(checks), time=f"{float(seconds or 0):.3f}")
+        timestamp = _s(report.meta.get("created", "")).rstrip("Z")
+        by_gate: dict[str, list[GateCheck]] = {}
+        for c in checks:
+            by_gate.setdefault(c.gate, []).append(c)
+        if not by_gate:
+            suite = ET.SubElement(root, "testsuite", name="qaudit", **_counts(()), time="0", timestamp=timestamp)
+            _properties(suite, report, result, None)
+        for gate, cs in by_gate.items():
+            suite = ET.SubElement(
+                root, "testsuite", name=f"qaudit.{gate}", **_counts(cs), time="0", timestamp=timestamp
+            )
+            _properties(suite, report, result, gate)
+            for c in cs:
+                case = ET.SubElement(suite, "testcase", classname=f"qaudit.{gate}", name=_s(_case_name(c)), time="0")
+                if c.status == "fail":
+                    el = ET.SubElement(case, "failure", type=gate, message=_s(sentence(c)))
+                    el.text = _s(_body(c))
+                elif c.status == "skip":
+                    ET.SubElement(case, "skipped", message=_s(c.reason or "skipped"))
+        ET.indent(root, space="  ")
+        return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+RENDERER = JUnitRenderer()

@@ -8,8 +8,9 @@ outputs, the baseline comparison, and every check in a collapsed block.
 
 from __future__ import annotations
 
-import math
-
+from qaudit.renderers import numbers as num
+from qaudit.renderers.base import accept, with_gates
+from qaudit.renderers.checks import words
 from qaudit.report import GateCheck, GateResult, Report
 
 #: failing checks listed in full; the rest are counted (the JSON report has them all)
@@ -18,23 +19,12 @@ MAX_FAILURES = 50
 MAX_CHECKS = 500
 
 
-def _num(v, spec: str = ".4g") -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float) and math.isinf(v):
-        return "∞" if v > 0 else "−∞"
-    if isinstance(v, float) and math.isnan(v):
-        return "NaN"
-    return f"{v:{spec}}"
-
-
-def _pct(v) -> str:
-    return _num(None if v is None else 100 * v, ".2f")
-
-
-def code(text: str) -> str:
-    """``text`` as an inline code span that is safe inside a table cell."""
-    text = str(text).replace("|", "\\|").replace("\n", " ")
+def code(text: str, cell: bool = True) -> str:
+    """``text`` as an inline code span; ``cell``: inside a table cell (``|`` escaped, as GFM tables need;
+    elsewhere the backslash would show)."""
+    text = str(text).replace("\n", " ")
+    if cell:
+        text = text.replace("|", "\\|")
     longest, run = 0, 0
     for ch in text:
         run = run + 1 if ch == "`" else 0
@@ -59,17 +49,16 @@ def _table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
 
 
 def _check_row(c: GateCheck) -> list[str]:
-    op = c.comparison if c.passed else {">=": "<", "<=": ">"}[c.comparison]
-    metric = c.metric if c.baseline is None and c.value is None else f"{c.metric} change"
+    w = words(c)
     return [
-        code(c.gate),
-        f"{c.scope} {code(c.subject)}" if c.subject else f"(no {c.scope})",
-        code(metric),
-        _num(c.measured),
-        op if c.measured is not None else "",
-        _num(c.threshold),
-        code(c.pattern) if c.pattern else "",
-        _cell(c.reason),
+        code(w.gate),
+        f"{w.scope} {code(w.subject)}" if c.subject else w.subject,
+        code(w.metric),
+        w.measured,
+        w.relation,
+        w.threshold,
+        code(w.glob) if w.glob else "",
+        _cell(w.note),
     ]
 
 
@@ -77,104 +66,126 @@ _CHECK_HEADER = ["gate", "subject", "metric", "measured", "", "threshold", "glob
 _CHECK_ALIGN = "lllrcrll"
 
 
-def format(report: Report, result: GateResult | None = None, worst: int = 5) -> str:
-    """The Markdown summary of ``report`` and ``result`` (default: ``report.gates``)."""
-    result = report.gates if result is None else result
-    s, d, m = report.settings, report.data, report.model
-    out: list[str] = []
-    if result is None:
-        out.append("## qaudit: no gates configured")
-    elif result.passed:
-        out.append(f"## qaudit: ✅ PASS — {len(result.checks)} gate checks passed")
-    else:
-        out.append(f"## qaudit: ❌ FAIL — {len(result.failures)} of {len(result.checks)} gate checks failed")
-    out.append("")
-    out.append(
-        f"Model {code(m.get('path'))} (sha256 `{str(m.get('sha256'))[:12]}`), "
-        f"{str(s.get('format', '')).upper()} activations {s.get('activation_type')}, weights {s.get('weight_type')} "
-        f"{'per-channel' if s.get('per_channel') else 'per-tensor'}, percentile {s.get('percentile')}; "
-        f"{d.get('n_calib')} calibration / {d.get('n_eval')} {'calibration' if d.get('eval_is_calib') else 'evaluation'} "
-        f"samples; qaudit {report.meta.get('qaudit')}, onnxruntime {report.meta.get('onnxruntime')}."
-    )
-    if result is not None and result.skipped:
-        out += ["", f"{len(result.skipped)} check(s) skipped (see all checks below)."]
+class MarkdownRenderer:
+    """``render(report, *, gates=None, worst=5) -> str``: the Markdown summary of the gate verdict
+    (``gates``, default ``report.gates``) and the ``worst`` layers, in the sections the module docstring lists."""
 
-    if result is not None and result.failures:
-        out += ["", "### Failing gates", ""]
-        out += _table(_CHECK_HEADER, [_check_row(c) for c in result.failures[:MAX_FAILURES]], _CHECK_ALIGN)
-        if len(result.failures) > MAX_FAILURES:
-            out += ["", f"… and {len(result.failures) - MAX_FAILURES} more in the JSON report."]
+    name = "markdown"
+    subjects = frozenset({"report"})
 
-    failing_layers = result.failing("layer") if result is not None else []
-    by_name = {r.name: r for r in report.layers}
-    rows = [by_name[n] for n in failing_layers if n in by_name]
-    rows += [r for r in report.worst_layers(worst) if r.name not in failing_layers]
-    if rows:
-        out += ["", "### Worst layers" + (" (failing first)" if failing_layers else ""), ""]
+    def render(self, subject: Report, *, gates: GateResult | None = None, worst: int = 5) -> str:
+        accept(self, subject, gates)
+        report = with_gates(subject, gates)
+        result = report.gates
+        s, d, m = report.settings, report.data, report.model
+        out: list[str] = []
+        if result is None:
+            out.append("## qaudit: no gates configured")
+        elif result.passed:
+            out.append(f"## qaudit: ✅ PASS — {len(result.checks)} gate checks passed")
+        else:
+            out.append(f"## qaudit: ❌ FAIL — {len(result.failures)} of {len(result.checks)} gate checks failed")
+        out.append("")
+        out.append(
+            f"Model {code(m.get('path'), cell=False)} (sha256 `{str(m.get('sha256'))[:12]}`), "
+            f"{str(s.get('format', '')).upper()} activations {s.get('activation_type')}, weights {s.get('weight_type')} "
+            f"{'per-channel' if s.get('per_channel') else 'per-tensor'}, percentile {s.get('percentile')}; "
+            f"{d.get('n_calib')} calibration / {d.get('n_eval')} {'calibration' if d.get('eval_is_calib') else 'evaluation'} "
+            f"samples; qaudit {report.meta.get('qaudit')}, onnxruntime {report.meta.get('onnxruntime')}."
+        )
+        if result is not None and result.skipped:
+            out += ["", f"{len(result.skipped)} check(s) skipped (see all checks below)."]
+
+        if result is not None and result.failures:
+            out += ["", "### Failing gates", ""]
+            out += _table(_CHECK_HEADER, [_check_row(c) for c in result.failures[:MAX_FAILURES]], _CHECK_ALIGN)
+            if len(result.failures) > MAX_FAILURES:
+                out += ["", f"… and {len(result.failures) - MAX_FAILURES} more in the JSON report."]
+
+        failing_layers = result.failing("layer") if result is not None else []
+        by_name = {r.name: r for r in report.layers}
+        rows = [by_name[n] for n in failing_layers if n in by_name]
+        rows += [r for r in report.worst_layers(worst) if r.name not in failing_layers]
+        if rows:
+            out += ["", "### Worst layers" + (" (failing first)" if failing_layers else ""), ""]
+            out += _table(
+                ["#", "layer", "op", "SQNR dB", "QMSE", "clip %", "weight SQNR dB", "gate"],
+                [
+                    [
+                        str(r.index),
+                        code(r.name),
+                        code(r.op_type),
+                        num.db(r.sqnr_db),
+                        num.mse(r.qmse),
+                        num.pct(r.clip_fraction),
+                        num.db(r.w_sqnr_db),
+                        "❌" if r.name in failing_layers else "",
+                    ]
+                    for r in rows
+                ],
+                "rllrrrrc",
+            )
+
+        failing_outputs = set(result.failing("output")) if result is not None else set()
+        out += ["", "### Model outputs", ""]
         out += _table(
-            ["#", "layer", "op", "SQNR dB", "QMSE", "clip %", "weight SQNR dB", "gate"],
+            [
+                "output",
+                "QMSE",
+                "SQNR dB",
+                "QCE",
+                "QKL",
+                "top-1 agree %",
+                "acc fp32 %",
+                "acc int8 %",
+                "acc drop %",
+                "gate",
+            ],
             [
                 [
-                    str(r.index),
-                    code(r.name),
-                    code(r.op_type),
-                    _num(r.sqnr_db, ".1f"),
-                    _num(r.qmse, ".3e"),
-                    _pct(r.clip_fraction),
-                    _num(r.w_sqnr_db, ".1f"),
-                    "❌" if r.name in failing_layers else "",
+                    code(o.name),
+                    num.mse(o.qmse),
+                    num.db(o.sqnr_db),
+                    num.nats(o.qce),
+                    num.nats(o.qkl),
+                    num.pct(o.top1_agreement),
+                    num.pct(o.acc_fp32),
+                    num.pct(o.acc_int8),
+                    num.points(o.acc_drop_pct),
+                    "❌" if o.name in failing_outputs else "",
                 ]
-                for r in rows
+                for o in report.outputs
             ],
-            "rllrrrrc",
+            "lrrrrrrrrc",
         )
 
-    failing_outputs = set(result.failing("output")) if result is not None else set()
-    out += ["", "### Model outputs", ""]
-    out += _table(
-        ["output", "QMSE", "SQNR dB", "QCE", "QKL", "top-1 agree %", "acc fp32 %", "acc int8 %", "acc drop %", "gate"],
-        [
-            [
-                code(o.name),
-                _num(o.qmse, ".3e"),
-                _num(o.sqnr_db, ".1f"),
-                _num(o.qce, ".4f"),
-                _num(o.qkl, ".4f"),
-                _pct(o.top1_agreement),
-                _pct(o.acc_fp32),
-                _pct(o.acc_int8),
-                _num(o.acc_drop_pct, ".2f"),
-                "❌" if o.name in failing_outputs else "",
-            ]
-            for o in report.outputs
-        ],
-        "lrrrrrrrrc",
-    )
+        if result is not None and result.baseline is not None:
+            b = result.baseline
+            out += ["", "### Baseline", ""]
+            out.append(
+                f"Compared with {code(b.get('path') or '(in memory)', cell=False)}: model sha256 `{str(b.get('model_sha256'))[:12]}`, "
+                f"qaudit {b.get('qaudit')}, created {b.get('created')}."
+            )
+            for label, names in (
+                ("Layers added", result.added_layers),
+                ("Layers removed", result.removed_layers),
+                ("Outputs added", result.added_outputs),
+                ("Outputs removed", result.removed_outputs),
+            ):
+                out.append(f"- {label}: " + (", ".join(code(n, cell=False) for n in names) if names else "none"))
 
-    if result is not None and result.baseline is not None:
-        b = result.baseline
-        out += ["", "### Baseline", ""]
-        out.append(
-            f"Compared with {code(b.get('path') or '(in memory)')}: model sha256 `{str(b.get('model_sha256'))[:12]}`, "
-            f"qaudit {b.get('qaudit')}, created {b.get('created')}."
-        )
-        for label, names in (
-            ("Layers added", result.added_layers),
-            ("Layers removed", result.removed_layers),
-            ("Outputs added", result.added_outputs),
-            ("Outputs removed", result.removed_outputs),
-        ):
-            out.append(f"- {label}: " + (", ".join(code(n) for n in names) if names else "none"))
+        if result is not None and result.notes:
+            out += ["", "### Notes", ""]
+            out += [f"- {n}".replace("\n", " ") for n in result.notes]
 
-    if result is not None and result.notes:
-        out += ["", "### Notes", ""]
-        out += [f"- {_cell(n)}" for n in result.notes]
+        if result is not None and result.checks:
+            shown = result.checks[:MAX_CHECKS]
+            out += ["", f"<details><summary>All {len(result.checks)} checks</summary>", ""]
+            out += _table(["status", *_CHECK_HEADER], [[c.status, *_check_row(c)] for c in shown], "l" + _CHECK_ALIGN)
+            if len(result.checks) > MAX_CHECKS:
+                out += ["", f"… and {len(result.checks) - MAX_CHECKS} more in the JSON report."]
+            out += ["", "</details>"]
+        return "\n".join(out) + "\n"
 
-    if result is not None and result.checks:
-        shown = result.checks[:MAX_CHECKS]
-        out += ["", f"<details><summary>All {len(result.checks)} checks</summary>", ""]
-        out += _table(["status", *_CHECK_HEADER], [[c.status, *_check_row(c)] for c in shown], "l" + _CHECK_ALIGN)
-        if len(result.checks) > MAX_CHECKS:
-            out += ["", f"… and {len(result.checks) - MAX_CHECKS} more in the JSON report."]
-        out += ["", "</details>"]
-    return "\n".join(out) + "\n"
+
+RENDERER = MarkdownRenderer()

@@ -11,7 +11,8 @@ Conventions:
   so no information is carried by colour alone.
 * Every plot is an ``<svg role="img">`` with a ``<title>`` and a ``<desc>``
   summarising its data for screen readers; every point has a tooltip.
-* Coordinates are rounded to 0.1 px; numbers are formatted deterministically.
+* Coordinates are rounded to 0.1 px; numbers in labels, tooltips and
+  descriptions follow :mod:`qaudit.renderers.numbers` (``sig``), like every renderer.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
+
+from qaudit.renderers.numbers import sig
 
 #: Okabe & Ito (2008), "Color Universal Design"; yellow is left out (too light on white).
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
@@ -54,17 +57,6 @@ class VLine:
     label: str
     color: str
     dash: str = ""
-
-
-def num(v: float, digits: int = 3) -> str:
-    """A short, deterministic label for a number."""
-    if v is None:
-        return "-"
-    if isinstance(v, float) and math.isinf(v):
-        return "∞" if v > 0 else "-∞"
-    if v == 0:
-        return "0"
-    return format(v, f".{digits}g").replace("e-0", "e-").replace("e+0", "e").replace("e+", "e")
 
 
 def _ordinal(n: int) -> str:
@@ -114,7 +106,7 @@ class _Linear:
             return "0"
         big = max(abs(self.lo), abs(self.hi))
         if big >= 1e5 or self.step < 1e-3:
-            return num(v, 3)
+            return sig(v, 3)
         return f"{v:.{self._dec}f}"
 
 
@@ -142,7 +134,7 @@ class _Log:
         d = round(math.log10(v))
         if -3 <= d <= 3:
             return format(10.0**d, "f").rstrip("0").rstrip(".") if d < 0 else str(10**d)
-        return f"1e{d}"
+        return sig(10.0**d, 1)
 
 
 def _y_scale(values: Sequence[float], log: bool, fixed: tuple[float, float] | None = None):
@@ -334,7 +326,7 @@ def line_plot(
             dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
             width = f' stroke-width="{s.width:g}"' if s.width != 2.0 else ""
             out.append(f'<g class="series"><path class="line" d="{d}" stroke="{s.color}"{width}{dash}/>')
-            tips = list(s.tips) or [f"{x}: {num(y)}" for x, y in zip(s.x, s.y)]
+            tips = list(s.tips) or [f"{x}: {sig(y)}" for x, y in zip(s.x, s.y)]
             for x, y, tip in zip(s.x, s.y, tips):
                 out.append(_marker(s.marker, sx(x), sy(y), r, s.color, f"{s.label} — {tip}", s.hollow))
             out.append("</g>")
@@ -346,8 +338,8 @@ def line_plot(
             i_lo = min(range(len(s.y)), key=lambda i: s.y[i])
             i_hi = max(range(len(s.y)), key=lambda i: s.y[i])
             parts.append(
-                f"{s.label}: {len(s.y)} layers, lowest {num(s.y[i_lo])} at layer {s.x[i_lo]}, "
-                f"highest {num(s.y[i_hi])} at layer {s.x[i_hi]}"
+                f"{s.label}: {len(s.y)} layers, lowest {sig(s.y[i_lo])} at layer {s.x[i_lo]}, "
+                f"highest {sig(s.y[i_hi])} at layer {s.x[i_hi]}"
             )
         else:
             parts.append(f"{s.label}: no data")
@@ -418,7 +410,7 @@ def histogram_plot(
             dash = f' stroke-dasharray="{v.dash}"' if v.dash else ""
             out.append(
                 f'<line class="vline" x1="{_c(sx(v.x))}" x2="{_c(sx(v.x))}" y1="{_c(sy(ys.hi))}" y2="{_c(base)}" '
-                f'stroke="{v.color}" stroke-width="2"{dash}><title>{escape(v.label)}: {num(v.x, 4)}</title></line>'
+                f'stroke="{v.color}" stroke-width="2"{dash}><title>{escape(v.label)}: {sig(v.x, 4)}</title></line>'
             )
         if grid_shown:
             d = "".join(f"M{_c(sx(g))} {_c(base)}v-7" for g in grid_shown)
@@ -427,9 +419,9 @@ def histogram_plot(
 
     total = sum(counts)
     desc = (
-        f"Histogram of {total} fp32 values in {len(counts)} bins from {num(lo, 4)} to {num(hi, 4)}, count on a log10 axis; "
-        + "; ".join(f"{v.label} at {num(v.x, 4)}" for v in vlines)
-        + (f"; {len(grid)} quantization levels from {num(grid[0], 4)} to {num(grid[-1], 4)}" if grid else "")
+        f"Histogram of {total} fp32 values in {len(counts)} bins from {sig(lo, 4)} to {sig(hi, 4)}, count on a log10 axis; "
+        + "; ".join(f"{v.label} at {sig(v.x, 4)}" for v in vlines)
+        + (f"; {len(grid)} quantization levels from {sig(grid[0], 4)} to {sig(grid[-1], 4)}" if grid else "")
         + "."
     )
     return _frame(pid, title, desc, xlabel, "count (log10 scale)", xs, ys, legend, body, width, height)

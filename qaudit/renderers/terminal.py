@@ -1,8 +1,15 @@
-"""Rich terminal rendering of a :class:`~qaudit.report.Report` (no onnxruntime import)."""
+"""The terminal renderer: rich tables of a :class:`~qaudit.report.Report` or a comparison.
+
+:data:`RENDERER` renders to plain text (no colour, no ANSI codes, a fixed
+``width``, independent of the environment) like every renderer, and is the one
+renderer that can also stream: ``render(..., console=con)`` (or
+:meth:`TerminalRenderer.print`) prints to a :class:`rich.console.Console` in
+the colours of :data:`THEME`. Both give the same characters. Imports no onnxruntime.
+"""
 
 from __future__ import annotations
 
-import math
+import io
 import os
 
 from rich.console import Console, Group
@@ -10,7 +17,10 @@ from rich.table import Table
 from rich.text import Text
 from rich.theme import Theme
 
-from qaudit.report import GateResult, LayerRow, Report
+from qaudit.renderers import numbers as num
+from qaudit.renderers.base import accept, with_gates
+from qaudit.renderers.checks import counts, sentence, words
+from qaudit.report import GateResult, Report
 
 THEME = Theme(
     {
@@ -26,34 +36,30 @@ THEME = Theme(
 )
 
 
+#: width of the text :meth:`TerminalRenderer.render` returns when no width is given
+#: (the CLI's width when it does not write to a terminal and ``$COLUMNS`` is unset)
+DEFAULT_WIDTH = 200
+
+
 def console(file=None, width: int | None = None, stderr: bool = False) -> Console:
     """A themed console; when not writing to a terminal (CI logs, pipes) it is
-    ``$COLUMNS`` or 200 columns wide, so the layer table does not wrap."""
+    ``$COLUMNS`` or :data:`DEFAULT_WIDTH` columns wide, so the layer table does not wrap."""
     con = Console(file=file, width=width, theme=THEME, stderr=stderr, highlight=False)
     if width is None and not con.is_terminal:
         cols = os.environ.get("COLUMNS", "")
         con = Console(
-            file=file, width=int(cols) if cols.isdigit() else 200, theme=THEME, stderr=stderr, highlight=False
+            file=file, width=int(cols) if cols.isdigit() else DEFAULT_WIDTH, theme=THEME, stderr=stderr, highlight=False
         )
     return con
 
 
-def fmt(v, spec: str = ".3g") -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float) and math.isinf(v):
-        return "∞" if v > 0 else "-∞"
-    if isinstance(v, float) and math.isnan(v):
-        return "nan"
-    return format(v, spec)
-
-
-def _pair(a, b, spec=".3g") -> str:
+def _pair(a, b, rule=num.sig) -> str:
+    """``a → b`` (plain → BN-folded), or ``a`` alone when there is no ``b`` or it is the same."""
     if a is None:
-        return "-"
+        return num.MISSING
     if b is None or a == b:
-        return fmt(a, spec)
-    return f"{fmt(a, spec)} → {fmt(b, spec)}"
+        return rule(a)
+    return f"{rule(a)} → {rule(b)}"
 
 
 #: marks a layer or output that fails a gate (visible without colour, e.g. in CI logs)
@@ -96,17 +102,17 @@ def layer_table(report: Report, worst: int = 3) -> Table:
             Text(name),
             Text(r.op_type),
             _pair(r.w_range, r.fold_w_range if r.bn_folded else None),
-            _pair(r.w_precision, r.fold_w_precision if r.bn_folded else None, ".2f"),
-            fmt(r.w_sqnr_db, ".1f"),
-            f"[{fmt(r.a_lo)}, {fmt(r.a_hi)}]" if r.has_activation else "-",
-            fmt(r.a_precision, ".2f"),
-            f"{fmt(r.scale, '.3g')} / {r.zero_point}"
+            _pair(r.w_precision, r.fold_w_precision if r.bn_folded else None, num.frac),
+            num.db(r.w_sqnr_db),
+            f"[{num.sig(r.a_lo)}, {num.sig(r.a_hi)}]" if r.has_activation else num.MISSING,
+            num.frac(r.a_precision),
+            f"{num.sig(r.scale)} / {r.zero_point}"
             if r.scale is not None
-            else ("per-channel" if r.has_activation else "-"),
-            fmt(None if r.clip_fraction is None else 100 * r.clip_fraction, ".2f"),
-            fmt(r.sqnr_db, ".1f"),
-            fmt(r.sqnr_isolated_db, ".1f"),
-            fmt(r.qmse, ".2e"),
+            else ("per-channel" if r.has_activation else num.MISSING),
+            num.pct(r.clip_fraction),
+            num.db(r.sqnr_db),
+            num.db(r.sqnr_isolated_db),
+            num.mse(r.qmse),
             style=style,
         )
     return t
@@ -118,17 +124,16 @@ def output_table(report: Report) -> Table:
         t.add_column(col, justify="left" if col == "output" else "right", no_wrap=col != "output")
     failing = set(report.gates.failing("output")) if report.gates else set()
     for o in report.outputs:
-        pct = lambda v: fmt(None if v is None else 100 * v, ".2f")  # noqa: E731
         t.add_row(
             Text(o.name + (f" {FAIL_MARK}" if o.name in failing else "")),
-            fmt(o.qmse, ".3e"),
-            fmt(o.sqnr_db, ".1f"),
-            fmt(o.qce, ".4f"),
-            fmt(o.qkl, ".4f"),
-            pct(o.top1_agreement),
-            pct(o.acc_fp32),
-            pct(o.acc_int8),
-            fmt(o.acc_drop_pct, ".2f"),
+            num.mse(o.qmse),
+            num.db(o.sqnr_db),
+            num.nats(o.qce),
+            num.nats(o.qkl),
+            num.pct(o.top1_agreement),
+            num.pct(o.acc_fp32),
+            num.pct(o.acc_int8),
+            num.points(o.acc_drop_pct),
             style="gate.fail" if o.name in failing else None,
         )
     return t
@@ -170,7 +175,7 @@ def summary(report: Report, worst: int = 3) -> Group:
     if w:
         parts.append(
             Text.assemble(
-                ("worst layers: ", "head"), ("; ".join(f"{r.name} {fmt(r.sqnr_db, '.1f')} dB" for r in w), "worst")
+                ("worst layers: ", "head"), ("; ".join(f"{r.name} {num.db(r.sqnr_db)} dB" for r in w), "worst")
             )
         )
     fused = [u for u in report.unmatched if u.kind == "fused"]
@@ -202,19 +207,14 @@ MAX_FAILURES_SHOWN = 20
 
 def verdict(result: GateResult) -> Text:
     """One line: PASS or FAIL, the counts, and the first failing gates."""
-    n, failed, skipped = len(result.checks), result.failures, result.skipped
-    extra = f", {len(skipped)} skipped" if skipped else ""
     if result.passed:
-        return Text.assemble(("PASS", "verdict.pass"), f": {n} gate check(s) passed{extra}")
-    from qaudit.gate import describe
-
-    first = "; ".join(describe(c, ".4g") for c in failed[:3]) + ("; ..." if len(failed) > 3 else "")
-    return Text.assemble(("FAIL", "verdict.fail"), f": {len(failed)} of {n} gate check(s) failed{extra}: {first}")
+        return Text.assemble(("PASS", "verdict.pass"), f": {counts(result)}")
+    failed = result.failures
+    first = "; ".join(sentence(c) for c in failed[:3]) + ("; ..." if len(failed) > 3 else "")
+    return Text.assemble(("FAIL", "verdict.fail"), f": {counts(result)}: {first}")
 
 
 def gates_section(result: GateResult) -> Group:
-    from qaudit.gate import describe
-
     parts = []
     if result.baseline is not None:
         b = result.baseline
@@ -248,17 +248,9 @@ def gates_section(result: GateResult) -> Group:
         ):
             t.add_column(col, justify=just, overflow="fold")
         for c in failed[:MAX_FAILURES_SHOWN]:
-            op = {">=": "<", "<=": ">"}[c.comparison] if c.measured is not None else ""
-            metric = c.metric if c.baseline is None and c.value is None else f"{c.metric} change"
+            w = words(c)
             t.add_row(
-                c.gate,
-                Text(c.subject or "-"),
-                metric,
-                fmt(c.measured, ".4g"),
-                op,
-                fmt(c.threshold, ".4g"),
-                Text(c.pattern or ""),
-                Text(c.reason),
+                *(Text(x) for x in (w.gate, w.subject, w.metric, w.measured, w.relation, w.threshold, w.glob, w.note)),
                 style="gate.fail",
             )
         parts.append(t)
@@ -267,7 +259,7 @@ def gates_section(result: GateResult) -> Group:
                 Text(f"... {len(failed) - MAX_FAILURES_SHOWN} more failing checks in the JSON report", style="muted")
             )
     for c in result.skipped[:MAX_FAILURES_SHOWN]:
-        parts.append(Text(f"skipped: {describe(c)}", style="muted"))
+        parts.append(Text(f"skipped: {sentence(c)}", style="muted"))
     for n in result.notes:
         parts.append(Text(f"gate note: {n}", style="warn"))
     return Group(*parts)
@@ -278,49 +270,36 @@ def print_verdict(result: GateResult, con: Console) -> None:
     con.print(verdict(result), soft_wrap=True)
 
 
-def render(report: Report, con: Console, worst: int = 3) -> None:
-    con.print(layer_table(report, worst))
-    con.print(output_table(report))
-    con.print(summary(report, worst))
-    if report.gates is not None:
-        con.print(gates_section(report.gates))
-        print_verdict(report.gates, con)
-
-
-def layer_label(r: LayerRow) -> str:
-    return f"{r.index}:{r.name}"
-
-
 # ------------------------------------------------------------------ compare
 
-#: (metric, column title, number format) of the comparison tables
+#: (metric, column title) of the comparison tables; numbers follow :func:`qaudit.renderers.numbers.metric`
 COMPARE_COLUMNS = (
-    ("w_range", "w range", ".3g"),
-    ("fold_w_range", "w range folded", ".3g"),
-    ("fold_w_precision", "w prec folded", ".2f"),
-    ("w_sqnr_db", "w SQNR", ".1f"),
-    ("a_range", "act range", ".3g"),
-    ("a_precision", "act prec", ".2f"),
-    ("sqnr_db", "SQNR dB", ".1f"),
-    ("sqnr_isolated_db", "iso dB", ".1f"),
-    ("qmse", "QMSE", ".2e"),
+    ("w_range", "w range"),
+    ("fold_w_range", "w range folded"),
+    ("fold_w_precision", "w prec folded"),
+    ("w_sqnr_db", "w SQNR"),
+    ("a_range", "act range"),
+    ("a_precision", "act prec"),
+    ("sqnr_db", "SQNR dB"),
+    ("sqnr_isolated_db", "iso dB"),
+    ("qmse", "QMSE"),
 )
 OUTPUT_COMPARE_COLUMNS = (
-    ("qmse", "QMSE", ".3e"),
-    ("sqnr_db", "SQNR dB", ".1f"),
-    ("qce", "QCE", ".4f"),
-    ("top1_agreement", "top-1 agree", ".4f"),
-    ("acc_fp32", "acc fp32", ".4f"),
-    ("acc_int8", "acc int8", ".4f"),
-    ("acc_drop_pct", "acc drop %", ".2f"),
+    ("qmse", "QMSE"),
+    ("sqnr_db", "SQNR dB"),
+    ("qce", "QCE"),
+    ("top1_agreement", "top-1 agree %"),
+    ("acc_fp32", "acc fp32 %"),
+    ("acc_int8", "acc int8 %"),
+    ("acc_drop_pct", "acc drop %"),
 )
 #: marks a value that differs from the first model's beyond the tolerance (visible without colour)
 DIFF_MARK = "≠"
 
 
-def _cell(values, differs, spec) -> Text:
+def _cell(values, differs, metric) -> Text:
     """``a → b`` (one value when they print the same), marked when it differs beyond the tolerance."""
-    texts = [fmt(v, spec) for v in values]
+    texts = [num.metric(metric, v) for v in values]
     if len(set(texts)) == 1:
         return Text(texts[0])
     return Text(" → ".join(texts) + (f" {DIFF_MARK}" if any(differs) else ""), style="worst" if any(differs) else None)
@@ -347,7 +326,7 @@ def alignment_table(c) -> Table:
             cells.append(Text(f"{r.indices[k]}:{name}" if name is not None else "-", style=None if name else "muted"))
             if k:
                 how = {"signature+activation": "sig+act", "signature": "sig", "map": "map"}.get(r.method[k] or "", "")
-                cells += [fmt(r.confidence[k], ".2f"), how]
+                cells += [num.frac(r.confidence[k]), how]
         t.add_row(*cells, style=None if r.aligned else "warn")
     return t
 
@@ -361,14 +340,14 @@ def compare_layer_table(c) -> Table:
     )
     t.add_column("#", justify="right")
     t.add_column("layer", justify="left", overflow="fold")
-    for _, title, _ in COMPARE_COLUMNS:
+    for _, title in COMPARE_COLUMNS:
         t.add_column(title, justify="right", overflow="fold")
     for i, r in enumerate(c.layers):
         name = next(x for x in r.layers if x is not None)
         cells = [str(i), Text(name + ("" if r.aligned else " (unaligned)"))]
-        for metric, _, spec in COMPARE_COLUMNS:
+        for metric, _ in COMPARE_COLUMNS:
             m = r.metric(metric)
-            cells.append(_cell(m.values, m.differs, spec))
+            cells.append(_cell(m.values, m.differs, metric))
         t.add_row(*cells)
     return t
 
@@ -382,15 +361,15 @@ def compare_layer_tables(c) -> list[Table]:
         t.add_column("metric", justify="left")
         for k, lab in enumerate(c.labels):
             t.add_column(lab + ("" if k == 0 else " (Δ)"), justify="right", overflow="fold")
-        for metric, title, spec in COMPARE_COLUMNS:
+        for metric, title in COMPARE_COLUMNS:
             m = r.metric(metric)
             if all(v is None for v in m.values):
                 continue
             cells = [title]
             for k, v in enumerate(m.values):
                 d = m.deltas[k]
-                txt = fmt(v, spec) + (
-                    f" ({'+' if d >= 0 else ''}{fmt(d, spec)})" if k and d is not None and d != 0 else ""
+                txt = num.metric(metric, v) + (
+                    f" ({'+' if d >= 0 else ''}{num.metric(metric, d)})" if k and d is not None and d != 0 else ""
                 )
                 cells.append(
                     Text(txt + (f" {DIFF_MARK}" if m.differs[k] else ""), style="worst" if m.differs[k] else None)
@@ -407,7 +386,7 @@ def compare_output_table(c) -> Table:
         t.add_column(lab, justify="right", overflow="fold")
     for o in c.outputs:
         t.add_row(Text("output"), *[Text(n or "-") for n in o.names], style="head")
-        for metric, title, spec in OUTPUT_COMPARE_COLUMNS:
+        for metric, title in OUTPUT_COMPARE_COLUMNS:
             m = next(x for x in o.metrics if x.metric == metric)
             if all(v is None for v in m.values):
                 continue
@@ -415,7 +394,7 @@ def compare_output_table(c) -> Table:
                 title,
                 *[
                     Text(
-                        fmt(v, spec) + (f" {DIFF_MARK}" if m.differs[k] else ""),
+                        num.metric(metric, v) + (f" {DIFF_MARK}" if m.differs[k] else ""),
                         style="worst" if m.differs[k] else None,
                     )
                     for k, v in enumerate(m.values)
@@ -440,7 +419,7 @@ def compare_summary(c) -> Group:
         parts.append(
             Text(
                 f"{c.labels[0]} ↔ {c.labels[k]}: {len(pairs)} layer(s) aligned"
-                + (f", confidence {min(confs):.2f}-{max(confs):.2f}" if confs else "")
+                + (f", confidence {num.frac(min(confs))}-{num.frac(max(confs))}" if confs else "")
                 + (f", {len(low)} below 0.8" if low else ""),
                 style="warn" if low else "ok",
             )
@@ -475,12 +454,83 @@ def compare_summary(c) -> Group:
     return Group(*parts)
 
 
-def render_comparison(c, con: Console) -> None:
-    con.print(alignment_table(c))
-    if len(c.models) == 2:
-        con.print(compare_layer_table(c))
-    else:
-        for t in compare_layer_tables(c):
-            con.print(t)
-    con.print(compare_output_table(c))
-    con.print(compare_summary(c))
+def plain_console(file, width: int = DEFAULT_WIDTH) -> Console:
+    """A console that writes plain text at ``width`` columns whatever the environment
+    (``NO_COLOR``, ``FORCE_COLOR``, ``COLUMNS``, ``TERM`` are ignored)."""
+    return Console(
+        file=file,
+        width=width,
+        theme=THEME,
+        highlight=False,
+        color_system=None,
+        force_terminal=False,
+        force_jupyter=False,
+        force_interactive=False,
+        legacy_windows=False,
+        _environ={},
+    )
+
+
+class TerminalRenderer:
+    """The tables of a report (layers, outputs, summary, gates and the verdict line) or of a comparison.
+
+    ``render(subject, *, gates=None, worst=3, quiet=False, width=200, console=None) -> str``:
+    ``worst`` layers are highlighted; ``quiet`` keeps only the verdict line (a report
+    without gates, or a comparison, then prints nothing); ``width`` is the width of
+    the plain text returned. With ``console`` it prints there instead (at that
+    console's width, in colour when it is a terminal) and returns ``""``.
+    """
+
+    name = "terminal"
+    subjects = frozenset({"report", "comparison"})
+
+    def render(
+        self,
+        subject,
+        *,
+        gates: GateResult | None = None,
+        worst: int = 3,
+        quiet: bool = False,
+        width: int = DEFAULT_WIDTH,
+        console: Console | None = None,
+    ) -> str:
+        if console is not None:
+            self.print(subject, console, gates=gates, worst=worst, quiet=quiet)
+            return ""
+        buf = io.StringIO()
+        self.print(subject, plain_console(buf, width), gates=gates, worst=worst, quiet=quiet)
+        return buf.getvalue()
+
+    def print(
+        self, subject, console: Console, *, gates: GateResult | None = None, worst: int = 3, quiet: bool = False
+    ) -> None:
+        """Stream the same output to ``console`` (any console: :data:`THEME` is pushed while printing)."""
+        with console.use_theme(THEME):
+            self._print(subject, console, gates, worst, quiet)
+
+    def _print(self, subject, con: Console, gates: GateResult | None, worst: int, quiet: bool) -> None:
+        if accept(self, subject, gates) == "comparison":
+            if quiet:
+                return
+            c = subject
+            con.print(alignment_table(c))
+            if len(c.models) == 2:
+                con.print(compare_layer_table(c))
+            else:
+                for t in compare_layer_tables(c):
+                    con.print(t)
+            con.print(compare_output_table(c))
+            con.print(compare_summary(c))
+            return
+        report = with_gates(subject, gates)
+        if not quiet:
+            con.print(layer_table(report, worst))
+            con.print(output_table(report))
+            con.print(summary(report, worst))
+            if report.gates is not None:
+                con.print(gates_section(report.gates))
+        if report.gates is not None:
+            print_verdict(report.gates, con)
+
+
+RENDERER = TerminalRenderer()

@@ -19,6 +19,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from qaudit.renderers import numbers
+
 from ..conftest import SAMPLE, SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_LABELS, SAMPLE_MODEL, sha256_file
 
 pytestmark = pytest.mark.slow
@@ -220,7 +222,9 @@ def test_failing_layers_are_named_in_json_junit_and_markdown(failing):
         assert float(b["measured"]) == rows[layer]["sqnr_db"]
         assert float(b["threshold"]) == 35.0 and b["comparison"] == "measured >= threshold"
         assert b["metric"] == "sqnr_db" and b["glob"] == "(default)"
-        assert f"{rows[layer]['sqnr_db']:.6g}" in f.get("message") and "< 35" in f.get("message")
+        # the message is the one gate-check sentence, its numbers by the shared rule
+        measured = numbers.gate(rows[layer]["sqnr_db"], 35.0)
+        assert f.get("message") == f"min_layer_sqnr {layer}: sqnr_db {measured} < 35"
 
     md = failing.markdown
     assert md.startswith(f"## qaudit: ❌ FAIL — {len(want)} of ")
@@ -292,7 +296,7 @@ def test_missing_metric_fails_unless_skip_missing(run_cli, saved, sample_report_
     assert p.returncode == 1
     assert "--labels" in p.stdout
     fail = failing_cases(ET.parse(tmp_path / "m.xml").getroot())[("qaudit.max_acc_drop_pct", "output logits")]
-    assert body(fail)["measured"] == "null" and "missing" in body(fail)["reason"]
+    assert body(fail)["measured"] == numbers.MISSING and "missing" in body(fail)["reason"]
     p = run_cli("report", f, "--quiet", "--max-acc-drop-pct", "1", "--skip-missing", "--junit", tmp_path / "s.xml")
     assert p.returncode == 0
     root = ET.parse(tmp_path / "s.xml").getroot()
@@ -509,38 +513,43 @@ def test_unknown_environment_variable_is_a_config_error(saved, cli_env):
     assert_one_line_error(p, "QAUDIT_MIN_LAYER_SQRN", "QAUDIT_MIN_LAYER_SQNR")
 
 
-@pytest.mark.parametrize("where", ["qaudit.gate.evaluate", "qaudit.renderers.junit.format", "qaudit.report.to_json"])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "qaudit.gate.evaluate",
+        "qaudit.report.to_json",
+        "qaudit.renderers.jsonreport.JsonRenderer.render",
+        "qaudit.renderers.junit.JUnitRenderer.render",
+        "qaudit.renderers.markdown.MarkdownRenderer.render",
+        "qaudit.renderers.html.HtmlRenderer.render",
+    ],
+)
 def test_a_crash_exits_three_never_one(monkeypatch, capsys, saved, tmp_path, where):
-    """A bug while gating or writing is an internal error (3), not a failed gate (1), and writes nothing."""
-    import importlib
-
+    """A bug while gating or rendering is an internal error (3), not a failed gate (1), and writes nothing
+    (every output is rendered before any is written, the HTML last)."""
     from qaudit.cli import main
-
-    module, name = where.rsplit(".", 1)
 
     def boom(*a, **k):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(importlib.import_module(module), name, boom)
+    monkeypatch.setattr(where, boom)
     for key in [k for k in __import__("os").environ if k.startswith("QAUDIT_")]:
         monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
+    outputs = {"--junit": "j.xml", "--json": "r.json", "--markdown": "s.md", "--html": "r.html"}
     rc = main(
         [
             "report",
             str(saved),
             "--min-layer-sqnr",
             "99",
-            "--junit",
-            str(tmp_path / "j.xml"),
-            "--json",
-            str(tmp_path / "r.json"),
+            *(x for flag, name in outputs.items() for x in (flag, str(tmp_path / name))),
         ]
     )
     err = capsys.readouterr().err
     assert rc == 3, err
     assert "internal error" in err and "simulated bug" in err
-    assert not (tmp_path / "j.xml").exists() and not (tmp_path / "r.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no temporary file
 
 
 def test_regating_imports_no_onnxruntime(saved, cli_env, tmp_path):

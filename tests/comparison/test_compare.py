@@ -8,7 +8,6 @@ compared once per session; most tests read that comparison or its saved reports.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import subprocess
@@ -337,22 +336,21 @@ def test_cli_user_errors_exit_2(args, message, saved_reports):
 
 
 def test_html_overlays_aligned_rows(sample_comparison):
-    from qaudit.renderers.compare_html import aligned_reports, render_comparison_html
+    from qaudit.renderers import render
+    from qaudit.renderers.compare_html import aligned_reports
 
     reps = aligned_reports(sample_comparison)
     for _label, rep in reps:
         assert [r.index for r in rep.layers] == list(range(len(ARCH)))
-    page = render_comparison_html(sample_comparison)
+    page = render(sample_comparison, "html")
     assert page.count("<svg") >= 6 and "Known causes" in page
 
 
 def test_terminal_rendering_two_models(sample_comparison):
-    from qaudit.renderers.terminal import console, render_comparison
+    from qaudit.renderers import render
 
     c = compare_reports(sample_comparison.reports[:2], labels=["script", "dynamo"])
-    buf = io.StringIO()
-    render_comparison(c, console(file=buf, width=220))
-    text = buf.getvalue()
+    text = render(c, "terminal", width=220)
     assert "script ↔ dynamo: 6 layer(s) aligned" in text
     assert "no aligned layer differs beyond tolerance" not in text  # plain w_range differs: BN folded at export
     assert "dynamo was exported with BatchNorm already folded" in text

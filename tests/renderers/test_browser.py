@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from qaudit.renderers.html import plot_ids, render_html
+from qaudit.renderers import render
+from qaudit.renderers.html import plot_ids
 from qaudit.report import from_dict
 
 from ..browser import Chromium, chromium_path
@@ -79,10 +80,10 @@ def pages(sample_run, sample_report_json, sample_int8_report_json, tmp_path_fact
     rep8 = from_dict(sample_int8_report_json)
     assert rep.unmatched, "the sample is expected to have unmatched (fused) tensors"
     no_unmatched = d / "no-unmatched.html"
-    no_unmatched.write_text(render_html([("model.onnx", dataclasses.replace(rep, unmatched=()))]), encoding="utf-8")
+    no_unmatched.write_text(render([("model.onnx", dataclasses.replace(rep, unmatched=()))], "html"), encoding="utf-8")
     overlay = d / "overlay.html"
     pair = [("uint8 weights", rep), ("int8 weights", rep8)]
-    overlay.write_text(render_html(pair), encoding="utf-8")
+    overlay.write_text(render(pair, "html"), encoding="utf-8")
     return [
         ("sample", sample_run.html_path, [("model.onnx", rep)]),
         ("no-unmatched", no_unmatched, [("model.onnx", rep)]),

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from qaudit.renderers.html import ISOLATED_MISSING, default_label, plot_ids, render_html
+from qaudit.errors import ConfigError
+from qaudit.renderers import render
+from qaudit.renderers.html import ISOLATED_MISSING, plot_ids
 from qaudit.renderers.svgplot import PALETTE
 from qaudit.report import UnmatchedTensor, from_dict, from_json
 
@@ -115,12 +117,12 @@ def test_html_from_saved_json_equals_html_of_the_audit(run_cli, sample_run, samp
     assert out.read_bytes() == sample_run.html_path.read_bytes()
     # and in-process, from the parsed report
     rep = from_json(saved.read_text(encoding="utf-8"))
-    assert render_html([(default_label(rep), rep)]) == sample_html
+    assert render(rep, "html") == sample_html
 
 
 def test_rendering_is_deterministic(sample_report):
-    a = render_html([("m", sample_report)])
-    assert a == render_html([("m", sample_report)])
+    a = render([("m", sample_report)], "html")
+    assert a == render([("m", sample_report)], "html")
 
 
 def test_page_is_self_contained(sample_html):
@@ -181,7 +183,7 @@ def test_isolated_sqnr_is_said_to_be_missing(sample_report):
         dataclasses.replace(r, sqnr_isolated_db=None, qmse_isolated=None, error_amplification=None)
         for r in sample_report.layers
     )
-    sample_html = render_html([("m", dataclasses.replace(sample_report, layers=rows))])
+    sample_html = render([("m", dataclasses.replace(sample_report, layers=rows))], "html")
     sqnr = svgs(sample_html)["sqnr"]
     assert ISOLATED_MISSING in sqnr
     assert sqnr.count('<g class="series">') == 1  # accumulated only
@@ -218,7 +220,7 @@ def test_unmatched_listed(sample_html, sample_report):
 
 
 def test_report_with_zero_unmatched_renders(sample_report):
-    html = render_html([("m", dataclasses.replace(sample_report, unmatched=()))])
+    html = render([("m", dataclasses.replace(sample_report, unmatched=()))], "html")
     parse(html)
     assert "Unmatched tensors: none" in html and '<table class="unmatched"' not in html
     assert list(svgs(html)) == plot_ids([("m", sample_report)])
@@ -229,7 +231,7 @@ def test_report_with_other_unmatched_kinds_renders(sample_report):
         UnmatchedTensor("t_excl", "/fc2/Gemm", "Gemm", "excluded", "node excluded by --exclude"),
         UnmatchedTensor("t_<float>", "/soft/Max", "Softmax", "float-op", "ONNX Runtime does not quantize Softmax"),
     )
-    html = render_html([("m", dataclasses.replace(sample_report, unmatched=sample_report.unmatched + extra))])
+    html = render([("m", dataclasses.replace(sample_report, unmatched=sample_report.unmatched + extra))], "html")
     parse(html)
     assert "7 fp32 tensor(s) without a quantized twin" in html
     assert "t_&lt;float&gt;" in html and "t_<float>" not in html  # escaped
@@ -239,7 +241,7 @@ def test_old_report_without_histograms_renders(sample_report_json):
     old = json.loads(json.dumps(sample_report_json))
     for r in old["layers"]:
         r.pop("histogram")
-    html = render_html([("m", from_dict(old))])
+    html = render([("m", from_dict(old))], "html")
     parse(html)
     assert "No histograms in this report" in html
     assert list(svgs(html)) == LAYER_PLOT_IDS
@@ -269,7 +271,7 @@ def test_report_with_infinite_sqnr_and_no_weights_renders(sample_report):
         )
         for r in sample_report.layers
     )
-    html = render_html([("m", dataclasses.replace(sample_report, layers=rows))])
+    html = render([("m", dataclasses.replace(sample_report, layers=rows))], "html")
     parse(html)
     plots = svgs(html)
     assert "weight-range" not in plots and "weight-precision" not in plots
@@ -281,7 +283,7 @@ def test_report_with_infinite_sqnr_and_no_weights_renders(sample_report):
 def test_overlay_of_two_reports(sample_report, int8_report):
     """The compare view: both models on the same axes, one legend entry per model and quantity."""
     pair = [("uint8 weights", sample_report), ("int8 weights", int8_report)]
-    html = render_html(pair)
+    html = render(pair, "html")
     parse(html)
     plots = svgs(html)
     worst = [f"hist-0-{r.index}" for r in sample_report.worst_layers(3)] + [
@@ -302,8 +304,8 @@ def test_overlay_of_two_reports(sample_report, int8_report):
 
 
 def test_render_html_needs_a_report():
-    with pytest.raises(ValueError):
-        render_html([])
+    with pytest.raises(ConfigError, match="empty"):
+        render([], "html")
 
 
 # ------------------------------------------------------------ CLI

@@ -1,0 +1,165 @@
+"""The renderer protocol and the one registry of output formats.
+
+Every output of qaudit is a :class:`Renderer`: a name, the kinds of subject it
+accepts, and ``render(subject, *, gates=None, **options) -> str``, a pure
+function of its arguments (no clock, no environment, no I/O). The subjects are
+
+* ``"report"``: a :class:`~qaudit.report.Report`;
+* ``"reports"``: several labelled reports, ``[(label, Report), ...]``, overlaid (HTML);
+* ``"comparison"``: a :class:`~qaudit.comparison.result.Comparison`.
+
+:data:`FORMATS` names every renderer; :func:`render` picks one, renders, and
+optionally writes the text (atomically, or to stdout for ``"-"``). A format
+name or a subject the format cannot render is a :class:`~qaudit.errors.ConfigError`
+whose one-line message lists the valid choices; an option the renderer does not
+take is a :class:`TypeError`, as for any Python call.
+
+``gates`` is the :class:`~qaudit.report.GateResult` to show; ``None`` shows the
+report's own ``report.gates`` (the verdict saved in a JSON report). It applies
+to a single report only.
+
+The terminal renderer is the one that can also stream: with ``console=`` (a
+:class:`rich.console.Console`) it prints there, in colour, and returns ``""``.
+
+Renderers import neither onnx nor onnxruntime (tests/renderers/test_imports.py),
+so saved reports are rendered without running, or even installing, them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from qaudit.errors import ConfigError
+from qaudit.report import GateResult, Report
+
+#: the kinds of subject a renderer may accept
+SUBJECTS = ("report", "reports", "comparison")
+
+#: how a kind of subject is named in messages
+_KIND_TEXT = {"report": "report", "reports": "list of labelled reports", "comparison": "comparison"}
+
+#: output format -> module defining ``RENDERER``; loaded on first use, so importing
+#: this package stays cheap (it is imported by :mod:`qaudit.gate` for the numbers)
+_MODULES = {
+    "terminal": "qaudit.renderers.terminal",
+    "json": "qaudit.renderers.jsonreport",
+    "markdown": "qaudit.renderers.markdown",
+    "junit": "qaudit.renderers.junit",
+    "html": "qaudit.renderers.html",
+}
+#: every output format, in the order they are listed to users
+FORMATS: tuple[str, ...] = tuple(_MODULES)
+
+
+@runtime_checkable
+class Renderer(Protocol):
+    """One output format.
+
+    ``name`` is its key in :data:`FORMATS`; ``subjects`` the kinds of subject
+    (see :data:`SUBJECTS`) it renders. ``render`` returns the whole text; it
+    raises :class:`TypeError` for an option it does not take.
+    """
+
+    name: str
+    subjects: frozenset[str]
+
+    def render(self, subject, *, gates: GateResult | None = None, **options) -> str: ...
+
+
+def subject_kind(subject) -> str:
+    """``"report"``, ``"reports"`` or ``"comparison"``; :class:`TypeError` for anything else,
+    :class:`~qaudit.errors.ConfigError` for an empty list of reports."""
+    if isinstance(subject, Report):
+        return "report"
+    if isinstance(subject, Sequence) and not isinstance(subject, str):
+        if not subject:
+            raise ConfigError("nothing to render: the list of (label, report) pairs is empty")
+        if all(
+            isinstance(x, Sequence) and len(x) == 2 and isinstance(x[0], str) and isinstance(x[1], Report)
+            for x in subject
+        ):
+            return "reports"
+    else:
+        from qaudit.comparison.result import Comparison  # neither numpy nor onnx; only when needed
+
+        if isinstance(subject, Comparison):
+            return "comparison"
+    raise TypeError(
+        f"cannot render a {type(subject).__name__}: give a Report, a list of (label, Report) pairs or a Comparison"
+    )
+
+
+def get_renderer(fmt: str) -> Renderer:
+    """The renderer of format ``fmt``; :class:`~qaudit.errors.ConfigError` when there is none."""
+    if fmt not in _MODULES:
+        raise ConfigError(f"unknown output format {fmt!r}; formats are: {', '.join(FORMATS)}")
+    return importlib.import_module(_MODULES[fmt]).RENDERER
+
+
+def formats_for(kind: str) -> tuple[str, ...]:
+    """The formats that render a subject of this kind (imports every renderer)."""
+    return tuple(f for f in FORMATS if kind in get_renderer(f).subjects)
+
+
+def accept(renderer: Renderer, subject, gates: GateResult | None = None) -> str:
+    """The kind of ``subject`` (see :func:`subject_kind`) if ``renderer`` renders it, else a
+    :class:`~qaudit.errors.ConfigError` listing the formats that do. Renderers call it first."""
+    kind = subject_kind(subject)
+    if kind not in renderer.subjects:
+        what = _KIND_TEXT[kind]
+        raise ConfigError(
+            f"the {renderer.name} format cannot render a {what}; formats for a {what}: {', '.join(formats_for(kind))}"
+        )
+    if gates is not None and kind != "report":
+        raise ConfigError(f"gates= applies to a single report, not to a {_KIND_TEXT[kind]}")
+    return kind
+
+
+def with_gates(report: Report, gates: GateResult | None) -> Report:
+    """``report`` with ``gates`` as its verdict (``None``: the report's own ``report.gates``)."""
+    if gates is None or gates is report.gates:
+        return report
+    import dataclasses
+
+    return dataclasses.replace(report, gates=gates)
+
+
+def render(subject, fmt: str, *, gates: GateResult | None = None, to: str | Path | None = None, **options) -> str:
+    """Render ``subject`` in format ``fmt`` (one of :data:`FORMATS`) and return the text.
+
+    ``gates``: the gate verdict to show (default: the report's own). ``to``: also
+    write the text there, atomically (a temporary file in the target's
+    directory, renamed over it; on failure the temporary file is deleted and an
+    existing file is left untouched), or to stdout for ``"-"``. Nothing is
+    written when rendering fails. ``options`` go to the renderer, e.g.
+    ``worst=5`` (markdown, html, terminal) or ``width=120`` (terminal).
+
+    Raises :class:`~qaudit.errors.ConfigError` for an unknown format, or one that
+    cannot render this subject (e.g. ``junit`` of a comparison).
+    """
+    renderer = get_renderer(fmt)
+    accept(renderer, subject, gates)
+    if to is not None and options.get("console") is not None:
+        raise ConfigError("give either to= or console=, not both")
+    text = renderer.render(subject, gates=gates, **options)
+    if to is not None:
+        from qaudit.output import write_text
+
+        write_text(to, text)
+    return text
+
+
+__all__ = [
+    "FORMATS",
+    "SUBJECTS",
+    "Renderer",
+    "accept",
+    "formats_for",
+    "get_renderer",
+    "render",
+    "subject_kind",
+    "with_gates",
+]
