@@ -1,4 +1,4 @@
-"""The compiled per-value loops (qaudit/_kernels.c) against numpy.
+"""The compiled per-value loops (qaudit/pipeline/_kernels.c) against numpy.
 
 qaudit computes every statistic either with its C kernels or with numpy
 (``QAUDIT_KERNELS``). Histograms, bins and counts must be identical; sums of
@@ -26,12 +26,12 @@ from qaudit.pipeline.metrics import RangeHistogram, dequantize
 from ..conftest import SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_MODEL
 from .test_streaming import SHAPES, _data, _matching
 
-needs_c = pytest.mark.skipif(kernels._compiled is None, reason="qaudit's C kernels are not built (no compiler)")
+needs_c = pytest.mark.skipif(kernels.compiled is None, reason="qaudit's C kernels are not built (no compiler)")
 
 
 @pytest.fixture(params=["c", "numpy"])
 def mode(request, monkeypatch):
-    if request.param == "c" and kernels._compiled is None:
+    if request.param == "c" and kernels.compiled is None:
         pytest.skip("qaudit's C kernels are not built")
     monkeypatch.setenv(kernels.ENV, request.param)
     return request.param
@@ -39,22 +39,22 @@ def mode(request, monkeypatch):
 
 def test_kernels_are_built_where_ci_runs():
     """CI installs with a compiler: the C path must be the one the suite tests."""
-    if kernels._compiled is None and not os.environ.get("CI"):
+    if kernels.compiled is None and not os.environ.get("CI"):
         pytest.skip("not built here (no C compiler at install time); numpy is used")
-    assert kernels._compiled is not None
+    assert kernels.compiled is not None
     assert kernels.name() == "c"
 
 
 def test_kernel_choice_from_the_environment(monkeypatch):
     monkeypatch.setenv(kernels.ENV, "numpy")
-    assert kernels.native() is None and kernels.name() == "numpy"
+    assert kernels.selected() is kernels.numpy_reference and kernels.name() == "numpy"
     monkeypatch.setenv(kernels.ENV, "fast")
     with pytest.raises(ConfigError, match="QAUDIT_KERNELS must be c, numpy or auto"):
-        kernels.native()
-    monkeypatch.setattr(kernels, "_compiled", None)
+        kernels.selected()
+    monkeypatch.setattr(kernels, "compiled", None)
     monkeypatch.setenv(kernels.ENV, "c")
     with pytest.raises(ConfigError, match="not built"):
-        kernels.native()
+        kernels.selected()
     monkeypatch.setenv(kernels.ENV, "auto")
     assert kernels.name() == "numpy"  # falls back when not built
 
@@ -102,13 +102,13 @@ def test_abs_histogram_equals_numpy_histogram_of_abs(case):
     with np.errstate(invalid="ignore"):
         want = np.histogram(np.abs(x), bins=edges)[0]
     got = np.full(len(edges) - 1, 7, dtype=np.int64)  # it adds to what is there
-    kernels._compiled.abs_histogram(x, edges, got)
+    kernels._c.abs_histogram(x, edges, got)
     np.testing.assert_array_equal(got - 7, want)
 
 
 @needs_c
 def test_abs_histogram_rejects_bad_input():
-    k = kernels._compiled
+    k = kernels._c
     x, e, h = np.ones(10, np.float32), np.array([0, 1, 2], np.float32), np.zeros(2, np.int64)
     with pytest.raises(ValueError, match="non-decreasing"):
         k.abs_histogram(x, e[::-1].copy(), h)
@@ -198,7 +198,7 @@ def test_range_histogram_c_equals_numpy(seed, rank, monkeypatch):
 @needs_c
 def test_bin_values_refuses_values_outside_the_grid():
     """NaN or |x| > T would index out of the counters: the C loop raises instead."""
-    k = kernels._compiled
+    k = kernels._c
     hist, ch = np.zeros(2048, np.int64), np.zeros((2, 256), np.int64)
     am, aM = np.zeros(2, np.int64), np.zeros(2, np.int64)
     lo, hi = np.zeros(2, np.float32), np.ones(2, np.float32)
@@ -246,26 +246,26 @@ def test_minmax_equals_numpy(case):
     _, x = case
     pre, C, post = x.shape
     lo, hi = np.full(C, 7.0, np.float32), np.full(C, 7.0, np.float32)  # overwritten, not merged
-    n_nan = kernels._compiled.minmax(x, pre, post, lo, hi, False)
+    n_nan = kernels._c.minmax(x, pre, post, lo, hi, False)
     assert n_nan == np.count_nonzero(np.isnan(x))
     np.testing.assert_array_equal(lo, x.min(axis=(0, 2)))
     np.testing.assert_array_equal(hi, x.max(axis=(0, 2)))
     for ch in range(C):  # np.nanmin of each channel alone, and of the whole tensor
         flat = np.ascontiguousarray(x[:, ch, :]).ravel()
         ext = np.empty(2, np.float32)
-        kernels._compiled.minmax(flat, 1, flat.size, ext[:1], ext[1:], True)
+        kernels._c.minmax(flat, 1, flat.size, ext[:1], ext[1:], True)
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slice
             np.testing.assert_array_equal(ext, [np.nanmin(flat), np.nanmax(flat)])
     flat = x.ravel()
     ext = np.empty(2, np.float32)
-    kernels._compiled.minmax(flat, 1, flat.size, ext[:1], ext[1:], True)
+    kernels._c.minmax(flat, 1, flat.size, ext[:1], ext[1:], True)
     np.testing.assert_array_equal(ext, [np.nanmin(flat), np.nanmax(flat)])
 
 
 @needs_c
 def test_minmax_rejects_bad_input():
-    k = kernels._compiled
+    k = kernels._c
     x = np.zeros((2, 3, 4), np.float32)
     lo, hi = np.empty(3, np.float32), np.empty(3, np.float32)
     with pytest.raises(ValueError, match="inconsistent"):
@@ -291,7 +291,7 @@ def test_error_sums_by_hand_in_float64(qtype):
     info = np.iinfo(qtype)
     q = np.clip(np.round(x / scale) + zp, info.min, info.max).astype(qtype)
     q_iso = np.clip(q.astype(int) + rng.integers(-2, 3, x.size), info.min, info.max).astype(qtype)
-    sx2, se2, se2_iso, outside = kernels._compiled.error_sums(x, q, float(scale), float(zp), q_iso, -2.5, 4.0)
+    sx2, se2, se2_iso, outside = kernels._c.error_sums(x, q, float(scale), float(zp), q_iso, -2.5, 4.0)
     x64 = x.astype(np.float64)
     for qq, got in ((q, se2), (q_iso, se2_iso)):
         x_hat = dequantize(qq, scale, zp)  # float32, as the pipeline computes it
@@ -300,11 +300,11 @@ def test_error_sums_by_hand_in_float64(qtype):
     assert sx2 == pytest.approx(math.fsum(x64 * x64), rel=1e-12)
     assert outside == np.count_nonzero((x < np.float32(-2.5)) | (x > np.float32(4.0))) > 0
     # no isolated twin, no clip limits
-    assert kernels._compiled.error_sums(x, q, float(scale), float(zp), None, None, None)[2:] == (0.0, -1)
+    assert kernels._c.error_sums(x, q, float(scale), float(zp), None, None, None)[2:] == (0.0, -1)
     with pytest.raises(ValueError, match="same length"):
-        kernels._compiled.error_sums(x, q[:-1], float(scale), float(zp), None, None, None)
+        kernels._c.error_sums(x, q[:-1], float(scale), float(zp), None, None, None)
     with pytest.raises(ValueError, match="same length"):
-        kernels._compiled.error_sums(
+        kernels._c.error_sums(
             x, q, float(scale), float(zp), q_iso.astype(np.uint8 if qtype == np.int8 else np.int8), None, None
         )
 
