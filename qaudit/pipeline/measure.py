@@ -23,12 +23,10 @@ from qaudit.pipeline.metrics import (
     OutputAccumulator,
     RangeHistogram,
     channel_axis,
-    dequantize,
     looks_like_probabilities,
     qmse_of,
     range_stats,
     sqnr_of,
-    square_sum,
 )
 from qaudit.pipeline.transform import FoldRecord
 from qaudit.report import Histogram, LayerRow, OutputRow
@@ -93,53 +91,27 @@ class ActivationMeter:
         """One batch: the fp32 tensors, the quantized graph's integer twins and,
         optionally, the twins of the isolated-error graph (each layer fed fp32
         inputs, see :func:`qaudit.pipeline.capture.isolated_model`)."""
-        compiled = kernels.native()
         for name in self.names:
             tw = self.matching.twins[name]
             x = fp32[name]
             enc = tw.encoding
             self._histogram(name, x, self.axis.setdefault(name, channel_axis(x.ndim)))
-            if compiled is not None and self._errors_compiled(compiled, name, x, quant, isolated):
-                continue
-            axis = enc.axis if not enc.per_tensor else None
-            x_hat = dequantize(quant[tw.quant_name], enc.scale, enc.zero_point, axis).reshape(x.shape)
-            sum_x2 = square_sum(np.ascontiguousarray(x, dtype=np.float32).ravel())
-            self.err[name].update(x, x_hat, sum_x2=sum_x2)
-            if isolated is not None:  # the same x: the same sum(x^2)
-                x_iso = dequantize(isolated[tw.quant_name], enc.scale, enc.zero_point, axis).reshape(x.shape)
-                self.iso[name].update(x, x_iso, sum_x2=sum_x2)
-            if name in self.clip:
-                self.clip[name].update(x)
-
-    def _errors_compiled(self, compiled, name: str, x: np.ndarray, quant: dict, isolated: dict | None) -> bool:
-        """Error sums and clip count of one twin in one compiled pass (the same
-        statistics as the numpy code in :meth:`update`); ``False`` where the
-        kernel does not apply (a per-channel encoding, a type other than
-        float32 against uint8/int8)."""
-        tw = self.matching.twins[name]
-        enc = tw.encoding
-        q = quant[tw.quant_name]
-        q_iso = isolated[tw.quant_name] if isolated is not None else None
-        if (
-            not enc.per_tensor
-            or x.dtype != np.float32
-            or q.dtype not in (np.uint8, np.int8)
-            or q.size != x.size
-            or (q_iso is not None and (q_iso.dtype != q.dtype or q_iso.size != x.size))
-        ):
-            return False
-        clip = self.clip.get(name)
-        limits = (clip.q_min, clip.q_max) if clip is not None else (None, None)
-        flat = [np.ascontiguousarray(a).reshape(-1) if a is not None else None for a in (x, q, q_iso)]
-        scale = float(np.asarray(enc.scale, dtype=np.float32).reshape(()))
-        zero_point = float(np.asarray(enc.zero_point).reshape(()))
-        sum_x2, sum_e2, sum_e2_iso, outside = compiled.error_sums(flat[0], flat[1], scale, zero_point, flat[2], *limits)
-        self.err[name].add(sum_x2, sum_e2, x.size)
-        if q_iso is not None:
-            self.iso[name].add(sum_x2, sum_e2_iso, x.size)
-        if clip is not None:
-            clip.add(outside, x.size)
-        return True
+            q_iso = isolated[tw.quant_name] if isolated is not None else None
+            clip = self.clip.get(name)
+            sum_x2, sum_e2, sum_e2_iso, outside = kernels.error_sums(
+                x,
+                quant[tw.quant_name],
+                enc.scale,
+                enc.zero_point,
+                axis=enc.axis if not enc.per_tensor else None,
+                q_isolated=q_iso,
+                limits=(clip.q_min, clip.q_max) if clip is not None else None,
+            )
+            self.err[name].add(sum_x2, sum_e2, x.size)
+            if q_iso is not None:  # the same x: the same sum(x^2)
+                self.iso[name].add(sum_x2, sum_e2_iso, x.size)
+            if clip is not None:
+                clip.add(outside, x.size)
 
     def _histogram(self, name: str, x: np.ndarray, axis: int | None) -> None:
         hist = self.hist[name]

@@ -107,7 +107,7 @@ class ErrorAccumulator:
         self.count += x.size
 
     def add(self, sum_x2: float, sum_e2: float, count: int) -> None:
-        """Add sums computed elsewhere (``kernels.native().error_sums``)."""
+        """Add sums computed elsewhere (``kernels.error_sums``)."""
         self.sum_x2 += sum_x2
         self.sum_e2 += sum_e2
         self.count += count
@@ -188,10 +188,6 @@ class RangeHistogram:
             if self.ch_hist is not None:
                 self.ch_hist = self._grow(self.ch_hist)
 
-    #: Above this many (channel x fine bin) counters per batch, channel histograms
-    #: are binned separately on the coarse grid instead of folded from the fine one.
-    _JOINT_LIMIT = 1 << 22
-
     def update(self, x: np.ndarray, axis: int | None) -> None:
         x = np.ascontiguousarray(x, dtype=np.float32)
         # [pre, C, post] view: no copy, channel axis in the middle
@@ -210,66 +206,19 @@ class RangeHistogram:
             raise ValueError(f"channel count changed from {self.ch_hist.shape[0]} to {C}")
         if m.size == 0:
             return
-        compiled = kernels.native()
-        if compiled is not None:  # both in one pass; NaN propagates as in numpy's
-            cmin32, cmax32 = np.empty(C, dtype=np.float32), np.empty(C, dtype=np.float32)
-            compiled.minmax(m, m.shape[0], m.shape[2], cmin32, cmax32, False)
-        else:
-            cmin32 = m.min(axis=(0, 2))
-            cmax32 = m.max(axis=(0, 2))
+        cmin32, cmax32 = kernels.channel_minmax(m)  # NaN propagates, as in numpy's min
         cmin, cmax = cmin32.astype(np.float64), cmax32.astype(np.float64)
         self.min = min(self.min, float(cmin.min()))
         self.max = max(self.max, float(cmax.max()))
         self.count += m.size
         amax = max(abs(self.min), abs(self.max))
         self._ensure_T(amax)  # before binning: the grid must hold this batch
-        if compiled is not None and self.T > 0.0 and np.isfinite(amax):
-            # one pass: bins, channel bins and the counts at each channel's extremes
-            n_min, n_max = np.empty(C, dtype=np.int64), np.empty(C, dtype=np.int64)
-            compiled.bin_values(
-                m, m.shape[0], m.shape[2], self.T, self.hist, self.ch_hist, cmin32, cmax32, n_min, n_max
-            )
-            binned = True
-        else:
-            n_min = _count_extremes(m, cmin32)
-            n_max = _count_extremes(m, cmax32)
-            binned = False
+        # bins, channel bins and the counts at each channel's extremes
+        n_min, n_max = kernels.bin_values(m, self.T, self.hist, self.ch_hist, cmin32, cmax32)
         self.ch_at_min = _merge_atoms(self.ch_min, self.ch_at_min, cmin, n_min, np.less)
         self.ch_at_max = _merge_atoms(self.ch_max, self.ch_at_max, cmax, n_max, np.greater)
         self.ch_min = np.minimum(self.ch_min, cmin)
         self.ch_max = np.maximum(self.ch_max, cmax)
-        if binned:
-            return
-        per_channel = m.size // C
-        if self.T == 0.0:  # all zeros so far: everything in the middle bin
-            self.hist[self.bins // 2] += m.size
-            self.ch_hist[:, self.channel_bins // 2] += per_channel
-            return
-        # fine bin = floor((x + T) * bins / 2T), computed in float32. T >= max|x|, so
-        # x + T >= 0 (rounding is monotonic) and the cast's truncation is floor;
-        # only x == T reaches ``bins`` and is clamped into the last bin.
-        t = m + np.float32(self.T)
-        t *= np.float32(self.bins / (2 * self.T))
-        np.minimum(t, np.float32(self.bins - 1), out=t)
-        fine = t.astype(np.int32)
-        del t
-        shift = int(math.log2(self.bins // self.channel_bins))
-        if C == 1:
-            h = np.bincount(fine.ravel(), minlength=self.bins)
-            self.hist += h
-            self.ch_hist[0] += h.reshape(self.channel_bins, -1).sum(axis=1)
-        elif C * self.bins <= min(m.size, self._JOINT_LIMIT):
-            # joint (channel, fine bin) counts, folded into both histograms; only
-            # when there are fewer counters than values (the cost is C * bins)
-            fine += (np.arange(C, dtype=np.int32) * self.bins)[None, :, None]
-            h = np.bincount(fine.ravel(), minlength=C * self.bins).reshape(C, self.bins)
-            self.hist += h.sum(axis=0)
-            self.ch_hist += h.reshape(C, self.channel_bins, -1).sum(axis=2)
-        else:
-            self.hist += np.bincount(fine.ravel(), minlength=self.bins)
-            fine >>= shift
-            fine += (np.arange(C, dtype=np.int32) * self.channel_bins)[None, :, None]
-            self.ch_hist += np.bincount(fine.ravel(), minlength=C * self.channel_bins).reshape(C, self.channel_bins)
 
     def merge(self, other: RangeHistogram) -> RangeHistogram:
         if other.count == 0:
@@ -390,20 +339,6 @@ class RangeHistogram:
         return -self.T + i0 * w, -self.T + (i0 + k * g) * w, span.reshape(k, g).sum(axis=1).tolist()
 
 
-def _count_extremes(m: np.ndarray, ext: np.ndarray) -> np.ndarray:
-    """How many values of each channel of ``m`` ([pre, C, post]) equal that channel's ``ext``.
-
-    Every channel holds its own extreme at least once, so when the whole tensor
-    has exactly C matches each channel has one: a flat count (fast) settles the
-    common case, and the per-channel count (4x slower) runs only for tensors with
-    repeated extremes (a ReLU's zeros, a clip's bounds) or NaN.
-    """
-    eq = m == ext[None, :, None]
-    if np.count_nonzero(eq) == m.shape[1] and not np.isnan(ext).any():  # (a NaN channel matches nothing)
-        return np.ones(m.shape[1], dtype=np.int64)
-    return np.count_nonzero(eq, axis=(0, 2))
-
-
 def _merge_atoms(old_ext, old_n, new_ext, new_n, better):
     """Count of values at the running extreme after seeing a new extreme ``new_ext`` x ``new_n``."""
     return np.where(better(new_ext, old_ext), new_n, np.where(new_ext == old_ext, old_n + new_n, old_n))
@@ -427,7 +362,7 @@ class ClipCounter:
         self.count += x.size
 
     def add(self, outside: int, count: int) -> None:
-        """Add counts computed elsewhere (``kernels.native().error_sums``)."""
+        """Add counts computed elsewhere (``kernels.error_sums``)."""
         self.outside += outside
         self.count += count
 

@@ -255,15 +255,8 @@ def _lean_collector_class():
                     super().collect_absolute_value({tensor: data_arr})  # ORT's checks and messages
                     continue
                 flat = arr.ravel()
-                compiled = kernels.native()
-                if flat.size > 0 and compiled is not None and flat.dtype == np.float32 and flat.flags.c_contiguous:
-                    # np.nanmin and np.nanmax in one pass (an all-NaN tensor gives NaN, as there)
-                    extremes = np.empty(2, dtype=np.float32)
-                    compiled.minmax(flat, 1, flat.size, extremes[:1], extremes[1:], True)
-                    min_value, max_value = extremes[0], extremes[1]
-                elif flat.size > 0:
-                    min_value = np.nanmin(flat)
-                    max_value = np.nanmax(flat)
+                if flat.size > 0:  # np.nanmin and np.nanmax (an all-NaN tensor gives NaN, as there)
+                    min_value, max_value = kernels.nan_minmax(flat)
                 else:
                     min_value = np.array(0, dtype=flat.dtype)
                     max_value = np.array(0, dtype=flat.dtype)
@@ -281,17 +274,11 @@ def _lean_collector_class():
                     width = old_hist_edges[1] - old_hist_edges[0]
                     new_bin_edges = np.arange(old_hist_edges[-1] + width, temp_amax + width, width)
                     old_hist_edges = np.hstack((old_hist_edges, new_bin_edges))
-                if compiled is not None and flat.dtype == np.float32 and old_hist_edges.dtype == np.float32:
-                    # np.histogram(|x|, bins=edges) in one pass: numpy sorts every
-                    # 64Ki-value block to histogram on explicit edges (qaudit/kernels.py).
-                    # Not in a batch that widened the edges: ORT's np.arange makes
-                    # them float64 there (onnxruntime 1.32), and numpy compares on those.
-                    hist = np.zeros(len(old_hist_edges) - 1, dtype=np.int64)
-                    compiled.abs_histogram(flat, old_hist_edges, hist)
-                    hist_edges = old_hist_edges
-                else:
-                    hist, hist_edges = np.histogram(np.absolute(flat), bins=old_hist_edges)
-                    hist_edges = hist_edges.astype(flat.dtype)
+                # np.histogram(np.absolute(flat), bins=old_hist_edges); in a batch that
+                # widened the edges ORT's np.arange made them float64 (onnxruntime 1.32),
+                # and numpy compares on those: kernels.abs_histogram does too
+                hist = kernels.abs_histogram(flat, old_hist_edges)
+                hist_edges = old_hist_edges.astype(flat.dtype, copy=False)
                 hist[: len(old_hist)] += old_hist
                 self.histogram_dict[tensor] = (hist, hist_edges, min(old_min, min_value), max(old_max, max_value))
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from qaudit.pipeline.kernels import _count_extremes
 from qaudit.pipeline.match import Encoding, Matching, Twin
 from qaudit.pipeline.measure import ActivationMeter
-from qaudit.pipeline.metrics import ClipCounter, RangeHistogram, _count_extremes, dequantize
+from qaudit.pipeline.metrics import ClipCounter, RangeHistogram, dequantize
 from qaudit.pipeline.parallel import lockstep, shares
 
 
