@@ -206,10 +206,14 @@ def _not_bare() -> list[str]:
         return [*problems, "qaudit is not installed: pip install . pytest"]
     import qaudit
 
-    where = Path(qaudit.__file__).resolve()
+    where = Path(qaudit.__file__).resolve().parent
+    meta = Path(dist.locate_file("qaudit")).resolve()
     site = {Path(sysconfig.get_path(k)).resolve() for k in ("purelib", "platlib")}
-    if where.parent.parent not in site or Path(dist.locate_file("qaudit/__init__.py")).resolve() != where:
-        problems.append(f"qaudit is imported from {where.parent}, not installed in {' or '.join(map(str, site))}")
+    if where.parent not in site or meta != where:
+        problems.append(
+            f"qaudit is imported from {where} (its metadata points to {meta}), not installed in "
+            f"{' or '.join(map(str, sorted(site)))}"
+        )
     requires = dist.requires or []
     core = {_dist_name(r) for r in requires if "extra ==" not in r}
     extras = {_dist_name(r) for r in requires if "extra ==" in r} - core - {"pytest"}
