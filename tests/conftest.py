@@ -9,6 +9,12 @@
   --eval, --labels, --json and --html), shared by the whole session to keep the
   suite fast.
 * ``sample_int8_report_json``: the same audit with int8 weights (overlay tests).
+
+Markers (see docs/development.md): a test that needs more than a bare install
+(``pip install . pytest``) says so with ``extra``, ``browser`` or ``realmodels``;
+every other test gets the ``bare`` marker here. ``--bare`` runs those on an
+installed qaudit and refuses an environment that is not bare. With ``CI`` set,
+a test that ``pytest.importorskip`` would skip fails instead.
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
+import sysconfig
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -155,3 +164,109 @@ def artifacts() -> list[Path]:
 def pytest_terminal_summary(terminalreporter):
     for p in _ARTIFACTS:
         terminalreporter.write_line(f"artifact: {p}")
+
+
+# ------------------------------------------------------------------ markers: the bare run
+
+#: markers of tests that need more than ``pip install . pytest``. Every other test
+#: is ``bare``: a test is bare unless it says otherwise, so a forgotten marker makes
+#: the bare run fail (ImportError) instead of silently leaving the test out.
+NOT_BARE = ("extra", "browser", "realmodels")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--bare",
+        action="store_true",
+        help="run the bare tests (-m bare) against an installed, non-editable qaudit in an environment "
+        "without any of its extras, from a copy of the tree without qaudit/ (what .ci/run does)",
+    )
+
+
+def pytest_configure(config):
+    if config.getoption("--bare"):
+        problems = _not_bare()
+        if problems:
+            raise pytest.UsageError("--bare: " + "; ".join(problems))
+        expr = config.option.markexpr
+        config.option.markexpr = f"bare and ({expr})" if expr else "bare"
+
+
+def _not_bare() -> list[str]:
+    """Why this is not a bare run of the installed package (empty when it is)."""
+    problems = []
+    if (REPO / "qaudit").exists():
+        problems.append(
+            f"{REPO / 'qaudit'} exists: the tests and the CLI runs they start would import the source "
+            "tree; run from a copy of the tree without qaudit/"
+        )
+    try:
+        dist = metadata.distribution("qaudit")
+    except metadata.PackageNotFoundError:
+        return [*problems, "qaudit is not installed: pip install . pytest"]
+    import qaudit
+
+    where = Path(qaudit.__file__).resolve().parent
+    meta = Path(dist.locate_file("qaudit")).resolve()
+    site = {Path(sysconfig.get_path(k)).resolve() for k in ("purelib", "platlib")}
+    if where.parent not in site or meta != where:
+        problems.append(
+            f"qaudit is imported from {where} (its metadata points to {meta}), not installed in "
+            f"{' or '.join(map(str, sorted(site)))}"
+        )
+    requires = dist.requires or []
+    core = {_dist_name(r) for r in requires if "extra ==" not in r}
+    extras = {_dist_name(r) for r in requires if "extra ==" in r} - core - {"pytest"}
+    present = sorted(n for n in extras if _installed(n))
+    if present:
+        problems.append(f"packages of qaudit's extras are installed ({', '.join(present)}): use a fresh venv")
+    return problems
+
+
+def _dist_name(requirement: str) -> str:
+    return re.match(r"[A-Za-z0-9._-]+", requirement).group(0).lower()
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m deselection reads the markers
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("bare"):
+            raise pytest.UsageError(f"{item.nodeid}: 'bare' is set by tests/conftest.py; mark what a test needs")
+        if not any(item.get_closest_marker(m) for m in NOT_BARE):
+            item.add_marker("bare")
+
+
+# ------------------------------------------------------------------ CI: a missing module fails
+
+
+def _fail_missing_module(report) -> None:
+    """With CI set, turn a skip by ``pytest.importorskip`` into a failure (CI must install what tests need)."""
+    if not (report.skipped and os.environ.get("CI") and isinstance(report.longrepr, tuple)):
+        return
+    reason = report.longrepr[2]
+    if "could not import " in reason:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"CI is set, so no skip for a missing module ({reason.removeprefix('Skipped: ')}): install "
+            "the extra that brings it, or mark the test (extra, browser, realmodels) so the bare run leaves it out"
+        )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_missing_module(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_missing_module(outcome.get_result())

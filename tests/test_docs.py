@@ -271,6 +271,7 @@ def ci_command() -> str:
     return github
 
 
+@pytest.mark.extra  # pyyaml (test extra)
 def test_ci_jobs_are_valid_yaml_with_the_junit_report(ci_command):
     yaml = pytest.importorskip("yaml")
     github, gitlab = (yaml.safe_load(b) for b in code_blocks(section(README, "## Use in CI"), "yaml"))

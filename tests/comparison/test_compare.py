@@ -375,6 +375,7 @@ def test_old_reports_without_signatures_still_align():
 
 
 @pytest.mark.slow
+@pytest.mark.extra  # compare-samples
 @pytest.mark.skipif(
     not os.environ.get("REBUILD_SAMPLES"), reason="~30 s; set REBUILD_SAMPLES=1 (needs the compare-samples extra)"
 )

@@ -1,5 +1,7 @@
 """Loading: shape-inference variants, dynamic dims written as -1."""
 
+import sys
+
 import numpy as np
 import onnx
 import pytest
@@ -51,3 +53,52 @@ def test_every_variant_runs(variant):
 
     name, run = SHAPE_INFERENCE_VARIANTS[variant]
     assert run(contrib_op_model()).graph.node
+
+
+def _custom_op_model() -> onnx.ModelProto:
+    """An op no inference knows, so no variant can type its output::
+
+    x -> my.ops.Foo -> y -> Relu -> z
+    """
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Foo", ["x"], ["y"], domain="my.ops"), onnx.helper.make_node("Relu", ["y"], ["z"])],
+        "custom",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])],
+        [onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["N", 4])],
+    )
+    return onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("my.ops", 1)]
+    )
+
+
+def test_what_symbolic_inference_cannot_handle_is_a_reason(monkeypatch, tmp_path):
+    """ORT's verdicts on a model (here its bare Exception) become the variant's reason."""
+    from qaudit.errors import ModelError
+    from qaudit.pipeline import load
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(load, "SHAPE_INFERENCE_VARIANTS", load.SHAPE_INFERENCE_VARIANTS[1:])
+    with pytest.raises(ModelError) as e:
+        infer_shapes(_custom_op_model(), "m.onnx")
+    assert "onnxruntime symbolic: Incomplete symbolic shape inference" in str(e.value)
+    assert "onnxruntime symbolic auto_merge: Incomplete symbolic shape inference" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_sympy_is_not_turned_into_a_note(monkeypatch):
+    """sympy is a dependency: without it symbolic inference fails loudly instead of leaving 'g' unquantized."""
+    monkeypatch.setitem(sys.modules, "onnxruntime.tools.symbolic_shape_infer", None)  # import raises ImportError
+    with pytest.raises(ImportError):
+        infer_shapes(contrib_op_model())
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), AttributeError("renamed"), RuntimeError("bug")])
+def test_unexpected_errors_in_symbolic_inference_propagate(monkeypatch, error):
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(SymbolicShapeInference, "infer_shapes", broken)
+    with pytest.raises(type(error)):
+        infer_shapes(contrib_op_model())

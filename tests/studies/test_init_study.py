@@ -94,6 +94,7 @@ def test_committed_tables_match_their_reports(folder, settings):
 
 
 @pytest.mark.slow
+@pytest.mark.extra  # the quick run trains with torch, scikit-learn, mlxtend, matplotlib
 def test_table_matches_reports(quick):
     out, _ = quick
     rows = _csv_rows(out)
@@ -121,6 +122,7 @@ def test_table_matches_reports(quick):
 
 
 @pytest.mark.slow
+@pytest.mark.extra  # the quick run trains with torch, scikit-learn, mlxtend, matplotlib
 def test_markdown_table_is_the_csv(quick):
     out, stdout = quick
     rows = _csv_rows(out)
@@ -136,6 +138,7 @@ def test_markdown_table_is_the_csv(quick):
 
 
 @pytest.mark.slow
+@pytest.mark.extra  # the quick run trains with torch, scikit-learn, mlxtend, matplotlib
 def test_overlay_page(quick):
     out, _ = quick
     page = (out / "html" / "quick.html").read_text()
