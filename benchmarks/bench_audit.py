@@ -239,9 +239,8 @@ def measure(cmd: list[str], log: Path, cwd: Path, mem_cap: int, timeout: float, 
                 why = "mem_cap" if rss > mem_cap else "timeout" if time.perf_counter() - t0 > timeout else None
                 if why:
                     with lock:
-                        if (
-                            not exited.is_set()
-                        ):  # the launcher is not reaped yet: its pid (= process group) is still ours
+                        # the launcher is not reaped yet: its pid (= process group) is still ours
+                        if not exited.is_set():
                             state["killed"], state["killed_rss"] = why, rss
                             try:
                                 os.killpg(proc.pid, signal.SIGKILL)
@@ -376,7 +375,7 @@ def profile_qaudit(
         "--json",
         str(work / "qaudit.json"),
         "--html",
-        str(work / "qaudit.renderers.html"),
+        str(work / "qaudit.html"),
         "--quiet",
         *(["--batch-size", str(batch_size)] if batch_size else []),
     ]

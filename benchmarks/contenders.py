@@ -202,7 +202,7 @@ def qaudit(model: Path, data: Path, work: Path, batch_size: int) -> dict:
         "--json",
         str(work / "qaudit.json"),
         "--html",
-        str(work / "qaudit.renderers.html"),
+        str(work / "qaudit.html"),
         "--quiet",
         *(["--batch-size", str(batch_size)] if batch_size else []),
     ]

@@ -35,7 +35,6 @@ LINKED_PAGES = [
 #: Written on another branch of the restructuring (issue 15). A link to it may
 #: point nowhere until that branch is merged; once the file exists it is
 #: checked like any other. Drop the entry after the merge.
-PENDING = {DOCS / "development.md"}
 #: options of the command line that are not settings (argparse only)
 CLI_ONLY_FLAGS = {"--config", "--no-baseline", "--no-progress", "--debug", "--version"}
 
@@ -125,7 +124,7 @@ def test_readme_is_the_short_path():
 
 def test_readme_links_every_docs_page():
     listed = set(re.findall(r"\]\((docs/[^)#\s]+\.md)\)", section(README, "## Documentation")))
-    pages = {f"docs/{p.name}" for p in DOCS.glob("*.md")} | {f"docs/{p.name}" for p in PENDING}
+    pages = {f"docs/{p.name}" for p in DOCS.glob("*.md")}
     assert pages <= listed, f"not in the README's Documentation list: {sorted(pages - listed)}"
 
 
@@ -159,8 +158,7 @@ def test_relative_links_resolve(page):
         path, _, anchor = target.partition("#")
         dest = (page.parent / path).resolve() if path else page
         if not dest.exists():
-            if dest not in PENDING:
-                broken.append(f"{target}: no such file")
+            broken.append(f"{target}: no such file")
             continue
         if REPO not in dest.parents and dest != REPO:
             broken.append(f"{target}: outside the repository")

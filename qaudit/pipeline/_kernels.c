@@ -2,7 +2,7 @@
  * qaudit._kernels: the per-value loops of calibration and measurement, in C.
  *
  * Optional: when this module is not built (no C compiler at install time),
- * qaudit computes the same statistics with numpy (qaudit/kernels.py picks).
+ * qaudit computes the same statistics with numpy (qaudit/pipeline/kernels.py picks).
  * Every function here has a numpy twin that the tests compare it with:
  * histograms and counts are identical, sums of squares agree to ~1e-12
  * relative (they are accumulated in double here, in float32 pairwise sums by
