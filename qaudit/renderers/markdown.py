@@ -144,14 +144,7 @@ class MarkdownRenderer:
             [
                 [
                     code(o.name),
-                    num.mse(o.qmse),
-                    num.db(o.sqnr_db),
-                    num.nats(o.qce),
-                    num.nats(o.qkl),
-                    num.pct(o.top1_agreement),
-                    num.pct(o.acc_fp32),
-                    num.pct(o.acc_int8),
-                    num.points(o.acc_drop_pct),
+                    *num.output_cells(o),
                     "❌" if o.name in failing_outputs else "",
                 ]
                 for o in report.outputs

@@ -203,3 +203,19 @@ __all__ = [
     "sig",
     "text",
 ]
+
+
+def output_cells(o) -> list[str]:
+    """The measured cells of one model output (an :class:`~qaudit.report.OutputRow`), in the
+    order every output table shows them: QMSE, SQNR, QCE, QKL, top-1 agreement, accuracy
+    fp32 and quantized, accuracy drop."""
+    return [
+        mse(o.qmse),
+        db(o.sqnr_db),
+        nats(o.qce),
+        nats(o.qkl),
+        pct(o.top1_agreement),
+        pct(o.acc_fp32),
+        pct(o.acc_int8),
+        points(o.acc_drop_pct),
+    ]

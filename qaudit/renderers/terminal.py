@@ -126,14 +126,7 @@ def output_table(report: Report) -> Table:
     for o in report.outputs:
         t.add_row(
             Text(o.name + (f" {FAIL_MARK}" if o.name in failing else "")),
-            num.mse(o.qmse),
-            num.db(o.sqnr_db),
-            num.nats(o.qce),
-            num.nats(o.qkl),
-            num.pct(o.top1_agreement),
-            num.pct(o.acc_fp32),
-            num.pct(o.acc_int8),
-            num.points(o.acc_drop_pct),
+            *num.output_cells(o),
             style="gate.fail" if o.name in failing else None,
         )
     return t
