@@ -92,18 +92,17 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         folded_path = save_model(fold.model, work / "folded.onnx")
         # fail fast, naming the user's model, if ORT cannot run it at all; the reference of the fold check
         original = make_session(save_model(model, work / "normalized.onnx"), optimize=False, what=f"model {cfg.model}")
-        # 3. probe one sample: non-finite tensors stay in float; activation size sets the batch
+        # 3. probe one sample: non-finite tensors stay in float (calibration finds later ones); size sets the batch
         bad, bytes_per_sample, tensor_bytes = probe_activations(folded_path, src.first_batch())
         batch_size = cfg.batch_size or auto_batch_size(bytes_per_sample, src.calib.fixed_batch())
-        auto_excluded = nonfinite_exclusions(fold.model, bad)
         clock.lap("probe")
         # 4. calibrate (checking the fold on the same pass) and quantize
         check = FoldingCheck(original, src.model.output_names, FOLD_CHECK_SAMPLES) if fold.folded else None
         progress.stage("calibrating" + (" and checking BN folding" if check else ""), src.n_calib)
-        ranges = calibrate(
-            folded_path, src.calib.batches(batch_size, cfg.max_samples), cfg.quant, work, progress.advance,
-            skip=set(bad), observe=check.observe if check else None,
-        )  # fmt: skip
+        batches = src.calib.batches(batch_size, cfg.max_samples)
+        observe = check.observe if check else None
+        ranges = calibrate(folded_path, batches, cfg.quant, work, progress.advance, set(bad), observe, nonfinite=bad)
+        auto_excluded = nonfinite_exclusions(fold.model, bad)  # the probe's and calibration's finds
         del original  # every session holds its own memory: free it before the next stage
         fold_check = check.result(cfg.fold_rtol, cfg.fold_atol) if check else {}
         clock.lap("calibrate")
@@ -115,19 +114,26 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         matching = match(fold.model, qmodel, {**excluded, **auto_excluded}, cfg.quant.format)
         clock.lap("match")
         progress.stage("capturing fp32 + quantized", src.n_eval)
+        batches = src.evaluation.batches(batch_size, cfg.max_samples)
         captured = capture(
-            fold.model, qmodel, matching, src.evaluation.batches(batch_size, cfg.max_samples), work,
-            labels=src.labels, isolated=cfg.isolated, tensor_bytes=tensor_bytes, on_batch=progress.advance,
+            fold.model,
+            qmodel,
+            matching,
+            batches,
+            work,
+            labels=src.labels,
+            isolated=cfg.isolated,
+            tensor_bytes=tensor_bytes,
+            on_batch=progress.advance,
             model_name=f"model {cfg.model}",
-        )  # fmt: skip
+        )
         clock.lap("capture")
         # 6. measure every row, assemble the report
         rows = layer_rows(fold.model, qmodel, matching, fold.folded, captured.meter, cfg.clip_percentile)
         clock.lap("measure")
-        facts = RunFacts(
-            prep.n_constants, batch_size, bytes_per_sample, auto_excluded, src.n_calib, captured.samples,
-            fold_check, check.samples if check else 0,
-        )  # fmt: skip
+        check_samples = check.samples if check else 0
+        facts = RunFacts(prep.n_constants, batch_size, bytes_per_sample, auto_excluded, src.n_calib, captured.samples)
+        facts.fold_check, facts.fold_check_samples = fold_check, check_samples
         report = build_report(
             cfg, src.model, fold, matching, facts, rows, captured.outputs.rows(), clock, src.describe()
         )

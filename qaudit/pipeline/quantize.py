@@ -153,11 +153,16 @@ def calibrate(
     skip: set[str] = frozenset(),
     observe: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None,
     workers: int | None = None,
+    nonfinite: dict[str, tuple[float, float]] | None = None,
 ):
     """Percentile ranges of every tensor ORT will quantize, one batch at a time.
 
     Returns ORT's ``TensorsData`` (what ``quantize_static`` would compute with
     ``CalibStridedMinMax`` set to one batch). Tensors in ``skip`` get no range.
+    A tensor that turns out to hold NaN/Inf in a later batch than the probed
+    one (a padded sequence's -inf attention mask) gets no range either, instead
+    of failing ORT's histogram: it is added to ``nonfinite`` as
+    ``{tensor: (finite min, finite max)}`` so that its nodes stay in float.
 
     The calibrator's session runs batch k+1 while ORT's ``HistogramCollector``
     histograms batch k on ``workers`` threads (default: one per usable core),
@@ -213,6 +218,8 @@ def calibrate(
                 on_batch(done_n)
             if not seen:
                 raise QuantizationError("no calibration samples were read")
+            if nonfinite is not None:
+                nonfinite.update(getattr(collector, "nonfinite", {}))
             ranges = calibrator.compute_data()
     except QauditError:
         raise
@@ -248,8 +255,21 @@ def _lean_collector_class():
     from onnxruntime.quantization.calibrate import HistogramCollector
 
     class LeanHistogramCollector(HistogramCollector):
+        #: tensors found holding NaN/Inf in some batch: {tensor: (finite min, finite max)};
+        #: they get no histogram (ORT's would fail: "autodetected range ... is not finite")
+        nonfinite: dict
+
+        def _drop_nonfinite(self, tensor, flat) -> None:
+            finite = flat[np.isfinite(flat)]
+            self.nonfinite[tensor] = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+            self.histogram_dict.pop(tensor, None)
+
         def collect_absolute_value(self, name_to_arr):
+            if not hasattr(self, "nonfinite"):
+                self.nonfinite = {}
             for tensor, data_arr in name_to_arr.items():
+                if tensor in self.nonfinite:
+                    continue
                 arr = data_arr[0] if isinstance(data_arr, list) and len(data_arr) == 1 else data_arr
                 if not isinstance(arr, np.ndarray) or arr.dtype == np.float64:
                     super().collect_absolute_value({tensor: data_arr})  # ORT's checks and messages
@@ -257,12 +277,19 @@ def _lean_collector_class():
                 flat = arr.ravel()
                 if flat.size > 0:  # np.nanmin and np.nanmax (an all-NaN tensor gives NaN, as there)
                     min_value, max_value = kernels.nan_minmax(flat)
+                    if not (np.isfinite(min_value) and np.isfinite(max_value)):  # +-inf, or all NaN
+                        self._drop_nonfinite(tensor, flat)
+                        continue
                 else:
                     min_value = np.array(0, dtype=flat.dtype)
                     max_value = np.array(0, dtype=flat.dtype)
                 if tensor not in self.histogram_dict:
                     data = np.absolute(flat)
-                    hist, hist_edges = np.histogram(data, bins=self.num_bins)
+                    try:
+                        hist, hist_edges = np.histogram(data, bins=self.num_bins)
+                    except ValueError:  # NaN among finite values: no autodetected range
+                        self._drop_nonfinite(tensor, flat)
+                        continue
                     self.histogram_dict[tensor] = (hist, hist_edges.astype(data.dtype), min_value, max_value)
                     continue
                 if flat.size == 0:  # no values: nothing to add (ORT fails here, docs/ort-quirks.md #22)
