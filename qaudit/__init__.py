@@ -45,6 +45,8 @@ def audit(model, calib=None, eval=None, labels=None, *, progress=None, **options
         if calib is not None or eval is not None or labels is not None or options:
             raise TypeError("audit(config) takes no other arguments than progress")
         return run(model, progress)
+    if calib is None:
+        raise TypeError("audit() needs calib: audit(model, calib, eval=None, labels=None, **options)")
     return run(audit_config(model, calib, eval, labels, **options), progress)
 
 
@@ -86,8 +88,12 @@ def render(subject, fmt: str, *, gates=None, to=None, **options) -> str:
 
 __all__ = [
     "AuditConfig",
+    "GateCheck",
     "GateConfig",
     "GateResult",
+    "LayerRow",
+    "OutputRow",
+    "UnmatchedTensor",
     "QauditError",
     "QuantConfig",
     "Report",

@@ -535,12 +535,4 @@ def evaluate(
     )
 
 
-def describe(c: GateCheck) -> str:
-    """The one line every output writes for a check, e.g.
-    ``min_layer_sqnr /fc2/Gemm: sqnr_db 18.25 < 20 (glob '/fc2/*')`` (see :mod:`qaudit.renderers.checks`)."""
-    from qaudit.renderers.checks import sentence
-
-    return sentence(c)
-
-
-__all__ = ["GATES", "GateConfig", "GateDef", "GateCheck", "GateResult", "Threshold", "compare", "evaluate", "describe"]
+__all__ = ["GATES", "GateConfig", "GateDef", "GateCheck", "GateResult", "Threshold", "compare", "evaluate"]

@@ -31,10 +31,9 @@ LINKED_PAGES = [
     *sorted(DOCS.glob("*.md")),
     REPO / "samples" / "README.md",
     REPO / "studies" / "README.md",
+    REPO / "studies" / "init" / "RESULTS.md",
+    REPO / "benchmarks" / "README.md",
 ]
-#: Written on another branch of the restructuring (issue 15). A link to it may
-#: point nowhere until that branch is merged; once the file exists it is
-#: checked like any other. Drop the entry after the merge.
 #: options of the command line that are not settings (argparse only)
 CLI_ONLY_FLAGS = {"--config", "--no-baseline", "--no-progress", "--debug", "--version"}
 

@@ -12,7 +12,8 @@ import math
 import pytest
 
 from qaudit.errors import ConfigError
-from qaudit.gate import GATES, GateConfig, Threshold, change, compare, describe, evaluate
+from qaudit.gate import GATES, GateConfig, Threshold, change, compare, evaluate
+from qaudit.renderers.checks import sentence as describe
 from qaudit.report import FORMAT_VERSION, LayerRow, OutputRow, Report, from_json, to_dict, to_json
 
 INF, NAN = math.inf, math.nan

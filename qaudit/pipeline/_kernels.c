@@ -627,7 +627,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "qaudit._kernels",
-    "Per-value loops of calibration and measurement (optional; numpy twins in qaudit.kernels).", -1, methods,
+    "Per-value loops of calibration and measurement (optional; numpy twins in qaudit.pipeline.kernels).", -1, methods,
 };
 
 PyMODINIT_FUNC

@@ -1,4 +1,4 @@
-"""Stage 5: the metrics of METRICS.md as small numpy functions and streaming accumulators.
+"""Stage 5: the metrics of docs/metrics.md as small numpy functions and streaming accumulators.
 
 Every accumulator is mergeable (``merge``) and holds only sums, counts,
 min/max and fixed-size histograms, so memory does not grow with the number of
@@ -128,7 +128,7 @@ class ErrorAccumulator:
 
 
 def channel_axis(rank: int) -> int | None:
-    """Channel axis of an activation (METRICS.md): 1 for NCHW-like (rank >= 4),
+    """Channel axis of an activation (docs/metrics.md): 1 for NCHW-like (rank >= 4),
     the last axis for 2-D/3-D tensors, none below."""
     if rank >= 4:
         return 1

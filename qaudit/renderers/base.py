@@ -42,7 +42,7 @@ SUBJECTS = ("report", "reports", "comparison")
 _KIND_TEXT = {"report": "report", "reports": "list of labelled reports", "comparison": "comparison"}
 
 #: output format -> module defining ``RENDERER``; loaded on first use, so importing
-#: this package stays cheap (it is imported by :mod:`qaudit.gate` for the numbers)
+#: this package stays cheap
 _MODULES = {
     "terminal": "qaudit.renderers.terminal",
     "json": "qaudit.renderers.jsonreport",

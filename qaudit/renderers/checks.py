@@ -1,6 +1,6 @@
 """The words of a gate check, written once: :func:`words` gives its parts, :func:`sentence` the one line.
 
-:func:`qaudit.gate.describe` is :func:`sentence`; the terminal's "Failing gates"
+The terminal's "Failing gates"
 table, the Markdown check tables and the JUnit failure messages all take their
 text from here, so a check reads the same everywhere::
 

@@ -83,11 +83,4 @@ def comparison_page(c: Comparison, worst: int = 3) -> str:
     return page.replace('<h2 id="summary">', _alignment_section(c) + '<h2 id="summary">', 1)
 
 
-def render_comparison_html(c: Comparison, worst: int = 3) -> str:
-    """Deprecated: ``qaudit.renderers.render(c, "html", worst=worst)`` (kept for studies/init/study.py)."""
-    from qaudit.renderers.base import render
-
-    return render(c, "html", worst=worst)
-
-
-__all__ = ["aligned_reports", "comparison_page", "render_comparison_html"]
+__all__ = ["aligned_reports", "comparison_page"]

@@ -1,7 +1,7 @@
 """How every renderer writes a number: one spelling for each special value, one rule per quantity.
 
-The terminal tables, Markdown, JUnit, HTML, the SVG plots and
-:func:`qaudit.gate.describe` all write numbers with these functions, so a value
+The terminal tables, Markdown, JUnit, HTML, the SVG plots and the
+gate-check sentence (:mod:`qaudit.renderers.checks`) all write numbers with these functions, so a value
 reads the same in every output (the golden files in ``tests/renderers/golden``
 freeze the result).
 

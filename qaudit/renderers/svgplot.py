@@ -1,6 +1,6 @@
 """Dependency-free SVG plots for the HTML report: line plots over layer index and histograms.
 
-Hand-written on purpose (README, "HTML report"): no plotting library to install,
+Hand-written on purpose (docs/html-report.md): no plotting library to install,
 a few kilobytes per plot, no script needed to draw, and the output is a pure
 function of the numbers, so the same report always gives the same bytes.
 

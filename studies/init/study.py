@@ -544,8 +544,8 @@ def load_reports(out: Path, names: list[str]):
 
 def html_overlay(out: Path, fname: str, named_reports) -> Path | None:
     """``qaudit compare`` on saved reports (N-way alignment), rendered as its overlay page."""
+    import qaudit
     from qaudit.comparison.run import compare_reports
-    from qaudit.renderers.compare_html import render_comparison_html
 
     if len(named_reports) < 2:
         return None
@@ -553,7 +553,7 @@ def html_overlay(out: Path, fname: str, named_reports) -> Path | None:
     (out / "html").mkdir(parents=True, exist_ok=True)
     p = out / "html" / fname
     # worst-layer histograms only for small overlays: each adds ~15 KB per model
-    p.write_text(render_comparison_html(c, worst=1 if len(named_reports) <= 4 else 0))
+    qaudit.render(c, "html", worst=1 if len(named_reports) <= 4 else 0, to=p)
     return p
 
 

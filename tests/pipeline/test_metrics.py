@@ -1,4 +1,4 @@
-"""Every metric of METRICS.md against a computation by hand."""
+"""Every metric of docs/metrics.md against a computation by hand."""
 
 import math
 

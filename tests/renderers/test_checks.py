@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from qaudit.gate import describe
 from qaudit.renderers import render
 from qaudit.renderers.checks import counts, sentence, words
 from qaudit.report import GateCheck
@@ -28,11 +27,6 @@ def test_sentences():
     assert sentence(nothing) == "min_layer_sqnr (no layer): nothing checked: no layer matches '/x*'"
     off = check(threshold=None, status="skip", reason="gate off for 'input'")
     assert sentence(off) == "min_layer_sqnr /fc2/Gemm: gate off for 'input'" and words(off).relation == ""
-
-
-def test_gate_describe_is_the_sentence(edge):
-    for c in edge.gates.checks:
-        assert describe(c) == sentence(c)
 
 
 def test_every_output_writes_the_same_words(edge):

@@ -31,7 +31,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
 
-from qaudit.comparison import compare as comparison  # noqa: E402
+from qaudit.comparison.result import to_json as comparison_json  # noqa: E402
+from qaudit.comparison.run import compare_reports  # noqa: E402
 from qaudit.gate import GateConfig, Threshold, evaluate  # noqa: E402
 from qaudit.report import OutputRow, UnmatchedTensor, from_json, to_json  # noqa: E402
 
@@ -106,8 +107,8 @@ def main() -> None:
     edge = edge_report(base)
     (HERE / "edge.json").write_text(to_json(edge), encoding="utf-8")
     edge = from_json((HERE / "edge.json").read_text(encoding="utf-8"))  # as the goldens read it
-    c = comparison.compare_reports([base, edge], labels=["digits", "edge"])
-    (HERE / "compare.json").write_text(comparison.to_json(c), encoding="utf-8")
+    c = compare_reports([base, edge], labels=["digits", "edge"])
+    (HERE / "compare.json").write_text(comparison_json(c), encoding="utf-8")
 
 
 if __name__ == "__main__":
