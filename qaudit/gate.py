@@ -349,23 +349,18 @@ def _missing_status(skip_missing: bool) -> str:
     return "skip" if skip_missing else "fail"
 
 
+def _gate_off(gd: GateDef, name: str, pattern: str) -> GateCheck:
+    """The skipped check of a subject whose override turns the gate off."""
+    reason = f"gate off for '{pattern}'"
+    return GateCheck(gd.name, gd.scope, name, gd.metric, gd.comparison, None, None, "skip", pattern, reason=reason)
+
+
 def _threshold_checks(gd, spec, subjects, skip_missing):
     for name, row in subjects.items():
         threshold, pattern = spec.resolve(name)
         if threshold is None:
             if pattern is not None:
-                yield GateCheck(
-                    gd.name,
-                    gd.scope,
-                    name,
-                    gd.metric,
-                    gd.comparison,
-                    None,
-                    None,
-                    "skip",
-                    pattern,
-                    reason=f"gate off for '{pattern}'",
-                )
+                yield _gate_off(gd, name, pattern)
             continue
         v = getattr(row, gd.metric)
         ok = compare(v, gd.comparison, threshold)
@@ -397,18 +392,7 @@ def _regression_checks(gd, spec, subjects, base_subjects, skip_missing):
         threshold, pattern = spec.resolve(name)
         if threshold is None:
             if pattern is not None:
-                yield GateCheck(
-                    gd.name,
-                    gd.scope,
-                    name,
-                    gd.metric,
-                    gd.comparison,
-                    None,
-                    None,
-                    "skip",
-                    pattern,
-                    reason=f"gate off for '{pattern}'",
-                )
+                yield _gate_off(gd, name, pattern)
             continue
         cur, base = getattr(row, gd.metric), getattr(brow, gd.metric)
         cur_v = None if is_missing(cur) else cur

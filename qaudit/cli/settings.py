@@ -37,7 +37,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from qaudit.errors import ConfigError
 from qaudit.gate import GATES, GATES_BY_NAME, GateConfig, GateDef, Threshold
-from qaudit.options import FORMATS, QUANT_TYPES, AuditConfig, QuantConfig
+from qaudit.options import FORMATS, QUANT_TYPES, AuditConfig, audit_config
 
 AUDIT, REPORT = "audit", "report"
 BOTH = (AUDIT, REPORT)
@@ -278,26 +278,10 @@ class Settings:
             if v.get(name) is None:
                 o = OPTIONS_BY_NAME[name]
                 raise ConfigError(f"no {what}: {hint}, or set '{name}' in a config file or {o.env}")
-        return AuditConfig(
-            model=v["model"],
-            calib=v["calib"],
-            eval=v["eval"],
-            labels=v["labels"],
-            output_model=v["output_model"],
-            batch_size=v["batch_size"],
-            max_samples=v["max_samples"],
-            clip_percentile=v["clip_percentile"],
-            isolated=v["isolated"],
-            quant=QuantConfig(
-                format=v["format"],
-                activation_type=v["activation_type"],
-                weight_type=v["weight_type"],
-                per_channel=v["per_channel"],
-                percentile=v["percentile"],
-                calib_symmetric=v["calib_symmetric"],
-                exclude=tuple(v["exclude"]),
-            ),
-        )
+        # every other option named as its AuditConfig/QuantConfig field: one constructor for CLI and API
+        fields = ("output_model", "batch_size", "max_samples", "clip_percentile", "isolated", "format")
+        fields += ("activation_type", "weight_type", "per_channel", "percentile", "calib_symmetric", "exclude")
+        return audit_config(v["model"], v["calib"], v["eval"], v["labels"], **{k: v[k] for k in fields})
 
 
 # ----------------------------------------------------------- value parsing
