@@ -23,7 +23,10 @@ and dequantizes them itself with the scale and zero point stored in the graph.
 Exposing those as graph outputs does not stop ORT from fusing
 DequantizeLinear -> Conv -> QuantizeLinear into QLinearConv at its default
 optimization level (checked: plain and instrumented sessions give bit-identical
-outputs), so what is measured is what a deployment runs. Exposing the float
+outputs), so what is measured is what a deployment runs. With int8
+activations, exposing a QuantizeLinear output stops ORT converting its pair to
+uint8, which does break fusions: :func:`qaudit.pipeline.capture.instrumented_quantized`
+converts those pairs first. Exposing the float
 tensors between DQ and Q (what ``qdq_loss_debug`` does) would break those
 fusions.
 """

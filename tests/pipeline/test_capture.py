@@ -1,12 +1,23 @@
-"""The lockstep runner: order, bounded overlap, errors."""
+"""The lockstep runner (order, bounded overlap, errors) and the instrumented quantized graph."""
 
 import threading
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
+import qaudit
 from qaudit.errors import DataError
+from qaudit.pipeline.audit import prepare
+from qaudit.pipeline.capture import instrumented_quantized, ort_converts_int8_qdq
+from qaudit.pipeline.graph import with_outputs
+from qaudit.pipeline.load import load_model
+from qaudit.pipeline.match import match
+from qaudit.pipeline.metrics import dequantize, sqnr_of
 from qaudit.pipeline.parallel import lockstep
+from qaudit.pipeline.session import make_session, save_model
+from tests.models import OPSET
 
 
 def _batches(n):
@@ -41,3 +52,120 @@ def test_a_measuring_error_propagates():
 
     with pytest.raises(DataError, match="bad labels"):
         lockstep(lambda f: (f,), _batches(5), measure)
+
+
+# ------------------------------------------------ the instrumented graph is the deployed one
+
+
+def _attention_model():
+    """A CRNN-like conv + attention block (PP-OCRv4 rec in small)::
+
+        x -> Conv(c) -> Reshape -> t [N,16,64] -> MatMul(t, tT) -> Softmax -> MatMul(., t) -> o
+                                   t -> Transpose -> tT                                t -^
+        o -> Add(o, t) -> y
+
+    With int8 activations on x86, exposing the Softmax's or a MatMul's QuantizeLinear
+    output stopped ORT converting that Q/DQ pair to uint8, and the QLinearMatMul of two
+    activations fell back to float: outputs differed from a plain session's.
+    """
+    rng = np.random.default_rng(7)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.4, (16, 2, 3, 3)).astype(np.float32), "c.w"),
+        numpy_helper.from_array(rng.normal(0, 0.2, 16).astype(np.float32), "c.b"),
+        numpy_helper.from_array(np.array([0, 16, 64], np.int64), "shape"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "c.w", "c.b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["c", "shape"], ["t"], name="reshape"),
+        helper.make_node("Transpose", ["t"], ["tT"], name="transpose", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["t", "tT"], ["s"], name="scores"),
+        helper.make_node("Softmax", ["s"], ["p"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["p", "t"], ["o"], name="mix"),
+        helper.make_node("Add", ["o", "t"], ["y"], name="residual"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 64])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+_TYPES = [("uint8", "uint8"), ("uint8", "int8"), ("int8", "int8")]
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])
+@pytest.mark.parametrize("act,weight", _TYPES, ids=[f"a{a}-w{w}" for a, w in _TYPES])
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_instrumented_outputs_are_bit_identical_to_a_plain_session(tmp_path, fmt, act, weight, per_channel):
+    """Every format x activation type x weight type: the graph qaudit measures gives the
+    deployed outputs bit for bit, its twins hold the deployed integers (the int8 ones shifted
+    back), and the report's output metrics are those of a plain session."""
+    model_path = tmp_path / "model.onnx"
+    onnx.save(_attention_model(), model_path)
+    rng = np.random.default_rng(0)
+    calib = rng.normal(0, 1, (16, 2, 8, 8)).astype(np.float32)
+    evaluation = rng.normal(0, 1, (8, 2, 8, 8)).astype(np.float32)
+    qpath = tmp_path / "quantized.onnx"
+    report = qaudit.audit(
+        model_path,
+        calib,
+        evaluation,
+        output_model=qpath,
+        format=fmt,
+        activation_type=act,
+        weight_type=weight,
+        per_channel=per_channel,
+        isolated=False,
+    )
+    qmodel = onnx.load(qpath)
+    fp32 = prepare(load_model(model_path)).fold.model
+    twins = match(fp32, qmodel).twins
+    assert len(twins) >= 6  # x, c/t, tT, s, p, o, y (how many ORT quantizes depends on the format)
+    inst, shifted = instrumented_quantized(qmodel, twins)
+    if act == "int8" and fmt == "qdq" and ort_converts_int8_qdq():
+        assert shifted, "ORT converts int8 Q/DQ pairs on this machine: some twins must be shifted"
+    onnx.save(inst, tmp_path / "instrumented.onnx")
+    plain = make_session(qpath)
+    instrumented = make_session(tmp_path / "instrumented.onnx")
+    a = plain.run(None, {"x": evaluation})
+    b = dict(zip([o.name for o in instrumented.get_outputs()], instrumented.run(None, {"x": evaluation})))
+    np.testing.assert_array_equal(a[0], b["y"])
+    # every row's SQNR is that of the deployed integers: shifted twins map back to int8 (v - 128)
+    f = make_session(save_model(with_outputs(fp32, [(n, TensorProto.FLOAT) for n in twins]), tmp_path / "f.onnx"))
+    fp = dict(zip([o.name for o in f.get_outputs()], f.run(None, {"x": evaluation})))
+    rows = {r.tensor: r for r in report.layers if r.tensor}
+    assert set(rows) == set(twins)
+    for name, tw in twins.items():
+        q = b[tw.quant_name]
+        if tw.quant_name in shifted:
+            assert q.dtype == np.uint8
+            q = (q.astype(np.int16) - 128).astype(np.int8)
+        axis = tw.encoding.axis if not tw.encoding.per_tensor else None
+        want = sqnr_of(fp[name], dequantize(q, tw.encoding.scale, tw.encoding.zero_point, axis=axis))
+        assert rows[name].sqnr_db == pytest.approx(want, rel=1e-6), name
+    # the report's output SQNR is the plain session's
+    y32 = make_session(model_path).run(None, {"x": evaluation})[0]
+    assert report.outputs[0].sqnr_db == pytest.approx(sqnr_of(y32, a[0]), rel=1e-6)  # the bug: ~1e-3
+
+
+def test_exposing_int8_twins_without_the_conversion_changes_outputs(tmp_path):
+    """The ORT behaviour the conversion works around (x86): exposing the int8 Q outputs
+    as they are gives outputs that differ from a plain session's."""
+    if not ort_converts_int8_qdq():
+        pytest.skip("this onnxruntime allows int8 QDQ (no S8 -> U8 conversion)")
+    model_path = tmp_path / "model.onnx"
+    onnx.save(_attention_model(), model_path)
+    rng = np.random.default_rng(0)
+    calib = rng.normal(0, 1, (16, 2, 8, 8)).astype(np.float32)
+    qpath = tmp_path / "quantized.onnx"
+    qaudit.audit(model_path, calib, output_model=qpath, activation_type="int8", weight_type="int8", isolated=False)
+    qmodel = onnx.load(qpath)
+    twins = match(prepare(load_model(model_path)).fold.model, qmodel).twins
+    onnx.save(with_outputs(qmodel, [(t.quant_name, TensorProto.INT8) for t in twins.values()]), tmp_path / "raw.onnx")
+    x = rng.normal(0, 1, (8, 2, 8, 8)).astype(np.float32)
+    a = make_session(qpath).run(["y"], {"x": x})[0]
+    b = make_session(tmp_path / "raw.onnx").run(["y"], {"x": x})[0]
+    assert not np.array_equal(a, b)
