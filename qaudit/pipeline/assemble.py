@@ -87,6 +87,29 @@ def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching) -> tuple[str, .
     return tuple(out)
 
 
+class AccountingError(RuntimeError):
+    """A quantized activation missing from the report, or reported twice: a bug in qaudit (exit 3)."""
+
+
+def check_accounting(matching: Matching, rows: tuple[LayerRow, ...]) -> None:
+    """Every activation the quantized graph quantizes, and every twin, appears exactly once in the
+    report: a row measuring it, or an unmatched entry with its kind and reason. Nothing is
+    silently dropped (docs/architecture.md); a violation raises :class:`AccountingError`."""
+    seen: dict[str, int] = {}
+    for name in [r.tensor for r in rows if r.tensor] + [u.tensor for u in matching.unmatched]:
+        seen[name] = seen.get(name, 0) + 1
+    expected = set(matching.quantized) | set(matching.twins)
+    missing = sorted(n for n in expected if n not in seen)
+    twice = sorted(n for n, k in seen.items() if k > 1)
+    if missing or twice:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} quantized tensor(s) have no row and no unmatched entry: {', '.join(missing)}")
+        if twice:
+            parts.append(f"{len(twice)} tensor(s) are reported more than once: {', '.join(twice)}")
+        raise AccountingError("; ".join(parts))
+
+
 def build_report(
     cfg: AuditConfig,
     lm: LoadedModel,
@@ -99,6 +122,7 @@ def build_report(
     data: dict,
 ) -> Report:
     """The frozen report of one audit. ``data``: descriptions of the calibration and evaluation data."""
+    check_accounting(matching, rows)
     return Report(
         meta={
             **versions(),
