@@ -52,6 +52,8 @@ class RunFacts:
     n_eval: int
     fold_check: dict = field(default_factory=dict)
     fold_check_samples: int = 0
+    #: outputs on which the instrumented quantized graph differed from a plain session (capture.Captured)
+    plain_outputs: tuple[str, ...] = ()
 
 
 def versions() -> dict:
@@ -69,7 +71,7 @@ def versions() -> dict:
     }
 
 
-def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching) -> tuple[str, ...]:
+def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching, facts: RunFacts | None = None) -> tuple[str, ...]:
     """What the reader must know to trust the numbers, in the order the stages found it."""
     out = []
     if lm.untyped:
@@ -84,6 +86,13 @@ def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching) -> tuple[str, .
         )
     if not matching.twins:
         out.append("ONNX Runtime quantized no activation of this model: there is nothing to compare per layer")
+    if facts is not None and facts.plain_outputs:
+        out.append(
+            f"exposing the layers' integer tensors changed how ONNX Runtime fuses the quantized graph (outputs "
+            f"{', '.join(facts.plain_outputs)} differed from a plain session's): the model outputs are measured "
+            "from a plain session, but every layer row comes from the instrumented graph, which differs from "
+            "deployment; please report it (docs/ort-quirks.md #25)"
+        )
     return tuple(out)
 
 
@@ -171,5 +180,5 @@ def build_report(
         layers=rows,
         outputs=outputs,
         unmatched=tuple(matching.unmatched),
-        notes=notes(cfg, lm, matching),
+        notes=notes(cfg, lm, matching, facts),
     )

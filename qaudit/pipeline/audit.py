@@ -126,6 +126,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
             tensor_bytes=tensor_bytes,
             on_batch=progress.advance,
             model_name=f"model {cfg.model}",
+            plain_path=q_path,
         )
         clock.lap("capture")
         # 6. measure every row, assemble the report
@@ -134,6 +135,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         check_samples = check.samples if check else 0
         facts = RunFacts(prep.n_constants, batch_size, bytes_per_sample, auto_excluded, src.n_calib, captured.samples)
         facts.fold_check, facts.fold_check_samples = fold_check, check_samples
+        facts.plain_outputs = captured.plain_outputs
         report = build_report(
             cfg, src.model, fold, matching, facts, rows, captured.outputs.rows(), clock, src.describe()
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ class Captured:
     meter: ActivationMeter
     outputs: OutputMeter
     samples: int
+    #: graph outputs on which the instrumented quantized graph differed from a plain session on the
+    #: first batch: every output is then measured from a plain session (see :func:`capture`)
+    plain_outputs: tuple[str, ...] = ()
 
 
 def capture(
@@ -47,6 +51,7 @@ def capture(
     tensor_bytes: dict[str, int] | None = None,
     on_batch: Callable[[int], None] | None = None,
     model_name: str = "the model",
+    plain_path: Path | None = None,
 ) -> Captured:
     """Run the instrumented fp32, quantized and isolated-error graphs in lockstep
     and stream their tensors into the meters.
@@ -54,6 +59,14 @@ def capture(
     The twins are measured in shares of about equal size, one per usable core,
     each on its own thread (:func:`~qaudit.pipeline.parallel.lockstep`).
     ``on_batch(n)`` is called after each batch of ``n`` samples is measured.
+
+    Deployment truth is checked, not assumed: the first batch also runs on a plain
+    session of the quantized model (``plain_path``, saved from ``qmodel`` if not
+    given). When the instrumented graph's outputs are bit-identical, as they are
+    for every format and type qaudit knows (:func:`instrumented_quantized`), the
+    plain session is dropped; otherwise it is kept, the model outputs are measured
+    from it, and :attr:`Captured.plain_outputs` names the outputs that differed
+    (the layer rows still come from the instrumented graph).
     """
     vtypes = {
         vi.name: vi.type.tensor_type.elem_type
@@ -67,6 +80,21 @@ def capture(
     q_session = make_session(
         save_model(q_instrumented, work / "quantized_instrumented.onnx"), what="the quantized model"
     )
+    batches = iter(batches)
+    head = next(batches, None)
+    out_names = [o.name for o in qmodel.graph.output]
+    plain, differed = None, []
+    if head is not None:
+        plain = make_session(
+            plain_path or save_model(qmodel, work / "quantized_plain.onnx"), what="the quantized model"
+        )
+        ref = dict(zip(out_names, plain.run(out_names, head)))
+        got = dict(zip(out_names, q_session.run(out_names, head)))
+        differed = [n for n in out_names if not _identical(ref[n], got[n])]
+        del ref, got
+        if not differed:
+            plain = None  # the instrumented graph is the deployed one: free the second session
+        batches = itertools.chain([head], batches)
     iso_session, iso_inputs = None, {}
     if isolated and matching.twins:
         iso_model, iso_inputs = isolated_model(qmodel, matching.twins)
@@ -84,6 +112,8 @@ def capture(
     def run_batch(feeds):
         a = run_named(fp32_session, feeds)
         b = run_named(q_session, feeds)
+        if plain is not None:  # the instrumented graph differed from a plain session: outputs from the plain one
+            b.update(zip(out_names, plain.run(out_names, feeds)))
         for name in shifted:  # back to the int8 values the deployed graph holds (exact: v - 128)
             b[name] = np.bitwise_xor(b[name], np.uint8(0x80)).view(np.int8)
         c = None
@@ -108,7 +138,11 @@ def capture(
         return measure
 
     lockstep(run_batch, batches, [measurer(m, i == 0) for i, m in enumerate(meters)])
-    return Captured(ActivationMeter.combine(meters), out_meter, seen)
+    return Captured(ActivationMeter.combine(meters), out_meter, seen, tuple(differed))
+
+
+def _identical(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
 
 
 def instrumented_quantized(qmodel: onnx.ModelProto, twins) -> tuple[onnx.ModelProto, set[str]]:

@@ -93,6 +93,16 @@ def _attention_model():
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
+def _attention_files(tmp_path):
+    """The attention model saved, its calibration and evaluation data, and where to save it quantized."""
+    model_path = tmp_path / "model.onnx"
+    onnx.save(_attention_model(), model_path)
+    rng = np.random.default_rng(0)
+    calib = rng.normal(0, 1, (16, 2, 8, 8)).astype(np.float32)
+    evaluation = rng.normal(0, 1, (8, 2, 8, 8)).astype(np.float32)
+    return model_path, calib, evaluation, tmp_path / "quantized.onnx"
+
+
 _TYPES = [("uint8", "uint8"), ("uint8", "int8"), ("int8", "int8")]
 
 
@@ -103,12 +113,7 @@ def test_instrumented_outputs_are_bit_identical_to_a_plain_session(tmp_path, fmt
     """Every format x activation type x weight type: the graph qaudit measures gives the
     deployed outputs bit for bit, its twins hold the deployed integers (the int8 ones shifted
     back), and the report's output metrics are those of a plain session."""
-    model_path = tmp_path / "model.onnx"
-    onnx.save(_attention_model(), model_path)
-    rng = np.random.default_rng(0)
-    calib = rng.normal(0, 1, (16, 2, 8, 8)).astype(np.float32)
-    evaluation = rng.normal(0, 1, (8, 2, 8, 8)).astype(np.float32)
-    qpath = tmp_path / "quantized.onnx"
+    model_path, calib, evaluation, qpath = _attention_files(tmp_path)
     report = qaudit.audit(
         model_path,
         calib,
@@ -156,16 +161,33 @@ def test_exposing_int8_twins_without_the_conversion_changes_outputs(tmp_path):
     as they are gives outputs that differ from a plain session's."""
     if not ort_converts_int8_qdq():
         pytest.skip("this onnxruntime allows int8 QDQ (no S8 -> U8 conversion)")
-    model_path = tmp_path / "model.onnx"
-    onnx.save(_attention_model(), model_path)
-    rng = np.random.default_rng(0)
-    calib = rng.normal(0, 1, (16, 2, 8, 8)).astype(np.float32)
-    qpath = tmp_path / "quantized.onnx"
+    model_path, calib, x, qpath = _attention_files(tmp_path)
     qaudit.audit(model_path, calib, output_model=qpath, activation_type="int8", weight_type="int8", isolated=False)
     qmodel = onnx.load(qpath)
     twins = match(prepare(load_model(model_path)).fold.model, qmodel).twins
     onnx.save(with_outputs(qmodel, [(t.quant_name, TensorProto.INT8) for t in twins.values()]), tmp_path / "raw.onnx")
-    x = rng.normal(0, 1, (8, 2, 8, 8)).astype(np.float32)
     a = make_session(qpath).run(["y"], {"x": x})[0]
     b = make_session(tmp_path / "raw.onnx").run(["y"], {"x": x})[0]
     assert not np.array_equal(a, b)
+
+
+def test_outputs_come_from_a_plain_session_when_the_instrumented_graph_differs(tmp_path, monkeypatch):
+    """If exposing the twins ever changes ORT's fusions again (here: the int8 conversion switched
+    off), the capture notices on the first batch, measures the model outputs from a plain session
+    and says so in the report."""
+    if not ort_converts_int8_qdq():
+        pytest.skip("this onnxruntime allows int8 QDQ (no S8 -> U8 conversion)")
+    from qaudit.pipeline import capture as capture_module
+
+    def unconverted(qmodel, twins):
+        return with_outputs(qmodel, [(t.quant_name, TensorProto.INT8) for t in twins.values()]), set()
+
+    model_path, calib, evaluation, qpath = _attention_files(tmp_path)
+    opts = dict(output_model=qpath, activation_type="int8", weight_type="int8", isolated=False, batch_size=4)
+    assert not any("plain session" in n for n in qaudit.audit(model_path, calib, evaluation, **opts).notes)
+    monkeypatch.setattr(capture_module, "instrumented_quantized", unconverted)
+    report = qaudit.audit(model_path, calib, evaluation, **opts)
+    assert any("outputs y differed from a plain session's" in n for n in report.notes), report.notes
+    plain = make_session(qpath).run(None, {"x": evaluation})[0]
+    y32 = make_session(model_path).run(None, {"x": evaluation})[0]
+    assert report.outputs[0].sqnr_db == pytest.approx(sqnr_of(y32, plain), rel=1e-6)
