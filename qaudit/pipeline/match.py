@@ -47,7 +47,6 @@ from qaudit.report import UnmatchedTensor
 
 #: Activations ORT's quantizer removes after Conv/Gemm/MatMul (QDQ and QOperator, 1.32).
 REMOVABLE_ACTIVATIONS = ("Relu", "Clip")
-_QUANT_SUFFIXES = ("_QuantizeLinear_Input", "_quantized", "quantized")
 #: QOperator ops and the input positions of their *output* scale and zero point.
 _QOP_OUTPUT_QPARAMS = {
     "QLinearConv": (6, 7),
@@ -132,19 +131,20 @@ def quantized_tensors(qmodel: onnx.ModelProto) -> dict[str, tuple[str, Encoding,
     by_tensor: dict[str, Encoding] = {}
 
     def key_of(name: str) -> str:
-        for suf in _QUANT_SUFFIXES:
-            if name.endswith(suf):
-                return name[: -len(suf)]
-        return name
+        return name.removesuffix("_quantized")
 
     for node in g.node:
         if node.op_type not in _QOP_OUTPUT_QPARAMS and node.op_type != "QuantizeLinear" and len(node.output) > 1:
-            # a multi-output pass-through op on integers (QOperator Split): every output
+            # a multi-output pass-through op on integers (QOperator Split, "Xquantized"): every output
             enc = by_tensor.get(node.input[0]) if node.input else None
             for out in node.output:
                 if enc is not None and out.endswith("quantized"):
                     by_tensor[out] = enc
-                    found[key_of(out)] = (out, enc, node.name)
+                    found[key_of(out) if out.endswith("_quantized") else out.removesuffix("quantized")] = (
+                        out,
+                        enc,
+                        node.name,
+                    )
             continue
         enc = None
         out = node.output[0] if node.output else ""
@@ -160,7 +160,7 @@ def quantized_tensors(qmodel: onnx.ModelProto) -> dict[str, tuple[str, Encoding,
             if s is not None:
                 z = np.zeros(s.shape, np.uint8) if z is None else z
                 enc = Encoding(s, z, attr(node, "axis", 1), _dtype_name(z))
-                key = key_of(node.input[0])
+                key = node.input[0].removesuffix("_QuantizeLinear_Input")
         elif node.op_type in _QOP_OUTPUT_QPARAMS:
             i_s, i_z = _QOP_OUTPUT_QPARAMS[node.op_type]
             if len(node.input) > i_z:
@@ -314,7 +314,7 @@ def match(
                     "the quantizer inserted no QuantizeLinear for this tensor (it stays float)",
                 )
         unmatched.append(UnmatchedTensor(name, pname, op, kind, reason))
-    fp32_tensors = set(prod) | {i.name for i in g.input}
+    fp32_tensors = {n for n, p in prod.items() if p.op_type != "Constant"} | {i.name for i in g.input}
     quantized = frozenset(n for n in quantized_activations(qmodel) if n in fp32_tensors)
     return Matching(twins=twins, unmatched=unmatched, fused_into=fused_into, quantized=quantized)
 
