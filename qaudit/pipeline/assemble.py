@@ -88,10 +88,10 @@ def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching, facts: RunFacts
         out.append("ONNX Runtime quantized no activation of this model: there is nothing to compare per layer")
     if facts is not None and facts.plain_outputs:
         out.append(
-            f"exposing the layers' integer tensors changed how ONNX Runtime fuses the quantized graph (outputs "
-            f"{', '.join(facts.plain_outputs)} differed from a plain session's): the model outputs are measured "
-            "from a plain session, but every layer row comes from the instrumented graph, which differs from "
-            "deployment; please report it (docs/ort-quirks.md #25)"
+            "the instrumented quantized graph (every layer's integer tensor exposed) gave outputs "
+            f"{', '.join(facts.plain_outputs)} different from a plain session's on the first batch: the model "
+            "outputs are measured from a plain session, but every layer row comes from the instrumented graph, "
+            "which differs from deployment; please report it (docs/ort-quirks.md #25)"
         )
     return tuple(out)
 
