@@ -97,7 +97,7 @@ def capture(
         batches = itertools.chain([head], batches)
     iso_session, iso_inputs = None, {}
     if isolated and matching.twins:
-        iso_model, iso_inputs = isolated_model(qmodel, matching.twins)
+        iso_model, iso_inputs = isolated_model(qmodel, matching.twins, shifted)
         iso_session = make_session(
             save_model(iso_model, work / "quantized_isolated.onnx"), what="the isolated-error graph"
         )
@@ -115,12 +115,14 @@ def capture(
         if plain is not None:  # the instrumented graph differed from a plain session: outputs from the plain one
             b.update(zip(out_names, plain.run(out_names, feeds)))
         for name in shifted:  # back to the int8 values the deployed graph holds (exact: v - 128)
-            b[name] = np.bitwise_xor(b[name], np.uint8(0x80)).view(np.int8)
+            b[name] = _to_int8(b[name])
         c = None
         if iso_session is not None:
             iso_feeds = dict(feeds)
             iso_feeds.update({inp: a[name] for name, inp in iso_inputs.items()})
             c = run_named(iso_session, iso_feeds)
+            for name in shifted:
+                c[name] = _to_int8(c[name])
         return a, b, c
 
     def measurer(meter, first):
@@ -139,6 +141,11 @@ def capture(
 
     lockstep(run_batch, batches, [measurer(m, i == 0) for i, m in enumerate(meters)])
     return Captured(ActivationMeter.combine(meters), out_meter, seen, tuple(differed))
+
+
+def _to_int8(v: np.ndarray) -> np.ndarray:
+    """uint8 ``q + 128`` back to int8 ``q``, exactly (flip the top bit)."""
+    return np.bitwise_xor(v, np.uint8(0x80)).view(np.int8)
 
 
 def _identical(a: np.ndarray, b: np.ndarray) -> bool:
@@ -248,7 +255,7 @@ def ort_converts_int8_qdq() -> bool:
     return q is not None and zps.get(q.input[2]) == TensorProto.UINT8
 
 
-def isolated_model(qmodel: onnx.ModelProto, twins) -> tuple[onnx.ModelProto, dict[str, str]]:
+def isolated_model(qmodel: onnx.ModelProto, twins, shifted=frozenset()) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The quantized graph rewired so that every layer reads *fp32* activations.
 
     Every consumer of a hooked integer tensor ``t`` (the twin of fp32 tensor
@@ -257,6 +264,11 @@ def isolated_model(qmodel: onnx.ModelProto, twins) -> tuple[onnx.ModelProto, dic
     twin's producer then sees its inputs quantized from fp32 values, so the
     twin carries only that layer's own quantization error: the *isolated*
     error of every layer at once, in QDQ and QOperator graphs alike.
+
+    ``shifted``: the twins :func:`instrumented_quantized` converted to uint8. Their
+    QuantizeLinear (now read by no node) gets the uint8 zero point too, so every
+    layer fuses as in the deployed graph (the new QuantizeLinear -> DequantizeLinear
+    pairs ORT converts itself); their outputs hold ``q + 128`` likewise.
 
     Returns the model (outputs: every twin) and ``{fp32 tensor: new input name}``.
     """
@@ -292,8 +304,15 @@ def isolated_model(qmodel: onnx.ModelProto, twins) -> tuple[onnx.ModelProto, dic
     del g.node[:]
     g.node.extend(nodes)
     have = {o.name for o in g.output}
+    for node in g.node:
+        if node.op_type == "QuantizeLinear" and node.output and node.output[0] in shifted:
+            u8 = f"{node.output[0]}::iso_zp_u8"
+            zp = int(np.asarray(by_quant[node.output[0]].encoding.zero_point).reshape(-1)[0])
+            g.initializer.append(numpy_helper.from_array(np.array(zp + 128, np.uint8), u8))
+            node.input[2] = u8
     for tw in by_quant.values():
         if tw.quant_name not in have:
-            elem = onnx.TensorProto.INT8 if tw.encoding.dtype == "int8" else onnx.TensorProto.UINT8
+            int8 = tw.encoding.dtype == "int8" and tw.quant_name not in shifted
+            elem = onnx.TensorProto.INT8 if int8 else onnx.TensorProto.UINT8
             g.output.append(helper.make_tensor_value_info(tw.quant_name, elem, None))
     return m, feeds

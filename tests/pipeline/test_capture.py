@@ -1,5 +1,6 @@
 """The lockstep runner (order, bounded overlap, errors) and the instrumented quantized graph."""
 
+import collections
 import threading
 
 import numpy as np
@@ -10,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 import qaudit
 from qaudit.errors import DataError
 from qaudit.pipeline.audit import prepare
-from qaudit.pipeline.capture import instrumented_quantized, ort_converts_int8_qdq
+from qaudit.pipeline.capture import instrumented_quantized, isolated_model, ort_converts_int8_qdq
 from qaudit.pipeline.graph import with_outputs
 from qaudit.pipeline.load import load_model
 from qaudit.pipeline.match import match
@@ -57,7 +58,7 @@ def test_a_measuring_error_propagates():
 # ------------------------------------------------ the instrumented graph is the deployed one
 
 
-def _attention_model():
+def _attention_model(cin=2):
     """A CRNN-like conv + attention block (PP-OCRv4 rec in small)::
 
         x -> Conv(c) -> Reshape -> t [N,16,64] -> MatMul(t, tT) -> Softmax -> MatMul(., t) -> o
@@ -70,7 +71,7 @@ def _attention_model():
     """
     rng = np.random.default_rng(7)
     inits = [
-        numpy_helper.from_array(rng.normal(0, 0.4, (16, 2, 3, 3)).astype(np.float32), "c.w"),
+        numpy_helper.from_array(rng.normal(0, 0.4, (16, cin, 3, 3)).astype(np.float32), "c.w"),
         numpy_helper.from_array(rng.normal(0, 0.2, 16).astype(np.float32), "c.b"),
         numpy_helper.from_array(np.array([0, 16, 64], np.int64), "shape"),
     ]
@@ -86,21 +87,26 @@ def _attention_model():
     graph = helper.make_graph(
         nodes,
         "attention",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 8, 8])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", cin, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 64])],
         inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
-def _attention_files(tmp_path):
+def _attention_files(tmp_path, cin=2):
     """The attention model saved, its calibration and evaluation data, and where to save it quantized."""
     model_path = tmp_path / "model.onnx"
-    onnx.save(_attention_model(), model_path)
+    onnx.save(_attention_model(cin), model_path)
     rng = np.random.default_rng(0)
-    calib = rng.normal(0, 1, (16, 2, 8, 8)).astype(np.float32)
-    evaluation = rng.normal(0, 1, (8, 2, 8, 8)).astype(np.float32)
+    calib = rng.normal(0, 1, (16, cin, 8, 8)).astype(np.float32)
+    evaluation = rng.normal(0, 1, (8, cin, 8, 8)).astype(np.float32)
     return model_path, calib, evaluation, tmp_path / "quantized.onnx"
+
+
+def _deployed(q, twin):
+    """A twin's values as the deployed graph holds them: int8 for an int8 encoding (uint8 v = q + 128)."""
+    return (q.astype(np.int16) - 128).astype(np.int8) if twin.encoding.dtype == "int8" and q.dtype == np.uint8 else q
 
 
 _TYPES = [("uint8", "uint8"), ("uint8", "int8"), ("int8", "int8")]
@@ -144,10 +150,8 @@ def test_instrumented_outputs_are_bit_identical_to_a_plain_session(tmp_path, fmt
     rows = {r.tensor: r for r in report.layers if r.tensor}
     assert set(rows) == set(twins)
     for name, tw in twins.items():
-        q = b[tw.quant_name]
-        if tw.quant_name in shifted:
-            assert q.dtype == np.uint8
-            q = (q.astype(np.int16) - 128).astype(np.int8)
+        q = _deployed(b[tw.quant_name], tw)
+        assert (b[tw.quant_name].dtype == np.uint8) == (tw.quant_name in shifted or tw.encoding.dtype == "uint8")
         axis = tw.encoding.axis if not tw.encoding.per_tensor else None
         want = sqnr_of(fp[name], dequantize(q, tw.encoding.scale, tw.encoding.zero_point, axis=axis))
         assert rows[name].sqnr_db == pytest.approx(want, rel=1e-6), name
@@ -191,3 +195,38 @@ def test_outputs_come_from_a_plain_session_when_the_instrumented_graph_differs(t
     plain = make_session(qpath).run(None, {"x": evaluation})[0]
     y32 = make_session(model_path).run(None, {"x": evaluation})[0]
     assert report.outputs[0].sqnr_db == pytest.approx(sqnr_of(y32, plain), rel=1e-6)
+
+
+def _kernels(model: onnx.ModelProto, path) -> collections.Counter:
+    """The compute ops ONNX Runtime runs for ``model`` after its default optimizations (Q/DQ,
+    layout Transposes and reorders aside): which layers got fused integer kernels."""
+    import onnxruntime as ort
+
+    onnx.save(model, path)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(path) + ".optimized.onnx"
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    skip = {"QuantizeLinear", "DequantizeLinear", "Transpose", "ReorderInput", "ReorderOutput"}
+    return collections.Counter(
+        n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node if n.op_type not in skip
+    )
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])
+@pytest.mark.parametrize("act,weight", _TYPES, ids=[f"a{a}-w{w}" for a, w in _TYPES])
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_instrumented_and_isolated_graphs_run_the_deployed_kernels(tmp_path, fmt, act, weight, per_channel):
+    """After ORT's optimizations, the instrumented and the isolated-error graphs run the same
+    kernels as a plain session: QLinearConv, QLinearMatMul, QLinearSoftmax where it does (with int8
+    activations and the hooked pairs left in int8, the isolated QDQ graph ran all of them in float)."""
+    model_path, calib, evaluation, qpath = _attention_files(tmp_path)
+    opts = dict(activation_type=act, weight_type=weight, per_channel=per_channel, isolated=False)
+    qaudit.audit(model_path, calib, output_model=qpath, format=fmt, **opts)
+    qmodel = onnx.load(qpath)
+    twins = match(prepare(load_model(model_path)).fold.model, qmodel).twins
+    inst, shifted = instrumented_quantized(qmodel, twins)
+    plain = _kernels(qmodel, tmp_path / "plain.onnx")
+    assert plain["QLinearConv"] == 1 and plain["QLinearMatMul"] >= 1
+    assert _kernels(inst, tmp_path / "instrumented.onnx") == plain
+    assert _kernels(isolated_model(qmodel, twins, shifted)[0], tmp_path / "isolated.onnx") == plain
