@@ -23,7 +23,9 @@ activation probe, calibration, the folding check), so a one-shot iterator or
 generator is refused with a message saying what to pass instead.
 
 Files are read in sorted name order, so labels line up with samples in that
-order. Axis 0 is the batch axis. Everything is checked against the model's
+order; only regular files are read (a FIFO, socket or device with a data
+file's name is refused, naming it: reading it could block forever or change
+the sample set). Axis 0 is the batch axis. Everything is checked against the model's
 inputs (names, rank, fixed dims, dtype, finite values) by :meth:`Dataset.scan`
 before any model runs; batches are then streamed: ``.npy`` files are memory
 mapped and only one batch is held in memory at a time.
@@ -32,6 +34,7 @@ mapped and only one batch is held in memory at a time.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,14 +57,45 @@ class _Item:
     kind: str  # "npy" | "npz" | "pb"
 
 
+def _not_regular(p: Path) -> str | None:
+    """What ``p`` is when it is not a regular file (symbolic links followed), else None."""
+    try:
+        mode = p.stat().st_mode
+    except FileNotFoundError:
+        return "a broken symbolic link" if p.is_symlink() else "missing"
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
+def regular_file(p: Path, what: str) -> None:
+    """Refuse anything but a regular file: reading a FIFO or a device can block forever."""
+    kind = _not_regular(p)
+    if kind is not None:
+        raise DataError(
+            f"{what} {p} is {kind}, not a regular file; qaudit reads only regular files: "
+            "remove it from the data directory or point at a regular file"
+        )
+
+
 def discover(path: Path, what: str) -> list[_Item]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{what} data not found: {path}")
-    if path.is_file():
+    if not path.is_dir():
         kind = path.suffix.lower().lstrip(".")
         if kind not in ("npy", "npz"):
             raise DataError(f"{what} data file {path} is not .npy or .npz")
+        regular_file(path, f"{what} data")
         return [_Item(path, kind)]
     sets = sorted(p for p in path.iterdir() if p.is_dir() and p.name.startswith("test_data_set_"))
     if sets:
@@ -76,6 +110,8 @@ def discover(path: Path, what: str) -> list[_Item]:
         raise DataError(
             f"{what} data directory {path} is empty: put .npy/.npz files or test_data_set_*/input_*.pb folders in it"
         )
+    for item in items:  # before anything is read: a FIFO would block the scan forever
+        regular_file(item.path, f"{what} data")
     return items
 
 
@@ -211,6 +247,8 @@ class Dataset:
     # -- reading ---------------------------------------------------------
     def _read(self, item: _Item) -> dict[str, np.ndarray]:
         names = [s.name for s in self.inputs]
+        if item.kind != "pb":
+            regular_file(item.path, f"{self.what} data")
         try:
             if item.kind == "npy":
                 if len(names) != 1:
@@ -218,9 +256,22 @@ class Dataset:
                         f"{item.path}: .npy files feed single-input models only; this model has inputs "
                         f"{', '.join(names)}: save .npz files keyed by input name"
                     )
-                return {names[0]: np.load(item.path, mmap_mode="r", allow_pickle=False)}
+                a = np.load(item.path, mmap_mode="r", allow_pickle=False)
+                if not isinstance(a, np.ndarray):  # numpy reads by content: a zip is an .npz whatever its name
+                    a.close()
+                    raise DataError(
+                        f"{item.path} is an .npz archive (a zip file) named .npy: rename it to .npz "
+                        f"(its arrays keyed by input name: {', '.join(names)})"
+                    )
+                return {names[0]: a}
             if item.kind == "npz":
-                with np.load(item.path, allow_pickle=False) as z:
+                z = np.load(item.path, allow_pickle=False)
+                if not isinstance(z, np.lib.npyio.NpzFile):
+                    raise DataError(
+                        f"{item.path} is a single .npy array named .npz: rename it to .npy (single-input models) "
+                        f"or save it with np.savez(path, {names[0]}=array)"
+                    )
+                with z:
                     keys = set(z.files)
                     missing = [n for n in names if n not in keys]
                     if missing:
@@ -228,12 +279,32 @@ class Dataset:
                             f"{item.path} lacks input(s) {', '.join(missing)} (it has {', '.join(sorted(keys)) or 'nothing'}); "
                             f"key the arrays by the model's input names: {', '.join(names)}"
                         )
-                    return {n: z[n] for n in names}
+                    return {n: self._npz_member(item.path, z, n) for n in names}
             return self._read_pb(item)
         except DataError:
             raise
         except Exception as e:
             raise DataError(f"cannot read {item.path}: {_numpy_load_message(e)}") from e
+
+    @staticmethod
+    def _npz_member(path: Path, z, name: str) -> np.ndarray:
+        """One array of an .npz: numpy hands back the raw bytes of a member that is not
+        in .npy format, and refuses object arrays (pickles), which qaudit never loads."""
+        try:
+            a = z[name]
+        except ValueError as e:
+            if "pickle" not in str(e) and "object" not in str(e).lower():
+                raise
+            raise DataError(
+                f"{path}: member '{name}' holds Python objects (an object array, readable only by unpickling, "
+                f"which qaudit never does); save a numeric array: np.savez(path, {name}=np.asarray(x, np.float32))"
+            ) from None
+        if not isinstance(a, np.ndarray):
+            raise DataError(
+                f"{path}: member '{name}' is not a numpy array (not in .npy format); "
+                f"save the arrays with np.savez(path, {name}=array)"
+            )
+        return a
 
     def _read_pb(self, item: _Item) -> dict[str, np.ndarray]:
         files = sorted(
@@ -243,6 +314,7 @@ class Dataset:
         names = [s.name for s in self.inputs]
         out: dict[str, np.ndarray] = {}
         for i, f in enumerate(files):
+            regular_file(f, f"{self.what} data")
             t = onnx.TensorProto()
             t.ParseFromString(f.read_bytes())
             name = t.name if t.name in names else (names[i] if i < len(names) else None)
@@ -365,19 +437,26 @@ class Dataset:
 def _numpy_load_message(e: Exception) -> str:
     """numpy says "contains pickled (object) data, use allow_pickle" for any file that
     is not .npy/.npz; that advice is wrong and unsafe here."""
+    if "Object arrays" in str(e) or "Python objects" in str(e):
+        return (
+            "it holds an object array (Python objects, readable only by unpickling, which qaudit never does); "
+            "save a numeric array with np.save"
+        )
     if "allow_pickle" in str(e) or "pickle" in str(e).lower():
         return "not a valid .npy/.npz file (or it holds Python objects); save arrays with np.save / np.savez"
     return f"{type(e).__name__}: {e}"
 
 
 def load_labels(labels, n_samples: int, exact: bool = True) -> np.ndarray:
-    """Integer class labels, one per evaluation sample (``[N]`` ints or ``[N, K]`` one-hot):
-    a ``.npy`` file, or (Python API) an array."""
+    """Integer class labels, one per evaluation sample (``[N]`` ints, or ``[N, K]`` one-hot:
+    exactly 0/1, one 1 per row): a ``.npy`` file, or (Python API) an array. Floats ``[N]``
+    and scores ``[N, K]`` are refused, never rounded or argmaxed."""
     if isinstance(labels, (str, os.PathLike)):
         path = Path(labels)
         what = f"labels {path}"
-        if not path.is_file():
+        if not path.exists():
             raise DataError(f"labels file not found: {path}")
+        regular_file(path, "labels")
         try:
             y = np.load(path, allow_pickle=False)
         except Exception as e:
@@ -391,12 +470,40 @@ def load_labels(labels, n_samples: int, exact: bool = True) -> np.ndarray:
         except (ValueError, TypeError) as e:
             raise DataError(f"labels are not an array: {e}") from None
     if y.ndim == 2:
-        y = y.argmax(axis=1)
+        y = _one_hot_classes(y, what)
     if y.ndim != 1 or y.dtype.kind not in "iu":
         raise DataError(f"{what} must be a 1-D integer array (or one-hot [N, K]), got {y.dtype}{list(y.shape)}")
     if len(y) < n_samples or (exact and len(y) != n_samples):
         raise DataError(f"{what} has {len(y)} entries for {n_samples} evaluation samples; give one label per sample")
     return y[:n_samples].astype(np.int64)
+
+
+def _one_hot_classes(y: np.ndarray, what: str) -> np.ndarray:
+    """The class of each row of a one-hot ``[N, K]`` array: every value exactly 0 or 1
+    (any numeric dtype), one 1 per row. Scores, probabilities or a column of class
+    numbers are refused: their argmax is not a label."""
+    found = f"{y.dtype}{list(y.shape)}"
+    if y.dtype.kind not in "biuf":
+        raise DataError(f"{what} must be integer class labels [N] or one-hot [N, K], got {found}")
+    binary = (y == 0) | (y == 1)
+    if not binary.all():
+        r, c = np.argwhere(~binary)[0]
+        hint = " (a column of class numbers? save labels.reshape(-1))" if y.shape[1] == 1 else ""
+        hint = hint or (
+            " (scores or probabilities? save the class numbers: y.argmax(1))" if y.dtype.kind == "f" else ""
+        )
+        raise DataError(
+            f"{what} {found} is not one-hot: row {r} holds {y[r, c].item()!r} at column {c}, and one-hot labels "
+            f"hold only 0 and 1{hint}; save integer class labels [N]"
+        )
+    ones = np.count_nonzero(y, axis=1)
+    if (ones != 1).any():
+        r = int(np.flatnonzero(ones != 1)[0])
+        raise DataError(
+            f"{what} {found} is not one-hot: row {r} holds {int(ones[r])} ones, and a one-hot row holds exactly one; "
+            "save integer class labels [N]"
+        )
+    return y.argmax(axis=1)
 
 
 def describe_labels(labels) -> str | None:

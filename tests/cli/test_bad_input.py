@@ -170,6 +170,44 @@ def _labels_float(d):
     return None, ["--eval", SAMPLE_EVAL, "--labels", d / "labels.npy"], ["labels.npy", "integer"]
 
 
+def _zip_named_npy(d):
+    c = calib_dir(d, "calib", npz={"input": first_calib()})
+    (c / "batch_000.npz").rename(c / "batch_000.npy")
+    return None, ["--calib", c], ["batch_000.npy", ".npz archive", "rename it to .npz"]
+
+
+def _npz_member_not_an_array(d):
+    import zipfile
+
+    c = calib_dir(d, "calib")
+    with zipfile.ZipFile(c / "batch_000.npz", "w") as z:
+        z.writestr("input", b"raw bytes, not .npy")
+    return None, ["--calib", c], ["batch_000.npz", "member 'input'", "not a numpy array"]
+
+
+def _npz_object_member(d):
+    c = calib_dir(d, "calib", npz={"input": np.array([{"pixels": 1}], dtype=object)})
+    return None, ["--calib", c], ["batch_000.npz", "member 'input'", "python objects"]
+
+
+def _fifo_in_calib(d):
+    import os
+
+    c = calib_dir(d, "calib", first_calib())
+    os.mkfifo(c / "batch_001.npy")
+    return None, ["--calib", c], ["batch_001.npy", "FIFO", "regular file"]
+
+
+def _labels_scores(d):
+    scores = np.random.default_rng(0).dirichlet(np.ones(10), size=400).astype(np.float32)
+    np.save(d / "labels.npy", scores)
+    return (
+        None,
+        ["--eval", SAMPLE_EVAL, "--labels", d / "labels.npy"],
+        ["labels.npy", "not one-hot", "float32[400, 10]"],
+    )
+
+
 CASES = {
     "missing-model": _missing_model,
     "directory-as-model": _directory_as_model,
@@ -190,6 +228,11 @@ CASES = {
     "labels-too-long": _labels_long,
     "labels-missing": _labels_missing,
     "labels-float": _labels_float,
+    "zip-named-npy": _zip_named_npy,
+    "npz-member-not-an-array": _npz_member_not_an_array,
+    "npz-object-member": _npz_object_member,
+    "fifo-in-calib": _fifo_in_calib,
+    "labels-scores": _labels_scores,
 }
 
 

@@ -108,3 +108,113 @@ def test_labels(tmp_path):
         load_labels(tmp_path / "y.npy", 2)
     np.save(tmp_path / "onehot.npy", np.eye(3)[[2, 0]])
     np.testing.assert_array_equal(load_labels(tmp_path / "onehot.npy", 2), [2, 0])
+
+
+# ------------------------------------------------------ hostile data files
+
+
+def test_a_zip_named_npy_is_refused_with_what_to_do(tmp_path):
+    np.savez(tmp_path / "a.npz", x=np.zeros((1, 2, 3), np.float32))
+    (tmp_path / "a.npz").rename(tmp_path / "a.npy")
+    with pytest.raises(DataError, match=r"a\.npy is an \.npz archive.*rename it to \.npz"):
+        Dataset(tmp_path, [IMG]).scan()
+
+
+def test_an_npy_named_npz_is_refused_with_what_to_do(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((1, 2, 3), np.float32))
+    (tmp_path / "a.npy").rename(tmp_path / "a.npz")
+    with pytest.raises(DataError, match=r"a\.npz is a single \.npy array.*rename it to \.npy"):
+        Dataset(tmp_path, [IMG]).scan()
+
+
+def test_npz_members_that_are_not_arrays_are_refused(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "a.npz", "w") as z:
+        z.writestr("x", b"not an array")  # numpy hands such a member back as bytes
+    with pytest.raises(DataError, match=r"member 'x' is not a numpy array"):
+        Dataset(tmp_path, [IMG]).scan()
+    np.savez(tmp_path / "a.npz", x=np.array([{"a": 1}, None], dtype=object))
+    with pytest.raises(DataError, match=r"member 'x' holds Python objects.*never") as e:
+        Dataset(tmp_path, [IMG]).scan()
+    assert "allow_pickle" not in str(e.value)
+
+
+def test_an_object_npy_is_refused_without_pickle_advice(tmp_path):
+    np.save(tmp_path / "a.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match="object array") as e:
+        Dataset(tmp_path, [IMG]).scan()
+    assert "allow_pickle" not in str(e.value)
+
+
+def _unblock(fifo):
+    """Open the FIFO's write end so that a reader stuck in open() gets EOF."""
+    import os
+
+    try:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass  # no reader: nothing is stuck
+
+
+@pytest.mark.parametrize("where", ["in the directory", "given itself", "a test_data_set file"])
+def test_a_fifo_is_refused_naming_it_and_never_opened(tmp_path, where):
+    import os
+    import threading
+
+    np.save(tmp_path / "a.npy", np.zeros((1, 2, 3), np.float32))
+    fifo = tmp_path / "b.npy"
+    target = tmp_path
+    if where == "a test_data_set file":
+        (tmp_path / "a.npy").unlink()
+        (tmp_path / "test_data_set_0").mkdir()
+        fifo = tmp_path / "test_data_set_0" / "input_0.pb"
+    elif where == "given itself":
+        target = fifo
+    os.mkfifo(fifo)
+    result = {}
+
+    def scan():
+        try:
+            Dataset(target, [IMG]).scan()
+        except DataError as e:
+            result["error"] = str(e)
+
+    t = threading.Thread(target=scan, daemon=True)
+    t.start()
+    t.join(10)
+    hung = t.is_alive()
+    _unblock(fifo)
+    assert not hung, "reading the data blocked on a FIFO"
+    assert fifo.name in result["error"] and "FIFO" in result["error"] and "regular file" in result["error"]
+
+
+def test_a_directory_named_npy_is_refused(tmp_path):
+    (tmp_path / "a.npy").mkdir()
+    with pytest.raises(DataError, match=r"a\.npy is a directory, not a regular file"):
+        Dataset(tmp_path, [IMG])
+
+
+# ----------------------------------------------------------------- labels
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (np.array([[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]], np.float32), r"not one-hot: row 0 holds 0\.1.*probabilities"),
+        (np.array([[1, 1, 0], [0, 0, 1]], np.int64), "row 0 holds 2 ones"),
+        (np.array([[0, 0, 1], [0, 0, 0]], np.float64), "row 1 holds 0 ones"),
+        (np.array([[3], [1]], np.int64), r"holds 3 .*reshape\(-1\)"),
+        (np.array([1.0, 0.0]), "1-D integer"),
+        (np.array([["a", "b"], ["c", "d"]]), "integer class labels"),
+    ],
+)
+def test_labels_that_are_not_classes_or_exactly_one_hot_are_refused(tmp_path, labels, message):
+    with pytest.raises(DataError, match=message):
+        load_labels(labels, 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int64, np.uint8, bool])
+def test_one_hot_labels_of_any_numeric_dtype(dtype):
+    y = np.eye(4, dtype=dtype)[[3, 0, 2]]
+    np.testing.assert_array_equal(load_labels(y, 3), [3, 0, 2])
