@@ -16,7 +16,7 @@ from it, never copied whole:
   (``get_next()`` until ``None``; rewound before every pass);
 * a callable returning a fresh iterator of feed dicts (``{input: array}``);
 * arrays: one array (single-input models), ``{input name: array}``, or a
-  list of feed dicts; axis 0 is the batch axis.
+  list of feed dicts, each input batched on its batch axis.
 
 The pipeline reads the calibration data more than once (a check, the
 activation probe, calibration, the folding check), so a one-shot iterator or
@@ -25,18 +25,25 @@ generator is refused with a message saying what to pass instead.
 Files are read in sorted name order, so labels line up with samples in that
 order; only regular files are read (a FIFO, socket or device with a data
 file's name is refused, naming it: reading it could block forever or change
-the sample set). Axis 0 is the batch axis. Everything is checked against the model's
-inputs (names, rank, fixed dims, dtype, finite values) by :meth:`Dataset.scan`
-before any model runs; batches are then streamed: ``.npy`` files are memory
-mapped and only one batch is held in memory at a time.
+the sample set). Each input has its own batch axis (:func:`batch_layout`:
+from the model's dims, or given by the user): the samples of a file are
+counted, split and concatenated along it. An input without one (a scalar
+sample rate, an input no other shares a batch dim with) is fed as it is;
+samples are batched together only while such inputs hold equal values. A file
+whose inputs all lack a batch axis is one run, counted as one sample.
+Everything is checked against the model's inputs (names, rank, fixed dims,
+dtype, finite values) by :meth:`Dataset.scan` before any model runs; batches
+are then streamed: ``.npy`` files are memory mapped and only one batch is held
+in memory at a time.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import stat
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -226,15 +233,166 @@ def source(data, what: str):
     )
 
 
+# -- batch axes --------------------------------------------------------------
+
+
+class Feeds(dict):
+    """One model feed ``{input name: array}`` and the number of samples it holds."""
+
+    __slots__ = ("samples",)
+
+    def __init__(self, arrays, samples: int):
+        super().__init__(arrays)
+        self.samples = samples
+
+
+def samples(feeds: Mapping[str, np.ndarray]) -> int:
+    """The samples in a batch: what :meth:`Dataset.batches` counted; for a plain dict
+    (feeds built by hand in the Python API), axis 0 of its first input."""
+    n = getattr(feeds, "samples", None)
+    return n if n is not None else next(iter(feeds.values())).shape[0]
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """Which axis of each input holds the samples (``None``: fed as it is), and why."""
+
+    axes: dict = field(default_factory=dict)  # input name -> axis or None
+    #: the batch size the model fixes (a fixed dim on a batch axis; 1 when no input is batched), or None
+    fixed: int | None = None
+    rule: str = ""  # how the axes were found, for the report
+
+    def as_dict(self) -> dict:
+        return {"axes": dict(self.axes), "rule": self.rule, "fixed": self.fixed}
+
+
+#: dim names read as "the batch" wherever they appear
+_BATCH_NAMES = ("n", "b", "bs", "batch", "batch_size", "batchsize", "num_samples")
+
+
+def _batch_like(symbol: str) -> bool:
+    return symbol.lower() in _BATCH_NAMES or "batch" in symbol.lower()
+
+
+def _symbols(spec: InputSpec) -> tuple:
+    return tuple(spec.symbols) if len(spec.symbols) == len(spec.shape) else (None,) * len(spec.shape)
+
+
+def _shared_symbol(specs: list[InputSpec]) -> tuple[str, dict[str, int]] | None:
+    """The batch symbol and its axis in each input holding it: a batch-like name
+    ('batch', 'N', ...) in any input, else a dim name shared by two or more inputs that
+    only fixed dims precede (a dynamic dim before it could be the batch: [?, 'seq'])."""
+    where: dict[str, dict[str, int]] = {}
+    preceded: set[str] = set()
+    for s in specs:
+        for i, sym in enumerate(_symbols(s)):
+            if sym is None or s.name in where.get(sym, {}):
+                continue
+            where.setdefault(sym, {})[s.name] = i
+            if any(d is None for d in s.shape[:i]):
+                preceded.add(sym)
+    named = [k for k in where if _batch_like(k)]
+    shared = [k for k in where if len(where[k]) >= 2 and k not in preceded]
+    pool = named or shared
+    if not pool:
+        return None
+    best = min(pool, key=lambda k: (-len(where[k]), sum(where[k].values()), k))
+    return best, where[best]
+
+
+def _inferred_axes(specs: list[InputSpec]) -> tuple[dict[str, int | None], str]:
+    """Each input's batch axis from the model's dims alone (docs/configuration.md#batch-axes):
+
+    1. scalars have none;
+    2. axis 0 when every other input has the same fixed size there ([1, 'seq'] twice);
+    3. the axis of the batch symbol (:func:`_shared_symbol`); inputs without it have none;
+    4. axis 0 when it is dynamic in every input (or there is one input);
+    5. the one axis of each input fixed to a common size (preferably 1): [1, 512] and [2, 1, 128];
+    6. otherwise none: every file is fed as it is, one run.
+    """
+    axes: dict[str, int | None] = {s.name: None for s in specs if not s.shape}
+    arr = [s for s in specs if s.shape]
+    if not arr:
+        return axes, "scalar inputs only: fed as they are"
+    first = {s.shape[0] for s in arr}
+    if len(arr) == 1 or (len(first) == 1 and None not in first):
+        return {**axes, **{s.name: 0 for s in arr}}, "axis 0"
+    found = _shared_symbol(arr)
+    if found is not None:
+        sym, at = found
+        return {**axes, **{s.name: at.get(s.name) for s in arr}}, f"the dim '{sym}'"
+    if first == {None}:
+        return {**axes, **{s.name: 0 for s in arr}}, "axis 0"
+    common = set.intersection(*({d for d in s.shape if d is not None} for s in arr))
+    for b in sorted(common, key=lambda b: (b != 1, b)):
+        if all(s.shape.count(b) == 1 for s in arr):
+            return {**axes, **{s.name: s.shape.index(b) for s in arr}}, f"the one dim of each input fixed at {b}"
+    return {**axes, **{s.name: None for s in arr}}, (
+        "none found (no dim common to every input): every file is fed as it is, one run per file"
+    )
+
+
+def _given_axis(spec: InputSpec, value) -> int | None:
+    if value is None:
+        return None
+    rank = len(spec.shape)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"batch axis of input '{spec.name}' must be an integer or none, not {value!r}")
+    if rank == 0:
+        raise ConfigError(f"input '{spec.name}' is a scalar: it has no batch axis (give {spec.name}=none)")
+    if not -rank <= value < rank:
+        raise ConfigError(
+            f"batch axis {value} of input '{spec.name}' is out of range: it has {rank} axes ({spec.describe()})"
+        )
+    return int(value) % rank
+
+
+def batch_layout(inputs: list[InputSpec], given: Mapping | None = None) -> BatchLayout:
+    """Every input's batch axis: ``given`` (input name -> axis or None, ``--batch-axis``),
+    the others inferred from the model's dims (:func:`_inferred_axes`)."""
+    given = dict(given or {})
+    names = [s.name for s in inputs]
+    for k in given:
+        if k not in names:
+            close = difflib.get_close_matches(str(k), names, n=1)
+            raise ConfigError(
+                f"--batch-axis names input '{k}', which the model does not have"
+                + (f" (did you mean '{close[0]}'?)" if close else "")
+                + f"; its inputs: {', '.join(names)}"
+            )
+    axes = {s.name: _given_axis(s, given[s.name]) for s in inputs if s.name in given}
+    inferred, rule = _inferred_axes([s for s in inputs if s.name not in given])
+    axes = {n: (axes[n] if n in given else inferred[n]) for n in names}
+    if given:
+        rule = "given (--batch-axis)" if len(given) == len(names) else f"given (--batch-axis), others: {rule}"
+    sizes = {s.name: s.shape[axes[s.name]] for s in inputs if axes[s.name] is not None}
+    fixed_sizes = {d for d in sizes.values() if d is not None}
+    if len(fixed_sizes) > 1:
+        raise ConfigError(
+            "the batch axes have different fixed sizes ("
+            + ", ".join(f"{n} axis {axes[n]}: {d}" for n, d in sizes.items() if d is not None)
+            + "); give each input's batch axis with --batch-axis NAME=AXIS (NAME=none: fed as it is)"
+        )
+    fixed = next(iter(fixed_sizes)) if fixed_sizes else (None if sizes else 1)
+    return BatchLayout(axes, fixed, rule)
+
+
+def _take(a: np.ndarray, axis: int, start: int, n: int) -> np.ndarray:
+    """Samples ``start:start+n`` of ``a`` along ``axis`` (a view)."""
+    return a[(slice(None),) * axis + (slice(start, start + n),)]
+
+
 class Dataset:
     """A validated, streamable set of model feeds."""
 
-    def __init__(self, data, inputs: list[InputSpec], what: str = "calibration"):
-        """``data``: a path, or what :func:`source` accepts from the Python API."""
+    def __init__(self, data, inputs: list[InputSpec], what: str = "calibration", layout: BatchLayout | None = None):
+        """``data``: a path, or what :func:`source` accepts from the Python API; ``layout``:
+        the batch axes (default: inferred from ``inputs``, :func:`batch_layout`)."""
         self.source = source(data, what)
         self.path = self.source.path  # None for data held in memory
         self.description = self.source.description  # what the report records as the data
         self.inputs = inputs
+        self.layout = layout or batch_layout(inputs)
         self.what = what
         self.n_samples = 0
         self._scanned = False
@@ -327,36 +485,49 @@ class Dataset:
         return out
 
     # -- validation ------------------------------------------------------
-    def _batched(self, where: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _batched(self, where: str, arrays: dict[str, np.ndarray]) -> Feeds:
         """Add the batch axis to single samples, and check every input's shape and dtype."""
-        out, n = {}, None
+        out, n, first = {}, None, None
         for spec in self.inputs:
             a = arrays[spec.name]
             rank = len(spec.shape)
-            if a.ndim == rank - 1:
-                a = a[None]
+            axis = self.layout.axes.get(spec.name)
+            if axis is not None and a.ndim == rank - 1:
+                a = np.expand_dims(a, axis)
             elif a.ndim != rank:
+                how = (
+                    f"one sample without batch axis {axis}, or a batch"
+                    if axis is not None
+                    else "it has no batch axis and is fed as it is; give its batch axis with --batch-axis NAME=AXIS"
+                    if rank
+                    else "a scalar, fed as it is"
+                )
                 raise DataError(
                     f"{where}: input '{spec.name}' has shape {tuple(a.shape)}, the model expects "
-                    f"{spec.describe()} (one sample without the batch axis, or a batch)"
+                    f"{spec.describe()} ({how})"
                 )
-            for axis, (got, want) in enumerate(zip(a.shape, spec.shape)):
-                if axis > 0 and want is not None and got != want:
+            for ax, (got, want) in enumerate(zip(a.shape, spec.shape)):
+                if ax != axis and want is not None and got != want:
                     raise DataError(
                         f"{where}: input '{spec.name}' has shape {tuple(a.shape)}, the model expects "
-                        f"{spec.describe()} (axis {axis} must be {want})"
+                        f"{spec.describe()} (axis {ax} must be {want})"
                     )
             if a.dtype != spec.dtype:
                 raise DataError(
                     f"{where}: input '{spec.name}' is {a.dtype}, the model expects {spec.dtype}; "
                     f"convert with array.astype(np.{spec.dtype})"
                 )
-            if n is None:
-                n = a.shape[0]
-            elif a.shape[0] != n:
-                raise DataError(f"{where}: inputs have different batch sizes ({n} and {a.shape[0]})")
+            if axis is not None:
+                if n is None:
+                    n, first = a.shape[axis], spec.name
+                elif a.shape[axis] != n:
+                    raise DataError(
+                        f"{where}: inputs have different batch sizes ({first}: {n} on axis "
+                        f"{self.layout.axes[first]}, {spec.name}: {a.shape[axis]} on axis {axis}); "
+                        "give each input's batch axis with --batch-axis NAME=AXIS"
+                    )
             out[spec.name] = a
-        return out
+        return Feeds(out, 1 if n is None else n)  # no input batched: the whole feed is one run
 
     def scan(self) -> int:
         """Check every file against the model's inputs; return the number of samples."""
@@ -373,7 +544,7 @@ class Dataset:
                                 f"{where}: input '{name}' contains {bad} values; clean the data "
                                 f"(e.g. np.nan_to_num) or drop those samples"
                             )
-            total += next(iter(feeds.values())).shape[0]
+            total += feeds.samples
         if total == 0:
             raise DataError(f"{self.what} data {self.description} holds no samples")
         self.n_samples = total
@@ -382,9 +553,8 @@ class Dataset:
 
     # -- streaming -------------------------------------------------------
     def fixed_batch(self) -> int | None:
-        dims = {s.shape[0] for s in self.inputs if s.shape}
-        fixed = [d for d in dims if d is not None]
-        return fixed[0] if fixed else None
+        """The batch size the model fixes (1 when no input has a batch axis), or None."""
+        return self.layout.fixed
 
     def count(self, max_samples: int | None) -> int:
         if not self._scanned:
@@ -394,8 +564,9 @@ class Dataset:
     def batches(self, batch_size: int, max_samples: int | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Yield feeds of ``batch_size`` samples (the model's fixed batch size if it has one).
 
-        Samples of consecutive files are concatenated while their shapes agree;
-        a change of shape (e.g. sequence length) starts a new batch.
+        Samples of consecutive files are concatenated along each input's batch
+        axis while their shapes agree and the inputs fed as they are hold the
+        same values; a change (e.g. of sequence length) starts a new batch.
         """
         fixed = self.fixed_batch()
         bs = fixed or batch_size
@@ -405,24 +576,44 @@ class Dataset:
                 f"the model's batch size is fixed at {fixed} but {limit} {self.what} samples are given; "
                 f"use a multiple of {fixed} (--max-samples) or export the model with a dynamic batch axis"
             )
+        axes = self.layout.axes
         pending: list[dict[str, np.ndarray]] = []
         held = 0
         sent = 0
 
+        def fits(feeds) -> bool:  # can feeds join the pending batch?
+            for k, v in feeds.items():
+                p, ax = pending[0][k], axes[k]
+                if ax is None:  # fed as it is: the same values in every sample of a batch
+                    if p.shape != v.shape or not np.array_equal(p, v):
+                        return False
+                elif p.shape[:ax] + p.shape[ax + 1 :] != v.shape[:ax] + v.shape[ax + 1 :]:
+                    return False
+            return True
+
         def flush():
             nonlocal pending, held
-            feeds = {k: np.ascontiguousarray(np.concatenate([p[k] for p in pending])) for k in pending[0]}
+            feeds = Feeds(
+                {  # np.asarray, not np.ascontiguousarray: that one makes a scalar [1]
+                    k: np.asarray(
+                        pending[0][k] if axes[k] is None else np.concatenate([p[k] for p in pending], axis=axes[k]),
+                        order="C",
+                    )
+                    for k in pending[0]
+                },
+                held,
+            )
             pending, held = [], 0
             return feeds
 
         for _where, feeds in self._items():
-            n = next(iter(feeds.values())).shape[0]
+            n = feeds.samples
             start = 0
             while start < n and sent < limit:
-                if pending and any(pending[0][k].shape[1:] != feeds[k].shape[1:] for k in feeds):
+                if pending and not fits(feeds):
                     yield flush()
                 take = min(n - start, bs - held, limit - sent)
-                pending.append({k: v[start : start + take] for k, v in feeds.items()})
+                pending.append({k: v if axes[k] is None else _take(v, axes[k], start, take) for k, v in feeds.items()})
                 held += take
                 sent += take
                 start += take
@@ -536,6 +727,7 @@ class Inputs:
         return {
             "calib": self.calib.description,
             "eval": self.evaluation.description if self.evaluation is not self.calib else None,
+            "batch_axes": self.calib.layout.as_dict(),
         }
 
 
@@ -546,9 +738,10 @@ def open_inputs(cfg) -> Inputs:
     if cfg.output_model is not None and cfg.output_model.resolve() == cfg.model.resolve():
         raise ConfigError("--output-model must not be the input model: qaudit never modifies the user's model")
     lm = load_model(cfg.model)
-    calib = Dataset(cfg.calib, lm.inputs, "calibration")
+    layout = batch_layout(lm.inputs, cfg.batch_axis)
+    calib = Dataset(cfg.calib, lm.inputs, "calibration", layout)
     n_calib = calib.count(cfg.max_samples)
-    evaluation = Dataset(cfg.eval, lm.inputs, "evaluation") if cfg.eval is not None else calib
+    evaluation = Dataset(cfg.eval, lm.inputs, "evaluation", layout) if cfg.eval is not None else calib
     n_eval = evaluation.count(cfg.max_samples)
     labels = None
     if cfg.labels is not None:

@@ -208,6 +208,14 @@ def _labels_scores(d):
     )
 
 
+def _batch_axis_unknown_input(d):
+    return None, ["--batch-axis", "inptu=1"], ["--batch-axis", "inptu", "did you mean 'input'"]
+
+
+def _batch_axis_out_of_range(d):
+    return None, ["--batch-axis", "input=4"], ["batch axis 4", "input", "out of range"]
+
+
 CASES = {
     "missing-model": _missing_model,
     "directory-as-model": _directory_as_model,
@@ -233,6 +241,8 @@ CASES = {
     "npz-object-member": _npz_object_member,
     "fifo-in-calib": _fifo_in_calib,
     "labels-scores": _labels_scores,
+    "batch-axis-unknown-input": _batch_axis_unknown_input,
+    "batch-axis-out-of-range": _batch_axis_out_of_range,
 }
 
 
