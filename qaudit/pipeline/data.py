@@ -654,6 +654,9 @@ def load_labels(labels, n_samples: int, exact: bool = True) -> np.ndarray:
             raise DataError(
                 f"cannot read labels {path}: {_numpy_load_message(e)}; save them with np.save as an integer array"
             ) from e
+        if not isinstance(y, np.ndarray):  # a zip: numpy opens it as an .npz whatever its name
+            y.close()
+            raise DataError(f"labels {path} is an .npz archive (a zip file): save the labels with np.save as .npy")
     else:
         what = "labels"
         try:

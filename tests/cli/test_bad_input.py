@@ -208,6 +208,12 @@ def _labels_scores(d):
     )
 
 
+def _labels_zip(d):
+    np.savez(d / "labels.npz", labels=np.load(SAMPLE_LABELS))
+    (d / "labels.npz").rename(d / "labels.npy")
+    return None, ["--eval", SAMPLE_EVAL, "--labels", d / "labels.npy"], ["labels.npy", ".npz archive", "np.save"]
+
+
 def _batch_axis_unknown_input(d):
     return None, ["--batch-axis", "inptu=1"], ["--batch-axis", "inptu", "did you mean 'input'"]
 
@@ -241,6 +247,7 @@ CASES = {
     "npz-object-member": _npz_object_member,
     "fifo-in-calib": _fifo_in_calib,
     "labels-scores": _labels_scores,
+    "labels-zip": _labels_zip,
     "batch-axis-unknown-input": _batch_axis_unknown_input,
     "batch-axis-out-of-range": _batch_axis_out_of_range,
 }

@@ -377,6 +377,13 @@ def test_labels_that_are_not_classes_or_exactly_one_hot_are_refused(tmp_path, la
         load_labels(labels, 2)
 
 
+def test_labels_in_a_zip_are_refused(tmp_path):
+    np.savez(tmp_path / "y.npz", y=np.array([1, 0]))
+    (tmp_path / "y.npz").rename(tmp_path / "y.npy")
+    with pytest.raises(DataError, match=r"y\.npy is an \.npz archive"):
+        load_labels(tmp_path / "y.npy", 2)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.int64, np.uint8, bool])
 def test_one_hot_labels_of_any_numeric_dtype(dtype):
     y = np.eye(4, dtype=dtype)[[3, 0, 2]]
