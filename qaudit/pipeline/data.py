@@ -356,7 +356,7 @@ def batch_layout(inputs: list[InputSpec], given: Mapping | None = None) -> Batch
         if k not in names:
             close = difflib.get_close_matches(str(k), names, n=1)
             raise ConfigError(
-                f"--batch-axis names input '{k}', which the model does not have"
+                f"a batch axis (--batch-axis, batch_axis) is given for input '{k}', which the model does not have"
                 + (f" (did you mean '{close[0]}'?)" if close else "")
                 + f"; its inputs: {', '.join(names)}"
             )
