@@ -462,3 +462,26 @@ def test_audit_of_a_fixed_batch_of_one_with_a_symbolic_sequence(tmp_path):
     assert report.data["n_calib"] == 4
     assert report.data["batch_axes"] == {"axes": {"x": 0, "mask": 0}, "rule": "axis 0", "fixed": 1}
     assert not any("batch axes" in n for n in report.notes)
+
+
+def test_labels_of_runs_that_hold_several_rows_are_refused(tmp_path):
+    """No input has a batch axis (unnamed dims): each file is one run, one sample, one label; an
+    output with 3 rows per run cannot be scored against it (numpy would broadcast the label)."""
+    import onnx
+
+    import qaudit
+
+    from ..models import recurrent_model
+
+    onnx.save(recurrent_model(batch=None), tmp_path / "m.onnx")
+    rng = np.random.default_rng(5)
+    (tmp_path / "d").mkdir()
+    for i in range(2):
+        x, s = rng.normal(size=(3, 6)).astype(np.float32), rng.normal(size=(2, 3, 5)).astype(np.float32)
+        np.savez(tmp_path / "d" / f"{i}.npz", input=x, state=s, sr=np.array(16000, np.int64))
+    with pytest.raises(DataError, match=r"output 'output' has 3 rows for 1 labelled samples.*--batch-axis"):
+        qaudit.audit(tmp_path / "m.onnx", tmp_path / "d", labels=np.array([0, 1]), isolated=False)
+    report = qaudit.audit(
+        tmp_path / "m.onnx", tmp_path / "d", labels=np.arange(6) % 3, batch_axis={"input": 0, "state": 1}
+    )
+    assert report.data["n_eval"] == 6 and report.outputs[0].acc_fp32 is not None
