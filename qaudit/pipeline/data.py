@@ -305,7 +305,8 @@ def _inferred_axes(specs: list[InputSpec]) -> tuple[dict[str, int | None], str]:
 
     1. scalars have none;
     2. axis 0 when every other input has the same fixed size there ([1, 'seq'] twice);
-    3. the axis of the batch symbol (:func:`_shared_symbol`); inputs without it have none;
+    3. the axis of the batch symbol (:func:`_shared_symbol`); inputs without it have none,
+       except axis 0 of size 1 beside a symbol on axis 0 (a batch fixed at 1);
     4. axis 0 when it is dynamic in every input (or there is one input);
     5. the one axis of each input fixed to a common size (preferably 1): [1, 512] and [2, 1, 128];
     6. otherwise none: every file is fed as it is, one run.
@@ -320,7 +321,11 @@ def _inferred_axes(specs: list[InputSpec]) -> tuple[dict[str, int | None], str]:
     found = _shared_symbol(arr)
     if found is not None:
         sym, at = found
-        return {**axes, **{s.name: at.get(s.name) for s in arr}}, f"the dim '{sym}'"
+        # beside a batch on axis 0, an input of 1 there may be a batch fixed at 1 ([1, 2] image
+        # sizes beside images [N, 3, H, W]): batched on axis 0, which fixes the batch at 1
+        leading = all(a == 0 for a in at.values())
+        other = {s.name: 0 if leading and s.shape[0] == 1 else None for s in arr if s.name not in at}
+        return {**axes, **at, **other}, f"the dim '{sym}'"
     if first == {None}:
         return {**axes, **{s.name: 0 for s in arr}}, "axis 0"
     common = set.intersection(*({d for d in s.shape if d is not None} for s in arr))

@@ -139,8 +139,12 @@ def spec(name, *dims, dtype=F32):
         ([spec("x", 1, "seq", 4), spec("mask", 1, "seq")], [0, 0], 1),
         # an unnamed batch before a named sequence: not the sequence
         ([spec("ids", None, "seq"), spec("mask", None, "seq")], [0, 0], None),
-        # HF position_ids [1, seq]: fed as they are
-        ([spec("ids", "batch", "seq"), spec("pos", 1, "seq")], [0, None], None),
+        # position_ids [1, seq] beside input_ids [batch, seq]: a batch fixed at 1, never concatenated
+        ([spec("ids", "batch", "seq"), spec("pos", 1, "seq")], [0, 0], 1),
+        # image sizes [1, 2] beside images [N, 3, H, W] (detectors): likewise
+        ([spec("images", "N", 3, None, None), spec("im_size", 1, 2)], [0, 0], 1),
+        # a side input of another size beside the batch: fed as it is
+        ([spec("x", "batch", 8), spec("anchors", 6, 4)], [0, None], None),
         # Silero VAD (openvino_16k): every dim fixed; the one dim of 1 in each input
         ([spec("input", 1, 576), spec("state", 2, 1, 128)], [0, 1], 1),
         # Silero VAD (silero_vad.onnx): unnamed dims, nothing to tell the batch by: every file one run
