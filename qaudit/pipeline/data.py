@@ -308,7 +308,7 @@ def _inferred_axes(specs: list[InputSpec]) -> tuple[dict[str, int | None], str]:
     3. the axis of the batch symbol (:func:`_shared_symbol`); inputs without it have none,
        except axis 0 of size 1 beside a symbol on axis 0 (a batch fixed at 1);
     4. axis 0 when it is dynamic in every input (or there is one input);
-    5. the one axis of each input fixed to a common size (preferably 1): [1, 512] and [2, 1, 128];
+    5. the one axis of each input of size 1, a batch fixed at 1: [1, 512] and [2, 1, 128];
     6. otherwise none: every file is fed as it is, one run.
     """
     axes: dict[str, int | None] = {s.name: None for s in specs if not s.shape}
@@ -328,10 +328,8 @@ def _inferred_axes(specs: list[InputSpec]) -> tuple[dict[str, int | None], str]:
         return {**axes, **at, **other}, f"the dim '{sym}'"
     if first == {None}:
         return {**axes, **{s.name: 0 for s in arr}}, "axis 0"
-    common = set.intersection(*({d for d in s.shape if d is not None} for s in arr))
-    for b in sorted(common, key=lambda b: (b != 1, b)):
-        if all(s.shape.count(b) == 1 for s in arr):
-            return {**axes, **{s.name: s.shape.index(b) for s in arr}}, f"the one dim of each input fixed at {b}"
+    if all(s.shape.count(1) == 1 for s in arr):  # exporters fix a batch at 1; other sizes are not read as one
+        return {**axes, **{s.name: s.shape.index(1) for s in arr}}, "the one dim of each input fixed at 1"
     return {**axes, **{s.name: None for s in arr}}, (
         "none found (no dim common to every input): every file is fed as it is, one run per file"
     )

@@ -147,6 +147,8 @@ def spec(name, *dims, dtype=F32):
         ([spec("x", "batch", 8), spec("anchors", 6, 4)], [0, None], None),
         # Silero VAD (openvino_16k): every dim fixed; the one dim of 1 in each input
         ([spec("input", 1, 576), spec("state", 2, 1, 128)], [0, 1], 1),
+        # fixed dims of other sizes are not read as a batch: [2, 3] @ [3, 4] is one run
+        ([spec("a", 2, 3), spec("b", 3, 4)], [None, None], 1),
         # Silero VAD (silero_vad.onnx): unnamed dims, nothing to tell the batch by: every file one run
         ([spec("input", None, None), spec("state", 2, None, 128), spec("sr", dtype=I64)], [None, None, None], 1),
         # Silero VAD (16k_sequence): the chunks of one recording on axis 0, the LSTM state [1, 1, 128]
