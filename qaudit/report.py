@@ -40,6 +40,8 @@ from pathlib import Path
 #:     - ``layers[].w_shape``, ``kernel``, ``groups``, ``c_in``, ``c_out``: the weighted
 #:       layer's signature (weight shape as stored, spatial kernel, groups, input and
 #:       output channels), so ``qaudit compare`` can align layers from JSON alone.
+#:     - ``data.batch_axes``: ``{"axes": {input: axis or null}, "rule", "fixed"}``, each
+#:       input's batch axis (null: fed as it is) and how it was chosen.
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 

@@ -148,3 +148,74 @@ def contrib_op_model() -> onnx.ModelProto:
     return helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)]
     )
+
+
+def recurrent_model(
+    batch="batch", sr: bool = True, f: int = 6, h: int = 5, k: int = 3, seed: int = 0
+) -> onnx.ModelProto:
+    """A recurrent step with its state batched on axis 1 and a scalar sample rate (Silero VAD's inputs)::
+
+        input [B, F] -> MatMul(W1) -> Mul(sr / 16000) -> Add(state [2, B, H]) -> Tanh -> stateN [2, B, H]
+        stateN -> ReduceMean(axis 0) -> MatMul(W2) -> output [B, K]
+
+    ``batch``: the dim B (a dim name, an int, or None for an unnamed dynamic dim);
+    ``sr=False`` drops the scalar input (the Mul by 1).
+    """
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array(rng.normal(0, 0.5, (f, h)).astype(np.float32), "W1")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.5, (h, k)).astype(np.float32), "W2")
+    rate = numpy_helper.from_array(np.array(16000.0, np.float32), "rate")
+    nodes = [helper.make_node("MatMul", ["input", "W1"], ["h"], name="mm1")]
+    inits = [w1, w2, rate]
+    if sr:
+        nodes += [
+            helper.make_node("Cast", ["sr"], ["srf"], name="cast", to=TensorProto.FLOAT),
+            helper.make_node("Div", ["srf", "rate"], ["g"], name="div"),
+            helper.make_node("Mul", ["h", "g"], ["hs"], name="scale"),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", ["h"], ["hs"], name="scale"))
+    nodes += [
+        helper.make_node("Add", ["state", "hs"], ["s"], name="add"),
+        helper.make_node("Tanh", ["s"], ["stateN"], name="tanh"),
+        helper.make_node("ReduceMean", ["stateN"], ["m"], name="mean", axes=[0], keepdims=0),
+        helper.make_node("MatMul", ["m", "W2"], ["output"], name="mm2"),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, f]),
+        helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, batch, h]),
+    ]
+    if sr:
+        inputs.append(helper.make_tensor_value_info("sr", TensorProto.INT64, []))
+    outputs = [
+        helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, k]),
+        helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, batch, h]),
+    ]
+    graph = helper.make_graph(nodes, "recurrent", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def sequence_model(f: int = 4, k: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """A fixed batch of 1 and a symbolic sequence dim shared by two inputs::
+
+    x [1, seq, F] * Unsqueeze(mask [1, seq], -1) -> MatMul(W) -> y [1, seq, K]
+    """
+    rng = np.random.default_rng(seed)
+    w = numpy_helper.from_array(rng.normal(0, 0.5, (f, k)).astype(np.float32), "W")
+    axes = numpy_helper.from_array(np.array([-1], np.int64), "axes")
+    nodes = [
+        helper.make_node("Unsqueeze", ["mask", "axes"], ["m"], name="unsqueeze"),
+        helper.make_node("Mul", ["x", "m"], ["xm"], name="masked"),
+        helper.make_node("MatMul", ["xm", "W"], ["y"], name="mm"),
+    ]
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "seq", f]),
+        helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, "seq"]),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "seq", k])]
+    graph = helper.make_graph(nodes, "sequence", inputs, outputs, [w, axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx.checker.check_model(model)
+    return model

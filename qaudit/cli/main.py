@@ -74,7 +74,7 @@ def _add_options(p: argparse.ArgumentParser, command: str, only: frozenset | Non
             g.add_argument(off, dest=o.name, action="store_false", default=S, help=argparse.SUPPRESS)
         elif o.kind == "list":
             g.add_argument(o.flag, dest=o.name, nargs="+", action="extend", default=S, metavar=o.metavar, help=o.help)
-        elif o.kind == "gate":  # one value per flag, so a gate cannot swallow MODEL.onnx
+        elif o.kind in ("gate", "axes"):  # one value per flag, so it cannot swallow MODEL.onnx
             g.add_argument(o.flag, dest=o.name, action="append", default=S, metavar=o.metavar, help=o.help)
         else:
             conv = {"int": int, "float": float}.get(o.kind, str)

@@ -135,6 +135,7 @@ def build_report(
             "n_calib": facts.n_calib,
             "n_eval": facts.n_eval,
             "labels": describe_labels(cfg.labels),
+            "batch_axes": data.get("batch_axes"),
         },
         folding={
             "folded": [{"layer": r.layer, "op_type": r.op_type, "bn": r.bn_node} for r in fold.folded.values()],
@@ -147,5 +148,16 @@ def build_report(
         layers=rows,
         outputs=outputs,
         unmatched=tuple(matching.unmatched),
-        notes=notes(cfg, lm, matching),
+        notes=notes(cfg, lm, matching) + batch_notes(cfg, facts, data.get("batch_axes")),
     )
+
+
+def batch_notes(cfg: AuditConfig, facts: RunFacts, layout: dict | None) -> tuple[str, ...]:
+    """How the data was fed, when some input is not batched on axis 0 or the model overrode --batch-size."""
+    out = []
+    if layout and not all(a == 0 for a in layout["axes"].values()):
+        parts = [f"{n}: {'none (fed as it is)' if a is None else f'axis {a}'}" for n, a in layout["axes"].items()]
+        out.append(f"batch axes ({layout['rule']}): {', '.join(parts)}; change them with --batch-axis NAME=AXIS")
+    if cfg.batch_size is not None and cfg.batch_size != facts.batch_size:
+        out.append(f"--batch-size {cfg.batch_size} not used: the model fixes the batch at {facts.batch_size}")
+    return tuple(out)

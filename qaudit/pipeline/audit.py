@@ -94,7 +94,8 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         original = make_session(save_model(model, work / "normalized.onnx"), optimize=False, what=f"model {cfg.model}")
         # 3. probe one sample: non-finite tensors stay in float (calibration finds later ones); size sets the batch
         bad, bytes_per_sample, tensor_bytes = probe_activations(folded_path, src.first_batch())
-        batch_size = cfg.batch_size or auto_batch_size(bytes_per_sample, src.calib.fixed_batch())
+        fixed = src.calib.fixed_batch()  # the model's, which a --batch-size cannot change
+        batch_size = fixed or cfg.batch_size or auto_batch_size(bytes_per_sample, fixed)
         clock.lap("probe")
         # 4. calibrate (checking the fold on the same pass) and quantize
         check = FoldingCheck(original, src.model.output_names, FOLD_CHECK_SAMPLES) if fold.folded else None

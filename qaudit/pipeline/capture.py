@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from qaudit.pipeline.data import samples
 from qaudit.pipeline.graph import with_outputs
 from qaudit.pipeline.match import Matching
 from qaudit.pipeline.measure import ActivationMeter, OutputMeter, softmax_outputs
@@ -98,7 +99,7 @@ def capture(
             a, b, c = outs
             meter.update(a, b, c)
             if first:
-                n = next(iter(feeds.values())).shape[0]
+                n = samples(feeds)
                 out_meter.update(a, b, labels[seen : seen + n] if labels is not None else None)
                 seen += n
                 if on_batch is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from qaudit.errors import FoldingError
+from qaudit.pipeline.data import samples
 from qaudit.pipeline.session import run_named
 
 #: calibration samples on which the BN-folded model is compared with the original
@@ -54,7 +55,7 @@ class FoldingCheck:
             return
         ref = run_named(self.session, feeds)
         self.dev.update({k: ref[k] for k in self.names}, {k: outputs[k] for k in self.names})
-        self.samples += next(iter(feeds.values())).shape[0]
+        self.samples += samples(feeds)
 
     def result(self, rtol: float, atol: float) -> dict:
         """``{output: {max_abs_diff, max_abs}}``; raises :class:`~qaudit.errors.FoldingError`

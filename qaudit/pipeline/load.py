@@ -29,6 +29,8 @@ class InputSpec:
     name: str
     dtype: object
     shape: tuple
+    #: the dim_param of each axis (``None`` where the dim is fixed or unnamed); ``()``: not known
+    symbols: tuple = ()
 
     def describe(self) -> str:
         dims = ",".join("?" if d is None else str(d) for d in self.shape)
@@ -66,7 +68,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
             raise ModelError(f"input '{vi.name}' is not a tensor; qaudit supports tensor inputs only")
         # Paddle2ONNX writes dynamic dims as dim_value -1; treat any non-positive value as dynamic.
         dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim)
-        specs.append(InputSpec(vi.name, elem_dtype(tt.elem_type), dims))
+        symbols = tuple(d.dim_param if d.HasField("dim_param") and d.dim_param else None for d in tt.shape.dim)
+        specs.append(InputSpec(vi.name, elem_dtype(tt.elem_type), dims, symbols))
     return specs
 
 

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from qaudit.errors import DataError
 from qaudit.pipeline import kernels
 
 # ---------------------------------------------------------------- weights
@@ -435,6 +436,11 @@ class OutputAccumulator:
         self.agree += int(np.sum(ax == ay))
         self.n += x.shape[0]
         if labels is not None:
+            if len(labels) != len(ax):  # else numpy broadcasts one label over every row
+                raise DataError(
+                    f"output '{self.name}' has {len(ax)} rows for {len(labels)} labelled samples in a batch: its rows "
+                    "are not the samples the inputs' batch axes count; give the inputs' batch axes with --batch-axis"
+                )
             self.correct_fp32 += int(np.sum(ax == labels))
             self.correct_q += int(np.sum(ay == labels))
             self.labelled += len(labels)

@@ -37,6 +37,7 @@ import numpy as np
 from qaudit.errors import QauditError, QuantizationError
 from qaudit.options import QuantConfig
 from qaudit.pipeline import kernels
+from qaudit.pipeline.data import samples
 
 
 @contextlib.contextmanager
@@ -91,7 +92,7 @@ def probe_activations(
     onnx.save(with_outputs(model, floats), str(probe))
     out = run_named(make_session(probe, what="the BN-folded model"), feeds)
     probe.unlink()
-    n = max(1, next(iter(feeds.values())).shape[0])
+    n = max(1, samples(feeds))
     bad, nbytes, sizes = {}, 0, {}
     for name, v in out.items():
         if v.dtype.kind != "f":
@@ -210,7 +211,7 @@ def calibrate(
                 pending = [pool.submit(collector.collect, {k: [outputs[k]] for k in share}) for share in shares_of]
                 if observe:
                     pending.append(pool.submit(observe, feeds, outputs))
-                done_n = next(iter(feeds.values())).shape[0]
+                done_n = samples(feeds)
                 seen += done_n
             for f in pending:
                 f.result()

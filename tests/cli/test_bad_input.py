@@ -170,6 +170,58 @@ def _labels_float(d):
     return None, ["--eval", SAMPLE_EVAL, "--labels", d / "labels.npy"], ["labels.npy", "integer"]
 
 
+def _zip_named_npy(d):
+    c = calib_dir(d, "calib", npz={"input": first_calib()})
+    (c / "batch_000.npz").rename(c / "batch_000.npy")
+    return None, ["--calib", c], ["batch_000.npy", ".npz archive", "rename it to .npz"]
+
+
+def _npz_member_not_an_array(d):
+    import zipfile
+
+    c = calib_dir(d, "calib")
+    with zipfile.ZipFile(c / "batch_000.npz", "w") as z:
+        z.writestr("input", b"raw bytes, not .npy")
+    return None, ["--calib", c], ["batch_000.npz", "member 'input'", "not a numpy array"]
+
+
+def _npz_object_member(d):
+    c = calib_dir(d, "calib", npz={"input": np.array([{"pixels": 1}], dtype=object)})
+    return None, ["--calib", c], ["batch_000.npz", "member 'input'", "python objects"]
+
+
+def _fifo_in_calib(d):
+    import os
+
+    c = calib_dir(d, "calib", first_calib())
+    os.mkfifo(c / "batch_001.npy")
+    return None, ["--calib", c], ["batch_001.npy", "FIFO", "regular file"]
+
+
+def _labels_scores(d):
+    scores = np.random.default_rng(0).dirichlet(np.ones(10), size=400).astype(np.float32)
+    np.save(d / "labels.npy", scores)
+    return (
+        None,
+        ["--eval", SAMPLE_EVAL, "--labels", d / "labels.npy"],
+        ["labels.npy", "not one-hot", "float32[400, 10]"],
+    )
+
+
+def _labels_zip(d):
+    np.savez(d / "labels.npz", labels=np.load(SAMPLE_LABELS))
+    (d / "labels.npz").rename(d / "labels.npy")
+    return None, ["--eval", SAMPLE_EVAL, "--labels", d / "labels.npy"], ["labels.npy", ".npz archive", "np.save"]
+
+
+def _batch_axis_unknown_input(d):
+    return None, ["--batch-axis", "inptu=1"], ["--batch-axis", "inptu", "did you mean 'input'"]
+
+
+def _batch_axis_out_of_range(d):
+    return None, ["--batch-axis", "input=4"], ["batch axis 4", "input", "out of range"]
+
+
 CASES = {
     "missing-model": _missing_model,
     "directory-as-model": _directory_as_model,
@@ -190,6 +242,14 @@ CASES = {
     "labels-too-long": _labels_long,
     "labels-missing": _labels_missing,
     "labels-float": _labels_float,
+    "zip-named-npy": _zip_named_npy,
+    "npz-member-not-an-array": _npz_member_not_an_array,
+    "npz-object-member": _npz_object_member,
+    "fifo-in-calib": _fifo_in_calib,
+    "labels-scores": _labels_scores,
+    "labels-zip": _labels_zip,
+    "batch-axis-unknown-input": _batch_axis_unknown_input,
+    "batch-axis-out-of-range": _batch_axis_out_of_range,
 }
 
 

@@ -318,3 +318,36 @@ def test_every_option_has_its_flags_and_env_var():
             if "audit" in o.commands:
                 assert flag in audit_flags, flag
             assert (flag in report_flags) == ("report" in o.commands), flag
+
+
+# ------------------------------------------------------------- batch axes
+
+
+def test_batch_axes_merge_per_input_across_sources(tmp_path):
+    write(tmp_path / "qaudit.toml", 'model = "m.onnx"\ncalib = "c"\nbatch_axis = {state = 1, sr = "none", x = 0}\n')
+    assert audit(tmp_path)["batch_axis"] == {"state": 1, "sr": None, "x": 0}
+    s = audit(tmp_path, "--batch-axis", "x=none,h=2", "--batch-axis", "state=-2", env={"QAUDIT_BATCH_AXIS": "h=1, c=1"})
+    assert s["batch_axis"] == {"state": -2, "sr": None, "x": None, "h": 2, "c": 1}
+    assert s.sources["batch_axis"] == "--batch-axis"
+    assert s.audit_config().batch_axis == {"state": -2, "sr": None, "x": None, "h": 2, "c": 1}
+    (tmp_path / "empty").mkdir()
+    assert audit(tmp_path / "empty")["batch_axis"] == {}  # the default: every axis inferred from the model
+
+
+@pytest.mark.parametrize(
+    "source, words",
+    [
+        ({"argv": ["--batch-axis", "state"]}, ["batch_axis from --batch-axis", "'state' is not NAME=AXIS"]),
+        ({"argv": ["--batch-axis", "state=one"]}, ["--batch-axis for 'state'", "integer axis or 'none'", "'one'"]),
+        ({"env": {"QAUDIT_BATCH_AXIS": "=1"}}, ["QAUDIT_BATCH_AXIS", "not NAME=AXIS"]),
+        ({"toml": "batch_axis = 1\n"}, ["batch_axis", "qaudit.toml", "table of input name = axis"]),
+        ({"toml": "batch_axis = {state = 1.5}\n"}, ["batch_axis", "for 'state'", "1.5"]),
+    ],
+)
+def test_batch_axis_errors_name_the_source(tmp_path, source, words):
+    if "toml" in source:
+        write(tmp_path / "qaudit.toml", source["toml"])
+    with pytest.raises(ConfigError) as e:
+        audit(tmp_path, *source.get("argv", []), env=source.get("env"))
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
