@@ -52,6 +52,7 @@ class RunFacts:
     n_eval: int
     fold_check: dict = field(default_factory=dict)
     fold_check_samples: int = 0
+    graph_changes: list = field(default_factory=list)  # transform.GraphChange: what qaudit changed before quantizing
 
 
 def versions() -> dict:
@@ -69,9 +70,17 @@ def versions() -> dict:
     }
 
 
-def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching) -> tuple[str, ...]:
+def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching, changes=()) -> tuple[str, ...]:
     """What the reader must know to trust the numbers, in the order the stages found it."""
-    out = []
+    out = [c.detail for c in changes if c.kind != "unshare_initializer"]
+    shared = [c.target for c in changes if c.kind == "unshare_initializer"]
+    if shared:
+        out.append(
+            f"{len(shared)} initializer(s) read by several layers got one copy per layer "
+            f"({', '.join(shared[:3])}{', ...' if len(shared) > 3 else ''}; settings.graph_changes): "
+            "ONNX Runtime's quantizer names its own copies after existing initializers only, which can "
+            "collide with another tensor"
+        )
     if lm.untyped:
         out.append(
             f"{len(lm.untyped)} tensor(s) have no type after shape inference ({', '.join(lm.untyped[:3])}...): "
@@ -127,6 +136,7 @@ def build_report(
             "error": "accumulated" + (" and isolated" if cfg.isolated else ""),
             "graph_optimization": "ORT_ENABLE_ALL",
             "auto_excluded": [{"node": n, "reason": r} for n, r in facts.auto_excluded.items()],
+            "graph_changes": [c.as_dict() for c in facts.graph_changes],
         },
         data={
             "calib": data["calib"],
@@ -147,5 +157,5 @@ def build_report(
         layers=rows,
         outputs=outputs,
         unmatched=tuple(matching.unmatched),
-        notes=notes(cfg, lm, matching),
+        notes=notes(cfg, lm, matching, facts.graph_changes),
     )

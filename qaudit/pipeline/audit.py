@@ -16,26 +16,34 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import onnx
 
-from qaudit.options import AuditConfig
+from qaudit.options import AuditConfig, QuantConfig
 from qaudit.output import atomic_path
 from qaudit.pipeline import kernels
 from qaudit.pipeline.assemble import PhaseClock, RunFacts, build_report
 from qaudit.pipeline.capture import capture
+from qaudit.pipeline.controlflow import every_sample, resolve_control_flow
 from qaudit.pipeline.data import open_inputs
 from qaudit.pipeline.foldcheck import FOLD_CHECK_SAMPLES, FoldingCheck
-from qaudit.pipeline.load import LoadedModel
+from qaudit.pipeline.load import LoadedModel, infer_shapes
 from qaudit.pipeline.match import match
 from qaudit.pipeline.measure import layer_rows
 from qaudit.pipeline.parallel import auto_batch_size
 from qaudit.pipeline.quantize import calibrate, nonfinite_exclusions, probe_activations, quantize
 from qaudit.pipeline.session import make_session, save_model
-from qaudit.pipeline.transform import FoldResult, fold_batchnorm, normalize
+from qaudit.pipeline.transform import (
+    PER_CHANNEL_QDQ_OPSET,
+    FoldResult,
+    GraphChange,
+    fold_batchnorm,
+    normalize,
+    upgrade_opset,
+)
 from qaudit.report import Report
 
 
@@ -65,15 +73,35 @@ class Prepared:
     model: onnx.ModelProto  # the user's graph, normalized: named nodes, Constant nodes as initializers
     n_constants: int  # Constant nodes turned into initializers
     fold: FoldResult  # the BN-folded graph, with what was folded and skipped
+    changes: list[GraphChange] = field(default_factory=list)  # Ifs inlined, opset upgraded, initializers unshared
 
 
-def prepare(lm: LoadedModel, exclude=()) -> Prepared:
-    """Normalize ``lm.model`` (in place) and fold its BatchNorms: the audit's second stage.
+def prepare(lm: LoadedModel, exclude=(), quant: QuantConfig | None = None, feeds=None) -> Prepared:
+    """Prepare ``lm.model`` (in place) for quantization and fold its BatchNorms: the audit's second stage.
 
+    Inlines the top-level Ifs whose condition is constant over ``feeds()`` (an iterator
+    of every sample's feeds; :mod:`qaudit.pipeline.controlflow`), upgrades the opset when
+    ``quant`` needs it (per-channel QDQ: DequantizeLinear's ``axis`` exists from opset 13),
+    then normalizes (:func:`~qaudit.pipeline.transform.normalize`) and folds.
     :mod:`qaudit.comparison` and the tests use it to get exactly the graph the audit measures.
     """
-    n_constants = normalize(lm.model, exclude)
-    return Prepared(lm.model, n_constants, fold_batchnorm(lm.model))
+    changes = resolve_control_flow(lm.model, feeds, lm.path)
+    if quant is not None and quant.per_channel and quant.format == "qdq" and lm.opset < PER_CHANNEL_QDQ_OPSET:
+        why = "--per-channel with the QDQ format (DequantizeLinear with an axis)"
+        lm.model = upgrade_opset(lm.model, lm.opset, PER_CHANNEL_QDQ_OPSET, why, lm.path)
+        changes.append(
+            GraphChange(
+                "opset_upgrade",
+                str(lm.path),
+                f"opset upgraded from {lm.opset} to {PER_CHANNEL_QDQ_OPSET} with onnx.version_converter: {why} "
+                f"needs opset >= {PER_CHANNEL_QDQ_OPSET}",
+            )
+        )
+    if changes:  # new nodes and tensors: type them as the loaded model was
+        lm.model, lm.shape_inference, untyped = infer_shapes(lm.model, lm.path)
+        lm.untyped = tuple(untyped)
+    n_constants, unshared = normalize(lm.model, exclude)
+    return Prepared(lm.model, n_constants, fold_batchnorm(lm.model), changes + unshared)
 
 
 def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
@@ -84,7 +112,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
     src = open_inputs(cfg)
     clock.lap("load")
     # 2. normalize the graph and fold BatchNorm into the layers before it
-    prep = prepare(src.model, cfg.quant.exclude)
+    prep = prepare(src.model, cfg.quant.exclude, cfg.quant, every_sample(src, cfg.max_samples))
     model, fold = prep.model, prep.fold
     clock.lap("fold")
     with tempfile.TemporaryDirectory(prefix="qaudit-") as tmp:
@@ -134,6 +162,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         check_samples = check.samples if check else 0
         facts = RunFacts(prep.n_constants, batch_size, bytes_per_sample, auto_excluded, src.n_calib, captured.samples)
         facts.fold_check, facts.fold_check_samples = fold_check, check_samples
+        facts.graph_changes = prep.changes
         report = build_report(
             cfg, src.model, fold, matching, facts, rows, captured.outputs.rows(), clock, src.describe()
         )
