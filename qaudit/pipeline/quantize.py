@@ -220,6 +220,12 @@ def calibrate(
                 raise QuantizationError("no calibration samples were read")
             if nonfinite is not None:
                 nonfinite.update(getattr(collector, "nonfinite", {}))
+            if not collector.histogram_dict:
+                # Nothing to calibrate (no quantizable op in the main graph, or all non-finite):
+                # ORT's compute_data fails with "Histogram has not been collected" (onnxruntime 1.32).
+                from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
+
+                return TensorsData(CalibrationMethod.Percentile, {})
             ranges = calibrator.compute_data()
     except QauditError:
         raise

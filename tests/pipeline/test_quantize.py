@@ -165,3 +165,22 @@ def test_a_failed_opset_conversion_is_one_user_error(tmp_path, monkeypatch):
         raise AssertionError("no error")
     assert "--per-channel with the QDQ format" in msg and "from opset 12: No Adapter For Conv second line" in msg
     assert "re-export the model with opset >= 13" in msg and "\n" not in msg
+
+
+def test_a_model_with_nothing_to_calibrate_is_audited(tmp_path):
+    """A Loop without layers (it stays float) and nothing quantizable in the main graph:
+    ORT's calibrator has no histogram and fails ("Histogram has not been collected",
+    onnxruntime 1.32); qaudit reports that nothing was quantized."""
+    from ..models import loop_model
+
+    model = loop_model()
+    body = model.graph.node[0].attribute[0].g
+    body.node[1].op_type, body.node[1].input[:] = "Neg", ["h_in"]  # no layer in the body
+    del body.node[1].attribute[:]
+    onnx.save(model, tmp_path / "m.onnx")
+    x = np.random.default_rng(5).normal(size=(8, 1, 8, 8)).astype(np.float32)
+    report = qaudit.audit(tmp_path / "m.onnx", calib=x)
+    assert report.layers == () and report.settings["graph_changes"] == []
+    assert "ONNX Runtime quantized no activation of this model: there is nothing to compare per layer" in report.notes
+    (out,) = report.outputs
+    assert out.qmse == 0.0  # the Loop ran in float: Neg(Neg(x)) = x either way
