@@ -40,6 +40,8 @@ from pathlib import Path
 #:     - ``layers[].w_shape``, ``kernel``, ``groups``, ``c_in``, ``c_out``: the weighted
 #:       layer's signature (weight shape as stored, spatial kernel, groups, input and
 #:       output channels), so ``qaudit compare`` can align layers from JSON alone.
+#:     - ``settings.graph_changes``: ``[{"kind", "target", "detail"}]``, what qaudit changed in the
+#:       graph before quantizing it (an If inlined, the opset upgraded, an initializer unshared).
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 

@@ -136,7 +136,8 @@ def build_report(
             "error": "accumulated" + (" and isolated" if cfg.isolated else ""),
             "graph_optimization": "ORT_ENABLE_ALL",
             "auto_excluded": [{"node": n, "reason": r} for n, r in facts.auto_excluded.items()],
-            "graph_changes": [c.as_dict() for c in facts.graph_changes],
+            # what qaudit changed in the graph before quantizing it; only present when it did
+            **({"graph_changes": [c.as_dict() for c in facts.graph_changes]} if facts.graph_changes else {}),
         },
         data={
             "calib": data["calib"],

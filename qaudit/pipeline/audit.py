@@ -1,6 +1,6 @@
 """The audit: ``audit(config) -> Report``, the only place that knows the order of the stages.
 
-    load and check -> normalize, fold BN -> probe -> calibrate (+ check the fold) -> quantize
+    load and check -> inline Ifs, upgrade the opset, normalize, fold BN -> probe -> calibrate (+ check the fold) -> quantize
     -> match twins -> capture fp32 + quantized -> measure -> Report
 
 Each stage lives in its own module of :mod:`qaudit.pipeline`; this one only
@@ -111,7 +111,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
     # 1. load and check the model, the data and the labels
     src = open_inputs(cfg)
     clock.lap("load")
-    # 2. normalize the graph and fold BatchNorm into the layers before it
+    # 2. prepare the graph (control flow, opset, shared initializers) and fold BatchNorm into the layers
     prep = prepare(src.model, cfg.quant.exclude, cfg.quant, every_sample(src, cfg.max_samples))
     model, fold = prep.model, prep.fold
     clock.lap("fold")

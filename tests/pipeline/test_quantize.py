@@ -180,7 +180,7 @@ def test_a_model_with_nothing_to_calibrate_is_audited(tmp_path):
     onnx.save(model, tmp_path / "m.onnx")
     x = np.random.default_rng(5).normal(size=(8, 1, 8, 8)).astype(np.float32)
     report = qaudit.audit(tmp_path / "m.onnx", calib=x)
-    assert report.layers == () and report.settings["graph_changes"] == []
+    assert report.layers == () and "graph_changes" not in report.settings
     assert "ONNX Runtime quantized no activation of this model: there is nothing to compare per layer" in report.notes
     (out,) = report.outputs
     assert out.qmse == 0.0  # the Loop ran in float: Neg(Neg(x)) = x either way
