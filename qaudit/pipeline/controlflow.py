@@ -30,7 +30,7 @@ from onnx import helper, numpy_helper
 
 from qaudit.errors import ModelError
 from qaudit.pipeline.graph import WEIGHTED_OPS, attr, initializers
-from qaudit.pipeline.transform import GraphChange, ensure_node_names, unique_name
+from qaudit.pipeline.transform import GraphChange, all_tensor_names, ensure_node_names, unique_name
 
 CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
 
@@ -78,8 +78,6 @@ def _reads(node: onnx.NodeProto) -> set[str]:
 
 def _names(graph: onnx.GraphProto, skip: onnx.NodeProto | None = None) -> set[str]:
     """Value names of ``graph`` and its subgraphs, leaving out ``skip``'s subgraphs."""
-    from qaudit.pipeline.transform import all_tensor_names
-
     names = {i.name for i in graph.input} | {o.name for o in graph.output} | {t.name for t in graph.initializer}
     names |= {vi.name for vi in graph.value_info}
     for node in graph.node:
