@@ -27,7 +27,7 @@ from qaudit.output import atomic_path
 from qaudit.pipeline import kernels
 from qaudit.pipeline.assemble import PhaseClock, RunFacts, build_report
 from qaudit.pipeline.capture import capture
-from qaudit.pipeline.controlflow import every_sample, resolve_control_flow
+from qaudit.pipeline.controlflow import CONTROL_FLOW_OPS, every_sample, resolve_control_flow
 from qaudit.pipeline.data import open_inputs
 from qaudit.pipeline.foldcheck import FOLD_CHECK_SAMPLES, FoldingCheck
 from qaudit.pipeline.load import LoadedModel, infer_shapes
@@ -74,6 +74,18 @@ class Prepared:
     n_constants: int  # Constant nodes turned into initializers
     fold: FoldResult  # the BN-folded graph, with what was folded and skipped
     changes: list[GraphChange] = field(default_factory=list)  # Ifs inlined, opset upgraded, initializers unshared
+    #: the user's graph as loaded, when an If was inlined or the opset upgraded: the reference
+    #: the prepared graph's outputs are checked against (``None``: ``model`` is the reference)
+    reference: onnx.ModelProto | None = None
+
+    def rewrites(self) -> str | None:
+        """What rewrote the computation before folding, for the check's messages, or ``None``."""
+        parts = [
+            f"inlining If '{c.target}'" if c.kind == "inline_if" else "the opset upgrade"
+            for c in self.changes
+            if c.kind in ("inline_if", "opset_upgrade")
+        ]
+        return " and ".join(parts) or None
 
 
 def prepare(lm: LoadedModel, exclude=(), quant: QuantConfig | None = None, feeds=None) -> Prepared:
@@ -85,8 +97,13 @@ def prepare(lm: LoadedModel, exclude=(), quant: QuantConfig | None = None, feeds
     then normalizes (:func:`~qaudit.pipeline.transform.normalize`) and folds.
     :mod:`qaudit.comparison` and the tests use it to get exactly the graph the audit measures.
     """
+    upgrade = quant is not None and quant.per_channel and quant.format == "qdq" and lm.opset < PER_CHANNEL_QDQ_OPSET
+    reference = None  # a copy only when the graph may be rewritten (a big model is not copied for nothing)
+    if upgrade or any(n.op_type in CONTROL_FLOW_OPS for n in lm.model.graph.node):
+        reference = onnx.ModelProto()
+        reference.CopyFrom(lm.model)
     changes = resolve_control_flow(lm.model, feeds, lm.path)
-    if quant is not None and quant.per_channel and quant.format == "qdq" and lm.opset < PER_CHANNEL_QDQ_OPSET:
+    if upgrade:
         why = "--per-channel with the QDQ format (DequantizeLinear with an axis)"
         lm.model = upgrade_opset(lm.model, lm.opset, PER_CHANNEL_QDQ_OPSET, why, lm.path)
         changes.append(
@@ -101,7 +118,8 @@ def prepare(lm: LoadedModel, exclude=(), quant: QuantConfig | None = None, feeds
         lm.model, lm.shape_inference, untyped = infer_shapes(lm.model, lm.path)
         lm.untyped = tuple(untyped)
     n_constants, unshared = normalize(lm.model, exclude)
-    return Prepared(lm.model, n_constants, fold_batchnorm(lm.model), changes + unshared)
+    rewritten = reference if changes else None
+    return Prepared(lm.model, n_constants, fold_batchnorm(lm.model), changes + unshared, rewritten)
 
 
 def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
@@ -119,14 +137,27 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         work = Path(tmp)
         folded_path = save_model(fold.model, work / "folded.onnx")
         # fail fast, naming the user's model, if ORT cannot run it at all; the reference of the fold check
-        original = make_session(save_model(model, work / "normalized.onnx"), optimize=False, what=f"model {cfg.model}")
+        reference = save_model(prep.reference or model, work / "normalized.onnx")
+        original = make_session(reference, optimize=False, what=f"model {cfg.model}")
         # 3. probe one sample: non-finite tensors stay in float (calibration finds later ones); size sets the batch
         bad, bytes_per_sample, tensor_bytes = probe_activations(folded_path, src.first_batch())
         batch_size = cfg.batch_size or auto_batch_size(bytes_per_sample, src.calib.fixed_batch())
         clock.lap("probe")
         # 4. calibrate (checking the fold on the same pass) and quantize
-        check = FoldingCheck(original, src.model.output_names, FOLD_CHECK_SAMPLES) if fold.folded else None
-        progress.stage("calibrating" + (" and checking BN folding" if check else ""), src.n_calib)
+        check, rewrites = None, prep.rewrites()
+        if rewrites:  # an If taking another branch on batches (a condition on the batch size) shows here
+            what = rewrites + (" and BatchNormalization folding" if fold.folded else "")
+            advice = "please report this model to qaudit"
+            if "inlining" in rewrites:
+                advice = (
+                    f"the If conditions were evaluated one sample at a time and the audit runs batches of "
+                    f"{batch_size}: try --batch-size 1, or {advice}"
+                )
+            check = FoldingCheck(original, src.model.output_names, FOLD_CHECK_SAMPLES, what, advice)
+        elif fold.folded:
+            check = FoldingCheck(original, src.model.output_names, FOLD_CHECK_SAMPLES)
+        checking = " and checking the prepared graph" if rewrites else " and checking BN folding"
+        progress.stage("calibrating" + (checking if check else ""), src.n_calib)
         batches = src.calib.batches(batch_size, cfg.max_samples)
         observe = check.observe if check else None
         ranges = calibrate(folded_path, batches, cfg.quant, work, progress.advance, set(bad), observe, nonfinite=bad)

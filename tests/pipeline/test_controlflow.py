@@ -161,3 +161,42 @@ def test_audit_of_an_inlined_if_equals_the_audit_of_the_flat_model(tmp_path):
     assert change["kind"] == "inline_if" and change["target"] == "switch"
     assert change["detail"] in got.notes
     assert got.layers[1].sqnr_db is not None and np.isfinite(got.layers[1].sqnr_db)
+
+
+def _batch_size_if_model():
+    """``if_model`` whose condition is ``x.shape[0] == 1``: true for every single sample,
+    false for a batch::
+
+    x -> Shape -> Gather(0) -> Equal(1) -> cond -> If(then: Conv(w1, b1), else: Conv(w2)) -> ...
+    """
+    m = if_model()
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+        helper.make_node("Gather", ["shape", "zero"], ["n"], name="batch", axis=0),
+        helper.make_node("Equal", ["n", "one"], ["cond"], name="equal"),
+    ] + list(m.graph.node[2:])
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    m.graph.initializer.extend(
+        [numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(1, np.int64), "one")]
+    )
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def test_a_condition_on_the_batch_size_is_caught_by_the_output_check(tmp_path):
+    """Evaluated one sample at a time the condition is always true; on the audit's batches
+    the user's model takes the else-branch: the prepared graph's outputs differ from the
+    user's model on the first calibration batches, and the audit stops saying why."""
+    from qaudit.errors import FoldingError
+
+    onnx.save(_batch_size_if_model(), tmp_path / "m.onnx")
+    x = _x(8)
+    with pytest.raises(FoldingError) as e:
+        qaudit.audit(tmp_path / "m.onnx", calib=x, batch_size=4)
+    msg = str(e.value)
+    assert msg.startswith("inlining If 'switch' changed output 'out' by ")
+    assert "evaluated one sample at a time and the audit runs batches of 4: try --batch-size 1" in msg
+    report = qaudit.audit(tmp_path / "m.onnx", calib=x, batch_size=1)  # as the condition was evaluated
+    assert report.folding["check_samples"] == 8 and report.folding["check"]["out"]["max_abs_diff"] == 0.0
+    assert report.settings["graph_changes"][0]["target"] == "switch"
