@@ -77,7 +77,7 @@ def probe_activations(
     import onnx
 
     from qaudit.pipeline.graph import with_outputs
-    from qaudit.pipeline.session import make_session, run_named
+    from qaudit.pipeline.session import PREPARED_AT_FAULT, make_session, run_named
 
     model = onnx.load(str(model_path))
     vt = {vi.name: vi.type.tensor_type.elem_type for vi in list(model.graph.value_info) + list(model.graph.output)}
@@ -89,7 +89,7 @@ def probe_activations(
     ]
     probe = Path(model_path).with_name("activation_probe.onnx")
     onnx.save(with_outputs(model, floats), str(probe))
-    out = run_named(make_session(probe, what="the BN-folded model"), feeds)
+    out = run_named(make_session(probe, what="the BN-folded model", advice=PREPARED_AT_FAULT), feeds)
     probe.unlink()
     n = max(1, next(iter(feeds.values())).shape[0])
     bad, nbytes, sizes = {}, 0, {}

@@ -38,6 +38,13 @@ QUANTIZER_AT_FAULT = (
 )
 
 
+#: What to say when ORT cannot load the graph qaudit prepared (inlined, folded), although the user's model ran.
+PREPARED_AT_FAULT = (
+    "the model itself runs, so the graph qaudit prepared from it (Ifs inlined, BatchNorm folded) is at fault: "
+    "please report this model to qaudit"
+)
+
+
 def make_session(
     path: Path, optimize: bool = True, threads: int | None = None, what: str = "the model", advice: str = RUN_ON_CPU
 ):

@@ -184,3 +184,32 @@ def test_a_model_with_nothing_to_calibrate_is_audited(tmp_path):
     assert "ONNX Runtime quantized no activation of this model: there is nothing to compare per layer" in report.notes
     (out,) = report.outputs
     assert out.qmse == 0.0  # the Loop ran in float: Neg(Neg(x)) = x either way
+
+
+def test_a_prepared_graph_ort_cannot_load_blames_qaudit(tmp_path, monkeypatch):
+    """The user's model runs; when the graph qaudit made from it does not, the message says whose fault it is."""
+    from qaudit.errors import ModelError
+    from qaudit.pipeline import audit as audit_module
+
+    from ..models import shared_bias_model
+
+    real = audit_module.fold_batchnorm
+
+    def broken(model):
+        res = real(model)
+        res.model.graph.node[1].op_type = "NoSuchOp"  # a bug in qaudit's preparation
+        return res
+
+    monkeypatch.setattr(audit_module, "fold_batchnorm", broken)
+    onnx.save(shared_bias_model(), tmp_path / "m.onnx")
+    x = np.random.default_rng(5).normal(size=(4, 1, 8, 8)).astype(np.float32)
+    try:
+        qaudit.audit(tmp_path / "m.onnx", calib=x)
+    except ModelError as e:
+        msg = str(e)
+    else:
+        raise AssertionError("no error")
+    assert msg.startswith("ONNX Runtime cannot run the BN-folded model: ") and "NoSuchOp" in msg
+    assert msg.endswith(
+        "the graph qaudit prepared from it (Ifs inlined, BatchNorm folded) is at fault: please report this model to qaudit"
+    )
