@@ -70,6 +70,17 @@ def test_the_probe_still_finds_a_non_finite_first_sample(tmp_path):
 # ----------------------------------------- graphs ORT's quantizer would break
 
 
+def _user_error(path, x, **options) -> str:
+    """The message of the :class:`~qaudit.errors.ModelError` that auditing ``path`` raises."""
+    from qaudit.errors import ModelError
+
+    try:
+        qaudit.audit(path, calib=x, **options)
+    except ModelError as e:
+        return str(e)
+    raise AssertionError(f"no error auditing {path}")
+
+
 def _ort_runs(path, x):
     import onnxruntime as ort
 
@@ -98,7 +109,6 @@ def test_a_bias_shared_by_two_convs_quantizes(tmp_path):
 def test_when_ort_cannot_load_its_quantizer_output_the_message_says_so(tmp_path, monkeypatch):
     """Without the unsharing, ORT's quantizer writes a model ORT cannot load; the message
     names the quantizer as the culprit (the fp32 model ran) and what to try."""
-    from qaudit.errors import ModelError
     from qaudit.pipeline import transform
 
     from ..models import shared_bias_model
@@ -106,12 +116,7 @@ def test_when_ort_cannot_load_its_quantizer_output_the_message_says_so(tmp_path,
     monkeypatch.setattr(transform, "unshare_initializers", lambda model: [])
     onnx.save(shared_bias_model(), tmp_path / "m.onnx")
     x = np.random.default_rng(5).normal(size=(8, 1, 8, 8)).astype(np.float32)
-    try:
-        qaudit.audit(tmp_path / "m.onnx", calib=x)
-    except ModelError as e:
-        msg = str(e)
-    else:
-        raise AssertionError("ORT 1.32 loads the quantized shared-bias model: re-check docs/ort-quirks.md")
+    msg = _user_error(tmp_path / "m.onnx", x)
     assert msg.startswith("ONNX Runtime cannot run the quantized model: ")
     assert "fault of ONNX Runtime's quantizer" in msg and "--exclude" in msg and "--format" in msg
     assert "CPU provider" not in msg
@@ -147,8 +152,6 @@ def test_per_channel_qoperator_on_opset_12_needs_no_upgrade(tmp_path):
 def test_a_failed_opset_conversion_is_one_user_error(tmp_path, monkeypatch):
     import onnx.version_converter
 
-    from qaudit.errors import ModelError
-
     from ..models import shared_bias_model
 
     def fail(model, target):
@@ -157,12 +160,7 @@ def test_a_failed_opset_conversion_is_one_user_error(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx.version_converter, "convert_version", fail)
     onnx.save(shared_bias_model(opset=12), tmp_path / "m.onnx")
     x = np.random.default_rng(5).normal(size=(8, 1, 8, 8)).astype(np.float32)
-    try:
-        qaudit.audit(tmp_path / "m.onnx", calib=x, per_channel=True)
-    except ModelError as e:
-        msg = str(e)
-    else:
-        raise AssertionError("no error")
+    msg = _user_error(tmp_path / "m.onnx", x, per_channel=True)
     assert "--per-channel with the QDQ format" in msg and "from opset 12: No Adapter For Conv second line" in msg
     assert "re-export the model with opset >= 13" in msg and "\n" not in msg
 
@@ -188,7 +186,6 @@ def test_a_model_with_nothing_to_calibrate_is_audited(tmp_path):
 
 def test_a_prepared_graph_ort_cannot_load_blames_qaudit(tmp_path, monkeypatch):
     """The user's model runs; when the graph qaudit made from it does not, the message says whose fault it is."""
-    from qaudit.errors import ModelError
     from qaudit.pipeline import audit as audit_module
 
     from ..models import shared_bias_model
@@ -203,12 +200,7 @@ def test_a_prepared_graph_ort_cannot_load_blames_qaudit(tmp_path, monkeypatch):
     monkeypatch.setattr(audit_module, "fold_batchnorm", broken)
     onnx.save(shared_bias_model(), tmp_path / "m.onnx")
     x = np.random.default_rng(5).normal(size=(4, 1, 8, 8)).astype(np.float32)
-    try:
-        qaudit.audit(tmp_path / "m.onnx", calib=x)
-    except ModelError as e:
-        msg = str(e)
-    else:
-        raise AssertionError("no error")
+    msg = _user_error(tmp_path / "m.onnx", x)
     assert msg.startswith("ONNX Runtime cannot run the BN-folded model: ") and "NoSuchOp" in msg
     assert msg.endswith(
         "the graph qaudit prepared from it (Ifs inlined, BatchNorm folded) is at fault: please report this model to qaudit"
