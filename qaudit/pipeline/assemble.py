@@ -17,6 +17,7 @@ import onnx
 from qaudit import __version__
 from qaudit.options import AuditConfig
 from qaudit.pipeline import kernels
+from qaudit.pipeline.controlflow import CONTROL_FLOW_OPS
 from qaudit.pipeline.data import describe_labels
 from qaudit.pipeline.load import LoadedModel
 from qaudit.pipeline.match import Matching
@@ -85,6 +86,12 @@ def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching, changes=()) -> 
         out.append(
             f"{len(lm.untyped)} tensor(s) have no type after shape inference ({', '.join(lm.untyped[:3])}...): "
             "ONNX Runtime does not calibrate or quantize them"
+        )
+    kept = [n.name for n in lm.model.graph.node if n.op_type in CONTROL_FLOW_OPS]
+    if kept:  # what resolve_control_flow left: no layers inside
+        out.append(
+            f"{len(kept)} If/Loop/Scan node(s) without layers run in float ({', '.join(kept[:3])}"
+            f"{', ...' if len(kept) > 3 else ''}): ONNX Runtime quantizes only the main graph"
         )
     if cfg.eval is None:
         out.append(

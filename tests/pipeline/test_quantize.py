@@ -180,6 +180,9 @@ def test_a_model_with_nothing_to_calibrate_is_audited(tmp_path):
     report = qaudit.audit(tmp_path / "m.onnx", calib=x)
     assert report.layers == () and "graph_changes" not in report.settings
     assert "ONNX Runtime quantized no activation of this model: there is nothing to compare per layer" in report.notes
+    assert "1 If/Loop/Scan node(s) without layers run in float (loop): ONNX Runtime quantizes only the main graph" in (
+        report.notes
+    )
     (out,) = report.outputs
     assert out.qmse == 0.0  # the Loop ran in float: Neg(Neg(x)) = x either way
 
