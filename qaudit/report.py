@@ -42,6 +42,8 @@ from pathlib import Path
 #:       output channels), so ``qaudit compare`` can align layers from JSON alone.
 #:     - ``data.batch_axes``: ``{"axes": {input: axis or null}, "rule", "fixed"}``, each
 #:       input's batch axis (null: fed as it is) and how it was chosen.
+#:     - ``settings.graph_changes``: ``[{"kind", "target", "detail"}]``, what qaudit changed in the
+#:       graph before quantizing it (an If inlined, the opset upgraded, an initializer unshared).
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 

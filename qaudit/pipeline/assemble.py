@@ -17,6 +17,7 @@ import onnx
 from qaudit import __version__
 from qaudit.options import AuditConfig
 from qaudit.pipeline import kernels
+from qaudit.pipeline.controlflow import CONTROL_FLOW_OPS
 from qaudit.pipeline.data import describe_labels
 from qaudit.pipeline.load import LoadedModel
 from qaudit.pipeline.match import Matching
@@ -52,6 +53,7 @@ class RunFacts:
     n_eval: int
     fold_check: dict = field(default_factory=dict)
     fold_check_samples: int = 0
+    graph_changes: list = field(default_factory=list)  # transform.GraphChange: what qaudit changed before quantizing
 
 
 def versions() -> dict:
@@ -69,13 +71,27 @@ def versions() -> dict:
     }
 
 
-def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching) -> tuple[str, ...]:
+def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching, changes=()) -> tuple[str, ...]:
     """What the reader must know to trust the numbers, in the order the stages found it."""
-    out = []
+    out = [c.detail for c in changes if c.kind != "unshare_initializer"]
+    shared = [c.target for c in changes if c.kind == "unshare_initializer"]
+    if shared:
+        out.append(
+            f"{len(shared)} initializer(s) read by several layers got one copy per layer "
+            f"({', '.join(shared[:3])}{', ...' if len(shared) > 3 else ''}; settings.graph_changes): "
+            "ONNX Runtime's quantizer names its own copies after existing initializers only, which can "
+            "collide with another tensor"
+        )
     if lm.untyped:
         out.append(
             f"{len(lm.untyped)} tensor(s) have no type after shape inference ({', '.join(lm.untyped[:3])}...): "
             "ONNX Runtime does not calibrate or quantize them"
+        )
+    kept = [n.name for n in lm.model.graph.node if n.op_type in CONTROL_FLOW_OPS]
+    if kept:  # what resolve_control_flow left: no layers inside
+        out.append(
+            f"{len(kept)} If/Loop/Scan node(s) without layers run in float ({', '.join(kept[:3])}"
+            f"{', ...' if len(kept) > 3 else ''}): ONNX Runtime quantizes only the main graph"
         )
     if cfg.eval is None:
         out.append(
@@ -127,6 +143,8 @@ def build_report(
             "error": "accumulated" + (" and isolated" if cfg.isolated else ""),
             "graph_optimization": "ORT_ENABLE_ALL",
             "auto_excluded": [{"node": n, "reason": r} for n, r in facts.auto_excluded.items()],
+            # what qaudit changed in the graph before quantizing it; only present when it did
+            **({"graph_changes": [c.as_dict() for c in facts.graph_changes]} if facts.graph_changes else {}),
         },
         data={
             "calib": data["calib"],
@@ -148,7 +166,7 @@ def build_report(
         layers=rows,
         outputs=outputs,
         unmatched=tuple(matching.unmatched),
-        notes=notes(cfg, lm, matching) + batch_notes(cfg, facts, data.get("batch_axes")),
+        notes=notes(cfg, lm, matching, facts.graph_changes) + batch_notes(cfg, facts, data.get("batch_axes")),
     )
 
 

@@ -22,7 +22,7 @@ from qaudit.pipeline.graph import with_outputs
 from qaudit.pipeline.match import Matching
 from qaudit.pipeline.measure import ActivationMeter, OutputMeter, softmax_outputs
 from qaudit.pipeline.parallel import lockstep, shares, usable_cores
-from qaudit.pipeline.session import make_session, run_named, save_model
+from qaudit.pipeline.session import QUANTIZER_AT_FAULT, make_session, run_named, save_model
 
 
 @dataclass
@@ -67,13 +67,17 @@ def capture(
         save_model(with_outputs(fp32_model, fp32_outs), work / "folded_instrumented.onnx"), what=model_name
     )
     q_session = make_session(
-        save_model(with_outputs(qmodel, q_outs), work / "quantized_instrumented.onnx"), what="the quantized model"
+        save_model(with_outputs(qmodel, q_outs), work / "quantized_instrumented.onnx"),
+        what="the quantized model",
+        advice=QUANTIZER_AT_FAULT,
     )
     iso_session, iso_inputs = None, {}
     if isolated and matching.twins:
         iso_model, iso_inputs = isolated_model(qmodel, matching.twins)
         iso_session = make_session(
-            save_model(iso_model, work / "quantized_isolated.onnx"), what="the isolated-error graph"
+            save_model(iso_model, work / "quantized_isolated.onnx"),
+            what="the isolated-error graph",
+            advice=QUANTIZER_AT_FAULT,
         )
 
     sizes = {n: (tensor_bytes or {}).get(n, 1) for n in matching.twins}
