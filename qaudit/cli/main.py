@@ -72,6 +72,8 @@ def _add_options(p: argparse.ArgumentParser, command: str, only: frozenset | Non
             on, off = o.flags
             g.add_argument(on, dest=o.name, action="store_true", default=S, help=o.help)
             g.add_argument(off, dest=o.name, action="store_false", default=S, help=argparse.SUPPRESS)
+        elif o.kind == "list" and o.one_per_flag:
+            g.add_argument(o.flag, dest=o.name, action="append", default=S, metavar=o.metavar, help=o.help)
         elif o.kind == "list":
             g.add_argument(o.flag, dest=o.name, nargs="+", action="extend", default=S, metavar=o.metavar, help=o.help)
         elif o.kind == "gate":  # one value per flag, so a gate cannot swallow MODEL.onnx
@@ -128,6 +130,8 @@ COMPARE_AUDIT_OPTIONS = frozenset(
         "calib",
         "eval",
         "labels",
+        "label_output",
+        "class_outputs",
         "format",
         "activation_type",
         "weight_type",

@@ -52,6 +52,7 @@ class RunFacts:
     n_eval: int
     fold_check: dict = field(default_factory=dict)
     fold_check_samples: int = 0
+    label_output: str | None = None  # the output the labels scored
 
 
 def versions() -> dict:
@@ -135,6 +136,7 @@ def build_report(
             "n_calib": facts.n_calib,
             "n_eval": facts.n_eval,
             "labels": describe_labels(cfg.labels),
+            "label_output": facts.label_output,
         },
         folding={
             "folded": [{"layer": r.layer, "op_type": r.op_type, "bn": r.bn_node} for r in fold.folded.values()],
