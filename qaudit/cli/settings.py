@@ -139,8 +139,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "class_outputs",
         "list",
-        "model outputs holding class scores, comma-separated (default: Softmax/LogSoftmax outputs, else the "
-        "one [N, K] output); the others are regression outputs",
+        "model outputs holding class scores, comma-separated, or 'none' (default: Softmax/LogSoftmax outputs, "
+        "else the one [N, K] output); the others are regression outputs",
         (),
         group="input",
         metavar="NAME[,NAME]",

@@ -152,6 +152,8 @@ class ActivationMeter:
 #: ops between a Softmax/LogSoftmax and a graph output that keep its values class scores over the same axis
 CLASS_PASS_THROUGH = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"})
 CLASS_PRODUCERS = frozenset({"Softmax", "LogSoftmax"})
+#: ``--class-outputs none``: no output holds class scores (unless an output has that name)
+NO_CLASS_OUTPUTS = "none"
 
 
 @dataclass(frozen=True)
@@ -205,13 +207,15 @@ def output_kinds(
     (through Reshape, Flatten, Identity, ...) is a class output, and when there is none,
     the one output of shape ``[N, K]`` with ``K > 1`` not computed by a Sigmoid, if exactly
     one has it. Everything else is a regression output (a sigmoid multi-label head too,
-    unless named). With
+    unless named). ``class_outputs=("none",)``: no output holds class scores. With
     ``labelled``, the labels score ``label_output``, else the one class output of rank 2;
     none or several is a :class:`ConfigError` asking for ``--label-output``, as is a name
     that is not an output.
     """
     g = model.graph
     names = [o.name for o in g.output]
+    no_class = tuple(class_outputs) == (NO_CLASS_OUTPUTS,) and NO_CLASS_OUTPUTS not in names
+    class_outputs = () if no_class else tuple(class_outputs)
     _check_names(class_outputs, names, "--class-outputs")
     if label_output is not None:
         _check_names([label_output], names, "--label-output")
@@ -219,7 +223,7 @@ def output_kinds(
     source = {n: _producer_op(n, prod) for n in names}
     declared = {vi.name: _declared_shape(vi) for vi in g.value_info}
     shapes = {o.name: _declared_shape(o) or declared.get(o.name) for o in g.output}
-    if class_outputs:
+    if class_outputs or no_class:
         cls = set(class_outputs)
     else:
         cls = {n for n in names if source[n] in CLASS_PRODUCERS}

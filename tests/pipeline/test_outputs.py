@@ -196,8 +196,9 @@ def test_default_kinds_from_the_graph():
     single = two_head_model("")
     del single.graph.output[0]
     assert _kinds(single) == {"face": "class"}
-    # named: exactly those
+    # named: exactly those, or none at all (an embedding that is the only [N, K] output)
     assert _kinds(two_head_model("Softmax"), class_outputs=("boxes",)) == {"boxes": "class", "face": "regression"}
+    assert _kinds(single, class_outputs=("none",)) == {"face": "regression"}
 
 
 def test_sigmoid_multilabel_output_is_regression_unless_named(data, tmp_path):
