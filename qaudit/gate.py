@@ -470,15 +470,19 @@ def _nothing_checked(gd: GateDef, spec: Threshold, regression: bool, skip_missin
     )
 
 
-def _check_applicable(gd: GateDef, report: Report) -> None:
-    """A gate on a class metric needs a class output: without one it could check nothing."""
-    if gd.scope != "output" or gd.metric not in CLASS_METRICS or any(o.is_class for o in report.outputs):
+def check_class_outputs(config: GateConfig, kinds: Mapping[str, str], with_baseline: bool = False) -> None:
+    """Raise :class:`ConfigError` when an active gate checks a class metric and no output is
+    of kind ``"class"`` (``kinds``: output name -> kind): such a gate could check nothing.
+    :func:`evaluate` calls it; the CLI calls it before auditing, with the kinds the audit will use."""
+    gates = [g for g in config.active_gates(with_baseline) if g.scope == "output" and g.metric in CLASS_METRICS]
+    if not gates or "class" in kinds.values():
         return
-    kinds = ", ".join(f"{o.name} ({o.kind or 'regression'})" for o in report.outputs) or "none"
+    gd = gates[0]
+    described = ", ".join(f"{n} ({k})" for n, k in kinds.items()) or "none"
     raise ConfigError(
         f"gate {gd.name} (--{gd.name.replace('_', '-')}) checks {gd.metric}, which only class outputs have, and no "
-        f"output of this report holds class scores (outputs: {kinds}); remove the gate, or audit again "
-        "naming the class outputs with --class-outputs NAME"
+        f"output of the model holds class scores (outputs: {described}); remove the gate, or name the class "
+        "outputs with --class-outputs NAME"
     )
 
 
@@ -513,9 +517,11 @@ def evaluate(
     """
     checks: list[GateCheck] = []
     notes: list[str] = []
+    check_class_outputs(
+        config, {o.name: "class" if o.is_class else "regression" for o in report.outputs}, baseline is not None
+    )
     for gd in config.active_gates(baseline is not None):
         spec = config.threshold(gd.name)
-        _check_applicable(gd, report)
         subjects = _subjects(gd, report)
         if gd.kind == "regression":
             base_subjects = _subjects(gd, baseline)
@@ -559,4 +565,14 @@ def evaluate(
     )
 
 
-__all__ = ["GATES", "GateConfig", "GateDef", "GateCheck", "GateResult", "Threshold", "compare", "evaluate"]
+__all__ = [
+    "GATES",
+    "check_class_outputs",
+    "GateConfig",
+    "GateDef",
+    "GateCheck",
+    "GateResult",
+    "Threshold",
+    "compare",
+    "evaluate",
+]

@@ -370,6 +370,7 @@ def _run_audit(args) -> int:
         },
     )
     baseline = load_report(settings["baseline"], "baseline report") if settings["baseline"] else None
+    _check_gates_apply(settings, cfg, baseline is not None)
     show_progress = not (settings["quiet"] or args.no_progress) and sys.stderr.isatty()
     progress = _RichProgress() if show_progress else None
     try:
@@ -378,6 +379,22 @@ def _run_audit(args) -> int:
         if progress is not None:
             progress.done()
     return _finish(report, settings, baseline)
+
+
+def _check_gates_apply(settings, cfg, with_baseline: bool) -> None:
+    """A gate on a class metric when no output of the model holds class scores is exit 2, before
+    the audit writes anything (--output-model); the model's graph decides, as in the audit."""
+    from qaudit.gate import check_class_outputs
+    from qaudit.report import CLASS_METRICS
+
+    gates = settings.gates.active_gates(with_baseline)
+    if not any(g.scope == "output" and g.metric in CLASS_METRICS for g in gates):
+        return
+    from qaudit.pipeline.load import load_model
+    from qaudit.pipeline.measure import output_kinds
+
+    kinds = output_kinds(load_model(cfg.model).model, cfg.class_outputs, cfg.label_output).kinds
+    check_class_outputs(settings.gates, kinds, with_baseline)
 
 
 def _run_report(args) -> int:

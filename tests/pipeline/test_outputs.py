@@ -286,3 +286,19 @@ def test_reading_a_version_2_report_recomputes_the_drop_and_infers_kinds():
     assert features.max_abs_error is None and features.rel_error is None and features.acc_drop_pct is None
     # and a version 3 report is read as written
     assert from_dict({**d, "format": {**d["format"], "version": 3}}).outputs[0].acc_drop_pct == stored["acc_drop_pct"]
+
+
+def test_class_metric_gate_on_a_model_without_class_outputs_is_exit_2_before_any_work(data, tmp_path, run_cli):
+    """Raw box and logit heads, none named: --max-qce could check nothing; nothing is written."""
+    _, x, _, d = data
+    path = saved(two_head_model(head=""), tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    args = [path, "--calib", d / "calib", "--no-isolated", "--json", out / "r.json", "--output-model", out / "q.onnx"]
+    p = run_cli(*args, "--max-qce", "0.1")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stderr.count("\n") == 1 and "gate max_qce (--max-qce) checks qce" in p.stderr
+    assert "boxes (regression), face (regression)" in p.stderr and list(out.iterdir()) == []
+    p = run_cli(*args, "--max-qce", "5", "--class-outputs", "face")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert sorted(f.name for f in out.iterdir()) == ["q.onnx", "r.json"]
