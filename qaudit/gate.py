@@ -449,7 +449,7 @@ def _regression_checks(gd, spec, subjects, base_subjects, skip_missing):
 
 def _nothing_checked(gd: GateDef, spec: Threshold, regression: bool, skip_missing: bool) -> GateCheck:
     what = "quantized layer" if gd.metric in ("sqnr_db", "qmse", "clip_fraction") else "weighted layer"
-    what = "output" if gd.scope == "output" else what
+    what = ("class output" if gd.metric in CLASS_METRICS else "output") if gd.scope == "output" else what
     if spec.default is None:
         globs = ", ".join(repr(p) for p, v in spec.overrides if v is not None)
         reason = f"no {what} matches {globs}"

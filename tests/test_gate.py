@@ -169,6 +169,12 @@ def test_class_metric_gates_check_class_outputs_only():
     ]
 
 
+def test_class_metric_glob_on_a_regression_output_checks_nothing():
+    r = report(outputs=[output("boxes", **REGRESSION, acc_drop_pct=None), output("prob", kind="class")])
+    c = only(evaluate(r, GateConfig({"max_qce": Threshold(None, {"box*": 0.1})})))
+    assert c.status == "fail" and c.reason == "nothing checked: no class output matches 'box*'"
+
+
 def test_regression_output_gates():
     r = report(outputs=[output("boxes", **REGRESSION, max_abs_error=0.75, rel_error=0.02)])
     res = evaluate(r, GateConfig({"max_output_abs_error": 0.5, "max_output_rel_error": 0.05}))
