@@ -166,16 +166,27 @@ class OutputKinds:
     label_output: str | None = None
 
 
-def _producer_op(name: str, prod: dict) -> str | None:
-    """The op that computes ``name``, looking through :data:`CLASS_PASS_THROUGH` ops (``None``: a graph input)."""
+def _producer(name: str, prod: dict) -> onnx.NodeProto | None:
+    """The node that computes ``name``, looking through :data:`CLASS_PASS_THROUGH` ops (``None``: a graph input)."""
     seen = set()
     while name in prod and name not in seen:
         seen.add(name)
         node = prod[name]
         if node.op_type not in CLASS_PASS_THROUGH or not node.input:
-            return node.op_type
+            return node
         name = node.input[0]
     return None
+
+
+def _scores_over_last_axis(node: onnx.NodeProto, shapes: dict, opset: int) -> bool:
+    """Whether a Softmax/LogSoftmax normalizes over its input's last axis (the class axis qaudit
+    scores): not a segmentation map's ``[N, C, H, W]`` softmax over C. Before opset 13 the
+    default axis is 1, over the input flattened from it: the last axis of a rank-2 input."""
+    axis = attr(node, "axis", -1 if opset >= 13 else 1)
+    shape = shapes.get(node.input[0])
+    if shape is None:
+        return axis == -1 or axis == 1  # rank unknown: [N, K] is the usual case
+    return axis in (-1, len(shape) - 1)
 
 
 def _declared_shape(vi) -> tuple | None:
@@ -203,8 +214,8 @@ def output_kinds(
     """Decide which outputs hold class scores, and which one ``labels`` score (docs/metrics.md).
 
     ``class_outputs`` (``--class-outputs``) and ``label_output`` (``--label-output``, a
-    class output too) name them; by default an output computed by Softmax or LogSoftmax
-    (through Reshape, Flatten, Identity, ...) is a class output, and when there is none,
+    class output too) name them; by default an output computed by Softmax or LogSoftmax over
+    its last axis (through Reshape, Flatten, Identity, ...) is a class output, and when there is none,
     the one output of shape ``[N, K]`` with ``K > 1`` not computed by a Sigmoid, if exactly
     one has it. Everything else is a regression output (a sigmoid multi-label head too,
     unless named). ``class_outputs=("none",)``: no output holds class scores. With
@@ -220,9 +231,16 @@ def output_kinds(
     if label_output is not None:
         _check_names([label_output], names, "--label-output")
     prod = producers(g)
-    source = {n: _producer_op(n, prod) for n in names}
-    declared = {vi.name: _declared_shape(vi) for vi in g.value_info}
+    declared = {vi.name: _declared_shape(vi) for vi in list(g.input) + list(g.value_info)}
     shapes = {o.name: _declared_shape(o) or declared.get(o.name) for o in g.output}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    source = {}
+    for n in names:
+        node = _producer(n, prod)
+        op = node.op_type if node is not None else None
+        if op in CLASS_PRODUCERS and not _scores_over_last_axis(node, {**declared, **shapes}, opset):
+            op = f"{op} over an inner axis"
+        source[n] = op
     if class_outputs or no_class:
         cls = set(class_outputs)
     else:

@@ -191,6 +191,13 @@ def test_default_kinds_from_the_graph():
     )
     assert _kinds(m) == {"boxes": "regression", "face": "class"}
     assert output_kinds(m).probabilities == {"face"}
+    # a softmax over an inner axis (a segmentation map's [N, C, H, W] over C) is not scored as classes
+    seg = two_head_model("Softmax")
+    seg.graph.node[-1].attribute.append(helper.make_attribute("axis", 1))
+    seg.graph.value_info.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2, 5, 5]))
+    assert _kinds(seg)["face"] == "regression"
+    seg.graph.node[-1].attribute[0].i = 3
+    assert _kinds(seg)["face"] == "class"
     # no Softmax: exactly one [N, K] output is class; two are not
     assert _kinds(two_head_model("", second_head=None)) == {"boxes": "regression", "face": "regression"}
     single = two_head_model("")
