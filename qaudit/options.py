@@ -113,6 +113,11 @@ class AuditConfig:
     #: gives errors of order 0.1.
     fold_rtol: float = 1e-3
     fold_atol: float = 1e-5
+    #: the model output the labels score (default: the one class output; docs/metrics.md)
+    label_output: str | None = None
+    #: the model outputs that hold class scores (default: decided from the graph); an
+    #: item may hold several names, comma-separated
+    class_outputs: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "model", Path(self.model))
@@ -130,6 +135,10 @@ class AuditConfig:
             object.__setattr__(self, "batch_axis", batch_axes(self.batch_axis))
         if self.max_samples is not None and int(self.max_samples) < 1:
             raise ConfigError(f"max samples must be >= 1, not {self.max_samples}")
+        names = [self.class_outputs] if isinstance(self.class_outputs, str) else list(self.class_outputs)
+        object.__setattr__(self, "class_outputs", tuple(n.strip() for x in names for n in x.split(",") if n.strip()))
+        if self.label_output is not None and (not isinstance(self.label_output, str) or not self.label_output):
+            raise ConfigError(f"label_output must be an output name, not {self.label_output!r}")
         if not (0.0 <= float(self.clip_percentile) < 50.0):
             raise ConfigError(f"clip percentile must be in [0, 50), not {self.clip_percentile}")
 

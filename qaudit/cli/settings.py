@@ -78,6 +78,8 @@ class Option:
     #: bool options: the flags that set True and False
     bool_flags: tuple[str, str] | None = None
     metavar: str | None = None
+    #: list options: one value per flag (repeat the flag or comma-separate), so it cannot swallow MODEL.onnx
+    one_per_flag: bool = False
 
     @property
     def flag(self) -> str | None:
@@ -127,6 +129,23 @@ OPTIONS: tuple[Option, ...] = (
         ".npy of integer labels, one per evaluation sample (sorted file order)",
         group="input",
         metavar="F.npy",
+    ),
+    Option(
+        "label_output",
+        "str",
+        "the model output the labels score (default: the one output holding class scores)",
+        group="input",
+        metavar="NAME",
+    ),
+    Option(
+        "class_outputs",
+        "list",
+        "model outputs holding class scores, comma-separated, or 'none' (default: Softmax/LogSoftmax outputs, "
+        "else the one [N, K] output); the others are regression outputs",
+        (),
+        group="input",
+        metavar="NAME[,NAME]",
+        one_per_flag=True,
     ),
     Option("format", "str", "ORT quantization format", "qdq", FORMATS, group="quantization"),
     Option("activation_type", "str", "activation type", "uint8", QUANT_TYPES, group="quantization"),
@@ -291,6 +310,7 @@ class Settings:
         # every other option named as its AuditConfig/QuantConfig field: one constructor for CLI and API
         fields = ("output_model", "batch_size", "batch_axis", "max_samples", "clip_percentile", "isolated", "format")
         fields += ("activation_type", "weight_type", "per_channel", "percentile", "calib_symmetric", "exclude")
+        fields += ("label_output", "class_outputs")
         return audit_config(v["model"], v["calib"], v["eval"], v["labels"], **{k: v[k] for k in fields})
 
 

@@ -54,6 +54,7 @@ class RunFacts:
     fold_check: dict = field(default_factory=dict)
     fold_check_samples: int = 0
     graph_changes: list = field(default_factory=list)  # transform.GraphChange: what qaudit changed before quantizing
+    label_output: str | None = None  # the output the labels scored
 
 
 def versions() -> dict:
@@ -154,6 +155,7 @@ def build_report(
             "n_eval": facts.n_eval,
             "labels": describe_labels(cfg.labels),
             "batch_axes": data.get("batch_axes"),
+            "label_output": facts.label_output,
         },
         folding={
             "folded": [{"layer": r.layer, "op_type": r.op_type, "bn": r.bn_node} for r in fold.folded.values()],

@@ -32,7 +32,7 @@ from qaudit.pipeline.data import open_inputs
 from qaudit.pipeline.foldcheck import FOLD_CHECK_SAMPLES, FoldingCheck
 from qaudit.pipeline.load import LoadedModel, infer_shapes
 from qaudit.pipeline.match import match
-from qaudit.pipeline.measure import layer_rows
+from qaudit.pipeline.measure import layer_rows, output_kinds
 from qaudit.pipeline.parallel import auto_batch_size
 from qaudit.pipeline.quantize import calibrate, nonfinite_exclusions, probe_activations, quantize
 from qaudit.pipeline.session import make_session, save_model
@@ -128,6 +128,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
     kernels.name()  # a bad QAUDIT_KERNELS fails here, not on a worker thread
     # 1. load and check the model, the data and the labels
     src = open_inputs(cfg)
+    outputs = output_kinds(src.model.model, cfg.class_outputs, cfg.label_output, labelled=src.labels is not None)
     clock.lap("load")
     # 2. prepare the graph (control flow, opset, shared initializers) and fold BatchNorm into the layers
     prep = prepare(src.model, cfg.quant.exclude, cfg.quant, every_sample(src, cfg.max_samples))
@@ -182,6 +183,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
             batches,
             work,
             labels=src.labels,
+            outputs=outputs,
             isolated=cfg.isolated,
             tensor_bytes=tensor_bytes,
             on_batch=progress.advance,
@@ -195,6 +197,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         facts = RunFacts(prep.n_constants, batch_size, bytes_per_sample, auto_excluded, src.n_calib, captured.samples)
         facts.fold_check, facts.fold_check_samples = fold_check, check_samples
         facts.graph_changes = prep.changes
+        facts.label_output = outputs.label_output
         report = build_report(
             cfg, src.model, fold, matching, facts, rows, captured.outputs.rows(), clock, src.describe()
         )

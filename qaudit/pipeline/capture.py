@@ -20,7 +20,7 @@ import onnx
 from qaudit.pipeline.data import samples
 from qaudit.pipeline.graph import with_outputs
 from qaudit.pipeline.match import Matching
-from qaudit.pipeline.measure import ActivationMeter, OutputMeter, softmax_outputs
+from qaudit.pipeline.measure import ActivationMeter, OutputKinds, OutputMeter, output_kinds
 from qaudit.pipeline.parallel import lockstep, shares, usable_cores
 from qaudit.pipeline.session import QUANTIZER_AT_FAULT, make_session, run_named, save_model
 
@@ -42,6 +42,7 @@ def capture(
     work: Path,
     *,
     labels: np.ndarray | None = None,
+    outputs: OutputKinds | None = None,
     isolated: bool = True,
     tensor_bytes: dict[str, int] | None = None,
     on_batch: Callable[[int], None] | None = None,
@@ -53,6 +54,7 @@ def capture(
     The twins are measured in shares of about equal size, one per usable core,
     each on its own thread (:func:`~qaudit.pipeline.parallel.lockstep`).
     ``on_batch(n)`` is called after each batch of ``n`` samples is measured.
+    ``outputs``: what each model output holds (default: :func:`~qaudit.pipeline.measure.output_kinds`).
     """
     vtypes = {
         vi.name: vi.type.tensor_type.elem_type
@@ -84,7 +86,7 @@ def capture(
     meters = [ActivationMeter(matching, share) for share in shares(sizes, min(2, usable_cores()))] or [
         ActivationMeter(matching)
     ]
-    out_meter = OutputMeter([o.name for o in fp32_model.graph.output], softmax_outputs(fp32_model))
+    out_meter = OutputMeter(outputs or output_kinds(fp32_model, labelled=labels is not None))
     seen = 0
 
     def run_batch(feeds):

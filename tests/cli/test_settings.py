@@ -197,6 +197,17 @@ def test_audit_config_from_settings(tmp_path):
         resolve("audit", {}, {}, tmp_path / "empty").audit_config()
 
 
+def test_label_and_class_outputs_from_every_source(tmp_path):
+    write(tmp_path / "qaudit.toml", 'model = "m.onnx"\ncalib = "c"\nclass_outputs = ["boxes", "face"]\n')
+    cfg = audit(tmp_path).audit_config()
+    assert cfg.class_outputs == ("boxes", "face") and cfg.label_output is None
+    cfg = audit(tmp_path, env={"QAUDIT_CLASS_OUTPUTS": "a, b", "QAUDIT_LABEL_OUTPUT": "b"}).audit_config()
+    assert cfg.class_outputs == ("a", "b") and cfg.label_output == "b"
+    # one value per flag, comma-separated or repeated: the model after it stays the model
+    cfg = audit(tmp_path, "--class-outputs", "p,q", "--class-outputs", "r", "other.onnx").audit_config()
+    assert cfg.class_outputs == ("p", "q", "r") and cfg.model == Path("other.onnx")
+
+
 def test_report_command_ignores_audit_settings_but_checks_every_key(tmp_path):
     write(tmp_path / "qaudit.toml", 'calib = "c"\npercentile = 99.0\njunit = "j.xml"\n[gates]\nmax_qce = 0.2\n')
     s = resolve("report", cli_args("r.json", command="report"), {"QAUDIT_PERCENTILE": "99.5"}, tmp_path)
