@@ -9,17 +9,20 @@ code. The semantics (docs/gates.md):
   ``measured <= threshold``. **Equal to the threshold passes.**
 * IEEE comparisons: an SQNR of ``+inf`` (no error at all) passes any minimum
   and fails any maximum; ``-inf`` fails any minimum.
-* **Missing metrics**: a metric that is ``null`` or NaN (QCE of an output that
-  is not ``[N, K]``, accuracy without labels, an SQNR without signal) is
-  *missing*. A configured gate on a missing metric **fails** and says why,
+* **Missing metrics**: a metric that is ``null`` or NaN (QCE of a class output
+  whose runtime shape has no class axis, accuracy without labels, an SQNR
+  without signal) is *missing*. A configured gate on a missing metric **fails** and says why,
   unless ``skip_missing`` is set, which makes it a skipped check. A configured
   gate that finds nothing at all to check fails the same way, so a typo in a
   layer glob cannot make a gate pass silently.
 * Layer gates apply to the rows that have the metric at all: activation
   metrics to rows with a quantized activation, ``min_weight_sqnr`` to rows
-  with weights. Output gates apply to every model output, except accuracy
-  gates, which apply to the labelled output (all outputs when none is
-  labelled, so that they fail as missing).
+  with weights. Output gates apply to every model output, except the gates on
+  class metrics (:data:`~qaudit.report.CLASS_METRICS`), which apply to the
+  class outputs (``kind == "class"``), and accuracy gates, which apply to the
+  labelled output (every class output when none is labelled, so that they fail
+  as missing). A gate on a class metric when the report has no class output
+  is a :class:`~qaudit.errors.ConfigError`: it could check nothing.
 * Thresholds are a default plus per-subject overrides keyed by glob
   (:func:`fnmatch.fnmatchcase`, case-sensitive; ``*`` also matches ``/``). The
   most specific matching glob wins: a glob without wildcards equal to the
@@ -30,7 +33,9 @@ code. The semantics (docs/gates.md):
   ``measured`` is the change in the bad direction (an SQNR *drop* is
   ``baseline - current``), equal infinities count as no change. A metric
   missing in the baseline is skipped (nothing to compare with); missing in
-  the current report it follows the missing-metric rule.
+  the current report it follows the missing-metric rule. ``acc_drop_pct`` is
+  signed; ``max_acc_drop_increase`` counts a negative drop (the quantized model
+  scores better than fp32) as 0, so a model whose accuracy rose never fails it.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from qaudit.errors import ConfigError
-from qaudit.report import GateCheck, GateResult, LayerRow, OutputRow, Report
+from qaudit.report import CLASS_METRICS, GateCheck, GateResult, LayerRow, OutputRow, Report
 
 WILDCARDS = "*?["
 
@@ -63,6 +68,8 @@ class GateDef:
     high: float | None = None
     #: threshold when nothing configures the gate (regression gates only)
     default: float | None = None
+    #: regression gates: both values are raised to at least this before the change is taken
+    floor: float | None = None
 
     def check_value(self, value) -> float:
         """A valid threshold for this gate as a float, else :class:`ValueError` saying why."""
@@ -96,6 +103,22 @@ GATES: tuple[GateDef, ...] = (
     GateDef("min_output_sqnr", "output", "sqnr_db", ">=", "minimum SQNR of each model output", "dB"),
     GateDef("max_output_qmse", "output", "qmse", "<=", "maximum QMSE of each model output", low=0.0),
     GateDef(
+        "max_output_abs_error",
+        "output",
+        "max_abs_error",
+        "<=",
+        "maximum absolute error max|x - x_hat| of each model output",
+        low=0.0,
+    ),
+    GateDef(
+        "max_output_rel_error",
+        "output",
+        "rel_error",
+        "<=",
+        "maximum relative error sqrt(sum e^2 / sum x^2) of each model output",
+        low=0.0,
+    ),
+    GateDef(
         "max_qce", "output", "qce", "<=", "maximum QCE (cross-entropy fp32 -> int8) of each output", "nats", low=0.0
     ),
     GateDef(
@@ -118,7 +141,7 @@ GATES: tuple[GateDef, ...] = (
         "output",
         "acc_drop_pct",
         "<=",
-        "maximum relative accuracy drop |acc_fp32 - acc_int8| / acc_fp32, in percent",
+        "maximum relative accuracy drop (acc_fp32 - acc_int8) / acc_fp32, in percent (negative: improved)",
         "%",
         low=0.0,
     ),
@@ -173,11 +196,12 @@ GATES: tuple[GateDef, ...] = (
         "output",
         "acc_drop_pct",
         "<=",
-        "with --baseline: maximum increase of acc_drop_pct, in percentage points",
+        "with --baseline: maximum increase of acc_drop_pct, in percentage points (a negative drop counts as 0)",
         "points",
         kind="regression",
         direction=+1,
         low=0.0,
+        floor=0.0,
     ),
 )
 GATES_BY_NAME: dict[str, GateDef] = {g.name: g for g in GATES}
@@ -298,12 +322,12 @@ def change(direction: int, current: float, baseline: float) -> float:
 
 
 _MISSING_WHY = {
-    "qce": "QCE is defined for classification outputs shaped [N, K], K >= 2",
-    "qkl": "QKL is defined for classification outputs shaped [N, K], K >= 2",
-    "top1_agreement": "top-1 agreement is defined for classification outputs shaped [N, K], K >= 2",
-    "acc_int8": "accuracy needs --labels (applied to the first [N, K] output)",
-    "acc_fp32": "accuracy needs --labels (applied to the first [N, K] output)",
-    "acc_drop_pct": "accuracy needs --labels (applied to the first [N, K] output)",
+    "qce": "QCE needs a class axis of K >= 2 scores, last",
+    "qkl": "QKL needs a class axis of K >= 2 scores, last",
+    "top1_agreement": "top-1 agreement needs a class axis of K >= 2 scores, last",
+    "acc_int8": "accuracy needs --labels (applied to the labelled output, --label-output)",
+    "acc_fp32": "accuracy needs --labels (applied to the labelled output, --label-output)",
+    "acc_drop_pct": "accuracy needs --labels (applied to the labelled output, --label-output)",
     "clip_fraction": "per-channel activation encodings have no single range",
     "w_sqnr_db": "no quantized weight was found for this layer",
     "sqnr_db": "SQNR is undefined (no signal)",
@@ -336,9 +360,11 @@ def _keyed(rows) -> dict[str, object]:
 def _subjects(gd: GateDef, report: Report) -> dict[str, LayerRow | OutputRow]:
     if gd.scope == "output":
         outputs = _keyed(report.outputs)
+        if gd.metric in CLASS_METRICS:
+            outputs = {k: o for k, o in outputs.items() if o.is_class}
         if gd.metric.startswith("acc_"):
-            # accuracy is measured on the labelled output only; without labels every output
-            # is checked, and fails as missing ("needs --labels")
+            # accuracy is measured on the labelled output only; without labels every class
+            # output is checked, and fails as missing ("needs --labels")
             labelled = {k: o for k, o in outputs.items() if o.acc_fp32 is not None}
             return labelled or outputs
         return outputs
@@ -402,7 +428,8 @@ def _regression_checks(gd, spec, subjects, base_subjects, skip_missing):
         elif cur_v is None:
             status, measured, reason = _missing_status(skip_missing), None, _missing_reason(gd.metric, cur)
         else:
-            measured = change(gd.direction, cur_v, base_v)
+            floor = -math.inf if gd.floor is None else gd.floor
+            measured = change(gd.direction, max(cur_v, floor), max(base_v, floor))
             status, reason = ("pass" if measured <= threshold else "fail"), ""
         yield GateCheck(
             gd.name,
@@ -422,7 +449,7 @@ def _regression_checks(gd, spec, subjects, base_subjects, skip_missing):
 
 def _nothing_checked(gd: GateDef, spec: Threshold, regression: bool, skip_missing: bool) -> GateCheck:
     what = "quantized layer" if gd.metric in ("sqnr_db", "qmse", "clip_fraction") else "weighted layer"
-    what = "output" if gd.scope == "output" else what
+    what = ("class output" if gd.metric in CLASS_METRICS else "output") if gd.scope == "output" else what
     if spec.default is None:
         globs = ", ".join(repr(p) for p, v in spec.overrides if v is not None)
         reason = f"no {what} matches {globs}"
@@ -440,6 +467,22 @@ def _nothing_checked(gd: GateDef, spec: Threshold, regression: bool, skip_missin
         None,
         _missing_status(skip_missing),
         reason=f"nothing checked: {reason}",
+    )
+
+
+def check_class_outputs(config: GateConfig, kinds: Mapping[str, str], with_baseline: bool = False) -> None:
+    """Raise :class:`ConfigError` when an active gate checks a class metric and no output is
+    of kind ``"class"`` (``kinds``: output name -> kind): such a gate could check nothing.
+    :func:`evaluate` calls it; the CLI calls it before auditing, with the kinds the audit will use."""
+    gates = [g for g in config.active_gates(with_baseline) if g.scope == "output" and g.metric in CLASS_METRICS]
+    if not gates or "class" in kinds.values():
+        return
+    gd = gates[0]
+    described = ", ".join(f"{n} ({k})" for n, k in kinds.items()) or "none"
+    raise ConfigError(
+        f"gate {gd.name} (--{gd.name.replace('_', '-')}) checks {gd.metric}, which only class outputs have, and no "
+        f"output of the model holds class scores (outputs: {described}); remove the gate, or name the class "
+        "outputs with --class-outputs NAME"
     )
 
 
@@ -474,6 +517,9 @@ def evaluate(
     """
     checks: list[GateCheck] = []
     notes: list[str] = []
+    check_class_outputs(
+        config, {o.name: "class" if o.is_class else "regression" for o in report.outputs}, baseline is not None
+    )
     for gd in config.active_gates(baseline is not None):
         spec = config.threshold(gd.name)
         subjects = _subjects(gd, report)
@@ -519,4 +565,14 @@ def evaluate(
     )
 
 
-__all__ = ["GATES", "GateConfig", "GateDef", "GateCheck", "GateResult", "Threshold", "compare", "evaluate"]
+__all__ = [
+    "GATES",
+    "check_class_outputs",
+    "GateConfig",
+    "GateDef",
+    "GateCheck",
+    "GateResult",
+    "Threshold",
+    "compare",
+    "evaluate",
+]

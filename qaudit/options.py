@@ -10,7 +10,9 @@ is the one place that spells ORT's keys. The report records
 from __future__ import annotations
 
 import difflib
+import numbers
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -97,6 +99,9 @@ class AuditConfig:
     output_model: Path | None = None
     #: None: automatic, from the activation memory of one sample (qaudit.pipeline.parallel.auto_batch_size).
     batch_size: int | None = None
+    #: {input name: axis, or None to feed it as it is}; inputs not named: inferred from the
+    #: model's dims (qaudit.pipeline.data.batch_layout)
+    batch_axis: Mapping[str, int | None] | None = None
     max_samples: int | None = None
     #: Also measure each layer's isolated error (one more session run per batch).
     isolated: bool = True
@@ -108,6 +113,11 @@ class AuditConfig:
     #: gives errors of order 0.1.
     fold_rtol: float = 1e-3
     fold_atol: float = 1e-5
+    #: the model output the labels score (default: the one class output; docs/metrics.md)
+    label_output: str | None = None
+    #: the model outputs that hold class scores (default: decided from the graph); an
+    #: item may hold several names, comma-separated
+    class_outputs: tuple[str, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "model", Path(self.model))
@@ -121,13 +131,34 @@ class AuditConfig:
             raise ConfigError(f"output_model must be a path, not {type(self.output_model).__name__}")
         if self.batch_size is not None and int(self.batch_size) < 1:
             raise ConfigError(f"batch size must be >= 1, not {self.batch_size}")
+        if self.batch_axis is not None:
+            object.__setattr__(self, "batch_axis", batch_axes(self.batch_axis))
         if self.max_samples is not None and int(self.max_samples) < 1:
             raise ConfigError(f"max samples must be >= 1, not {self.max_samples}")
+        names = [self.class_outputs] if isinstance(self.class_outputs, str) else list(self.class_outputs)
+        object.__setattr__(self, "class_outputs", tuple(n.strip() for x in names for n in x.split(",") if n.strip()))
+        if self.label_output is not None and (not isinstance(self.label_output, str) or not self.label_output):
+            raise ConfigError(f"label_output must be an output name, not {self.label_output!r}")
         if not (0.0 <= float(self.clip_percentile) < 50.0):
             raise ConfigError(f"clip percentile must be in [0, 50), not {self.clip_percentile}")
 
     def replace(self, **changes) -> AuditConfig:
         return replace(self, **changes)
+
+
+def batch_axes(value) -> dict[str, int | None]:
+    """``{input name: axis or None}`` from a mapping whose values are integers, None or
+    ``"none"`` (the input is fed as it is)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"batch_axis must map input names to axes, e.g. {{'state': 1}}, not {value!r}")
+    out = {}
+    for k, v in value.items():
+        if isinstance(v, str) and v.strip().lower() == "none":
+            v = None
+        if not isinstance(k, str) or not (v is None or (isinstance(v, numbers.Integral) and not isinstance(v, bool))):
+            raise ConfigError(f"batch_axis maps input names to an integer axis or none, not {k!r}: {v!r}")
+        out[k] = None if v is None else int(v)
+    return out
 
 
 def audit_config(model, calib, eval=None, labels=None, **options) -> AuditConfig:

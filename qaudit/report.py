@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 #: Version of the JSON layout. Changelog:
@@ -40,8 +40,19 @@ from pathlib import Path
 #:     - ``layers[].w_shape``, ``kernel``, ``groups``, ``c_in``, ``c_out``: the weighted
 #:       layer's signature (weight shape as stored, spatial kernel, groups, input and
 #:       output channels), so ``qaudit compare`` can align layers from JSON alone.
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: 3 - ``outputs[].kind`` (``"class"`` or ``"regression"``), ``outputs[].max_abs_error`` and
+#:     ``rel_error``; the class metrics (``qce``, ``qkl``, ``top1_agreement``, accuracies)
+#:     only on class outputs, ``null`` elsewhere; ``acc_drop_pct`` signed (negative when
+#:     the quantized model scores better); ``data.label_output``, the output the labels
+#:     scored. Versions 1 and 2 are read with ``acc_drop_pct`` recomputed (signed) from
+#:     ``acc_fp32``/``acc_int8``, and ``kind`` inferred as they decided it: ``"class"``
+#:     where ``qce`` is a number, else ``"regression"``.
+#:   - ``data.batch_axes``: ``{"axes": {input: axis or null}, "rule", "fixed"}``, each
+#:     input's batch axis (null: fed as it is) and how it was chosen.
+#:   - ``settings.graph_changes``: ``[{"kind", "target", "detail"}]``, what qaudit changed in the
+#:     graph before quantizing it (an If inlined, the opset upgraded, an initializer unshared).
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -123,17 +134,44 @@ class LayerRow:
         return self.quant_tensor is not None
 
 
+#: what a model output holds (docs/metrics.md): class scores, or anything else
+OUTPUT_KINDS = ("class", "regression")
+
+
+def acc_drop_pct(acc_fp32: float | None, acc_int8: float | None) -> float | None:
+    """``(acc_fp32 - acc_int8) / acc_fp32 * 100``, signed: negative when the quantized
+    model scores better; ``None`` when an accuracy is missing or ``acc_fp32`` is 0."""
+    if acc_fp32 is None or acc_int8 is None or not acc_fp32 > 0:
+        return None
+    return (acc_fp32 - acc_int8) / acc_fp32 * 100.0
+
+
 @dataclass(frozen=True)
 class OutputRow:
+    """One model output. Every output has the error metrics; the class metrics (``qce``
+    to ``acc_drop_pct``) only a ``kind == "class"`` output (format 3)."""
+
     name: str
-    qmse: float | None
-    sqnr_db: float | None
+    kind: str | None = None  # "class" | "regression" (:data:`OUTPUT_KINDS`)
+    qmse: float | None = None
+    sqnr_db: float | None = None
+    max_abs_error: float | None = None  # max |e| (format 3)
+    rel_error: float | None = None  # sqrt(sum e^2 / sum x^2) (format 3)
     qce: float | None = None
     qkl: float | None = None
     top1_agreement: float | None = None
     acc_fp32: float | None = None
     acc_int8: float | None = None
     acc_drop_pct: float | None = None
+
+    @property
+    def is_class(self) -> bool:
+        """Whether the output holds class scores; a row without ``kind`` (built in code) when it has a QCE."""
+        return self.kind == "class" if self.kind is not None else self.qce is not None
+
+
+#: the output metrics that exist only on class outputs (``null`` on regression outputs)
+CLASS_METRICS = ("qce", "qkl", "top1_agreement", "acc_fp32", "acc_int8", "acc_drop_pct")
 
 
 @dataclass(frozen=True)
@@ -323,6 +361,18 @@ def _revive(cls, d: dict):
     return cls(**kw)
 
 
+def _output_row(d: dict, version: int) -> OutputRow:
+    """An output row; one of a version 1/2 report gets its kind and its signed drop (see FORMAT_VERSION)."""
+    row = _revive(OutputRow, d)
+    if version >= 3:
+        return row
+    return replace(
+        row,
+        kind="class" if row.qce is not None else "regression",
+        acc_drop_pct=acc_drop_pct(row.acc_fp32, row.acc_int8),
+    )
+
+
 def gates_from_dict(d: dict | None) -> GateResult | None:
     if d is None:
         return None
@@ -354,7 +404,7 @@ def from_dict(d: dict) -> Report:
         data=d["data"],
         folding=d["folding"],
         layers=tuple(_revive(LayerRow, r) for r in d["layers"]),
-        outputs=tuple(_revive(OutputRow, r) for r in d["outputs"]),
+        outputs=tuple(_output_row(r, fmt["version"]) for r in d["outputs"]),
         unmatched=tuple(_revive(UnmatchedTensor, r) for r in d["unmatched"]),
         notes=tuple(d.get("notes", ())),
         format_version=fmt["version"],

@@ -130,19 +130,72 @@ def test_nan_sqnr_is_missing_and_fails_unless_skip_missing():
 
 
 def test_missing_output_metric_fails_with_the_reason():
-    """QCE of a non-classification output is null: a configured QCE gate fails and says why."""
-    r = report(
-        outputs=[
-            output("boxes", qce=None, qkl=None, top1_agreement=None, acc_fp32=None, acc_int8=None, acc_drop_pct=None)
-        ]
-    )
+    """QCE of a class output without a class axis at run time is null: a configured QCE gate fails and says why."""
+    missing = dict(qce=None, qkl=None, top1_agreement=None, acc_fp32=None, acc_int8=None, acc_drop_pct=None)
+    r = report(outputs=[output("scores", kind="class", **missing)])
     res = evaluate(r, GateConfig({"max_qce": 0.1, "max_acc_drop_pct": 1.0}))
     qce, acc = res.checks
-    assert (qce.status, qce.subject, qce.measured) == ("fail", "boxes", None)
-    assert "classification" in qce.reason
+    assert (qce.status, qce.subject, qce.measured) == ("fail", "scores", None)
+    assert "class axis" in qce.reason
     assert acc.status == "fail" and "--labels" in acc.reason
     res = evaluate(r, GateConfig({"max_qce": 0.1, "max_acc_drop_pct": 1.0}, skip_missing=True))
     assert res.passed and [c.status for c in res.checks] == ["skip", "skip"]
+
+
+REGRESSION = dict(kind="regression", qce=None, qkl=None, top1_agreement=None, acc_fp32=None, acc_int8=None)
+
+
+@pytest.mark.parametrize(
+    "gate", ["max_qce", "max_qkl", "min_top1_agreement", "min_acc_int8", "max_acc_drop_pct", "max_qce_increase"]
+)
+def test_class_metric_gate_without_a_class_output_is_a_config_error(gate):
+    """Only regression outputs: a gate on a class metric could check nothing (it used to pass or fail on QCE = ln K)."""
+    r = report(outputs=[output("boxes", **REGRESSION, acc_drop_pct=None), output("emb", **REGRESSION)])
+    with pytest.raises(ConfigError) as e:
+        evaluate(r, GateConfig({gate: 0.5}), baseline=r)
+    msg = str(e.value)
+    assert "\n" not in msg and f"gate {gate}" in msg and "boxes (regression), emb (regression)" in msg
+    assert "--class-outputs" in msg
+
+
+def test_class_metric_gates_check_class_outputs_only():
+    r = report(outputs=[output("boxes", **REGRESSION, acc_drop_pct=None), output("prob", kind="class")])
+    res = evaluate(r, GateConfig({"max_qce": 0.1, "min_top1_agreement": 0.9, "max_output_rel_error": 0.5}))
+    assert [(c.gate, c.subject) for c in res.checks] == [
+        ("max_output_rel_error", "boxes"),
+        ("max_output_rel_error", "prob"),
+        ("max_qce", "prob"),
+        ("min_top1_agreement", "prob"),
+    ]
+
+
+def test_class_metric_glob_on_a_regression_output_checks_nothing():
+    r = report(outputs=[output("boxes", **REGRESSION, acc_drop_pct=None), output("prob", kind="class")])
+    c = only(evaluate(r, GateConfig({"max_qce": Threshold(None, {"box*": 0.1})})))
+    assert c.status == "fail" and c.reason == "nothing checked: no class output matches 'box*'"
+
+
+def test_regression_output_gates():
+    r = report(outputs=[output("boxes", **REGRESSION, max_abs_error=0.75, rel_error=0.02)])
+    res = evaluate(r, GateConfig({"max_output_abs_error": 0.5, "max_output_rel_error": 0.05}))
+    got = {c.gate: (c.status, c.measured) for c in res.checks}
+    assert got == {"max_output_abs_error": ("fail", 0.75), "max_output_rel_error": ("pass", 0.02)}
+
+
+def test_a_model_whose_accuracy_rose_passes_the_drop_gates():
+    """acc_drop_pct is signed: -25 % (quantized scores better) passes even a 0 % maximum."""
+    better = output("logits", kind="class", acc_fp32=0.8, acc_int8=1.0, acc_drop_pct=-25.0)
+    res = evaluate(report(outputs=[better]), GateConfig({"max_acc_drop_pct": 0.0}))
+    assert only(res).status == "pass" and only(res).measured == -25.0
+    # against a baseline that improved more: still no drop, so no increase of the drop
+    base = report(outputs=[output("logits", kind="class", acc_drop_pct=-40.0)])
+    cfg = GateConfig({"max_acc_drop_increase": 0.0, "max_output_sqnr_drop": None, "max_layer_sqnr_drop": None})
+    c = only(evaluate(report(outputs=[better]), cfg, base))
+    assert (c.status, c.measured, c.value, c.baseline) == ("pass", 0.0, -25.0, -40.0)
+    # a real drop is measured from zero when the baseline improved
+    worse = output("logits", kind="class", acc_drop_pct=1.5)
+    c = only(evaluate(report(outputs=[worse]), GateConfig({**cfg.thresholds, "max_acc_drop_increase": 1.0}), base))
+    assert (c.status, c.measured) == ("fail", 1.5)
 
 
 def test_accuracy_gates_check_the_labelled_output():
@@ -423,10 +476,10 @@ def test_checks_are_ordered_by_gate_then_report_order():
 
 def test_gates_round_trip_through_json():
     base = report([layer("a", sqnr=30.0)], [output()])
-    r = report([layer("a", sqnr=INF, qmse=0.0), layer("b", sqnr=20.0)], [output(qce=None)])
+    r = report([layer("a", sqnr=INF, qmse=0.0), layer("b", sqnr=20.0)], [output(kind="class", qce=None)])
     res = evaluate(r, GateConfig({"min_layer_sqnr": Threshold(25.0, {"b": None}), "max_qce": 0.1}), base, "b.json")
     d = to_dict(Report(**{**r.__dict__, "gates": res}))
-    assert d["format"]["version"] == FORMAT_VERSION == 2
+    assert d["format"]["version"] == FORMAT_VERSION == 3
     g = d["gates"]
     assert g["passed"] is False and g["counts"] == {"checks": 5, "failed": 1, "skipped": 1}
     assert g["thresholds"]["min_layer_sqnr"] == {"default": 25.0, "overrides": {"b": None}}

@@ -72,9 +72,11 @@ def _add_options(p: argparse.ArgumentParser, command: str, only: frozenset | Non
             on, off = o.flags
             g.add_argument(on, dest=o.name, action="store_true", default=S, help=o.help)
             g.add_argument(off, dest=o.name, action="store_false", default=S, help=argparse.SUPPRESS)
+        elif o.kind == "list" and o.one_per_flag:
+            g.add_argument(o.flag, dest=o.name, action="append", default=S, metavar=o.metavar, help=o.help)
         elif o.kind == "list":
             g.add_argument(o.flag, dest=o.name, nargs="+", action="extend", default=S, metavar=o.metavar, help=o.help)
-        elif o.kind == "gate":  # one value per flag, so a gate cannot swallow MODEL.onnx
+        elif o.kind in ("gate", "axes"):  # one value per flag, so it cannot swallow MODEL.onnx
             g.add_argument(o.flag, dest=o.name, action="append", default=S, metavar=o.metavar, help=o.help)
         else:
             conv = {"int": int, "float": float}.get(o.kind, str)
@@ -128,6 +130,8 @@ COMPARE_AUDIT_OPTIONS = frozenset(
         "calib",
         "eval",
         "labels",
+        "label_output",
+        "class_outputs",
         "format",
         "activation_type",
         "weight_type",
@@ -366,6 +370,7 @@ def _run_audit(args) -> int:
         },
     )
     baseline = load_report(settings["baseline"], "baseline report") if settings["baseline"] else None
+    _check_gates_apply(settings, cfg, baseline is not None)
     show_progress = not (settings["quiet"] or args.no_progress) and sys.stderr.isatty()
     progress = _RichProgress() if show_progress else None
     try:
@@ -374,6 +379,22 @@ def _run_audit(args) -> int:
         if progress is not None:
             progress.done()
     return _finish(report, settings, baseline)
+
+
+def _check_gates_apply(settings, cfg, with_baseline: bool) -> None:
+    """A gate on a class metric when no output of the model holds class scores is exit 2, before
+    the audit writes anything (--output-model); the model's graph decides, as in the audit."""
+    from qaudit.gate import check_class_outputs
+    from qaudit.report import CLASS_METRICS
+
+    gates = settings.gates.active_gates(with_baseline)
+    if not any(g.scope == "output" and g.metric in CLASS_METRICS for g in gates):
+        return
+    from qaudit.pipeline.load import load_model
+    from qaudit.pipeline.measure import output_kinds
+
+    kinds = output_kinds(load_model(cfg.model).model, cfg.class_outputs, cfg.label_output).kinds
+    check_class_outputs(settings.gates, kinds, with_baseline)
 
 
 def _run_report(args) -> int:

@@ -63,7 +63,8 @@ def _between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False)
 @dataclass(frozen=True)
 class Option:
     """One setting. ``kind``: path (an input file), out (an output file, ``-`` = stdout),
-    str, int, float, bool, list (of str) or gate (a :class:`~qaudit.gate.Threshold`)."""
+    str, int, float, bool, list (of str), axes (input name -> axis or none) or gate
+    (a :class:`~qaudit.gate.Threshold`)."""
 
     name: str
     kind: str
@@ -77,6 +78,8 @@ class Option:
     #: bool options: the flags that set True and False
     bool_flags: tuple[str, str] | None = None
     metavar: str | None = None
+    #: list options: one value per flag (repeat the flag or comma-separate), so it cannot swallow MODEL.onnx
+    one_per_flag: bool = False
 
     @property
     def flag(self) -> str | None:
@@ -127,6 +130,23 @@ OPTIONS: tuple[Option, ...] = (
         group="input",
         metavar="F.npy",
     ),
+    Option(
+        "label_output",
+        "str",
+        "the model output the labels score (default: the one output holding class scores)",
+        group="input",
+        metavar="NAME",
+    ),
+    Option(
+        "class_outputs",
+        "list",
+        "model outputs holding class scores, comma-separated, or 'none' (default: Softmax/LogSoftmax outputs, "
+        "else the one [N, K] output); the others are regression outputs",
+        (),
+        group="input",
+        metavar="NAME[,NAME]",
+        one_per_flag=True,
+    ),
     Option("format", "str", "ORT quantization format", "qdq", FORMATS, group="quantization"),
     Option("activation_type", "str", "activation type", "uint8", QUANT_TYPES, group="quantization"),
     Option("weight_type", "str", "weight type", "uint8", QUANT_TYPES, group="quantization"),
@@ -157,6 +177,15 @@ OPTIONS: tuple[Option, ...] = (
         check=_at_least(1),
         group="measurement",
         metavar="N",
+    ),
+    Option(
+        "batch_axis",
+        "axes",
+        "the batch axis of an input, e.g. state=1 ('none': fed as it is, never split or concatenated); "
+        "repeat or comma-separate (default: from the model's dims)",
+        {},
+        group="measurement",
+        metavar="NAME=AXIS",
     ),
     Option(
         "max_samples",
@@ -279,8 +308,9 @@ class Settings:
                 o = OPTIONS_BY_NAME[name]
                 raise ConfigError(f"no {what}: {hint}, or set '{name}' in a config file or {o.env}")
         # every other option named as its AuditConfig/QuantConfig field: one constructor for CLI and API
-        fields = ("output_model", "batch_size", "max_samples", "clip_percentile", "isolated", "format")
+        fields = ("output_model", "batch_size", "batch_axis", "max_samples", "clip_percentile", "isolated", "format")
         fields += ("activation_type", "weight_type", "per_channel", "percentile", "calib_symmetric", "exclude")
+        fields += ("label_output", "class_outputs")
         return audit_config(v["model"], v["calib"], v["eval"], v["labels"], **{k: v[k] for k in fields})
 
 
@@ -336,7 +366,46 @@ def _typed(opt: Option, value, where: str, base: Path | None):
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise bad("a list of strings")
         return tuple(value)
+    if opt.kind == "axes":
+        if not isinstance(value, dict):
+            raise bad("a table of input name = axis, e.g. {state = 1}")
+        return {k: _axis_value(opt, v, f"{where} for '{k}'") for k, v in value.items()}
     raise AssertionError(f"unknown option kind {opt.kind}")
+
+
+def _axis_value(opt: Option, value, where: str) -> int | None:
+    """A batch axis: an integer, or "none" (the input is fed as it is)."""
+    if isinstance(value, str):
+        s = value.strip()
+        if s.lower() == "none":
+            return None
+        try:
+            return int(s)
+        except ValueError:
+            pass
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ConfigError(f"{opt.name} {where} must be an integer axis or 'none', not {value!r}")
+
+
+def parse_axis_items(opt: Option, items, where: str) -> dict[str, int | None]:
+    """``["state=1", "sr=none,x=0"]`` -> ``{"state": 1, "sr": None, "x": 0}``."""
+    out: dict[str, int | None] = {}
+    for part, name, sep, value in _parts(items):
+        if not sep or not name:
+            raise ConfigError(f"{opt.name} {where}: '{part}' is not NAME=AXIS (e.g. state=1, or sr=none)")
+        out[name] = _axis_value(opt, value, f"{where} for '{name}'")
+    return out
+
+
+def _parts(items):
+    """``(part, key, "=" or "", value)`` of every comma-separated ``[KEY=]VALUE`` in ``items``."""
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if part:
+                key, sep, value = part.rpartition("=")
+                yield part, key.strip(), sep, value
 
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
@@ -368,6 +437,8 @@ def _from_string(opt: Option, text: str, where: str):
         return _checked(opt, v, where)
     if opt.kind == "list":
         return tuple(x.strip() for x in s.split(",") if x.strip())
+    if opt.kind == "axes":
+        return parse_axis_items(opt, [s], where)
     raise AssertionError(f"unknown option kind {opt.kind}")
 
 
@@ -391,16 +462,11 @@ def parse_threshold_items(gd: GateDef, items, where: str) -> dict[str | None, fl
     """``["25", "/fc2/*=20", "input=off"]`` (each item may hold several, comma-separated) ->
     ``{None: 25.0, "/fc2/*": 20.0, "input": None}``. ``None`` keys the default."""
     out: dict[str | None, float | None] = {}
-    for item in items:
-        for part in str(item).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            pattern, sep, value = part.rpartition("=")
-            if sep and not pattern.strip():
-                raise ConfigError(f"{gd.name} {where}: '{part}' has no glob before '='; write GLOB=VALUE or VALUE")
-            key = pattern.strip() if sep else None
-            out[key] = _threshold_value(gd, value, where + (f" for '{key}'" if key else ""))
+    for part, pattern, sep, value in _parts(items):
+        if sep and not pattern:
+            raise ConfigError(f"{gd.name} {where}: '{part}' has no glob before '='; write GLOB=VALUE or VALUE")
+        key = pattern if sep else None
+        out[key] = _threshold_value(gd, value, where + (f" for '{key}'" if key else ""))
     return out
 
 
@@ -578,6 +644,8 @@ def resolve(
             continue  # an empty variable counts as unset
         if o.kind == "gate":
             gates[o.name].update(parse_threshold_items(GATES_BY_NAME[o.name], [environ[var]], f"from {var}"))
+        elif o.kind == "axes":  # per input, like gate entries
+            values[o.name] = {**values[o.name], **_from_string(o, environ[var], f"from {var}")}
         else:
             values[o.name] = _from_string(o, environ[var], f"from {var}")
         sources[o.name] = var
@@ -594,6 +662,8 @@ def resolve(
             gates[name].update(parse_threshold_items(GATES_BY_NAME[name], v, f"from {flag}"))
         elif o.kind == "list":
             values[name] = tuple(v)
+        elif o.kind == "axes":
+            values[name] = {**values[name], **parse_axis_items(o, v, f"from {flag}")}
         elif o.name == "baseline" and v == "":
             values[name] = None  # --no-baseline
         else:

@@ -31,6 +31,8 @@ LAYER_METRICS: tuple[tuple[str, str, float], ...] = (
 OUTPUT_METRICS: tuple[tuple[str, str, float], ...] = (
     ("qmse", "rel", 0.25),
     ("sqnr_db", "abs", 1.0),
+    ("max_abs_error", "rel", 0.25),
+    ("rel_error", "rel", 0.25),
     ("qce", "abs", 0.01),
     ("qkl", "abs", 0.01),
     ("top1_agreement", "abs", 0.01),

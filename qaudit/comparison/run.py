@@ -234,7 +234,8 @@ def _fp32_activations(path: Path, calib: Path, rows: Sequence[LayerRow], work: P
     from qaudit.pipeline.session import make_session, run_named, save_model
 
     lm = load_model(path)
-    folded = prepare(lm).fold.model  # the graph the audit measured
+    # the graph the audit measured (an If inlined as the audit did, on the same data)
+    folded = prepare(lm, feeds=lambda: Dataset(calib, lm.inputs).batches(1)).fold.model
     by_name = {n.name: n for n in folded.graph.node}
     tensors = {}
     for r in rows:

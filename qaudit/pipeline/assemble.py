@@ -17,6 +17,7 @@ import onnx
 from qaudit import __version__
 from qaudit.options import AuditConfig
 from qaudit.pipeline import kernels
+from qaudit.pipeline.controlflow import CONTROL_FLOW_OPS
 from qaudit.pipeline.data import describe_labels
 from qaudit.pipeline.load import LoadedModel
 from qaudit.pipeline.match import Matching
@@ -52,6 +53,8 @@ class RunFacts:
     n_eval: int
     fold_check: dict = field(default_factory=dict)
     fold_check_samples: int = 0
+    graph_changes: list = field(default_factory=list)  # transform.GraphChange: what qaudit changed before quantizing
+    label_output: str | None = None  # the output the labels scored
     #: outputs on which the instrumented quantized graph differed from a plain session (capture.Captured)
     plain_outputs: tuple[str, ...] = ()
 
@@ -71,13 +74,27 @@ def versions() -> dict:
     }
 
 
-def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching, facts: RunFacts | None = None) -> tuple[str, ...]:
+def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching, changes=(), plain_outputs=()) -> tuple[str, ...]:
     """What the reader must know to trust the numbers, in the order the stages found it."""
-    out = []
+    out = [c.detail for c in changes if c.kind != "unshare_initializer"]
+    shared = [c.target for c in changes if c.kind == "unshare_initializer"]
+    if shared:
+        out.append(
+            f"{len(shared)} initializer(s) read by several layers got one copy per layer "
+            f"({', '.join(shared[:3])}{', ...' if len(shared) > 3 else ''}; settings.graph_changes): "
+            "ONNX Runtime's quantizer names its own copies after existing initializers only, which can "
+            "collide with another tensor"
+        )
     if lm.untyped:
         out.append(
             f"{len(lm.untyped)} tensor(s) have no type after shape inference ({', '.join(lm.untyped[:3])}...): "
             "ONNX Runtime does not calibrate or quantize them"
+        )
+    kept = [n.name for n in lm.model.graph.node if n.op_type in CONTROL_FLOW_OPS]
+    if kept:  # what resolve_control_flow left: no layers inside
+        out.append(
+            f"{len(kept)} If/Loop/Scan node(s) without layers run in float ({', '.join(kept[:3])}"
+            f"{', ...' if len(kept) > 3 else ''}): ONNX Runtime quantizes only the main graph"
         )
     if cfg.eval is None:
         out.append(
@@ -86,12 +103,12 @@ def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching, facts: RunFacts
         )
     if not matching.twins:
         out.append("ONNX Runtime quantized no activation of this model: there is nothing to compare per layer")
-    if facts is not None and facts.plain_outputs:
+    if plain_outputs:
         out.append(
             "the instrumented quantized graph (every layer's integer tensor exposed) gave outputs "
-            f"{', '.join(facts.plain_outputs)} different from a plain session's on the first batch: the model "
+            f"{', '.join(plain_outputs)} different from a plain session's on the first batch: the model "
             "outputs are measured from a plain session, but every layer row comes from the instrumented graph, "
-            "which differs from deployment; please report it (docs/ort-quirks.md #25)"
+            "which differs from deployment; please report it (docs/ort-quirks.md #29)"
         )
     return tuple(out)
 
@@ -160,6 +177,8 @@ def build_report(
             "error": "accumulated" + (" and isolated" if cfg.isolated else ""),
             "graph_optimization": "ORT_ENABLE_ALL",
             "auto_excluded": [{"node": n, "reason": r} for n, r in facts.auto_excluded.items()],
+            # what qaudit changed in the graph before quantizing it; only present when it did
+            **({"graph_changes": [c.as_dict() for c in facts.graph_changes]} if facts.graph_changes else {}),
         },
         data={
             "calib": data["calib"],
@@ -168,6 +187,8 @@ def build_report(
             "n_calib": facts.n_calib,
             "n_eval": facts.n_eval,
             "labels": describe_labels(cfg.labels),
+            "batch_axes": data.get("batch_axes"),
+            "label_output": facts.label_output,
         },
         folding={
             "folded": [{"layer": r.layer, "op_type": r.op_type, "bn": r.bn_node} for r in fold.folded.values()],
@@ -180,5 +201,17 @@ def build_report(
         layers=rows,
         outputs=outputs,
         unmatched=tuple(matching.unmatched),
-        notes=notes(cfg, lm, matching, facts),
+        notes=notes(cfg, lm, matching, facts.graph_changes, facts.plain_outputs)
+        + batch_notes(cfg, facts, data.get("batch_axes")),
     )
+
+
+def batch_notes(cfg: AuditConfig, facts: RunFacts, layout: dict | None) -> tuple[str, ...]:
+    """How the data was fed, when some input is not batched on axis 0 or the model overrode --batch-size."""
+    out = []
+    if layout and not all(a == 0 for a in layout["axes"].values()):
+        parts = [f"{n}: {'none (fed as it is)' if a is None else f'axis {a}'}" for n, a in layout["axes"].items()]
+        out.append(f"batch axes ({layout['rule']}): {', '.join(parts)}; change them with --batch-axis NAME=AXIS")
+    if cfg.batch_size is not None and cfg.batch_size != facts.batch_size:
+        out.append(f"--batch-size {cfg.batch_size} not used: the model fixes the batch at {facts.batch_size}")
+    return tuple(out)

@@ -1,6 +1,6 @@
 """The audit: ``audit(config) -> Report``, the only place that knows the order of the stages.
 
-    load and check -> normalize, fold BN -> probe -> calibrate (+ check the fold) -> quantize
+    load and check -> inline Ifs, upgrade the opset, normalize, fold BN -> probe -> calibrate (+ check the fold) -> quantize
     -> match twins -> capture fp32 + quantized -> measure -> Report
 
 Each stage lives in its own module of :mod:`qaudit.pipeline`; this one only
@@ -16,26 +16,34 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import onnx
 
-from qaudit.options import AuditConfig
+from qaudit.options import AuditConfig, QuantConfig
 from qaudit.output import atomic_path
 from qaudit.pipeline import kernels
 from qaudit.pipeline.assemble import PhaseClock, RunFacts, build_report
 from qaudit.pipeline.capture import capture
+from qaudit.pipeline.controlflow import CONTROL_FLOW_OPS, every_sample, resolve_control_flow
 from qaudit.pipeline.data import open_inputs
 from qaudit.pipeline.foldcheck import FOLD_CHECK_SAMPLES, FoldingCheck
-from qaudit.pipeline.load import LoadedModel
+from qaudit.pipeline.load import LoadedModel, infer_shapes
 from qaudit.pipeline.match import match
-from qaudit.pipeline.measure import layer_rows
+from qaudit.pipeline.measure import layer_rows, output_kinds
 from qaudit.pipeline.parallel import auto_batch_size
 from qaudit.pipeline.quantize import calibrate, nonfinite_exclusions, probe_activations, quantize
 from qaudit.pipeline.session import make_session, save_model
-from qaudit.pipeline.transform import FoldResult, fold_batchnorm, normalize
+from qaudit.pipeline.transform import (
+    PER_CHANNEL_QDQ_OPSET,
+    FoldResult,
+    GraphChange,
+    fold_batchnorm,
+    normalize,
+    upgrade_opset,
+)
 from qaudit.report import Report
 
 
@@ -65,15 +73,53 @@ class Prepared:
     model: onnx.ModelProto  # the user's graph, normalized: named nodes, Constant nodes as initializers
     n_constants: int  # Constant nodes turned into initializers
     fold: FoldResult  # the BN-folded graph, with what was folded and skipped
+    changes: list[GraphChange] = field(default_factory=list)  # Ifs inlined, opset upgraded, initializers unshared
+    #: the user's graph as loaded, when an If was inlined or the opset upgraded: the reference
+    #: the prepared graph's outputs are checked against (``None``: ``model`` is the reference)
+    reference: onnx.ModelProto | None = None
+
+    def rewrites(self) -> str | None:
+        """What rewrote the computation before folding, for the check's messages, or ``None``."""
+        parts = [
+            f"inlining If '{c.target}'" if c.kind == "inline_if" else "the opset upgrade"
+            for c in self.changes
+            if c.kind in ("inline_if", "opset_upgrade")
+        ]
+        return " and ".join(parts) or None
 
 
-def prepare(lm: LoadedModel, exclude=()) -> Prepared:
-    """Normalize ``lm.model`` (in place) and fold its BatchNorms: the audit's second stage.
+def prepare(lm: LoadedModel, exclude=(), quant: QuantConfig | None = None, feeds=None) -> Prepared:
+    """Prepare ``lm.model`` (in place) for quantization and fold its BatchNorms: the audit's second stage.
 
+    Inlines the top-level Ifs whose condition is constant over ``feeds()`` (an iterator
+    of every sample's feeds; :mod:`qaudit.pipeline.controlflow`), upgrades the opset when
+    ``quant`` needs it (per-channel QDQ: DequantizeLinear's ``axis`` exists from opset 13),
+    then normalizes (:func:`~qaudit.pipeline.transform.normalize`) and folds.
     :mod:`qaudit.comparison` and the tests use it to get exactly the graph the audit measures.
     """
-    n_constants = normalize(lm.model, exclude)
-    return Prepared(lm.model, n_constants, fold_batchnorm(lm.model))
+    upgrade = quant is not None and quant.per_channel and quant.format == "qdq" and lm.opset < PER_CHANNEL_QDQ_OPSET
+    reference = None  # a copy only when the graph may be rewritten (a big model is not copied for nothing)
+    if upgrade or any(n.op_type in CONTROL_FLOW_OPS for n in lm.model.graph.node):
+        reference = onnx.ModelProto()
+        reference.CopyFrom(lm.model)
+    changes = resolve_control_flow(lm.model, feeds, lm.path)
+    if upgrade:
+        why = "--per-channel with the QDQ format (DequantizeLinear with an axis)"
+        lm.model = upgrade_opset(lm.model, lm.opset, PER_CHANNEL_QDQ_OPSET, why, lm.path)
+        changes.append(
+            GraphChange(
+                "opset_upgrade",
+                str(lm.path),
+                f"opset upgraded from {lm.opset} to {PER_CHANNEL_QDQ_OPSET} with onnx.version_converter: {why} "
+                f"needs opset >= {PER_CHANNEL_QDQ_OPSET}",
+            )
+        )
+    if changes:  # new nodes and tensors: type them as the loaded model was
+        lm.model, lm.shape_inference, untyped = infer_shapes(lm.model, lm.path)
+        lm.untyped = tuple(untyped)
+    n_constants, unshared = normalize(lm.model, exclude)
+    rewritten = reference if changes else None
+    return Prepared(lm.model, n_constants, fold_batchnorm(lm.model), changes + unshared, rewritten)
 
 
 def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
@@ -82,23 +128,38 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
     kernels.name()  # a bad QAUDIT_KERNELS fails here, not on a worker thread
     # 1. load and check the model, the data and the labels
     src = open_inputs(cfg)
+    outputs = output_kinds(src.model.model, cfg.class_outputs, cfg.label_output, labelled=src.labels is not None)
     clock.lap("load")
-    # 2. normalize the graph and fold BatchNorm into the layers before it
-    prep = prepare(src.model, cfg.quant.exclude)
+    # 2. prepare the graph (control flow, opset, shared initializers) and fold BatchNorm into the layers
+    prep = prepare(src.model, cfg.quant.exclude, cfg.quant, every_sample(src, cfg.max_samples))
     model, fold = prep.model, prep.fold
     clock.lap("fold")
     with tempfile.TemporaryDirectory(prefix="qaudit-") as tmp:
         work = Path(tmp)
         folded_path = save_model(fold.model, work / "folded.onnx")
         # fail fast, naming the user's model, if ORT cannot run it at all; the reference of the fold check
-        original = make_session(save_model(model, work / "normalized.onnx"), optimize=False, what=f"model {cfg.model}")
+        reference = save_model(prep.reference or model, work / "normalized.onnx")
+        original = make_session(reference, optimize=False, what=f"model {cfg.model}")
         # 3. probe one sample: non-finite tensors stay in float (calibration finds later ones); size sets the batch
         bad, bytes_per_sample, tensor_bytes = probe_activations(folded_path, src.first_batch())
-        batch_size = cfg.batch_size or auto_batch_size(bytes_per_sample, src.calib.fixed_batch())
+        fixed = src.calib.fixed_batch()  # the model's, which a --batch-size cannot change
+        batch_size = fixed or cfg.batch_size or auto_batch_size(bytes_per_sample, fixed)
         clock.lap("probe")
         # 4. calibrate (checking the fold on the same pass) and quantize
-        check = FoldingCheck(original, src.model.output_names, FOLD_CHECK_SAMPLES) if fold.folded else None
-        progress.stage("calibrating" + (" and checking BN folding" if check else ""), src.n_calib)
+        check, rewrites = None, prep.rewrites()
+        if rewrites:  # an If taking another branch on batches (a condition on the batch size) shows here
+            what = rewrites + (" and BatchNormalization folding" if fold.folded else "")
+            advice = "please report this model to qaudit"
+            if "inlining" in rewrites:
+                advice = (
+                    f"the If conditions were evaluated one sample at a time and the audit runs batches of "
+                    f"{batch_size}: try --batch-size 1, or {advice}"
+                )
+            check = FoldingCheck(original, src.model.output_names, FOLD_CHECK_SAMPLES, what, advice)
+        elif fold.folded:
+            check = FoldingCheck(original, src.model.output_names, FOLD_CHECK_SAMPLES)
+        checking = " and checking the prepared graph" if rewrites else " and checking BN folding"
+        progress.stage("calibrating" + (checking if check else ""), src.n_calib)
         batches = src.calib.batches(batch_size, cfg.max_samples)
         observe = check.observe if check else None
         ranges = calibrate(folded_path, batches, cfg.quant, work, progress.advance, set(bad), observe, nonfinite=bad)
@@ -122,6 +183,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
             batches,
             work,
             labels=src.labels,
+            outputs=outputs,
             isolated=cfg.isolated,
             tensor_bytes=tensor_bytes,
             on_batch=progress.advance,
@@ -135,6 +197,8 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         check_samples = check.samples if check else 0
         facts = RunFacts(prep.n_constants, batch_size, bytes_per_sample, auto_excluded, src.n_calib, captured.samples)
         facts.fold_check, facts.fold_check_samples = fold_check, check_samples
+        facts.graph_changes = prep.changes
+        facts.label_output = outputs.label_output
         facts.plain_outputs = captured.plain_outputs
         report = build_report(
             cfg, src.model, fold, matching, facts, rows, captured.outputs.rows(), clock, src.describe()

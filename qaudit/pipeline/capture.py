@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from qaudit.pipeline.data import samples
 from qaudit.pipeline.graph import with_outputs
 from qaudit.pipeline.match import Matching
-from qaudit.pipeline.measure import ActivationMeter, OutputMeter, softmax_outputs
+from qaudit.pipeline.measure import ActivationMeter, OutputKinds, OutputMeter, output_kinds
 from qaudit.pipeline.parallel import lockstep, shares, usable_cores
-from qaudit.pipeline.session import make_session, run_named, save_model
+from qaudit.pipeline.session import QUANTIZER_AT_FAULT, make_session, run_named, save_model
 
 
 @dataclass
@@ -47,6 +48,7 @@ def capture(
     work: Path,
     *,
     labels: np.ndarray | None = None,
+    outputs: OutputKinds | None = None,
     isolated: bool = True,
     tensor_bytes: dict[str, int] | None = None,
     on_batch: Callable[[int], None] | None = None,
@@ -59,6 +61,7 @@ def capture(
     The twins are measured in shares of about equal size, one per usable core,
     each on its own thread (:func:`~qaudit.pipeline.parallel.lockstep`).
     ``on_batch(n)`` is called after each batch of ``n`` samples is measured.
+    ``outputs``: what each model output holds (default: :func:`~qaudit.pipeline.measure.output_kinds`).
 
     Deployment truth is checked, not assumed: the first batch also runs on a plain
     session of the quantized model (``plain_path``, saved from ``qmodel`` if not
@@ -78,7 +81,9 @@ def capture(
     )
     q_instrumented, shifted = instrumented_quantized(qmodel, matching.twins)
     q_session = make_session(
-        save_model(q_instrumented, work / "quantized_instrumented.onnx"), what="the quantized model"
+        save_model(q_instrumented, work / "quantized_instrumented.onnx"),
+        what="the quantized model",
+        advice=QUANTIZER_AT_FAULT,
     )
     batches = iter(batches)
     head = next(batches, None)
@@ -86,7 +91,9 @@ def capture(
     plain, differed = None, []
     if head is not None:
         plain = make_session(
-            plain_path or save_model(qmodel, work / "quantized_plain.onnx"), what="the quantized model"
+            plain_path or save_model(qmodel, work / "quantized_plain.onnx"),
+            what="the quantized model",
+            advice=QUANTIZER_AT_FAULT,
         )
         ref = dict(zip(out_names, plain.run(out_names, head)))
         got = dict(zip(out_names, q_session.run(out_names, head)))
@@ -99,14 +106,16 @@ def capture(
     if isolated and matching.twins:
         iso_model, iso_inputs = isolated_model(qmodel, matching.twins, shifted)
         iso_session = make_session(
-            save_model(iso_model, work / "quantized_isolated.onnx"), what="the isolated-error graph"
+            save_model(iso_model, work / "quantized_isolated.onnx"),
+            what="the isolated-error graph",
+            advice=QUANTIZER_AT_FAULT,
         )
 
     sizes = {n: (tensor_bytes or {}).get(n, 1) for n in matching.twins}
     meters = [ActivationMeter(matching, share) for share in shares(sizes, min(2, usable_cores()))] or [
         ActivationMeter(matching)
     ]
-    out_meter = OutputMeter([o.name for o in fp32_model.graph.output], softmax_outputs(fp32_model))
+    out_meter = OutputMeter(outputs or output_kinds(fp32_model, labelled=labels is not None))
     seen = 0
 
     def run_batch(feeds):
@@ -131,7 +140,7 @@ def capture(
             a, b, c = outs
             meter.update(a, b, c)
             if first:
-                n = next(iter(feeds.values())).shape[0]
+                n = samples(feeds)
                 out_meter.update(a, b, labels[seen : seen + n] if labels is not None else None)
                 seen += n
                 if on_batch is not None:

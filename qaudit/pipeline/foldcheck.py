@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from qaudit.errors import FoldingError
+from qaudit.pipeline.data import samples
 from qaudit.pipeline.session import run_named
 
 #: calibration samples on which the BN-folded model is compared with the original
@@ -32,7 +33,8 @@ class OutputDeviation:
 
 
 class FoldingCheck:
-    """The folded fp32 model must reproduce the original's outputs.
+    """The folded fp32 model must reproduce the original's outputs (and, when qaudit
+    inlined an If or upgraded the opset, the user's model's outputs: ``what`` names the rewrite).
 
     Observes the calibration pass (which runs the folded model) and runs the
     original model on the same batches, up to :data:`FOLD_CHECK_SAMPLES`
@@ -42,7 +44,15 @@ class FoldingCheck:
     on PP-OCR det. The report says how many samples were checked.
     """
 
-    def __init__(self, session, output_names, max_samples: int):
+    def __init__(
+        self,
+        session,
+        output_names,
+        max_samples: int,
+        what: str = "BatchNormalization folding",
+        advice: str = "please report this model to qaudit",
+    ):
+        self.what, self.advice = what, advice  # what rewrote the graph; what the error suggests
         self.session = session
         self.names = list(output_names)
         self.dev = OutputDeviation()
@@ -54,7 +64,7 @@ class FoldingCheck:
             return
         ref = run_named(self.session, feeds)
         self.dev.update({k: ref[k] for k in self.names}, {k: outputs[k] for k in self.names})
-        self.samples += next(iter(feeds.values())).shape[0]
+        self.samples += samples(feeds)
 
     def result(self, rtol: float, atol: float) -> dict:
         """``{output: {max_abs_diff, max_abs}}``; raises :class:`~qaudit.errors.FoldingError`
@@ -65,7 +75,7 @@ class FoldingCheck:
             check[out] = {"max_abs_diff": diff, "max_abs": scale}
             if diff > atol + rtol * scale:
                 raise FoldingError(
-                    f"BatchNormalization folding changed output '{out}' by {diff:.3g} (max |output| {scale:.3g}, "
-                    f"tolerance {atol:g} + {rtol:g}*max); please report this model to qaudit"
+                    f"{self.what} changed output '{out}' by {diff:.3g} (max |output| {scale:.3g}, "
+                    f"tolerance {atol:g} + {rtol:g}*max); {self.advice}"
                 )
         return check

@@ -21,6 +21,28 @@ from qaudit.pipeline.graph import elem_dtype
 #: and upgrades older default-domain opsets itself only from 10 on (ORT 1.32).
 MIN_OPSET = 10
 
+#: Ops that only a quantized model holds: ONNX's QDQ pair and integer ops, and
+#: onnxruntime's contrib integer ops (com.microsoft). Any ``QLinear*`` op counts too.
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "ConvInteger",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+        "DynamicQuantizeLSTM",
+        "QAttention",
+        "QGemm",
+        "QEmbedLayerNormalization",
+        "QOrderedMatMul",
+        "MatMulNBits",
+        "MatMulBnb4",
+        "GatherBlockQuantized",
+    }
+)
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -29,6 +51,8 @@ class InputSpec:
     name: str
     dtype: object
     shape: tuple
+    #: the dim_param of each axis (``None`` where the dim is fixed or unnamed); ``()``: not known
+    symbols: tuple = ()
 
     def describe(self) -> str:
         dims = ",".join("?" if d is None else str(d) for d in self.shape)
@@ -66,8 +90,42 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
             raise ModelError(f"input '{vi.name}' is not a tensor; qaudit supports tensor inputs only")
         # Paddle2ONNX writes dynamic dims as dim_value -1; treat any non-positive value as dynamic.
         dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tt.shape.dim)
-        specs.append(InputSpec(vi.name, elem_dtype(tt.elem_type), dims))
+        symbols = tuple(d.dim_param if d.HasField("dim_param") and d.dim_param else None for d in tt.shape.dim)
+        specs.append(InputSpec(vi.name, elem_dtype(tt.elem_type), dims, symbols))
     return specs
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    """Every node of ``graph`` and of its subgraphs (If branches, Loop/Scan bodies)."""
+    for node in graph.node:
+        yield node
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _all_nodes(g)
+
+
+def quantized_ops(model: onnx.ModelProto) -> dict[str, int]:
+    """``{op_type: count}`` of the ops that show ``model`` is already quantized, most frequent first."""
+    counts: dict[str, int] = {}
+    for node in _all_nodes(model.graph):
+        if node.op_type in QUANTIZED_OPS or node.op_type.startswith("QLinear"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def check_not_quantized(model: onnx.ModelProto, path: Path | str = "model") -> None:
+    """Refuse a model that is already quantized: ORT's quantizer fails on it deep inside
+    (``KeyError: '140_scale'``, "Graph is not a DAG", onnxruntime 1.32)."""
+    found = quantized_ops(model)
+    if found:
+        what = ", ".join(f"{n} {op}" for op, n in list(found.items())[:4]) + (", ..." if len(found) > 4 else "")
+        raise ModelError(
+            f"{path} is already quantized ({what}): qaudit quantizes an fp32 model itself; "
+            "pass the fp32 model it was made from (auditing a model quantized elsewhere is not supported yet)"
+        )
 
 
 def load_model(path: str | Path) -> LoadedModel:
@@ -95,6 +153,7 @@ def load_model(path: str | Path) -> LoadedModel:
         raise ModelError(f"{path} could not be read as ONNX ({type(e).__name__}: {e}); re-export the model") from e
     if not model.graph.node:
         raise ModelError(f"{path} has no nodes: it is not an ONNX model or the export failed")
+    check_not_quantized(model, path)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:

@@ -1,6 +1,7 @@
 """Stage 5: turn streamed tensors and the graphs' weights into report rows.
 
-:class:`ActivationMeter` and :class:`OutputMeter` consume one batch at a time;
+:class:`ActivationMeter` and :class:`OutputMeter` consume one batch at a time
+(:func:`output_kinds` decides from the graph what each model output holds);
 :func:`weight_row_fields` needs no data. :func:`layer_rows` decides which
 fp32 nodes become rows: every weighted layer, plus every node whose output has
 a quantized twin; an activation the quantizer fused into a layer (Relu/Clip
@@ -9,11 +10,14 @@ after Conv) is reported on that layer's row.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 
+from qaudit.errors import ConfigError, DataError
 from qaudit.pipeline import kernels
 from qaudit.pipeline.graph import attr, consumers, initializers, producers, to_array, weighted_layers
 from qaudit.pipeline.match import REMOVABLE_ACTIVATIONS, Matching, quantized_weight
@@ -145,27 +149,160 @@ class ActivationMeter:
             self._flush(name)
 
 
-class OutputMeter:
-    """Model-output metrics; decides on the first batch whether outputs are probabilities."""
+#: ops between a Softmax/LogSoftmax and a graph output that keep its values class scores over the same axis
+CLASS_PASS_THROUGH = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast"})
+CLASS_PRODUCERS = frozenset({"Softmax", "LogSoftmax"})
+#: ``--class-outputs none``: no output holds class scores (unless an output has that name)
+NO_CLASS_OUTPUTS = "none"
 
-    def __init__(self, output_names: list[str], softmax_outputs: set[str]):
-        self.names = output_names
-        self.softmax_outputs = softmax_outputs
+
+@dataclass(frozen=True)
+class OutputKinds:
+    """What each graph output holds (``"class"`` or ``"regression"``), in graph order, which
+    ones already are probabilities, and the output the labels score (docs/metrics.md)."""
+
+    kinds: dict[str, str]
+    probabilities: frozenset[str] = frozenset()
+    label_output: str | None = None
+
+
+def _producer(name: str, prod: dict) -> onnx.NodeProto | None:
+    """The node that computes ``name``, looking through :data:`CLASS_PASS_THROUGH` ops (``None``: a graph input)."""
+    seen = set()
+    while name in prod and name not in seen:
+        seen.add(name)
+        node = prod[name]
+        if node.op_type not in CLASS_PASS_THROUGH or not node.input:
+            return node
+        name = node.input[0]
+    return None
+
+
+def _scores_over_last_axis(node: onnx.NodeProto, shapes: dict, opset: int) -> bool:
+    """Whether a Softmax/LogSoftmax normalizes over its input's last axis (the class axis qaudit
+    scores): not a segmentation map's ``[N, C, H, W]`` softmax over C. Before opset 13 the
+    default axis is 1, over the input flattened from it: the last axis of a rank-2 input."""
+    axis = attr(node, "axis", -1 if opset >= 13 else 1)
+    shape = shapes.get(node.input[0])
+    if shape is None:
+        return axis == -1 or axis == 1  # rank unknown: [N, K] is the usual case
+    return axis in (-1, len(shape) - 1)
+
+
+def _declared_shape(vi) -> tuple | None:
+    """The static shape of a value (``None`` per unknown dim), or ``None`` when even the rank is unknown."""
+    if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+        return None
+    dims = vi.type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims)
+
+
+def _check_names(names, outputs: list[str], flag: str) -> None:
+    for n in names:
+        if n not in outputs:
+            hint = difflib.get_close_matches(n, outputs, n=1)
+            raise ConfigError(
+                f"{flag} {n!r} is not an output of the model"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                + f"; its outputs are: {', '.join(outputs)}"
+            )
+
+
+def output_kinds(
+    model: onnx.ModelProto, class_outputs=(), label_output: str | None = None, labelled: bool = False
+) -> OutputKinds:
+    """Decide which outputs hold class scores, and which one ``labels`` score (docs/metrics.md).
+
+    ``class_outputs`` (``--class-outputs``) and ``label_output`` (``--label-output``, a
+    class output too) name them; by default an output computed by Softmax or LogSoftmax over
+    its last axis (through Reshape, Flatten, Identity, ...) is a class output, and when there is none,
+    the one output of shape ``[N, K]`` with ``K > 1`` not computed by a Sigmoid, if exactly
+    one has it. Everything else is a regression output (a sigmoid multi-label head too,
+    unless named). ``class_outputs=("none",)``: no output holds class scores. With
+    ``labelled``, the labels score ``label_output``, else the one class output of rank 2;
+    none or several is a :class:`ConfigError` asking for ``--label-output``, as is a name
+    that is not an output.
+    """
+    g = model.graph
+    names = [o.name for o in g.output]
+    no_class = tuple(class_outputs) == (NO_CLASS_OUTPUTS,) and NO_CLASS_OUTPUTS not in names
+    class_outputs = () if no_class else tuple(class_outputs)
+    _check_names(class_outputs, names, "--class-outputs")
+    if label_output is not None:
+        _check_names([label_output], names, "--label-output")
+    prod = producers(g)
+    declared = {vi.name: _declared_shape(vi) for vi in list(g.input) + list(g.value_info)}
+    shapes = {o.name: _declared_shape(o) or declared.get(o.name) for o in g.output}
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    source = {}
+    for n in names:
+        node = _producer(n, prod)
+        op = node.op_type if node is not None else None
+        if op in CLASS_PRODUCERS and not _scores_over_last_axis(node, {**declared, **shapes}, opset):
+            op = f"{op} over an inner axis"
+        source[n] = op
+    if class_outputs or no_class:
+        cls = set(class_outputs)
+    else:
+        cls = {n for n in names if source[n] in CLASS_PRODUCERS}
+        if not cls:  # a Sigmoid's [N, K] is K independent scores (multi-label), not a distribution
+            scores = [
+                n
+                for n in names
+                if source[n] != "Sigmoid" and shapes[n] is not None and len(shapes[n]) == 2 and shapes[n][1] != 1
+            ]
+            cls = set(scores) if len(scores) == 1 else set()
+    if label_output is not None:
+        cls.add(label_output)
+    kinds = {n: "class" if n in cls else "regression" for n in names}
+    probabilities = frozenset(n for n in cls if source[n] == "Softmax")
+    label = label_output
+    if labelled and label is None:
+        candidates = [n for n in names if kinds[n] == "class" and (shapes[n] is None or len(shapes[n]) == 2)]
+        if len(candidates) != 1:
+            described = ", ".join(f"{n} [{_dims(shapes[n])}] {kinds[n]}" for n in names)
+            why = "several hold class scores" if candidates else "none holds class scores [N, K]"
+            raise ConfigError(
+                f"--labels: which output do they score? Of the model's outputs ({described}), {why}; "
+                "name it with --label-output NAME"
+            )
+        label = candidates[0]
+    if labelled and shapes[label] is not None and len(shapes[label]) != 2:
+        raise ConfigError(
+            f"--label-output {label!r} has shape [{_dims(shapes[label])}]: labels (one class per sample) "
+            "score an output of shape [N, K]"
+        )
+    return OutputKinds(kinds, probabilities, label if labelled else None)
+
+
+def _dims(shape) -> str:
+    return "?" if shape is None else ",".join("?" if d is None else str(d) for d in shape)
+
+
+class OutputMeter:
+    """Model-output metrics by :class:`OutputKinds`; an output not produced by Softmax is
+    taken for probabilities when its first batch looks like them."""
+
+    def __init__(self, kinds: OutputKinds):
+        self.kinds = kinds
+        self.names = list(kinds.kinds)
         self.acc: dict[str, OutputAccumulator] = {}
-        self.label_output: str | None = None
+        self.label_output = kinds.label_output
 
     def update(self, fp32: dict, quant: dict, labels: np.ndarray | None) -> None:
         for name in self.names:
             x, y = fp32[name], quant[name]
             if name not in self.acc:
-                probs = name in self.softmax_outputs or looks_like_probabilities(x)
-                self.acc[name] = OutputAccumulator(name, probabilities=probs)
-                if self.label_output is None and x.ndim == 2 and x.shape[1] >= 2:
-                    self.label_output = name
+                kind = self.kinds.kinds[name]
+                probs = name in self.kinds.probabilities or (kind == "class" and looks_like_probabilities(x))
+                self.acc[name] = OutputAccumulator(name, probabilities=probs, kind=kind)
             lab = labels if name == self.label_output else None
+            if lab is not None and (x.ndim != 2 or x.shape[1] < 2):
+                raise DataError(
+                    f"labels score output '{name}', of shape {list(x.shape)}: one class per sample needs "
+                    "an output [N, K] with K >= 2; name another with --label-output"
+                )
             if lab is not None and len(lab) and (lab.min() < 0 or lab.max() >= x.shape[1]):
-                from qaudit.errors import DataError
-
                 raise DataError(
                     f"labels must be class indices in [0, {x.shape[1] - 1}] for output '{name}' "
                     f"(found {int(lab.min())}..{int(lab.max())})"
@@ -311,8 +448,3 @@ def layer_rows(
             if extra in twins and extra not in used:
                 add(f"{node.name}:{extra}", node.op_type, extra)
     return tuple(rows)
-
-
-def softmax_outputs(model: onnx.ModelProto) -> set[str]:
-    prod = producers(model.graph)
-    return {o.name for o in model.graph.output if o.name in prod and prod[o.name].op_type == "Softmax"}

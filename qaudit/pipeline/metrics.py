@@ -11,7 +11,9 @@ import math
 
 import numpy as np
 
+from qaudit.errors import DataError
 from qaudit.pipeline import kernels
+from qaudit.report import OUTPUT_KINDS, acc_drop_pct
 
 # ---------------------------------------------------------------- weights
 
@@ -392,19 +394,26 @@ def cross_entropy(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 class OutputAccumulator:
-    """QMSE/SQNR, QCE, QKL, top-1 agreement and accuracies of one model output.
+    """The metrics of one model output, by its ``kind`` (:data:`OUTPUT_KINDS`).
 
-    Classification metrics are defined for outputs shaped ``[N, K]`` with
-    ``K >= 2`` (class axis last), and for probability outputs ``[N, ..., K]``
-    (averaged over every position); elsewhere they are ``None``. ``probabilities``
-    says the output already is a distribution (produced by Softmax, or rows
-    that are non-negative and sum to 1), so it is not softmaxed again.
+    Every output gets ``qmse``, ``sqnr_db``, ``max_abs_error = max|e|`` and
+    ``rel_error = sqrt(sum e^2 / sum x^2)``. Only a ``"class"`` output gets the
+    class metrics: QCE, QKL, top-1 agreement and, when it is the labelled output,
+    the accuracies; they are ``None`` on a ``"regression"`` output. A class output
+    ``[N, K]`` (``K >= 2``) is scored per sample, ``[N, ..., K]`` per position (a
+    CTC recognizer's per-position softmax), over the last axis. ``probabilities``
+    says it already is a distribution (produced by Softmax, or rows that are
+    non-negative and sum to 1), so it is not softmaxed again.
     """
 
-    def __init__(self, name: str, probabilities: bool = False):
+    def __init__(self, name: str, probabilities: bool = False, kind: str = "class"):
+        if kind not in OUTPUT_KINDS:
+            raise ValueError(f"output kind must be one of {OUTPUT_KINDS}, not {kind!r}")
         self.name = name
+        self.kind = kind
         self.probabilities = probabilities
         self.err = ErrorAccumulator()
+        self.max_abs = 0.0
         self.classification: bool | None = None
         self.n = 0
         self.ce_sum = 0.0
@@ -415,10 +424,14 @@ class OutputAccumulator:
         self.labelled = 0
 
     def update(self, x: np.ndarray, y: np.ndarray, labels: np.ndarray | None = None) -> None:
-        self.err.update(x, y)
-        # [N, K] scores, or [N, ..., K] probabilities (e.g. a CTC recognizer's
-        # per-position softmax): classification over the last axis, per position.
-        is_cls = x.shape[-1] >= 2 and (x.ndim == 2 or (x.ndim >= 3 and self.probabilities))
+        x32 = np.ascontiguousarray(x, dtype=np.float32).ravel()
+        e = x32 - np.asarray(y, dtype=np.float32).ravel()
+        self.err.add(square_sum(x32), square_sum(e), x32.size)
+        if e.size:
+            m = float(np.max(np.abs(e)))  # NaN propagates: the error is undefined
+            if math.isnan(m) or m > self.max_abs:
+                self.max_abs = m
+        is_cls = self.kind == "class" and x.ndim >= 2 and x.shape[-1] >= 2
         self.classification = is_cls if self.classification is None else (self.classification and is_cls)
         if not self.classification:
             return
@@ -435,15 +448,30 @@ class OutputAccumulator:
         self.agree += int(np.sum(ax == ay))
         self.n += x.shape[0]
         if labels is not None:
+            if len(labels) != len(ax):  # else numpy broadcasts one label over every row
+                raise DataError(
+                    f"output '{self.name}' has {len(ax)} rows for {len(labels)} labelled samples in a batch: its rows "
+                    "are not the samples the inputs' batch axes count; give the inputs' batch axes with --batch-axis"
+                )
             self.correct_fp32 += int(np.sum(ax == labels))
             self.correct_q += int(np.sum(ay == labels))
             self.labelled += len(labels)
 
+    @property
+    def rel_error(self) -> float:
+        """``sqrt(sum e^2 / sum x^2)``: 0 without error, ``inf`` for an error without signal."""
+        if self.err.sum_e2 == 0.0:
+            return 0.0 if self.err.count else math.nan
+        return math.sqrt(self.err.sum_e2 / self.err.sum_x2) if self.err.sum_x2 > 0 else math.inf
+
     def result(self) -> dict:
         cls = bool(self.classification) and self.n > 0
         out = {
+            "kind": self.kind,
             "qmse": self.err.qmse,
             "sqnr_db": self.err.sqnr_db,
+            "max_abs_error": self.max_abs if self.err.count else math.nan,
+            "rel_error": self.rel_error,
             "qce": self.ce_sum / self.n if cls else None,
             "qkl": (self.ce_sum - self.h_sum) / self.n if cls else None,
             "top1_agreement": self.agree / self.n if cls else None,
@@ -454,11 +482,7 @@ class OutputAccumulator:
         if cls and self.labelled:
             a32 = self.correct_fp32 / self.labelled
             a8 = self.correct_q / self.labelled
-            out.update(
-                acc_fp32=a32,
-                acc_int8=a8,
-                acc_drop_pct=(abs(a32 - a8) / a32 * 100.0) if a32 > 0 else None,
-            )
+            out.update(acc_fp32=a32, acc_int8=a8, acc_drop_pct=acc_drop_pct(a32, a8))
         return out
 
 

@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from qaudit.pipeline.data import samples
+
 #: batches between two :func:`release_free_memory` calls (see there for why 32)
 TRIM_EVERY = 32
 
@@ -127,7 +129,7 @@ def lockstep(
             else:
                 for m in measures:
                     m(feeds, outs)
-            seen += next(iter(feeds.values())).shape[0]
+            seen += samples(feeds)
         for f in pending:
             f.result()
     finally:

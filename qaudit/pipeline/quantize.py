@@ -37,6 +37,7 @@ import numpy as np
 from qaudit.errors import QauditError, QuantizationError
 from qaudit.options import QuantConfig
 from qaudit.pipeline import kernels
+from qaudit.pipeline.data import samples
 
 
 @contextlib.contextmanager
@@ -77,7 +78,7 @@ def probe_activations(
     import onnx
 
     from qaudit.pipeline.graph import with_outputs
-    from qaudit.pipeline.session import make_session, run_named
+    from qaudit.pipeline.session import PREPARED_AT_FAULT, make_session, run_named
 
     model = onnx.load(str(model_path))
     vt = {vi.name: vi.type.tensor_type.elem_type for vi in list(model.graph.value_info) + list(model.graph.output)}
@@ -89,9 +90,9 @@ def probe_activations(
     ]
     probe = Path(model_path).with_name("activation_probe.onnx")
     onnx.save(with_outputs(model, floats), str(probe))
-    out = run_named(make_session(probe, what="the BN-folded model"), feeds)
+    out = run_named(make_session(probe, what="the BN-folded model", advice=PREPARED_AT_FAULT), feeds)
     probe.unlink()
-    n = max(1, next(iter(feeds.values())).shape[0])
+    n = max(1, samples(feeds))
     bad, nbytes, sizes = {}, 0, {}
     for name, v in out.items():
         if v.dtype.kind != "f":
@@ -210,7 +211,7 @@ def calibrate(
                 pending = [pool.submit(collector.collect, {k: [outputs[k]] for k in share}) for share in shares_of]
                 if observe:
                     pending.append(pool.submit(observe, feeds, outputs))
-                done_n = next(iter(feeds.values())).shape[0]
+                done_n = samples(feeds)
                 seen += done_n
             for f in pending:
                 f.result()
@@ -220,6 +221,12 @@ def calibrate(
                 raise QuantizationError("no calibration samples were read")
             if nonfinite is not None:
                 nonfinite.update(getattr(collector, "nonfinite", {}))
+            if not collector.histogram_dict:
+                # Nothing to calibrate (no quantizable op in the main graph, or all non-finite):
+                # ORT's compute_data fails with "Histogram has not been collected" (onnxruntime 1.32).
+                from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
+
+                return TensorsData(CalibrationMethod.Percentile, {})
             ranges = calibrator.compute_data()
     except QauditError:
         raise

@@ -27,11 +27,32 @@ def save_model(model: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-def make_session(path: Path, optimize: bool = True, threads: int | None = None, what: str = "the model"):
+#: What to try when ORT cannot load a model: the user's own model.
+RUN_ON_CPU = "the model must run on onnxruntime's CPU provider"
+
+#: What to try when ORT cannot load what its own quantizer wrote, although the fp32 model ran.
+QUANTIZER_AT_FAULT = (
+    "the fp32 model runs, so this is a fault of ONNX Runtime's quantizer (quantize_static wrote a model "
+    "ONNX Runtime cannot load): try --exclude for the node named, the other --format, or no --per-channel, "
+    "and please report it"
+)
+
+
+#: What to say when ORT cannot load the graph qaudit prepared (inlined, folded), although the user's model ran.
+PREPARED_AT_FAULT = (
+    "the model itself runs, so the graph qaudit prepared from it (Ifs inlined, BatchNorm folded) is at fault: "
+    "please report this model to qaudit"
+)
+
+
+def make_session(
+    path: Path, optimize: bool = True, threads: int | None = None, what: str = "the model", advice: str = RUN_ON_CPU
+):
     """An ORT CPU session; ``optimize=False`` disables all graph optimizations.
 
     A model ORT cannot load (unknown op, unsupported type) raises
-    :class:`~qaudit.errors.ModelError` naming ``what``.
+    :class:`~qaudit.errors.ModelError` naming ``what``, followed by ``advice``
+    (:data:`QUANTIZER_AT_FAULT` for the models derived from the quantizer's output).
     """
     import onnxruntime as ort
 
@@ -51,9 +72,7 @@ def make_session(path: Path, optimize: bool = True, threads: int | None = None, 
     try:
         return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise ModelError(
-            f"ONNX Runtime cannot run {what}: {ort_message(e)}; the model must run on onnxruntime's CPU provider"
-        ) from e
+        raise ModelError(f"ONNX Runtime cannot run {what}: {ort_message(e)}; {advice}") from e
 
 
 def no_spinning(so) -> None:

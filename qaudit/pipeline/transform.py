@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qaudit.errors import ConfigError
+from qaudit.errors import ConfigError, ModelError
 from qaudit.pipeline.graph import attr, consumers, initializers, output_channel_matrix, producers
 
 
@@ -39,6 +39,19 @@ class FoldRecord:
     weight_after: np.ndarray
     bias_before: np.ndarray | None
     bias_after: np.ndarray
+
+
+@dataclass(frozen=True)
+class GraphChange:
+    """One change qaudit made to the user's graph before quantizing it, and why
+    (the report's ``settings.graph_changes`` and one note each)."""
+
+    kind: str  # "inline_if", "unshare_initializer", "opset_upgrade"
+    target: str  # the node, initializer or model concerned
+    detail: str  # one sentence: what was done and why
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "target": self.target, "detail": self.detail}
 
 
 @dataclass(frozen=True)
@@ -92,21 +105,142 @@ def constants_to_initializers(model: onnx.ModelProto) -> int:
     return converted
 
 
-def normalize(model: onnx.ModelProto, exclude=()) -> int:
-    """Prepare the user's graph in place for folding and quantization: name every
-    node, turn Constant nodes into initializers; check that ``exclude`` names nodes.
+def all_tensor_names(graph: onnx.GraphProto) -> set[str]:
+    """Every value name of ``graph`` and its subgraphs: inputs, outputs, initializers, node outputs."""
+    names = {i.name for i in graph.input} | {o.name for o in graph.output} | {t.name for t in graph.initializer}
+    names |= {vi.name for vi in graph.value_info}
+    for node in graph.node:
+        names.update(node.output)
+        names.update(node.input)
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                names |= all_tensor_names(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    names |= all_tensor_names(g)
+    names.discard("")
+    return names
 
-    Returns how many Constant nodes became initializers.
+
+def unique_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... : the first not in ``taken`` (which it joins)."""
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    taken.add(name)
+    return name
+
+
+def _parameter_inputs(node: onnx.NodeProto, inits) -> list[int]:
+    """Positions of ``node``'s constant weight and bias operands that ORT's quantizer
+    quantizes per consumer: Conv/ConvTranspose/Gemm inputs 1 and 2, MatMul's constant operand."""
+    if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
+        return [i for i in (1, 2) if i < len(node.input) and node.input[i] in inits]
+    if node.op_type == "MatMul":
+        return [i for i in (0, 1) if node.input[i] in inits]
+    return []
+
+
+def unshare_initializers(model: onnx.ModelProto) -> list[GraphChange]:
+    """Give every initializer read as a weight or bias by several Conv/ConvTranspose/Gemm/MatMul
+    nodes one copy per node, in place (the first reader keeps the original).
+
+    ONNX Runtime's QDQ quantizer (1.32) copies a bias shared by two layers itself, naming
+    the copy ``<name><k>`` after the *initializers* only; when a tensor of that name already
+    exists (bias ``b`` and activation ``b0``) the quantized model cannot load
+    (docs/ort-quirks.md). The copies here are named ``<name>.<node>``, unique in the graph.
+    """
+    graph = model.graph
+    inits = initializers(graph)
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        for i in _parameter_inputs(node, inits):
+            readers.setdefault(node.input[i], []).append((node, i))
+    taken = all_tensor_names(graph)
+    listed = {i.name: i for i in graph.input}  # IR < 4: every initializer is also a graph input
+    changes = []
+    for name, uses in readers.items():
+        if len(uses) < 2:
+            continue
+        for node, i in uses[1:]:
+            copy_t = onnx.TensorProto()
+            copy_t.CopyFrom(inits[name])
+            copy_t.name = unique_name(f"{name}.{node.name}", taken)
+            graph.initializer.append(copy_t)
+            node.input[i] = copy_t.name
+            if name in listed:
+                vi = graph.input.add()
+                vi.CopyFrom(listed[name])
+                vi.name = copy_t.name
+        changes.append(
+            GraphChange(
+                "unshare_initializer",
+                name,
+                f"initializer '{name}' is read by {len(uses)} layers ({', '.join(n.name for n, _ in uses)}): "
+                "each got its own copy (ONNX Runtime's quantizer names its own copy of a shared bias "
+                "after existing initializers only, which can collide with another tensor)",
+            )
+        )
+    return changes
+
+
+#: The opset from which DequantizeLinear has an ``axis`` (per-channel weights in QDQ format).
+PER_CHANNEL_QDQ_OPSET = 13
+
+
+def upgrade_opset(model: onnx.ModelProto, opset: int, target: int, why: str, path="model") -> onnx.ModelProto:
+    """``model`` converted by ``onnx.version_converter`` from ``opset`` to ``target``;
+    a conversion that fails is a :class:`~qaudit.errors.ModelError` saying ``why`` it was needed."""
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(model, target)
+        onnx.checker.check_model(converted)
+    except Exception as e:
+        text = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ModelError(
+            f"{why} needs opset >= {target}, and onnx.version_converter could not convert {path} "
+            f"from opset {opset}: {text}; re-export the model with opset >= {target}"
+        ) from e
+    return converted
+
+
+def normalize(model: onnx.ModelProto, exclude=()) -> tuple[int, list[GraphChange]]:
+    """Prepare the user's graph in place for folding and quantization: name every
+    node, turn Constant nodes into initializers, give each layer its own weight and
+    bias (:func:`unshare_initializers`); check that ``exclude`` names nodes.
+
+    Returns how many Constant nodes became initializers, and the initializers unshared.
     """
     ensure_node_names(model)
     n_constants = constants_to_initializers(model)
+    changes = unshare_initializers(model)
     unknown = sorted(set(exclude) - {n.name for n in model.graph.node})
     if unknown:
         raise ConfigError(
             f"--exclude names no node of the model: {', '.join(unknown)} "
             f"(node names look like: {', '.join(n.name for n in model.graph.node[:3])}, ...)"
         )
-    return n_constants
+    return n_constants, changes
+
+
+def _bad_bn_parameters(bn, inits) -> str | None:
+    """Why ``bn``'s constants cannot be folded (non-finite, or var + eps <= 0: the scale
+    gamma / sqrt(var + eps) is not a number), or ``None``."""
+    names = ("scale", "B", "mean", "var")
+    for label, name in zip(names, bn.input[1:5]):
+        if not np.isfinite(numpy_helper.to_array(inits[name]).astype(np.float64)).all():
+            return f"BatchNormalization {label} '{name}' holds NaN or Inf"
+    var = numpy_helper.to_array(inits[bn.input[4]]).astype(np.float64)
+    eps = float(attr(bn, "epsilon", 1e-5))
+    if var.size and (var + eps).min() <= 0:
+        c = int(np.argmin(var + eps))
+        return (
+            f"var + epsilon <= 0 (channel {c}: var {var.reshape(-1)[c]:g}, epsilon {eps:g}), "
+            "so gamma / sqrt(var + epsilon) is not a number"
+        )
+    return None
 
 
 def _fold_one(node, bn, inits, w, b):
@@ -176,6 +310,8 @@ def fold_batchnorm(model: onnx.ModelProto) -> FoldResult:
             why = f"{node.name}'s bias is not a constant"
         elif node.op_type == "Gemm" and float(attr(node, "alpha", 1.0)) == 0.0:
             why = "Gemm has alpha = 0"
+        else:
+            why = _bad_bn_parameters(bn, inits)
         if why:
             skipped.append(SkippedFold(bn.name, why))
             continue

@@ -342,7 +342,7 @@ def _model_card(label: str, report: Report, multi: bool) -> str:
 
 def _outputs_table(reports) -> str:
     multi = len(reports) > 1
-    head = ["output", "QMSE", "SQNR dB", "QCE", "QKL", "top-1 agree %", "acc fp32 %", "acc int8 %", "acc drop %"]
+    head = ["output", *num.OUTPUT_HEADERS]
     if multi:
         head = ["model"] + head
     rows = []
@@ -351,8 +351,11 @@ def _outputs_table(reports) -> str:
             cells = [f'<td class="l">{escape(label)}</td>'] if multi else []
             cells += [
                 f'<td class="l"><code>{escape(o.name)}</code></td>',
+                f'<td class="l">{escape(o.kind or num.MISSING)}</td>',
                 _td(o.qmse, num.mse),
                 _td(o.sqnr_db, num.db),
+                _td(o.max_abs_error, num.sig),
+                _td(o.rel_error, num.sig),
                 _td(o.qce, num.nats),
                 _td(o.qkl, num.nats),
                 _td(o.top1_agreement, num.pct),
@@ -361,7 +364,9 @@ def _outputs_table(reports) -> str:
                 _td(o.acc_drop_pct, num.points),
             ]
             rows.append(f"<tr>{''.join(cells)}</tr>")
-    ths = "".join(f'<th scope="col"{" class=l" if h in ("model", "output") else ""}>{escape(h)}</th>' for h in head)
+    ths = "".join(
+        f'<th scope="col"{" class=l" if h in ("model", "output", "kind") else ""}>{escape(h)}</th>' for h in head
+    )
     return f'<table class="outputs"><thead><tr>{ths}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 

@@ -129,18 +129,7 @@ class MarkdownRenderer:
         failing_outputs = set(result.failing("output")) if result is not None else set()
         out += ["", "### Model outputs", ""]
         out += _table(
-            [
-                "output",
-                "QMSE",
-                "SQNR dB",
-                "QCE",
-                "QKL",
-                "top-1 agree %",
-                "acc fp32 %",
-                "acc int8 %",
-                "acc drop %",
-                "gate",
-            ],
+            ["output", *num.OUTPUT_HEADERS, "gate"],
             [
                 [
                     code(o.name),
@@ -149,7 +138,7 @@ class MarkdownRenderer:
                 ]
                 for o in report.outputs
             ],
-            "lrrrrrrrrc",
+            "ll" + "r" * (len(num.OUTPUT_HEADERS) - 1) + "c",
         )
 
         if result is not None and result.baseline is not None:

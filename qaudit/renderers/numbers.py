@@ -169,6 +169,8 @@ METRIC_RULES: dict[str, Callable[[object], str]] = {
     "acc_drop_pct": points,
     "qce": nats,
     "qkl": nats,
+    "max_abs_error": sig,
+    "rel_error": sig,
     "w_precision": frac,
     "fold_w_precision": frac,
     "a_precision": frac,
@@ -205,13 +207,33 @@ __all__ = [
 ]
 
 
+#: the column titles of every model-output table, after the output's name (the cells of :func:`output_cells`)
+OUTPUT_HEADERS = (
+    "kind",
+    "QMSE",
+    "SQNR dB",
+    "max abs err",
+    "rel err",
+    "QCE",
+    "QKL",
+    "top-1 agree %",
+    "acc fp32 %",
+    "acc int8 %",
+    "acc drop %",
+)
+
+
 def output_cells(o) -> list[str]:
-    """The measured cells of one model output (an :class:`~qaudit.report.OutputRow`), in the
-    order every output table shows them: QMSE, SQNR, QCE, QKL, top-1 agreement, accuracy
-    fp32 and quantized, accuracy drop."""
+    """The cells of one model output (an :class:`~qaudit.report.OutputRow`), in the order
+    every output table shows them (:data:`OUTPUT_HEADERS`): kind (class/regression), QMSE,
+    SQNR, max absolute and relative error, QCE, QKL, top-1 agreement, accuracy fp32 and
+    quantized, accuracy drop (signed)."""
     return [
+        o.kind or MISSING,
         mse(o.qmse),
         db(o.sqnr_db),
+        sig(o.max_abs_error),
+        sig(o.rel_error),
         nats(o.qce),
         nats(o.qkl),
         pct(o.top1_agreement),

@@ -120,8 +120,8 @@ def layer_table(report: Report, worst: int = 3) -> Table:
 
 def output_table(report: Report) -> Table:
     t = Table(title="Model outputs (fp32 vs quantized)", title_justify="left", header_style="head")
-    for col in ("output", "QMSE", "SQNR dB", "QCE", "QKL", "top-1 agree %", "acc fp32 %", "acc int8 %", "acc drop %"):
-        t.add_column(col, justify="left" if col == "output" else "right", no_wrap=col != "output")
+    for col in ("output", *num.OUTPUT_HEADERS):
+        t.add_column(col, justify="left" if col in ("output", "kind") else "right", no_wrap=col != "output")
     failing = set(report.gates.failing("output")) if report.gates else set()
     for o in report.outputs:
         t.add_row(
@@ -144,7 +144,8 @@ def summary(report: Report, worst: int = 3) -> Group:
             f"quantized: {s['format'].upper()}, activations {s['activation_type']}, weights {s['weight_type']}"
             f"{' per-channel' if s['per_channel'] else ' per-tensor'}, percentile {s['percentile']} "
             f"({'symmetric' if s['calib_symmetric'] else 'asymmetric'}) on {d['n_calib']} calibration samples; "
-            f"measured on {d['n_eval']} {'calibration' if d['eval_is_calib'] else 'evaluation'} samples",
+            f"measured on {d['n_eval']} {'calibration' if d['eval_is_calib'] else 'evaluation'} samples"
+            + (f"; labels score output {d['label_output']}" if d.get("label_output") else ""),
             style="muted",
         ),
     ]

@@ -170,6 +170,58 @@ def _labels_float(d):
     return None, ["--eval", SAMPLE_EVAL, "--labels", d / "labels.npy"], ["labels.npy", "integer"]
 
 
+def _zip_named_npy(d):
+    c = calib_dir(d, "calib", npz={"input": first_calib()})
+    (c / "batch_000.npz").rename(c / "batch_000.npy")
+    return None, ["--calib", c], ["batch_000.npy", ".npz archive", "rename it to .npz"]
+
+
+def _npz_member_not_an_array(d):
+    import zipfile
+
+    c = calib_dir(d, "calib")
+    with zipfile.ZipFile(c / "batch_000.npz", "w") as z:
+        z.writestr("input", b"raw bytes, not .npy")
+    return None, ["--calib", c], ["batch_000.npz", "member 'input'", "not a numpy array"]
+
+
+def _npz_object_member(d):
+    c = calib_dir(d, "calib", npz={"input": np.array([{"pixels": 1}], dtype=object)})
+    return None, ["--calib", c], ["batch_000.npz", "member 'input'", "python objects"]
+
+
+def _fifo_in_calib(d):
+    import os
+
+    c = calib_dir(d, "calib", first_calib())
+    os.mkfifo(c / "batch_001.npy")
+    return None, ["--calib", c], ["batch_001.npy", "FIFO", "regular file"]
+
+
+def _labels_scores(d):
+    scores = np.random.default_rng(0).dirichlet(np.ones(10), size=400).astype(np.float32)
+    np.save(d / "labels.npy", scores)
+    return (
+        None,
+        ["--eval", SAMPLE_EVAL, "--labels", d / "labels.npy"],
+        ["labels.npy", "not one-hot", "float32[400, 10]"],
+    )
+
+
+def _labels_zip(d):
+    np.savez(d / "labels.npz", labels=np.load(SAMPLE_LABELS))
+    (d / "labels.npz").rename(d / "labels.npy")
+    return None, ["--eval", SAMPLE_EVAL, "--labels", d / "labels.npy"], ["labels.npy", ".npz archive", "np.save"]
+
+
+def _batch_axis_unknown_input(d):
+    return None, ["--batch-axis", "inptu=1"], ["--batch-axis", "inptu", "did you mean 'input'"]
+
+
+def _batch_axis_out_of_range(d):
+    return None, ["--batch-axis", "input=4"], ["batch axis 4", "input", "out of range"]
+
+
 CASES = {
     "missing-model": _missing_model,
     "directory-as-model": _directory_as_model,
@@ -190,6 +242,14 @@ CASES = {
     "labels-too-long": _labels_long,
     "labels-missing": _labels_missing,
     "labels-float": _labels_float,
+    "zip-named-npy": _zip_named_npy,
+    "npz-member-not-an-array": _npz_member_not_an_array,
+    "npz-object-member": _npz_object_member,
+    "fifo-in-calib": _fifo_in_calib,
+    "labels-scores": _labels_scores,
+    "labels-zip": _labels_zip,
+    "batch-axis-unknown-input": _batch_axis_unknown_input,
+    "batch-axis-out-of-range": _batch_axis_out_of_range,
 }
 
 
@@ -367,3 +427,98 @@ def test_argparse_errors_are_one_line(run_cli):
     proc = run_cli(SAMPLE_MODEL, "--calib", SAMPLE_CALIB, "--batch-size", "many")
     assert proc.returncode == 2
     assert proc.stderr == ("qaudit: error: argument --batch-size: invalid int value: 'many' (see qaudit --help)\n")
+
+
+# ------------------------------------------------ graphs qaudit cannot prepare
+# (issue 16 items 3 and 5: control flow holding layers, models quantized elsewhere)
+
+
+def _quantized_elsewhere(d):
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"input": first_calib()[:4]}])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    quantize_static(str(SAMPLE_MODEL), str(d / "int8.onnx"), Reader())
+    return d / "int8.onnx", None, ["int8.onnx", "is already quantized", "QuantizeLinear", "not supported yet"]
+
+
+def _varying_if(d):
+    from ..models import if_model
+
+    (d / "if.onnx").write_bytes(if_model(threshold=0.0).SerializeToString())
+    x = np.random.default_rng(0).normal(size=(16, 1, 8, 8)).astype(np.float32)
+    x[:8] += 2.0  # mean > 0: the then-branch; the rest mostly the else-branch
+    x[8:] -= 2.0
+    return d / "if.onnx", x, ["If node 'switch'", "2 Conv", "changes over the data", "true on 8, false on 8"]
+
+
+def _loop_with_conv(d):
+    from ..models import loop_model
+
+    (d / "loop.onnx").write_bytes(loop_model().SerializeToString())
+    return d / "loop.onnx", None, ["Loop node 'loop'", "1 Conv", "not support layers inside a Loop"]
+
+
+GRAPH_CASES = {
+    "quantized-elsewhere": _quantized_elsewhere,
+    "varying-if": _varying_if,
+    "loop-with-conv": _loop_with_conv,
+}
+
+
+@pytest.mark.parametrize("case", list(GRAPH_CASES))
+def test_graph_qaudit_cannot_prepare(case, run_cli, tmp_path):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    outputs.mkdir()
+    model, x, needles = GRAPH_CASES[case](inputs)
+    calib = (
+        SAMPLE_CALIB
+        if case == "quantized-elsewhere"
+        else calib_dir(inputs, "calib", x if x is not None else first_calib())
+    )
+    before = snapshot(tmp_path)
+    proc = run_cli(model, "--calib", calib, "--json", outputs / "report.json", "--output-model", outputs / "q.onnx")
+    assert_user_error(proc, *needles)
+    assert list(outputs.iterdir()) == []
+    assert snapshot(tmp_path) == before
+
+
+def test_inlined_if_is_reported_in_the_terminal_and_json(run_cli, tmp_path):
+    from ..models import if_model
+
+    model = tmp_path / "if.onnx"
+    model.write_bytes(if_model(threshold=-1e9).SerializeToString())
+    proc = run_cli(model, "--calib", calib_dir(tmp_path, "calib", first_calib()), "--json", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr
+    note = "note: If node 'switch' replaced by its then_branch (2 nodes), because its condition 'cond' was true"
+    assert note in " ".join(proc.stdout.split())
+    (change,) = json.loads((tmp_path / "r.json").read_text())["settings"]["graph_changes"]
+    assert change["kind"] == "inline_if" and "on all 32 calibration and evaluation samples" in change["detail"]
+
+
+def test_negative_bn_variance_leaks_no_warning(run_cli, tmp_path):
+    """The fold is refused with the reason in the report; numpy's RuntimeWarning does not reach stderr."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(SAMPLE_MODEL))
+    bn = next(n for n in m.graph.node if n.op_type == "BatchNormalization")
+    var = next(t for t in m.graph.initializer if t.name == bn.input[4])
+    v = numpy_helper.to_array(var).copy()
+    v[0] = -1.0
+    var.CopyFrom(numpy_helper.from_array(v, var.name))
+    model = tmp_path / "negvar.onnx"
+    model.write_bytes(m.SerializeToString())
+    proc = run_cli(model, "--calib", SAMPLE_CALIB, "--json", tmp_path / "r.json")
+    assert "RuntimeWarning" not in proc.stderr and "invalid value" not in proc.stderr
+    skipped = json.loads((tmp_path / "r.json").read_text())["folding"]["skipped"]
+    assert {
+        "bn": bn.name,
+        "reason": f"var + epsilon <= 0 (channel 0: var -1, epsilon {next(a.f for a in bn.attribute if a.name == 'epsilon'):g}), so gamma / sqrt(var + epsilon) is not a number",
+    } in skipped

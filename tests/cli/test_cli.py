@@ -108,7 +108,7 @@ def test_json_format_and_meta(sample_report_json):
     import onnxruntime
 
     d = sample_report_json
-    assert d["format"] == {"name": "qaudit-report", "version": 2}
+    assert d["format"] == {"name": "qaudit-report", "version": 3}
     assert set(d) >= {
         "format",
         "meta",
@@ -263,7 +263,7 @@ def test_model_outputs(sample_report_json, eval_data):
     assert o["acc_fp32"] == pytest.approx(acc32, abs=1e-12)
     a8 = o["acc_int8"]
     assert 0 <= a8 <= 1
-    assert o["acc_drop_pct"] == pytest.approx(abs(o["acc_fp32"] - a8) / o["acc_fp32"] * 100, rel=1e-9)
+    assert o["acc_drop_pct"] == pytest.approx((o["acc_fp32"] - a8) / o["acc_fp32"] * 100, rel=1e-9)  # signed
 
 
 def test_unmatched_have_reasons(sample_report_json):
@@ -437,3 +437,38 @@ def test_report_without_histograms_still_loads(sample_report_json):
     h = new.layers[0].histogram
     assert h.total == sum(sample_report_json["layers"][0]["histogram"]["counts"])
     assert h.bin_width == pytest.approx((h.hi - h.lo) / len(h.counts))
+
+
+def test_batch_axis_feeds_a_state_on_axis_1(run_cli, tmp_path):
+    """silero_vad.onnx's unnamed dims: without --batch-axis each file is one run; with it the
+    files are batched on the axes given, and the report records them."""
+    from ..models import recurrent_model
+
+    model = tmp_path / "rec.onnx"
+    onnx.save(recurrent_model(batch=None), model)
+    rng = np.random.default_rng(0)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(6):
+        np.savez(
+            calib / f"{i}.npz",
+            input=rng.normal(size=(1, 6)).astype(np.float32),
+            state=rng.normal(size=(2, 1, 5)).astype(np.float32),
+            sr=np.array(16000, np.int64),
+        )
+    runs = {}
+    for name, extra in (("inferred", []), ("given", ["--batch-axis", "input=0", "--batch-axis", "state=1,sr=none"])):
+        p = run_cli(model, "--calib", calib, "--json", "-", "--batch-size", "4", *extra)
+        assert p.returncode == 0, p.stderr
+        runs[name] = json.loads(p.stdout)
+    inferred, given = runs["inferred"], runs["given"]
+    assert inferred["data"]["batch_axes"]["axes"] == {"input": None, "state": None, "sr": None}
+    assert inferred["settings"]["batch_size"] == 1 and inferred["data"]["n_calib"] == 6
+    assert given["data"]["batch_axes"] == {
+        "axes": {"input": 0, "state": 1, "sr": None},
+        "rule": "given (--batch-axis)",
+        "fixed": None,
+    }
+    assert given["settings"]["batch_size"] == 4 and given["data"]["n_calib"] == 6
+    assert any("state: axis 1" in n for n in given["notes"])
+    assert any("--batch-size 4 not used: the model fixes the batch at 1" in n for n in inferred["notes"])

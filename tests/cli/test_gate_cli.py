@@ -271,7 +271,7 @@ def test_regate_runs_no_model_and_writes_json_to_stdout(run_cli, saved):
     p = run_cli("report", saved, "--max-qce", "0.01", "--json", "-")
     assert p.returncode == 1
     d = json.loads(p.stdout)
-    assert d["format"]["version"] == 2 and d["gates"]["passed"] is False
+    assert d["format"]["version"] == 3 and d["gates"]["passed"] is False
     (check,) = d["gates"]["checks"]
     assert (check["gate"], check["subject"], check["status"], check["threshold"]) == ("max_qce", "logits", "fail", 0.01)
     assert "FAIL: " in p.stderr and "Model outputs" in p.stderr
@@ -588,3 +588,22 @@ def test_no_gates_still_writes_valid_junit_and_markdown(run_cli, saved, tmp_path
     assert root.get("tests") == "0"
     assert {p.get("name"): p.get("value") for p in root.iter("property")}["gates"] == "none configured"
     assert (tmp_path / "s.md").read_text(encoding="utf-8").startswith("## qaudit: no gates configured")
+
+
+def test_class_metric_gate_on_a_regression_only_report_is_exit_2(run_cli, sample_report_json, tmp_path):
+    """--max-qce on a model whose outputs are all regression outputs checks nothing: a configuration error."""
+    regression = json.loads(json.dumps(sample_report_json))
+    for o in regression["outputs"]:
+        o.update(kind="regression", qce=None, qkl=None, top1_agreement=None)
+        o.update(acc_fp32=None, acc_int8=None, acc_drop_pct=None)
+    f = tmp_path / "regression.json"
+    f.write_text(json.dumps(regression), encoding="utf-8")
+    junit = tmp_path / "out.xml"
+    p = run_cli("report", f, "--max-qce", "0.1", "--junit", junit)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("qaudit: error: gate max_qce (--max-qce) checks qce")
+    assert "logits (regression)" in p.stderr and not junit.exists()
+    # a gate on a metric every output has is fine
+    p = run_cli("report", f, "--quiet", "--max-output-rel-error", "0.5", "--junit", junit)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert [n for (_, n) in cases(ET.parse(junit).getroot())] == ["output logits"]

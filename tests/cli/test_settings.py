@@ -197,6 +197,17 @@ def test_audit_config_from_settings(tmp_path):
         resolve("audit", {}, {}, tmp_path / "empty").audit_config()
 
 
+def test_label_and_class_outputs_from_every_source(tmp_path):
+    write(tmp_path / "qaudit.toml", 'model = "m.onnx"\ncalib = "c"\nclass_outputs = ["boxes", "face"]\n')
+    cfg = audit(tmp_path).audit_config()
+    assert cfg.class_outputs == ("boxes", "face") and cfg.label_output is None
+    cfg = audit(tmp_path, env={"QAUDIT_CLASS_OUTPUTS": "a, b", "QAUDIT_LABEL_OUTPUT": "b"}).audit_config()
+    assert cfg.class_outputs == ("a", "b") and cfg.label_output == "b"
+    # one value per flag, comma-separated or repeated: the model after it stays the model
+    cfg = audit(tmp_path, "--class-outputs", "p,q", "--class-outputs", "r", "other.onnx").audit_config()
+    assert cfg.class_outputs == ("p", "q", "r") and cfg.model == Path("other.onnx")
+
+
 def test_report_command_ignores_audit_settings_but_checks_every_key(tmp_path):
     write(tmp_path / "qaudit.toml", 'calib = "c"\npercentile = 99.0\njunit = "j.xml"\n[gates]\nmax_qce = 0.2\n')
     s = resolve("report", cli_args("r.json", command="report"), {"QAUDIT_PERCENTILE": "99.5"}, tmp_path)
@@ -318,3 +329,36 @@ def test_every_option_has_its_flags_and_env_var():
             if "audit" in o.commands:
                 assert flag in audit_flags, flag
             assert (flag in report_flags) == ("report" in o.commands), flag
+
+
+# ------------------------------------------------------------- batch axes
+
+
+def test_batch_axes_merge_per_input_across_sources(tmp_path):
+    write(tmp_path / "qaudit.toml", 'model = "m.onnx"\ncalib = "c"\nbatch_axis = {state = 1, sr = "none", x = 0}\n')
+    assert audit(tmp_path)["batch_axis"] == {"state": 1, "sr": None, "x": 0}
+    s = audit(tmp_path, "--batch-axis", "x=none,h=2", "--batch-axis", "state=-2", env={"QAUDIT_BATCH_AXIS": "h=1, c=1"})
+    assert s["batch_axis"] == {"state": -2, "sr": None, "x": None, "h": 2, "c": 1}
+    assert s.sources["batch_axis"] == "--batch-axis"
+    assert s.audit_config().batch_axis == {"state": -2, "sr": None, "x": None, "h": 2, "c": 1}
+    (tmp_path / "empty").mkdir()
+    assert audit(tmp_path / "empty")["batch_axis"] == {}  # the default: every axis inferred from the model
+
+
+@pytest.mark.parametrize(
+    "source, words",
+    [
+        ({"argv": ["--batch-axis", "state"]}, ["batch_axis from --batch-axis", "'state' is not NAME=AXIS"]),
+        ({"argv": ["--batch-axis", "state=one"]}, ["--batch-axis for 'state'", "integer axis or 'none'", "'one'"]),
+        ({"env": {"QAUDIT_BATCH_AXIS": "=1"}}, ["QAUDIT_BATCH_AXIS", "not NAME=AXIS"]),
+        ({"toml": "batch_axis = 1\n"}, ["batch_axis", "qaudit.toml", "table of input name = axis"]),
+        ({"toml": "batch_axis = {state = 1.5}\n"}, ["batch_axis", "for 'state'", "1.5"]),
+    ],
+)
+def test_batch_axis_errors_name_the_source(tmp_path, source, words):
+    if "toml" in source:
+        write(tmp_path / "qaudit.toml", source["toml"])
+    with pytest.raises(ConfigError) as e:
+        audit(tmp_path, *source.get("argv", []), env=source.get("env"))
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))

@@ -102,3 +102,65 @@ def test_unexpected_errors_in_symbolic_inference_propagate(monkeypatch, error):
     monkeypatch.setattr(SymbolicShapeInference, "infer_shapes", broken)
     with pytest.raises(type(error)):
         infer_shapes(contrib_op_model())
+
+
+# ------------------------------------------------------ already quantized
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_a_model_quantized_by_ort_is_refused(fmt, tmp_path):
+    """A model that ORT's own quantize_static made: the message counts what it found."""
+    from collections import Counter
+    from pathlib import Path
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from qaudit.errors import ModelError
+
+    sample = Path(__file__).resolve().parents[2] / "samples" / "digits"
+    x = np.load(sample / "calib" / "batch_000.npy")[:8]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"input": x[i : i + 1]} for i in range(len(x))])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    q = tmp_path / "quantized.onnx"
+    quantize_static(
+        str(sample / "model.onnx"),
+        str(q),
+        Reader(),
+        quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+    )
+    ops = Counter(n.op_type for n in onnx.load(str(q)).graph.node)
+    with pytest.raises(ModelError) as e:
+        load_model(q)
+    msg = str(e.value)
+    assert msg.startswith(f"{q} is already quantized (")
+    assert "qaudit quantizes an fp32 model itself" in msg and "not supported yet" in msg
+    top = "QuantizeLinear" if fmt == "qdq" else "QLinearConv"
+    assert f"{ops[top]} {top}" in msg
+
+
+def test_integer_ops_inside_a_subgraph_are_found():
+    from onnx import TensorProto, helper
+
+    from qaudit.pipeline.load import quantized_ops
+
+    w = helper.make_tensor("w", TensorProto.INT8, [1, 1, 1, 1], [1])
+    branch = helper.make_graph(
+        [
+            helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"], name="dq"),
+            helper.make_node("ConvInteger", ["xq", "w"], ["y"], name="ci"),
+        ],
+        "b",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+        [w],
+    )
+    node = helper.make_node("If", ["c"], ["out"], then_branch=branch, else_branch=branch)
+    g = helper.make_graph([node], "g", [], [helper.make_tensor_value_info("out", TensorProto.INT32, None)])
+    assert quantized_ops(helper.make_model(g)) == {"ConvInteger": 2, "DynamicQuantizeLinear": 2}
+    assert quantized_ops(contrib_op_model()) == {}

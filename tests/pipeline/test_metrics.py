@@ -156,7 +156,7 @@ def test_probability_outputs_are_not_softmaxed_again():
 
 
 def test_non_classification_outputs_have_no_qce():
-    acc = OutputAccumulator("feat")
+    acc = OutputAccumulator("feat", kind="regression")
     acc.update(np.ones((2, 3, 4)), np.ones((2, 3, 4)))
     r = acc.result()
     assert r["qce"] is None and r["top1_agreement"] is None and r["qmse"] == 0.0
@@ -213,6 +213,11 @@ def test_sequence_probabilities_are_scored_per_position():
     pf, qf = p.reshape(6, 5), q.reshape(6, 5)
     assert r["qce"] == pytest.approx(np.mean(-np.sum(pf * np.log(qf), axis=1)))
     assert r["top1_agreement"] == pytest.approx(np.mean(pf.argmax(1) == qf.argmax(1)))
-    logits = OutputAccumulator("feat")  # 3-D scores that are not probabilities: no classification
-    logits.update(rng.normal(size=(2, 3, 5)), rng.normal(size=(2, 3, 5)))
-    assert logits.result()["qce"] is None
+    feat = OutputAccumulator("feat", kind="regression")  # 3-D values that are not class scores
+    feat.update(rng.normal(size=(2, 3, 5)), rng.normal(size=(2, 3, 5)))
+    assert feat.result()["qce"] is None
+    logits = OutputAccumulator("logits")  # 3-D logits named as class scores: softmaxed, per position
+    a, b = rng.normal(size=(2, 3, 5)), rng.normal(size=(2, 3, 5))
+    logits.update(a, b)
+    pa, pb = _softmax(a.reshape(6, 5)), _softmax(b.reshape(6, 5))
+    assert logits.result()["qce"] == pytest.approx(np.mean(-np.sum(pa * np.log(pb), axis=1)))

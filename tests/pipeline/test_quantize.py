@@ -65,3 +65,146 @@ def test_the_probe_still_finds_a_non_finite_first_sample(tmp_path):
     x[0] = -100.0  # the probed sample
     report = qaudit.audit(model, calib=x, batch_size=4)
     assert {e["node"] for e in report.settings["auto_excluded"]} == {"log1", "conv2"}
+
+
+# ----------------------------------------- graphs ORT's quantizer would break
+
+
+def _user_error(path, x, **options) -> str:
+    """The message of the :class:`~qaudit.errors.ModelError` that auditing ``path`` raises."""
+    from qaudit.errors import ModelError
+
+    try:
+        qaudit.audit(path, calib=x, **options)
+    except ModelError as e:
+        return str(e)
+    raise AssertionError(f"no error auditing {path}")
+
+
+def _ort_runs(path, x):
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return s.run(None, {"x": x})[0]
+
+
+def test_a_bias_shared_by_two_convs_quantizes(tmp_path):
+    """ORT 1.32's QDQ quantizer copies the shared bias 'b' as 'b0', the name of conv1's
+    output: its model cannot load. qaudit gives each Conv its own bias first."""
+    from ..models import shared_bias_model
+
+    onnx.save(shared_bias_model(), tmp_path / "m.onnx")
+    x = np.random.default_rng(5).normal(size=(16, 1, 8, 8)).astype(np.float32)
+    report = qaudit.audit(tmp_path / "m.onnx", calib=x, output_model=tmp_path / "q.onnx")
+    rows = {r.name: r for r in report.layers}
+    assert rows["conv1"].quant_tensor is not None and rows["conv2"].quant_tensor is not None
+    assert np.isfinite(report.outputs[0].sqnr_db)
+    changes = report.settings["graph_changes"]
+    assert [(c["kind"], c["target"]) for c in changes] == [("unshare_initializer", "b")]
+    assert any("1 initializer(s) read by several layers" in n for n in report.notes)
+    assert _ort_runs(tmp_path / "q.onnx", x[:2]).shape == (2, 4, 8, 8)
+    assert shared_bias_model().SerializeToString() == onnx.load(tmp_path / "m.onnx").SerializeToString()
+
+
+def test_when_ort_cannot_load_its_quantizer_output_the_message_says_so(tmp_path, monkeypatch):
+    """Without the unsharing, ORT's quantizer writes a model ORT cannot load; the message
+    names the quantizer as the culprit (the fp32 model ran) and what to try."""
+    from qaudit.pipeline import transform
+
+    from ..models import shared_bias_model
+
+    monkeypatch.setattr(transform, "unshare_initializers", lambda model: [])
+    onnx.save(shared_bias_model(), tmp_path / "m.onnx")
+    x = np.random.default_rng(5).normal(size=(8, 1, 8, 8)).astype(np.float32)
+    msg = _user_error(tmp_path / "m.onnx", x)
+    assert msg.startswith("ONNX Runtime cannot run the quantized model: ")
+    assert "fault of ONNX Runtime's quantizer" in msg and "--exclude" in msg and "--format" in msg
+    assert "CPU provider" not in msg
+
+
+def test_per_channel_qdq_on_opset_12_upgrades_the_opset(tmp_path):
+    """DequantizeLinear has no axis before opset 13: per-channel QDQ weights need it."""
+    from ..models import shared_bias_model
+
+    onnx.save(shared_bias_model(opset=12), tmp_path / "m.onnx")
+    x = np.random.default_rng(5).normal(size=(16, 1, 8, 8)).astype(np.float32)
+    report = qaudit.audit(tmp_path / "m.onnx", calib=x, per_channel=True, output_model=tmp_path / "q.onnx")
+    (upgrade,) = [c for c in report.settings["graph_changes"] if c["kind"] == "opset_upgrade"]
+    assert "opset upgraded from 12 to 13" in upgrade["detail"] and upgrade["detail"] in report.notes
+    assert report.model["opset"] == 12  # the user's model, as read
+    q = onnx.load(tmp_path / "q.onnx")
+    assert next(o.version for o in q.opset_import if o.domain in ("", "ai.onnx")) == 13
+    axes = [a.i for n in q.graph.node if n.op_type == "DequantizeLinear" for a in n.attribute if a.name == "axis"]
+    assert axes  # per-channel weights
+    assert {r.name: r for r in report.layers}["conv1"].w_encoding.endswith("per-channel")
+    np.testing.assert_allclose(_ort_runs(tmp_path / "q.onnx", x[:2]), _ort_runs(tmp_path / "m.onnx", x[:2]), atol=0.5)
+
+
+def test_per_channel_qoperator_on_opset_12_needs_no_upgrade(tmp_path):
+    from ..models import shared_bias_model
+
+    onnx.save(shared_bias_model(opset=12), tmp_path / "m.onnx")
+    x = np.random.default_rng(5).normal(size=(8, 1, 8, 8)).astype(np.float32)
+    report = qaudit.audit(tmp_path / "m.onnx", calib=x, per_channel=True, format="qoperator")
+    assert [c["kind"] for c in report.settings["graph_changes"]] == ["unshare_initializer"]
+
+
+def test_a_failed_opset_conversion_is_one_user_error(tmp_path, monkeypatch):
+    import onnx.version_converter
+
+    from ..models import shared_bias_model
+
+    def fail(model, target):
+        raise RuntimeError("No Adapter For Conv\nsecond line")
+
+    monkeypatch.setattr(onnx.version_converter, "convert_version", fail)
+    onnx.save(shared_bias_model(opset=12), tmp_path / "m.onnx")
+    x = np.random.default_rng(5).normal(size=(8, 1, 8, 8)).astype(np.float32)
+    msg = _user_error(tmp_path / "m.onnx", x, per_channel=True)
+    assert "--per-channel with the QDQ format" in msg and "from opset 12: No Adapter For Conv second line" in msg
+    assert "re-export the model with opset >= 13" in msg and "\n" not in msg
+
+
+def test_a_model_with_nothing_to_calibrate_is_audited(tmp_path):
+    """A Loop without layers (it stays float) and nothing quantizable in the main graph:
+    ORT's calibrator has no histogram and fails ("Histogram has not been collected",
+    onnxruntime 1.32); qaudit reports that nothing was quantized."""
+    from ..models import loop_model
+
+    model = loop_model()
+    body = model.graph.node[0].attribute[0].g
+    body.node[1].op_type, body.node[1].input[:] = "Neg", ["h_in"]  # no layer in the body
+    del body.node[1].attribute[:]
+    onnx.save(model, tmp_path / "m.onnx")
+    x = np.random.default_rng(5).normal(size=(8, 1, 8, 8)).astype(np.float32)
+    report = qaudit.audit(tmp_path / "m.onnx", calib=x)
+    assert report.layers == () and "graph_changes" not in report.settings
+    assert "ONNX Runtime quantized no activation of this model: there is nothing to compare per layer" in report.notes
+    assert "1 If/Loop/Scan node(s) without layers run in float (loop): ONNX Runtime quantizes only the main graph" in (
+        report.notes
+    )
+    (out,) = report.outputs
+    assert out.qmse == 0.0  # the Loop ran in float: Neg(Neg(x)) = x either way
+
+
+def test_a_prepared_graph_ort_cannot_load_blames_qaudit(tmp_path, monkeypatch):
+    """The user's model runs; when the graph qaudit made from it does not, the message says whose fault it is."""
+    from qaudit.pipeline import audit as audit_module
+
+    from ..models import shared_bias_model
+
+    real = audit_module.fold_batchnorm
+
+    def broken(model):
+        res = real(model)
+        res.model.graph.node[1].op_type = "NoSuchOp"  # a bug in qaudit's preparation
+        return res
+
+    monkeypatch.setattr(audit_module, "fold_batchnorm", broken)
+    onnx.save(shared_bias_model(), tmp_path / "m.onnx")
+    x = np.random.default_rng(5).normal(size=(4, 1, 8, 8)).astype(np.float32)
+    msg = _user_error(tmp_path / "m.onnx", x)
+    assert msg.startswith("ONNX Runtime cannot run the BN-folded model: ") and "NoSuchOp" in msg
+    assert msg.endswith(
+        "the graph qaudit prepared from it (Ifs inlined, BatchNorm folded) is at fault: please report this model to qaudit"
+    )

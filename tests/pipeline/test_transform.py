@@ -173,3 +173,116 @@ def test_folding_check_covers_the_first_samples(monkeypatch):
     monkeypatch.setattr("qaudit.pipeline.audit.fold_batchnorm", _broken_fold(1.5))
     with pytest.raises(FoldingError):
         qaudit.audit(cfg)
+
+
+# ------------------------------------------------- BN parameters that cannot fold
+
+
+def _with_bn_param(model, name, index, value):
+    for t in model.graph.initializer:
+        if t.name == name:
+            a = numpy_helper.to_array(t).copy()
+            a[index] = value
+            t.CopyFrom(numpy_helper.from_array(a, name))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "reason"),
+    [
+        ("bn.var", -1.0, "var + epsilon <= 0 (channel 2: var -1, epsilon 0.001)"),
+        ("bn.var", -1e-3, "var + epsilon <= 0 (channel 2: var -0.001, epsilon 0.001)"),  # exactly 0
+        ("bn.var", np.inf, "BatchNormalization var 'bn.var' holds NaN or Inf"),
+        ("bn.gamma", np.nan, "BatchNormalization scale 'bn.gamma' holds NaN or Inf"),
+        ("bn.mean", -np.inf, "BatchNormalization mean 'bn.mean' holds NaN or Inf"),
+    ],
+)
+def test_bn_whose_scale_is_not_a_number_is_not_folded(param, value, reason):
+    """gamma / sqrt(var + eps) with var + eps <= 0 (or any NaN/Inf parameter) is not a
+    number: the BN stays in the graph with the reason, and numpy warns about nothing."""
+    import warnings
+
+    model = _with_bn_param(layer_bn_model("conv"), param, 2, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning (sqrt of a negative number) fails the test
+        res = fold_batchnorm(model)
+    assert res.folded == {}
+    (skip,) = res.skipped
+    assert skip.bn_node == "bn" and skip.reason.startswith(reason)
+    assert [n.op_type for n in res.model.graph.node] == ["Conv", "BatchNormalization", "Relu"]
+
+
+def test_negative_variance_reason_reaches_the_report(tmp_path):
+    import warnings
+
+    import qaudit
+
+    model = _with_bn_param(layer_bn_model("conv"), "bn.var", 2, -1.0)
+    onnx.save(model, tmp_path / "m.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = qaudit.audit(tmp_path / "m.onnx", calib=input_for(model, 8))
+    assert report.folding["folded"] == []
+    (skip,) = report.folding["skipped"]
+    assert skip["bn"] == "bn" and "var + epsilon <= 0" in skip["reason"]
+
+
+# ------------------------------------------------------ shared initializers
+
+
+def test_shared_bias_gets_one_copy_per_layer():
+    from qaudit.pipeline.transform import normalize
+
+    from ..models import shared_bias_model
+
+    model = shared_bias_model()
+    x = np.random.default_rng(2).normal(size=(2, 1, 8, 8)).astype(np.float32)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    n_constants, changes = normalize(model)
+    assert n_constants == 0
+    assert [(c.kind, c.target) for c in changes] == [("unshare_initializer", "b")]
+    assert "conv1, conv2" in changes[0].detail
+    convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
+    assert convs["conv1"].input[2] == "b" and convs["conv2"].input[2] == "b.conv2"
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    np.testing.assert_array_equal(inits["b"], inits["b.conv2"])
+    assert inits["w1"] is not None and "w1.conv2" not in inits  # unshared weights stay as they are
+    onnx.checker.check_model(model, full_check=True)
+    np.testing.assert_array_equal(ReferenceEvaluator(model).run(None, {"x": x})[0], want)
+
+
+def test_unshared_copy_names_avoid_every_existing_name():
+    """Two Convs share weight and bias; an activation already has the copy's first-choice name::
+
+    x -> Conv(c1: w, b) -> b.c2 --\
+    x -> Conv(c2: w, b) -> t ------> Add -> y
+    """
+    from onnx import TensorProto, helper
+
+    from qaudit.pipeline.transform import unshare_initializers
+
+    rng = np.random.default_rng(4)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(2, 1, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.normal(size=2).astype(np.float32), "b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["b.c2"], name="c1"),
+        helper.make_node("Conv", ["x", "w", "b"], ["t"], name="c2", pads=[0, 0, 0, 0]),
+        helper.make_node("Add", ["b.c2", "t"], ["y"], name="add"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 3])],
+        inits,
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.normal(size=(1, 1, 5, 5)).astype(np.float32)
+    want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    changes = unshare_initializers(model)
+    assert sorted(c.target for c in changes) == ["b", "w"]
+    assert list(model.graph.node[1].input) == ["x", "w.c2", "b.c2_1"]
+    onnx.checker.check_model(model, full_check=True)
+    np.testing.assert_array_equal(ReferenceEvaluator(model).run(None, {"x": x})[0], want)

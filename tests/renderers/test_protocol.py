@@ -177,7 +177,7 @@ def test_terminal_streams_to_a_console_in_colour_with_the_same_characters(edge, 
 
 
 def test_terminal_quiet_is_the_verdict_line_only(digits, edge, comparison):
-    assert render(edge, "terminal", quiet=True).startswith("FAIL: 12 of 39 gate check(s) failed, 1 skipped: ")
+    assert render(edge, "terminal", quiet=True).startswith("FAIL: 12 of 40 gate check(s) failed, 1 skipped: ")
     assert render(edge, "terminal", quiet=True, width=40).count("\n") == 1  # one line, however long
     assert render(digits, "terminal", quiet=True) == "PASS: 28 gate check(s) passed, 1 skipped\n"
     assert render(dataclasses.replace(digits, gates=None), "terminal", quiet=True) == ""

@@ -57,7 +57,8 @@ def _check_row(r: dict, rep: dict, settings=(98.0, False, 1.0), committed: bool 
     assert o["name"] == "logits"
     for k in OUTPUT_KEYS:
         assert _num(r[k]) == o[k], (r["arch"], r["init"], k)  # repr() round-trips floats exactly
-    assert math.isclose(o["acc_drop_pct"], abs(o["acc_fp32"] - o["acc_int8"]) / o["acc_fp32"] * 100, rel_tol=1e-9)
+    drop = (o["acc_fp32"] - o["acc_int8"]) / o["acc_fp32"] * 100  # signed since format 3, |drop| before
+    assert math.isclose(o["acc_drop_pct"], drop if rep["format"]["version"] >= 3 else abs(drop), rel_tol=1e-9)
     sq = [(lr["sqnr_db"], lr["name"]) for lr in rep["layers"] if lr["quant_tensor"] and lr["sqnr_db"] is not None]
     assert (_num(r["worst_sqnr_db"]), r["worst_layer"]) == min(sq)
     s = rep["settings"]

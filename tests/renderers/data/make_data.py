@@ -4,10 +4,11 @@ Run from the repository root::
 
     python tests/renderers/data/make_data.py
 
-* ``digits.json``: a copy of ``samples/digits/baseline.json`` when this file was
-  written (a copy, so refreshing the sample's baseline does not change the goldens);
+* ``digits.json``: ``samples/digits/baseline.json`` when this file was written, read
+  and written again in the current format version (a copy, so refreshing the sample's
+  baseline does not change the goldens);
 * ``edge.json``: the same audit edited by hand into every case a renderer must
-  show: failing, skipped and "nothing checked" gates against a baseline, metrics
+  show: a class and a regression output, failing, skipped and "nothing checked" gates against a baseline, metrics
   that are missing, an SQNR of +inf (no error), a layer renamed with characters
   that Markdown, XML and HTML must escape, layers added and removed since the
   baseline, every kind of unmatched tensor, a BatchNorm left unfolded and notes;
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -56,12 +56,18 @@ def edge_report(base):
     outputs = (
         dataclasses.replace(
             logits,
+            kind="class",
             sqnr_db=logits.sqnr_db - 8.0,
+            max_abs_error=0.9,
+            rel_error=10 ** (-(logits.sqnr_db - 8.0) / 20),  # sqrt(sum e^2 / sum x^2) of that SQNR
             top1_agreement=0.9525,
             acc_int8=0.94,
             acc_drop_pct=100 * (logits.acc_fp32 - 0.94) / logits.acc_fp32,
         ),
-        OutputRow(name="features", qmse=1.5e-07, sqnr_db=61.25),  # no QCE, no labels: accuracy missing
+        # a regression output: no class metrics (null), no labels
+        OutputRow(
+            name="features", kind="regression", qmse=1.5e-07, sqnr_db=61.25, max_abs_error=1.2e-3, rel_error=10**-3.0625
+        ),
     )
     unmatched = base.unmatched + (
         UnmatchedTensor("t_excluded", "/fc1/Gemm", "Gemm", "excluded", "node excluded by --exclude"),
@@ -91,7 +97,8 @@ def edge_report(base):
             "max_clip_fraction": Threshold(0.01, {"input": None}),  # off for one layer: a skipped check
             "min_weight_sqnr": 42.0,
             "min_output_sqnr": 32.0,
-            "max_qce": 0.1,  # "features" has no QCE: fails as missing
+            "max_qce": 0.1,  # checks the class output only ("features" is a regression output)
+            "max_output_rel_error": 0.01,  # the logits fail
             "min_acc_int8": 0.95,
             "max_layer_sqnr_drop": 1.0,
             "max_output_sqnr_drop": 1.0,
@@ -102,8 +109,9 @@ def edge_report(base):
 
 def main() -> None:
     digits = HERE / "digits.json"
-    shutil.copyfile(REPO / "samples" / "digits" / "baseline.json", digits)
-    base = from_json(digits.read_text(encoding="utf-8"))
+    # the sample's baseline (a version 2 report) written in the current format version
+    base = from_json((REPO / "samples" / "digits" / "baseline.json").read_text(encoding="utf-8"))
+    digits.write_text(to_json(base), encoding="utf-8")
     edge = edge_report(base)
     (HERE / "edge.json").write_text(to_json(edge), encoding="utf-8")
     edge = from_json((HERE / "edge.json").read_text(encoding="utf-8"))  # as the goldens read it
