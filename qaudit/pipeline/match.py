@@ -140,11 +140,8 @@ def quantized_tensors(qmodel: onnx.ModelProto) -> dict[str, tuple[str, Encoding,
             for out in node.output:
                 if enc is not None and out.endswith("quantized"):
                     by_tensor[out] = enc
-                    found[key_of(out) if out.endswith("_quantized") else out.removesuffix("quantized")] = (
-                        out,
-                        enc,
-                        node.name,
-                    )
+                    key = key_of(out) if out.endswith("_quantized") else out.removesuffix("quantized")
+                    found[key] = (out, enc, node.name)
             continue
         enc = None
         out = node.output[0] if node.output else ""
@@ -205,11 +202,9 @@ def quantized_activations(qmodel: onnx.ModelProto) -> set[str]:
     for node in g.node:
         if node.op_type == "QuantizeLinear" and node.input[0] not in inits:
             if _const(node.input[0], inits, prod) is None:
-                name = node.input[0]
-                out.add(name[: -len("_QuantizeLinear_Input")] if name.endswith("_QuantizeLinear_Input") else name)
+                out.add(node.input[0].removesuffix("_QuantizeLinear_Input"))
         elif (node.op_type.startswith("QLinear") or node.op_type == "QGemm") and node.output:
-            name = node.output[0]
-            out.add(name[: -len("_quantized")] if name.endswith("_quantized") else name)
+            out.add(node.output[0].removesuffix("_quantized"))
     return out
 
 
