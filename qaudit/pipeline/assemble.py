@@ -55,6 +55,8 @@ class RunFacts:
     fold_check_samples: int = 0
     graph_changes: list = field(default_factory=list)  # transform.GraphChange: what qaudit changed before quantizing
     label_output: str | None = None  # the output the labels scored
+    #: outputs on which the instrumented quantized graph differed from a plain session (capture.Captured)
+    plain_outputs: tuple[str, ...] = ()
 
 
 def versions() -> dict:
@@ -72,7 +74,7 @@ def versions() -> dict:
     }
 
 
-def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching, changes=()) -> tuple[str, ...]:
+def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching, changes=(), plain_outputs=()) -> tuple[str, ...]:
     """What the reader must know to trust the numbers, in the order the stages found it."""
     out = [c.detail for c in changes if c.kind != "unshare_initializer"]
     shared = [c.target for c in changes if c.kind == "unshare_initializer"]
@@ -101,7 +103,37 @@ def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching, changes=()) -> 
         )
     if not matching.twins:
         out.append("ONNX Runtime quantized no activation of this model: there is nothing to compare per layer")
+    if plain_outputs:
+        out.append(
+            "the instrumented quantized graph (every layer's integer tensor exposed) gave outputs "
+            f"{', '.join(plain_outputs)} different from a plain session's on the first batch: the model "
+            "outputs are measured from a plain session, but every layer row comes from the instrumented graph, "
+            "which differs from deployment; please report it (docs/ort-quirks.md #29)"
+        )
     return tuple(out)
+
+
+class AccountingError(RuntimeError):
+    """A quantized activation missing from the report, or reported twice: a bug in qaudit (exit 3)."""
+
+
+def check_accounting(matching: Matching, rows: tuple[LayerRow, ...]) -> None:
+    """Every activation the quantized graph quantizes, and every twin, appears exactly once in the
+    report: a row measuring it, or an unmatched entry with its kind and reason. Nothing is
+    silently dropped (docs/architecture.md); a violation raises :class:`AccountingError`."""
+    seen: dict[str, int] = {}
+    for name in [r.tensor for r in rows if r.tensor] + [u.tensor for u in matching.unmatched]:
+        seen[name] = seen.get(name, 0) + 1
+    expected = set(matching.quantized) | set(matching.twins)
+    missing = sorted(n for n in expected if n not in seen)
+    twice = sorted(n for n, k in seen.items() if k > 1)
+    if missing or twice:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} quantized tensor(s) have no row and no unmatched entry: {', '.join(missing)}")
+        if twice:
+            parts.append(f"{len(twice)} tensor(s) are reported more than once: {', '.join(twice)}")
+        raise AccountingError("; ".join(parts))
 
 
 def build_report(
@@ -116,6 +148,7 @@ def build_report(
     data: dict,
 ) -> Report:
     """The frozen report of one audit. ``data``: descriptions of the calibration and evaluation data."""
+    check_accounting(matching, rows)
     return Report(
         meta={
             **versions(),
@@ -168,7 +201,8 @@ def build_report(
         layers=rows,
         outputs=outputs,
         unmatched=tuple(matching.unmatched),
-        notes=notes(cfg, lm, matching, facts.graph_changes) + batch_notes(cfg, facts, data.get("batch_axes")),
+        notes=notes(cfg, lm, matching, facts.graph_changes, facts.plain_outputs)
+        + batch_notes(cfg, facts, data.get("batch_axes")),
     )
 
 

@@ -188,6 +188,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
             tensor_bytes=tensor_bytes,
             on_batch=progress.advance,
             model_name=f"model {cfg.model}",
+            plain_path=q_path,
         )
         clock.lap("capture")
         # 6. measure every row, assemble the report
@@ -198,6 +199,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         facts.fold_check, facts.fold_check_samples = fold_check, check_samples
         facts.graph_changes = prep.changes
         facts.label_output = outputs.label_output
+        facts.plain_outputs = captured.plain_outputs
         report = build_report(
             cfg, src.model, fold, matching, facts, rows, captured.outputs.rows(), clock, src.describe()
         )

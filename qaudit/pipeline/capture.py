@@ -3,13 +3,16 @@
 Sessions run with ONNX Runtime's default graph optimizations
 (ORT_ENABLE_ALL), so the quantized graph executes the fused integer kernels a
 deployment would run (see :mod:`qaudit.pipeline.match` for why hooking integer tensors
-keeps those fusions). Only one batch of intermediate tensors is alive at a
+keeps those fusions, and :func:`instrumented_quantized` for the int8 pairs that
+must be converted first). Only one batch of intermediate tensors is alive at a
 time.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,9 @@ class Captured:
     meter: ActivationMeter
     outputs: OutputMeter
     samples: int
+    #: graph outputs on which the instrumented quantized graph differed from a plain session on the
+    #: first batch: every output is then measured from a plain session (see :func:`capture`)
+    plain_outputs: tuple[str, ...] = ()
 
 
 def capture(
@@ -47,6 +53,7 @@ def capture(
     tensor_bytes: dict[str, int] | None = None,
     on_batch: Callable[[int], None] | None = None,
     model_name: str = "the model",
+    plain_path: Path | None = None,
 ) -> Captured:
     """Run the instrumented fp32, quantized and isolated-error graphs in lockstep
     and stream their tensors into the meters.
@@ -55,27 +62,49 @@ def capture(
     each on its own thread (:func:`~qaudit.pipeline.parallel.lockstep`).
     ``on_batch(n)`` is called after each batch of ``n`` samples is measured.
     ``outputs``: what each model output holds (default: :func:`~qaudit.pipeline.measure.output_kinds`).
+
+    Deployment truth is checked, not assumed: the first batch also runs on a plain
+    session of the quantized model (``plain_path``, saved from ``qmodel`` if not
+    given). When the instrumented graph's outputs are bit-identical, as they are
+    for every format and type qaudit knows (:func:`instrumented_quantized`), the
+    plain session is dropped; otherwise it is kept, the model outputs are measured
+    from it, and :attr:`Captured.plain_outputs` names the outputs that differed
+    (the layer rows still come from the instrumented graph).
     """
     vtypes = {
         vi.name: vi.type.tensor_type.elem_type
         for vi in list(fp32_model.graph.value_info) + list(fp32_model.graph.input)
     }
     fp32_outs = [(n, vtypes.get(n, onnx.TensorProto.FLOAT)) for n in matching.twins]
-    q_outs = [
-        (tw.quant_name, onnx.TensorProto.INT8 if tw.encoding.dtype == "int8" else onnx.TensorProto.UINT8)
-        for tw in matching.twins.values()
-    ]
     fp32_session = make_session(
         save_model(with_outputs(fp32_model, fp32_outs), work / "folded_instrumented.onnx"), what=model_name
     )
+    q_instrumented, shifted = instrumented_quantized(qmodel, matching.twins)
     q_session = make_session(
-        save_model(with_outputs(qmodel, q_outs), work / "quantized_instrumented.onnx"),
+        save_model(q_instrumented, work / "quantized_instrumented.onnx"),
         what="the quantized model",
         advice=QUANTIZER_AT_FAULT,
     )
+    batches = iter(batches)
+    head = next(batches, None)
+    out_names = [o.name for o in qmodel.graph.output]
+    plain, differed = None, []
+    if head is not None:
+        plain = make_session(
+            plain_path or save_model(qmodel, work / "quantized_plain.onnx"),
+            what="the quantized model",
+            advice=QUANTIZER_AT_FAULT,
+        )
+        ref = dict(zip(out_names, plain.run(out_names, head)))
+        got = dict(zip(out_names, q_session.run(out_names, head)))
+        differed = [n for n in out_names if not _identical(ref[n], got[n])]
+        del ref, got
+        if not differed:
+            plain = None  # the instrumented graph is the deployed one: free the second session
+        batches = itertools.chain([head], batches)
     iso_session, iso_inputs = None, {}
     if isolated and matching.twins:
-        iso_model, iso_inputs = isolated_model(qmodel, matching.twins)
+        iso_model, iso_inputs = isolated_model(qmodel, matching.twins, shifted)
         iso_session = make_session(
             save_model(iso_model, work / "quantized_isolated.onnx"),
             what="the isolated-error graph",
@@ -92,11 +121,17 @@ def capture(
     def run_batch(feeds):
         a = run_named(fp32_session, feeds)
         b = run_named(q_session, feeds)
+        if plain is not None:  # the instrumented graph differed from a plain session: outputs from the plain one
+            b.update(zip(out_names, plain.run(out_names, feeds)))
+        for name in shifted:  # back to the int8 values the deployed graph holds (exact: v - 128)
+            b[name] = _to_int8(b[name])
         c = None
         if iso_session is not None:
             iso_feeds = dict(feeds)
             iso_feeds.update({inp: a[name] for name, inp in iso_inputs.items()})
             c = run_named(iso_session, iso_feeds)
+            for name in shifted:
+                c[name] = _to_int8(c[name])
         return a, b, c
 
     def measurer(meter, first):
@@ -114,10 +149,122 @@ def capture(
         return measure
 
     lockstep(run_batch, batches, [measurer(m, i == 0) for i, m in enumerate(meters)])
-    return Captured(ActivationMeter.combine(meters), out_meter, seen)
+    return Captured(ActivationMeter.combine(meters), out_meter, seen, tuple(differed))
 
 
-def isolated_model(qmodel: onnx.ModelProto, twins) -> tuple[onnx.ModelProto, dict[str, str]]:
+def _to_int8(v: np.ndarray) -> np.ndarray:
+    """uint8 ``q + 128`` back to int8 ``q``, exactly (flip the top bit)."""
+    return np.bitwise_xor(v, np.uint8(0x80)).view(np.int8)
+
+
+def _identical(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
+
+
+def instrumented_quantized(qmodel: onnx.ModelProto, twins) -> tuple[onnx.ModelProto, set[str]]:
+    """The quantized graph with every twin's integer tensor as an output, fused as a plain session fuses it.
+
+    On x86, ONNX Runtime's ``QDQS8ToU8Transformer`` rewrites each int8
+    QuantizeLinear -> DequantizeLinear pair to uint8 (zero point + 128), but only
+    when the QuantizeLinear output has exactly one consumer and is *not* a graph
+    output. Exposing a twin would leave its pair in int8 beside neighbours
+    converted to uint8, and the QDQ fusions that need equal input types
+    (QLinearMatMul of two activations, QLinearAdd, ...) would then fall back to
+    float kernels: the instrumented graph would not be the deployed one
+    (docs/ort-quirks.md). So the pairs ORT would convert in the plain graph are
+    converted here first, exactly as ORT does; the exposed tensor then holds
+    ``q + 128`` as uint8. Returns the model and the quantized names so shifted:
+    :func:`capture` maps them back to int8 (``v ^ 0x80``), the values the
+    deployed graph holds.
+    """
+    from onnx import numpy_helper
+
+    m = copy.deepcopy(qmodel)
+    g = m.graph
+    hooked = {tw.quant_name for tw in twins.values()}
+    shifted: set[str] = set()
+    if ort_converts_int8_qdq():
+        inits = {t.name: t for t in g.initializer}
+        edges: dict[str, list[onnx.NodeProto]] = {}
+        for node in g.node:
+            for name in node.input:
+                if name:
+                    edges.setdefault(name, []).append(node)
+        outputs = {o.name for o in g.output}
+
+        def int8_zp(node):
+            zp = inits.get(node.input[2]) if len(node.input) == 3 else None
+            if zp is None or zp.data_type != onnx.TensorProto.INT8:
+                return None
+            arr = numpy_helper.to_array(zp)
+            return int(arr.reshape(-1)[0]) if arr.size == 1 else None
+
+        for q in g.node:
+            if q.op_type != "QuantizeLinear" or q.domain not in ("", "ai.onnx") or not q.output:
+                continue
+            t = q.output[0]
+            users = edges.get(t, [])
+            if t not in hooked or t in outputs or len(users) != 1 or users[0].op_type != "DequantizeLinear":
+                continue
+            dq = users[0]
+            # EnsureUniqueDQForNodeUnit runs first and duplicates a DQ with several consumers
+            # (or a consumer and a graph output): the pair then has several edges, and stays int8
+            dq_users = edges.get(dq.output[0], [])
+            if len(dq_users) > 1 or (dq_users and dq.output[0] in outputs):
+                continue
+            zp = int8_zp(q)
+            if zp is None or zp != int8_zp(dq):
+                continue
+            u8 = f"{q.input[2]}::u8"
+            if u8 not in inits:
+                inits[u8] = numpy_helper.from_array(np.array(zp + 128, np.uint8), u8)
+                g.initializer.append(inits[u8])
+            q.input[2] = dq.input[2] = u8
+            shifted.add(t)
+    elem = {tw.quant_name: tw.encoding.dtype for tw in twins.values()}
+    outs = [
+        (n, onnx.TensorProto.INT8 if elem[n] == "int8" and n not in shifted else onnx.TensorProto.UINT8) for n in elem
+    ]
+    return with_outputs(m, outs), shifted
+
+
+@functools.cache
+def ort_converts_int8_qdq() -> bool:
+    """Whether this onnxruntime rewrites int8 Q -> DQ pairs to uint8 (x86: yes; ARM: int8 is allowed)."""
+    import tempfile
+
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from qaudit.pipeline.session import no_spinning
+
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], name="q"),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"], name="dq"),
+    ]
+    inits = [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]), helper.make_tensor("z", TensorProto.INT8, [], [3])]
+    graph = helper.make_graph(
+        nodes,
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    with tempfile.TemporaryDirectory(prefix="qaudit-probe-") as tmp:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        no_spinning(so)
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = f"{tmp}/optimized.onnx"
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(so.optimized_model_filepath)
+    q = next((n for n in optimized.graph.node if n.op_type == "QuantizeLinear"), None)
+    zps = {t.name: t.data_type for t in optimized.graph.initializer}
+    return q is not None and zps.get(q.input[2]) == TensorProto.UINT8
+
+
+def isolated_model(qmodel: onnx.ModelProto, twins, shifted=frozenset()) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The quantized graph rewired so that every layer reads *fp32* activations.
 
     Every consumer of a hooked integer tensor ``t`` (the twin of fp32 tensor
@@ -126,6 +273,11 @@ def isolated_model(qmodel: onnx.ModelProto, twins) -> tuple[onnx.ModelProto, dic
     twin's producer then sees its inputs quantized from fp32 values, so the
     twin carries only that layer's own quantization error: the *isolated*
     error of every layer at once, in QDQ and QOperator graphs alike.
+
+    ``shifted``: the twins :func:`instrumented_quantized` converted to uint8. Their
+    QuantizeLinear (now read by no node) gets the uint8 zero point too, so every
+    layer fuses as in the deployed graph (the new QuantizeLinear -> DequantizeLinear
+    pairs ORT converts itself); their outputs hold ``q + 128`` likewise.
 
     Returns the model (outputs: every twin) and ``{fp32 tensor: new input name}``.
     """
@@ -161,8 +313,15 @@ def isolated_model(qmodel: onnx.ModelProto, twins) -> tuple[onnx.ModelProto, dic
     del g.node[:]
     g.node.extend(nodes)
     have = {o.name for o in g.output}
+    for node in g.node:
+        if node.op_type == "QuantizeLinear" and node.output and node.output[0] in shifted:
+            u8 = f"{node.output[0]}::iso_zp_u8"
+            zp = int(np.asarray(by_quant[node.output[0]].encoding.zero_point).reshape(-1)[0])
+            g.initializer.append(numpy_helper.from_array(np.array(zp + 128, np.uint8), u8))
+            node.input[2] = u8
     for tw in by_quant.values():
         if tw.quant_name not in have:
-            elem = onnx.TensorProto.INT8 if tw.encoding.dtype == "int8" else onnx.TensorProto.UINT8
+            int8 = tw.encoding.dtype == "int8" and tw.quant_name not in shifted
+            elem = onnx.TensorProto.INT8 if int8 else onnx.TensorProto.UINT8
             g.output.append(helper.make_tensor_value_info(tw.quant_name, elem, None))
     return m, feeds

@@ -10,20 +10,26 @@ QDQ format
     ``X``. A Relu/Clip after Conv/Gemm is *removed*: the Conv then writes the
     Relu's output name directly, so the pre-activation fp32 tensor has no twin.
     MaxPool/Flatten/Reshape/Transpose reuse their input's scale and zero point.
+    A multi-output node (Split, TopK, LSTM, ...) gets one QuantizeLinear per
+    quantized output, each measured on its own row.
 QOperator format
     Integer ops (QLinearConv, QGemm, QLinearMatMul, QLinearAdd, ...) output
     ``X_quantized`` with scale/zero point initializers ``X_scale`` and
     ``X_zero_point``. A removed Relu is folded into the Conv's output encoding
     but the tensor keeps the *pre-activation* name, so qaudit re-targets it to
     the Relu's output (what the integers really hold). Pass-through ops
-    (MaxPool, Flatten, ...) keep their input's encoding.
+    (MaxPool, Flatten, ...) keep their input's encoding; a quantized Split
+    names each output ``X`` as ``Xquantized`` (no underscore).
 
 qaudit hooks the *integer* outputs (QuantizeLinear outputs, QLinear* outputs)
 and dequantizes them itself with the scale and zero point stored in the graph.
 Exposing those as graph outputs does not stop ORT from fusing
 DequantizeLinear -> Conv -> QuantizeLinear into QLinearConv at its default
 optimization level (checked: plain and instrumented sessions give bit-identical
-outputs), so what is measured is what a deployment runs. Exposing the float
+outputs), so what is measured is what a deployment runs. With int8
+activations, exposing a QuantizeLinear output stops ORT converting its pair to
+uint8, which does break fusions: :func:`qaudit.pipeline.capture.instrumented_quantized`
+converts those pairs first. Exposing the float
 tensors between DQ and Q (what ``qdq_loss_debug`` does) would break those
 fusions.
 """
@@ -41,7 +47,6 @@ from qaudit.report import UnmatchedTensor
 
 #: Activations ORT's quantizer removes after Conv/Gemm/MatMul (QDQ and QOperator, 1.32).
 REMOVABLE_ACTIVATIONS = ("Relu", "Clip")
-_QUANT_SUFFIXES = ("_QuantizeLinear_Input", "_quantized")
 #: QOperator ops and the input positions of their *output* scale and zero point.
 _QOP_OUTPUT_QPARAMS = {
     "QLinearConv": (6, 7),
@@ -96,6 +101,9 @@ class Matching:
     unmatched: list[UnmatchedTensor]
     # Relu/Clip fp32 node name -> the fp32 tensor it was fused into
     fused_into: dict[str, str]
+    #: fp32 tensors the quantized graph quantizes (:func:`quantized_activations`): each must
+    #: appear exactly once in the report, as a row or an unmatched entry
+    quantized: frozenset[str] = frozenset()
 
 
 def _const(name: str, inits, prod) -> np.ndarray | None:
@@ -123,12 +131,18 @@ def quantized_tensors(qmodel: onnx.ModelProto) -> dict[str, tuple[str, Encoding,
     by_tensor: dict[str, Encoding] = {}
 
     def key_of(name: str) -> str:
-        for suf in _QUANT_SUFFIXES:
-            if name.endswith(suf):
-                return name[: -len(suf)]
-        return name
+        return name.removesuffix("_quantized")
 
     for node in g.node:
+        if node.op_type not in _QOP_OUTPUT_QPARAMS and node.op_type != "QuantizeLinear" and len(node.output) > 1:
+            # a multi-output pass-through op on integers (QOperator Split, "Xquantized"): every output
+            enc = by_tensor.get(node.input[0]) if node.input else None
+            for out in node.output:
+                if enc is not None and out.endswith("quantized"):
+                    by_tensor[out] = enc
+                    key = key_of(out) if out.endswith("_quantized") else out.removesuffix("quantized")
+                    found[key] = (out, enc, node.name)
+            continue
         enc = None
         out = node.output[0] if node.output else ""
         if (
@@ -143,7 +157,7 @@ def quantized_tensors(qmodel: onnx.ModelProto) -> dict[str, tuple[str, Encoding,
             if s is not None:
                 z = np.zeros(s.shape, np.uint8) if z is None else z
                 enc = Encoding(s, z, attr(node, "axis", 1), _dtype_name(z))
-                key = key_of(node.input[0])
+                key = node.input[0].removesuffix("_QuantizeLinear_Input")
         elif node.op_type in _QOP_OUTPUT_QPARAMS:
             i_s, i_z = _QOP_OUTPUT_QPARAMS[node.op_type]
             if len(node.input) > i_z:
@@ -172,6 +186,26 @@ def quantized_tensors(qmodel: onnx.ModelProto) -> dict[str, tuple[str, Encoding,
             by_tensor[out] = enc
             found[key] = (out, enc, node.name)
     return found
+
+
+def quantized_activations(qmodel: onnx.ModelProto) -> set[str]:
+    """Names of the float tensors the quantized graph quantizes, in either format.
+
+    The inputs of QuantizeLinear that are activations (not initializers or
+    constants), and the outputs of QLinear*/QGemm ops, with the renaming rules
+    above: ``X_QuantizeLinear_Input`` and ``X_quantized`` stand for ``X``. Computed
+    from the quantized graph alone, independently of :func:`quantized_tensors`.
+    """
+    g = qmodel.graph
+    inits, prod = initializers(g), producers(g)
+    out = set()
+    for node in g.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in inits:
+            if _const(node.input[0], inits, prod) is None:
+                out.add(node.input[0].removesuffix("_QuantizeLinear_Input"))
+        elif (node.op_type.startswith("QLinear") or node.op_type == "QGemm") and node.output:
+            out.add(node.output[0].removesuffix("_quantized"))
+    return out
 
 
 def match(
@@ -275,7 +309,9 @@ def match(
                     "the quantizer inserted no QuantizeLinear for this tensor (it stays float)",
                 )
         unmatched.append(UnmatchedTensor(name, pname, op, kind, reason))
-    return Matching(twins=twins, unmatched=unmatched, fused_into=fused_into)
+    fp32_tensors = {n for n, p in prod.items() if p.op_type != "Constant"} | {i.name for i in g.input}
+    quantized = frozenset(n for n in quantized_activations(qmodel) if n in fp32_tensors)
+    return Matching(twins=twins, unmatched=unmatched, fused_into=fused_into, quantized=quantized)
 
 
 def quantized_weight(qmodel: onnx.ModelProto, layer: str, op_type: str, weight_index: int, fp32_node: onnx.NodeProto):

@@ -442,7 +442,9 @@ def layer_rows(
             p = prod.get(node.input[0])
             if p is not None and (p.name in weighted or any(r.name == p.name for r in rows)):
                 continue  # reported on the producer's row
-        if layer is None and tensor is None:
-            continue
-        add(node.name, node.op_type, tensor, layer)
+        if layer is not None or tensor is not None:
+            add(node.name, node.op_type, tensor, layer)
+        for extra in node.output[1:]:  # Split, TopK, LSTM Y_h/Y_c, ...: every quantized output its row
+            if extra in twins and extra not in used:
+                add(f"{node.name}:{extra}", node.op_type, extra)
     return tuple(rows)

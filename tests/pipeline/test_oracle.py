@@ -18,6 +18,7 @@ from onnxruntime.quantization.qdq_loss_debug import (
 
 import qaudit
 from qaudit.pipeline.audit import prepare
+from qaudit.pipeline.capture import instrumented_quantized
 from qaudit.pipeline.graph import with_outputs
 from qaudit.pipeline.load import load_model
 from qaudit.pipeline.match import match
@@ -124,11 +125,10 @@ def test_instrumenting_does_not_change_quantized_outputs(tmp_path, fmt):
     qmodel = onnx.load(qpath)
     m = match(prepare(load_model(SAMPLE / "model.onnx")).fold.model, qmodel)
     assert len(m.twins) >= 8
-    extra = [(t.quant_name, onnx.TensorProto.UINT8) for t in m.twins.values()]
-    onnx.save(with_outputs(qmodel, extra), tmp_path / "instrumented.onnx")
+    onnx.save(instrumented_quantized(qmodel, m.twins)[0], tmp_path / "instrumented.onnx")  # what capture runs
     plain = make_session(qpath)
     instrumented = make_session(tmp_path / "instrumented.onnx")
-    assert len(instrumented.get_outputs()) == 1 + len(extra)
+    assert len(instrumented.get_outputs()) == 1 + len(m.twins)
     for feeds in _batches("eval"):
         a = plain.run(["logits"], feeds)[0]
         b = instrumented.run(["logits"], feeds)[0]
