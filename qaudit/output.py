@@ -128,13 +128,19 @@ def classify(flag: str, path) -> Target:
         raise ConfigError(f"cannot write {shown}: directory {shown_parent} does not exist")
     if _name_too_long(real):
         raise ConfigError(f"cannot write {shown}: the file name is too long for its file system")
-    try:  # the one sure test of writability (permissions, read-only mounts, ACLs, root): create a file there
+    return Target(flag, text, "file", real)
+
+
+def _probe(t: Target) -> None:
+    """The one sure test that ``t``'s directory takes a new file (permissions, read-only mounts,
+    ACLs, root): create one there and remove it."""
+    parent = os.path.dirname(t.real) or "."
+    try:
         fd, probe = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=parent)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ConfigError(f"cannot write {shown}: {_reason(e)} (directory {_show(parent)})") from None
-    return Target(flag, text, "file", real)
+        raise ConfigError(f"cannot write {t.label}: {_reason(e)} (directory {_show(parent)})") from None
 
 
 def _same(a: str, b: str) -> bool:
@@ -212,6 +218,9 @@ def check_outputs(outputs: dict, inputs: dict, models=()) -> Outputs:
                 raise ConfigError(f"{seen[t.real]} and {flag} both write {_show(p)}; give them different paths")
             seen[t.real] = flag
         targets[flag] = t
+    for t in targets.values():  # only once no output touches an input
+        if t.kind == "file":
+            _probe(t)
     return Outputs(targets)
 
 
@@ -336,7 +345,10 @@ def _copy_into(t: Target, temp: str) -> None:
 def atomic_path(target: str | Path):
     """Yield a temporary path beside ``target``; it replaces ``target`` only if the block succeeds.
     A character device or FIFO is written into in place (the temporary file is copied into it)."""
-    with Outputs({"target": classify("output", target)}) as out:
+    t = classify("output", target)
+    if t.kind == "file":
+        _probe(t)
+    with Outputs({"target": t}) as out:
         tmp = out.stage("target")
         yield tmp
         out.commit({})

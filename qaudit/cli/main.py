@@ -305,7 +305,10 @@ class _RichProgress:
     def stage(self, description, total):
         if self._task is not None:
             self._p.update(self._task, completed=self._p.tasks[self._task].total)
-        self._task = self._p.add_task(description, total=total)
+        from rich.markup import escape
+
+        # the description holds file names (compare's labels): shown as text, never as markup or escapes
+        self._task = self._p.add_task(escape(printable(description)), total=total)
 
     def advance(self, n):
         if self._task is not None:
