@@ -120,23 +120,27 @@ def test_an_output_that_is_a_directory_or_socket_is_refused(kind, run_cli, tmp_p
             s.close()
 
 
-def test_a_fifo_output_is_written_into_not_replaced(run_cli, tmp_path):
-    fifo = tmp_path / "report.fifo"
+@pytest.mark.parametrize("flag", ["--json", "--output-model"])
+def test_a_fifo_output_is_written_into_not_replaced(flag, run_cli, tmp_path):
+    fifo = tmp_path / "out.fifo"
     os.mkfifo(fifo)
     got = {}
 
     def read():
-        with open(fifo, encoding="utf-8") as f:  # blocks until qaudit opens it for writing
-            got["text"] = f.read()
+        with open(fifo, "rb") as f:  # blocks until qaudit opens it for writing
+            got["data"] = f.read()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    proc = run_cli(SAMPLE_MODEL, "--calib", SAMPLE_CALIB, "--quiet", "--json", fifo)
+    proc = run_cli(SAMPLE_MODEL, "--calib", SAMPLE_CALIB, "--quiet", flag, fifo)
     assert proc.returncode == 0, proc.stderr
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still the FIFO, not a regular file put in its place
     reader.join(timeout=10)
-    assert json.loads(got["text"])["format"]["name"] == "qaudit-report"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.fifo"]  # no temporary file left
+    if flag == "--json":
+        assert json.loads(got["data"])["format"]["name"] == "qaudit-report"
+    else:
+        assert {n.op_type for n in onnx.load_from_string(got["data"]).graph.node} >= {"QuantizeLinear"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.fifo"]  # no temporary file left
 
 
 @pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="no /dev/fd")
@@ -224,4 +228,29 @@ def test_a_size_limit_leaves_no_output_at_all(tmp_path, cli_env):
     cmd += ["--output-model", out / "q.onnx", "--quiet", "--min-layer-sqnr", "5"]
     proc = subprocess.run(list(map(str, cmd)), cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=300)
     assert_user_error(proc, "cannot write", "File too large", "nothing was written")
+    assert list(out.iterdir()) == []
+
+
+#: runs the CLI with a file-size limit set just before the quantized model is copied out
+_LIMITED_MODEL = """
+import resource, sys
+import qaudit.pipeline.audit as pa
+copy = pa.shutil.copyfile
+def limited(src, dst, **k):
+    resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))
+    return copy(src, dst, **k)
+pa.shutil.copyfile = limited
+from qaudit.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_size_limit_on_the_output_model_leaves_nothing(tmp_path, cli_env):
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = [sys.executable, "-c", _LIMITED_MODEL, SAMPLE_MODEL, "--calib", SAMPLE_CALIB, "--quiet"]
+    cmd += ["--output-model", out / "q.onnx", "--json", out / "r.json"]
+    proc = subprocess.run(list(map(str, cmd)), cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=300)
+    line = assert_user_error(proc, "cannot write --output-model", "q.onnx", "File too large")
+    assert ".qaudit-" not in line  # the user's path, not the temporary one
     assert list(out.iterdir()) == []
