@@ -64,7 +64,7 @@ def _name_too_long(real: str) -> bool:
     parent, name = os.path.split(real)
     try:
         limit = os.pathconf(parent or ".", "PC_NAME_MAX")
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):  # AttributeError: no pathconf (Windows)
         return False
     return limit > 0 and len(os.fsencode(name)) > limit
 
