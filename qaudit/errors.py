@@ -33,3 +33,21 @@ class QuantizationError(QauditError):
 
 class FoldingError(QauditError):
     """BatchNormalization folding changed what the model computes."""
+
+
+class OutputError(QauditError):
+    """An output file cannot be written (a full disk, a size limit); no output was left half-written.
+    ``path``: the file being written, ``reason``: the system's words."""
+
+    def __init__(self, message: str, path=None, reason: str | None = None):
+        super().__init__(message)
+        self.path, self.reason = path, reason
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt, so every temporary file and
+    directory is removed on the way out; the CLI exits with 128 + ``signum``."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+import types
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 #: Version of the JSON layout. Changelog:
@@ -341,17 +343,139 @@ def to_json(report: Report, indent: int = 2) -> str:
     return text + "\n"
 
 
-def _revive(cls, d: dict):
+# --------------------------------------------------- reading a report back
+
+
+class ReportFormatError(ValueError):
+    """A JSON document that is not a well-formed qaudit report; the message names the field."""
+
+
+def _type_name(tp) -> str:
+    if tp is type(None):
+        return "null"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true/false", dict: "an object"}.get(
+        tp, "an object" if tp is Histogram else getattr(tp, "__name__", str(tp))
+    )
+
+
+def _expect(value, tp, where: str):
+    """``value`` (read from JSON) checked against the annotation ``tp``; a :class:`ReportFormatError` naming ``where``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        concrete = [a for a in args if a is not type(None)]
+        if value is None and len(concrete) < len(args):
+            return None
+        if len(concrete) == 1:  # ``X | None`` holding a value: X's own message, the most precise
+            return _expect(value, concrete[0], where)
+        errors = []
+        for alt in args:
+            try:
+                return _expect(value, alt, where)
+            except ReportFormatError as e:
+                errors.append(e)
+        wanted = " or ".join(_type_name(a) if typing.get_origin(a) is None else "an array" for a in args)
+        raise ReportFormatError(f"{where} must be {wanted}, not {_json_type(value)}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ReportFormatError(f"{where} must be an object, not {_json_type(value)}")
+        return {k: _expect(v, args[1], f"{where}.{k}") for k, v in value.items()} if args else value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ReportFormatError(f"{where} must be an array, not {_json_type(value)}")
+        item = args[0] if args else typing.Any
+        return tuple(_expect(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is typing.Any:
+        return value
+    if tp is type(None):
+        if value is not None:
+            raise ReportFormatError(f"{where} must be null, not {_json_type(value)}")
+        return None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ReportFormatError(f"{where} must be a number, not {_json_type(value)}")
+        return float(value) if isinstance(value, int) else value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ReportFormatError(f"{where} must be an integer, not {_json_type(value)}")
+        return value
+    if tp in (str, bool, dict):
+        if not isinstance(value, tp):
+            raise ReportFormatError(f"{where} must be {_type_name(tp)}, not {_json_type(value)}")
+        return _shallow(value, where) if tp is dict else value
+    if tp is Histogram:
+        d = _object(value, where)
+        return Histogram(
+            lo=_expect(_field(d, "lo", where), float, f"{where}.lo"),
+            hi=_expect(_field(d, "hi", where), float, f"{where}.hi"),
+            counts=_expect(_field(d, "counts", where), tuple[int, ...], f"{where}.counts"),
+        )
+    return value  # a type this reader has no check for (a later addition): taken as it is
+
+
+def _json_type(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return {str: "a string", int: "a number", float: "a number", list: "an array", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _object(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ReportFormatError(f"{where} must be an object, not {_json_type(value)}")
+    return value
+
+
+#: how deeply a free-form section (meta, settings, ...) may nest; qaudit writes at most 3 levels
+MAX_DEPTH = 32
+
+
+def _shallow(value, where: str):
+    """``value`` if it nests at most :data:`MAX_DEPTH` levels (checked without recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ReportFormatError(f"{where} nests deeper than {MAX_DEPTH} levels")
+        if isinstance(v, dict):
+            stack += [(x, depth + 1) for x in v.values()]
+        elif isinstance(v, list):
+            stack += [(x, depth + 1) for x in v]
+    return value
+
+
+def _field(d: dict, key: str, where: str):
+    if key not in d:
+        raise ReportFormatError(f"{where} has no '{key}'")
+    return d[key]
+
+
+def _typed_fields(cls, d, where: str, skip: tuple[str, ...] = ()) -> dict:
+    """The keyword arguments of ``cls`` from the JSON object ``d``, every value type-checked;
+    unknown keys are ignored and missing ones take the field's default (required ones must be there)."""
+    d = _object(d, where)
+    hints = typing.get_type_hints(cls)
+    kw = {}
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        if f.name in d:
+            kw[f.name] = _expect(d[f.name], hints[f.name], f"{where}.{f.name}")
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise ReportFormatError(f"{where} has no '{f.name}'")
+    return kw
+
+
+def _revive(cls, d: dict, where: str = "row"):
+    kw = _typed_fields(cls, d, where)
+    return _revived(cls, kw)
+
+
+def _revived(cls, kw: dict):
     names = {f.name for f in fields(cls)}
-    kw = {k: v for k, v in d.items() if k in names}
-    if "fused" in kw:
-        kw["fused"] = tuple(kw["fused"])
-    for key in ("w_shape", "kernel"):
-        if kw.get(key) is not None:
-            kw[key] = tuple(kw[key])
-    if isinstance(kw.get("histogram"), dict):
-        h = kw["histogram"]
-        kw["histogram"] = Histogram(lo=h["lo"], hi=h["hi"], counts=tuple(h["counts"]))
+    kw = {k: v for k, v in kw.items() if k in names}
     if "sqnr_db" in kw and kw["sqnr_db"] is None and kw.get("qmse") == 0.0:
         kw["sqnr_db"] = math.inf
     if "sqnr_isolated_db" in kw and kw["sqnr_isolated_db"] is None and kw.get("qmse_isolated") == 0.0:
@@ -361,9 +485,9 @@ def _revive(cls, d: dict):
     return cls(**kw)
 
 
-def _output_row(d: dict, version: int) -> OutputRow:
-    """An output row; one of a version 1/2 report gets its kind and its signed drop (see FORMAT_VERSION)."""
-    row = _revive(OutputRow, d)
+def _output_row(row: OutputRow, version: int) -> OutputRow:
+    """An output row as this version means it: one of a version 1/2 report gets its kind and its
+    signed drop (see FORMAT_VERSION)."""
     if version >= 3:
         return row
     return replace(
@@ -376,44 +500,97 @@ def _output_row(d: dict, version: int) -> OutputRow:
 def gates_from_dict(d: dict | None) -> GateResult | None:
     if d is None:
         return None
-    names = {f.name for f in fields(GateResult)}
-    kw = {k: v for k, v in d.items() if k in names and k != "checks"}
-    for k in ("added_layers", "removed_layers", "added_outputs", "removed_outputs", "notes"):
-        if k in kw:
-            kw[k] = tuple(kw[k])
-    check_names = {f.name for f in fields(GateCheck)}
-    checks = tuple(GateCheck(**{k: v for k, v in c.items() if k in check_names}) for c in d.get("checks", ()))
-    return GateResult(checks=checks, **kw)
+    d = _object(d, "gates")
+    kw = _typed_fields(GateResult, d, "gates", skip=("checks",))
+    for gate, t in kw.get("thresholds", {}).items():
+        where = f"gates.thresholds.{gate}"
+        _expect(_field(_object(t, where), "default", where), float | None, f"{where}.default")
+        _expect(_field(t, "overrides", where), dict[str, float | None], f"{where}.overrides")
+    raw = d.get("checks", [])
+    if not isinstance(raw, list):
+        raise ReportFormatError(f"gates.checks must be an array, not {_json_type(raw)}")
+    checks = []
+    for i, c in enumerate(raw):
+        ckw = _typed_fields(GateCheck, c, f"gates.checks[{i}]")
+        if ckw["status"] not in CHECK_STATUSES:
+            raise ReportFormatError(f"gates.checks[{i}].status must be one of {', '.join(CHECK_STATUSES)}")
+        checks.append(GateCheck(**ckw))
+    return GateResult(checks=tuple(checks), **kw)
 
 
-def from_dict(d: dict) -> Report:
+#: the free-form sections of a report: each must be a JSON object
+_SECTIONS = ("meta", "model", "settings", "data", "folding")
+#: the fields of those sections that the renderers read, with their JSON types: (required, optional)
+_SECTION_FIELDS = {
+    "model": ({"path": str, "sha256": str, "opset": int}, {}),
+    "settings": (
+        {
+            "format": str,
+            "activation_type": str,
+            "weight_type": str,
+            "per_channel": bool,
+            "percentile": float,
+            "calib_symmetric": bool,
+        },
+        {},
+    ),
+    "data": ({"n_calib": int, "n_eval": int, "eval_is_calib": bool}, {}),
+    "meta": ({}, {"seconds": float | None, "phase_seconds": dict[str, float]}),
+    "folding": ({}, {"folded": tuple[typing.Any, ...], "check_samples": int | None, "skipped": tuple[dict, ...]}),
+}
+
+
+def _section(d: dict, key: str, strict: bool) -> dict:
+    section = _shallow(_object(_field(d, key, "the report"), key), key)
+    required, optional = _SECTION_FIELDS.get(key, ({}, {}))
+    for name, tp in required.items():
+        if strict or name in section:
+            _expect(_field(section, name, key), tp, f"{key}.{name}")
+    for name, tp in optional.items():
+        if name in section:
+            _expect(section[name], tp, f"{key}.{name}")
+    for i, sk in enumerate(section.get("skipped", []) if key == "folding" else []):
+        for name in ("bn", "reason"):
+            _expect(_field(sk, name, f"folding.skipped[{i}]"), str, f"folding.skipped[{i}].{name}")
+    return section
+
+
+def from_dict(d: dict, strict: bool = False) -> Report:
+    """A :class:`Report` from its JSON form; a :class:`ReportFormatError` (a ``ValueError``) naming
+    the first field that is missing or of the wrong type. ``strict``: the fields of the free-form
+    sections that the renderers read must be there too (as in every report qaudit writes)."""
     if not isinstance(d, dict) or not isinstance(d.get("format"), dict):
-        raise ValueError("not a qaudit report (expected an object with a 'format' object)")
+        raise ReportFormatError("not a qaudit report (expected an object with a 'format' object)")
     fmt = d["format"]
     if fmt.get("name") != "qaudit-report":
-        raise ValueError("not a qaudit report (missing format.name == 'qaudit-report')")
-    if fmt.get("version") not in READABLE_VERSIONS:
-        raise ValueError(
-            f"unsupported qaudit report format version {fmt.get('version')}; "
+        raise ReportFormatError("not a qaudit report (missing format.name == 'qaudit-report')")
+    version = fmt.get("version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise ReportFormatError(
+            f"unsupported qaudit report format version {version!r}; "
             f"this qaudit reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
+    sections = {k: _section(d, k, strict) for k in _SECTIONS}
+
+    def rows(key, cls):
+        raw = _field(d, key, "the report")
+        if not isinstance(raw, list):
+            raise ReportFormatError(f"{key} must be an array, not {_json_type(raw)}")
+        return tuple(_revive(cls, r, f"{key}[{i}]") for i, r in enumerate(raw))
+
     return Report(
-        meta=d["meta"],
-        model=d["model"],
-        settings=d["settings"],
-        data=d["data"],
-        folding=d["folding"],
-        layers=tuple(_revive(LayerRow, r) for r in d["layers"]),
-        outputs=tuple(_output_row(r, fmt["version"]) for r in d["outputs"]),
-        unmatched=tuple(_revive(UnmatchedTensor, r) for r in d["unmatched"]),
-        notes=tuple(d.get("notes", ())),
-        format_version=fmt["version"],
+        **sections,
+        layers=rows("layers", LayerRow),
+        outputs=tuple(_output_row(r, version) for r in rows("outputs", OutputRow)),
+        unmatched=rows("unmatched", UnmatchedTensor),
+        notes=_expect(d.get("notes", []), tuple[str, ...], "notes"),
+        format_version=version,
         gates=gates_from_dict(d.get("gates")),
     )
 
 
-def from_json(text: str) -> Report:
-    return from_dict(json.loads(text))
+def from_json(text: str, strict: bool = False) -> Report:
+    return from_dict(json.loads(text), strict)
 
 
 def load_report(path, what: str = "report") -> Report:
@@ -425,6 +602,10 @@ def load_report(path, what: str = "report") -> Report:
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path} (give a JSON file written by --json)")
     try:
-        return from_json(path.read_text(encoding="utf-8"))
+        return from_json(path.read_text(encoding="utf-8"), strict=True)
+    except RecursionError:
+        raise ConfigError(f"{what} {path} is not a readable qaudit JSON report: it is nested too deeply") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{what} {path} is not a readable qaudit JSON report: {e}") from None

@@ -15,13 +15,17 @@ merges them with the config file and the environment.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
+import signal
 import sys
 from pathlib import Path
 
 from qaudit import __version__
-from qaudit.errors import ConfigError, QauditError
+from qaudit.errors import ConfigError, OutputError, QauditError, Terminated
+from qaudit.output import check_outputs
+from qaudit.renderers.text import printable
 from qaudit.report import load_report
 
 EXIT_OK, EXIT_GATE, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
@@ -45,7 +49,7 @@ GROUP_TITLES = {
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, like every other user error
-        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.stderr.write(f"{self.prog}: error: {printable(message)} (see {self.prog} --help)\n")
         raise SystemExit(EXIT_USAGE)
 
 
@@ -220,72 +224,59 @@ def _run_compare(args) -> int:
     from qaudit.comparison.run import CompareConfig, compare, read_map
 
     names = tuple(x.strip() for x in args.names.split(",")) if args.names else None
-    _check_outputs({f"input {p}": p for p in args.inputs}, {"--json": args.json, "--html": args.html})
     models = [p for p in args.inputs if p.suffix.lower() != ".json"]
+    settings = _settings("audit", args) if models else None
+    inputs = {f"input {p}": p for p in args.inputs} | {"--map file": args.map}
+    if settings is not None:
+        inputs |= _data_inputs(settings)
+    outs = check_outputs({"--json": args.json, "--html": args.html}, inputs, models)
     audit_cfg = None
     if models:
-        settings = _settings("audit", args)
         if settings["calib"] is None:
             raise ConfigError(
-                f"{models[0]} is a model: give --calib DIR (or set 'calib' in a config file or QAUDIT_CALIB)"
+                f"{printable(models[0])} is a model: give --calib DIR (or set 'calib' in a config file or QAUDIT_CALIB)"
             )
         audit_cfg = dataclasses.replace(settings, values={**settings.values, "model": models[0]}).audit_config()
     pins = read_map(args.map, len(args.inputs)) if args.map else ()
     cfg = CompareConfig(tuple(args.inputs), audit_cfg, names, pins, args.activations, _tolerances(args.tolerance))
     show_progress = models and not (args.quiet or args.no_progress) and sys.stderr.isatty()
-    progress = _RichProgress() if show_progress else None
-    try:
-        result = compare(cfg, progress)
-    finally:
-        if progress is not None:
-            progress.done()
-    _write_outputs(result, {"json": args.json, "html": args.html}, {}, args.quiet)
+    with outs:
+        progress = _RichProgress() if show_progress else None
+        try:
+            result = compare(cfg, progress)
+        finally:
+            if progress is not None:
+                progress.done()
+        _write_outputs(result, outs, {"json": "--json", "html": "--html"}, {}, args.quiet)
     return EXIT_OK
 
 
-def _write_outputs(subject, targets: dict, options: dict, quiet: bool, gates=None) -> None:
-    """Render ``subject`` in every format of ``targets`` (format -> path, ``-`` or None) with
-    ``options[format]``, then write the files, then print the terminal output: to stderr
-    when stdout carries a file. Everything is rendered before anything is written, so a
-    bug in one renderer leaves no partial set of files."""
-    from qaudit.output import write_text
+def _write_outputs(subject, outs, flags: dict, options: dict, quiet: bool, gates=None) -> None:
+    """Render ``subject`` in every format of ``flags`` (format -> output flag) that ``outs``
+    holds, with ``options[format]``, then write every output (all or none:
+    :meth:`qaudit.output.Outputs.commit`), then print the terminal output: to stderr when
+    stdout carries a file. Everything is rendered before anything is written, so a bug in
+    one renderer leaves no partial set of files."""
     from qaudit.renderers import render
     from qaudit.renderers.terminal import console
 
-    wanted = {fmt: target for fmt, target in targets.items() if target}
-    texts = {target: render(subject, fmt, gates=gates, **options.get(fmt, {})) for fmt, target in wanted.items()}
-    for target, text in texts.items():
-        write_text(target, text)
-    con = console(stderr="-" in wanted.values())
+    wanted = {fmt: flag for fmt, flag in flags.items() if flag in outs}
+    texts = {flag: render(subject, fmt, gates=gates, **options.get(fmt, {})) for fmt, flag in wanted.items()}
+    outs.commit(texts)
+    con = console(stderr=any(t.kind == "stdout" for t in outs.targets.values()))
     render(subject, "terminal", gates=gates, console=con, quiet=quiet, **options.get("terminal", {}))
 
 
-def _check_outputs(inputs: dict, outputs: dict) -> None:
-    """Fail before any work if an output path cannot be written, would clobber an input
-    (``inputs``: label -> path), or clashes with another output."""
-    seen = {}
-    to_stdout = [flag for flag, path in outputs.items() if path is not None and str(path) == "-"]
-    if len(to_stdout) > 1:
-        raise ConfigError(f"{' and '.join(to_stdout)} both write to stdout ('-'); give one of them a file path")
-    protected = {}
-    for label, path in inputs.items():
-        if path is not None and Path(path).exists():
-            protected[Path(path).resolve()] = label
-    for flag, path in outputs.items():
-        if path is None or str(path) == "-":
-            continue
-        p = Path(path)
-        if p.exists() and p.resolve() in protected:
-            label = protected[p.resolve()]
-            raise ConfigError(f"{flag} {path} is the {label}: qaudit never overwrites its inputs; choose another path")
-        if p.is_dir():
-            raise ConfigError(f"cannot write {flag} {path}: it is a directory; give a file path")
-        if not p.parent.is_dir():
-            raise ConfigError(f"cannot write {flag} {path}: directory {p.parent} does not exist")
-        key = str(p.resolve())
-        if key in seen:
-            raise ConfigError(f"{seen[key]} and {flag} both write {path}; give them different paths")
-        seen[key] = flag
+def _data_inputs(settings) -> dict:
+    """The files and directories an audit with ``settings`` reads, by label (outputs must not touch them)."""
+    v = settings.values
+    return {
+        "calibration data": v.get("calib"),
+        "evaluation data": v.get("eval"),
+        "labels file": v.get("labels"),
+        "config file": settings.config_file,
+        "baseline": v.get("baseline"),
+    }
 
 
 class _RichProgress:
@@ -318,7 +309,10 @@ class _RichProgress:
     def stage(self, description, total):
         if self._task is not None:
             self._p.update(self._task, completed=self._p.tasks[self._task].total)
-        self._task = self._p.add_task(description, total=total)
+        from rich.markup import escape
+
+        # the description holds file names (compare's labels): shown as text, never as markup or escapes
+        self._task = self._p.add_task(escape(printable(description)), total=total)
 
     def advance(self, n):
         if self._task is not None:
@@ -335,7 +329,7 @@ def _settings(command: str, args: argparse.Namespace):
     return resolve(command, cli, os.environ, Path.cwd())
 
 
-def _finish(report, settings, baseline) -> int:
+def _finish(report, settings, baseline, outs) -> int:
     """Evaluate the gates, write every requested output, render, and choose the exit code."""
     from qaudit.gate import evaluate
 
@@ -346,7 +340,8 @@ def _finish(report, settings, baseline) -> int:
     result = report.gates  # a saved report re-rendered without gate settings keeps its own verdict
     _write_outputs(
         report,
-        {fmt: v.get(fmt) for fmt in ("json", "junit", "markdown", "html")},
+        outs,
+        {fmt: f"--{fmt}" for fmt in ("json", "junit", "markdown", "html")},
         {"markdown": {"worst": max(v["worst"], 5)}, "html": {"worst": v["worst"]}, "terminal": {"worst": v["worst"]}},
         v["quiet"],
         gates=result,
@@ -354,31 +349,31 @@ def _finish(report, settings, baseline) -> int:
     return EXIT_GATE if result is not None and not result.passed else EXIT_OK
 
 
+_REPORT_FLAGS = ("--json", "--junit", "--markdown", "--html")
+
+
 def _run_audit(args) -> int:
     from qaudit.pipeline.audit import audit
 
     settings = _settings("audit", args)
     cfg = settings.audit_config()
-    _check_outputs(
-        {"input model": cfg.model, "baseline": settings["baseline"]},
-        {
-            "--json": settings["json"],
-            "--junit": settings["junit"],
-            "--markdown": settings["markdown"],
-            "--html": settings["html"],
-            "--output-model": cfg.output_model,
-        },
-    )
-    baseline = load_report(settings["baseline"], "baseline report") if settings["baseline"] else None
-    _check_gates_apply(settings, cfg, baseline is not None)
-    show_progress = not (settings["quiet"] or args.no_progress) and sys.stderr.isatty()
-    progress = _RichProgress() if show_progress else None
-    try:
-        report = audit(cfg, progress)
-    finally:
-        if progress is not None:
-            progress.done()
-    return _finish(report, settings, baseline)
+    outputs = {flag: settings[flag[2:]] for flag in _REPORT_FLAGS} | {"--output-model": cfg.output_model}
+    outs = check_outputs(outputs, {"input model": cfg.model, **_data_inputs(settings)}, [cfg.model])
+    with outs:
+        baseline = load_report(settings["baseline"], "baseline report") if settings["baseline"] else None
+        _check_gates_apply(settings, cfg, baseline is not None)
+        if "--output-model" in outs:
+            cfg = cfg.replace(output_model=outs.stage("--output-model"))
+        show_progress = not (settings["quiet"] or args.no_progress) and sys.stderr.isatty()
+        progress = _RichProgress() if show_progress else None
+        try:
+            report = audit(cfg, progress)
+        except OutputError as e:
+            raise OutputError(f"cannot write {outs.label_of(e.path)}: {e.reason}; nothing was written") from e
+        finally:
+            if progress is not None:
+                progress.done()
+        return _finish(report, settings, baseline, outs)
 
 
 def _check_gates_apply(settings, cfg, with_baseline: bool) -> None:
@@ -399,18 +394,14 @@ def _check_gates_apply(settings, cfg, with_baseline: bool) -> None:
 
 def _run_report(args) -> int:
     settings = _settings("report", args)
-    _check_outputs(
-        {"input report": args.report, "baseline": settings["baseline"]},
-        {
-            "--json": settings["json"],
-            "--junit": settings["junit"],
-            "--markdown": settings["markdown"],
-            "--html": settings["html"],
-        },
+    outs = check_outputs(
+        {flag: settings[flag[2:]] for flag in _REPORT_FLAGS},
+        {"input report": args.report, "config file": settings.config_file, "baseline": settings["baseline"]},
     )
-    report = load_report(args.report, "report")
-    baseline = load_report(settings["baseline"], "baseline report") if settings["baseline"] else None
-    return _finish(report, settings, baseline)
+    with outs:
+        report = load_report(args.report, "report")
+        baseline = load_report(settings["baseline"], "baseline report") if settings["baseline"] else None
+        return _finish(report, settings, baseline, outs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -425,23 +416,53 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         run = _run_audit
     try:
-        return run(args)
+        with _signals_unwind():
+            return run(args)
     except QauditError as e:
         if args.debug:
             raise
-        sys.stderr.write(f"qaudit: error: {e}\n")
+        sys.stderr.write(f"qaudit: error: {printable(e)}\n")
         return EXIT_USAGE  # never EXIT_GATE: only a completed gate evaluation fails the gate
     except KeyboardInterrupt:
         sys.stderr.write("qaudit: interrupted\n")
         return 130
+    except Terminated as e:
+        sys.stderr.write(f"qaudit: terminated by {signal.Signals(e.signum).name}; temporary files removed\n")
+        return 128 + e.signum
     except Exception as e:  # a bug: never reported as a verdict
         if args.debug:
             raise
         sys.stderr.write(
-            f"qaudit: internal error: {type(e).__name__}: {e} (run again with --debug for the traceback "
+            f"qaudit: internal error: {type(e).__name__}: {printable(e)} (run again with --debug for the traceback "
             "and report it)\n"
         )
         return EXIT_INTERNAL
+
+
+#: signals handled like Ctrl-C (SIGINT): unwind, removing temporary files, one line, exit 128 + signum
+UNWIND_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+@contextlib.contextmanager
+def _signals_unwind():
+    """While the command runs, SIGTERM and SIGHUP raise :class:`~qaudit.errors.Terminated`
+    in the main thread; a second signal during the unwinding is ignored (SIGKILL still works)."""
+
+    def handler(signum, frame):
+        for s in UNWIND_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in UNWIND_SIGNALS}
+    except ValueError:  # not the main thread (main() called from a worker): leave the signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def entry() -> None:

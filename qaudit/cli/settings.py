@@ -479,6 +479,11 @@ def _read_toml(path: Path) -> dict:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
+    except UnicodeDecodeError as e:  # tomllib decodes the bytes first: a binary file, or not UTF-8
+        raise ConfigError(
+            f"cannot read config file {path}: it is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+            f"{e.start}); TOML files are UTF-8"
+        ) from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
 

@@ -22,6 +22,7 @@ from typing import Protocol
 
 import onnx
 
+from qaudit.errors import OutputError
 from qaudit.options import AuditConfig, QuantConfig
 from qaudit.output import atomic_path
 from qaudit.pipeline import kernels
@@ -205,8 +206,12 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         )
         # 7. the shipped artifact, written last and atomically
         if cfg.output_model is not None:
-            with atomic_path(cfg.output_model) as tmp_out:
-                shutil.copyfile(q_path, tmp_out)
+            try:
+                with atomic_path(cfg.output_model) as tmp_out:
+                    shutil.copyfile(q_path, tmp_out)
+            except OSError as e:  # a full disk, a size limit: a user's problem, and no half-written model
+                reason = e.strerror or str(e)
+                raise OutputError(f"cannot write {cfg.output_model}: {reason}", cfg.output_model, reason) from e
     return report
 
 

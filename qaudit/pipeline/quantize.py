@@ -120,12 +120,12 @@ def _percentile_calibrator(model_path: Path, cfg: QuantConfig, workdir: Path, sk
             # the arena keeps the largest batch's buffers for the whole session.
             import onnxruntime
 
-            from qaudit.pipeline.session import no_spinning
+            from qaudit.pipeline.session import no_spinning, quiet_logs
 
             so = onnxruntime.SessionOptions()
             so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
             so.enable_cpu_mem_arena = False
-            so.log_severity_level = 3
+            quiet_logs(so)
             no_spinning(so)
             self.infer_session = onnxruntime.InferenceSession(
                 self.augmented_model_path, sess_options=so, providers=self.execution_providers

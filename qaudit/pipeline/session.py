@@ -59,7 +59,7 @@ def make_session(
     from qaudit.errors import ModelError
 
     so = ort.SessionOptions()
-    so.log_severity_level = 3  # errors only: ORT warns on every unused initializer
+    quiet_logs(so)
     # No memory arena: an arena keeps the largest batch's buffers for the session's
     # life, and qaudit runs several sessions one after another (seen on 1.32: det@320
     # peak RSS 1.84 GB with arenas, 1.35 GB without).
@@ -70,7 +70,9 @@ def make_session(
     if threads:
         so.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        session.qaudit_what = what  # named by run_named when a run fails
+        return session
     except Exception as e:
         raise ModelError(f"ONNX Runtime cannot run {what}: {ort_message(e)}; {advice}") from e
 
@@ -87,13 +89,42 @@ def no_spinning(so) -> None:
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
 
+#: ORT's logger severity qaudit uses: 4 = fatal only. ORT writes its log lines to stderr itself,
+#: in colour (``\x1b[1;31m...``), before qaudit could print its own one-line error; every
+#: error ORT logs also reaches qaudit as an exception, which qaudit reports (docs/ort-quirks.md).
+ORT_LOG_SEVERITY = 4
+
+
+def quiet_logs(so) -> None:
+    """ORT's default logger and the session of ``so`` (SessionOptions) print nothing below fatal."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(ORT_LOG_SEVERITY)
+    so.log_severity_level = ORT_LOG_SEVERITY
+
+
+#: terminal escape sequences (colours) and other control characters in ORT's messages
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def ort_message(e: Exception) -> str:
-    """ORT's exception text without its error-code prefix and temporary paths."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    """ORT's exception text without its error-code prefix, temporary paths and escape codes."""
+    text = _ESCAPES.sub("", str(e)).strip()
+    msg = text.splitlines()[0] if text else type(e).__name__
     msg = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg)
     return re.sub(r"Load model from \S+ failed:\s*", "", msg)
 
 
 def run_named(session, feeds: dict) -> dict[str, np.ndarray]:
+    """Every output of ``session`` on ``feeds``, by name. A run ORT refuses (an op that cannot
+    run the shapes it gets) is a :class:`~qaudit.errors.ModelError` naming the session's model."""
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds)))
+    try:
+        return dict(zip(names, session.run(names, feeds)))
+    except Exception as e:
+        if not type(e).__module__.startswith("onnxruntime"):
+            raise
+        from qaudit.errors import ModelError
+
+        what = getattr(session, "qaudit_what", "the model")
+        raise ModelError(f"ONNX Runtime cannot run {what} on the data: {ort_message(e)}") from e

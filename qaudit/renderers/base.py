@@ -134,7 +134,9 @@ def render(subject, fmt: str, *, gates: GateResult | None = None, to: str | Path
     write the text there, atomically (a temporary file in the target's
     directory, renamed over it; on failure the temporary file is deleted and an
     existing file is left untouched), or to stdout for ``"-"``. Nothing is
-    written when rendering fails. ``options`` go to the renderer, e.g.
+    written when rendering fails. Every format but ``json`` renders the strings of
+    ``subject`` with their control characters escaped (:mod:`qaudit.renderers.text`).
+    ``options`` go to the renderer, e.g.
     ``worst=5`` (markdown, html, terminal) or ``width=120`` (terminal).
 
     Raises :class:`~qaudit.errors.ConfigError` for an unknown format, or one that
@@ -144,6 +146,10 @@ def render(subject, fmt: str, *, gates: GateResult | None = None, to: str | Path
     accept(renderer, subject, gates)
     if to is not None and options.get("console") is not None:
         raise ConfigError("give either to= or console=, not both")
+    if fmt != "json":  # the JSON report keeps every name as it is (JSON escapes it)
+        from qaudit.renderers.text import printable_copy
+
+        subject, gates = printable_copy(subject), printable_copy(gates)
     text = renderer.render(subject, gates=gates, **options)
     if to is not None:
         from qaudit.output import write_text

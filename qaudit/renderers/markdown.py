@@ -8,6 +8,8 @@ outputs, the baseline comparison, and every check in a collapsed block.
 
 from __future__ import annotations
 
+import re
+
 from qaudit.renderers import numbers as num
 from qaudit.renderers.base import accept, with_gates
 from qaudit.renderers.checks import words
@@ -22,7 +24,7 @@ MAX_CHECKS = 500
 def code(text: str, cell: bool = True) -> str:
     """``text`` as an inline code span; ``cell``: inside a table cell (``|`` escaped, as GFM tables need;
     elsewhere the backslash would show)."""
-    text = str(text).replace("\n", " ")
+    text = str(text).replace("\n", " ").replace("\r", " ")
     if cell:
         text = text.replace("|", "\\|")
     longest, run = 0, 0
@@ -34,8 +36,15 @@ def code(text: str, cell: bool = True) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+#: what can open markup that does something inside a line of text: a link or an image (``[``), an
+#: HTML tag (``<``), an entity (``&``), a code span, a table cell, and the backslash itself
+_MARKUP = re.compile(r"([\\`\[\]<|&])")
+
+
+def text(value) -> str:
+    """``value`` as plain Markdown text: every character that could open a link, an image, an HTML
+    tag, an entity, a code span or a table cell backslash-escaped; newlines as spaces."""
+    return _MARKUP.sub(r"\\\1", str(value)).replace("\n", " ").replace("\r", " ")
 
 
 def _table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
@@ -58,7 +67,7 @@ def _check_row(c: GateCheck) -> list[str]:
         w.relation,
         w.threshold,
         code(w.glob) if w.glob else "",
-        _cell(w.note),
+        text(w.note),
     ]
 
 
@@ -87,11 +96,13 @@ class MarkdownRenderer:
             out.append(f"## qaudit: ❌ FAIL — {len(result.failures)} of {len(result.checks)} gate checks failed")
         out.append("")
         out.append(
-            f"Model {code(m.get('path'), cell=False)} (sha256 `{str(m.get('sha256'))[:12]}`), "
-            f"{str(s.get('format', '')).upper()} activations {s.get('activation_type')}, weights {s.get('weight_type')} "
-            f"{'per-channel' if s.get('per_channel') else 'per-tensor'}, percentile {s.get('percentile')}; "
-            f"{d.get('n_calib')} calibration / {d.get('n_eval')} {'calibration' if d.get('eval_is_calib') else 'evaluation'} "
-            f"samples; qaudit {report.meta.get('qaudit')}, onnxruntime {report.meta.get('onnxruntime')}."
+            f"Model {code(m.get('path'), cell=False)} (sha256 {code(str(m.get('sha256'))[:12], cell=False)}), "
+            f"{text(str(s.get('format', '')).upper())} activations {text(s.get('activation_type'))}, "
+            f"weights {text(s.get('weight_type'))} "
+            f"{'per-channel' if s.get('per_channel') else 'per-tensor'}, percentile {text(s.get('percentile'))}; "
+            f"{text(d.get('n_calib'))} calibration / {text(d.get('n_eval'))} "
+            f"{'calibration' if d.get('eval_is_calib') else 'evaluation'} "
+            f"samples; qaudit {text(report.meta.get('qaudit'))}, onnxruntime {text(report.meta.get('onnxruntime'))}."
         )
         if result is not None and result.skipped:
             out += ["", f"{len(result.skipped)} check(s) skipped (see all checks below)."]
@@ -145,8 +156,9 @@ class MarkdownRenderer:
             b = result.baseline
             out += ["", "### Baseline", ""]
             out.append(
-                f"Compared with {code(b.get('path') or '(in memory)', cell=False)}: model sha256 `{str(b.get('model_sha256'))[:12]}`, "
-                f"qaudit {b.get('qaudit')}, created {b.get('created')}."
+                f"Compared with {code(b.get('path') or '(in memory)', cell=False)}: "
+                f"model sha256 {code(str(b.get('model_sha256'))[:12], cell=False)}, "
+                f"qaudit {text(b.get('qaudit'))}, created {text(b.get('created'))}."
             )
             for label, names in (
                 ("Layers added", result.added_layers),
@@ -158,7 +170,7 @@ class MarkdownRenderer:
 
         if result is not None and result.notes:
             out += ["", "### Notes", ""]
-            out += [f"- {n}".replace("\n", " ") for n in result.notes]
+            out += [f"- {text(n)}" for n in result.notes]
 
         if result is not None and result.checks:
             shown = result.checks[:MAX_CHECKS]

@@ -6,6 +6,7 @@ Rendered from the committed reports in tests/renderers/data (no model is run).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import re
 from pathlib import Path
@@ -13,8 +14,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from qaudit import output
 from qaudit.comparison.result import Comparison
-from qaudit.errors import ConfigError
+from qaudit.errors import ConfigError, OutputError
 from qaudit.renderers import FORMATS, SUBJECTS, Renderer, get_renderer, render
 from qaudit.renderers.html import default_label
 from qaudit.report import Report, to_json
@@ -120,13 +122,12 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path, monk
     out = tmp_path / "r.xml"
     out.write_text("old", encoding="utf-8")
 
-    def half(self, text, *a, **k):
-        with open(self, "w", encoding="utf-8") as f:
-            f.write(text[: len(text) // 2])
-        raise OSError("disk full")
+    def full(path):  # the temporary file is written, then the disk is full
+        assert Path(path).stat().st_size > 0
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_text", half)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(output, "_public_mode", full)
+    with pytest.raises(OutputError, match="No space left on device"):
         render(digits, "junit", to=out)
     monkeypatch.undo()
     assert out.read_text(encoding="utf-8") == "old"
