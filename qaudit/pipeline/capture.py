@@ -74,6 +74,7 @@ def capture(
         iso_session = make_session(
             save_model(iso_model, work / "quantized_isolated.onnx"), what="the isolated-error graph"
         )
+        del iso_model  # a copy of the quantized graph's weights: the session has its own
 
     sizes = {n: (tensor_bytes or {}).get(n, 1) for n in matching.twins}
     meters = [ActivationMeter(matching, share) for share in shares(sizes, min(2, usable_cores()))] or [
