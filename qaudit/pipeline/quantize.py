@@ -145,6 +145,9 @@ def _percentile_calibrator(model_path: Path, cfg: QuantConfig, workdir: Path, sk
     )
     calibrator.augment_graph()
     calibrator.create_inference_session()
+    # the model ORT loaded (with every weight) is only read by augment_graph: the session
+    # has its own copy, and compute_data reads the collector (onnxruntime 1.32)
+    calibrator.model = None
     return calibrator
 
 
