@@ -34,9 +34,9 @@ from qaudit.pipeline.foldcheck import FOLD_CHECK_SAMPLES, FoldingCheck
 from qaudit.pipeline.load import LoadedModel, infer_shapes
 from qaudit.pipeline.match import match
 from qaudit.pipeline.measure import layer_rows, output_kinds
-from qaudit.pipeline.parallel import auto_batch_size
+from qaudit.pipeline.parallel import auto_batch_size, release_free_memory
 from qaudit.pipeline.quantize import calibrate, nonfinite_exclusions, probe_activations, quantize
-from qaudit.pipeline.session import make_session, save_model
+from qaudit.pipeline.session import load_light, make_session, save_model
 from qaudit.pipeline.transform import (
     PER_CHANNEL_QDQ_OPSET,
     FoldResult,
@@ -137,14 +137,22 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
     clock.lap("fold")
     with tempfile.TemporaryDirectory(prefix="qaudit-") as tmp:
         work = Path(tmp)
+        # A big model's weights go to files here once; fold.model and model then only refer to them
+        # (session.save_model), and every session and variant is made from those files.
         folded_path = save_model(fold.model, work / "folded.onnx")
+        normalized_path = save_model(model, work / "normalized.onnx")
+        fold.model = load_light(folded_path)
+        src.model.model = prep.model = model = load_light(normalized_path)
         # fail fast, naming the user's model, if ORT cannot run it at all; the reference of the fold check
-        reference = save_model(prep.reference or model, work / "normalized.onnx")
+        # (the user's model as loaded when qaudit rewrote its graph: an If inlined, the opset upgraded)
+        reference = normalized_path if prep.reference is None else save_model(prep.reference, work / "reference.onnx")
         original = make_session(reference, optimize=False, what=f"model {cfg.model}")
+        if not fold.folded and not prep.rewrites():
+            original = None  # nothing to check: every session holds its own copy of the weights
         # 3. probe one sample: non-finite tensors stay in float (calibration finds later ones); size sets the batch
         bad, bytes_per_sample, tensor_bytes = probe_activations(folded_path, src.first_batch())
         fixed = src.calib.fixed_batch()  # the model's, which a --batch-size cannot change
-        batch_size = fixed or cfg.batch_size or auto_batch_size(bytes_per_sample, fixed)
+        batch_size = fixed or cfg.batch_size or auto_batch_size(bytes_per_sample, fixed, cfg.isolated)
         clock.lap("probe")
         # 4. calibrate (checking the fold on the same pass) and quantize
         check, rewrites = None, prep.rewrites()
@@ -168,6 +176,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         del original  # every session holds its own memory: free it before the next stage
         fold_check = check.result(cfg.fold_rtol, cfg.fold_atol) if check else {}
         clock.lap("calibrate")
+        release_free_memory()  # ORT's quantizer copies every weight a few times: give it the pages calibration freed
         q_path = quantize(folded_path, ranges, cfg.quant, work / "quantized.onnx", work, also_exclude=auto_excluded)
         qmodel = onnx.load(str(q_path))
         clock.lap("quantize")
@@ -193,7 +202,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         )
         clock.lap("capture")
         # 6. measure every row, assemble the report
-        rows = layer_rows(fold.model, qmodel, matching, fold.folded, captured.meter, cfg.clip_percentile)
+        rows = layer_rows(fold.model, qmodel, matching, fold.folded, captured.meter, cfg.clip_percentile, work)
         clock.lap("measure")
         check_samples = check.samples if check else 0
         facts = RunFacts(prep.n_constants, batch_size, bytes_per_sample, auto_excluded, src.n_calib, captured.samples)

@@ -110,6 +110,7 @@ def capture(
             what="the isolated-error graph",
             advice=QUANTIZER_AT_FAULT,
         )
+        del iso_model  # a copy of the quantized graph's weights: the session has its own
 
     sizes = {n: (tensor_bytes or {}).get(n, 1) for n in matching.twins}
     meters = [ActivationMeter(matching, share) for share in shares(sizes, min(2, usable_cores()))] or [

@@ -36,13 +36,14 @@ fusions.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from qaudit.pipeline.graph import attr, consumers, initializers, producers
+from qaudit.pipeline.graph import GraphIndex, attr, consumers, initializers, producers
 from qaudit.report import UnmatchedTensor
 
 #: Activations ORT's quantizer removes after Conv/Gemm/MatMul (QDQ and QOperator, 1.32).
@@ -223,6 +224,13 @@ def match(
     cons = consumers(g)
     inits = {t.name for t in g.initializer}
     qnames = {n.name for n in qmodel.graph.node}
+    sorted_qnames = sorted(qnames)
+
+    def has_quant_node_named_like(prefix: str) -> bool:
+        """Some quantized node's name starts with ``prefix`` (bisection: a 5,000-node graph stays fast)."""
+        i = bisect.bisect_left(sorted_qnames, prefix)
+        return i < len(sorted_qnames) and sorted_qnames[i].startswith(prefix)
+
     qtensors = quantized_tensors(qmodel)
     quantizable = set(quantizable_op_types(fmt))
 
@@ -289,7 +297,7 @@ def match(
                 "float-op",
                 f"{p.op_type} is not quantized by ONNX Runtime; its output stays float in the quantized graph",
             )
-        elif p is not None and p.name not in qnames and not any(qn.startswith(p.name) for qn in qnames):
+        elif p is not None and p.name not in qnames and not has_quant_node_named_like(p.name):
             kind, reason = "removed", "producer no longer exists in the quantized graph"
         else:
             float_in = [
@@ -314,18 +322,25 @@ def match(
     return Matching(twins=twins, unmatched=unmatched, fused_into=fused_into, quantized=quantized)
 
 
-def quantized_weight(qmodel: onnx.ModelProto, layer: str, op_type: str, weight_index: int, fp32_node: onnx.NodeProto):
+def quantized_weight(
+    qmodel: onnx.ModelProto,
+    layer: str,
+    op_type: str,
+    weight_index: int,
+    fp32_node: onnx.NodeProto,
+    index: GraphIndex | None = None,
+):
     """Dequantized weight that the quantized graph holds for ``layer``, or ``None``.
 
     Returns ``(array, encoding)``. Handles QDQ (weight -> DequantizeLinear ->
     layer) and QOperator (QLinearConv/QGemm/QLinearMatMul weight inputs).
+    ``index``: ``GraphIndex(qmodel.graph)``, built once by a caller that asks for many layers.
     """
     from qaudit.pipeline.metrics import dequantize
 
-    g = qmodel.graph
-    inits = initializers(g)
-    prod = producers(g)
-    node = next((n for n in g.node if n.name in (layer, layer + "_quant")), None)
+    index = index or GraphIndex(qmodel.graph)
+    inits, prod = index.inits, index.prod
+    node = index.first_node(layer, layer + "_quant")
     if node is None:
         return None
     if node.op_type in _QOP_WEIGHT_INPUTS:

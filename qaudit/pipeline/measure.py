@@ -19,7 +19,7 @@ import onnx
 
 from qaudit.errors import ConfigError, DataError
 from qaudit.pipeline import kernels
-from qaudit.pipeline.graph import attr, consumers, initializers, producers, to_array, weighted_layers
+from qaudit.pipeline.graph import GraphIndex, attr, consumers, initializers, producers, to_array, weighted_layers
 from qaudit.pipeline.match import REMOVABLE_ACTIVATIONS, Matching, quantized_weight
 from qaudit.pipeline.metrics import (
     ClipCounter,
@@ -313,17 +313,31 @@ class OutputMeter:
         return tuple(OutputRow(name=n, **self.acc[n].result()) for n in self.names if n in self.acc)
 
 
-def weight_row_fields(layer, fold: FoldRecord | None, fp32_model: onnx.ModelProto, qmodel: onnx.ModelProto) -> dict:
-    """Plain and folded weight range/precision, and the weight quantization error."""
-    inits = initializers(fp32_model.graph)
-    w_fold = to_array(inits[layer.weight_name])
-    w_plain = fold.weight_before if fold is not None else w_fold
-    plain = range_stats(layer.channel_matrix(w_plain))
-    folded = range_stats(layer.channel_matrix(w_fold))
+def weight_row_fields(
+    layer,
+    fold: FoldRecord | None,
+    fp32_model: onnx.ModelProto,
+    qmodel: onnx.ModelProto,
+    fp32_inits: dict | None = None,
+    q_index: GraphIndex | None = None,
+    base_dir=None,
+) -> dict:
+    """Plain and folded weight range/precision, and the weight quantization error.
+
+    ``fp32_inits`` and ``q_index``: the two graphs' look-ups, built once by a caller measuring many layers.
+    ``base_dir``: the folder of ``fp32_model``'s external data, if it has some.
+    Each weight is read and rearranged once (a 315 MB weight: three copies fewer).
+    """
+    inits = fp32_inits if fp32_inits is not None else initializers(fp32_model.graph)
+    w_fold = to_array(inits[layer.weight_name], base_dir)
+    rows = layer.channel_matrix(w_fold)
+    folded = range_stats(rows)
+    plain = range_stats(layer.channel_matrix(fold.weight_before)) if fold is not None else folded
     out = {f"w_{k}": v for k, v in plain.items()}
-    out.update(layer_signature(layer, w_fold))
+    out.update(layer_signature(layer, w_fold, rows.shape))
+    del rows
     out.update({f"fold_w_{k}": v for k, v in folded.items()})
-    q = quantized_weight(qmodel, layer.name, layer.op_type, layer.weight_index, layer.node)
+    q = quantized_weight(qmodel, layer.name, layer.op_type, layer.weight_index, layer.node, q_index)
     if q is not None:
         w_hat, enc = q
         out["w_sqnr_db"] = sqnr_of(w_fold, w_hat.reshape(w_fold.shape))
@@ -332,14 +346,16 @@ def weight_row_fields(layer, fold: FoldRecord | None, fp32_model: onnx.ModelProt
     return out
 
 
-def layer_signature(layer, w: np.ndarray) -> dict:
-    """Weight shape, spatial kernel, groups and channel counts: what aligns layers across exports."""
-    rows = layer.channel_matrix(w)
-    c_out = int(rows.shape[0])
+def layer_signature(layer, w: np.ndarray, rows_shape: tuple | None = None) -> dict:
+    """Weight shape, spatial kernel, groups and channel counts: what aligns layers across exports.
+
+    ``rows_shape``: the shape of ``layer.channel_matrix(w)``, when the caller has it."""
+    rows_shape = rows_shape or layer.channel_matrix(w).shape
+    c_out = int(rows_shape[0])
     groups = int(attr(layer.node, "group", 1)) if layer.op_type in ("Conv", "ConvTranspose") else 1
     kernel = tuple(int(k) for k in w.shape[2:]) if layer.op_type in ("Conv", "ConvTranspose") else ()
     k = int(np.prod(kernel)) if kernel else 1
-    c_in = int(rows.shape[1] // k) * (groups if layer.op_type == "Conv" else 1)
+    c_in = int(rows_shape[1] // k) * (groups if layer.op_type == "Conv" else 1)
     if layer.op_type == "ConvTranspose":
         c_in = int(w.shape[0])
     return {"w_shape": tuple(int(d) for d in w.shape), "kernel": kernel, "groups": groups, "c_in": c_in, "c_out": c_out}
@@ -392,7 +408,9 @@ def layer_rows(
     folds: dict[str, FoldRecord],
     meter: ActivationMeter,
     clip_percentile: float,
+    base_dir=None,
 ) -> tuple[LayerRow, ...]:
+    """The report's rows; ``base_dir``: the folder of ``fp32_model``'s external data, if it has some."""
     meter.flush()
     g = fp32_model.graph
     cons = consumers(g)
@@ -401,11 +419,15 @@ def layer_rows(
     twins = matching.twins
     used: set[str] = set()
     rows: list[LayerRow] = []
+    row_names: set[str] = set()
+    fp32_inits, q_index = initializers(g), GraphIndex(qmodel.graph)
 
     def add(name, op, tensor, layer=None):
         fields = {}
         if layer is not None:
-            fields.update(weight_row_fields(layer, folds.get(layer.name), fp32_model, qmodel))
+            fields.update(
+                weight_row_fields(layer, folds.get(layer.name), fp32_model, qmodel, fp32_inits, q_index, base_dir)
+            )
         tw = twins.get(tensor) if tensor else None
         if tw is not None:
             fields.update(activation_row_fields(tensor, meter, clip_percentile))
@@ -423,6 +445,7 @@ def layer_rows(
                 **fields,
             )
         )
+        row_names.add(name)
 
     inits = {t.name for t in g.initializer}
     for inp in g.input:
@@ -440,7 +463,7 @@ def layer_rows(
             tensor = None
         if node.op_type in REMOVABLE_ACTIVATIONS and node.name in matching.fused_into:
             p = prod.get(node.input[0])
-            if p is not None and (p.name in weighted or any(r.name == p.name for r in rows)):
+            if p is not None and (p.name in weighted or p.name in row_names):
                 continue  # reported on the producer's row
         if layer is not None or tensor is not None:
             add(node.name, node.op_type, tensor, layer)

@@ -24,10 +24,12 @@ def range_stats(channel_matrix: np.ndarray) -> dict:
     ``w_precision = mean_c(range_c / w_range)`` (thesis Eq. 3.1); ``None`` when
     ``w_range == 0``.
     """
-    m = np.asarray(channel_matrix, dtype=np.float64)
+    # min and max are exact in the weight's own float type: no float64 copy of the weight
+    m = np.asarray(channel_matrix)
+    m = m if m.dtype in (np.float32, np.float64) else m.astype(np.float64)
     lo, hi = float(m.min()), float(m.max())
     rng = hi - lo
-    ch = m.max(axis=1) - m.min(axis=1)
+    ch = m.max(axis=1).astype(np.float64) - m.min(axis=1).astype(np.float64)
     prec = float(np.mean(ch / rng)) if rng > 0 else None
     return {"min": lo, "max": hi, "range": rng, "precision": prec}
 
@@ -42,16 +44,32 @@ def sqnr_db(sum_x2: float, sum_e2: float) -> float:
     return 10.0 * math.log10(sum_x2 / sum_e2)
 
 
+#: values per float64 block in :func:`_square_sums`: a big weight is not copied whole to float64
+SUM_BLOCK = 1 << 22
+
+
+def _square_sums(x: np.ndarray, x_hat: np.ndarray) -> tuple[float, float, int]:
+    """``(sum x^2, sum (x - x_hat)^2, size)`` in float64, over blocks of :data:`SUM_BLOCK` values
+    (one block, i.e. numpy's own sums, for arrays up to that size)."""
+    x, x_hat = np.asarray(x).reshape(-1), np.asarray(x_hat).reshape(-1)
+    sx2 = se2 = 0.0
+    for i in range(0, max(x.size, 1), SUM_BLOCK):
+        a = x[i : i + SUM_BLOCK].astype(np.float64)
+        e = a - x_hat[i : i + SUM_BLOCK].astype(np.float64)
+        sx2 += float(np.sum(a * a))
+        se2 += float(np.sum(e * e))
+    return sx2, se2, x.size
+
+
 def sqnr_of(x: np.ndarray, x_hat: np.ndarray) -> float:
-    x = np.asarray(x, dtype=np.float64)
-    e = x - np.asarray(x_hat, dtype=np.float64)
-    return sqnr_db(float(np.sum(x * x)), float(np.sum(e * e)))
+    sx2, se2, _ = _square_sums(x, x_hat)
+    return sqnr_db(sx2, se2)
 
 
 def qmse_of(x: np.ndarray, x_hat: np.ndarray) -> float:
     """``mean((x - x_hat)^2)``."""
-    e = np.asarray(x, dtype=np.float64) - np.asarray(x_hat, dtype=np.float64)
-    return float(np.mean(e * e))
+    _, se2, n = _square_sums(x, x_hat)
+    return se2 / n if n else float("nan")
 
 
 def dequantize(q: np.ndarray, scale, zero_point, axis: int | None = None) -> np.ndarray:

@@ -11,22 +11,48 @@ from qaudit.pipeline.data import samples
 #: batches between two :func:`release_free_memory` calls (see there for why 32)
 TRIM_EVERY = 32
 
-#: Bytes of float activations one batch may hold when the batch size is automatic.
-#: Calibration keeps every activation of up to two batches (ORT's calibrator
-#: histograms one while the session runs the next) and the capture holds the fp32,
-#: quantized and isolated tensors of up to two batches, so peak memory is a small
-#: multiple of this plus the model, whatever N is. Measured on PP-OCRv4 det at
-#: 320x320 (177 MB of activations per sample), batch 1: peak RSS 0.88 GB at
-#: N = 128, 0.93 GB at N = 512 (onnxruntime 1.32; docs/performance.md).
-ACTIVATION_BUDGET = 256 * 1024 * 1024
+#: Bytes that the buffers the sessions hold for one batch (:func:`buffer_bytes_per_sample`)
+#: may take together when the batch size is automatic. Peak memory is this plus
+#: the model, the meters and the interpreter, whatever N is: a 1-D conv net with
+#: 0.3 MB of weights and 106 MB of activations per sample peaks at 0.8 GB with
+#: its automatic batch of 1 (benchmarks/bench_scale.py; docs/performance.md).
+ACTIVATION_BUDGET = 384 * 1024 * 1024
 MAX_AUTO_BATCH = 64
+#: bytes of an integer twin per byte of float activation (8-bit codes of float32 values)
+INT_PER_FLOAT = 0.25
+#: batches whose buffers are alive at once: one measured while the session runs the next (:func:`lockstep`)
+BATCHES_ALIVE = 2
 
 
-def auto_batch_size(bytes_per_sample: int, fixed: int | None) -> int:
-    """The largest batch (1..64) whose activations fit ACTIVATION_BUDGET; a fixed batch dim wins."""
+def buffer_bytes_per_sample(float_bytes: int, isolated: bool = True) -> int:
+    """Bytes of session buffers one sample costs at the audit's peak, from its float activations.
+
+    * calibration: the augmented session exposes every float activation
+      (``float_bytes``) and ORT's calibrator gets them one batch at a time (qaudit
+      hands it each batch's outputs; nothing is collected across batches);
+    * capture: the fp32 instrumented session exposes the twins (at most every float
+      activation), the quantized session their integer codes (a quarter of that),
+      and the isolated-error session the same again;
+    * both keep :data:`BATCHES_ALIVE` batches; no session has an ORT memory arena
+      (``session.make_session``), so ORT keeps nothing between runs.
+
+    The larger of the two stages, the capture's ``2 * 1.5 * float_bytes`` with the
+    isolated pass, is what counts.
+    """
+    calibration = float_bytes
+    capture = float_bytes * (1 + INT_PER_FLOAT * (2 if isolated else 1))
+    return int(BATCHES_ALIVE * max(calibration, capture))
+
+
+def auto_batch_size(bytes_per_sample: int, fixed: int | None, isolated: bool = True) -> int:
+    """The largest batch (1..64) whose session buffers fit ACTIVATION_BUDGET; a fixed batch dim wins.
+
+    ``bytes_per_sample``: float activations of one sample (see :func:`buffer_bytes_per_sample`).
+    """
     if fixed:
         return fixed
-    return int(max(1, min(MAX_AUTO_BATCH, ACTIVATION_BUDGET // max(1, bytes_per_sample))))
+    per_sample = max(1, buffer_bytes_per_sample(bytes_per_sample, isolated))
+    return int(max(1, min(MAX_AUTO_BATCH, ACTIVATION_BUDGET // per_sample)))
 
 
 def release_free_memory() -> None:

@@ -80,7 +80,8 @@ def probe_activations(
     from qaudit.pipeline.graph import with_outputs
     from qaudit.pipeline.session import PREPARED_AT_FAULT, make_session, run_named
 
-    model = onnx.load(str(model_path))
+    # a big model's weights stay in their file (session.save_model): the probe refers to it
+    model = onnx.load(str(model_path), load_external_data=False)
     vt = {vi.name: vi.type.tensor_type.elem_type for vi in list(model.graph.value_info) + list(model.graph.output)}
     floats = [
         (o, vt[o])
@@ -136,13 +137,28 @@ def _percentile_calibrator(model_path: Path, cfg: QuantConfig, workdir: Path, sk
         Path(model_path),
         quantizable_op_types(),
         str(Path(workdir) / "calibration_augmented.onnx"),
+        # a model with external data (a big one, session.save_model): the augmented copy refers to
+        # the same kind of file instead of holding its weights inline
+        use_external_data_format=has_external_data(model_path),
         symmetric=opts["symmetric"],
         num_bins=opts["num_bins"],
         percentile=opts["percentile"],
     )
     calibrator.augment_graph()
     calibrator.create_inference_session()
+    # the model ORT loaded (with every weight) is only read by augment_graph: the session
+    # has its own copy, and compute_data reads the collector (onnxruntime 1.32)
+    calibrator.model = None
     return calibrator
+
+
+def has_external_data(model_path: Path) -> bool:
+    """Whether the model file keeps some initializer in an external file (read without loading it)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    return any(uses_external_data(t) for t in model.graph.initializer)
 
 
 def calibrate(

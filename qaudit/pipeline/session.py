@@ -13,15 +13,35 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-#: Models above this size are saved with external data (protobuf's 2 GiB limit).
-_EXTERNAL_DATA_BYTES = 1_800_000_000
+#: Models whose initializers hold more than this are saved with external data:
+#: their weights go to ``<name>.data`` once, and the in-memory proto keeps only
+#: references to that file (docs/performance.md, "Big models").
+EXTERNAL_DATA_BYTES = 32 * 1024 * 1024
+
+
+def inline_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of tensor data held inside the proto's initializers (not in external files)."""
+    return sum(len(t.raw_data) for t in model.graph.initializer if t.HasField("raw_data"))
 
 
 def save_model(model: onnx.ModelProto, path: Path) -> Path:
-    """Save ``model``; large ones get their weights in ``<name>.data`` beside it."""
+    """Save ``model`` as ``path``.
+
+    A model holding more than :data:`EXTERNAL_DATA_BYTES` of weights is saved
+    with its weights in ``<name>.data`` beside it, once. ``model``'s
+    initializers then refer to that file (relative to ``path``'s folder), but
+    the memory they held is not freed (protobuf's arena keeps it until the
+    whole message goes): replace the model by :func:`load_light` of the file,
+    whose copies and variants (instrumented graphs) are then small; every ORT
+    session reads the weights from the file. A model that already refers to
+    external data is saved as it is: save it into the folder of its data
+    (docs/performance.md, "Big models").
+    """
     path = Path(path)
-    if model.ByteSize() > _EXTERNAL_DATA_BYTES:
-        onnx.save_model(model, str(path), save_as_external_data=True, location=path.name + ".data")
+    if inline_bytes(model) > EXTERNAL_DATA_BYTES:
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data"
+        )
     else:
         onnx.save_model(model, str(path))
     return path
@@ -43,6 +63,11 @@ PREPARED_AT_FAULT = (
     "the model itself runs, so the graph qaudit prepared from it (Ifs inlined, BatchNorm folded) is at fault: "
     "please report this model to qaudit"
 )
+
+
+def load_light(path: Path) -> onnx.ModelProto:
+    """The model saved at ``path``, its external data left in its file (see :func:`save_model`)."""
+    return onnx.load(str(path), load_external_data=False)
 
 
 def make_session(

@@ -233,9 +233,17 @@ def test_isolated_error_by_hand(int8_weights, tmp_path):
 
 
 def test_auto_batch_size():
-    from qaudit.pipeline.parallel import ACTIVATION_BUDGET, auto_batch_size
+    from qaudit.pipeline.parallel import ACTIVATION_BUDGET, auto_batch_size, buffer_bytes_per_sample
 
-    assert auto_batch_size(ACTIVATION_BUDGET // 3, None) == 3
+    # every buffer counts: two batches alive, each the fp32 twins (F), the quantized
+    # session's 8-bit codes (F/4) and the isolated session's (F/4): 3F per sample
+    mib = 1 << 20
+    assert ACTIVATION_BUDGET == 384 * mib
+    assert buffer_bytes_per_sample(10 * mib) == 30 * mib
+    assert buffer_bytes_per_sample(10 * mib, isolated=False) == 25 * mib
+    assert auto_batch_size(10 * mib, None) == 12  # 384 // 30
+    assert auto_batch_size(10 * mib, None, isolated=False) == 15  # 384 // 25
+    assert auto_batch_size(106_500_000, None) == 1  # the 1-D conv net of benchmarks/bench_scale.py
     assert auto_batch_size(177_000_000, None) == 1  # PP-OCRv4 det at 320x320: 177 MB per sample
     assert auto_batch_size(1000, None) == 64 and auto_batch_size(10 * ACTIVATION_BUDGET, None) == 1
     assert auto_batch_size(1000, 8) == 8  # a fixed batch dim wins
