@@ -55,6 +55,8 @@ class RunFacts:
     fold_check_samples: int = 0
     graph_changes: list = field(default_factory=list)  # transform.GraphChange: what qaudit changed before quantizing
     label_output: str | None = None  # the output the labels scored
+    #: what ONNX Runtime's quantizer changed itself: quantize.quantizer_changes (opset, Q/DQ domain, notes)
+    quantizer: dict = field(default_factory=dict)
 
 
 def versions() -> dict:
@@ -144,6 +146,8 @@ def build_report(
             "error": "accumulated" + (" and isolated" if cfg.isolated else ""),
             "graph_optimization": "ORT_ENABLE_ALL",
             "auto_excluded": [{"node": n, "reason": r} for n, r in facts.auto_excluded.items()],
+            # the quantized graph's opset and Q/DQ domain (ORT's com.microsoft ops for 4-bit below opset 21)
+            **{k: v for k, v in facts.quantizer.items() if k != "notes"},
             # what qaudit changed in the graph before quantizing it; only present when it did
             **({"graph_changes": [c.as_dict() for c in facts.graph_changes]} if facts.graph_changes else {}),
         },
@@ -168,7 +172,9 @@ def build_report(
         layers=rows,
         outputs=outputs,
         unmatched=tuple(matching.unmatched),
-        notes=notes(cfg, lm, matching, facts.graph_changes) + batch_notes(cfg, facts, data.get("batch_axes")),
+        notes=notes(cfg, lm, matching, facts.graph_changes)
+        + tuple(facts.quantizer.get("notes", ()))
+        + batch_notes(cfg, facts, data.get("batch_axes")),
     )
 
 

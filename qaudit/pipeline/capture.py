@@ -61,10 +61,7 @@ def capture(
         for vi in list(fp32_model.graph.value_info) + list(fp32_model.graph.input)
     }
     fp32_outs = [(n, vtypes.get(n, onnx.TensorProto.FLOAT)) for n in matching.twins]
-    q_outs = [
-        (tw.quant_name, onnx.TensorProto.INT8 if tw.encoding.dtype == "int8" else onnx.TensorProto.UINT8)
-        for tw in matching.twins.values()
-    ]
+    q_outs = [(tw.quant_name, tw.encoding.onnx_type) for tw in matching.twins.values()]
     fp32_session = make_session(
         save_model(with_outputs(fp32_model, fp32_outs), work / "folded_instrumented.onnx"), what=model_name
     )
@@ -163,6 +160,5 @@ def isolated_model(qmodel: onnx.ModelProto, twins) -> tuple[onnx.ModelProto, dic
     have = {o.name for o in g.output}
     for tw in by_quant.values():
         if tw.quant_name not in have:
-            elem = onnx.TensorProto.INT8 if tw.encoding.dtype == "int8" else onnx.TensorProto.UINT8
-            g.output.append(helper.make_tensor_value_info(tw.quant_name, elem, None))
+            g.output.append(helper.make_tensor_value_info(tw.quant_name, tw.encoding.onnx_type, None))
     return m, feeds
