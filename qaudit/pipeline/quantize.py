@@ -396,8 +396,9 @@ def quantizer_changes(fp32_model, qmodel) -> dict:
         notes.append(
             f"{len(saturated)} int32 bias(es) saturated at the int32 limits ({', '.join(saturated[:3])}"
             f"{', ...' if len(saturated) > 3 else ''}): ONNX Runtime quantizes a bias with scale "
-            "input scale x weight scale, which 16-bit types make so small that |bias| / scale exceeds 2^31; "
-            "those layers' errors include the clipped bias (an 8-bit weight type avoids it)"
+            "input scale x weight scale, which 16-bit types make so small that |bias| / scale exceeds 2^31, "
+            "and clips it; those layers' errors include the clipped bias (with int8 or int16 weights ORT "
+            "widens the weight scale instead)"
         )
     out: dict = {"notes": notes}  # the settings keys only when ORT changed something (a baseline stays the same)
     if after != before:

@@ -296,3 +296,22 @@ def test_quantizer_changes_report_what_ort_changed():
     assert contrib["qdq_domain"] == "com.microsoft" and "ONNX Runtime only" in contrib["notes"][0]
     (note,) = quantizer_changes(model(21), model(21, bias=(5, 2**31 - 1)))["notes"]
     assert "1 int32 bias(es) saturated" in note and "layer" in note
+
+
+def test_renderers_name_the_types(typed_audit):
+    """Terminal, Markdown and HTML say which types were audited; the HTML histogram of a
+    16-bit activation says its grid is too fine to draw instead of drawing 65536 levels;
+    the JSON keeps each row's type."""
+    from qaudit.renderers import render
+    from qaudit.report import from_json, to_json
+
+    act, wt, report, *_ = typed_audit
+    for fmt in ("terminal", "markdown", "html"):
+        out = render(report, fmt)
+        assert f"activations {act}" in out and f"weights {wt}" in out, fmt
+    html = render(report, "html")
+    assert ("65536 " + act + " levels" in html) == ("16" in act)
+    assert ("too fine to draw" in html) == ("16" in act)
+    back = from_json(to_json(report))
+    assert [r.dtype for r in back.layers] == [r.dtype for r in report.layers]
+    assert [r.w_encoding for r in back.layers] == [r.w_encoding for r in report.layers]
