@@ -315,3 +315,34 @@ def test_renderers_name_the_types(typed_audit):
     back = from_json(to_json(report))
     assert [r.dtype for r in back.layers] == [r.dtype for r in report.layers]
     assert [r.w_encoding for r in back.layers] == [r.w_encoding for r in report.layers]
+
+
+@pytest.mark.parametrize("wt", ["int4", "int16"])
+def test_per_channel_weights_by_hand(wt, tmp_path):
+    """Per-channel 4-bit (ORT's com.microsoft DequantizeLinear with an axis, opset 17) and
+    16-bit (opset 21) weights: each output channel dequantized by hand with its own scale."""
+    quant = qaudit.QuantConfig(activation_type="uint16" if wt == "int16" else "uint8", weight_type=wt, per_channel=True)
+    qpath = tmp_path / "q.onnx"
+    report = qaudit.audit(
+        qaudit.AuditConfig(
+            model=SAMPLE / "model.onnx", calib=SAMPLE / "calib", eval=SAMPLE / "eval", output_model=qpath, quant=quant
+        )
+    )
+    q = onnx.load(qpath)
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    fp32 = {
+        t.name: numpy_helper.to_array(t)
+        for t in prepare(load_model(SAMPLE / "model.onnx"), quant=quant).fold.model.graph.initializer
+    }
+    row = next(r for r in report.layers if r.name == "/dw/conv/Conv")
+    assert row.w_encoding == f"{wt} per-channel"
+    wq = inits["/dw/conv/Conv.weight_bnfolded_quantized"].astype(np.int64)
+    s = inits["/dw/conv/Conv.weight_bnfolded_scale"]
+    zp = inits["/dw/conv/Conv.weight_bnfolded_zero_point"].astype(np.int64)
+    assert s.shape == (32,) and not zp.any()  # symmetric signed weights
+    lo, hi = RANGES[wt]
+    assert lo <= wq.min() and wq.max() <= hi
+    w_hat = wq.astype(np.float32) * s[:, None, None, None]
+    w = fp32["/dw/conv/Conv.weight_bnfolded"].astype(np.float64)
+    want = 10 * np.log10(np.sum(w**2) / np.sum((w - w_hat) ** 2))
+    assert row.w_sqnr_db == pytest.approx(want, abs=1e-6)
