@@ -19,6 +19,22 @@ from pathlib import Path
 from qaudit.errors import ConfigError
 
 QUANT_TYPES = ("uint8", "int8")
+#: Types ORT's quantizer writes (onnxruntime 1.32): activations up to 16 bits, weights also 4 bits.
+ACTIVATION_TYPES = QUANT_TYPES + ("uint16", "int16")
+WEIGHT_TYPES = ACTIVATION_TYPES + ("uint4", "int4")
+#: Types only the QDQ format has: ORT's QOperator ops (QLinearConv, ...) are 8-bit only.
+QDQ_ONLY_TYPES = ("uint16", "int16", "uint4", "int4")
+#: 16-bit Q/DQ is in the ONNX domain from opset 21 (ORT raises the opset for them, quant_utils.update_opset_version).
+SIXTEEN_BIT_OPSET = 21
+#: The integer range ``[q_lo, q_hi]`` of each quantized type (docs/metrics.md).
+INTEGER_RANGES = {
+    "uint8": (0, 255),
+    "int8": (-128, 127),
+    "uint16": (0, 65535),
+    "int16": (-32768, 32767),
+    "uint4": (0, 15),
+    "int4": (-8, 7),
+}
 FORMATS = ("qdq", "qoperator")
 
 
@@ -44,9 +60,14 @@ class QuantConfig:
     def __post_init__(self):
         if self.format not in FORMATS:
             raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {self.format!r}")
-        for key in ("activation_type", "weight_type"):
-            if getattr(self, key) not in QUANT_TYPES:
-                raise ConfigError(f"{key} must be one of {', '.join(QUANT_TYPES)}, not {getattr(self, key)!r}")
+        for key, types in (("activation_type", ACTIVATION_TYPES), ("weight_type", WEIGHT_TYPES)):
+            if getattr(self, key) not in types:
+                raise ConfigError(f"{key} must be one of {', '.join(types)}, not {getattr(self, key)!r}")
+            if self.format == "qoperator" and getattr(self, key) in QDQ_ONLY_TYPES:
+                raise ConfigError(
+                    f"{key} {getattr(self, key)} exists only in the QDQ format (ONNX Runtime's QOperator ops are "
+                    "8-bit): use --format qdq, or an 8-bit type"
+                )
         if self.activation_type == "int8" and self.weight_type == "uint8":
             raise ConfigError(
                 "ONNX Runtime does not support int8 activations with uint8 weights; use --weight-type int8"
@@ -59,8 +80,20 @@ class QuantConfig:
     def ort_quant_types(self):
         from onnxruntime.quantization import QuantType
 
-        t = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+        t = {
+            "uint8": QuantType.QUInt8,
+            "int8": QuantType.QInt8,
+            "uint16": QuantType.QUInt16,
+            "int16": QuantType.QInt16,
+            "uint4": QuantType.QUInt4,
+            "int4": QuantType.QInt4,
+        }
         return t[self.activation_type], t[self.weight_type]
+
+    @property
+    def sixteen_bit(self) -> bool:
+        """A 16-bit activation or weight type: Q/DQ in the ONNX domain needs opset 21."""
+        return "16" in self.activation_type or "16" in self.weight_type
 
     def ort_format(self):
         from onnxruntime.quantization import QuantFormat

@@ -53,6 +53,9 @@ from pathlib import Path
 #:     input's batch axis (null: fed as it is) and how it was chosen.
 #:   - ``settings.graph_changes``: ``[{"kind", "target", "detail"}]``, what qaudit changed in the
 #:     graph before quantizing it (an If inlined, the opset upgraded, an initializer unshared).
+#:   - ``settings.quantized_opset`` (ORT's quantizer raised the opset) and ``settings.qdq_domain``
+#:     (``"com.microsoft"``: ORT's contrib Q/DQ), only when ORT did so; ``layers[].dtype`` and
+#:     ``w_encoding`` also name ``uint16``, ``int16`` (and weights ``uint4``, ``int4``).
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 

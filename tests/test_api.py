@@ -145,7 +145,7 @@ def test_options_are_audit_and_quant_fields_checked_by_name():
     with pytest.raises(ConfigError, match=r"unknown audit option 'per_chanel' \(did you mean 'per_channel'\?\)"):
         qaudit.audit(SAMPLE_MODEL, calib=SAMPLE_CALIB, per_chanel=True)
     with pytest.raises(ConfigError, match="weight_type must be one of"):
-        qaudit.audit(SAMPLE_MODEL, calib=SAMPLE_CALIB, weight_type="int4")
+        qaudit.audit(SAMPLE_MODEL, calib=SAMPLE_CALIB, weight_type="int3")
     with pytest.raises(TypeError):
         qaudit.audit(qaudit.AuditConfig(model=SAMPLE_MODEL, calib=SAMPLE_CALIB), SAMPLE_CALIB)
 

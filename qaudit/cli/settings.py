@@ -37,7 +37,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from qaudit.errors import ConfigError
 from qaudit.gate import GATES, GATES_BY_NAME, GateConfig, GateDef, Threshold
-from qaudit.options import FORMATS, QUANT_TYPES, AuditConfig, audit_config
+from qaudit.options import ACTIVATION_TYPES, FORMATS, WEIGHT_TYPES, AuditConfig, audit_config
 
 AUDIT, REPORT = "audit", "report"
 BOTH = (AUDIT, REPORT)
@@ -148,8 +148,10 @@ OPTIONS: tuple[Option, ...] = (
         one_per_flag=True,
     ),
     Option("format", "str", "ORT quantization format", "qdq", FORMATS, group="quantization"),
-    Option("activation_type", "str", "activation type", "uint8", QUANT_TYPES, group="quantization"),
-    Option("weight_type", "str", "weight type", "uint8", QUANT_TYPES, group="quantization"),
+    Option(
+        "activation_type", "str", "activation type (16-bit: QDQ only)", "uint8", ACTIVATION_TYPES, group="quantization"
+    ),
+    Option("weight_type", "str", "weight type (16- and 4-bit: QDQ only)", "uint8", WEIGHT_TYPES, group="quantization"),
     Option("per_channel", "bool", "per-channel weight quantization (default: per-tensor)", False, group="quantization"),
     Option(
         "percentile",

@@ -57,6 +57,8 @@ class RunFacts:
     label_output: str | None = None  # the output the labels scored
     #: outputs on which the instrumented quantized graph differed from a plain session (capture.Captured)
     plain_outputs: tuple[str, ...] = ()
+    #: what ONNX Runtime's quantizer changed itself: quantize.quantizer_changes (opset, Q/DQ domain, notes)
+    quantizer: dict = field(default_factory=dict)
 
 
 def versions() -> dict:
@@ -177,6 +179,8 @@ def build_report(
             "error": "accumulated" + (" and isolated" if cfg.isolated else ""),
             "graph_optimization": "ORT_ENABLE_ALL",
             "auto_excluded": [{"node": n, "reason": r} for n, r in facts.auto_excluded.items()],
+            # the quantized graph's opset and Q/DQ domain (ORT's com.microsoft ops for 4-bit below opset 21)
+            **{k: v for k, v in facts.quantizer.items() if k != "notes"},
             # what qaudit changed in the graph before quantizing it; only present when it did
             **({"graph_changes": [c.as_dict() for c in facts.graph_changes]} if facts.graph_changes else {}),
         },
@@ -202,6 +206,7 @@ def build_report(
         outputs=outputs,
         unmatched=tuple(matching.unmatched),
         notes=notes(cfg, lm, matching, facts.graph_changes, facts.plain_outputs)
+        + tuple(facts.quantizer.get("notes", ()))
         + batch_notes(cfg, facts, data.get("batch_axes")),
     )
 

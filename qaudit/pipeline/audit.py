@@ -23,7 +23,7 @@ from typing import Protocol
 import onnx
 
 from qaudit.errors import OutputError
-from qaudit.options import AuditConfig, QuantConfig
+from qaudit.options import SIXTEEN_BIT_OPSET, AuditConfig, QuantConfig
 from qaudit.output import atomic_path
 from qaudit.pipeline import kernels
 from qaudit.pipeline.assemble import PhaseClock, RunFacts, build_report
@@ -35,7 +35,7 @@ from qaudit.pipeline.load import LoadedModel, infer_shapes
 from qaudit.pipeline.match import match
 from qaudit.pipeline.measure import layer_rows, output_kinds
 from qaudit.pipeline.parallel import auto_batch_size, release_free_memory
-from qaudit.pipeline.quantize import calibrate, nonfinite_exclusions, probe_activations, quantize
+from qaudit.pipeline.quantize import calibrate, nonfinite_exclusions, probe_activations, quantize, quantizer_changes
 from qaudit.pipeline.session import load_light, make_session, save_model
 from qaudit.pipeline.transform import (
     PER_CHANNEL_QDQ_OPSET,
@@ -94,25 +94,25 @@ def prepare(lm: LoadedModel, exclude=(), quant: QuantConfig | None = None, feeds
 
     Inlines the top-level Ifs whose condition is constant over ``feeds()`` (an iterator
     of every sample's feeds; :mod:`qaudit.pipeline.controlflow`), upgrades the opset when
-    ``quant`` needs it (per-channel QDQ: DequantizeLinear's ``axis`` exists from opset 13),
+    ``quant`` needs it (:func:`opset_needed`: per-channel QDQ needs opset 13, 16-bit types 21),
     then normalizes (:func:`~qaudit.pipeline.transform.normalize`) and folds.
     :mod:`qaudit.comparison` and the tests use it to get exactly the graph the audit measures.
     """
-    upgrade = quant is not None and quant.per_channel and quant.format == "qdq" and lm.opset < PER_CHANNEL_QDQ_OPSET
+    target, why = opset_needed(quant)
+    upgrade = lm.opset < target
     reference = None  # a copy only when the graph may be rewritten (a big model is not copied for nothing)
     if upgrade or any(n.op_type in CONTROL_FLOW_OPS for n in lm.model.graph.node):
         reference = onnx.ModelProto()
         reference.CopyFrom(lm.model)
     changes = resolve_control_flow(lm.model, feeds, lm.path)
     if upgrade:
-        why = "--per-channel with the QDQ format (DequantizeLinear with an axis)"
-        lm.model = upgrade_opset(lm.model, lm.opset, PER_CHANNEL_QDQ_OPSET, why, lm.path)
+        lm.model = upgrade_opset(lm.model, lm.opset, target, why, lm.path)
         changes.append(
             GraphChange(
                 "opset_upgrade",
                 str(lm.path),
-                f"opset upgraded from {lm.opset} to {PER_CHANNEL_QDQ_OPSET} with onnx.version_converter: {why} "
-                f"needs opset >= {PER_CHANNEL_QDQ_OPSET}",
+                f"opset upgraded from {lm.opset} to {target} with onnx.version_converter: {why} "
+                f"needs opset >= {target}",
             )
         )
     if changes:  # new nodes and tensors: type them as the loaded model was
@@ -121,6 +121,26 @@ def prepare(lm: LoadedModel, exclude=(), quant: QuantConfig | None = None, feeds
     n_constants, unshared = normalize(lm.model, exclude)
     rewritten = reference if changes else None
     return Prepared(lm.model, n_constants, fold_batchnorm(lm.model), changes + unshared, rewritten)
+
+
+def opset_needed(quant: QuantConfig | None) -> tuple[int, str]:
+    """The lowest opset the quantized graph needs for ``quant``, and why (``(0, "")``: any).
+
+    16-bit types: QuantizeLinear/DequantizeLinear take 16-bit integers from opset 21;
+    ONNX Runtime's ``quantize_static`` would raise the opset itself
+    (``quant_utils.update_opset_version``, onnxruntime 1.32) on a copy qaudit could not
+    check, so qaudit upgrades first and checks the upgraded graph's outputs. 4-bit
+    weights below opset 21 get ORT's ``com.microsoft`` Q/DQ ops instead
+    (:func:`qaudit.pipeline.quantize.quantizer_changes` reports it).
+    """
+    if quant is None or quant.format != "qdq":
+        return 0, ""
+    if quant.sixteen_bit:
+        types = sorted({t for t in (quant.activation_type, quant.weight_type) if "16" in t})
+        return SIXTEEN_BIT_OPSET, f"{' and '.join(types)} quantization (16-bit QuantizeLinear/DequantizeLinear)"
+    if quant.per_channel:
+        return PER_CHANNEL_QDQ_OPSET, "--per-channel with the QDQ format (DequantizeLinear with an axis)"
+    return 0, ""
 
 
 def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
@@ -179,6 +199,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         release_free_memory()  # ORT's quantizer copies every weight a few times: give it the pages calibration freed
         q_path = quantize(folded_path, ranges, cfg.quant, work / "quantized.onnx", work, also_exclude=auto_excluded)
         qmodel = onnx.load(str(q_path))
+        quantizer = quantizer_changes(fold.model, qmodel)
         clock.lap("quantize")
         # 5. pair every fp32 tensor with its quantized twin, capture both on the evaluation data
         excluded = {n: "producer excluded from quantization (--exclude); computed in float" for n in cfg.quant.exclude}
@@ -208,6 +229,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         facts = RunFacts(prep.n_constants, batch_size, bytes_per_sample, auto_excluded, src.n_calib, captured.samples)
         facts.fold_check, facts.fold_check_samples = fold_check, check_samples
         facts.graph_changes = prep.changes
+        facts.quantizer = quantizer
         facts.label_output = outputs.label_output
         facts.plain_outputs = captured.plain_outputs
         report = build_report(

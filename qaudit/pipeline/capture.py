@@ -322,7 +322,7 @@ def isolated_model(qmodel: onnx.ModelProto, twins, shifted=frozenset()) -> tuple
             node.input[2] = u8
     for tw in by_quant.values():
         if tw.quant_name not in have:
-            int8 = tw.encoding.dtype == "int8" and tw.quant_name not in shifted
-            elem = onnx.TensorProto.INT8 if int8 else onnx.TensorProto.UINT8
+            # an int8 pair ORT converts in the plain graph is exposed as the uint8 it becomes
+            elem = onnx.TensorProto.UINT8 if tw.quant_name in shifted else tw.encoding.onnx_type
             g.output.append(helper.make_tensor_value_info(tw.quant_name, elem, None))
     return m, feeds

@@ -43,6 +43,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from qaudit.options import INTEGER_RANGES
 from qaudit.pipeline.graph import GraphIndex, attr, consumers, initializers, producers
 from qaudit.report import UnmatchedTensor
 
@@ -71,15 +72,21 @@ class Encoding:
     scale: np.ndarray
     zero_point: np.ndarray
     axis: int | None
-    dtype: str  # "uint8" | "int8"
+    dtype: str  # a key of options.INTEGER_RANGES: "uint8", "int8", "uint16", "int16", "uint4", "int4"
 
     @property
     def per_tensor(self) -> bool:
         return self.scale.size == 1
 
+    @property
+    def onnx_type(self) -> int:
+        """The ONNX element type of the integer tensor (what a session output of it is declared as)."""
+        return _ONNX_TYPES[self.dtype]
+
     def limits(self) -> tuple[float, float]:
-        """Representable real range ``[scale*(qmin - zp), scale*(qmax - zp)]`` (per-tensor)."""
-        qmin, qmax = (0, 255) if self.dtype == "uint8" else (-128, 127)
+        """Representable real range ``[scale*(qmin - zp), scale*(qmax - zp)]`` (per-tensor),
+        ``[qmin, qmax]`` the integer range of the type."""
+        qmin, qmax = INTEGER_RANGES[self.dtype]
         s = float(self.scale.reshape(-1)[0])
         zp = int(self.zero_point.reshape(-1)[0])
         return s * (qmin - zp), s * (qmax - zp)
@@ -116,8 +123,23 @@ def _const(name: str, inits, prod) -> np.ndarray | None:
     return None
 
 
+_ONNX_TYPES = {
+    "uint8": onnx.TensorProto.UINT8,
+    "int8": onnx.TensorProto.INT8,
+    "uint16": onnx.TensorProto.UINT16,
+    "int16": onnx.TensorProto.INT16,
+    "uint4": onnx.TensorProto.UINT4,
+    "int4": onnx.TensorProto.INT4,
+}
+
+
 def _dtype_name(arr: np.ndarray) -> str:
-    return "int8" if arr.dtype == np.int8 else "uint8"
+    """The quantized type of a zero point or of integer weights (``numpy_helper.to_array``
+    gives 4-bit tensors unpacked, one ml_dtypes ``int4``/``uint4`` value per element)."""
+    name = np.dtype(arr.dtype).name
+    if name not in INTEGER_RANGES:
+        raise ValueError(f"not a quantized integer type: {name}")
+    return name
 
 
 def quantized_tensors(qmodel: onnx.ModelProto) -> dict[str, tuple[str, Encoding, str]]:

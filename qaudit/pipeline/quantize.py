@@ -378,6 +378,70 @@ def _first_line(e: Exception) -> str:
     return ort_message(e)
 
 
+def quantizer_changes(fp32_model, qmodel) -> dict:
+    """What ONNX Runtime's quantizer changed beyond inserting Q/DQ (onnxruntime 1.32):
+    ``{"notes": [...]}``, plus ``"quantized_opset"`` when ORT raised the opset and
+    ``"qdq_domain": "com.microsoft"`` when it wrote contrib Q/DQ ops (the report's settings).
+
+    ``quantize_static`` raises the opset itself for some types (``quant_utils.update_opset_version``;
+    qaudit upgrades first for 16-bit types, :func:`qaudit.pipeline.audit.opset_needed`), and below
+    opset 21 writes 4-bit Q/DQ in the ``com.microsoft`` domain (``qdq_quantizer``, ``UseQDQContribOps``):
+    such a model runs on ONNX Runtime only, and ORT's ``qdq_loss_debug`` matches none of its
+    activations (docs/ort-quirks.md). Each is a note of the report.
+    """
+
+    def opset(m):
+        return next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+    before, after = opset(fp32_model), opset(qmodel)
+    qdq = [n for n in qmodel.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    domains = sorted({n.domain or "ai.onnx" for n in qdq})
+    notes = []
+    if after != before:
+        notes.append(
+            f"ONNX Runtime's quantizer raised the opset from {before} to {after} (onnx.version_converter) "
+            "for the quantization types"
+        )
+    if "com.microsoft" in domains:
+        notes.append(
+            f"ONNX Runtime wrote QuantizeLinear/DequantizeLinear in the com.microsoft domain (opset {after} has no "
+            "4-bit Q/DQ; ONNX has them from opset 21): the quantized model runs on ONNX Runtime only"
+        )
+    saturated = _saturated_biases(qmodel)
+    if saturated:
+        notes.append(
+            f"{len(saturated)} int32 bias(es) saturated at the int32 limits ({', '.join(saturated[:3])}"
+            f"{', ...' if len(saturated) > 3 else ''}): ONNX Runtime quantizes a bias with scale "
+            "input scale x weight scale, which 16-bit types make so small that |bias| / scale exceeds 2^31, "
+            "and clips it; those layers' errors include the clipped bias (with int8 or int16 weights ORT "
+            "widens the weight scale instead)"
+        )
+    out: dict = {"notes": notes}  # the settings keys only when ORT changed something (a baseline stays the same)
+    if after != before:
+        out["quantized_opset"] = after
+    if "com.microsoft" in domains:
+        out["qdq_domain"] = "com.microsoft"
+    return out
+
+
+def _saturated_biases(qmodel) -> list[str]:
+    """Layers whose int32 bias (a DequantizeLinear of an int32 initializer) holds
+    -2^31 or 2^31 - 1: ORT clipped it (onnxruntime 1.32, docs/ort-quirks.md)."""
+    import onnx
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in qmodel.graph.initializer if t.data_type == onnx.TensorProto.INT32}
+    readers = {i: n.name for n in qmodel.graph.node for i in n.input}
+    out = []
+    for node in qmodel.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
+            b = numpy_helper.to_array(inits[node.input[0]])
+            lim = np.iinfo(np.int32)
+            if b.size and (b.max() == lim.max or b.min() == lim.min):
+                out.append(readers.get(node.output[0], node.name))
+    return out
+
+
 def nonfinite_exclusions(model, bad: dict) -> dict[str, str]:
     """Nodes that read or write a tensor holding NaN/Inf stay in float, with the reason.
 

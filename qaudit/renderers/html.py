@@ -217,6 +217,10 @@ def _histogram_figure(pid: str, label: str | None, r: LayerRow) -> str:
         if hi_q - lo_q <= 4096:
             grid = [scale * (q - int(r.zero_point)) for q in range(lo_q, hi_q + 1)]
             grid_label = f"quantization grid: {hi_q - lo_q + 1} {r.dtype} levels, step {num.sig(scale)}"
+        else:  # 16-bit: 65536 levels are a band at any width
+            notes.append(
+                f"quantization grid: {hi_q - lo_q + 1} {r.dtype} levels, step {num.sig(scale)} (too fine to draw)"
+            )
     elif r.has_activation:
         notes.append("per-channel encoding: no single grid or clip points")
     caption = (

@@ -222,6 +222,18 @@ def _batch_axis_out_of_range(d):
     return None, ["--batch-axis", "input=4"], ["batch axis 4", "input", "out of range"]
 
 
+def _qoperator_16_bit(d):
+    return (
+        None,
+        ["--format", "qoperator", "--activation-type", "uint16"],
+        ["activation_type uint16", "QDQ", "--format qdq"],
+    )
+
+
+def _qoperator_4_bit(d):
+    return None, ["--format", "qoperator", "--weight-type", "int4"], ["weight_type int4", "QDQ", "--format qdq"]
+
+
 CASES = {
     "missing-model": _missing_model,
     "directory-as-model": _directory_as_model,
@@ -250,6 +262,8 @@ CASES = {
     "labels-zip": _labels_zip,
     "batch-axis-unknown-input": _batch_axis_unknown_input,
     "batch-axis-out-of-range": _batch_axis_out_of_range,
+    "qoperator-16-bit": _qoperator_16_bit,
+    "qoperator-4-bit": _qoperator_4_bit,
 }
 
 
