@@ -222,10 +222,9 @@ def instrumented_quantized(qmodel: onnx.ModelProto, twins) -> tuple[onnx.ModelPr
                 g.initializer.append(inits[u8])
             q.input[2] = dq.input[2] = u8
             shifted.add(t)
-    elem = {tw.quant_name: tw.encoding.dtype for tw in twins.values()}
-    outs = [
-        (n, onnx.TensorProto.INT8 if elem[n] == "int8" and n not in shifted else onnx.TensorProto.UINT8) for n in elem
-    ]
+    # each twin as the type its graph holds, an int8 pair converted above as the uint8 it became
+    elem = {tw.quant_name: tw.encoding.onnx_type for tw in twins.values()}
+    outs = [(n, onnx.TensorProto.UINT8 if n in shifted else t) for n, t in elem.items()]
     return with_outputs(m, outs), shifted
 
 
