@@ -89,8 +89,13 @@ class MarkdownRenderer:
         out.append(
             f"Model {code(m.get('path'), cell=False)} (sha256 `{str(m.get('sha256'))[:12]}`), "
             f"{str(s.get('format', '')).upper()} activations {s.get('activation_type')}, weights {s.get('weight_type')} "
-            f"{'per-channel' if s.get('per_channel') else 'per-tensor'}, percentile {s.get('percentile')}; "
-            f"{d.get('n_calib')} calibration / {d.get('n_eval')} {'calibration' if d.get('eval_is_calib') else 'evaluation'} "
+            f"{'per-channel' if s.get('per_channel') else 'per-tensor'}, "
+            + (
+                f"quantized elsewhere ({code((m.get('quantized') or {}).get('path'), cell=False)}), calibration unknown; "
+                if m.get("quantized")
+                else f"percentile {s.get('percentile')}; "
+            )
+            + f"{d.get('n_calib')} calibration / {d.get('n_eval')} {'calibration' if d.get('eval_is_calib') else 'evaluation'} "
             f"samples; qaudit {report.meta.get('qaudit')}, onnxruntime {report.meta.get('onnxruntime')}."
         )
         if result is not None and result.skipped:
