@@ -51,6 +51,9 @@ from pathlib import Path
 #:     input's batch axis (null: fed as it is) and how it was chosen.
 #:   - ``settings.graph_changes``: ``[{"kind", "target", "detail"}]``, what qaudit changed in the
 #:     graph before quantizing it (an If inlined, the opset upgraded, an initializer unshared).
+#:   - ``model.quantized``: ``{"path", "sha256", "opset", "producer", "quantized_ops"}``, the model
+#:     audited with ``--quantized`` (absent when qaudit quantized it); ``settings`` is then read from
+#:     its graph (``source: "user"``, ``null`` for the calibration settings a model does not record).
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 

@@ -173,6 +173,8 @@ def summary(report: Report, worst: int = 3) -> Group:
             if checked and checked < report.data["n_calib"]
             else ""
         )
+        if checked and report.model.get("quantized"):  # --quantized: checked on the evaluation data
+            on = f" on {checked} evaluation samples"
         parts.append(
             Text(
                 f"BN folded into {len(folded)} layer(s) (marked [bn]); folded fp32 outputs match the original{on}",

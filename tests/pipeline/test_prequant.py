@@ -143,12 +143,15 @@ def test_bn_kept_by_ort_is_not_folded_for_the_weight_metrics(tmp_path):
     np.save(tmp_path / "x.npy", x)
     quantize_static(str(fp32), str(q), _reader(x), quant_format=QuantFormat.QDQ)
     qm = onnx.load(q)
-    assert "BatchNormalization" in {n.op_type for n in qm.graph.node}
+    ops = {n.op_type for n in qm.graph.node}
+    assert "BatchNormalization" in ops and "Relu" not in ops  # ORT removed the Relu after the BN (quirk 29)
     r = qaudit.audit(fp32, eval=tmp_path / "x.npy", quantized=q)
     assert r.folding["folded"] == [] and r.folding["skipped"][0]["bn"] == "bn"
     assert "not folded there" in r.folding["skipped"][0]["reason"]
-    row = next(r for r in r.layers if r.name == "layer")
+    row = next(x for x in r.layers if x.name == "layer")
     assert row.bn_folded is None
+    bn_row = next(x for x in r.layers if x.name == "bn")
+    assert bn_row.tensor == "out" and [u.tensor for u in r.unmatched] == ["y"]
     # by hand: the graph's int8 weights dequantized against the unfolded fp32 weights
     inits = {t.name: numpy_helper.to_array(t) for t in qm.graph.initializer}
     dq = next(
