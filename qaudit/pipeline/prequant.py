@@ -249,17 +249,21 @@ def align(fp32: onnx.ModelProto, qmodel: onnx.ModelProto) -> Alignment:
         if i.name not in finits and i.name in q_inputs:
             al.tensors[i.name] = i.name
 
+    def is_const(name: str) -> bool:
+        return _float_source(name, qprod) in qconst
+
     def fits(node, q) -> bool:
-        if id(q) in taken or q.op_type != node.op_type or len(q.input) != len(node.input):
+        if id(q) in taken or q.op_type != node.op_type:
             return False
-        for a, b in zip(node.input, q.input):
-            if not a or not b:
-                if bool(a) != bool(b):
+        n = max(len(node.input), len(q.input))
+        for a, b in zip(list(node.input) + [""] * (n - len(node.input)), list(q.input) + [""] * (n - len(q.input))):
+            if not a or not b:  # an optional input on one side only: a constant (a bias added by BN folding)
+                if (a and a not in finits) or (b and not is_const(b)):
                     return False
-            elif a in finits:
-                if _float_source(b, qprod) not in qconst:
+            elif a in finits or a not in al.tensors:  # a constant, or unpaired (a shape the producer folded)
+                if not is_const(b):
                     return False
-            elif al.tensors.get(a) != _float_source(b, qprod):
+            elif al.tensors[a] != _float_source(b, qprod):
                 return False
         return True
 
@@ -267,9 +271,10 @@ def align(fp32: onnx.ModelProto, qmodel: onnx.ModelProto) -> Alignment:
         if node.op_type == "Constant":
             continue
         live = [a for a in node.input if a and a not in finits]
+        paired = [a for a in live if a in al.tensors]
         q = by_name.get(node.name)
         if q is None or not fits(node, q):
-            pool = readers.get(al.tensors.get(live[0], "\0"), []) if live else skeleton
+            pool = readers.get(al.tensors[paired[0]], []) if paired else skeleton
             q = next((c for c in pool if fits(node, c)), None)
         if q is not None:
             taken.add(id(q))
@@ -322,7 +327,11 @@ def check_layers(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, al: Alignment, 
 def kept_batchnorms(fp32: onnx.ModelProto, qmodel: onnx.ModelProto) -> set[str]:
     """The fp32 BatchNormalization nodes the quantized graph still computes (not folded there)."""
     al = align(fp32, qmodel)
-    return {n.name for n in fp32.graph.node if n.op_type == "BatchNormalization" and n.name in al.nodes}
+    # by name too: in QOperator the layer before is a QLinear* op, which the structure cannot pair
+    named = {n.name for n in qmodel.graph.node if n.op_type == "BatchNormalization"}
+    return {
+        n.name for n in fp32.graph.node if n.op_type == "BatchNormalization" and (n.name in al.nodes or n.name in named)
+    }
 
 
 def renamed(fp32: onnx.ModelProto, qmodel: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:

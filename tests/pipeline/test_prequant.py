@@ -113,12 +113,12 @@ def test_an_ort_quantized_model_audits_as_if_qaudit_quantized_it(case, tmp_path,
     assert "qaudit did not calibrate or quantize it" in given.notes[0]
 
 
-def _reader(x):
+def _reader(x, name="x"):
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.it = iter([{"x": x[i : i + 1]} for i in range(len(x))])
+            self.it = iter([{name: x[i : i + 1]} for i in range(len(x))])
 
         def get_next(self):
             return next(self.it, None)
@@ -413,3 +413,42 @@ def test_unused_options_are_noted(tmp_path):
         in r.notes
     )
     assert r.settings["per_channel"] is False  # read from the graph, not the option
+
+
+def test_ort_recommended_preprocessing_then_quantize_static(tmp_path):
+    """``quant_pre_process`` (ORT's optimizer folds Conv+BN, gives the Convs a bias, and keeps Gemm+BN:
+    quirk 10) then ``quantize_static``: the Convs pair although their inputs differ from the fp32
+    model's, the Gemm's BatchNormalization stays unfolded, and every weight SQNR equals numpy's on the
+    weights ORT quantized."""
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    ev, _ = _eval(tmp_path)
+    pre = tmp_path / "pre.onnx"
+    quant_pre_process(str(SAMPLE_MODEL), str(pre))
+    x = np.load(SAMPLE_EVAL / "batch_001.npy")[:16]
+    rows = {}
+    for fmt in (QuantFormat.QDQ, QuantFormat.QOperator):
+        q = tmp_path / f"q_{fmt.name}.onnx"
+        quantize_static(str(pre), str(q), _reader(x, "input"), quant_format=fmt, per_channel=True)
+        r = qaudit.audit(SAMPLE_MODEL, eval=ev, quantized=q)
+        assert [f["bn"] for f in r.folding["skipped"]] == ["/fc1_bn/BatchNormalization"]
+        assert len(r.folding["folded"]) == 4
+        rows[fmt.name] = {row.name: row for row in r.layers}
+        if fmt == QuantFormat.QDQ:
+            qm = onnx.load(q)
+            qi = {t.name: numpy_helper.to_array(t) for t in qm.graph.initializer}
+            wi = {t.name: numpy_helper.to_array(t) for t in onnx.load(pre).graph.initializer}
+            for node in onnx.load(pre).graph.node:
+                if node.op_type not in ("Conv", "Gemm"):
+                    continue
+                w, name = wi[node.input[1]].astype(np.float64), node.input[1]
+                shape = (-1,) + (1,) * (w.ndim - 1)
+                w_hat = qi[f"{name}_scale"].reshape(shape) * (
+                    qi[f"{name}_quantized"].astype(np.float64) - qi[f"{name}_zero_point"].reshape(shape)
+                )
+                expected = 10 * np.log10(np.sum(w**2) / np.sum((w - w_hat) ** 2))
+                assert rows["QDQ"][node.name].w_sqnr_db == pytest.approx(expected, abs=1e-3), node.name
+    assert {k: v.w_sqnr_db for k, v in rows["QOperator"].items() if v.w_sqnr_db} == {
+        k: v.w_sqnr_db for k, v in rows["QDQ"].items() if v.w_sqnr_db
+    }
