@@ -38,6 +38,7 @@ from qaudit.pipeline.parallel import auto_batch_size
 from qaudit.pipeline.prequant import (
     align,
     check_layers,
+    converted_opset,
     detected_settings,
     given_facts,
     kept_batchnorms,
@@ -98,32 +99,37 @@ class Prepared:
         return " and ".join(parts) or None
 
 
-def prepare(lm: LoadedModel, exclude=(), quant: QuantConfig | None = None, feeds=None, keep_bn=None) -> Prepared:
+def prepare(
+    lm: LoadedModel, exclude=(), quant: QuantConfig | None = None, feeds=None, keep_bn=None, opset=None
+) -> Prepared:
     """Prepare ``lm.model`` (in place) for quantization and fold its BatchNorms: the audit's second stage.
 
     Inlines the top-level Ifs whose condition is constant over ``feeds()`` (an iterator
     of every sample's feeds; :mod:`qaudit.pipeline.controlflow`), upgrades the opset when
-    ``quant`` needs it (per-channel QDQ: DequantizeLinear's ``axis`` exists from opset 13),
+    ``quant`` needs it (per-channel QDQ: DequantizeLinear's ``axis`` exists from opset 13)
+    or to ``opset`` (a model quantized elsewhere whose nodes were converted to it),
     then normalizes (:func:`~qaudit.pipeline.transform.normalize`) and folds.
     ``keep_bn(normalized model)``: the BatchNormalization nodes not to fold (a model
     quantized elsewhere that kept them, :func:`~qaudit.pipeline.prequant.kept_batchnorms`).
     :mod:`qaudit.comparison` and the tests use it to get exactly the graph the audit measures.
     """
     upgrade = quant is not None and quant.per_channel and quant.format == "qdq" and lm.opset < PER_CHANNEL_QDQ_OPSET
+    target, why = PER_CHANNEL_QDQ_OPSET, "--per-channel with the QDQ format (DequantizeLinear with an axis)"
+    if opset is not None and opset > lm.opset:
+        upgrade, target = True, opset
+        why = f"pairing its nodes with the quantized model's (--quantized, converted the same way to opset {opset})"
     reference = None  # a copy only when the graph may be rewritten (a big model is not copied for nothing)
     if upgrade or any(n.op_type in CONTROL_FLOW_OPS for n in lm.model.graph.node):
         reference = onnx.ModelProto()
         reference.CopyFrom(lm.model)
     changes = resolve_control_flow(lm.model, feeds, lm.path)
     if upgrade:
-        why = "--per-channel with the QDQ format (DequantizeLinear with an axis)"
-        lm.model = upgrade_opset(lm.model, lm.opset, PER_CHANNEL_QDQ_OPSET, why, lm.path)
+        lm.model = upgrade_opset(lm.model, lm.opset, target, why, lm.path)
         changes.append(
             GraphChange(
                 "opset_upgrade",
                 str(lm.path),
-                f"opset upgraded from {lm.opset} to {PER_CHANNEL_QDQ_OPSET} with onnx.version_converter: {why} "
-                f"needs opset >= {PER_CHANNEL_QDQ_OPSET}",
+                f"opset upgraded from {lm.opset} to {target} with onnx.version_converter: {why} needs opset >= {target}",
             )
         )
     if changes:  # new nodes and tensors: type them as the loaded model was
@@ -159,7 +165,8 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
     given = load_quantized(cfg.quantized, src.model) if cfg.quantized is not None else None
     if given is not None:  # fold only the BNs the quantized graph folded, check nothing else
         keep = functools.partial(kept_batchnorms, qmodel=given.model)
-        prep = prepare(src.model, (), None, every_sample(src, cfg.max_samples), keep_bn=keep)
+        opset = converted_opset(src.model, given)
+        prep = prepare(src.model, (), None, every_sample(src, cfg.max_samples), keep_bn=keep, opset=opset)
     else:
         prep = prepare(src.model, cfg.quant.exclude, cfg.quant, every_sample(src, cfg.max_samples))
     model, fold = prep.model, prep.fold

@@ -231,7 +231,7 @@ def align(fp32: onnx.ModelProto, qmodel: onnx.ModelProto) -> Alignment:
     it: its output pairs with its input's twin. Anything else stays unpaired (no twin).
     """
     g, qg = fp32.graph, qmodel.graph
-    finits = {t.name for t in g.initializer}
+    finits = {t.name for t in g.initializer} | {n.output[0] for n in g.node if n.op_type == "Constant" and n.output}
     qinits = {t.name for t in qg.initializer}
     qprod = producers(qg)
     qconst = qinits | {n.output[0] for n in qg.node if n.op_type == "Constant" and n.output}
@@ -322,6 +322,21 @@ def check_layers(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, al: Alignment, 
             f"layers has the structure of one of the fp32 model's {len(layers)}; pass the model quantized from "
             f"{fp32_path}"
         )
+
+
+def converted_opset(fp32: LoadedModel, q: LoadedModel) -> int | None:
+    """``q``'s opset when ``q`` has a higher one and the fp32 graph converted to it by
+    ``onnx.version_converter`` pairs more nodes with ``q`` than as it is (qaudit's own per-channel
+    QDQ upgrade, quirk 27, turns an opset-11 Softmax into Flatten -> Softmax -> Reshape), else ``None``."""
+    if q.opset <= fp32.opset:
+        return None
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(fp32.model, q.opset)
+    except Exception:  # not convertible: pair the graph as it is
+        return None
+    return q.opset if len(align(converted, q.model).nodes) > len(align(fp32.model, q.model).nodes) else None
 
 
 def kept_batchnorms(fp32: onnx.ModelProto, qmodel: onnx.ModelProto) -> set[str]:

@@ -452,3 +452,39 @@ def test_ort_recommended_preprocessing_then_quantize_static(tmp_path):
     assert {k: v.w_sqnr_db for k, v in rows["QOperator"].items() if v.w_sqnr_db} == {
         k: v.w_sqnr_db for k, v in rows["QDQ"].items() if v.w_sqnr_db
     }
+
+
+def test_a_quantized_model_converted_to_a_higher_opset_pairs(tmp_path):
+    """qaudit's per-channel QDQ converts an opset-11 model to 13 (quirk 27), and onnx.version_converter
+    turns the opset-11 Softmax over a 4-D tensor into Flatten -> Softmax -> Reshape: with --quantized
+    the fp32 graph is converted the same way, so every row pairs as in the audit that quantized it::
+
+        x [N, 1, 8, 8] -> Conv(conv) -> Relu -> Conv(head) -> Softmax(axis=1) -> y
+    """
+    from ..models import _conv_w, _model_of
+
+    rng = np.random.default_rng(3)
+    inits = [
+        _conv_w(rng, 8, 1, "conv.w"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "conv.b"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (5, 8, 1, 1)).astype(np.float32), "head.w"),
+        numpy_helper.from_array(rng.normal(0, 0.1, 5).astype(np.float32), "head.b"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "conv.w", "conv.b"], ["h"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "head.w", "head.b"], ["logits"], name="head"),
+        helper.make_node("Softmax", ["logits"], ["y"], name="softmax", axis=1),
+    ]
+    fp32 = tmp_path / "m.onnx"
+    onnx.save(_model_of(nodes, "softmax11", ["N", 5, 8, 8], inits, opset=11), fp32)
+    np.save(tmp_path / "x.npy", rng.normal(size=(32, 1, 8, 8)).astype(np.float32))
+    ev, q = tmp_path / "x.npy", tmp_path / "q.onnx"
+    own = qaudit.audit(fp32, ev, ev, output_model=q, per_channel=True, weight_type="int8")
+    assert "Flatten" in {n.op_type for n in onnx.load(q).graph.node}
+    given = qaudit.audit(fp32, eval=ev, quantized=q)
+    assert [tuple(getattr(r, f) for f in ROW_FIELDS) for r in given.layers] == [
+        tuple(getattr(r, f) for f in ROW_FIELDS) for r in own.layers
+    ]
+    assert given.outputs == own.outputs and given.unmatched == own.unmatched
+    assert "opset upgraded from 11 to 13 with onnx.version_converter: pairing its nodes" in " ".join(given.notes)
