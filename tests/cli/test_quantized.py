@@ -39,6 +39,16 @@ def test_audit_of_a_quantized_model_needs_no_calib(quantized, run_cli, tmp_path)
     assert r["outputs"] == own["outputs"]
 
 
+def test_a_saved_report_re_renders(quantized, run_cli, tmp_path):
+    q, _ = quantized
+    out = tmp_path / "r.json"
+    assert run_cli(SAMPLE_MODEL, "--quantized", q, "--eval", SAMPLE_EVAL, "--json", out, "--quiet").returncode == 0
+    proc = run_cli("report", out, "--markdown", tmp_path / "r.md")
+    assert proc.returncode == 0, proc.stderr
+    assert f"quantized elsewhere: {q} sha256" in " ".join(proc.stdout.split())
+    assert "quantized elsewhere (`" in (tmp_path / "r.md").read_text()
+
+
 def test_an_unused_calib_is_noted(quantized, run_cli):
     q, _ = quantized
     proc = run_cli(SAMPLE_MODEL, "--quantized", q, "--eval", SAMPLE_EVAL, "--calib", SAMPLE_CALIB, "--per-channel")
