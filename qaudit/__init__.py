@@ -45,7 +45,7 @@ def audit(model, calib=None, eval=None, labels=None, *, progress=None, **options
         if calib is not None or eval is not None or labels is not None or options:
             raise TypeError("audit(config) takes no other arguments than progress")
         return run(model, progress)
-    if calib is None:
+    if calib is None and options.get("quantized") is None:
         raise TypeError("audit() needs calib: audit(model, calib, eval=None, labels=None, **options)")
     return run(audit_config(model, calib, eval, labels, **options), progress)
 

@@ -151,10 +151,25 @@ class AuditConfig:
     #: the model outputs that hold class scores (default: decided from the graph); an
     #: item may hold several names, comma-separated
     class_outputs: tuple[str, ...] = ()
+    #: a model quantized elsewhere, from ``model``: audited as it is (no calibration, no
+    #: quantization; qaudit.pipeline.prequant)
+    quantized: Path | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "model", Path(self.model))
-        if self.calib is None:
+        if self.quantized is not None:
+            if not isinstance(self.quantized, (str, os.PathLike)):
+                raise ConfigError(f"quantized must be the path of an ONNX model, not {type(self.quantized).__name__}")
+            object.__setattr__(self, "quantized", Path(self.quantized))
+            if self.eval is None:
+                unused = " (--calib is not used: qaudit calibrates nothing)" if self.calib is not None else ""
+                raise ConfigError(f"--quantized {self.quantized} needs evaluation data: give --eval DIR{unused}")
+            if self.output_model is not None:
+                raise ConfigError(
+                    f"--output-model writes the model qaudit quantizes; with --quantized the audited model is "
+                    f"{self.quantized} itself: drop --output-model"
+                )
+        elif self.calib is None:
             raise ConfigError("an audit needs calibration data (--calib)")
         for key in ("calib", "eval", "labels", "output_model"):
             v = getattr(self, key)

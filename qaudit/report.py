@@ -56,6 +56,9 @@ from pathlib import Path
 #:   - ``settings.quantized_opset`` (ORT's quantizer raised the opset) and ``settings.qdq_domain``
 #:     (``"com.microsoft"``: ORT's contrib Q/DQ), only when ORT did so; ``layers[].dtype`` and
 #:     ``w_encoding`` also name ``uint16``, ``int16`` (and weights ``uint4``, ``int4``).
+#:   - ``model.quantized``: ``{"path", "sha256", "opset", "producer", "quantized_ops"}``, the model
+#:     audited with ``--quantized`` (absent when qaudit quantized it); ``settings`` is then read from
+#:     its graph (``source: "user"``, ``null`` for the calibration settings a model does not record).
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 

@@ -121,6 +121,14 @@ OPTIONS: tuple[Option, ...] = (
         metavar="DIR",
     ),
     Option(
+        "quantized",
+        "path",
+        "audit this model, quantized elsewhere from MODEL.onnx, as it is: no calibration, no quantization "
+        "(needs --eval; the quantization options do not apply)",
+        group="input",
+        metavar="Q.onnx",
+    ),
+    Option(
         "eval", "path", "evaluation data (default: the calibration data, which flatters)", group="input", metavar="DIR"
     ),
     Option(
@@ -302,17 +310,17 @@ class Settings:
 
     def audit_config(self) -> AuditConfig:
         v = self.values
-        for name, what, hint in (
-            ("model", "model", "give MODEL.onnx"),
-            ("calib", "calibration data", "give --calib DIR"),
-        ):
+        required = [("model", "model", "give MODEL.onnx")]
+        if v.get("quantized") is None:  # a model quantized elsewhere is not calibrated
+            required.append(("calib", "calibration data", "give --calib DIR"))
+        for name, what, hint in required:
             if v.get(name) is None:
                 o = OPTIONS_BY_NAME[name]
                 raise ConfigError(f"no {what}: {hint}, or set '{name}' in a config file or {o.env}")
         # every other option named as its AuditConfig/QuantConfig field: one constructor for CLI and API
         fields = ("output_model", "batch_size", "batch_axis", "max_samples", "clip_percentile", "isolated", "format")
         fields += ("activation_type", "weight_type", "per_channel", "percentile", "calib_symmetric", "exclude")
-        fields += ("label_output", "class_outputs")
+        fields += ("label_output", "class_outputs", "quantized")
         return audit_config(v["model"], v["calib"], v["eval"], v["labels"], **{k: v[k] for k in fields})
 
 

@@ -59,6 +59,9 @@ class RunFacts:
     plain_outputs: tuple[str, ...] = ()
     #: what ONNX Runtime's quantizer changed itself: quantize.quantizer_changes (opset, Q/DQ domain, notes)
     quantizer: dict = field(default_factory=dict)
+    #: --quantized: the user's model, the settings read from it, the options that did not apply
+    #: (qaudit.pipeline.prequant.given_facts); None when qaudit quantized the model
+    quantized: dict | None = None
 
 
 def versions() -> dict:
@@ -168,9 +171,10 @@ def build_report(
             "constants_to_initializers": facts.n_constants,
             "shape_inference": lm.shape_inference,
             "untyped_tensors": list(lm.untyped),
+            **({"quantized": facts.quantized["model"]} if facts.quantized else {}),
         },
         settings={
-            **cfg.quant.as_dict(),
+            **(facts.quantized["settings"] if facts.quantized else cfg.quant.as_dict()),
             "batch_size": facts.batch_size,
             "batch_size_auto": cfg.batch_size is None,
             "activation_mb_per_sample": facts.bytes_per_sample / 1e6,
@@ -205,10 +209,30 @@ def build_report(
         layers=rows,
         outputs=outputs,
         unmatched=tuple(matching.unmatched),
-        notes=notes(cfg, lm, matching, facts.graph_changes, facts.plain_outputs)
+        notes=quantized_notes(facts.quantized)
+        + notes(cfg, lm, matching, facts.graph_changes, facts.plain_outputs)
         + tuple(facts.quantizer.get("notes", ()))
         + batch_notes(cfg, facts, data.get("batch_axes")),
     )
+
+
+def quantized_notes(given: dict | None) -> tuple[str, ...]:
+    """Where the quantized model came from (--quantized), and the options that did not apply to it."""
+    if not given:
+        return ()
+    m, s = given["model"], given["settings"]
+    out = [
+        f"the quantized model is the user's, not qaudit's: {m['path']} (sha256 {m['sha256'][:12]}"
+        + (f", made by {m['producer']}" if m["producer"] else "")
+        + f"); qaudit did not calibrate or quantize it. Read from its graph: {s['format'].upper()}, activations "
+        f"{s['activation_type'] or 'none'}, weights {s['weight_type'] or 'none'}"
+        + ("" if s["per_channel"] is None else (" per-channel" if s["per_channel"] else " per-tensor"))
+        + "; the calibration method and its settings are not recorded in a model (null in settings)"
+    ]
+    if given["unused"]:
+        flags = ", ".join("--" + u.replace("_", "-") for u in given["unused"])
+        out.append(f"not used with --quantized (the quantized model is audited as it is): {flags}")
+    return tuple(out)
 
 
 def batch_notes(cfg: AuditConfig, facts: RunFacts, layout: dict | None) -> tuple[str, ...]:

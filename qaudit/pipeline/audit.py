@@ -14,6 +14,7 @@ caller owns: the audit never stops it.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -35,6 +36,16 @@ from qaudit.pipeline.load import LoadedModel, infer_shapes
 from qaudit.pipeline.match import match
 from qaudit.pipeline.measure import layer_rows, output_kinds
 from qaudit.pipeline.parallel import auto_batch_size, release_free_memory
+from qaudit.pipeline.prequant import (
+    align,
+    check_layers,
+    converted_opset,
+    detected_settings,
+    given_facts,
+    kept_batchnorms,
+    load_quantized,
+    renamed,
+)
 from qaudit.pipeline.quantize import calibrate, nonfinite_exclusions, probe_activations, quantize, quantizer_changes
 from qaudit.pipeline.session import load_light, make_session, save_model
 from qaudit.pipeline.transform import (
@@ -89,17 +100,25 @@ class Prepared:
         return " and ".join(parts) or None
 
 
-def prepare(lm: LoadedModel, exclude=(), quant: QuantConfig | None = None, feeds=None) -> Prepared:
+def prepare(
+    lm: LoadedModel, exclude=(), quant: QuantConfig | None = None, feeds=None, keep_bn=None, opset=None
+) -> Prepared:
     """Prepare ``lm.model`` (in place) for quantization and fold its BatchNorms: the audit's second stage.
 
     Inlines the top-level Ifs whose condition is constant over ``feeds()`` (an iterator
     of every sample's feeds; :mod:`qaudit.pipeline.controlflow`), upgrades the opset when
-    ``quant`` needs it (:func:`opset_needed`: per-channel QDQ needs opset 13, 16-bit types 21),
+    ``quant`` needs it (:func:`opset_needed`: per-channel QDQ needs opset 13, 16-bit types 21)
+    or to ``opset`` (a model quantized elsewhere whose nodes were converted to it),
     then normalizes (:func:`~qaudit.pipeline.transform.normalize`) and folds.
+    ``keep_bn(normalized model)``: the BatchNormalization nodes not to fold (a model
+    quantized elsewhere that kept them, :func:`~qaudit.pipeline.prequant.kept_batchnorms`).
     :mod:`qaudit.comparison` and the tests use it to get exactly the graph the audit measures.
     """
     target, why = opset_needed(quant)
     upgrade = lm.opset < target
+    if opset is not None and opset > max(lm.opset, target):
+        upgrade, target = True, opset
+        why = f"pairing its nodes with the quantized model's (--quantized, converted the same way to opset {opset})"
     reference = None  # a copy only when the graph may be rewritten (a big model is not copied for nothing)
     if upgrade or any(n.op_type in CONTROL_FLOW_OPS for n in lm.model.graph.node):
         reference = onnx.ModelProto()
@@ -120,7 +139,20 @@ def prepare(lm: LoadedModel, exclude=(), quant: QuantConfig | None = None, feeds
         lm.untyped = tuple(untyped)
     n_constants, unshared = normalize(lm.model, exclude)
     rewritten = reference if changes else None
-    return Prepared(lm.model, n_constants, fold_batchnorm(lm.model), changes + unshared, rewritten)
+    keep = keep_bn(lm.model) if keep_bn is not None else ()
+    return Prepared(lm.model, n_constants, fold_batchnorm(lm.model, keep), changes + unshared, rewritten)
+
+
+def check_fold(folded_path: Path, check: FoldingCheck, batches, progress: Progress) -> None:
+    """Run the folded model on ``batches`` for ``check`` (the audit of a model quantized elsewhere
+    has no calibration pass to observe)."""
+    from qaudit.pipeline.data import samples
+    from qaudit.pipeline.session import PREPARED_AT_FAULT, run_named
+
+    session = make_session(folded_path, what="the BN-folded model", advice=PREPARED_AT_FAULT)
+    for feeds in batches:
+        check.observe(feeds, run_named(session, feeds))
+        progress.advance(samples(feeds))
 
 
 def opset_needed(quant: QuantConfig | None) -> tuple[int, str]:
@@ -152,7 +184,13 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
     outputs = output_kinds(src.model.model, cfg.class_outputs, cfg.label_output, labelled=src.labels is not None)
     clock.lap("load")
     # 2. prepare the graph (control flow, opset, shared initializers) and fold BatchNorm into the layers
-    prep = prepare(src.model, cfg.quant.exclude, cfg.quant, every_sample(src, cfg.max_samples))
+    given = load_quantized(cfg.quantized, src.model) if cfg.quantized is not None else None
+    if given is not None:  # fold only the BNs the quantized graph folded, check nothing else
+        keep = functools.partial(kept_batchnorms, qmodel=given.model)
+        opset = converted_opset(src.model, given)
+        prep = prepare(src.model, (), None, every_sample(src, cfg.max_samples), keep_bn=keep, opset=opset)
+    else:
+        prep = prepare(src.model, cfg.quant.exclude, cfg.quant, every_sample(src, cfg.max_samples))
     model, fold = prep.model, prep.fold
     clock.lap("fold")
     with tempfile.TemporaryDirectory(prefix="qaudit-") as tmp:
@@ -188,22 +226,39 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         elif fold.folded:
             check = FoldingCheck(original, src.model.output_names, FOLD_CHECK_SAMPLES)
         checking = " and checking the prepared graph" if rewrites else " and checking BN folding"
-        progress.stage("calibrating" + (checking if check else ""), src.n_calib)
-        batches = src.calib.batches(batch_size, cfg.max_samples)
-        observe = check.observe if check else None
-        ranges = calibrate(folded_path, batches, cfg.quant, work, progress.advance, set(bad), observe, nonfinite=bad)
-        auto_excluded = nonfinite_exclusions(fold.model, bad)  # the probe's and calibration's finds
+        if given is None:
+            progress.stage("calibrating" + (checking if check else ""), src.n_calib)
+            batches = src.calib.batches(batch_size, cfg.max_samples)
+            observe = check.observe if check else None
+            ranges = calibrate(
+                folded_path, batches, cfg.quant, work, progress.advance, set(bad), observe, nonfinite=bad
+            )
+            auto_excluded = nonfinite_exclusions(fold.model, bad)  # the probe's and calibration's finds
+        else:  # nothing to calibrate: the fold check runs on the first evaluation batches
+            if check is not None:
+                progress.stage(checking.removeprefix(" and "), min(src.n_eval, FOLD_CHECK_SAMPLES))
+                check_fold(folded_path, check, src.evaluation.batches(batch_size, FOLD_CHECK_SAMPLES), progress)
+            auto_excluded = {}
         del original  # every session holds its own memory: free it before the next stage
         fold_check = check.result(cfg.fold_rtol, cfg.fold_atol) if check else {}
         clock.lap("calibrate")
-        release_free_memory()  # ORT's quantizer copies every weight a few times: give it the pages calibration freed
-        q_path = quantize(folded_path, ranges, cfg.quant, work / "quantized.onnx", work, also_exclude=auto_excluded)
-        qmodel = onnx.load(str(q_path))
-        quantizer = quantizer_changes(fold.model, qmodel)
+        if given is None:
+            release_free_memory()  # ORT's quantizer copies every weight a few times: give it the pages calibration freed
+            q_path = quantize(folded_path, ranges, cfg.quant, work / "quantized.onnx", work, also_exclude=auto_excluded)
+            qmodel = onnx.load(str(q_path))
+            quantizer = quantizer_changes(fold.model, qmodel)
+            fmt = cfg.quant.format
+        else:  # the user's model, its tensors named as the fp32 graph's where they pair (qaudit.pipeline.prequant)
+            qmodel, _ = renamed(fold.model, given.model)
+            check_layers(fold.model, qmodel, align(fold.model, given.model), cfg.model, cfg.quantized)
+            fmt = detected_settings(qmodel)["format"]
+            q_path, quantizer = None, {}  # capture saves the renamed model for its plain session
         clock.lap("quantize")
         # 5. pair every fp32 tensor with its quantized twin, capture both on the evaluation data
         excluded = {n: "producer excluded from quantization (--exclude); computed in float" for n in cfg.quant.exclude}
-        matching = match(fold.model, qmodel, {**excluded, **auto_excluded}, cfg.quant.format)
+        if given is not None:
+            excluded = {}
+        matching = match(fold.model, qmodel, {**excluded, **auto_excluded}, fmt)
         clock.lap("match")
         progress.stage("capturing fp32 + quantized", src.n_eval)
         batches = src.evaluation.batches(batch_size, cfg.max_samples)
@@ -232,6 +287,8 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         facts.quantizer = quantizer
         facts.label_output = outputs.label_output
         facts.plain_outputs = captured.plain_outputs
+        if given is not None:
+            facts.quantized = given_facts(given, qmodel, cfg)
         report = build_report(
             cfg, src.model, fold, matching, facts, rows, captured.outputs.rows(), clock, src.describe()
         )

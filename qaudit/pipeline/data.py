@@ -723,6 +723,8 @@ class Inputs:
     n_calib: int
     n_eval: int
     labels: np.ndarray | None
+    #: False with --quantized: nothing is calibrated, ``calib`` is the evaluation data (the probe reads it)
+    calibrated: bool = True
 
     def first_batch(self) -> dict[str, np.ndarray]:
         """One calibration batch: one sample, or the model's fixed batch."""
@@ -730,6 +732,8 @@ class Inputs:
         return next(iter(self.calib.batches(fixed or 1, None if fixed else 1)))
 
     def describe(self) -> dict:
+        if not self.calibrated:
+            return {"calib": None, "eval": self.evaluation.description, "batch_axes": self.calib.layout.as_dict()}
         return {
             "calib": self.calib.description,
             "eval": self.evaluation.description if self.evaluation is not self.calib else None,
@@ -745,11 +749,13 @@ def open_inputs(cfg) -> Inputs:
         raise ConfigError("--output-model must not be the input model: qaudit never modifies the user's model")
     lm = load_model(cfg.model)
     layout = batch_layout(lm.inputs, cfg.batch_axis)
-    calib = Dataset(cfg.calib, lm.inputs, "calibration", layout)
-    n_calib = calib.count(cfg.max_samples)
+    quantized = getattr(cfg, "quantized", None) is not None  # nothing is calibrated: --calib is not read
+    calib = None if quantized else Dataset(cfg.calib, lm.inputs, "calibration", layout)
+    n_calib = 0 if quantized else calib.count(cfg.max_samples)
     evaluation = Dataset(cfg.eval, lm.inputs, "evaluation", layout) if cfg.eval is not None else calib
     n_eval = evaluation.count(cfg.max_samples)
+    calib = calib or evaluation  # the probe's sample, with --quantized
     labels = None
     if cfg.labels is not None:
         labels = load_labels(cfg.labels, n_eval, exact=cfg.max_samples is None)
-    return Inputs(lm, calib, evaluation, n_calib, n_eval, labels)
+    return Inputs(lm, calib, evaluation, n_calib, n_eval, labels, calibrated=not quantized)

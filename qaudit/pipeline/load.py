@@ -21,12 +21,10 @@ from qaudit.pipeline.graph import elem_dtype
 #: and upgrades older default-domain opsets itself only from 10 on (ORT 1.32).
 MIN_OPSET = 10
 
-#: Ops that only a quantized model holds: ONNX's QDQ pair and integer ops, and
-#: onnxruntime's contrib integer ops (com.microsoft). Any ``QLinear*`` op counts too.
-QUANTIZED_OPS = frozenset(
+#: Ops of a model quantized at run time (onnxruntime's ``quantize_dynamic``): the
+#: activation encodings are computed from each batch (qaudit.pipeline.prequant).
+DYNAMIC_QUANT_OPS = frozenset(
     {
-        "QuantizeLinear",
-        "DequantizeLinear",
         "DynamicQuantizeLinear",
         "ConvInteger",
         "MatMulInteger",
@@ -34,13 +32,16 @@ QUANTIZED_OPS = frozenset(
         "DynamicQuantizeMatMul",
         "DynamicQuantizeLSTM",
         "QAttention",
-        "QGemm",
-        "QEmbedLayerNormalization",
-        "QOrderedMatMul",
-        "MatMulNBits",
-        "MatMulBnb4",
-        "GatherBlockQuantized",
     }
+)
+#: Weight-only quantization (onnxruntime contrib ops): the activations stay float.
+WEIGHT_ONLY_QUANT_OPS = frozenset({"MatMulNBits", "MatMulBnb4", "GatherBlockQuantized"})
+#: Ops that only a quantized model holds: ONNX's QDQ pair and integer ops, and
+#: onnxruntime's contrib integer ops (com.microsoft). Any ``QLinear*`` op counts too.
+QUANTIZED_OPS = (
+    frozenset({"QuantizeLinear", "DequantizeLinear", "QGemm", "QEmbedLayerNormalization", "QOrderedMatMul"})
+    | DYNAMIC_QUANT_OPS
+    | WEIGHT_ONLY_QUANT_OPS
 )
 
 
@@ -123,13 +124,16 @@ def check_not_quantized(model: onnx.ModelProto, path: Path | str = "model") -> N
     if found:
         what = ", ".join(f"{n} {op}" for op, n in list(found.items())[:4]) + (", ..." if len(found) > 4 else "")
         raise ModelError(
-            f"{path} is already quantized ({what}): qaudit quantizes an fp32 model itself; "
-            "pass the fp32 model it was made from (auditing a model quantized elsewhere is not supported yet)"
+            f"{path} is already quantized ({what}): pass the fp32 model it was made from as MODEL.onnx, and this "
+            f"one with --quantized {path} to audit it as it is"
         )
 
 
-def load_model(path: str | Path) -> LoadedModel:
-    """Read, check and shape-infer ``path``; raise :class:`ModelError` with a fix on failure."""
+def load_model(path: str | Path, quantized: bool = False) -> LoadedModel:
+    """Read, check and shape-infer ``path``; raise :class:`ModelError` with a fix on failure.
+
+    ``quantized``: the model is the one given with ``--quantized`` (a quantized model is
+    then expected, see :mod:`qaudit.pipeline.prequant`)."""
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model file not found: {path}")
@@ -153,7 +157,8 @@ def load_model(path: str | Path) -> LoadedModel:
         raise ModelError(f"{path} could not be read as ONNX ({type(e).__name__}: {e}); re-export the model") from e
     if not model.graph.node:
         raise ModelError(f"{path} has no nodes: it is not an ONNX model or the export failed")
-    check_not_quantized(model, path)
+    if not quantized:
+        check_not_quantized(model, path)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:

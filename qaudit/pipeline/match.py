@@ -133,6 +133,28 @@ _ONNX_TYPES = {
 }
 
 
+def quantize_constant(name: str, inits, prod) -> np.ndarray | None:
+    """The integers of ``QuantizeLinear(constant)`` (a weight stored as float and quantized in the
+    graph, as some producers write it), computed as ONNX defines it: ``saturate(rint(x / scale) +
+    zero_point)``, rounding half to even; ``None`` when ``name`` is not such a tensor."""
+    node = prod.get(name)
+    if node is None or node.op_type != "QuantizeLinear":
+        return None
+    x = _const(node.input[0], inits, prod)
+    s = _const(node.input[1], inits, prod) if len(node.input) > 1 else None
+    z = _const(node.input[2], inits, prod) if len(node.input) > 2 and node.input[2] else None
+    if x is None or s is None:
+        return None
+    z = np.zeros(s.shape, np.uint8) if z is None else z
+    if s.size > 1:
+        shape = [1] * x.ndim
+        shape[attr(node, "axis", 1)] = -1
+        s, z = s.reshape(shape), z.reshape(shape)
+    info = np.iinfo(z.dtype)
+    q = np.rint(x.astype(np.float32) / s.astype(np.float32)) + z.astype(np.float32)
+    return np.clip(q, info.min, info.max).astype(z.dtype)
+
+
 def _dtype_name(arr: np.ndarray) -> str:
     """The quantized type of a zero point or of integer weights (``numpy_helper.to_array``
     gives 4-bit tensors unpacked, one ml_dtypes ``int4``/``uint4`` value per element)."""
@@ -376,6 +398,8 @@ def quantized_weight(
         names = list(dq.input) + [""] * (3 - len(dq.input))
         axis = attr(dq, "axis", 1)
     q = _const(names[0], inits, prod)
+    if q is None:  # stored as float, quantized in the graph
+        q = quantize_constant(names[0], inits, prod)
     s = _const(names[1], inits, prod)
     z = _const(names[2], inits, prod) if names[2] else None
     if q is None or s is None:

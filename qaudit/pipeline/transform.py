@@ -266,9 +266,15 @@ def _fold_one(node, bn, inits, w, b):
     return w_fold.astype(w.dtype), b_fold.astype(w.dtype)
 
 
-def fold_batchnorm(model: onnx.ModelProto) -> FoldResult:
+#: why a BatchNormalization in ``fold_batchnorm(keep=...)`` is not folded
+KEPT_BY_QUANTIZED = "the quantized model (--quantized) computes it in its own right: it was not folded there"
+
+
+def fold_batchnorm(model: onnx.ModelProto, keep=frozenset()) -> FoldResult:
     """Fold every BatchNormalization whose input comes only from a Conv,
     ConvTranspose or Gemm. Returns a new model; ``model`` is not modified.
+    The BatchNormalization nodes named in ``keep`` are not folded (skipped,
+    :data:`KEPT_BY_QUANTIZED`).
 
     A BN is left alone (and listed in ``skipped`` with the reason) when its
     producer has other consumers or is a graph output, when a parameter is not
@@ -294,7 +300,9 @@ def fold_batchnorm(model: onnx.ModelProto) -> FoldResult:
         x = bn.input[0]
         node = prod.get(x)
         why = None
-        if node is None or node.op_type not in ("Conv", "ConvTranspose", "Gemm"):
+        if bn.name in keep:
+            why = KEPT_BY_QUANTIZED
+        elif node is None or node.op_type not in ("Conv", "ConvTranspose", "Gemm"):
             why = (
                 f"input comes from {node.op_type if node is not None else 'a graph input'}, not Conv/ConvTranspose/Gemm"
             )

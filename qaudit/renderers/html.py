@@ -330,7 +330,12 @@ def _model_card(label: str, report: Report, multi: bool) -> str:
     summary = (
         f"<p class='lead'>{escape(str(s.get('format', '?')).upper())}, activations {escape(str(s.get('activation_type')))}, "
         f"weights {escape(str(s.get('weight_type')))} {'per-channel' if s.get('per_channel') else 'per-tensor'}; "
-        f"calibrated on {escape(str(data.get('n_calib')))} samples, measured on {escape(str(data.get('n_eval')))} samples of "
+        + (
+            f"quantized elsewhere: <code>{escape(str(m['quantized'].get('path')))}</code>; "
+            if m.get("quantized")
+            else f"calibrated on {escape(str(data.get('n_calib')))} samples, "
+        )
+        + f"measured on {escape(str(data.get('n_eval')))} samples of "
         f"{eval_txt}. Layer errors are <strong>{escape(str(s.get('error', 'accumulated')))}</strong>. {fold_txt}.</p>"
     )
     return (

@@ -99,8 +99,13 @@ class MarkdownRenderer:
             f"Model {code(m.get('path'), cell=False)} (sha256 {code(str(m.get('sha256'))[:12], cell=False)}), "
             f"{text(str(s.get('format', '')).upper())} activations {text(s.get('activation_type'))}, "
             f"weights {text(s.get('weight_type'))} "
-            f"{'per-channel' if s.get('per_channel') else 'per-tensor'}, percentile {text(s.get('percentile'))}; "
-            f"{text(d.get('n_calib'))} calibration / {text(d.get('n_eval'))} "
+            f"{'per-channel' if s.get('per_channel') else 'per-tensor'}, "
+            + (
+                f"quantized elsewhere ({code((m.get('quantized') or {}).get('path'), cell=False)}), calibration unknown; "
+                if m.get("quantized")
+                else f"percentile {text(s.get('percentile'))}; "
+            )
+            + f"{text(d.get('n_calib'))} calibration / {text(d.get('n_eval'))} "
             f"{'calibration' if d.get('eval_is_calib') else 'evaluation'} "
             f"samples; qaudit {text(report.meta.get('qaudit'))}, onnxruntime {text(report.meta.get('onnxruntime'))}."
         )

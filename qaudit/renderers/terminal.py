@@ -132,6 +132,17 @@ def output_table(report: Report) -> Table:
     return t
 
 
+def given_summary(report: Report) -> str:
+    """The quantization line of a model quantized elsewhere (--quantized): its file and what its graph says."""
+    s, q = report.settings, report.model["quantized"]
+    pc = {True: " per-channel", False: " per-tensor"}.get(s.get("per_channel"), "")
+    return (
+        f"quantized elsewhere: {q['path']}  sha256 {q['sha256'][:12]}; read from its graph: "
+        f"{str(s.get('format')).upper()}, activations {s.get('activation_type')}, weights {s.get('weight_type')}{pc}; "
+        "calibration unknown"
+    )
+
+
 def summary(report: Report, worst: int = 3) -> Group:
     s = report.settings
     d = report.data
@@ -141,10 +152,15 @@ def summary(report: Report, worst: int = 3) -> Group:
             f"{report.model['path']}  sha256 {report.model['sha256'][:12]}  opset {report.model['opset']}",
         ),
         Text(
-            f"quantized: {s['format'].upper()}, activations {s['activation_type']}, weights {s['weight_type']}"
-            f"{' per-channel' if s['per_channel'] else ' per-tensor'}, percentile {s['percentile']} "
-            f"({'symmetric' if s['calib_symmetric'] else 'asymmetric'}) on {d['n_calib']} calibration samples; "
-            f"measured on {d['n_eval']} {'calibration' if d['eval_is_calib'] else 'evaluation'} samples"
+            (
+                given_summary(report)
+                if report.model.get("quantized")
+                else f"quantized: {s['format'].upper()}, activations {s['activation_type']}, weights "
+                f"{s['weight_type']}{' per-channel' if s['per_channel'] else ' per-tensor'}, percentile "
+                f"{s['percentile']} ({'symmetric' if s['calib_symmetric'] else 'asymmetric'}) on {d['n_calib']} "
+                "calibration samples"
+            )
+            + f"; measured on {d['n_eval']} {'calibration' if d['eval_is_calib'] else 'evaluation'} samples"
             + (f"; labels score output {d['label_output']}" if d.get("label_output") else ""),
             style="muted",
         ),
@@ -157,6 +173,8 @@ def summary(report: Report, worst: int = 3) -> Group:
             if checked and checked < report.data["n_calib"]
             else ""
         )
+        if checked and report.model.get("quantized"):  # --quantized: checked on the evaluation data
+            on = f" on {checked} evaluation samples"
         parts.append(
             Text(
                 f"BN folded into {len(folded)} layer(s) (marked [bn]); folded fp32 outputs match the original{on}",

@@ -139,7 +139,9 @@ def test_a_model_quantized_by_ort_is_refused(fmt, tmp_path):
         load_model(q)
     msg = str(e.value)
     assert msg.startswith(f"{q} is already quantized (")
-    assert "qaudit quantizes an fp32 model itself" in msg and "not supported yet" in msg
+    assert msg.endswith(
+        f"pass the fp32 model it was made from as MODEL.onnx, and this one with --quantized {q} to audit it as it is"
+    )
     top = "QuantizeLinear" if fmt == "qdq" else "QLinearConv"
     assert f"{ops[top]} {top}" in msg
 

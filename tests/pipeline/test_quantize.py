@@ -195,8 +195,8 @@ def test_a_prepared_graph_ort_cannot_load_blames_qaudit(tmp_path, monkeypatch):
 
     real = audit_module.fold_batchnorm
 
-    def broken(model):
-        res = real(model)
+    def broken(model, keep=()):
+        res = real(model, keep)
         res.model.graph.node[1].op_type = "NoSuchOp"  # a bug in qaudit's preparation
         return res
 

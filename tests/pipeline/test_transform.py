@@ -131,8 +131,8 @@ def _broken_fold(scale_first_channel: float):
 
     real = qaudit.pipeline.audit.fold_batchnorm
 
-    def fold(model):
-        res = real(model)
+    def fold(model, keep=()):
+        res = real(model, keep)
         layer = next(iter(res.folded))
         node = next(n for n in res.model.graph.node if n.name == layer)
         init = next(i for i in res.model.graph.initializer if i.name == node.input[1])
