@@ -8,6 +8,7 @@ outputs, the baseline comparison, and every check in a collapsed block.
 
 from __future__ import annotations
 
+from qaudit.options import describe_calibration
 from qaudit.renderers import numbers as num
 from qaudit.renderers.base import accept, with_gates
 from qaudit.renderers.checks import words
@@ -89,7 +90,7 @@ class MarkdownRenderer:
         out.append(
             f"Model {code(m.get('path'), cell=False)} (sha256 `{str(m.get('sha256'))[:12]}`), "
             f"{str(s.get('format', '')).upper()} activations {s.get('activation_type')}, weights {s.get('weight_type')} "
-            f"{'per-channel' if s.get('per_channel') else 'per-tensor'}, percentile {s.get('percentile')}; "
+            f"{'per-channel' if s.get('per_channel') else 'per-tensor'}, {describe_calibration(s)}; "
             f"{d.get('n_calib')} calibration / {d.get('n_eval')} {'calibration' if d.get('eval_is_calib') else 'evaluation'} "
             f"samples; qaudit {report.meta.get('qaudit')}, onnxruntime {report.meta.get('onnxruntime')}."
         )

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.theme import Theme
 
+from qaudit.options import describe_calibration
 from qaudit.renderers import numbers as num
 from qaudit.renderers.base import accept, with_gates
 from qaudit.renderers.checks import counts, sentence, words
@@ -142,8 +143,8 @@ def summary(report: Report, worst: int = 3) -> Group:
         ),
         Text(
             f"quantized: {s['format'].upper()}, activations {s['activation_type']}, weights {s['weight_type']}"
-            f"{' per-channel' if s['per_channel'] else ' per-tensor'}, percentile {s['percentile']} "
-            f"({'symmetric' if s['calib_symmetric'] else 'asymmetric'}) on {d['n_calib']} calibration samples; "
+            f"{' per-channel' if s['per_channel'] else ' per-tensor'}, {describe_calibration(s)} "
+            f"on {d['n_calib']} calibration samples; "
             f"measured on {d['n_eval']} {'calibration' if d['eval_is_calib'] else 'evaluation'} samples"
             + (f"; labels score output {d['label_output']}" if d.get("label_output") else ""),
             style="muted",
