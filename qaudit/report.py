@@ -51,6 +51,9 @@ from pathlib import Path
 #:     input's batch axis (null: fed as it is) and how it was chosen.
 #:   - ``settings.graph_changes``: ``[{"kind", "target", "detail"}]``, what qaudit changed in the
 #:     graph before quantizing it (an If inlined, the opset upgraded, an initializer unshared).
+#:   - ``settings.calibrate_method`` may be ``minmax``, ``entropy`` or ``distribution``; its options
+#:     ``num_quantized_bins``, ``moving_average``, ``averaging_constant`` join ``percentile``,
+#:     ``calib_symmetric``, ``num_bins``, each ``null`` when the method does not take it.
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 
