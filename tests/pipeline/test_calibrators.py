@@ -221,3 +221,59 @@ def test_audit_api_with_minmax(tmp_path):
     report = qaudit.audit(SAMPLE / "model.onnx", SAMPLE / "calib", SAMPLE / "eval", calibrate_method="minmax")
     assert report.settings["calibrate_method"] == "minmax"
     assert all(r.sqnr_db > 10 for r in report.layers if r.sqnr_db is not None)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the empty tensor's 0/0, in ORT's code
+@pytest.mark.parametrize("method", ["entropy", "distribution", "percentile"])
+def test_signed_histogram_equals_ort_collector(method):
+    """qaudit's collect_value (no copies) against ORT's, batch by batch: a tensor whose
+    range grows (ORT widens the histogram by whole bins), one that shrinks, one with
+    NaN among finite values (both skip the NaN) and an empty one."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from qaudit.pipeline.quantize import _lean_collector_class
+
+    kw = dict(method=method, symmetric=False, num_bins=512, num_quantized_bins=64, percentile=99.9, scenario="same")
+    ours, theirs = _lean_collector_class()(**kw), HistogramCollector(**kw)
+    rng = np.random.default_rng(1)
+    with quiet_ort():
+        for k in range(6):
+            nan = rng.standard_normal((3, 40)).astype(np.float32)
+            nan[0, k] = np.nan
+            batch = {
+                "grows": (rng.standard_normal((2, 3, 7, 7)) * (1 + k)).astype(np.float32),
+                "shrinks": (rng.standard_normal((2, 5)) / (1 + k)).astype(np.float32),
+                "nan": nan,
+                "empty": np.zeros((0, 3), np.float32),
+            }
+            ours.collect({n: [v] for n, v in batch.items()})
+            theirs.collect({n: [v] for n, v in batch.items()})
+        assert len(ours.histogram_dict["grows"][0]) > 512  # the widening path ran
+        for name, b in theirs.histogram_dict.items():
+            for x, y in zip(ours.histogram_dict[name], b):
+                np.testing.assert_array_equal(x, y, err_msg=name)
+        a, b = ours.compute_collection_result(), theirs.compute_collection_result()
+    for name in b:
+        x, y = (a[name].range_value, b[name].range_value) if method == "distribution" else (a[name], b[name])
+        for u, v in zip(x, y):
+            np.testing.assert_array_equal(u, v, err_msg=name)
+    assert not ours.nonfinite
+
+
+@pytest.mark.parametrize("case", ["minmax", "entropy", "percentile-asym"])
+def test_a_tensor_turning_infinite_gets_no_range(case):
+    """+-inf in a later batch (a padded attention mask): the tensor is set aside with its
+    finite range, for every method, instead of an infinite range or ORT's failure."""
+    from qaudit.pipeline.quantize import compute_ranges
+
+    cfg = qaudit.QuantConfig(**CASES[case][0])
+    c = make_collector(cfg)
+    x = np.linspace(-2, 3, 60, dtype=np.float32).reshape(3, 20)
+    with quiet_ort():
+        c.collect({"ok": [x], "mask": [x]})
+        bad = x.copy()
+        bad[0, 0] = -np.inf
+        c.collect({"ok": [x], "mask": [bad]})
+        ranges = compute_ranges(c, cfg, drop=set(c.nonfinite))
+    assert c.nonfinite == {"mask": (float(x.ravel()[1]), 3.0)}
+    assert set(ranges) == {"ok"}
