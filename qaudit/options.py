@@ -36,6 +36,24 @@ INTEGER_RANGES = {
     "int4": (-8, 7),
 }
 FORMATS = ("qdq", "qoperator")
+#: ORT's calibrators (``onnxruntime.quantization.CalibrationMethod``), by qaudit's name
+CALIBRATE_METHODS = ("percentile", "minmax", "entropy", "distribution")
+#: each method's options and ORT's default for it (``create_calibrator``, onnxruntime 1.32);
+#: an option a method does not take is an error, not ignored (ORT ignores ``symmetric`` for Entropy)
+CALIBRATION_DEFAULTS: dict[str, dict[str, object]] = {
+    "percentile": {"percentile": 99.999, "calib_symmetric": True, "num_bins": 2048},
+    "minmax": {"calib_symmetric": False, "moving_average": False, "averaging_constant": 0.01},
+    "entropy": {"num_bins": 128, "num_quantized_bins": 128},
+    "distribution": {"num_bins": 2048},
+}
+CALIBRATION_OPTIONS = (
+    "percentile",
+    "calib_symmetric",
+    "num_bins",
+    "num_quantized_bins",
+    "moving_average",
+    "averaging_constant",
+)
 
 
 @dataclass(frozen=True)
@@ -47,14 +65,20 @@ class QuantConfig:
     weight_type: str = "uint8"
     per_channel: bool = False
     reduce_range: bool = False
-    #: Percentile calibration: ORT's defaults on onnxruntime 1.32
-    #: (``create_calibrator``): percentile 99.999, 2048 bins, and *symmetric*
-    #: (histogram of |x|) unless ``CalibTensorRangeSymmetric`` is passed.
-    #: A symmetric range is still clamped to the observed min, so a ReLU
+    #: ORT's calibrator: one of :data:`CALIBRATE_METHODS`. Its options below are
+    #: ``None`` for "the method's default" (:data:`CALIBRATION_DEFAULTS`, ORT's
+    #: ``create_calibrator`` defaults on onnxruntime 1.32); setting one the method
+    #: does not take is a :class:`ConfigError`. :meth:`calibration` gives the values used.
+    #: Percentile is *symmetric* (histogram of |x|) by default, MinMax is not; a
+    #: symmetric Percentile range is still clamped to the observed min, so a ReLU
     #: output keeps ``rmin = 0``.
-    percentile: float = 99.999
-    calib_symmetric: bool = True
-    num_bins: int = 2048
+    calibrate_method: str = "percentile"
+    percentile: float | None = None  # percentile
+    calib_symmetric: bool | None = None  # percentile, minmax
+    num_bins: int | None = None  # percentile, entropy, distribution
+    num_quantized_bins: int | None = None  # entropy
+    moving_average: bool | None = None  # minmax
+    averaging_constant: float | None = None  # minmax, with moving_average
     exclude: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -72,10 +96,48 @@ class QuantConfig:
             raise ConfigError(
                 "ONNX Runtime does not support int8 activations with uint8 weights; use --weight-type int8"
             )
-        if not (0.0 < float(self.percentile) <= 100.0):
-            raise ConfigError(f"percentile must be in (0, 100], not {self.percentile}")
-        if int(self.num_bins) < 16:
-            raise ConfigError(f"num_bins must be at least 16, not {self.num_bins}")
+        self._check_calibration()
+
+    def _check_calibration(self) -> None:
+        method = self.calibrate_method
+        if isinstance(method, str) and "," in method:
+            raise ConfigError(
+                f"calibrate_method takes one method, not {method!r}: several methods in one audit come with the "
+                "multi-run report; audit one method at a time for now"
+            )
+        if method not in CALIBRATE_METHODS:
+            raise ConfigError(f"calibrate_method must be one of {', '.join(CALIBRATE_METHODS)}, not {method!r}")
+        takes = CALIBRATION_DEFAULTS[method]
+        for key in CALIBRATION_OPTIONS:
+            if getattr(self, key) is not None and key not in takes:
+                users = [m for m in CALIBRATE_METHODS if key in CALIBRATION_DEFAULTS[m]]
+                raise ConfigError(
+                    f"{key} does not apply to {method} calibration (only to {' and '.join(users)}); "
+                    f"remove it or choose --calibrate-method {users[0]}"
+                )
+        c = self.calibration()
+        if "percentile" in c and not (0.0 < float(c["percentile"]) <= 100.0):
+            raise ConfigError(f"percentile must be in (0, 100], not {c['percentile']}")
+        # Distribution: ORT's compute_distribution refuses fewer than 512 bins (onnxruntime 1.32)
+        least = 512 if method == "distribution" else 16
+        if "num_bins" in c and int(c["num_bins"]) < least:
+            raise ConfigError(f"num_bins must be at least {least} for {method} calibration, not {c['num_bins']}")
+        if "num_quantized_bins" in c and not (2 <= int(c["num_quantized_bins"]) <= int(c["num_bins"])):
+            raise ConfigError(
+                f"num_quantized_bins must be in [2, num_bins = {c['num_bins']}], not {c['num_quantized_bins']} "
+                "(Entropy searches thresholds from num_quantized_bins to num_bins bins)"
+            )
+        if self.averaging_constant is not None:
+            if not c["moving_average"]:
+                raise ConfigError("averaging_constant only applies with moving_average (--moving-average)")
+            if not (0.0 <= float(self.averaging_constant) <= 1.0):
+                raise ConfigError(f"averaging_constant must be in [0, 1], not {self.averaging_constant}")
+
+    def calibration(self) -> dict:
+        """The calibrator's options actually used: the method's defaults, overridden by what is set."""
+        c = dict(CALIBRATION_DEFAULTS[self.calibrate_method])
+        c.update({k: getattr(self, k) for k in c if getattr(self, k) is not None})
+        return c
 
     def ort_quant_types(self):
         from onnxruntime.quantization import QuantType
@@ -100,22 +162,49 @@ class QuantConfig:
 
         return QuantFormat.QDQ if self.format == "qdq" else QuantFormat.QOperator
 
+    def ort_calibrate_method(self):
+        from onnxruntime.quantization import CalibrationMethod
+
+        names = {"percentile": "Percentile", "minmax": "MinMax", "entropy": "Entropy", "distribution": "Distribution"}
+        return CalibrationMethod[names[self.calibrate_method]]
+
     def ort_calibrator_options(self) -> dict:
-        """Keys of ``onnxruntime.quantization.calibrate.create_calibrator``."""
-        return {"percentile": float(self.percentile), "num_bins": int(self.num_bins), "symmetric": self.calib_symmetric}
+        """Keys of ``onnxruntime.quantization.calibrate.create_calibrator(extra_options=...)``."""
+        keys = {"calib_symmetric": "symmetric"}
+        return {keys.get(k, k): v for k, v in self.calibration().items()}
 
     def ort_extra_options(self) -> dict:
-        """Keys of ``quantize_static(extra_options=...)``."""
-        return {
-            "CalibTensorRangeSymmetric": self.calib_symmetric,
-            "CalibPercentile": float(self.percentile),
+        """Keys of ``quantize_static(extra_options=...)`` (its calibration keys, which
+        cannot carry ``num_bins`` or ``num_quantized_bins``, docs/ort-quirks.md)."""
+        keys = {
+            "calib_symmetric": "CalibTensorRangeSymmetric",
+            "percentile": "CalibPercentile",
+            "moving_average": "CalibMovingAverage",
+            "averaging_constant": "CalibMovingAverageConstant",
         }
+        return {keys[k]: v for k, v in self.calibration().items() if k in keys}
 
     def as_dict(self) -> dict:
+        """The settings used; a calibration option the method does not take is ``None``."""
         d = asdict(self)
         d["exclude"] = list(self.exclude)
-        d["calibrate_method"] = "percentile"
+        d.update(dict.fromkeys(CALIBRATION_OPTIONS), **self.calibration())
         return d
+
+
+def describe_calibration(settings: Mapping) -> str:
+    """A report's calibration in words, e.g. "percentile 99.999 (symmetric)", "minmax (asymmetric, moving average 0.01)"."""
+    method = settings.get("calibrate_method") or "percentile"
+    sym = settings.get("calib_symmetric")
+    parts = [] if sym is None else ["symmetric" if sym else "asymmetric"]
+    if settings.get("moving_average"):
+        parts.append(f"moving average {settings.get('averaging_constant')}")
+    if method in ("entropy", "distribution") and settings.get("num_bins"):
+        parts.append(f"{settings['num_bins']} bins")
+    if method == "entropy" and settings.get("num_quantized_bins"):
+        parts.append(f"{settings['num_quantized_bins']} quantized bins")
+    head = f"percentile {settings.get('percentile')}" if method == "percentile" else method
+    return head + (f" ({', '.join(parts)})" if parts else "")
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,9 @@ from pathlib import Path
 #:   - ``model.quantized``: ``{"path", "sha256", "opset", "producer", "quantized_ops"}``, the model
 #:     audited with ``--quantized`` (absent when qaudit quantized it); ``settings`` is then read from
 #:     its graph (``source: "user"``, ``null`` for the calibration settings a model does not record).
+#:   - ``settings.calibrate_method`` may be ``minmax``, ``entropy`` or ``distribution``; its options
+#:     ``num_quantized_bins``, ``moving_average``, ``averaging_constant`` join ``percentile``,
+#:     ``calib_symmetric``, ``num_bins``, each ``null`` when the method does not take it.
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 

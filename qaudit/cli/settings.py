@@ -37,7 +37,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from qaudit.errors import ConfigError
 from qaudit.gate import GATES, GATES_BY_NAME, GateConfig, GateDef, Threshold
-from qaudit.options import ACTIVATION_TYPES, FORMATS, WEIGHT_TYPES, AuditConfig, audit_config
+from qaudit.options import ACTIVATION_TYPES, CALIBRATE_METHODS, FORMATS, WEIGHT_TYPES, AuditConfig, audit_config
 
 AUDIT, REPORT = "audit", "report"
 BOTH = (AUDIT, REPORT)
@@ -50,6 +50,16 @@ def _at_least(lo: float) -> Callable:
             raise ValueError(f"must be >= {lo:g}, not {v!r}")
 
     return check
+
+
+def _calibrate_method(v):
+    if "," in v:
+        raise ValueError(
+            f"takes one method, not {v!r}: several methods in one audit come with the multi-run report; "
+            "audit one method at a time for now"
+        )
+    if v not in CALIBRATE_METHODS:
+        raise ValueError(f"must be one of {', '.join(CALIBRATE_METHODS)}, not {v!r}")
 
 
 def _between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Callable:
@@ -162,10 +172,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("weight_type", "str", "weight type (16- and 4-bit: QDQ only)", "uint8", WEIGHT_TYPES, group="quantization"),
     Option("per_channel", "bool", "per-channel weight quantization (default: per-tensor)", False, group="quantization"),
     Option(
+        "calibrate_method",
+        "str",
+        "ORT's calibrator: percentile, minmax, entropy or distribution (default percentile); each takes only its "
+        "own options below",
+        "percentile",
+        check=_calibrate_method,
+        group="quantization",
+        metavar="METHOD",
+    ),
+    Option(
         "percentile",
         "float",
-        "percentile calibration (default 99.999, ORT's)",
-        99.999,
+        "percentile: the percentile kept (default 99.999, ORT's)",
+        None,
         check=_between(0, 100, lo_open=True),
         group="quantization",
         metavar="P",
@@ -173,10 +193,47 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "calib_symmetric",
         "bool",
-        "histogram |x| (ORT's Percentile default) or, with --calib-asymmetric, signed values",
-        True,
+        "percentile, minmax: symmetric range; percentile histograms |x| (its default), --calib-asymmetric signed "
+        "values; minmax: -max|x|..max|x| (default: asymmetric, min..max)",
+        None,
         group="quantization",
         bool_flags=("--calib-symmetric", "--calib-asymmetric"),
+    ),
+    Option(
+        "num_bins",
+        "int",
+        "percentile, entropy, distribution: histogram bins (ORT's defaults: 2048, 128, 2048)",
+        None,
+        check=_at_least(16),
+        group="quantization",
+        metavar="N",
+    ),
+    Option(
+        "num_quantized_bins",
+        "int",
+        "entropy: bins of the quantized distribution whose KL divergence is minimized (default 128, ORT's)",
+        None,
+        check=_at_least(2),
+        group="quantization",
+        metavar="N",
+    ),
+    Option(
+        "moving_average",
+        "bool",
+        "minmax: moving average of each batch's min and max instead of the global min and max",
+        None,
+        group="quantization",
+        bool_flags=("--moving-average", "--no-moving-average"),
+    ),
+    Option(
+        "averaging_constant",
+        "float",
+        "minmax with --moving-average: the smoothing constant c, range <- range + c * (batch range - range) "
+        "(default 0.01, ORT's)",
+        None,
+        check=_between(0, 1),
+        group="quantization",
+        metavar="C",
     ),
     Option("exclude", "list", "node names to leave in float", (), group="quantization", metavar="NODE"),
     Option(
@@ -321,6 +378,7 @@ class Settings:
         fields = ("output_model", "batch_size", "batch_axis", "max_samples", "clip_percentile", "isolated", "format")
         fields += ("activation_type", "weight_type", "per_channel", "percentile", "calib_symmetric", "exclude")
         fields += ("label_output", "class_outputs", "quantized")
+        fields += ("calibrate_method", "num_bins", "num_quantized_bins", "moving_average", "averaging_constant")
         return audit_config(v["model"], v["calib"], v["eval"], v["labels"], **{k: v[k] for k in fields})
 
 

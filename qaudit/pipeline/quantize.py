@@ -1,8 +1,11 @@
-"""Stage 3: percentile calibration and static quantization with ONNX Runtime.
+"""Stage 3: calibration and static quantization with ONNX Runtime.
 
-qaudit does not reimplement calibration: it drives ORT's own
-``PercentileCalibrater`` one batch at a time and hands the resulting ranges to
-``quantize_static`` through its calibration cache. Why (onnxruntime 1.32):
+qaudit does not reimplement calibration: it runs ORT's calibration graph one
+batch at a time, feeds ORT's own collectors (Percentile, Entropy, Distribution:
+``HistogramCollector``; MinMax: ``MinMaxCalibrater``'s arithmetic, see
+:class:`MinMaxCollector`), computes the ranges with ORT's code and hands them to
+``quantize_static`` through its calibration cache. One pass can serve several
+methods (:func:`calibrate_many`). Why (onnxruntime 1.32):
 
 * ``HistogramCalibrater.collect_data`` keeps *every* intermediate output of
   every batch it is given before histogramming them; fed the whole data set at
@@ -27,9 +30,10 @@ qaudit does not reimplement calibration: it drives ORT's own
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -106,12 +110,15 @@ def probe_activations(
     return bad, nbytes // n, sizes
 
 
-def _percentile_calibrator(model_path: Path, cfg: QuantConfig, workdir: Path, skip: set[str]):
-    """ORT's PercentileCalibrater built exactly as ``create_calibrator`` builds it
-    (onnxruntime 1.32), except that tensors in ``skip`` are not calibrated."""
-    from onnxruntime.quantization.calibrate import PercentileCalibrater
+def _calibrator(model_path: Path, workdir: Path, skip: set[str]):
+    """ORT's calibration graph and session, as ``HistogramCalibrater`` builds them
+    (onnxruntime 1.32): every tensor ORT calibrates is an output, except those in
+    ``skip``. One run of it feeds every method's collector (:func:`calibrate_many`);
+    MinMax reduces the same tensors that ORT's ``MinMaxCalibrater`` augments with
+    ReduceMin/ReduceMax (``select_tensors_to_calibrate`` is the same)."""
+    from onnxruntime.quantization.calibrate import HistogramCalibrater
 
-    class _Calibrater(PercentileCalibrater):
+    class _Calibrater(HistogramCalibrater):
         def select_tensors_to_calibrate(self, model):
             tensors, value_infos = super().select_tensors_to_calibrate(model)
             return tensors - skip, value_infos
@@ -132,7 +139,6 @@ def _percentile_calibrator(model_path: Path, cfg: QuantConfig, workdir: Path, sk
                 self.augmented_model_path, sess_options=so, providers=self.execution_providers
             )
 
-    opts = cfg.ort_calibrator_options()
     calibrator = _Calibrater(
         Path(model_path),
         quantizable_op_types(),
@@ -140,9 +146,6 @@ def _percentile_calibrator(model_path: Path, cfg: QuantConfig, workdir: Path, sk
         # a model with external data (a big one, session.save_model): the augmented copy refers to
         # the same kind of file instead of holding its weights inline
         use_external_data_format=has_external_data(model_path),
-        symmetric=opts["symmetric"],
-        num_bins=opts["num_bins"],
-        percentile=opts["percentile"],
     )
     calibrator.augment_graph()
     calibrator.create_inference_session()
@@ -161,31 +164,45 @@ def has_external_data(model_path: Path) -> bool:
     return any(uses_external_data(t) for t in model.graph.initializer)
 
 
-def calibrate(
+def calibrate(model_path: Path, batches: Iterable[dict[str, np.ndarray]], cfg: QuantConfig, workdir: Path, *args, **kw):
+    """The ranges of ``cfg.calibrate_method``: :func:`calibrate_many` with one method."""
+    return calibrate_many(model_path, batches, [cfg], workdir, *args, **kw)[0]
+
+
+def calibrate_many(
     model_path: Path,
     batches: Iterable[dict[str, np.ndarray]],
-    cfg: QuantConfig,
+    cfgs: Sequence[QuantConfig],
     workdir: Path,
     on_batch: Callable[[int], None] | None = None,
     skip: set[str] = frozenset(),
     observe: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None,
     workers: int | None = None,
     nonfinite: dict[str, tuple[float, float]] | None = None,
-):
-    """Percentile ranges of every tensor ORT will quantize, one batch at a time.
+) -> list:
+    """The ranges of every tensor ORT will quantize, for each calibration of ``cfgs``,
+    from one pass over ``batches`` (one session run per batch).
 
-    Returns ORT's ``TensorsData`` (what ``quantize_static`` would compute with
-    ``CalibStridedMinMax`` set to one batch). Tensors in ``skip`` get no range.
-    A tensor that turns out to hold NaN/Inf in a later batch than the probed
-    one (a padded sequence's -inf attention mask) gets no range either, instead
-    of failing ORT's histogram: it is added to ``nonfinite`` as
-    ``{tensor: (finite min, finite max)}`` so that its nodes stay in float.
+    Returns one ORT ``TensorsData`` per item of ``cfgs``, in order, each exactly
+    what ORT's calibrator of that method computes when its ``collect_data`` is
+    called once per batch (``quantize_static`` with ``CalibStridedMinMax`` set to
+    one batch; ``tests/pipeline/test_oracle.py``). Methods whose collectors
+    gather the same statistics share one (:func:`collector_key`): Percentile
+    (asymmetric), Entropy and Distribution with the same number of bins share
+    one histogram, which each method then reads its own way. Collectors hold no
+    batch: the histogram or the running min/max (:class:`MinMaxCollector`), so
+    memory does not grow with the number of batches.
 
-    The calibrator's session runs batch k+1 while ORT's ``HistogramCollector``
-    histograms batch k on ``workers`` threads (default: one per usable core),
-    each collecting its share of the tensors. A tensor's histogram only ever
-    sees its own values, one batch at a time and in order, so the histograms
-    are those of ORT's ``collect_data`` (``tests/pipeline/test_oracle.py``).
+    Tensors in ``skip`` get no range. A tensor that turns out to hold NaN/Inf in
+    a later batch than the probed one (a padded sequence's -inf attention mask)
+    gets no range either, instead of failing ORT's histogram: it is added to
+    ``nonfinite`` as ``{tensor: (finite min, finite max)}`` so that its nodes stay
+    in float (for every method: one audit excludes one set of nodes).
+
+    The calibrator's session runs batch k+1 while the collectors take batch k on
+    ``workers`` threads (default: one per usable core), each collecting its
+    share of the tensors. A tensor's statistics only ever see its own values,
+    one batch at a time and in order, so they are those of ORT's ``collect_data``.
     ``observe(feeds, outputs)`` sees every batch with all the calibrated tensors
     and the model's outputs on a worker too, e.g. to check BN folding on the
     same pass. At most two batches of activations are alive at once.
@@ -194,17 +211,27 @@ def calibrate(
 
     from qaudit.pipeline.parallel import TRIM_EVERY, release_free_memory, shares, usable_cores
 
+    if not cfgs:
+        raise ValueError("calibrate_many needs at least one QuantConfig")
     workers = workers or min(2, usable_cores())
+    collectors: dict[tuple, object] = {}
+    for cfg in cfgs:
+        collectors.setdefault(collector_key(cfg), make_collector(cfg))
+    active = list(collectors.values())
+
+    def collect(batch):
+        for c in active:
+            c.collect(batch)
+
     try:
         with (
             quiet_ort(),
             ThreadPoolExecutor(max_workers=workers + bool(observe), thread_name_prefix="qaudit-calibrate") as pool,
         ):
-            calibrator = _percentile_calibrator(model_path, cfg, workdir, set(skip))
+            calibrator = _calibrator(model_path, workdir, set(skip))
             session = calibrator.infer_session
             names = [o.name for o in session.get_outputs()]
             input_names = {i.name for i in session.get_inputs()}
-            collector = _collector(calibrator)
             shares_of: list[list[str]] | None = None
             seen = batch_no = 0
             pending: list = []
@@ -224,7 +251,7 @@ def calibrate(
                     sizes = {k: outputs[k].nbytes for k in names if k in calibrator.tensors_to_calibrate}
                     shares_of = shares(sizes, workers)
                 # ORT's collect_data hands the collector a list of arrays per tensor (one batch here)
-                pending = [pool.submit(collector.collect, {k: [outputs[k]] for k in share}) for share in shares_of]
+                pending = [pool.submit(collect, {k: [outputs[k]] for k in share}) for share in shares_of]
                 if observe:
                     pending.append(pool.submit(observe, feeds, outputs))
                 done_n = samples(feeds)
@@ -235,45 +262,148 @@ def calibrate(
                 on_batch(done_n)
             if not seen:
                 raise QuantizationError("no calibration samples were read")
+            found = {}
+            for c in active:
+                found.update(c.nonfinite)
             if nonfinite is not None:
-                nonfinite.update(getattr(collector, "nonfinite", {}))
-            if not collector.histogram_dict:
-                # Nothing to calibrate (no quantizable op in the main graph, or all non-finite):
-                # ORT's compute_data fails with "Histogram has not been collected" (onnxruntime 1.32).
-                from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
-
-                return TensorsData(CalibrationMethod.Percentile, {})
-            ranges = calibrator.compute_data()
+                nonfinite.update(found)
+            return [compute_ranges(collectors[collector_key(cfg)], cfg, drop=set(found)) for cfg in cfgs]
     except QauditError:
         raise
     except Exception as e:
         raise QuantizationError(f"ONNX Runtime calibration failed: {type(e).__name__}: {_first_line(e)}") from e
-    return ranges
 
 
-def _collector(calibrator):
-    """The collector ORT's ``HistogramCalibrater.collect_data`` creates on its first
-    call (onnxruntime 1.32, calibrate.py), set on the calibrator so that its
-    ``compute_data`` reads it; see :func:`_lean_collector_class`."""
-    calibrator.collector = _lean_collector_class()(
-        method=calibrator.method,
-        symmetric=calibrator.symmetric,
-        num_bins=calibrator.num_bins,
-        num_quantized_bins=calibrator.num_quantized_bins,
-        percentile=calibrator.percentile,
-        scenario=calibrator.scenario,
+def collector_key(cfg: QuantConfig) -> tuple:
+    """Calibrations with equal keys gather the same statistics (onnxruntime 1.32's
+    ``HistogramCollector.collect``): Percentile symmetric histograms |x|; Percentile
+    asymmetric, Entropy and Distribution histogram the signed values
+    (``collect_value``); each with its number of bins. MinMax keeps a running
+    min/max per setting."""
+    c = cfg.calibration()
+    if cfg.calibrate_method == "minmax":
+        return ("minmax", c["calib_symmetric"], c["moving_average"], c["averaging_constant"])
+    absolute = cfg.calibrate_method == "percentile" and c["calib_symmetric"]
+    return ("abs" if absolute else "value", int(c["num_bins"]))
+
+
+def make_collector(cfg: QuantConfig):
+    """A collector for ``cfg``'s calibration, fed ``{tensor: [one batch's array]}`` per batch."""
+    c = cfg.calibration()
+    if cfg.calibrate_method == "minmax":
+        return MinMaxCollector(c["calib_symmetric"], c["moving_average"], c["averaging_constant"])
+    return _histogram_collector(cfg, {})
+
+
+def _histogram_collector(cfg: QuantConfig, histogram_dict: dict):
+    """ORT's ``HistogramCollector`` as ``HistogramCalibrater.collect_data`` creates it on
+    its first call (onnxruntime 1.32, calibrate.py), for ``cfg``'s method and options,
+    holding ``histogram_dict``; see :func:`_lean_collector_class`."""
+    c = cfg.calibration()
+    collector = _lean_collector_class()(
+        method=cfg.calibrate_method,
+        symmetric=bool(c.get("calib_symmetric", False)),
+        num_bins=int(c["num_bins"]),
+        # the calibrators' own defaults where the method has no such option (onnxruntime 1.32)
+        num_quantized_bins=int(c.get("num_quantized_bins", 128 if cfg.calibrate_method == "entropy" else 2048)),
+        percentile=float(c.get("percentile", 99.999)),
+        scenario="same",
     )
-    return calibrator.collector
+    collector.histogram_dict = histogram_dict
+    return collector
 
 
+def compute_ranges(collector, cfg: QuantConfig, drop: set[str] = frozenset()):
+    """``cfg``'s ranges from a collector of :func:`make_collector` (or one of the same
+    :func:`collector_key`): what ORT's ``compute_data`` returns; tensors in ``drop`` get none."""
+    from onnxruntime.quantization.calibrate import TensorsData
+
+    method = cfg.ort_calibrate_method()
+    if isinstance(collector, MinMaxCollector):
+        return TensorsData(method, {k: v for k, v in collector.ranges.items() if k not in drop})
+    hists = {k: v for k, v in collector.histogram_dict.items() if k not in drop}
+    if not hists:
+        # Nothing to calibrate (no quantizable op in the main graph, or all non-finite):
+        # ORT's compute_data fails with "Histogram has not been collected" (onnxruntime 1.32).
+        return TensorsData(method, {})
+    # HistogramCalibrater.compute_data, with cfg's method and options on these histograms
+    return TensorsData(method, _histogram_collector(cfg, hists).compute_collection_result())
+
+
+class MinMaxCollector:
+    """ORT's ``MinMaxCalibrater`` arithmetic (onnxruntime 1.32) on a running state.
+
+    ORT's calibrator keeps every batch's ReduceMin/ReduceMax outputs until
+    ``compute_data`` and then, per ``collect_data`` call, takes ``np.nanmin`` /
+    ``np.nanmax`` of them (``np.nanmean`` with ``moving_average``), symmetrizes
+    them (``symmetric``), and merges the result into the previous calls' range
+    (``merge_range``: min/max, or ``old + c * (new - old)`` with
+    ``moving_average``). With one batch per call, which is what qaudit computes
+    (as for the histogram methods), ``nanmin`` of one batch is that batch's min,
+    so the state is one ``(lowest, highest)`` pair per tensor, updated with the
+    same numpy operations on the same dtypes and shapes as ORT's: the ranges are
+    identical (``tests/pipeline/test_oracle.py``) and do not grow with N.
+    A batch's min and max are the exact ``np.nanmin``/``np.nanmax`` of its values,
+    which is what ORT's ReduceMin/ReduceMax give on finite values.
+    """
+
+    def __init__(self, symmetric: bool, moving_average: bool, averaging_constant: float):
+        self.symmetric = bool(symmetric)
+        self.moving_average = bool(moving_average)
+        self.averaging_constant = averaging_constant
+        #: {tensor: TensorData(lowest, highest)}, ORT's ``calibrate_tensors_range``
+        self.ranges: dict = {}
+        #: tensors found holding +-Inf (or only NaN) in some batch: {tensor: (finite min, finite max)};
+        #: they get no range (ORT's would be infinite)
+        self.nonfinite: dict = {}
+
+    def collect(self, name_to_arr) -> None:
+        from onnxruntime.quantization.calibrate import TensorData
+
+        for tensor, data_arr in name_to_arr.items():
+            if tensor in self.nonfinite:
+                continue
+            arr = data_arr[0] if isinstance(data_arr, list) and len(data_arr) == 1 else np.asarray(data_arr)
+            flat = arr.ravel()
+            if flat.size == 0:  # ReduceMin of nothing: no value to merge
+                continue
+            lo, hi = kernels.nan_minmax(flat)
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                finite = flat[np.isfinite(flat)]
+                self.nonfinite[tensor] = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+                self.ranges.pop(tensor, None)
+                continue
+            # ReduceMin/ReduceMax (keepdims) + Reshape([-1]): one-element arrays of the tensor's type
+            new_min, new_max = np.array([lo], dtype=flat.dtype), np.array([hi], dtype=flat.dtype)
+            if self.symmetric:  # compute_data
+                m = np.nanmax([np.abs(new_min), np.abs(new_max)], axis=0)
+                new_min, new_max = -m, m
+            old = self.ranges.get(tensor)
+            if old is not None:  # merge_range
+                old_min, old_max = old.range_value
+                if self.moving_average:
+                    new_min = old_min + self.averaging_constant * (new_min - old_min)
+                    new_max = old_max + self.averaging_constant * (new_max - old_max)
+                else:
+                    new_min, new_max = min(old_min, new_min), max(old_max, new_max)
+            self.ranges[tensor] = TensorData(lowest=new_min, highest=new_max)
+
+    def state_nbytes(self) -> int:
+        """Bytes of the collected state (tests: it does not grow with the number of batches)."""
+        return sum(td.lowest.nbytes + td.highest.nbytes for td in self.ranges.values())
+
+
+@functools.cache
 def _lean_collector_class():
     """ORT's ``HistogramCollector`` whose ``collect_absolute_value`` (symmetric
-    Percentile, the default) does ORT's arithmetic on the same values without
-    ORT's overhead (onnxruntime 1.32): no ``np.asarray`` of the one-array list and
-    ``flatten`` (two copies of every activation; ``ravel`` is a view), and the
-    batch's ``max|x|`` from its min and max instead of another pass. Any other
-    input (several arrays per tensor) goes to ORT's own method. The histograms
-    are identical to ORT's (``tests/pipeline/test_oracle.py``, ``tests/test_realmodels.py``).
+    Percentile, the default) and ``collect_value`` (asymmetric Percentile, Entropy,
+    Distribution) do ORT's arithmetic on the same values without ORT's overhead
+    (onnxruntime 1.32): no ``np.asarray`` of the one-array list and ``flatten``
+    (two copies of every activation; ``ravel`` is a view), and for |x| the batch's
+    ``max|x|`` from its min and max instead of another pass. Any other input
+    (several arrays per tensor) goes to ORT's own method. The histograms are
+    identical to ORT's (``tests/pipeline/test_oracle.py``, ``tests/test_realmodels.py``).
+    Like ORT's, it holds one histogram per tensor and no batch.
     """
     from onnxruntime.quantization.calibrate import HistogramCollector
 
@@ -282,14 +412,52 @@ def _lean_collector_class():
         #: they get no histogram (ORT's would fail: "autodetected range ... is not finite")
         nonfinite: dict
 
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            self.nonfinite = {}
+
+        def state_nbytes(self) -> int:
+            """Bytes of the histograms (tests: they do not grow with the number of batches)."""
+            return sum(sum(np.asarray(x).nbytes for x in h) for h in self.histogram_dict.values())
+
+        def collect_value(self, name_to_arr):
+            for tensor, data_arr in name_to_arr.items():
+                if tensor in self.nonfinite:
+                    continue
+                arr = data_arr[0] if isinstance(data_arr, list) and len(data_arr) == 1 else data_arr
+                if not isinstance(arr, np.ndarray):
+                    super().collect_value({tensor: data_arr})
+                    continue
+                flat = arr.ravel()  # the values of ORT's np.asarray(data_arr).flatten(), in its order
+                extremes = self._extremes(tensor, flat)
+                if extremes is None:
+                    continue
+                min_value, max_value = extremes
+                threshold = np.array(max(abs(min_value), abs(max_value)), dtype=flat.dtype)
+                if tensor in self.histogram_dict:
+                    old = self.histogram_dict[tensor]
+                    self.histogram_dict[tensor] = self.merge_histogram(old, flat, min_value, max_value, threshold)
+                else:
+                    hist, hist_edges = np.histogram(flat, self.num_bins, range=(-threshold, threshold))
+                    self.histogram_dict[tensor] = (hist, hist_edges, min_value, max_value, threshold)
+
+        def _extremes(self, tensor, flat):
+            """ORT's ``min_value, max_value`` of a batch (np.nanmin and np.nanmax, zeros when
+            empty), or None when they are not finite (+-inf, or all NaN): the tensor is dropped."""
+            if flat.size == 0:
+                return np.array(0, dtype=flat.dtype), np.array(0, dtype=flat.dtype)
+            min_value, max_value = kernels.nan_minmax(flat)
+            if not (np.isfinite(min_value) and np.isfinite(max_value)):
+                self._drop_nonfinite(tensor, flat)
+                return None
+            return min_value, max_value
+
         def _drop_nonfinite(self, tensor, flat) -> None:
             finite = flat[np.isfinite(flat)]
             self.nonfinite[tensor] = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
             self.histogram_dict.pop(tensor, None)
 
         def collect_absolute_value(self, name_to_arr):
-            if not hasattr(self, "nonfinite"):
-                self.nonfinite = {}
             for tensor, data_arr in name_to_arr.items():
                 if tensor in self.nonfinite:
                     continue
@@ -298,14 +466,10 @@ def _lean_collector_class():
                     super().collect_absolute_value({tensor: data_arr})  # ORT's checks and messages
                     continue
                 flat = arr.ravel()
-                if flat.size > 0:  # np.nanmin and np.nanmax (an all-NaN tensor gives NaN, as there)
-                    min_value, max_value = kernels.nan_minmax(flat)
-                    if not (np.isfinite(min_value) and np.isfinite(max_value)):  # +-inf, or all NaN
-                        self._drop_nonfinite(tensor, flat)
-                        continue
-                else:
-                    min_value = np.array(0, dtype=flat.dtype)
-                    max_value = np.array(0, dtype=flat.dtype)
+                extremes = self._extremes(tensor, flat)
+                if extremes is None:
+                    continue
+                min_value, max_value = extremes
                 if tensor not in self.histogram_dict:
                     data = np.absolute(flat)
                     try:
@@ -342,7 +506,7 @@ def quantize(
 
     ``also_exclude``: node names qaudit itself leaves in float (beside ``cfg.exclude``).
     """
-    from onnxruntime.quantization import CalibrationMethod, quantize_static
+    from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
     cache = Path(workdir) / "calibration_ranges.json"
@@ -360,7 +524,7 @@ def quantize(
                 per_channel=cfg.per_channel,
                 reduce_range=cfg.reduce_range,
                 nodes_to_exclude=list(cfg.exclude) + [n for n in also_exclude if n not in cfg.exclude],
-                calibrate_method=CalibrationMethod.Percentile,
+                calibrate_method=cfg.ort_calibrate_method(),  # must be the cache's
                 calibration_cache_path=str(cache),
                 extra_options=cfg.ort_extra_options(),
             )

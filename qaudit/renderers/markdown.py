@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from qaudit.options import describe_calibration
 from qaudit.renderers import numbers as num
 from qaudit.renderers.base import accept, with_gates
 from qaudit.renderers.checks import words
@@ -103,7 +104,7 @@ class MarkdownRenderer:
             + (
                 f"quantized elsewhere ({code((m.get('quantized') or {}).get('path'), cell=False)}), calibration unknown; "
                 if m.get("quantized")
-                else f"percentile {text(s.get('percentile'))}; "
+                else f"{text(describe_calibration(s))}; "
             )
             + f"{text(d.get('n_calib'))} calibration / {text(d.get('n_eval'))} "
             f"{'calibration' if d.get('eval_is_calib') else 'evaluation'} "

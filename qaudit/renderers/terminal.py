@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.theme import Theme
 
+from qaudit.options import describe_calibration
 from qaudit.renderers import numbers as num
 from qaudit.renderers.base import accept, with_gates
 from qaudit.renderers.checks import counts, sentence, words
@@ -156,8 +157,8 @@ def summary(report: Report, worst: int = 3) -> Group:
                 given_summary(report)
                 if report.model.get("quantized")
                 else f"quantized: {s['format'].upper()}, activations {s['activation_type']}, weights "
-                f"{s['weight_type']}{' per-channel' if s['per_channel'] else ' per-tensor'}, percentile "
-                f"{s['percentile']} ({'symmetric' if s['calib_symmetric'] else 'asymmetric'}) on {d['n_calib']} "
+                f"{s['weight_type']}{' per-channel' if s['per_channel'] else ' per-tensor'}, {describe_calibration(s)} "
+                f"on {d['n_calib']} "
                 "calibration samples"
             )
             + f"; measured on {d['n_eval']} {'calibration' if d['eval_is_calib'] else 'evaluation'} samples"

@@ -43,8 +43,10 @@ def audit(tmp_path, *argv, env=None):
 def test_defaults(tmp_path):
     s = audit(tmp_path)
     assert s.config_file is None
-    assert s["percentile"] == 99.999 and s["batch_size"] is None and s["format"] == "qdq"  # None: automatic
-    assert s["calib_symmetric"] is True and s["per_channel"] is False and s["exclude"] == ()
+    assert s["percentile"] is None and s["batch_size"] is None and s["format"] == "qdq"  # None: automatic
+    assert s["calib_symmetric"] is None and s["per_channel"] is False and s["exclude"] == ()
+    # calibration options: None is the method's default (ORT's), resolved by QuantConfig
+    assert s["calibrate_method"] == "percentile" and s["num_bins"] is None
     assert s["baseline"] is None and s["quiet"] is False
     assert set(s.sources.values()) == {"default"}
     assert not s.gates.configured()
@@ -54,7 +56,7 @@ def test_defaults(tmp_path):
 @pytest.mark.parametrize(
     "file, env, cli, expected, source",
     [
-        (None, None, None, 99.999, "default"),
+        (None, None, None, None, "default"),  # the method's default: QuantConfig.calibration()
         (99.9, None, None, 99.9, "pyproject.toml [tool.qaudit]"),
         (99.9, "99.5", None, 99.5, "QAUDIT_PERCENTILE"),
         (99.9, "99.5", "99.0", 99.0, "--percentile"),
