@@ -315,10 +315,9 @@ def quantized_activations(qmodel: onnx.ModelProto, fmt: str, fp32: onnx.ModelPro
 
     def fp32_name(x: str) -> str:
         after = consumers.get(x, [])
-        if len(after) == 1 and after[0].op_type in ("Relu", "Clip"):
-            y = after[0].output[0]
-            if y not in produced and y + "_quantized" not in produced:  # the Relu/Clip was fused away
-                return y
+        # fused away: the float X is gone (a DequantizeLinear may write Y for a float consumer)
+        if len(after) == 1 and after[0].op_type in ("Relu", "Clip") and x not in produced:
+            return after[0].output[0]
         return x
 
     return {fp32_name(o.removesuffix("_quantized")) for o in produced if o.endswith("_quantized")}
