@@ -181,6 +181,12 @@ def pytest_addoption(parser):
         help="run the bare tests (-m bare) against an installed, non-editable qaudit in an environment "
         "without any of its extras, from a copy of the tree without qaudit/ (what .ci/run does)",
     )
+    parser.addoption(
+        "--realmodels-full",
+        action="store_true",
+        help="tests/test_realmodels.py: audit every real model (the table of docs/real-models.md), not only "
+        "the CI set (also QAUDIT_REALMODELS_FULL=1)",
+    )
 
 
 def pytest_configure(config):
