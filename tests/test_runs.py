@@ -198,3 +198,20 @@ def test_report_re_gates_a_saved_multi_run_report_and_baselines_match_by_name(ru
     # a single-method audit against a multi-run baseline
     p = run_cli(str(SAMPLE_MODEL), "--calib", str(SAMPLE_CALIB), "--baseline", str(tmp_path / "r.json"))
     assert p.returncode == 2 and "the baseline report has 3 runs" in p.stderr
+
+
+def test_run_placeholder_with_one_method_names_its_file(run_cli, tmp_path):
+    p = run_cli(
+        str(SAMPLE_MODEL),
+        "--calib",
+        str(SAMPLE_CALIB),
+        "--calibrate-method",
+        "minmax",
+        "--quiet",
+        "--output-model",
+        str(tmp_path / "q-{run}.onnx"),
+    )
+    assert p.returncode == 0, p.stderr
+    assert [f.name for f in tmp_path.iterdir()] == ["q-minmax.onnx"]
+    qaudit.audit(SAMPLE_MODEL, SAMPLE_CALIB, output_model=tmp_path / "api-{run}.onnx")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["api-percentile.onnx", "q-minmax.onnx"]

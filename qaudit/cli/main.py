@@ -412,6 +412,10 @@ def _output_models(cfg) -> dict:
             f"--output-model={q.calibrate_method}": output_path(cfg.output_model, q.calibrate_method, True)
             for q in cfg.runs
         }
+    if "{run}" in str(cfg.output_model):  # one run: its name too, so that a script's path works either way
+        from qaudit.runs import output_path
+
+        return {"--output-model": output_path(cfg.output_model, cfg.quant.calibrate_method, True)}
     return {"--output-model": cfg.output_model}
 
 

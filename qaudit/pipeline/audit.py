@@ -338,10 +338,10 @@ def audit(
         for i, (name, _, q_path) in enumerate(runs):
             if output_models is not None:
                 target = output_models.get(name)
-            elif cfg.output_model is not None and cfg.runs:
+            elif cfg.output_model is not None:
                 target = output_path(cfg.output_model, name, i == 0)
             else:
-                target = cfg.output_model
+                target = None
             if target is None:
                 continue
             try:
