@@ -198,6 +198,10 @@ def test_report_re_gates_a_saved_multi_run_report_and_baselines_match_by_name(ru
     # a single-method audit against a multi-run baseline
     p = run_cli(str(SAMPLE_MODEL), "--calib", str(SAMPLE_CALIB), "--baseline", str(tmp_path / "r.json"))
     assert p.returncode == 2 and "the baseline report has 3 runs" in p.stderr
+    # qaudit compare takes single reports: one line, exit 2
+    p = run_cli("compare", str(tmp_path / "r.json"), str(tmp_path / "r.json"))
+    assert p.returncode == 2 and "holds several runs (percentile, entropy, minmax)" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
 
 
 def test_run_placeholder_with_one_method_names_its_file(run_cli, tmp_path):
