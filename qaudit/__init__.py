@@ -18,9 +18,10 @@ from qaudit.errors import QauditError
 from qaudit.gate import GateConfig, Threshold, evaluate
 from qaudit.options import AuditConfig, QuantConfig
 from qaudit.report import GateResult, Report, load_report
+from qaudit.runs import MultiReport
 
 
-def audit(model, calib=None, eval=None, labels=None, *, progress=None, **options) -> Report:
+def audit(model, calib=None, eval=None, labels=None, *, progress=None, **options) -> Report | MultiReport:
     """Audit the post-training quantization of ``model``.
 
     ``model``: an ONNX file, or a whole :class:`AuditConfig` (then no other
@@ -34,7 +35,9 @@ def audit(model, calib=None, eval=None, labels=None, *, progress=None, **options
     field of :class:`AuditConfig` or :class:`QuantConfig`
     (``weight_type="int8"``, ``per_channel=True``, ``batch_size=16``, ...).
     ``progress``: an object with ``stage(description, total)`` and
-    ``advance(n)``, owned by the caller.
+    ``advance(n)``, owned by the caller. Several calibration methods
+    (``calibrate_method=["percentile", "entropy"]`` or ``"percentile,entropy"``)
+    calibrate once and audit one run per method: a :class:`MultiReport`.
 
     Raises :class:`QauditError` subclasses for bad input (a one-line message).
     """
@@ -92,6 +95,7 @@ __all__ = [
     "GateConfig",
     "GateResult",
     "LayerRow",
+    "MultiReport",
     "OutputRow",
     "UnmatchedTensor",
     "QauditError",

@@ -102,8 +102,8 @@ class QuantConfig:
         method = self.calibrate_method
         if isinstance(method, str) and "," in method:
             raise ConfigError(
-                f"calibrate_method takes one method, not {method!r}: several methods in one audit come with the "
-                "multi-run report; audit one method at a time for now"
+                f"a QuantConfig takes one calibrate_method, not {method!r}: give several methods to "
+                "qaudit.audit(calibrate_method=[...]) or --calibrate-method, which audit one run per method"
             )
         if method not in CALIBRATE_METHODS:
             raise ConfigError(f"calibrate_method must be one of {', '.join(CALIBRATE_METHODS)}, not {method!r}")
@@ -243,6 +243,9 @@ class AuditConfig:
     #: a model quantized elsewhere, from ``model``: audited as it is (no calibration, no
     #: quantization; qaudit.pipeline.prequant)
     quantized: Path | None = None
+    #: several calibration methods, one run each (a multi-run report, qaudit.runs): each run's
+    #: quantization, ``quant`` being the first's; empty for a single-method audit
+    runs: tuple[QuantConfig, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "model", Path(self.model))
@@ -260,6 +263,8 @@ class AuditConfig:
                 )
         elif self.calib is None:
             raise ConfigError("an audit needs calibration data (--calib)")
+        if self.runs and self.quantized is not None:
+            raise ConfigError("--quantized audits one given model: give one --calibrate-method, or none")
         for key in ("calib", "eval", "labels", "output_model"):
             v = getattr(self, key)
             if isinstance(v, (str, os.PathLike)):
@@ -318,6 +323,48 @@ def audit_config(model, calib, eval=None, labels=None, **options) -> AuditConfig
     if "exclude" in quant_changes:
         quant_changes["exclude"] = tuple(quant_changes["exclude"])
     quant = options.pop("quant", None) or QuantConfig()
+    methods = calibrate_methods(quant_changes.get("calibrate_method", quant.calibrate_method))
+    if len(methods) > 1:
+        runs = method_runs(quant, methods, quant_changes)
+        return AuditConfig(model=model, calib=calib, eval=eval, labels=labels, quant=runs[0], runs=runs, **options)
     if quant_changes:
-        quant = replace(quant, **quant_changes)
+        quant = replace(quant, **{**quant_changes, "calibrate_method": methods[0]})
     return AuditConfig(model=model, calib=calib, eval=eval, labels=labels, quant=quant, **options)
+
+
+def calibrate_methods(value) -> tuple[str, ...]:
+    """The calibration methods of ``value``: one name, a comma list (``"percentile,entropy"``) or a
+    list of names; a repeated method is a :class:`ConfigError` (one run per method)."""
+    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
+    methods = tuple(m.strip() if isinstance(m, str) else m for m in items)
+    if not methods or "" in methods:
+        raise ConfigError(f"calibrate_method needs a method name in each item, not {value!r}")
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:
+        raise ConfigError(f"calibrate_method lists {repeated[0]} twice: each method is one run of the audit")
+    return methods
+
+
+def method_runs(quant: QuantConfig, methods: tuple[str, ...], changes: dict) -> tuple[QuantConfig, ...]:
+    """One :class:`QuantConfig` per method of a multi-run audit: ``quant`` with ``changes``, each calibration
+    option given only to the methods that take it; one that no method takes is a :class:`ConfigError`."""
+    options = {k: changes.get(k, getattr(quant, k)) for k in CALIBRATION_OPTIONS}
+    options = {k: v for k, v in options.items() if v is not None}
+    for m in methods:
+        if m not in CALIBRATE_METHODS:
+            raise ConfigError(f"calibrate_method must be one of {', '.join(CALIBRATE_METHODS)}, not {m!r}")
+    for key in options:
+        if not any(key in CALIBRATION_DEFAULTS[m] for m in methods):
+            users = [m for m in CALIBRATE_METHODS if key in CALIBRATION_DEFAULTS[m]]
+            raise ConfigError(
+                f"{key} applies to none of the methods {', '.join(methods)} (only to {' and '.join(users)}); "
+                f"remove it or add {users[0]} to --calibrate-method"
+            )
+    base = {k: v for k, v in changes.items() if k not in CALIBRATION_OPTIONS and k != "calibrate_method"}
+    base.update(dict.fromkeys(CALIBRATION_OPTIONS))
+    return tuple(
+        replace(
+            quant, **{**base, **{k: v for k, v in options.items() if k in CALIBRATION_DEFAULTS[m]}}, calibrate_method=m
+        )
+        for m in methods
+    )

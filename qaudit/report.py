@@ -62,6 +62,9 @@ from pathlib import Path
 #:   - ``settings.calibrate_method`` may be ``minmax``, ``entropy`` or ``distribution``; its options
 #:     ``num_quantized_bins``, ``moving_average``, ``averaging_constant`` join ``percentile``,
 #:     ``calib_symmetric``, ``num_bins``, each ``null`` when the method does not take it.
+#: 4 - the multi-run document (several calibration methods in one audit, :mod:`qaudit.runs`):
+#:     ``{"format", "runs": [{"name", <a version 3 report's sections>}], "gates"}``. A single-run
+#:     audit still writes version 3; :func:`load_report` reads both.
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 
@@ -583,7 +586,7 @@ def from_dict(d: dict, strict: bool = False) -> Report:
     if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise ReportFormatError(
             f"unsupported qaudit report format version {version!r}; "
-            f"this qaudit reads versions {', '.join(map(str, READABLE_VERSIONS))}"
+            f"this qaudit reads versions {', '.join(map(str, READABLE_VERSIONS))} and 4 (several runs)"
         )
     sections = {k: _section(d, k, strict) for k in _SECTIONS}
 
@@ -608,8 +611,9 @@ def from_json(text: str, strict: bool = False) -> Report:
     return from_dict(json.loads(text), strict)
 
 
-def load_report(path, what: str = "report") -> Report:
-    """A saved JSON report (``--json``). A missing file or one that is not a qaudit
+def load_report(path, what: str = "report"):
+    """A saved JSON report (``--json``): a :class:`Report`, or a :class:`qaudit.runs.MultiReport`
+    for a multi-run one (format 4). A missing file or one that is not a qaudit
     report is a user error (:class:`~qaudit.errors.ConfigError`) naming ``what``."""
     from qaudit.errors import ConfigError
 
@@ -617,7 +621,9 @@ def load_report(path, what: str = "report") -> Report:
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path} (give a JSON file written by --json)")
     try:
-        return from_json(path.read_text(encoding="utf-8"), strict=True)
+        from qaudit.runs import read  # a version 4 document: several runs (a MultiReport)
+
+        return read(json.loads(path.read_text(encoding="utf-8")), strict=True)
     except RecursionError:
         raise ConfigError(f"{what} {path} is not a readable qaudit JSON report: it is nested too deeply") from None
     except OSError as e:

@@ -242,6 +242,9 @@ def test_json_format_names_the_current_format():
     page = read(DOCS / "json-format.md")
     assert f"(format version {FORMAT_VERSION})" in page
     assert "| `gates` |" in page
+    from qaudit.runs import RUNS_FORMAT_VERSION
+
+    assert f"writes format {RUNS_FORMAT_VERSION}, [several runs](#several-runs)" in page
 
 
 # -------------------------------------------------------------- Python API

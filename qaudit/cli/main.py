@@ -335,14 +335,27 @@ def _settings(command: str, args: argparse.Namespace):
 
 
 def _finish(report, settings, baseline, outs) -> int:
-    """Evaluate the gates, write every requested output, render, and choose the exit code."""
+    """Evaluate the gates, write every requested output, render, and choose the exit code
+    (a multi-run report: every run gated with the same gates, exit 1 when any run fails)."""
     from qaudit.gate import evaluate
+    from qaudit.runs import MultiReport, evaluate_runs
 
     v = settings.values
-    if settings.gates.configured(baseline is not None):
-        result = evaluate(report, settings.gates, baseline, v.get("baseline"))
-        report = dataclasses.replace(report, gates=result)
-    result = report.gates  # a saved report re-rendered without gate settings keeps its own verdict
+    gated = settings.gates.configured(baseline is not None)
+    if isinstance(report, MultiReport):
+        if gated:
+            report = evaluate_runs(report, settings.gates, baseline, v.get("baseline"))
+        result, failed = None, not report.passed
+    else:
+        if isinstance(baseline, MultiReport):
+            raise ConfigError(
+                f"the baseline report has {len(baseline.runs)} runs ({', '.join(baseline.names)}) and this report "
+                "one: compare a multi-run report with it, or give a single-run baseline"
+            )
+        if gated:
+            report = dataclasses.replace(report, gates=evaluate(report, settings.gates, baseline, v.get("baseline")))
+        result = report.gates  # a saved report re-rendered without gate settings keeps its own verdict
+        failed = result is not None and not result.passed
     _write_outputs(
         report,
         outs,
@@ -351,7 +364,7 @@ def _finish(report, settings, baseline, outs) -> int:
         v["quiet"],
         gates=result,
     )
-    return EXIT_GATE if result is not None and not result.passed else EXIT_OK
+    return EXIT_GATE if failed else EXIT_OK
 
 
 _REPORT_FLAGS = ("--json", "--junit", "--markdown", "--html")
@@ -362,23 +375,62 @@ def _run_audit(args) -> int:
 
     settings = _settings("audit", args)
     cfg = settings.audit_config()
-    outputs = {flag: settings[flag[2:]] for flag in _REPORT_FLAGS} | {"--output-model": cfg.output_model}
-    outs = check_outputs(outputs, {"input model": cfg.model, **_data_inputs(settings)}, [cfg.model])
+    outputs = {flag: settings[flag[2:]] for flag in _REPORT_FLAGS}
+    models = _output_models(cfg)  # flag -> path; one per run with {run} in --output-model
+    outs = check_outputs(outputs | models, {"input model": cfg.model, **_data_inputs(settings)}, [cfg.model])
     with outs:
         baseline = load_report(settings["baseline"], "baseline report") if settings["baseline"] else None
         _check_gates_apply(settings, cfg, baseline is not None)
-        if "--output-model" in outs:
+        if baseline is not None:
+            _check_baseline_runs(cfg, baseline)
+        staged = None
+        if len(models) > 1 or (cfg.runs and models):  # the pipeline writes each run's model to its staged file
+            staged = {flag.partition("=")[2] or cfg.quant.calibrate_method: outs.stage(flag) for flag in models}
+        elif "--output-model" in outs:
             cfg = cfg.replace(output_model=outs.stage("--output-model"))
         show_progress = not (settings["quiet"] or args.no_progress) and sys.stderr.isatty()
         progress = _RichProgress() if show_progress else None
         try:
-            report = audit(cfg, progress)
+            report = audit(cfg, progress, staged) if staged is not None else audit(cfg, progress)
         except OutputError as e:
             raise OutputError(f"cannot write {outs.label_of(e.path)}: {e.reason}; nothing was written") from e
         finally:
             if progress is not None:
                 progress.done()
         return _finish(report, settings, baseline, outs)
+
+
+def _output_models(cfg) -> dict:
+    """The ``--output-model`` files, by flag: one, or with several runs and ``{run}`` in the path one per run
+    (``--output-model=entropy``); without ``{run}`` only the first run's model is written."""
+    if cfg.output_model is None:
+        return {}
+    if cfg.runs and "{run}" in str(cfg.output_model):
+        from qaudit.runs import output_path
+
+        return {
+            f"--output-model={q.calibrate_method}": output_path(cfg.output_model, q.calibrate_method, True)
+            for q in cfg.runs
+        }
+    if "{run}" in str(cfg.output_model):  # one run: its name too, so that a script's path works either way
+        from qaudit.runs import output_path
+
+        return {"--output-model": output_path(cfg.output_model, cfg.quant.calibrate_method, True)}
+    return {"--output-model": cfg.output_model}
+
+
+def _check_baseline_runs(cfg, baseline) -> None:
+    """A multi-run baseline must have every run of the audit (compared by name): checked before the audit."""
+    from qaudit.runs import MultiReport, baseline_of
+
+    if cfg.runs:
+        for q in cfg.runs:
+            baseline_of(q.calibrate_method, baseline)
+    elif isinstance(baseline, MultiReport):
+        raise ConfigError(
+            f"the baseline report has {len(baseline.runs)} runs ({', '.join(baseline.names)}) and this audit one: "
+            "give the same --calibrate-method list, or a single-run baseline"
+        )
 
 
 def _check_gates_apply(settings, cfg, with_baseline: bool) -> None:

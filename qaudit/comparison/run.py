@@ -579,7 +579,13 @@ def compare(cfg: CompareConfig, progress=None) -> Comparison:
         audited: list[_Audited] = []
         for k, path in enumerate(cfg.inputs):
             if _is_report(path):
-                audited.append(_Audited(load_report(path)))
+                saved = load_report(path)
+                if not isinstance(saved, Report):  # a multi-run report (qaudit.runs): its runs are side by side already
+                    raise ConfigError(
+                        f"{path} holds several runs ({', '.join(saved.names)}): qaudit compare takes single reports; "
+                        "see its runs side by side with qaudit report (--html overlays them)"
+                    )
+                audited.append(_Audited(saved))
             else:
                 if cfg.audit is None:
                     raise ConfigError(

@@ -14,9 +14,11 @@ caller owns: the audit never stops it.
 
 from __future__ import annotations
 
+import copy
 import functools
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -46,7 +48,13 @@ from qaudit.pipeline.prequant import (
     load_quantized,
     renamed,
 )
-from qaudit.pipeline.quantize import calibrate, nonfinite_exclusions, probe_activations, quantize, quantizer_changes
+from qaudit.pipeline.quantize import (
+    calibrate_many,
+    nonfinite_exclusions,
+    probe_activations,
+    quantize,
+    quantizer_changes,
+)
 from qaudit.pipeline.session import load_light, make_session, save_model
 from qaudit.pipeline.transform import (
     PER_CHANNEL_QDQ_OPSET,
@@ -57,6 +65,7 @@ from qaudit.pipeline.transform import (
     upgrade_opset,
 )
 from qaudit.report import Report
+from qaudit.runs import MultiReport, output_path
 
 
 class Progress(Protocol):
@@ -175,8 +184,17 @@ def opset_needed(quant: QuantConfig | None) -> tuple[int, str]:
     return 0, ""
 
 
-def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
-    """Audit the post-training quantization of ``cfg.model`` (see docs/how-it-works.md)."""
+def audit(
+    cfg: AuditConfig, progress: Progress | None = None, output_models: dict | None = None
+) -> Report | MultiReport:
+    """Audit the post-training quantization of ``cfg.model`` (see docs/how-it-works.md).
+
+    With several calibration methods (``cfg.runs``) the fp32 side (load, prepare, fold,
+    probe, the fold check) and the calibration pass are done once, then each method's
+    run is quantized, matched, captured and measured: a :class:`~qaudit.runs.MultiReport`.
+    ``cfg.output_model`` is then the first run's model, or one file per run with
+    ``{run}`` in its name; ``output_models`` (run name -> path, the CLI's staged files)
+    replaces it."""
     progress, clock = progress or NullProgress(), PhaseClock()
     kernels.name()  # a bad QAUDIT_KERNELS fails here, not on a worker thread
     # 1. load and check the model, the data and the labels
@@ -226,81 +244,115 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         elif fold.folded:
             check = FoldingCheck(original, src.model.output_names, FOLD_CHECK_SAMPLES)
         checking = " and checking the prepared graph" if rewrites else " and checking BN folding"
+        quants = cfg.runs or (cfg.quant,)  # several calibration methods: one run each (qaudit.runs)
         if given is None:
             progress.stage("calibrating" + (checking if check else ""), src.n_calib)
             batches = src.calib.batches(batch_size, cfg.max_samples)
             observe = check.observe if check else None
-            ranges = calibrate(
-                folded_path, batches, cfg.quant, work, progress.advance, set(bad), observe, nonfinite=bad
+            all_ranges = calibrate_many(  # one pass for every run's method
+                folded_path, batches, quants, work, progress.advance, set(bad), observe, nonfinite=bad
             )
             auto_excluded = nonfinite_exclusions(fold.model, bad)  # the probe's and calibration's finds
         else:  # nothing to calibrate: the fold check runs on the first evaluation batches
             if check is not None:
                 progress.stage(checking.removeprefix(" and "), min(src.n_eval, FOLD_CHECK_SAMPLES))
                 check_fold(folded_path, check, src.evaluation.batches(batch_size, FOLD_CHECK_SAMPLES), progress)
-            auto_excluded = {}
+            auto_excluded, all_ranges = {}, [None]
         del original  # every session holds its own memory: free it before the next stage
         fold_check = check.result(cfg.fold_rtol, cfg.fold_atol) if check else {}
         clock.lap("calibrate")
-        if given is None:
-            release_free_memory()  # ORT's quantizer copies every weight a few times: give it the pages calibration freed
-            q_path = quantize(folded_path, ranges, cfg.quant, work / "quantized.onnx", work, also_exclude=auto_excluded)
-            qmodel = onnx.load(str(q_path))
-            quantizer = quantizer_changes(fold.model, qmodel)
-            fmt = cfg.quant.format
-        else:  # the user's model, its tensors named as the fp32 graph's where they pair (qaudit.pipeline.prequant)
-            qmodel, _ = renamed(fold.model, given.model)
-            check_layers(fold.model, qmodel, align(fold.model, given.model), cfg.model, cfg.quantized)
-            fmt = detected_settings(qmodel)["format"]
-            q_path, quantizer = None, {}  # capture saves the renamed model for its plain session
-        clock.lap("quantize")
-        # 5. pair every fp32 tensor with its quantized twin, capture both on the evaluation data
-        excluded = {n: "producer excluded from quantization (--exclude); computed in float" for n in cfg.quant.exclude}
-        if given is not None:
-            excluded = {}
-        matching = match(fold.model, qmodel, {**excluded, **auto_excluded}, fmt)
-        clock.lap("match")
-        progress.stage("capturing fp32 + quantized", src.n_eval)
-        batches = src.evaluation.batches(batch_size, cfg.max_samples)
-        captured = capture(
-            fold.model,
-            qmodel,
-            matching,
-            batches,
-            work,
-            labels=src.labels,
-            outputs=outputs,
-            isolated=cfg.isolated,
-            tensor_bytes=tensor_bytes,
-            on_batch=progress.advance,
-            model_name=f"model {cfg.model}",
-            plain_path=q_path,
-        )
-        clock.lap("capture")
-        # 6. measure every row, assemble the report
-        rows = layer_rows(fold.model, qmodel, matching, fold.folded, captured.meter, cfg.clip_percentile, work)
-        clock.lap("measure")
-        check_samples = check.samples if check else 0
-        facts = RunFacts(prep.n_constants, batch_size, bytes_per_sample, auto_excluded, src.n_calib, captured.samples)
-        facts.fold_check, facts.fold_check_samples = fold_check, check_samples
-        facts.graph_changes = prep.changes
-        facts.quantizer = quantizer
-        facts.label_output = outputs.label_output
-        facts.plain_outputs = captured.plain_outputs
-        if given is not None:
-            facts.quantized = given_facts(given, qmodel, cfg)
-        report = build_report(
-            cfg, src.model, fold, matching, facts, rows, captured.outputs.rows(), clock, src.describe()
-        )
-        # 7. the shipped artifact, written last and atomically
-        if cfg.output_model is not None:
+        shared = copy.deepcopy(clock)  # each run's phases: the shared ones, then its own
+        runs: list[tuple[str, Report, Path | None]] = []
+        for i, (quant, ranges) in enumerate(zip(quants, all_ranges, strict=True)):
+            run_cfg, run_work = cfg, work
+            if cfg.runs:
+                run_cfg, run_work = cfg.replace(quant=quant, runs=()), work / f"run{i}"
+                run_work.mkdir()
+                clock = copy.deepcopy(shared) if i else clock
+                clock._t = time.perf_counter()
+            if given is None:
+                release_free_memory()  # ORT's quantizer copies every weight a few times: give it the pages calibration freed
+                q_path = quantize(
+                    folded_path,
+                    ranges,
+                    run_cfg.quant,
+                    run_work / "quantized.onnx",
+                    run_work,
+                    also_exclude=auto_excluded,
+                )
+                qmodel = onnx.load(str(q_path))
+                quantizer = quantizer_changes(fold.model, qmodel)
+                fmt = run_cfg.quant.format
+            else:  # the user's model, its tensors named as the fp32 graph's where they pair (qaudit.pipeline.prequant)
+                qmodel, _ = renamed(fold.model, given.model)
+                check_layers(fold.model, qmodel, align(fold.model, given.model), cfg.model, run_cfg.quantized)
+                fmt = detected_settings(qmodel)["format"]
+                q_path, quantizer = None, {}  # capture saves the renamed model for its plain session
+            clock.lap("quantize")
+            # 5. pair every fp32 tensor with its quantized twin, capture both on the evaluation data
+            excluded = {
+                n: "producer excluded from quantization (--exclude); computed in float" for n in run_cfg.quant.exclude
+            }
+            if given is not None:
+                excluded = {}
+            matching = match(fold.model, qmodel, {**excluded, **auto_excluded}, fmt)
+            clock.lap("match")
+            progress.stage(
+                "capturing fp32 + quantized" + (f" ({quant.calibrate_method})" if cfg.runs else ""), src.n_eval
+            )
+            batches = src.evaluation.batches(batch_size, cfg.max_samples)
+            captured = capture(
+                fold.model,
+                qmodel,
+                matching,
+                batches,
+                run_work,
+                labels=src.labels,
+                outputs=outputs,
+                isolated=cfg.isolated,
+                tensor_bytes=tensor_bytes,
+                on_batch=progress.advance,
+                model_name=f"model {cfg.model}",
+                plain_path=q_path,
+            )
+            clock.lap("capture")
+            # 6. measure every row, assemble the report
+            rows = layer_rows(fold.model, qmodel, matching, fold.folded, captured.meter, cfg.clip_percentile, run_work)
+            clock.lap("measure")
+            check_samples = check.samples if check else 0
+            facts = RunFacts(
+                prep.n_constants, batch_size, bytes_per_sample, auto_excluded, src.n_calib, captured.samples
+            )
+            facts.fold_check, facts.fold_check_samples = fold_check, check_samples
+            facts.graph_changes = prep.changes
+            facts.quantizer = quantizer
+            facts.label_output = outputs.label_output
+            facts.plain_outputs = captured.plain_outputs
+            if given is not None:
+                facts.quantized = given_facts(given, qmodel, cfg)
+            report = build_report(
+                run_cfg, src.model, fold, matching, facts, rows, captured.outputs.rows(), clock, src.describe()
+            )
+            runs.append((quant.calibrate_method, report, q_path))
+        # 7. the shipped artifacts, written last and atomically: the first run's, or one per run ({run})
+        for i, (name, _, q_path) in enumerate(runs):
+            if output_models is not None:
+                target = output_models.get(name)
+            elif cfg.output_model is not None:
+                target = output_path(cfg.output_model, name, i == 0)
+            else:
+                target = None
+            if target is None:
+                continue
             try:
-                with atomic_path(cfg.output_model) as tmp_out:
+                with atomic_path(target) as tmp_out:
                     shutil.copyfile(q_path, tmp_out)
             except OSError as e:  # a full disk, a size limit: a user's problem, and no half-written model
                 reason = e.strerror or str(e)
-                raise OutputError(f"cannot write {cfg.output_model}: {reason}", cfg.output_model, reason) from e
-    return report
+                raise OutputError(f"cannot write {target}: {reason}", target, reason) from e
+    if cfg.runs:
+        return MultiReport(tuple((name, report) for name, report, _ in runs))
+    return runs[0][1]
 
 
 __all__ = ["NullProgress", "Prepared", "Progress", "audit", "prepare"]

@@ -6,7 +6,8 @@ function of its arguments (no clock, no environment, no I/O). The subjects are
 
 * ``"report"``: a :class:`~qaudit.report.Report`;
 * ``"reports"``: several labelled reports, ``[(label, Report), ...]``, overlaid (HTML);
-* ``"comparison"``: a :class:`~qaudit.comparison.result.Comparison`.
+* ``"comparison"``: a :class:`~qaudit.comparison.result.Comparison`;
+* ``"runs"``: a :class:`~qaudit.runs.MultiReport`, several runs of one audit (each with its own gates).
 
 :data:`FORMATS` names every renderer; :func:`render` picks one, renders, and
 optionally writes the text (atomically, or to stdout for ``"-"``). A format
@@ -36,10 +37,15 @@ from qaudit.errors import ConfigError
 from qaudit.report import GateResult, Report
 
 #: the kinds of subject a renderer may accept
-SUBJECTS = ("report", "reports", "comparison")
+SUBJECTS = ("report", "reports", "comparison", "runs")
 
 #: how a kind of subject is named in messages
-_KIND_TEXT = {"report": "report", "reports": "list of labelled reports", "comparison": "comparison"}
+_KIND_TEXT = {
+    "report": "report",
+    "reports": "list of labelled reports",
+    "comparison": "comparison",
+    "runs": "multi-run report",
+}
 
 #: output format -> module defining ``RENDERER``; loaded on first use, so importing
 #: this package stays cheap
@@ -72,8 +78,12 @@ class Renderer(Protocol):
 def subject_kind(subject) -> str:
     """``"report"``, ``"reports"`` or ``"comparison"``; :class:`TypeError` for anything else,
     :class:`~qaudit.errors.ConfigError` for an empty list of reports."""
+    from qaudit.runs import MultiReport
+
     if isinstance(subject, Report):
         return "report"
+    if isinstance(subject, MultiReport):
+        return "runs"
     if isinstance(subject, Sequence) and not isinstance(subject, str):
         if not subject:
             raise ConfigError("nothing to render: the list of (label, report) pairs is empty")
@@ -88,7 +98,8 @@ def subject_kind(subject) -> str:
         if isinstance(subject, Comparison):
             return "comparison"
     raise TypeError(
-        f"cannot render a {type(subject).__name__}: give a Report, a list of (label, Report) pairs or a Comparison"
+        f"cannot render a {type(subject).__name__}: give a Report, a MultiReport, a list of (label, Report) pairs "
+        "or a Comparison"
     )
 
 
@@ -114,7 +125,10 @@ def accept(renderer: Renderer, subject, gates: GateResult | None = None) -> str:
             f"the {renderer.name} format cannot render a {what}; formats for a {what}: {', '.join(formats_for(kind))}"
         )
     if gates is not None and kind != "report":
-        raise ConfigError(f"gates= applies to a single report, not to a {_KIND_TEXT[kind]}")
+        what = "each run carries its own (qaudit.runs.evaluate_runs)" if kind == "runs" else ""
+        raise ConfigError(
+            f"gates= applies to a single report, not to a {_KIND_TEXT[kind]}" + (f": {what}" if what else "")
+        )
     return kind
 
 

@@ -655,13 +655,14 @@ class HtmlRenderer:
 
     A report is labelled with its model's file name (:func:`default_label`) and
     shows ``gates`` (default: its own verdict); several labelled reports are
-    overlaid on the same plots; a comparison overlays its models aligned by the
+    overlaid on the same plots, as are the runs of a multi-run report (labelled with their
+    names); a comparison overlays its models aligned by the
     comparison (:mod:`qaudit.renderers.compare_html`). ``worst``: how many worst
     layers get a histogram.
     """
 
     name = "html"
-    subjects = frozenset({"report", "reports", "comparison"})
+    subjects = frozenset({"report", "reports", "comparison", "runs"})
 
     def render(self, subject, *, gates=None, worst: int = 3) -> str:
         kind = accept(self, subject, gates)
@@ -671,6 +672,8 @@ class HtmlRenderer:
             return comparison_page(subject, worst)
         if kind == "report":
             subject = [(default_label(subject), with_gates(subject, gates))]
+        elif kind == "runs":  # the runs of one audit overlaid, each labelled with its name (the method)
+            subject = list(subject.runs)
         return _page(subject, worst)
 
 

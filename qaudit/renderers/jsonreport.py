@@ -12,13 +12,18 @@ class JsonRenderer:
     """``render(report_or_comparison, *, gates=None) -> str``: the JSON document, ending in a newline."""
 
     name = "json"
-    subjects = frozenset({"report", "comparison"})
+    subjects = frozenset({"report", "comparison", "runs"})
 
     def render(self, subject, *, gates=None) -> str:
-        if accept(self, subject, gates) == "comparison":
+        kind = accept(self, subject, gates)
+        if kind == "comparison":
             from qaudit.comparison.result import to_json
 
             return to_json(subject)
+        if kind == "runs":
+            from qaudit.runs import runs_to_json
+
+            return runs_to_json(subject)
         return report_json.to_json(with_gates(subject, gates))
 
 

@@ -16,6 +16,10 @@ reporters, Jenkins, Azure DevOps):
   A skipped check has ``<skipped message="<reason>">``.
 
 With no gate configured the file holds one empty suite (``tests="0"``).
+
+A multi-run report (:mod:`qaudit.runs`) has these suites for each run, named
+``qaudit.<run>.<gate>`` (``qaudit.<run>`` when ungated), with the properties
+``run`` and ``calibrate_method``; the totals cover every run.
 """
 
 from __future__ import annotations
@@ -66,12 +70,15 @@ def _counts(checks) -> dict:
     }
 
 
-def _properties(parent, report: Report, result: GateResult | None, gate: str | None) -> None:
+def _properties(parent, report: Report, result: GateResult | None, gate: str | None, run: str | None = None) -> None:
     props = ET.SubElement(parent, "properties")
 
     def prop(name, value):
         ET.SubElement(props, "property", name=name, value=_s(value))
 
+    if run is not None:
+        prop("run", run)
+        prop("calibrate_method", report.settings.get("calibrate_method"))
     prop("model", report.model.get("path"))
     prop("model_sha256", report.model.get("sha256"))
     if result is None:
@@ -97,36 +104,44 @@ class JUnitRenderer:
     (of ``gates``, default ``report.gates``), laid out as the module docstring says."""
 
     name = "junit"
-    subjects = frozenset({"report"})
+    subjects = frozenset({"report", "runs"})
 
-    def render(self, subject: Report, *, gates: GateResult | None = None) -> str:
-        accept(self, subject, gates)
-        report = with_gates(subject, gates)
-        result = report.gates
-        checks = result.checks if result is not None else ()
-        seconds = report.meta.get("seconds")
-        root = ET.Element("testsuites", name="qaudit", **_counts(checks), time=f"{float(seconds or 0):.3f}")
-        timestamp = _s(report.meta.get("created", "")).rstrip("Z")
-        by_gate: dict[str, list[GateCheck]] = {}
-        for c in checks:
-            by_gate.setdefault(c.gate, []).append(c)
-        if not by_gate:
-            suite = ET.SubElement(root, "testsuite", name="qaudit", **_counts(()), time="0", timestamp=timestamp)
-            _properties(suite, report, result, None)
-        for gate, cs in by_gate.items():
-            suite = ET.SubElement(
-                root, "testsuite", name=f"qaudit.{gate}", **_counts(cs), time="0", timestamp=timestamp
-            )
-            _properties(suite, report, result, gate)
-            for c in cs:
-                case = ET.SubElement(suite, "testcase", classname=f"qaudit.{gate}", name=_s(_case_name(c)), time="0")
-                if c.status == "fail":
-                    el = ET.SubElement(case, "failure", type=gate, message=_s(sentence(c)))
-                    el.text = _s(_body(c))
-                elif c.status == "skip":
-                    ET.SubElement(case, "skipped", message=_s(c.reason or "skipped"))
+    def render(self, subject, *, gates: GateResult | None = None) -> str:
+        if accept(self, subject, gates) == "runs":
+            runs = [(name, r) for name, r in subject.runs]
+        else:
+            runs = [(None, with_gates(subject, gates))]
+        every = [c for _, r in runs for c in (r.gates.checks if r.gates is not None else ())]
+        seconds = max(float(r.meta.get("seconds") or 0) for _, r in runs)
+        root = ET.Element("testsuites", name="qaudit", **_counts(every), time=f"{seconds:.3f}")
+        for run, report in runs:
+            _suites(root, report, run)
         ET.indent(root, space="  ")
         return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _suites(root, report: Report, run: str | None) -> None:
+    """The suites of one report (one per gate) under ``root``; those of a run are named ``qaudit.<run>.<gate>``."""
+    result = report.gates
+    checks = result.checks if result is not None else ()
+    prefix = "qaudit" if run is None else f"qaudit.{_s(run)}"
+    timestamp = _s(report.meta.get("created", "")).rstrip("Z")
+    by_gate: dict[str, list[GateCheck]] = {}
+    for c in checks:
+        by_gate.setdefault(c.gate, []).append(c)
+    if not by_gate:
+        suite = ET.SubElement(root, "testsuite", name=prefix, **_counts(()), time="0", timestamp=timestamp)
+        _properties(suite, report, result, None, run)
+    for gate, cs in by_gate.items():
+        suite = ET.SubElement(root, "testsuite", name=f"{prefix}.{gate}", **_counts(cs), time="0", timestamp=timestamp)
+        _properties(suite, report, result, gate, run)
+        for c in cs:
+            case = ET.SubElement(suite, "testcase", classname=f"{prefix}.{gate}", name=_s(_case_name(c)), time="0")
+            if c.status == "fail":
+                el = ET.SubElement(case, "failure", type=gate, message=_s(sentence(c)))
+                el.text = _s(_body(c))
+            elif c.status == "skip":
+                ET.SubElement(case, "skipped", message=_s(c.reason or "skipped"))
 
 
 RENDERER = JUnitRenderer()

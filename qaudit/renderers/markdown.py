@@ -14,7 +14,7 @@ from qaudit.options import describe_calibration
 from qaudit.renderers import numbers as num
 from qaudit.renderers.base import accept, with_gates
 from qaudit.renderers.checks import words
-from qaudit.report import GateCheck, GateResult, Report
+from qaudit.report import GateCheck, GateResult
 
 #: failing checks listed in full; the rest are counted (the JSON report has them all)
 MAX_FAILURES = 50
@@ -81,10 +81,11 @@ class MarkdownRenderer:
     (``gates``, default ``report.gates``) and the ``worst`` layers, in the sections the module docstring lists."""
 
     name = "markdown"
-    subjects = frozenset({"report"})
+    subjects = frozenset({"report", "runs"})
 
-    def render(self, subject: Report, *, gates: GateResult | None = None, worst: int = 5) -> str:
-        accept(self, subject, gates)
+    def render(self, subject, *, gates: GateResult | None = None, worst: int = 5) -> str:
+        if accept(self, subject, gates) == "runs":
+            return self._runs(subject, worst)
         report = with_gates(subject, gates)
         result = report.gates
         s, d, m = report.settings, report.data, report.model
@@ -185,6 +186,51 @@ class MarkdownRenderer:
             if len(result.checks) > MAX_CHECKS:
                 out += ["", f"… and {len(result.checks) - MAX_CHECKS} more in the JSON report."]
             out += ["", "</details>"]
+        return "\n".join(out) + "\n"
+
+    def _runs(self, mr, worst: int) -> str:
+        """The verdict naming the failing runs, the runs side by side, then a section per run
+        (a single report's summary, one heading level down)."""
+        from qaudit.runs import summary_rows, verdict_line
+
+        if not mr.gated:
+            out = [f"## qaudit: {len(mr.runs)} runs, no gates configured"]
+        elif mr.passed:
+            out = [f"## qaudit: ✅ PASS — every run passes ({text(', '.join(mr.names))})"]
+        else:
+            out = [f"## qaudit: ❌ FAIL — {text(verdict_line(mr).removeprefix('gates: FAIL (').removesuffix(')'))}"]
+        out += ["", "### Runs side by side", ""]
+        out += _table(
+            [
+                "run",
+                "calibration",
+                "worst layer",
+                "worst layer SQNR dB",
+                "output SQNR dB",
+                "QCE",
+                "acc drop %",
+                "gates",
+            ],
+            [
+                [
+                    code(row["run"]),
+                    text(describe_calibration(r.settings) if row["method"] else "given"),
+                    code(row["worst_layer"]) if row["worst_layer"] else num.MISSING,
+                    num.db(row["worst_layer_sqnr_db"]),
+                    num.db(row["output_sqnr_db"]),
+                    num.nats(row["qce"]),
+                    num.points(row["acc_drop_pct"]),
+                    {"pass": "✅", "fail": "❌"}.get(row["verdict"], "not gated"),
+                ]
+                for (_, r), row in zip(mr.runs, summary_rows(mr), strict=True)
+            ],
+            "lllrrrrc",
+        )
+        for name, report in mr.runs:
+            section = self.render(report, worst=worst).splitlines()
+            section = ["#" + line if line.startswith("##") else line for line in section]
+            section[0] = section[0].replace("### qaudit:", f"### run {code(name, cell=False)}:", 1)
+            out += ["", *section]
         return "\n".join(out) + "\n"
 
 

@@ -495,7 +495,7 @@ class TerminalRenderer:
     """
 
     name = "terminal"
-    subjects = frozenset({"report", "comparison"})
+    subjects = frozenset({"report", "comparison", "runs"})
 
     def render(
         self,
@@ -522,7 +522,11 @@ class TerminalRenderer:
             self._print(subject, console, gates, worst, quiet)
 
     def _print(self, subject, con: Console, gates: GateResult | None, worst: int, quiet: bool) -> None:
-        if accept(self, subject, gates) == "comparison":
+        kind = accept(self, subject, gates)
+        if kind == "runs":
+            print_runs(subject, con, worst, quiet)
+            return
+        if kind == "comparison":
             if quiet:
                 return
             c = subject
@@ -544,6 +548,61 @@ class TerminalRenderer:
                 con.print(gates_section(report.gates))
         if report.gates is not None:
             print_verdict(report.gates, con)
+
+
+def runs_table(mr) -> Table:
+    """The runs side by side: method, worst layer and its SQNR, worst output SQNR, QCE, accuracy drop, verdict."""
+    from qaudit.runs import summary_rows
+
+    t = Table(title="Runs side by side", title_justify="left", header_style="head")
+    for col, just in (
+        ("run", "left"),
+        ("calibration", "left"),
+        ("worst layer", "left"),
+        ("worst layer SQNR dB", "right"),
+        ("output SQNR dB", "right"),
+        ("QCE", "right"),
+        ("acc drop %", "right"),
+        ("gates", "left"),
+    ):
+        t.add_column(col, justify=just, overflow="fold")
+    for (_, report), row in zip(mr.runs, summary_rows(mr), strict=True):
+        verdict_text = {"pass": Text("PASS", "verdict.pass"), "fail": Text("FAIL", "verdict.fail")}
+        t.add_row(
+            Text(row["run"]),
+            Text(describe_calibration(report.settings) if row["method"] else "given"),
+            Text(row["worst_layer"] or num.MISSING),
+            num.db(row["worst_layer_sqnr_db"]),
+            num.db(row["output_sqnr_db"]),
+            num.nats(row["qce"]),
+            num.points(row["acc_drop_pct"]),
+            verdict_text.get(row["verdict"], Text("not gated", "muted")),
+        )
+    return t
+
+
+def print_runs(mr, con: Console, worst: int = 3, quiet: bool = False) -> None:
+    """Every run in full (its tables, summary and gates, under a rule naming it), the runs side by
+    side, then one verdict line per gated run and the overall verdict naming the failing runs."""
+    from qaudit.runs import verdict_line
+
+    if not quiet:
+        for name, report in mr.runs:
+            con.rule(Text(f"run {name}: {describe_calibration(report.settings)}", style="head"), align="left")
+            con.print(layer_table(report, worst))
+            con.print(output_table(report))
+            con.print(summary(report, worst))
+            if report.gates is not None:
+                con.print(gates_section(report.gates))
+        con.rule(style="muted")
+        con.print(runs_table(mr))
+    if mr.gated:
+        for name, report in mr.runs:
+            if report.gates is not None:
+                con.print(Text.assemble(f"run {name}: ", verdict(report.gates)), soft_wrap=True)
+        ok = mr.passed
+        line = verdict_line(mr)
+        con.print(Text(line, style="verdict.pass" if ok else "verdict.fail"), soft_wrap=True)
 
 
 RENDERER = TerminalRenderer()

@@ -43,10 +43,8 @@ def test_config_file_and_environment(tmp_path):
         ),
         (["--calibrate-method", "entropy", "--calib-symmetric"], "calib_symmetric does not apply to entropy"),
         (["--moving-average"], "moving_average does not apply to percentile calibration (only to minmax)"),
-        (
-            ["--calibrate-method", "percentile,entropy,minmax"],
-            "several methods in one audit come with the multi-run report",
-        ),
+        (["--calibrate-method", "percentile,entropy,percentile"], "lists percentile twice"),
+        (["--calibrate-method", "entropy,minmax", "--percentile", "99.9"], "percentile applies to none of the methods"),
         (["--calibrate-method", "kl"], "must be one of percentile, minmax, entropy, distribution"),
     ],
 )

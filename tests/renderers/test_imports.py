@@ -32,6 +32,7 @@ FORBIDDEN = ("onnx", "onnxruntime", "qaudit.pipeline")
 MODULES = [
     "qaudit.report",
     "qaudit.gate",
+    "qaudit.runs",
     "qaudit.renderers",
     *sorted(f"qaudit.renderers.{m.name}" for m in pkgutil.iter_modules([str(RENDERERS_DIR)])),
 ]
@@ -59,7 +60,9 @@ from qaudit.report import from_json
 data = Path(sys.argv[2])
 a = from_json((data / "digits.json").read_text(encoding="utf-8"))
 b = from_json((data / "edge.json").read_text(encoding="utf-8"))
-subjects = {"report": b, "reports": [("a", a), ("b", b)], "comparison": compare_reports([a, b])}
+from qaudit.runs import MultiReport
+subjects = {"report": b, "reports": [("a", a), ("b", b)], "comparison": compare_reports([a, b]),
+            "runs": MultiReport((("a", a), ("b", b)))}
 done = []
 for fmt in FORMATS:
     for kind in sorted(get_renderer(fmt).subjects):
@@ -101,7 +104,7 @@ def test_importing_any_renderer_module_imports_no_onnx():
 def test_rendering_every_format_imports_no_onnx():
     out = _python(_RENDER_ALL, str(DATA))
     assert out["heavy"] == []
-    assert len(out["done"]) == 9  # terminal 2, json 2, markdown 1, junit 1, html 3
+    assert len(out["done"]) == 14  # terminal 3, json 3, markdown 2, junit 2, html 4
 
 
 @pytest.mark.parametrize("module, loaded", [("qaudit.renderers", ["qaudit.renderers.base"]), ("qaudit.gate", [])])

@@ -20,6 +20,7 @@ from qaudit.errors import ConfigError, OutputError
 from qaudit.renderers import FORMATS, SUBJECTS, Renderer, get_renderer, render
 from qaudit.renderers.html import default_label
 from qaudit.report import Report, to_json
+from qaudit.runs import MultiReport
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -33,16 +34,17 @@ def test_one_registry_of_renderers_with_one_protocol():
         assert r.subjects and r.subjects <= set(SUBJECTS)
         kinds[fmt] = set(r.subjects)
     assert kinds == {
-        "terminal": {"report", "comparison"},
-        "json": {"report", "comparison"},
-        "markdown": {"report"},
-        "junit": {"report"},
-        "html": {"report", "reports", "comparison"},
+        "terminal": {"report", "comparison", "runs"},
+        "json": {"report", "comparison", "runs"},
+        "markdown": {"report", "runs"},
+        "junit": {"report", "runs"},
+        "html": {"report", "reports", "comparison", "runs"},
     }
 
 
 def test_every_format_renders_every_subject_it_accepts(digits, edge, comparison):
     subjects = {"report": edge, "reports": [("a", digits), ("b", edge)], "comparison": comparison}
+    subjects["runs"] = MultiReport((("a", digits), ("b", edge)))
     for fmt in FORMATS:
         for kind in get_renderer(fmt).subjects:
             text = render(subjects[kind], fmt)
