@@ -298,7 +298,8 @@ def quantized_activations(qmodel: onnx.ModelProto, fmt: str, fp32: onnx.ModelPro
     alone (no qaudit code): QDQ, the non-constant tensors fed into QuantizeLinear (ORT
     renames a graph output ``X`` it quantizes to ``X_QuantizeLinear_Input``); QOperator,
     the tensors ORT's quantizer names ``X_quantized``: outputs of QuantizeLinear, the
-    QLinear* ops and the ops that pass integers through (MaxPool, Transpose, ...). When
+    QLinear* ops and the ops that pass integers through (MaxPool, Transpose, ...), and
+    ``Xquantized`` for the outputs of a Split on integers (ORT's QSplit). When
     QOperator fuses a Relu/Clip into the op before it, that op's output ``X_quantized``
     holds the Relu/Clip's output: the activation is the fp32 Relu/Clip output (QDQ
     renames the tensor itself)."""
@@ -326,7 +327,16 @@ def quantized_activations(qmodel: onnx.ModelProto, fmt: str, fp32: onnx.ModelPro
             return after[0].output[0]
         return x
 
-    return {fp32_name(o.removesuffix("_quantized")) for o in produced if o.endswith("_quantized")}
+    fp32_tensors = {o for n in fp32.graph.node for o in n.output}
+    out = {fp32_name(o.removesuffix("_quantized")) for o in produced if o.endswith("_quantized")}
+    # QOperator's Split names its integer outputs "Xquantized", no underscore
+    # (onnxruntime/quantization/operators/split.py, QSplit), with its input's encoding
+    split_outputs = {o for n in qmodel.graph.node if n.op_type == "Split" for o in n.output}
+    return out | {
+        o.removesuffix("quantized")
+        for o in split_outputs
+        if o.endswith("quantized") and not o.endswith("_quantized") and o.removesuffix("quantized") in fp32_tensors
+    }
 
 
 @dataclass
