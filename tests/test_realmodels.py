@@ -145,7 +145,7 @@ WEIGHTED = {
 #: lower bounds on rows with a quantized activation (seen with onnxruntime 1.32:
 #: cls 183 QDQ / 181 QOperator, det 293 / 292, rec 348 / 340, minilm 212 / 209,
 #: captcha 57 / 57, captcha_det 275 / 275, pnet 12 / 12, rnet 15 / 15, onet 19 / 19,
-#: orientation 82 / 81; vad: not audited yet)
+#: orientation 82 / 81; vad 43 / 36, vad18 40 / 36)
 MIN_ACTIVATION_ROWS = {
     "cls": 175,
     "det": 285,
@@ -172,12 +172,7 @@ BATCH_AXES = {"vad": {"state": 1, "sr": None}, "vad18": {"state": 1, "sr": None}
 #: chunks with their states (vad18 names the dim ``batch``: inferred)
 GIVEN_BATCH_AXES = {"vad": {"state": 1}}
 #: subjects every test of which fails today, by the open item of issue 16 that fixes it
-XFAIL = {
-    "vad": "Silero VAD after its If is inlined: the tests' own batching of the [2, batch, 128] state, the "
-    "accounting count and the QOperator/QDQ agreement still differ (being fixed)",
-    "vad18": "Silero VAD after its If is inlined: the LSTM cell's Split outputs counted differently by the "
-    "test and the report, the tests' own batching of the state, QOperator/QDQ agreement (being fixed)",
-}
+XFAIL: dict[str, str] = {}
 ORACLE_DB = 0.01
 #: QOperator vs QDQ, same layer, same activation encoding: the largest |delta SQNR|
 #: seen (onnxruntime 1.32) is 0.42 dB, on MiniLM (layer 3's FFN output); cls 0.12 dB,
@@ -880,9 +875,22 @@ def test_qoperator_agrees_with_qdq(realmodels, name):
     producers = {o: node for node in onnx.load(str(realmodels.subject(name).folded)).graph.node for o in node.output}
     # tensors left in float (no twin) in either format
     float_somewhere = {u.tensor for u in qdq.unmatched + qop.unmatched if u.kind != "fused"}
+    # a Relu/Clip the QOperator quantizer dropped without applying it (its note, docs/ort-quirks.md
+    # #46: vad18's decoder ReLU after an Unsqueeze, whose integers keep the LSTM output's
+    # encoding, 40 % below zero): that row and every row after it measure another function
+    unapplied = {
+        t for t in (a[n].tensor for n in common) if any(f"'{t}' is measured as it deploys" in m for m in qop.notes)
+    }
+    first_unapplied = next((k for k, n in enumerate(common) if a[n].tensor in unapplied), len(common))
     gaps, differ = [], []
-    for n in common:
+    for k, n in enumerate(common):
         x, y = a[n], b[n]
+        if k >= first_unapplied:
+            if x.sqnr_db is not None and y.sqnr_db is not None:
+                differ.append(
+                    f"{n} ({x.op_type}, after a Relu QOperator does not apply): {x.sqnr_db:.2f} vs {y.sqnr_db:.2f} dB"
+                )
+            continue
         for key in _WEIGHT_KEYS:
             assert getattr(x, key) == getattr(y, key), (n, key)
         if x.w_sqnr_db is not None and y.w_sqnr_db is not None:
