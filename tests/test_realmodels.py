@@ -145,7 +145,7 @@ WEIGHTED = {
 #: lower bounds on rows with a quantized activation (seen with onnxruntime 1.32:
 #: cls 183 QDQ / 181 QOperator, det 293 / 292, rec 348 / 340, minilm 212 / 209,
 #: captcha 57 / 57, captcha_det 275 / 275, pnet 12 / 12, rnet 15 / 15, onet 19 / 19,
-#: orientation 82 / 81; vad: not audited yet)
+#: orientation 82 / 81; vad 43 / 36, vad18 40 / 36)
 MIN_ACTIVATION_ROWS = {
     "cls": 175,
     "det": 285,
@@ -165,13 +165,14 @@ MIN_ORACLE_TENSORS = MIN_ACTIVATION_ROWS
 #: the batch axis of inputs not batched on axis 0 (None: not batched), where a
 #: test concatenates or splits samples itself
 BATCH_AXES = {"vad": {"state": 1, "sr": None}, "vad18": {"state": 1, "sr": None}}
+#: batch axes the audits are given (``--batch-axis``), where the model's dims cannot tell:
+#: silero_vad.onnx's dims are unnamed (``input [?, ?]``, ``state [2, ?, 128]``), so qaudit
+#: feeds each file as one run (docs/configuration.md#batch-axes, rule 6) unless the user
+#: says the state is batched on axis 1; each of build.py's files holds 16 independent
+#: chunks with their states (vad18 names the dim ``batch``: inferred)
+GIVEN_BATCH_AXES = {"vad": {"state": 1}}
 #: subjects every test of which fails today, by the open item of issue 16 that fixes it
-XFAIL = {
-    "vad": "Silero VAD after its If is inlined: the tests' own batching of the [2, batch, 128] state, the "
-    "accounting count and the QOperator/QDQ agreement still differ (being fixed)",
-    "vad18": "Silero VAD after its If is inlined: the LSTM cell's Split outputs counted differently by the "
-    "test and the report, the tests' own batching of the state, QOperator/QDQ agreement (being fixed)",
-}
+XFAIL: dict[str, str] = {}
 ORACLE_DB = 0.01
 #: QOperator vs QDQ, same layer, same activation encoding: the largest |delta SQNR|
 #: seen (onnxruntime 1.32) is 0.42 dB, on MiniLM (layer 3's FFN output); cls 0.12 dB,
@@ -292,7 +293,8 @@ def quantized_activations(qmodel: onnx.ModelProto, fmt: str, fp32: onnx.ModelPro
     alone (no qaudit code): QDQ, the non-constant tensors fed into QuantizeLinear (ORT
     renames a graph output ``X`` it quantizes to ``X_QuantizeLinear_Input``); QOperator,
     the tensors ORT's quantizer names ``X_quantized``: outputs of QuantizeLinear, the
-    QLinear* ops and the ops that pass integers through (MaxPool, Transpose, ...). When
+    QLinear* ops and the ops that pass integers through (MaxPool, Transpose, ...), and
+    ``Xquantized`` for the outputs of a Split on integers (ORT's QSplit). When
     QOperator fuses a Relu/Clip into the op before it, that op's output ``X_quantized``
     holds the Relu/Clip's output: the activation is the fp32 Relu/Clip output (QDQ
     renames the tensor itself)."""
@@ -320,7 +322,16 @@ def quantized_activations(qmodel: onnx.ModelProto, fmt: str, fp32: onnx.ModelPro
             return after[0].output[0]
         return x
 
-    return {fp32_name(o.removesuffix("_quantized")) for o in produced if o.endswith("_quantized")}
+    fp32_tensors = {o for n in fp32.graph.node for o in n.output}
+    out = {fp32_name(o.removesuffix("_quantized")) for o in produced if o.endswith("_quantized")}
+    # QOperator's Split names its integer outputs "Xquantized", no underscore
+    # (onnxruntime/quantization/operators/split.py, QSplit), with its input's encoding
+    split_outputs = {o for n in qmodel.graph.node if n.op_type == "Split" for o in n.output}
+    return out | {
+        o.removesuffix("quantized")
+        for o in split_outputs
+        if o.endswith("quantized") and not o.endswith("_quantized") and o.removesuffix("quantized") in fp32_tensors
+    }
 
 
 @dataclass
@@ -375,6 +386,7 @@ def _audit(s: Subject, qpath: Path, quant, eval_dir: Path | None = None, labels:
             batch_size=BATCH,
             output_model=qpath,
             quant=quant,
+            batch_axis=GIVEN_BATCH_AXES.get(s.name),
         )
     )
 
@@ -863,9 +875,22 @@ def test_qoperator_agrees_with_qdq(realmodels, name):
     producers = {o: node for node in onnx.load(str(realmodels.subject(name).folded)).graph.node for o in node.output}
     # tensors left in float (no twin) in either format
     float_somewhere = {u.tensor for u in qdq.unmatched + qop.unmatched if u.kind != "fused"}
+    # a Relu/Clip the QOperator quantizer dropped without applying it (its note, docs/ort-quirks.md
+    # #46: vad18's decoder ReLU after an Unsqueeze, whose integers keep the LSTM output's
+    # encoding, 40 % below zero): that row and every row after it measure another function
+    unapplied = {
+        t for t in (a[n].tensor for n in common) if any(f"'{t}' is measured as it deploys" in m for m in qop.notes)
+    }
+    first_unapplied = next((k for k, n in enumerate(common) if a[n].tensor in unapplied), len(common))
     gaps, differ = [], []
-    for n in common:
+    for k, n in enumerate(common):
         x, y = a[n], b[n]
+        if k >= first_unapplied:
+            if x.sqnr_db is not None and y.sqnr_db is not None:
+                differ.append(
+                    f"{n} ({x.op_type}, after a Relu QOperator does not apply): {x.sqnr_db:.2f} vs {y.sqnr_db:.2f} dB"
+                )
+            continue
         for key in _WEIGHT_KEYS:
             assert getattr(x, key) == getattr(y, key), (n, key)
         if x.w_sqnr_db is not None and y.w_sqnr_db is not None:

@@ -81,7 +81,15 @@ def versions() -> dict:
 
 def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching, changes=(), plain_outputs=()) -> tuple[str, ...]:
     """What the reader must know to trust the numbers, in the order the stages found it."""
-    out = [c.detail for c in changes if c.kind != "unshare_initializer"]
+    out = [c.detail for c in changes if c.kind not in ("unshare_initializer", "route_outer_reads")]
+    routed = [c.target for c in changes if c.kind == "route_outer_reads"]
+    if routed:
+        out.append(
+            f"{len(routed)} If/Loop/Scan node(s) read main-graph tensors inside their subgraphs "
+            f"({', '.join(routed[:3])}{', ...' if len(routed) > 3 else ''}; settings.graph_changes): each read goes "
+            "through an Identity, since ONNX Runtime's quantizer rewires only main-graph consumers and the subgraph "
+            "would read the tensor before its quantization, without a Relu the quantizer removed"
+        )
     shared = [c.target for c in changes if c.kind == "unshare_initializer"]
     if shared:
         out.append(

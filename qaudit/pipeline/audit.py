@@ -35,7 +35,7 @@ from qaudit.pipeline.controlflow import CONTROL_FLOW_OPS, every_sample, resolve_
 from qaudit.pipeline.data import open_inputs
 from qaudit.pipeline.foldcheck import FOLD_CHECK_SAMPLES, FoldingCheck
 from qaudit.pipeline.load import LoadedModel, infer_shapes
-from qaudit.pipeline.match import match
+from qaudit.pipeline.match import match, unapplied_activations
 from qaudit.pipeline.measure import layer_rows, output_kinds
 from qaudit.pipeline.parallel import auto_batch_size, release_free_memory
 from qaudit.pipeline.prequant import (
@@ -296,6 +296,9 @@ def audit(
             if given is not None:
                 excluded = {}
             matching = match(fold.model, qmodel, {**excluded, **auto_excluded}, fmt)
+            unapplied = unapplied_activations(fold.model, qmodel, matching)
+            if unapplied:
+                quantizer = {**quantizer, "notes": [*quantizer.get("notes", ()), *unapplied]}
             clock.lap("match")
             progress.stage(
                 "capturing fp32 + quantized" + (f" ({quant.calibrate_method})" if cfg.runs else ""), src.n_eval

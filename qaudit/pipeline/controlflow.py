@@ -251,11 +251,77 @@ def resolve_control_flow(
     path: Path | str = "model",
 ) -> list[GraphChange]:
     """Inline every top-level If that holds layers and whose condition is constant over
-    ``feeds()`` (every calibration and evaluation sample), in place; refuse the rest.
+    ``feeds()`` (every calibration and evaluation sample), in place; refuse the rest; then
+    route what the remaining If/Loop/Scan subgraphs read from the main graph through an
+    Identity (:func:`route_outer_reads`).
 
     Raises :class:`~qaudit.errors.ModelError` for an If whose condition changes over the
     data and for a Loop/Scan holding layers: ORT would leave their layers unquantized.
     """
+    changes = _inline_constant_ifs(model, feeds, path)
+    return changes + route_outer_reads(model)
+
+
+def _outer_reads(graph: onnx.GraphProto) -> set[str]:
+    """Every name the nodes of ``graph`` and of its nested subgraphs read (ONNX forbids a
+    subgraph to shadow an outer name, so a main-graph tensor among them is an outer read)."""
+    names: set[str] = set()
+    for n in graph.node:
+        names.update(n.input)
+        for g in subgraphs(n):
+            names |= _outer_reads(g)
+    names |= {o.name for o in graph.output}
+    return names
+
+
+def route_outer_reads(model: onnx.ModelProto) -> list[GraphChange]:
+    """Make the If/Loop/Scan subgraphs left in the main graph read main-graph tensors
+    through an ``Identity`` node of the main graph, in place.
+
+    ONNX Runtime's quantizer rewires only the main graph's consumers of a tensor it
+    quantizes: a subgraph reading it by its outer-scope name keeps reading the float tensor
+    before its QuantizeLinear, and when the QDQ quantizer removed a Relu after a Conv (the
+    Conv then writes the Relu's output name) that is the Conv's output *without* the Relu
+    (docs/ort-quirks.md #47; silero_vad.onnx: its decoder's squeeze switch read the
+    encoder's output with 55 % negative values). An Identity is an ordinary main-graph
+    consumer, which the quantizer rewires to the dequantized tensor.
+    """
+    graph = model.graph
+    produced = {o: k for k, n in enumerate(graph.node) for o in n.output if o}
+    taken = _names(graph)
+    routed: dict[str, str] = {}
+    new_nodes: list[onnx.NodeProto] = []
+    changes = []
+    for n in graph.node:
+        graphs = subgraphs(n)
+        if graphs:
+            reads = sorted(set().union(*(_outer_reads(g) for g in graphs)) & set(produced))
+            for x in reads:
+                if x not in routed:
+                    routed[x] = unique_name(f"{x}_outer", taken)
+                    new_nodes.append(helper.make_node("Identity", [x], [routed[x]], name=unique_name(routed[x], taken)))
+            for g in graphs:
+                _rename(g, {x: routed[x] for x in reads})
+            if reads:
+                changes.append(
+                    GraphChange(
+                        "route_outer_reads",
+                        n.name,
+                        f"{n.op_type} node '{n.name}' reads {', '.join(repr(x) for x in reads[:3])}"
+                        f"{', ...' if len(reads) > 3 else ''} inside its subgraphs: routed through an Identity in the "
+                        "main graph, since ONNX Runtime's quantizer rewires only main-graph consumers and a "
+                        "subgraph would read the tensor before its quantization (and without a Relu the "
+                        "quantizer removed)",
+                    )
+                )
+        new_nodes.append(n)
+    if routed:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+    return changes
+
+
+def _inline_constant_ifs(model, feeds, path) -> list[GraphChange]:
     changes: list[GraphChange] = []
     for _ in range(MAX_DEPTH):
         graph = model.graph

@@ -412,3 +412,52 @@ def quantized_weight(
         )
     w = dequantize(q, s, z, axis=axis if s.size > 1 else None)
     return w, Encoding(s, z, axis, _dtype_name(q))
+
+
+def _activation_floor(node: onnx.NodeProto, inits, prod) -> float | None:
+    """The lowest value a Relu/Clip lets through (None: a Clip without a known lower bound)."""
+    if node.op_type == "Relu":
+        return 0.0
+    if len(node.input) > 1 and node.input[1]:
+        lo = _const(node.input[1], inits, prod)
+        return None if lo is None else float(np.asarray(lo).reshape(-1)[0])
+    lo = attr(node, "min")  # Clip before opset 11
+    return None if lo is None else float(lo)
+
+
+def unapplied_activations(fp32: onnx.ModelProto, qmodel: onnx.ModelProto, matching: Matching) -> list[str]:
+    """Notes on Relu/Clip nodes the quantizer removed although the integers carrying their
+    output can hold values below the activation's floor: the quantized model does not apply them.
+
+    ORT removes a Relu/Clip after a quantized op and gives its output the op's encoding,
+    counting on the op's output range having been narrowed to the activation's
+    (``base_quantizer.adjust_tensor_ranges``). QOperator's pass-through ops (Unsqueeze,
+    Reshape, Transpose, ...) keep their *input's* encoding instead, so a Relu after one is
+    dropped while negative values still flow into the next layer (docs/ort-quirks.md #46;
+    silero-vad's decoder: Unsqueeze then ReLU, in QOperator format).
+    """
+    g = fp32.graph
+    prod = producers(g)
+    inits = initializers(g)
+    nodes = {n.name: n for n in g.node}
+    qops = {n.name: n.op_type for n in qmodel.graph.node}
+    out = []
+    for tw in matching.twins.values():
+        enc = tw.encoding
+        lo_q = INTEGER_RANGES[enc.dtype][0]
+        scale = float(np.min(enc.scale))
+        lowest = float(np.min((lo_q - enc.zero_point.astype(np.float64)) * enc.scale.astype(np.float64)))
+        for name in tw.fused:
+            node = nodes.get(name)
+            floor = None if node is None else _activation_floor(node, inits, prod)
+            if floor is None or not lowest < floor - scale / 2:
+                continue
+            out.append(
+                f"ONNX Runtime's quantizer removed {node.op_type} '{name}', but the integers that carry its output "
+                f"('{tw.quant_name}', written by {qops.get(tw.producer, 'node')} '{tw.producer}') keep an encoding "
+                f"that holds values down to {lowest:.4g} (scale {scale:.4g}, zero point "
+                f"{int(np.max(enc.zero_point))}), below the {node.op_type}'s floor {floor:g}: the quantized model "
+                f"does not apply this {node.op_type}, and '{tw.fp32_name}' is measured as it deploys "
+                "(docs/ort-quirks.md #46)"
+            )
+    return out

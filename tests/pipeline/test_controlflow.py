@@ -200,3 +200,53 @@ def test_a_condition_on_the_batch_size_is_caught_by_the_output_check(tmp_path):
     report = qaudit.audit(tmp_path / "m.onnx", calib=x, batch_size=1)  # as the condition was evaluated
     assert report.folding["check_samples"] == 8 and report.folding["check"]["out"]["max_abs_diff"] == 0.0
     assert report.settings["graph_changes"][0]["target"] == "switch"
+
+
+def _relu_read_by_an_if():
+    """x -> Conv -> Relu -> r; an If (no layers, so kept) whose branches read r from the
+    outer scope: y = -r (then) or r (else); the condition max(x) > -1e9 is always true."""
+    w = numpy_helper.from_array(np.random.default_rng(5).normal(size=(4, 1, 3, 3)).astype(np.float32), "w")
+    lo = numpy_helper.from_array(np.array(-1e9, np.float32), "lo")
+    then = helper.make_graph(
+        [helper.make_node("Neg", ["r"], ["yt"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("yt", TensorProto.FLOAT, ["N", 4, 8, 8])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["r"], ["ye"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("ye", TensorProto.FLOAT, ["N", 4, 8, 8])],
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("ReduceMax", ["x"], ["m"], name="max", keepdims=0),
+        helper.make_node("Greater", ["m", "lo"], ["cond"], name="greater"),
+        helper.make_node("If", ["cond"], ["y"], name="switch", then_branch=then, else_branch=other),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "relu_if",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [w, lo],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_a_subgraph_reads_the_quantized_tensor_with_its_relu(tmp_path, fmt):
+    """ORT's quantizer rewires only main-graph consumers: without qaudit's Identity, the QDQ
+    If read the Conv's output before its QuantizeLinear, without the removed Relu (silero_vad.onnx)."""
+    import onnxruntime as ort
+
+    onnx.save(_relu_read_by_an_if(), tmp_path / "m.onnx")
+    x = _x(16)
+    r = qaudit.audit(tmp_path / "m.onnx", calib=x, batch_size=4, format=fmt, output_model=tmp_path / "q.onnx")
+    (change,) = r.settings["graph_changes"]
+    assert change["kind"] == "route_outer_reads" and change["target"] == "switch"
+    (y,) = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert y.max() <= 0, "the If read a tensor without its Relu"
+    assert (y < 0).mean() > 0.2

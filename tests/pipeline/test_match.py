@@ -167,3 +167,57 @@ def test_a_dropped_tensor_is_an_internal_error(tmp_path, monkeypatch, capsys):
     assert main([str(path), "--calib", str(tmp_path / "calib.npy")]) == 3
     err = capsys.readouterr().err
     assert "internal error" in err and "no row and no unmatched entry: s1" in err
+
+
+def _relu_after_unsqueeze():
+    """x [N, 4, 8] -> Mul (signed values) -> Unsqueeze -> Relu -> Conv: Silero's decoder in small."""
+    rng = np.random.default_rng(7)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(1, 4, 8)).astype(np.float32), "k"),
+        numpy_helper.from_array(np.array([2], np.int64), "axes"),
+        numpy_helper.from_array(rng.normal(size=(2, 4, 1, 1)).astype(np.float32), "w"),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["x", "k"], ["m"], name="mul"),
+        helper.make_node("Unsqueeze", ["m", "axes"], ["u"], name="unsqueeze"),
+        helper.make_node("Relu", ["u"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w"], ["y"], name="conv"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "relu_unsqueeze",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 1, 8])],
+        inits,
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+@pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
+def test_a_relu_the_quantizer_drops_without_applying_it_is_noted(tmp_path, fmt):
+    """QOperator removes the Relu after an Unsqueeze that keeps the Mul's signed encoding
+    (docs/ort-quirks.md #46): the integers the Conv reads hold negative values, which the
+    report says; QDQ quantizes the Unsqueeze output with the Relu's range (no note)."""
+    import onnxruntime as ort
+
+    onnx.save(_relu_after_unsqueeze(), tmp_path / "m.onnx")
+    x = np.random.default_rng(8).normal(size=(16, 4, 8)).astype(np.float32)
+    r = qaudit.audit(tmp_path / "m.onnx", calib=x, batch_size=4, format=fmt, output_model=tmp_path / "q.onnx")
+    notes = [n for n in r.notes if "does not apply this Relu" in n]
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    # independently: the integers the Conv reads, and the zero point it is given
+    conv = next(
+        n
+        for n in q.graph.node
+        if n.op_type in ("QLinearConv", "DequantizeLinear") and n.input[0].startswith(("u", "r"))
+    )
+    zp = next(numpy_helper.to_array(t) for t in q.graph.initializer if t.name == conv.input[2])
+    q.graph.output.append(helper.make_tensor_value_info(conv.input[0], TensorProto.UINT8, None))
+    ints = ort.InferenceSession(q.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        [conv.input[0]], {"x": x}
+    )[0]
+    below = float(np.mean(ints < zp))
+    if fmt == "qoperator":
+        assert below > 0.2 and len(notes) == 1 and "'relu'" in notes[0], (below, r.notes)
+    else:
+        assert below == 0 and not notes, (below, r.notes)
