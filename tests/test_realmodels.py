@@ -431,7 +431,7 @@ def _summary(rm: RealModels) -> str:
 
 
 def _xfail(subject: str) -> list:
-    return [pytest.mark.xfail(strict=False, reason=XFAIL[subject])] if subject in XFAIL else []
+    return [pytest.mark.xfail(strict=True, reason=XFAIL[subject])] if subject in XFAIL else []
 
 
 def _params(formats=FORMATS, subjects=SUBJECTS):
