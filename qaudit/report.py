@@ -62,6 +62,8 @@ from pathlib import Path
 #:   - ``settings.calibrate_method`` may be ``minmax``, ``entropy`` or ``distribution``; its options
 #:     ``num_quantized_bins``, ``moving_average``, ``averaging_constant`` join ``percentile``,
 #:     ``calib_symmetric``, ``num_bins``, each ``null`` when the method does not take it.
+#:   - ``layers[].override``: ``{tensor: settings}``, the per-tensor overrides that set the row's
+#:     activation or weight (absent/null otherwise); ``settings.overrides``, the table as given.
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 
@@ -135,6 +137,8 @@ class LayerRow:
     groups: int | None = None
     c_in: int | None = None  # input channels / features
     c_out: int | None = None  # output channels / features
+    #: the per-tensor overrides that set this row's activation or weight, ``{tensor: settings}`` (format 3 addition)
+    override: dict[str, typing.Any] | None = None
 
     @property
     def has_weights(self) -> bool:

@@ -35,6 +35,8 @@ from qaudit.pipeline.foldcheck import FOLD_CHECK_SAMPLES, FoldingCheck
 from qaudit.pipeline.load import LoadedModel, infer_shapes
 from qaudit.pipeline.match import match
 from qaudit.pipeline.measure import layer_rows, output_kinds
+from qaudit.pipeline.overrides import mark_overrides
+from qaudit.pipeline.overrides import resolve as resolve_overrides
 from qaudit.pipeline.parallel import auto_batch_size, release_free_memory
 from qaudit.pipeline.prequant import (
     align,
@@ -168,7 +170,7 @@ def opset_needed(quant: QuantConfig | None) -> tuple[int, str]:
     if quant is None or quant.format != "qdq":
         return 0, ""
     if quant.sixteen_bit:
-        types = sorted({t for t in (quant.activation_type, quant.weight_type) if "16" in t})
+        types = sorted({t for t in quant.types_used() if "16" in t})
         return SIXTEEN_BIT_OPSET, f"{' and '.join(types)} quantization (16-bit QuantizeLinear/DequantizeLinear)"
     if quant.per_channel:
         return PER_CHANNEL_QDQ_OPSET, "--per-channel with the QDQ format (DequantizeLinear with an axis)"
@@ -207,6 +209,8 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         original = make_session(reference, optimize=False, what=f"model {cfg.model}")
         if not fold.folded and not prep.rewrites():
             original = None  # nothing to check: every session holds its own copy of the weights
+        # the per-tensor overrides on the graph ORT quantizes: a glob matching nothing fails before calibration
+        tensor_overrides, overridden = resolve_overrides(cfg.quant.overrides, fold.model, cfg.quant)
         # 3. probe one sample: non-finite tensors stay in float (calibration finds later ones); size sets the batch
         bad, bytes_per_sample, tensor_bytes = probe_activations(folded_path, src.first_batch())
         fixed = src.calib.fixed_batch()  # the model's, which a --batch-size cannot change
@@ -244,7 +248,9 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         clock.lap("calibrate")
         if given is None:
             release_free_memory()  # ORT's quantizer copies every weight a few times: give it the pages calibration freed
-            q_path = quantize(folded_path, ranges, cfg.quant, work / "quantized.onnx", work, also_exclude=auto_excluded)
+            q_path = quantize(
+                folded_path, ranges, cfg.quant, work / "quantized.onnx", work, auto_excluded, tensor_overrides
+            )
             qmodel = onnx.load(str(q_path))
             quantizer = quantizer_changes(fold.model, qmodel)
             fmt = cfg.quant.format
@@ -279,6 +285,7 @@ def audit(cfg: AuditConfig, progress: Progress | None = None) -> Report:
         clock.lap("capture")
         # 6. measure every row, assemble the report
         rows = layer_rows(fold.model, qmodel, matching, fold.folded, captured.meter, cfg.clip_percentile, work)
+        rows = mark_overrides(rows, overridden, fold.model)
         clock.lap("measure")
         check_samples = check.samples if check else 0
         facts = RunFacts(prep.n_constants, batch_size, bytes_per_sample, auto_excluded, src.n_calib, captured.samples)
