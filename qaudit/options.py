@@ -202,6 +202,8 @@ class QuantConfig:
         """The settings used; a calibration option the method does not take is ``None``."""
         d = asdict(self)
         d["exclude"] = list(self.exclude)
+        if d["overrides"] is None:  # recorded only when there are overrides
+            del d["overrides"]
         d.update(dict.fromkeys(CALIBRATION_OPTIONS), **self.calibration())
         return d
 
