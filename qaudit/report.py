@@ -334,6 +334,9 @@ def gates_to_dict(result: GateResult | None) -> dict | None:
 
 def to_dict(report: Report) -> dict:
     d = asdict(report)
+    for row in d["layers"]:  # present only on overridden rows, so reports without overrides are unchanged
+        if row.get("override") is None:
+            row.pop("override", None)
     out = {
         "format": {"name": "qaudit-report", "version": FORMAT_VERSION},
         **{
