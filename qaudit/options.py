@@ -80,8 +80,15 @@ class QuantConfig:
     moving_average: bool | None = None  # minmax
     averaging_constant: float | None = None  # minmax, with moving_average
     exclude: tuple[str, ...] = ()
+    #: per-tensor overrides, ``{"tensors": {glob: settings}, "nodes": {glob: settings}}``
+    #: (qaudit.pipeline.overrides; docs/configuration.md); ``None``: none
+    overrides: Mapping | None = None
 
     def __post_init__(self):
+        if self.overrides is not None:
+            from qaudit.pipeline.overrides import check_table
+
+            object.__setattr__(self, "overrides", check_table(self.overrides) or None)
         if self.format not in FORMATS:
             raise ConfigError(f"format must be one of {', '.join(FORMATS)}, not {self.format!r}")
         for key, types in (("activation_type", ACTIVATION_TYPES), ("weight_type", WEIGHT_TYPES)):
@@ -155,7 +162,14 @@ class QuantConfig:
     @property
     def sixteen_bit(self) -> bool:
         """A 16-bit activation or weight type: Q/DQ in the ONNX domain needs opset 21."""
-        return "16" in self.activation_type or "16" in self.weight_type
+        return any("16" in t for t in self.types_used())
+
+    def types_used(self) -> tuple[str, ...]:
+        """The activation and weight types, and every type an override sets."""
+        tables = (self.overrides or {}).values()
+        return (self.activation_type, self.weight_type) + tuple(
+            s["type"] for t in tables for s in t.values() if "type" in s
+        )
 
     def ort_format(self):
         from onnxruntime.quantization import QuantFormat
@@ -188,6 +202,8 @@ class QuantConfig:
         """The settings used; a calibration option the method does not take is ``None``."""
         d = asdict(self)
         d["exclude"] = list(self.exclude)
+        if d["overrides"] is None:  # recorded only when there are overrides
+            del d["overrides"]
         d.update(dict.fromkeys(CALIBRATION_OPTIONS), **self.calibration())
         return d
 
@@ -256,6 +272,10 @@ class AuditConfig:
             if self.eval is None:
                 unused = " (--calib is not used: qaudit calibrates nothing)" if self.calib is not None else ""
                 raise ConfigError(f"--quantized {self.quantized} needs evaluation data: give --eval DIR{unused}")
+            if self.quant.overrides:
+                raise ConfigError(
+                    f"overrides set how qaudit quantizes; {self.quantized} is already quantized: drop the overrides"
+                )
             if self.output_model is not None:
                 raise ConfigError(
                     f"--output-model writes the model qaudit quantizes; with --quantized the audited model is "

@@ -62,6 +62,8 @@ from pathlib import Path
 #:   - ``settings.calibrate_method`` may be ``minmax``, ``entropy`` or ``distribution``; its options
 #:     ``num_quantized_bins``, ``moving_average``, ``averaging_constant`` join ``percentile``,
 #:     ``calib_symmetric``, ``num_bins``, each ``null`` when the method does not take it.
+#:   - ``layers[].override``: ``{tensor: settings}``, the per-tensor overrides that set the row's
+#:     activation or weight (absent/null otherwise); ``settings.overrides``, the table as given.
 #: 4 - the multi-run document (several calibration methods in one audit, :mod:`qaudit.runs`):
 #:     ``{"format", "runs": [{"name", <a version 3 report's sections>}], "gates"}``. A single-run
 #:     audit still writes version 3; :func:`load_report` reads both.
@@ -138,6 +140,8 @@ class LayerRow:
     groups: int | None = None
     c_in: int | None = None  # input channels / features
     c_out: int | None = None  # output channels / features
+    #: the per-tensor overrides that set this row's activation or weight, ``{tensor: settings}`` (format 3 addition)
+    override: dict[str, typing.Any] | None = None
 
     @property
     def has_weights(self) -> bool:
@@ -333,6 +337,9 @@ def gates_to_dict(result: GateResult | None) -> dict | None:
 
 def to_dict(report: Report) -> dict:
     d = asdict(report)
+    for row in d["layers"]:  # present only on overridden rows, so reports without overrides are unchanged
+        if row.get("override") is None:
+            row.pop("override", None)
     out = {
         "format": {"name": "qaudit-report", "version": FORMAT_VERSION},
         **{

@@ -238,6 +238,15 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("exclude", "list", "node names to leave in float", (), group="quantization", metavar="NODE"),
     Option(
+        "overrides",
+        "overrides",
+        "per-tensor overrides (type, per_channel, symmetric, rmin/rmax, scale/zero_point by tensor or node glob): "
+        "a TOML file holding the [overrides] table of docs/configuration.md",
+        None,
+        group="quantization",
+        metavar="FILE.toml",
+    ),
+    Option(
         "batch_size",
         "int",
         "samples per inference batch (default: as many as fit 256 MiB of activations, at most 64)",
@@ -385,7 +394,7 @@ class Settings:
         # every other option named as its AuditConfig/QuantConfig field: one constructor for CLI and API
         fields = ("output_model", "batch_size", "batch_axis", "max_samples", "clip_percentile", "isolated", "format")
         fields += ("activation_type", "weight_type", "per_channel", "percentile", "calib_symmetric", "exclude")
-        fields += ("label_output", "class_outputs", "quantized")
+        fields += ("label_output", "class_outputs", "quantized", "overrides")
         fields += ("calibrate_method", "num_bins", "num_quantized_bins", "moving_average", "averaging_constant")
         return audit_config(v["model"], v["calib"], v["eval"], v["labels"], **{k: v[k] for k in fields})
 
@@ -442,11 +451,33 @@ def _typed(opt: Option, value, where: str, base: Path | None):
         if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
             raise bad("a list of strings")
         return tuple(value)
+    if opt.kind == "overrides":  # the table itself, or the path of a file holding it
+        if isinstance(value, str) and value:
+            return read_overrides(Path(value) if Path(value).is_absolute() or base is None else base / value)
+        if not isinstance(value, dict):
+            raise bad("a table (sub-tables 'tensors' and 'nodes') or the path of a TOML file holding one")
+        from qaudit.pipeline.overrides import check_table
+
+        return check_table(value, where.removeprefix("in "))
     if opt.kind == "axes":
         if not isinstance(value, dict):
             raise bad("a table of input name = axis, e.g. {state = 1}")
         return {k: _axis_value(opt, v, f"{where} for '{k}'") for k, v in value.items()}
     raise AssertionError(f"unknown option kind {opt.kind}")
+
+
+def read_overrides(path: Path) -> dict:
+    """The overrides table of a ``--overrides`` file: its top level, or its ``[overrides]`` table
+    (a qaudit.toml or pyproject.toml's ``[tool.qaudit.overrides]`` also works)."""
+    from qaudit.pipeline.overrides import check_table
+
+    if not path.is_file():
+        raise ConfigError(f"overrides file not found: {path}")
+    data = _read_toml(path)
+    data = data.get("tool", {}).get("qaudit", data) if path.name == "pyproject.toml" else data
+    if "overrides" in data:
+        data = data["overrides"]
+    return check_table(data, str(path))
 
 
 def _axis_value(opt: Option, value, where: str) -> int | None:
@@ -515,6 +546,8 @@ def _from_string(opt: Option, text: str, where: str):
         return tuple(x.strip() for x in s.split(",") if x.strip())
     if opt.kind == "axes":
         return parse_axis_items(opt, [s], where)
+    if opt.kind == "overrides":
+        return read_overrides(Path(s))
     raise AssertionError(f"unknown option kind {opt.kind}")
 
 
@@ -745,6 +778,9 @@ def resolve(
             values[name] = tuple(v)
         elif o.kind == "axes":
             values[name] = {**values[name], **parse_axis_items(o, v, f"from {flag}")}
+        elif o.kind == "overrides":
+            p = Path(v)
+            values[name] = read_overrides(p if p.is_absolute() else cwd / p)
         elif o.name == "baseline" and v == "":
             values[name] = None  # --no-baseline
         else:

@@ -37,6 +37,8 @@ from qaudit.pipeline.foldcheck import FOLD_CHECK_SAMPLES, FoldingCheck
 from qaudit.pipeline.load import LoadedModel, infer_shapes
 from qaudit.pipeline.match import match, unapplied_activations
 from qaudit.pipeline.measure import layer_rows, output_kinds
+from qaudit.pipeline.overrides import mark_overrides
+from qaudit.pipeline.overrides import resolve as resolve_overrides
 from qaudit.pipeline.parallel import auto_batch_size, release_free_memory
 from qaudit.pipeline.prequant import (
     align,
@@ -177,7 +179,7 @@ def opset_needed(quant: QuantConfig | None) -> tuple[int, str]:
     if quant is None or quant.format != "qdq":
         return 0, ""
     if quant.sixteen_bit:
-        types = sorted({t for t in (quant.activation_type, quant.weight_type) if "16" in t})
+        types = sorted({t for t in quant.types_used() if "16" in t})
         return SIXTEEN_BIT_OPSET, f"{' and '.join(types)} quantization (16-bit QuantizeLinear/DequantizeLinear)"
     if quant.per_channel:
         return PER_CHANNEL_QDQ_OPSET, "--per-channel with the QDQ format (DequantizeLinear with an axis)"
@@ -225,6 +227,8 @@ def audit(
         original = make_session(reference, optimize=False, what=f"model {cfg.model}")
         if not fold.folded and not prep.rewrites():
             original = None  # nothing to check: every session holds its own copy of the weights
+        # the per-tensor overrides on the graph ORT quantizes: a glob matching nothing fails before calibration
+        tensor_overrides, overridden = resolve_overrides(cfg.quant.overrides, fold.model, cfg.quant)
         # 3. probe one sample: non-finite tensors stay in float (calibration finds later ones); size sets the batch
         bad, bytes_per_sample, tensor_bytes = probe_activations(folded_path, src.first_batch())
         fixed = src.calib.fixed_batch()  # the model's, which a --batch-size cannot change
@@ -279,6 +283,7 @@ def audit(
                     run_work / "quantized.onnx",
                     run_work,
                     also_exclude=auto_excluded,
+                    tensor_overrides=tensor_overrides,
                 )
                 qmodel = onnx.load(str(q_path))
                 quantizer = quantizer_changes(fold.model, qmodel)
@@ -321,6 +326,7 @@ def audit(
             clock.lap("capture")
             # 6. measure every row, assemble the report
             rows = layer_rows(fold.model, qmodel, matching, fold.folded, captured.meter, cfg.clip_percentile, run_work)
+            rows = mark_overrides(rows, overridden, fold.model)
             clock.lap("measure")
             check_samples = check.samples if check else 0
             facts = RunFacts(

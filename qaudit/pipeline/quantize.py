@@ -500,11 +500,18 @@ def _lean_collector_class():
 
 
 def quantize(
-    model_path: Path, ranges, cfg: QuantConfig, out_path: Path, workdir: Path, also_exclude: Iterable[str] = ()
+    model_path: Path,
+    ranges,
+    cfg: QuantConfig,
+    out_path: Path,
+    workdir: Path,
+    also_exclude: Iterable[str] = (),
+    tensor_overrides: dict | None = None,
 ) -> Path:
     """Write the statically quantized model for ``model_path`` with the given ranges.
 
     ``also_exclude``: node names qaudit itself leaves in float (beside ``cfg.exclude``).
+    ``tensor_overrides``: ORT's ``TensorQuantOverrides`` (qaudit.pipeline.overrides.resolve).
     """
     from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
@@ -526,7 +533,10 @@ def quantize(
                 nodes_to_exclude=list(cfg.exclude) + [n for n in also_exclude if n not in cfg.exclude],
                 calibrate_method=cfg.ort_calibrate_method(),  # must be the cache's
                 calibration_cache_path=str(cache),
-                extra_options=cfg.ort_extra_options(),
+                extra_options={
+                    **cfg.ort_extra_options(),
+                    **({"TensorQuantOverrides": tensor_overrides} if tensor_overrides else {}),
+                },
             )
     except Exception as e:
         raise QuantizationError(

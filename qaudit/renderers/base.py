@@ -183,3 +183,30 @@ __all__ = [
     "subject_kind",
     "with_gates",
 ]
+
+
+def describe(settings: dict) -> str:
+    """One override in words, e.g. "uint16", "per-channel axis 0", "range [-1, 1]"."""
+    parts = []
+    if "type" in settings:
+        parts.append(settings["type"])
+    if settings.get("per_channel"):
+        parts.append("per-channel" + (f" axis {settings['axis']}" if "axis" in settings else ""))
+    elif settings.get("per_channel") is False:
+        parts.append("per-tensor")
+    if "symmetric" in settings:
+        parts.append("symmetric" if settings["symmetric"] else "asymmetric")
+    if settings.get("reduce_range"):
+        parts.append("reduce-range")
+    if "rmin" in settings or "rmax" in settings:
+        parts.append(f"range [{settings.get('rmin', '-')}, {settings.get('rmax', '-')}]")
+    if "scale" in settings:
+        parts.append(f"scale {settings['scale']:g} zp {settings['zero_point']}")
+    return ", ".join(parts)
+
+
+def override_label(row) -> str:
+    """The marker of an overridden row, e.g. "override: uint16"; "" for a row without one."""
+    if not getattr(row, "override", None):
+        return ""
+    return "override: " + "; ".join(describe(s) for s in row.override.values() if isinstance(s, dict))

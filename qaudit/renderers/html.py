@@ -24,7 +24,7 @@ from pathlib import PurePath
 
 from qaudit import __version__
 from qaudit.renderers import numbers as num
-from qaudit.renderers.base import accept, with_gates
+from qaudit.renderers.base import accept, override_label, with_gates
 from qaudit.renderers.checks import counts, sentence
 from qaudit.renderers.svgplot import DASHES, MARKERS, PALETTE, Series, VLine, histogram_plot, line_plot
 from qaudit.report import LayerRow, Report
@@ -412,6 +412,8 @@ def _layer_table(tid: str, report: Report, worst: int) -> str:
             name += " <span class='tag'>+" + escape("+".join(a.split("/")[-1] for a in r.fused)) + "</span>"
         if r.bn_folded:
             name += " <span class='tag'>[bn]</span>"
+        if override_label(r):
+            name += f" <span class='tag'>[{escape(override_label(r))}]</span>"
         is_worst = r.name in worst_names
         if is_worst:
             name += " <span class='badge'>worst</span>"

@@ -12,7 +12,7 @@ import re
 
 from qaudit.options import describe_calibration
 from qaudit.renderers import numbers as num
-from qaudit.renderers.base import accept, with_gates
+from qaudit.renderers.base import accept, override_label, with_gates
 from qaudit.renderers.checks import words
 from qaudit.report import GateCheck, GateResult
 
@@ -131,7 +131,7 @@ class MarkdownRenderer:
                 [
                     [
                         str(r.index),
-                        code(r.name),
+                        code(r.name) + (f" {code(override_label(r))}" if override_label(r) else ""),
                         code(r.op_type),
                         num.db(r.sqnr_db),
                         num.mse(r.qmse),

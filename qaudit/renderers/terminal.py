@@ -19,7 +19,7 @@ from rich.theme import Theme
 
 from qaudit.options import describe_calibration
 from qaudit.renderers import numbers as num
-from qaudit.renderers.base import accept, with_gates
+from qaudit.renderers.base import accept, override_label, with_gates
 from qaudit.renderers.checks import counts, sentence, words
 from qaudit.report import GateResult, Report
 
@@ -96,6 +96,8 @@ def layer_table(report: Report, worst: int = 3) -> Table:
         name = r.name + (f" +{'+'.join(a.split('/')[-1] for a in r.fused)}" if r.fused else "")
         if r.bn_folded:
             name += " [bn]"
+        if override_label(r):
+            name += f" [{override_label(r)}]"
         if r.name in failing:
             name += f" {FAIL_MARK}"
         t.add_row(
