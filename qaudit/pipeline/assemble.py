@@ -79,6 +79,12 @@ def versions() -> dict:
     }
 
 
+def _some(names, most: int = 3) -> str:
+    """The first ``most`` names, and ``...`` when there are more: for a note's parenthesis."""
+    names = list(names)
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
 def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching, changes=(), plain_outputs=()) -> tuple[str, ...]:
     """What the reader must know to trust the numbers, in the order the stages found it."""
     out = [c.detail for c in changes if c.kind not in ("unshare_initializer", "route_outer_reads")]
@@ -86,7 +92,7 @@ def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching, changes=(), pla
     if routed:
         out.append(
             f"{len(routed)} If/Loop/Scan node(s) read main-graph tensors inside their subgraphs "
-            f"({', '.join(routed[:3])}{', ...' if len(routed) > 3 else ''}; settings.graph_changes): each read goes "
+            f"({_some(routed)}; settings.graph_changes): each read goes "
             "through an Identity, since ONNX Runtime's quantizer rewires only main-graph consumers and the subgraph "
             "would read the tensor before its quantization, without a Relu the quantizer removed"
         )
@@ -94,20 +100,19 @@ def notes(cfg: AuditConfig, lm: LoadedModel, matching: Matching, changes=(), pla
     if shared:
         out.append(
             f"{len(shared)} initializer(s) read by several layers got one copy per layer "
-            f"({', '.join(shared[:3])}{', ...' if len(shared) > 3 else ''}; settings.graph_changes): "
+            f"({_some(shared)}; settings.graph_changes): "
             "ONNX Runtime's quantizer names its own copies after existing initializers only, which can "
             "collide with another tensor"
         )
     if lm.untyped:
         out.append(
-            f"{len(lm.untyped)} tensor(s) have no type after shape inference ({', '.join(lm.untyped[:3])}...): "
+            f"{len(lm.untyped)} tensor(s) have no type after shape inference ({_some(lm.untyped)}): "
             "ONNX Runtime does not calibrate or quantize them"
         )
     kept = [n.name for n in lm.model.graph.node if n.op_type in CONTROL_FLOW_OPS]
     if kept:  # what resolve_control_flow left: no layers inside
         out.append(
-            f"{len(kept)} If/Loop/Scan node(s) without layers run in float ({', '.join(kept[:3])}"
-            f"{', ...' if len(kept) > 3 else ''}): ONNX Runtime quantizes only the main graph"
+            f"{len(kept)} If/Loop/Scan node(s) without layers run in float ({_some(kept)}): ONNX Runtime quantizes only the main graph"
         )
     if cfg.eval is None:
         out.append(
