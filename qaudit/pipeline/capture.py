@@ -129,7 +129,8 @@ def capture_many(
     kinds = outputs or output_kinds(fp32_model, labelled=labels is not None)
     meters, out_meters, seen = [], [OutputMeter(kinds) for _ in sides], [0] * len(sides)
     for side in sides:
-        sizes = {n: (tensor_bytes or {}).get(n, 1) for n in side.matching.twins}
+        measured = side.matching.measured
+        sizes = {n: (tensor_bytes or {}).get(tw.fp32_name, 1) for n, tw in measured.items()}
         share = shares(sizes, min(2, usable_cores()))
         meters.append([ActivationMeter(side.matching, s) for s in share] or [ActivationMeter(side.matching)])
     last = len(sides) - 1
@@ -174,7 +175,7 @@ class _QuantRunner:
 
     def __init__(self, side: QuantizedSide, head: dict[str, np.ndarray] | None, isolated: bool):
         qmodel, matching, work = side.qmodel, side.matching, side.work
-        q_instrumented, self.shifted = instrumented_quantized(qmodel, matching.twins)
+        q_instrumented, self.shifted = instrumented_quantized(qmodel, matching.measured)
         self.q_session = make_session(
             save_model(q_instrumented, work / "quantized_instrumented.onnx"),
             what="the quantized model",
@@ -197,7 +198,7 @@ class _QuantRunner:
                 self.plain = plain
         self.iso_session, self.iso_inputs = None, {}
         if isolated and matching.twins:
-            iso_model, self.iso_inputs = isolated_model(qmodel, matching.twins, self.shifted)
+            iso_model, self.iso_inputs = isolated_model(qmodel, matching.twins, self.shifted, matching.converted)
             self.iso_session = make_session(
                 save_model(iso_model, work / "quantized_isolated.onnx"),
                 what="the isolated-error graph",
@@ -333,7 +334,9 @@ def ort_converts_int8_qdq() -> bool:
     return q is not None and zps.get(q.input[2]) == TensorProto.UINT8
 
 
-def isolated_model(qmodel: onnx.ModelProto, twins, shifted=frozenset()) -> tuple[onnx.ModelProto, dict[str, str]]:
+def isolated_model(
+    qmodel: onnx.ModelProto, twins, shifted=frozenset(), converted=None
+) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The quantized graph rewired so that every layer reads *fp32* activations.
 
     Every consumer of a hooked integer tensor ``t`` (the twin of fp32 tensor
@@ -347,6 +350,10 @@ def isolated_model(qmodel: onnx.ModelProto, twins, shifted=frozenset()) -> tuple
     QuantizeLinear (now read by no node) gets the uint8 zero point too, so every
     layer fuses as in the deployed graph (the new QuantizeLinear -> DequantizeLinear
     pairs ORT converts itself); their outputs hold ``q + 128`` likewise.
+
+    ``converted``: the converted edges (:attr:`~qaudit.pipeline.match.Matching.converted`),
+    exposed too but not rewired: each re-quantizes its twin's isolated values, so it holds
+    the layer's own error as the consumers of the other type read it.
 
     Returns the model (outputs: every twin) and ``{fp32 tensor: new input name}``.
     """
@@ -382,13 +389,14 @@ def isolated_model(qmodel: onnx.ModelProto, twins, shifted=frozenset()) -> tuple
     del g.node[:]
     g.node.extend(nodes)
     have = {o.name for o in g.output}
+    exposed = {**by_quant, **{tw.quant_name: tw for tw in (converted or {}).values()}}
     for node in g.node:
         if node.op_type == "QuantizeLinear" and node.output and node.output[0] in shifted:
             u8 = f"{node.output[0]}::iso_zp_u8"
-            zp = int(np.asarray(by_quant[node.output[0]].encoding.zero_point).reshape(-1)[0])
+            zp = int(np.asarray(exposed[node.output[0]].encoding.zero_point).reshape(-1)[0])
             g.initializer.append(numpy_helper.from_array(np.array(zp + 128, np.uint8), u8))
             node.input[2] = u8
-    for tw in by_quant.values():
+    for tw in exposed.values():
         if tw.quant_name not in have:
             # an int8 pair ORT converts in the plain graph is exposed as the uint8 it becomes
             elem = onnx.TensorProto.UINT8 if tw.quant_name in shifted else tw.encoding.onnx_type
