@@ -73,6 +73,17 @@ SETTINGS = {
         {"ActivationSymmetric": True, "WeightSymmetric": True, "DedicatedQDQPair": True, "QuantizeBias": False},
     ),
     "qoperator-symmetric": ({"format": "qoperator", "weight_type": "int8"}, {"ActivationSymmetric": True}),
+    # the recipe of issue 18 item 4's other producer: symmetric everything, a Q/DQ pair per consumer,
+    # every Relu kept with its own Q/DQ (ORT removes none)
+    "symmetric-dedicated-keep-relu": (
+        {"activation_type": "int8", "weight_type": "int8", "per_channel": True},
+        {
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "DedicatedQDQPair": True,
+            "QDQKeepRemovableActivations": True,
+        },
+    ),
 }
 
 
@@ -103,6 +114,9 @@ def test_an_ort_quantized_model_audits_as_if_qaudit_quantized_it(case, tmp_path,
     assert s["source"] == "user" and s["calibrate_method"] is None and s["percentile"] is None
     if extra.get("ActivationSymmetric"):
         assert s["activation_symmetric"] is True
+    if extra.get("QDQKeepRemovableActivations"):  # each kept Relu is its own row, its Conv's output too
+        assert sum(n.op_type == "Relu" for n in onnx.load(q).graph.node) == 5
+        assert sum(r.op_type == "Relu" and r.sqnr_db is not None for r in given.layers) == 5
     if extra.get("WeightSymmetric") or options.get("weight_type") == "int8":
         assert s["weight_symmetric"] is True  # ORT's int8 weights are symmetric by default
     from tests.conftest import sha256_file
