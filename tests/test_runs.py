@@ -3,6 +3,7 @@ method, each run equal to the single-method audit with that method, every run ga
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import xml.etree.ElementTree as ET
@@ -12,6 +13,7 @@ import pytest
 import qaudit
 from qaudit.errors import ConfigError
 from qaudit.pipeline import audit as audit_module
+from qaudit.pipeline import capture as capture_module
 from qaudit.report import to_dict
 from qaudit.runs import MultiReport
 
@@ -29,9 +31,15 @@ def _body(report) -> dict:
 
 @pytest.fixture(scope="module")
 def counted():
-    """The three-method audit of the sample, with every calibration pass and calibrator batch counted."""
-    calls, batches = [], []
+    """The three-method audit of the sample, with every calibration pass and calibrator batch counted,
+    and every session run of the capture (by the model the session runs)."""
+    calls, batches, session_runs = [], [], collections.Counter()
     real = audit_module.calibrate_many
+    real_run = capture_module.run_named
+
+    def counting_run(session, feeds):
+        session_runs[session.qaudit_what] += 1
+        return real_run(session, feeds)
 
     def counting(model_path, it, cfgs, *args, **kw):
         calls.append([c.calibrate_method for c in cfgs])
@@ -45,18 +53,34 @@ def counted():
 
     mp = pytest.MonkeyPatch()
     mp.setattr(audit_module, "calibrate_many", counting)
+    mp.setattr(capture_module, "run_named", counting_run)
     try:
         report = qaudit.audit(SAMPLE_MODEL, SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_LABELS, calibrate_method=METHODS)
     finally:
         mp.undo()
-    return report, calls, batches
+    return report, calls, batches, session_runs
 
 
 def test_one_calibration_pass_serves_every_run(counted):
-    report, calls, batches = counted
+    report, calls, batches, _ = counted
     assert isinstance(report, MultiReport) and report.names == tuple(METHODS)
     assert calls == [METHODS]  # one pass, every method's collectors on it
     assert sum(batches) == report.run("entropy").data["n_calib"] == 128  # each calibration sample seen once
+
+
+def test_the_fp32_graph_runs_once_per_evaluation_batch_for_every_run(counted):
+    report, *_, session_runs = counted
+    n_eval, batch = report.run("percentile").data["n_eval"], report.run("percentile").settings["batch_size"]
+    n_batches = -(-n_eval // batch)
+    # the cost of three runs on the evaluation data: one fp32 pass, three quantized and three isolated passes
+    # (three audits one after the other ran the fp32 graph 3 * n_batches times)
+    print(f"\n{n_batches} evaluation batches, 3 runs: session runs {dict(session_runs)}")
+    assert session_runs == {
+        f"model {SAMPLE_MODEL}": n_batches,
+        "the quantized model": 3 * n_batches,
+        "the isolated-error graph": 3 * n_batches,
+    }
+    assert n_batches > 1  # the lockstep alternates the runs within a batch, over several batches
 
 
 @pytest.mark.parametrize("method", METHODS)

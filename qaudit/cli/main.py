@@ -152,6 +152,8 @@ COMPARE_AUDIT_OPTIONS = frozenset(
         "max_samples",
         "clip_percentile",
         "isolated",
+        "batch_axis",  # the same input names in every export (an input one lacks: exit 2 naming it)
+        "overrides",  # applied to every export: each glob must match in each (docs/configuration.md)
     }
 )
 
@@ -237,6 +239,12 @@ def _run_compare(args) -> int:
     outs = check_outputs({"--json": args.json, "--html": args.html}, inputs, models)
     audit_cfg = None
     if models:
+        if settings["quantized"] is not None:
+            raise ConfigError(
+                f"quantized ({settings['quantized']}, set in {settings.sources.get('quantized')}) does not apply to qaudit "
+                "compare: each export is quantized by qaudit with the same settings; compare saved reports instead "
+                "(qaudit FP32.onnx --quantized Q.onnx --json r.json)"
+            )
         if settings["calib"] is None:
             raise ConfigError(
                 f"{printable(models[0])} is a model: give --calib DIR (or set 'calib' in a config file or QAUDIT_CALIB)"

@@ -90,6 +90,8 @@ class Option:
     metavar: str | None = None
     #: list options: one value per flag (repeat the flag or comma-separate), so it cannot swallow MODEL.onnx
     one_per_flag: bool = False
+    #: str options holding a comma list: a config file may give a TOML list of strings instead
+    toml_list: bool = False
 
     @property
     def flag(self) -> str | None:
@@ -181,6 +183,7 @@ OPTIONS: tuple[Option, ...] = (
         check=_calibrate_method,
         group="quantization",
         metavar="METHOD[,METHOD]",
+        toml_list=True,
     ),
     Option(
         "percentile",
@@ -432,8 +435,12 @@ def _typed(opt: Option, value, where: str, base: Path | None):
         p = Path(value)
         return str(p if p.is_absolute() or base is None else base / p)
     if opt.kind == "str":
+        if opt.toml_list and isinstance(value, list):  # ["percentile", "entropy"]: the comma list "percentile,entropy"
+            if not value or not all(isinstance(x, str) and x.strip() and "," not in x for x in value):
+                raise bad('a string or a non-empty list of names (e.g. ["percentile", "entropy"])')
+            return _checked(opt, ",".join(value), where)
         if not isinstance(value, str):
-            raise bad("a string")
+            raise bad("a string" + (" or a list of strings" if opt.toml_list else ""))
         return _checked(opt, value, where)
     if opt.kind == "bool":
         if not isinstance(value, bool):

@@ -83,6 +83,19 @@ class CompareConfig:
         for pin in self.pins:
             if len(pin) != len(self.inputs):
                 raise ConfigError(f"--map entry {list(pin)} names {len(pin)} layers for {len(self.inputs)} inputs")
+        if self.audit is not None and self.audit.runs:
+            methods = ",".join(q.calibrate_method for q in self.audit.runs)
+            raise ConfigError(
+                f"qaudit compare audits every export with one calibration method, not {methods}: give one "
+                "--calibrate-method (to compare methods on one model: qaudit MODEL.onnx --calibrate-method "
+                f"{methods})"
+            )
+        if self.audit is not None and self.audit.quantized is not None:
+            raise ConfigError(
+                f"quantized ({self.audit.quantized}) does not apply to qaudit compare: each export is quantized "
+                "by qaudit with the same settings; remove 'quantized' from the config file, or compare saved "
+                "reports (qaudit FP32.onnx --quantized Q.onnx --json r.json)"
+            )
 
 
 # ------------------------------------------------------------------ numbers
@@ -206,7 +219,12 @@ def _audit_model(path: Path, cfg: AuditConfig, work: Path, progress) -> _Audited
     calib, t1 = _adapt(cfg.calib, inputs, "calibration", work)
     evaluation, t2 = (cfg.eval, False) if cfg.eval is None else _adapt(cfg.eval, inputs, "evaluation", work)
     run = cfg.replace(model=path, calib=calib, eval=evaluation, output_model=None)
-    report = audit(run, progress)
+    try:
+        report = audit(run, progress)
+    except ConfigError as e:  # a setting that fits another export but not this one (an override glob, a batch axis)
+        if str(path) in str(e):
+            raise
+        raise ConfigError(f"{path}: {e}") from None
     if t1 or t2:
         # name the user's data, not the temporary copy
         data = {
@@ -222,20 +240,24 @@ def _audit_model(path: Path, cfg: AuditConfig, work: Path, progress) -> _Audited
 # ------------------------------------------------------------------ activations
 
 
-def _fp32_activations(path: Path, calib: Path, rows: Sequence[LayerRow], work: Path, tag: str) -> dict[str, np.ndarray]:
+def _fp32_activations(
+    path: Path, calib: Path, rows: Sequence[LayerRow], work: Path, tag: str, batch_axis=None
+) -> dict[str, np.ndarray]:
     """fp32 values of each weighted row's measured tensor (the BN-folded graph, as audited)
-    on the first :data:`ACTIVATION_SAMPLES` calibration samples, by row name."""
+    on the first :data:`ACTIVATION_SAMPLES` calibration samples, by row name; ``batch_axis``:
+    the audit's (``--batch-axis``)."""
     import onnx
 
     from qaudit.pipeline.audit import prepare
-    from qaudit.pipeline.data import Dataset
+    from qaudit.pipeline.data import Dataset, batch_layout
     from qaudit.pipeline.graph import producers, with_outputs
     from qaudit.pipeline.load import load_model
     from qaudit.pipeline.session import make_session, run_named, save_model
 
     lm = load_model(path)
+    layout = batch_layout(lm.inputs, batch_axis)
     # the graph the audit measured (an If inlined as the audit did, on the same data)
-    folded = prepare(lm, feeds=lambda: Dataset(calib, lm.inputs).batches(1)).fold.model
+    folded = prepare(lm, feeds=lambda: Dataset(calib, lm.inputs, layout=layout).batches(1)).fold.model
     by_name = {n.name: n for n in folded.graph.node}
     tensors = {}
     for r in rows:
@@ -248,7 +270,7 @@ def _fp32_activations(path: Path, calib: Path, rows: Sequence[LayerRow], work: P
     prod = producers(folded.graph)
     outs = [(t, onnx.TensorProto.FLOAT) for t in dict.fromkeys(tensors.values()) if t in prod]
     session = make_session(save_model(with_outputs(folded, outs), work / f"activations-{tag}.onnx"), what=str(path))
-    feeds = next(iter(Dataset(calib, lm.inputs).batches(ACTIVATION_SAMPLES, ACTIVATION_SAMPLES)))
+    feeds = next(iter(Dataset(calib, lm.inputs, layout=layout).batches(ACTIVATION_SAMPLES, ACTIVATION_SAMPLES)))
     got = run_named(session, feeds)
     return {name: np.asarray(got[t], np.float64) for name, t in tensors.items() if t in got}
 
@@ -601,7 +623,9 @@ def compare(cfg: CompareConfig, progress=None) -> Comparison:
             if 0 in models and len(models) > 1:
                 for k in models:
                     rows = [r for r in audited[k].report.layers if r.has_weights]
-                    acts[k] = _fp32_activations(audited[k].model, audited[k].calib, rows, work, str(k))
+                    acts[k] = _fp32_activations(
+                        audited[k].model, audited[k].calib, rows, work, str(k), cfg.audit.batch_axis
+                    )
             elif len(models) < len(audited):
                 notes.append(
                     "activation similarity needs the first input and another to be models: aligned by signature only"

@@ -138,11 +138,18 @@ class AccountingError(RuntimeError):
 def check_accounting(matching: Matching, rows: tuple[LayerRow, ...]) -> None:
     """Every activation the quantized graph quantizes, and every twin, appears exactly once in the
     report: a row measuring it, or an unmatched entry with its kind and reason. Nothing is
-    silently dropped (docs/architecture.md); a violation raises :class:`AccountingError`."""
+    silently dropped (docs/architecture.md); a violation raises :class:`AccountingError`.
+    A converted edge (:attr:`Matching.converted`) has a row of its own, beside its twin's."""
     seen: dict[str, int] = {}
-    for name in [r.tensor for r in rows if r.tensor] + [u.tensor for u in matching.unmatched]:
+    converted = {tw.quant_name for tw in matching.converted.values()}
+    for name in [r.tensor for r in rows if r.tensor and r.quant_tensor not in converted] + [
+        u.tensor for u in matching.unmatched
+    ]:
         seen[name] = seen.get(name, 0) + 1
+    rows_of = {r.quant_tensor for r in rows if r.quant_tensor in converted}
     expected = set(matching.quantized) | set(matching.twins)
+    if rows_of != converted:
+        raise AccountingError(f"converted edge(s) without a row: {', '.join(sorted(converted - rows_of))}")
     missing = sorted(n for n in expected if n not in seen)
     twice = sorted(n for n, k in seen.items() if k > 1)
     if missing or twice:

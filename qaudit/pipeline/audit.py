@@ -30,7 +30,7 @@ from qaudit.options import SIXTEEN_BIT_OPSET, AuditConfig, QuantConfig
 from qaudit.output import atomic_path
 from qaudit.pipeline import kernels
 from qaudit.pipeline.assemble import PhaseClock, RunFacts, build_report
-from qaudit.pipeline.capture import capture
+from qaudit.pipeline.capture import Captured, QuantizedSide, capture_many
 from qaudit.pipeline.controlflow import CONTROL_FLOW_OPS, every_sample, resolve_control_flow
 from qaudit.pipeline.data import open_inputs
 from qaudit.pipeline.foldcheck import FOLD_CHECK_SAMPLES, FoldingCheck
@@ -186,6 +186,19 @@ def opset_needed(quant: QuantConfig | None) -> tuple[int, str]:
     return 0, ""
 
 
+@dataclass
+class _Run:
+    """One run of an audit between its quantization and its measurement."""
+
+    quant: QuantConfig
+    cfg: AuditConfig
+    work: Path
+    q_path: Path | None
+    quantizer: dict
+    side: QuantizedSide  # the quantized graph and its matching, for capture_many
+    clock: PhaseClock
+
+
 def audit(
     cfg: AuditConfig, progress: Progress | None = None, output_models: dict | None = None
 ) -> Report | MultiReport:
@@ -266,7 +279,7 @@ def audit(
         fold_check = check.result(cfg.fold_rtol, cfg.fold_atol) if check else {}
         clock.lap("calibrate")
         shared = copy.deepcopy(clock)  # each run's phases: the shared ones, then its own
-        runs: list[tuple[str, Report, Path | None]] = []
+        staged = []  # each run quantized and matched, then every run captured on one pass (capture_many)
         for i, (quant, ranges) in enumerate(zip(quants, all_ranges, strict=True)):
             run_cfg, run_work = cfg, work
             if cfg.runs:
@@ -294,7 +307,7 @@ def audit(
                 fmt = detected_settings(qmodel)["format"]
                 q_path, quantizer = None, {}  # capture saves the renamed model for its plain session
             clock.lap("quantize")
-            # 5. pair every fp32 tensor with its quantized twin, capture both on the evaluation data
+            # 5. pair every fp32 tensor with its quantized twin
             excluded = {
                 n: "producer excluded from quantization (--exclude); computed in float" for n in run_cfg.quant.exclude
             }
@@ -305,27 +318,44 @@ def audit(
             if unapplied:
                 quantizer = {**quantizer, "notes": [*quantizer.get("notes", ()), *unapplied]}
             clock.lap("match")
-            progress.stage(
-                "capturing fp32 + quantized" + (f" ({quant.calibrate_method})" if cfg.runs else ""), src.n_eval
-            )
+            side = QuantizedSide(qmodel, matching, run_work, q_path)
+            staged.append(_Run(quant, run_cfg, run_work, q_path, quantizer, side, clock))
+        # capture fp32 + every run's quantized graph on the evaluation data: the fp32 graph once per
+        # batch for the runs pairing the same fp32 tensors (all of them, unless the methods' exclusions differ)
+        groups: dict[frozenset, list[int]] = {}
+        for i, st in enumerate(staged):
+            groups.setdefault(frozenset(st.side.matching.twins), []).append(i)
+        progress.stage("capturing fp32 + quantized" + (f" ({len(staged)} runs)" if cfg.runs else ""), src.n_eval)
+        captures: dict[int, Captured] = {}
+        for g, members in enumerate(groups.values()):
+            start = time.perf_counter()
             batches = src.evaluation.batches(batch_size, cfg.max_samples)
-            captured = capture(
+            fp32_work = staged[members[0]].work
+            if len(groups) > 1:
+                fp32_work = work / f"capture{g}"
+                fp32_work.mkdir()
+            got = capture_many(
                 fold.model,
-                qmodel,
-                matching,
+                [staged[i].side for i in members],
                 batches,
-                run_work,
+                fp32_work,
                 labels=src.labels,
                 outputs=outputs,
                 isolated=cfg.isolated,
                 tensor_bytes=tensor_bytes,
-                on_batch=progress.advance,
+                on_batch=progress.advance if g == 0 else None,
                 model_name=f"model {cfg.model}",
-                plain_path=q_path,
             )
-            clock.lap("capture")
+            captures.update(zip(members, got))
+            for i in members:  # the pass is every run's capture time
+                staged[i].clock._t = start
+                staged[i].clock.lap("capture")
+        runs: list[tuple[str, Report, Path | None]] = []
+        for i, st in enumerate(staged):
+            captured, clock, qmodel, matching = captures[i], st.clock, st.side.qmodel, st.side.matching
+            clock._t = time.perf_counter()
             # 6. measure every row, assemble the report
-            rows = layer_rows(fold.model, qmodel, matching, fold.folded, captured.meter, cfg.clip_percentile, run_work)
+            rows = layer_rows(fold.model, qmodel, matching, fold.folded, captured.meter, cfg.clip_percentile, st.work)
             rows = mark_overrides(rows, overridden, fold.model)
             clock.lap("measure")
             check_samples = check.samples if check else 0
@@ -334,15 +364,15 @@ def audit(
             )
             facts.fold_check, facts.fold_check_samples = fold_check, check_samples
             facts.graph_changes = prep.changes
-            facts.quantizer = quantizer
+            facts.quantizer = st.quantizer
             facts.label_output = outputs.label_output
             facts.plain_outputs = captured.plain_outputs
             if given is not None:
                 facts.quantized = given_facts(given, qmodel, cfg)
             report = build_report(
-                run_cfg, src.model, fold, matching, facts, rows, captured.outputs.rows(), clock, src.describe()
+                st.cfg, src.model, fold, matching, facts, rows, captured.outputs.rows(), clock, src.describe()
             )
-            runs.append((quant.calibrate_method, report, q_path))
+            runs.append((st.quant.calibrate_method, report, st.q_path))
         # 7. the shipped artifacts, written last and atomically: the first run's, or one per run ({run})
         for i, (name, _, q_path) in enumerate(runs):
             if output_models is not None:

@@ -40,6 +40,16 @@ class Captured:
     plain_outputs: tuple[str, ...] = ()
 
 
+@dataclass
+class QuantizedSide:
+    """One quantized graph to capture beside the fp32 graph (:func:`capture_many`): one run of an audit."""
+
+    qmodel: onnx.ModelProto
+    matching: Matching
+    work: Path  # where its instrumented and isolated graphs are saved
+    plain_path: Path | None = None  # the quantized model as saved (``None``: saved from ``qmodel``)
+
+
 def capture(
     fp32_model: onnx.ModelProto,
     qmodel: onnx.ModelProto,
@@ -47,21 +57,18 @@ def capture(
     batches: Iterable[dict[str, np.ndarray]],
     work: Path,
     *,
-    labels: np.ndarray | None = None,
-    outputs: OutputKinds | None = None,
-    isolated: bool = True,
-    tensor_bytes: dict[str, int] | None = None,
-    on_batch: Callable[[int], None] | None = None,
-    model_name: str = "the model",
     plain_path: Path | None = None,
+    **options,
 ) -> Captured:
     """Run the instrumented fp32, quantized and isolated-error graphs in lockstep
     and stream their tensors into the meters.
 
     The twins are measured in shares of about equal size, one per usable core,
     each on its own thread (:func:`~qaudit.pipeline.parallel.lockstep`).
-    ``on_batch(n)`` is called after each batch of ``n`` samples is measured.
-    ``outputs``: what each model output holds (default: :func:`~qaudit.pipeline.measure.output_kinds`).
+    ``options`` (keywords): ``labels``, ``outputs`` (what each model output holds, default:
+    :func:`~qaudit.pipeline.measure.output_kinds`), ``isolated``, ``tensor_bytes``,
+    ``on_batch`` (``on_batch(n)`` is called after each batch of ``n`` samples is measured)
+    and ``model_name``, as :func:`capture_many` takes them.
 
     Deployment truth is checked, not assumed: the first batch also runs on a plain
     session of the quantized model (``plain_path``, saved from ``qmodel`` if not
@@ -71,86 +78,149 @@ def capture(
     from it, and :attr:`Captured.plain_outputs` names the outputs that differed
     (the layer rows still come from the instrumented graph).
     """
+    return capture_many(fp32_model, [QuantizedSide(qmodel, matching, work, plain_path)], batches, work, **options)[0]
+
+
+def capture_many(
+    fp32_model: onnx.ModelProto,
+    sides: list[QuantizedSide],
+    batches: Iterable[dict[str, np.ndarray]],
+    work: Path,
+    *,
+    labels: np.ndarray | None = None,
+    outputs: OutputKinds | None = None,
+    isolated: bool = True,
+    tensor_bytes: dict[str, int] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    model_name: str = "the model",
+) -> list[Captured]:
+    """:func:`capture` of several quantized graphs of one fp32 graph (the runs of a multi-run
+    audit) on one pass over ``batches``: the fp32 session runs once per batch, and every
+    quantized graph consumes its outputs in turn.
+
+    Every side must pair the same fp32 tensors (the fp32 session exposes them; exposing
+    others could change how ORT fuses it, and each side's numbers must equal its own
+    :func:`capture`'s). The lockstep's unit is one side on one batch: the measuring
+    threads see each side's batches in order, and at most two units are alive at once
+    (one measured while the next is computed), so the buffers alive are one batch's fp32
+    outputs (two at a batch boundary) and two sides' quantized and isolated outputs:
+    the same bound as one :func:`capture`, whatever the number of sides.
+    ``on_batch(n)`` is called once per batch, after its last side is measured.
+    """
+    if not sides:
+        return []
+    twins = list(sides[0].matching.twins)
+    for side in sides[1:]:
+        if set(side.matching.twins) != set(twins):
+            raise ValueError("capture_many: every quantized graph must pair the same fp32 tensors")
     vtypes = {
         vi.name: vi.type.tensor_type.elem_type
         for vi in list(fp32_model.graph.value_info) + list(fp32_model.graph.input)
     }
-    fp32_outs = [(n, vtypes.get(n, onnx.TensorProto.FLOAT)) for n in matching.twins]
+    fp32_outs = [(n, vtypes.get(n, onnx.TensorProto.FLOAT)) for n in twins]
     fp32_session = make_session(
         save_model(with_outputs(fp32_model, fp32_outs), work / "folded_instrumented.onnx"), what=model_name
     )
-    q_instrumented, shifted = instrumented_quantized(qmodel, matching.twins)
-    q_session = make_session(
-        save_model(q_instrumented, work / "quantized_instrumented.onnx"),
-        what="the quantized model",
-        advice=QUANTIZER_AT_FAULT,
-    )
     batches = iter(batches)
     head = next(batches, None)
-    out_names = [o.name for o in qmodel.graph.output]
-    plain, differed = None, []
+    runners = [_QuantRunner(side, head, isolated) for side in sides]
     if head is not None:
-        plain = make_session(
-            plain_path or save_model(qmodel, work / "quantized_plain.onnx"),
-            what="the quantized model",
-            advice=QUANTIZER_AT_FAULT,
-        )
-        ref = dict(zip(out_names, plain.run(out_names, head)))
-        got = dict(zip(out_names, q_session.run(out_names, head)))
-        differed = [n for n in out_names if not _identical(ref[n], got[n])]
-        del ref, got
-        if not differed:
-            plain = None  # the instrumented graph is the deployed one: free the second session
         batches = itertools.chain([head], batches)
-    iso_session, iso_inputs = None, {}
-    if isolated and matching.twins:
-        iso_model, iso_inputs = isolated_model(qmodel, matching.twins, shifted)
-        iso_session = make_session(
-            save_model(iso_model, work / "quantized_isolated.onnx"),
-            what="the isolated-error graph",
-            advice=QUANTIZER_AT_FAULT,
-        )
-        del iso_model  # a copy of the quantized graph's weights: the session has its own
+    kinds = outputs or output_kinds(fp32_model, labelled=labels is not None)
+    meters, out_meters, seen = [], [OutputMeter(kinds) for _ in sides], [0] * len(sides)
+    for side in sides:
+        measured = side.matching.measured
+        sizes = {n: (tensor_bytes or {}).get(tw.fp32_name, 1) for n, tw in measured.items()}
+        share = shares(sizes, min(2, usable_cores()))
+        meters.append([ActivationMeter(side.matching, s) for s in share] or [ActivationMeter(side.matching)])
+    last = len(sides) - 1
 
-    sizes = {n: (tensor_bytes or {}).get(n, 1) for n in matching.twins}
-    meters = [ActivationMeter(matching, share) for share in shares(sizes, min(2, usable_cores()))] or [
-        ActivationMeter(matching)
-    ]
-    out_meter = OutputMeter(outputs or output_kinds(fp32_model, labelled=labels is not None))
-    seen = 0
+    def units():  # (side, feeds, fp32 outputs): the fp32 session once per batch, each side in turn
+        for feeds in batches:
+            a = run_named(fp32_session, feeds)
+            for r in range(len(sides)):
+                yield r, feeds, a
+            del a
 
-    def run_batch(feeds):
-        a = run_named(fp32_session, feeds)
-        b = run_named(q_session, feeds)
-        if plain is not None:  # the instrumented graph differed from a plain session: outputs from the plain one
-            b.update(zip(out_names, plain.run(out_names, feeds)))
-        for name in shifted:  # back to the int8 values the deployed graph holds (exact: v - 128)
-            b[name] = _to_int8(b[name])
-        c = None
-        if iso_session is not None:
-            iso_feeds = dict(feeds)
-            iso_feeds.update({inp: a[name] for name, inp in iso_inputs.items()})
-            c = run_named(iso_session, iso_feeds)
-            for name in shifted:
-                c[name] = _to_int8(c[name])
+    def run_unit(unit):
+        r, feeds, a = unit
+        b, c = runners[r].run(feeds, a)
         return a, b, c
 
-    def measurer(meter, first):
-        def measure(feeds, outs):
-            nonlocal seen
+    def measurer(i):
+        def measure(unit, outs):
+            r, feeds, _ = unit
             a, b, c = outs
-            meter.update(a, b, c)
-            if first:
+            if i < len(meters[r]):
+                meters[r][i].update(a, b, c)
+            if i == 0:
                 n = samples(feeds)
-                out_meter.update(a, b, labels[seen : seen + n] if labels is not None else None)
-                seen += n
-                if on_batch is not None:
+                out_meters[r].update(a, b, labels[seen[r] : seen[r] + n] if labels is not None else None)
+                seen[r] += n
+                if r == last and on_batch is not None:
                     on_batch(n)
 
         return measure
 
-    lockstep(run_batch, batches, [measurer(m, i == 0) for i, m in enumerate(meters)])
-    return Captured(ActivationMeter.combine(meters), out_meter, seen, tuple(differed))
+    n_measures = max(len(m) for m in meters)
+    lockstep(run_unit, units(), [measurer(i) for i in range(n_measures)], size=lambda unit: samples(unit[1]))
+    return [
+        Captured(ActivationMeter.combine(meters[r]), out_meters[r], seen[r], tuple(runners[r].differed))
+        for r in range(len(sides))
+    ]
+
+
+class _QuantRunner:
+    """The sessions of one quantized graph: instrumented, plain (if it differs on the first batch), isolated."""
+
+    def __init__(self, side: QuantizedSide, head: dict[str, np.ndarray] | None, isolated: bool):
+        qmodel, matching, work = side.qmodel, side.matching, side.work
+        q_instrumented, self.shifted = instrumented_quantized(qmodel, matching.measured)
+        self.q_session = make_session(
+            save_model(q_instrumented, work / "quantized_instrumented.onnx"),
+            what="the quantized model",
+            advice=QUANTIZER_AT_FAULT,
+        )
+        del q_instrumented
+        self.out_names = [o.name for o in qmodel.graph.output]
+        self.plain, self.differed = None, []
+        if head is not None:
+            plain = make_session(
+                side.plain_path or save_model(qmodel, work / "quantized_plain.onnx"),
+                what="the quantized model",
+                advice=QUANTIZER_AT_FAULT,
+            )
+            ref = dict(zip(self.out_names, plain.run(self.out_names, head)))
+            got = dict(zip(self.out_names, self.q_session.run(self.out_names, head)))
+            self.differed = [n for n in self.out_names if not _identical(ref[n], got[n])]
+            del ref, got
+            if self.differed:  # the instrumented graph is not the deployed one: keep the plain session
+                self.plain = plain
+        self.iso_session, self.iso_inputs = None, {}
+        if isolated and matching.twins:
+            iso_model, self.iso_inputs = isolated_model(qmodel, matching.twins, self.shifted, matching.converted)
+            self.iso_session = make_session(
+                save_model(iso_model, work / "quantized_isolated.onnx"),
+                what="the isolated-error graph",
+                advice=QUANTIZER_AT_FAULT,
+            )
+            del iso_model  # a copy of the quantized graph's weights: the session has its own
+
+    def run(self, feeds, a):
+        """The quantized and isolated outputs on ``feeds`` (``a``: the fp32 graph's outputs on them)."""
+        b = run_named(self.q_session, feeds)
+        if self.plain is not None:  # the instrumented graph differed from a plain session: outputs from the plain one
+            b.update(zip(self.out_names, self.plain.run(self.out_names, feeds)))
+        for name in self.shifted:  # back to the int8 values the deployed graph holds (exact: v - 128)
+            b[name] = _to_int8(b[name])
+        c = None
+        if self.iso_session is not None:
+            iso_feeds = dict(feeds)
+            iso_feeds.update({inp: a[name] for name, inp in self.iso_inputs.items()})
+            c = run_named(self.iso_session, iso_feeds)
+            for name in self.shifted:
+                c[name] = _to_int8(c[name])
+        return b, c
 
 
 def _to_int8(v: np.ndarray) -> np.ndarray:
@@ -264,7 +334,9 @@ def ort_converts_int8_qdq() -> bool:
     return q is not None and zps.get(q.input[2]) == TensorProto.UINT8
 
 
-def isolated_model(qmodel: onnx.ModelProto, twins, shifted=frozenset()) -> tuple[onnx.ModelProto, dict[str, str]]:
+def isolated_model(
+    qmodel: onnx.ModelProto, twins, shifted=frozenset(), converted=None
+) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The quantized graph rewired so that every layer reads *fp32* activations.
 
     Every consumer of a hooked integer tensor ``t`` (the twin of fp32 tensor
@@ -278,6 +350,10 @@ def isolated_model(qmodel: onnx.ModelProto, twins, shifted=frozenset()) -> tuple
     QuantizeLinear (now read by no node) gets the uint8 zero point too, so every
     layer fuses as in the deployed graph (the new QuantizeLinear -> DequantizeLinear
     pairs ORT converts itself); their outputs hold ``q + 128`` likewise.
+
+    ``converted``: the converted edges (:attr:`~qaudit.pipeline.match.Matching.converted`),
+    exposed too but not rewired: each re-quantizes its twin's isolated values, so it holds
+    the layer's own error as the consumers of the other type read it.
 
     Returns the model (outputs: every twin) and ``{fp32 tensor: new input name}``.
     """
@@ -313,13 +389,14 @@ def isolated_model(qmodel: onnx.ModelProto, twins, shifted=frozenset()) -> tuple
     del g.node[:]
     g.node.extend(nodes)
     have = {o.name for o in g.output}
+    exposed = {**by_quant, **{tw.quant_name: tw for tw in (converted or {}).values()}}
     for node in g.node:
         if node.op_type == "QuantizeLinear" and node.output and node.output[0] in shifted:
             u8 = f"{node.output[0]}::iso_zp_u8"
-            zp = int(np.asarray(by_quant[node.output[0]].encoding.zero_point).reshape(-1)[0])
+            zp = int(np.asarray(exposed[node.output[0]].encoding.zero_point).reshape(-1)[0])
             g.initializer.append(numpy_helper.from_array(np.array(zp + 128, np.uint8), u8))
             node.input[2] = u8
-    for tw in by_quant.values():
+    for tw in exposed.values():
         if tw.quant_name not in have:
             # an int8 pair ORT converts in the plain graph is exposed as the uint8 it becomes
             elem = onnx.TensorProto.UINT8 if tw.quant_name in shifted else tw.encoding.onnx_type

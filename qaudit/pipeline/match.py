@@ -37,7 +37,7 @@ fusions.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -112,6 +112,39 @@ class Matching:
     #: fp32 tensors the quantized graph quantizes (:func:`quantized_activations`): each must
     #: appear exactly once in the report, as a row or an unmatched entry
     quantized: frozenset[str] = frozenset()
+    #: converted edges: key (``fp32 tensor::converted``, numbered from the second) -> the twin that a
+    #: QuantizeLinear re-quantizing a twin's DequantizeLinear output writes (ORT's mixed-precision
+    #: fixer's ``convert``: the tensor at another type for some consumers). Measured as twins of
+    #: the same fp32 tensor (:attr:`measured`) and reported as rows of their own
+    converted: dict[str, Twin] = field(default_factory=dict)
+
+    @property
+    def measured(self) -> dict[str, Twin]:
+        """Every integer tensor measured: the twins, then the converted edges."""
+        return {**self.twins, **self.converted} if self.converted else self.twins
+
+
+CONVERTED = "::converted"
+
+
+def converted_edges(qmodel: onnx.ModelProto, twins: dict[str, Twin], qtensors=None) -> dict[str, Twin]:
+    """The converted edges of ``twins`` (see :attr:`Matching.converted`): for each twin, each
+    QuantizeLinear that reads the output of a DequantizeLinear of the twin, in graph order."""
+    qtensors = quantized_tensors(qmodel) if qtensors is None else qtensors
+    by_quant = {tw.quant_name: tw for tw in twins.values()}
+    dq_of = {
+        n.output[0]: by_quant[n.input[0]]
+        for n in qmodel.graph.node
+        if n.op_type == "DequantizeLinear" and n.input and n.output and n.input[0] in by_quant
+    }
+    out: dict[str, Twin] = {}
+    for key, (qname, enc, qprod) in qtensors.items():
+        tw = dq_of.get(key)
+        if tw is None or qname == tw.quant_name:  # a graph output's own pair (``X_QuantizeLinear_Input``)
+            continue
+        n = sum(1 for c in out.values() if c.fp32_name == tw.fp32_name)
+        out[f"{tw.fp32_name}{CONVERTED}{n + 1 if n else ''}"] = Twin(tw.fp32_name, qname, enc, qprod, tw.fused)
+    return out
 
 
 def _const(name: str, inits, prod) -> np.ndarray | None:
@@ -363,7 +396,8 @@ def match(
         unmatched.append(UnmatchedTensor(name, pname, op, kind, reason))
     fp32_tensors = {n for n, p in prod.items() if p.op_type != "Constant"} | {i.name for i in g.input}
     quantized = frozenset(n for n in quantized_activations(qmodel) if n in fp32_tensors)
-    return Matching(twins=twins, unmatched=unmatched, fused_into=fused_into, quantized=quantized)
+    converted = converted_edges(qmodel, twins, qtensors)
+    return Matching(twins=twins, unmatched=unmatched, fused_into=fused_into, quantized=quantized, converted=converted)
 
 
 def quantized_weight(

@@ -60,12 +60,15 @@ class ActivationMeter:
     """
 
     def __init__(self, matching: Matching, names: Iterable[str] | None = None):
-        """``names``: the twins (fp32 names) this meter measures; all by default.
+        """``names``: the twins (fp32 names, and the keys of converted edges) this meter
+        measures; all by default (:attr:`~qaudit.pipeline.match.Matching.measured`).
         Meters of disjoint shares can run on separate threads and be joined
-        with :meth:`combine`."""
+        with :meth:`combine`. A converted edge reads the same fp32 tensor as its twin: only
+        its error is accumulated, the fp32 tensor's histogram is its twin's."""
         self.matching = matching
-        self.names = list(matching.twins) if names is None else list(names)
-        self.hist = {n: RangeHistogram() for n in self.names}
+        measured = matching.measured
+        self.names = list(measured) if names is None else list(names)
+        self.hist = {n: RangeHistogram() for n in self.names if n in matching.twins}
         self._pending: dict[str, list[np.ndarray]] = {}
         self._pending_values: dict[str, int] = {}
         self._pending_cap = max(PENDING_BYTES // max(1, len(matching.twins)), MIN_PENDING_BYTES)
@@ -74,7 +77,7 @@ class ActivationMeter:
         self.clip = {}
         self.axis: dict[str, int | None] = {}
         for n in self.names:
-            enc = matching.twins[n].encoding
+            enc = measured[n].encoding
             if enc.per_tensor:
                 self.clip[n] = ClipCounter(*enc.limits())
 
@@ -95,11 +98,13 @@ class ActivationMeter:
         """One batch: the fp32 tensors, the quantized graph's integer twins and,
         optionally, the twins of the isolated-error graph (each layer fed fp32
         inputs, see :func:`qaudit.pipeline.capture.isolated_model`)."""
+        measured = self.matching.measured
         for name in self.names:
-            tw = self.matching.twins[name]
-            x = fp32[name]
+            tw = measured[name]
+            x = fp32[tw.fp32_name]
             enc = tw.encoding
-            self._histogram(name, x, self.axis.setdefault(name, channel_axis(x.ndim)))
+            if name in self.hist:  # not a converted edge (its fp32 tensor's histogram is its twin's)
+                self._histogram(name, x, self.axis.setdefault(name, channel_axis(x.ndim)))
             q_iso = isolated[tw.quant_name] if isolated is not None else None
             clip = self.clip.get(name)
             sum_x2, sum_e2, sum_e2_iso, outside = kernels.error_sums(
@@ -362,13 +367,13 @@ def layer_signature(layer, w: np.ndarray, rows_shape: tuple | None = None) -> di
 
 
 def activation_row_fields(name: str, meter: ActivationMeter, clip_percentile: float) -> dict:
-    tw = meter.matching.twins[name]
-    h = meter.hist[name]
+    tw = meter.matching.measured[name]
+    h = meter.hist[tw.fp32_name]  # a converted edge: its twin's fp32 tensor
     err = meter.err[name]
     lo, hi = h.clipped_range(clip_percentile)
     a_range = hi - lo
     prec = None
-    if meter.axis.get(name) is not None and a_range > 0:
+    if meter.axis.get(tw.fp32_name) is not None and a_range > 0:
         prec = float(np.mean(h.channel_ranges(clip_percentile) / a_range))
     enc = tw.encoding
     compact = h.compact(HISTOGRAM_BINS)
@@ -401,6 +406,11 @@ def activation_row_fields(name: str, meter: ActivationMeter, clip_percentile: fl
     return out
 
 
+#: the name of a converted edge's row: its tensor's row name, then this (ORT's mixed-precision
+#: fixer quantizes the tensor again, at another type, for the consumers that read that type)
+CONVERTED_ROW = "(converted to {dtype})"
+
+
 def layer_rows(
     fp32_model: onnx.ModelProto,
     qmodel: onnx.ModelProto,
@@ -418,6 +428,9 @@ def layer_rows(
     weighted = {wl.name: wl for wl in weighted_layers(g)}
     twins = matching.twins
     used: set[str] = set()
+    converted: dict[str, list[str]] = {}
+    for key, cv in matching.converted.items():
+        converted.setdefault(cv.fp32_name, []).append(key)
     rows: list[LayerRow] = []
     row_names: set[str] = set()
     fp32_inits, q_index = initializers(g), GraphIndex(qmodel.graph)
@@ -446,6 +459,19 @@ def layer_rows(
             )
         )
         row_names.add(name)
+        for key in converted.get(tensor, ()) if tw is not None else ():  # what the other consumers read
+            cv = matching.converted[key]
+            rows.append(
+                LayerRow(
+                    index=len(rows),
+                    name=f"{name} {CONVERTED_ROW.format(dtype=cv.encoding.dtype)}",
+                    op_type=op,
+                    tensor=tensor,
+                    quant_tensor=cv.quant_name,
+                    fused=cv.fused,
+                    **activation_row_fields(key, meter, clip_percentile),
+                )
+            )
 
     inits = {t.name for t in g.initializer}
     for inp in g.input:

@@ -125,6 +125,7 @@ def lockstep(
     batches: Iterable[dict[str, np.ndarray]],
     measure: Callable[[dict[str, np.ndarray], tuple], None] | Sequence[Callable[[dict[str, np.ndarray], tuple], None]],
     overlap: bool = True,
+    size: Callable[[dict[str, np.ndarray]], int] = samples,
 ) -> int:
     """``run`` the sessions on each batch and hand their outputs to ``measure``.
 
@@ -133,7 +134,8 @@ def lockstep(
     computes the next batch: ONNX Runtime and most numpy loops release the GIL,
     so inference and measuring share the cores. At most two batches are alive at
     once, and each function sees the batches one at a time and in order, so the
-    results are the same as without overlap. Returns the number of samples.
+    results are the same as without overlap. Returns the number of samples
+    (``size(item)`` summed: the items of ``batches`` need not be feeds).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -155,7 +157,7 @@ def lockstep(
             else:
                 for m in measures:
                     m(feeds, outs)
-            seen += samples(feeds)
+            seen += size(feeds)
         for f in pending:
             f.result()
     finally:

@@ -76,3 +76,39 @@ def test_audit_with_entropy_records_its_options(run_cli, tmp_path):
     assert (s["calibrate_method"], s["num_bins"], s["num_quantized_bins"]) == ("entropy", 512, 128)
     assert s["percentile"] is None and s["calib_symmetric"] is None and s["moving_average"] is None
     assert "entropy (512 bins, 128 quantized bins) on 128 calibration samples" in p.stdout
+
+
+@pytest.mark.parametrize("value", ['"percentile, entropy,minmax"', '["percentile", "entropy", "minmax"]'])
+def test_config_file_method_list_as_a_string_or_a_toml_list(tmp_path, value):
+    (tmp_path / "qaudit.toml").write_text(f"calibrate_method = {value}\nnum_bins = 512\n")
+    cfg = _settings(tmp_path).audit_config()
+    assert [(q.calibrate_method, q.calibration().get("num_bins")) for q in cfg.runs] == [
+        ("percentile", 512),
+        ("entropy", 512),
+        ("minmax", None),
+    ]
+    one = _settings(tmp_path, "--calibrate-method", "entropy").audit_config()  # the flag replaces the list
+    assert one.runs == () and one.quant.calibrate_method == "entropy"
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (
+            '["percentile", "kl"]',
+            "calibrate_method in the top level of {}: must be one of percentile, minmax, entropy, distribution",
+        ),
+        ('["percentile", 3]', "calibrate_method in the top level of {} must be a string or a non-empty list of names"),
+        ("[]", "calibrate_method in the top level of {} must be a string or a non-empty list of names"),
+        ('["entropy", "entropy"]', "calibrate_method in the top level of {}: lists entropy twice"),
+        ('["entropy,minmax"]', "calibrate_method in the top level of {} must be a string or a non-empty list of names"),
+        ("3", "calibrate_method in the top level of {} must be a string or a list of strings, not 3"),
+    ],
+)
+def test_config_file_bad_method_list_is_a_one_line_error(run_cli, tmp_path, value, message):
+    config = tmp_path / "q.toml"
+    config.write_text(f"calibrate_method = {value}\n")
+    p = run_cli(str(SAMPLE_MODEL), "--calib", str(SAMPLE_CALIB), "--config", str(config))
+    assert p.returncode == 2, p.stderr
+    assert message.format(config) in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr

@@ -396,3 +396,62 @@ def test_rebuild_sample_exports(tmp_path):
         got = [n.name for n in onnx.load(str(tmp_path / e)).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
         want = [n.name for n in onnx.load(str(COMPARE / e)).graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
         assert got == want, e
+
+
+# ------------------------------------------------------------------ audit options of every export
+
+
+def test_batch_axis_and_overrides_from_the_settings_table_apply_to_every_export(tmp_path, monkeypatch):
+    """--batch-axis and --overrides come from the settings table like an audit's (flags, config file)
+    and apply to every export: the input's explicit range gives each report the encoding uint8 over [-1, 1]."""
+    from qaudit.cli.main import _settings, build_compare_parser
+
+    monkeypatch.chdir(tmp_path)  # no qaudit.toml of the tree
+    (tmp_path / "ov.toml").write_text("[overrides.tensors.input]\nrmin = -1.0\nrmax = 1.0\n")
+    exports = [COMPARE / e for e in EXPORTS[:2]]
+    argv = [*map(str, exports), "--calib", str(SAMPLE_CALIB), "--batch-axis", "input=0", "--overrides", "ov.toml"]
+    settings = _settings("audit", build_compare_parser().parse_args([*argv, "--no-isolated"]))
+    cfg = dataclasses.replace(settings, values={**settings.values, "model": exports[0]}).audit_config()
+    assert cfg.batch_axis == {"input": 0} and cfg.quant.overrides == {"tensors": {"input": {"rmin": -1.0, "rmax": 1.0}}}
+    result = compare(CompareConfig(tuple(exports), cfg))
+    for r in result.reports:
+        row = r.layers[0]
+        assert row.tensor == "input" and row.override == {"input": {"rmin": -1.0, "rmax": 1.0}}
+        assert row.scale == pytest.approx(2 / 255) and row.zero_point == 128
+        assert r.data["batch_axes"]["axes"] == {"input": 0}
+
+
+@pytest.mark.parametrize(
+    "extra, config, message",
+    [
+        (
+            ["--calibrate-method", "percentile,entropy"],
+            "",
+            "audits every export with one calibration method, not percentile,entropy",
+        ),
+        ([], 'quantized = "q.onnx"\n', "does not apply to qaudit compare"),
+        (
+            ["--overrides", "{ov}"],
+            "",
+            "torch_dynamo.onnx: overrides.tensors: '/block1/relu/Relu_output_0' matches no tensor",
+        ),
+        (["--batch-axis", "x=0"], "", "a batch axis (--batch-axis, batch_axis) is given for input 'x'"),
+        (["--output-model", "q.onnx"], "", "unrecognized arguments: --output-model"),
+    ],
+)
+def test_cli_options_that_do_not_fit_a_comparison_exit_2(tmp_path, extra, config, message):
+    ov = tmp_path / "ov.toml"
+    ov.write_text(
+        '[overrides.tensors."/block1/relu/Relu_output_0"]\nrmin = 0.0\nrmax = 1.0\n'
+    )  # torch_script's name only
+    cfg = tmp_path / "qaudit.toml"
+    cfg.write_text(config)
+    args = [a.format(ov=ov) for a in extra]
+    exports = [COMPARE / e for e in EXPORTS[:2]]
+    proc = run(
+        *exports, "--calib", SAMPLE_CALIB, "--config", cfg, "--no-isolated", *args, "--json", tmp_path / "c.json"
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "c.json").exists()

@@ -106,6 +106,45 @@ def test_mixed_graph_has_converted_edges(mixed):
     ort.InferenceSession(str(qpath))  # no type clash: ORT loads it
 
 
+def test_converted_edges_are_measured_as_rows_of_their_own(mixed):
+    """Where ORT's fixer converts a tensor (quantized at one type for its producer, re-quantized
+    at the other for a consumer), the converted encoding, the one that consumer reads, is its own
+    row after the tensor's: encoding, SQNR, clip fraction and isolated SQNR against numpy."""
+    report, qpath, folded, _, tmp = mixed
+    q = onnx.load(qpath)
+    inits = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
+    converts = {n.output[0]: n for n in q.graph.node if n.op_type == "QuantizeLinear" and "_convert" in n.name}
+    rows = [r for r in report.layers if r.quant_tensor in converts]
+    # the uint16 MaxPool output converted to uint8 for the depthwise conv, the 8-bit pre-activation
+    # converted to uint16 for the overridden ReLU
+    assert [(r.name, r.dtype) for r in rows] == [
+        ("/block2/conv/Conv (converted to uint16)", "uint16"),
+        ("/pool/MaxPool (converted to uint8)", "uint8"),
+    ]
+    names = [r.name for r in report.layers]
+    for row in rows:
+        main = report.layers[names.index(row.name.rsplit(" (", 1)[0])]
+        assert row.index == main.index + 1 and row.tensor == main.tensor and main.dtype != row.dtype
+        node = converts[row.quant_tensor]
+        scale, zp = inits[node.input[1]], inits[node.input[2]]
+        assert (row.scale, row.zero_point) == (pytest.approx(float(scale)), int(zp))
+        x, codes = _by_hand(row, qpath, folded, tmp, row.dtype)
+        x_hat = (codes - row.zero_point).astype(np.float32) * np.float32(row.scale)
+        assert row.sqnr_db == pytest.approx(10 * np.log10(np.sum(x**2) / np.sum((x - x_hat) ** 2)), abs=1e-5)
+        assert row.clip_fraction == np.mean((x < row.q_min) | (x > row.q_max))
+        # isolated: x quantized with the tensor's own encoding, dequantized, re-quantized with the converted one
+        lo, hi = {"uint8": (0, 255), "uint16": (0, 65535)}[main.dtype]
+        first = np.clip(np.rint(x.astype(np.float32) / np.float32(main.scale)) + main.zero_point, lo, hi)
+        y = ((first - main.zero_point) * np.float32(main.scale)).astype(np.float32)
+        lo, hi = {"uint8": (0, 255), "uint16": (0, 65535)}[row.dtype]
+        second = np.clip(np.rint(y / np.float32(row.scale)) + row.zero_point, lo, hi)
+        y = (second - row.zero_point) * np.float32(row.scale)
+        expected = 10 * np.log10(np.sum(x**2) / np.sum((x - y) ** 2))
+        assert row.sqnr_isolated_db == pytest.approx(expected, abs=1e-3), row.name
+    pool, conv = rows[1], report.layers[names.index("/pool/MaxPool")]
+    assert pool.sqnr_isolated_db < conv.sqnr_isolated_db - 10  # the 8-bit edge the depthwise conv reads
+
+
 def test_written_model_equals_quantize_static(mixed):
     """The model written equals quantize_static on the same graph with the same TensorQuantOverrides."""
     _, qpath, folded, cfg, tmp = mixed

@@ -73,6 +73,17 @@ SETTINGS = {
         {"ActivationSymmetric": True, "WeightSymmetric": True, "DedicatedQDQPair": True, "QuantizeBias": False},
     ),
     "qoperator-symmetric": ({"format": "qoperator", "weight_type": "int8"}, {"ActivationSymmetric": True}),
+    # the recipe of issue 18 item 4's other producer: symmetric everything, a Q/DQ pair per consumer,
+    # every Relu kept with its own Q/DQ (ORT removes none)
+    "symmetric-dedicated-keep-relu": (
+        {"activation_type": "int8", "weight_type": "int8", "per_channel": True},
+        {
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "DedicatedQDQPair": True,
+            "QDQKeepRemovableActivations": True,
+        },
+    ),
 }
 
 
@@ -103,6 +114,9 @@ def test_an_ort_quantized_model_audits_as_if_qaudit_quantized_it(case, tmp_path,
     assert s["source"] == "user" and s["calibrate_method"] is None and s["percentile"] is None
     if extra.get("ActivationSymmetric"):
         assert s["activation_symmetric"] is True
+    if extra.get("QDQKeepRemovableActivations"):  # each kept Relu is its own row, its Conv's output too
+        assert sum(n.op_type == "Relu" for n in onnx.load(q).graph.node) == 5
+        assert sum(r.op_type == "Relu" and r.sqnr_db is not None for r in given.layers) == 5
     if extra.get("WeightSymmetric") or options.get("weight_type") == "int8":
         assert s["weight_symmetric"] is True  # ORT's int8 weights are symmetric by default
     from tests.conftest import sha256_file
@@ -488,3 +502,83 @@ def test_a_quantized_model_converted_to_a_higher_opset_pairs(tmp_path):
     ]
     assert given.outputs == own.outputs and given.unmatched == own.unmatched
     assert "opset upgraded from 11 to 13 with onnx.version_converter: pairing its nodes" in " ".join(given.notes)
+
+
+# ------------------------------------------------------------ NNCF, a third producer
+
+
+@pytest.mark.extra  # nncf (test extra)
+def test_an_nncf_quantized_model_pairs_and_its_numbers_equal_numpy(tmp_path):
+    """NNCF's ONNX backend (``nncf.quantize`` on the ModelProto): its own names (``q_output_*``,
+    ``scale_*``), int8 weights stored as initializers read by DequantizeLinear only, BatchNorm
+    kept, MaxPool's output left float, biases changed by its fast bias correction. Every
+    activation it quantized is a row under its fp32 name with NNCF's encoding, and every SQNR
+    equals numpy on a plain ORT session (no graph optimization) of each model."""
+    nncf = pytest.importorskip("nncf")
+    import onnxruntime as ort
+
+    fp32 = onnx.load(SAMPLE_MODEL)
+    ev, x = _eval(tmp_path)
+    calib = np.load(SAMPLE_EVAL / "batch_001.npy")[:N]
+    data = nncf.Dataset([{"input": calib[i : i + 1]} for i in range(len(calib))])
+    qm = nncf.quantize(fp32, data, subset_size=len(calib))
+    q = tmp_path / "q.onnx"
+    onnx.save(qm, q)
+    r = qaudit.audit(SAMPLE_MODEL, eval=ev, quantized=q)
+    inits = {t.name: numpy_helper.to_array(t) for t in qm.graph.initializer}
+    act_q = [n for n in qm.graph.node if n.op_type == "QuantizeLinear"]  # NNCF quantizes no weight at run time
+    assert act_q and all(n.input[0] not in inits for n in act_q)
+    rows = {row.tensor: row for row in r.layers if row.tensor}
+    assert set(rows) == {n.input[0] for n in act_q}  # every tensor NNCF quantized is paired
+    assert all(u.reason for u in r.unmatched)  # what stays float says why
+    s = r.settings
+    assert (s["format"], s["activation_type"], s["weight_type"], s["per_channel"]) == ("qdq", "uint8", "int8", True)
+
+    def run_all(model, names, elem):
+        m = copy.deepcopy(model)
+        m.graph.output.extend([helper.make_tensor_value_info(t, elem, None) for t in names])
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return dict(zip([o.name for o in m.graph.output], sess.run(None, {"input": x})))
+
+    def sqnr(ref, got):
+        ref, got = ref.astype(np.float64), got.astype(np.float64)
+        return 10 * np.log10(np.sum(ref**2) / np.sum((ref - got) ** 2))
+
+    a = run_all(fp32, [t for t in rows if t != "input"], TensorProto.FLOAT)
+    a["input"] = x
+    b = run_all(qm, [n.output[0] for n in act_q], TensorProto.UINT8)
+    per_channel = []
+    for n in act_q:
+        t, scale, zp = n.input[0], inits[n.input[1]], inits[n.input[2]].astype(np.float64)
+        if scale.size == 1:
+            assert (rows[t].scale, rows[t].zero_point) == (pytest.approx(float(scale)), int(zp)), t
+        else:  # NNCF quantizes the input of a depthwise Conv per channel (axis 1): no single scale (docs/metrics.md)
+            per_channel.append(t)
+            axis = next(a.i for a in n.attribute if a.name == "axis")
+            shape = [1] * b[n.output[0]].ndim
+            shape[axis] = -1
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+            assert (rows[t].scale, rows[t].zero_point, rows[t].clip_fraction) == (None, None, None)
+        assert rows[t].sqnr_db == pytest.approx(sqnr(a[t], scale * (b[n.output[0]] - zp)), abs=0.05), t
+    assert per_channel == ["/block2/relu/Relu_output_0"]  # the MaxPool before the depthwise Conv reads it
+    # weights: the int8 initializers dequantized against the fp32 weights (NNCF kept the BNs: unfolded)
+    w_fp32 = {t.name: numpy_helper.to_array(t) for t in fp32.graph.initializer}
+    for node in fp32.graph.node:
+        if node.op_type not in ("Conv", "Gemm"):
+            continue
+        dq = next(
+            d
+            for d in qm.graph.node
+            if d.op_type == "DequantizeLinear" and d.input[0] in inits and node.input[1] in d.input[0]
+        )
+        wq, ws, wz = (inits[i] for i in dq.input)
+        shape = (-1, *([1] * (wq.ndim - 1)))
+        w_hat = ws.reshape(shape).astype(np.float64) * (wq.astype(np.float64) - wz.reshape(shape))
+        row = next(row for row in r.layers if row.name == node.name)
+        assert row.w_encoding == "int8 per-channel"
+        assert row.w_sqnr_db == pytest.approx(sqnr(w_fp32[node.input[1]], w_hat), abs=1e-3), node.name
+    out = r.outputs[0]
+    assert out.name == "logits"
+    assert out.sqnr_db == pytest.approx(sqnr(a["logits"], b["logits"]), abs=0.05)
