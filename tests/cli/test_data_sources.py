@@ -12,6 +12,7 @@ import pytest
 from ..pipeline.test_sources import LOADER, by_hand, classifier, framer, photos
 from .test_bad_input import assert_user_error, snapshot
 
+pytestmark = pytest.mark.extra  # Pillow: the test and images extras
 pytest.importorskip("PIL")
 from PIL import Image
 

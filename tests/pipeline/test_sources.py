@@ -26,6 +26,7 @@ from qaudit.pipeline.load import InputSpec
 from qaudit.pipeline.sources import ahead, audio, preprocess
 from qaudit.report import to_dict
 
+pytestmark = pytest.mark.extra  # Pillow: the test and images extras
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
 
