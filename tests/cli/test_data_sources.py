@@ -14,7 +14,7 @@ from .test_bad_input import assert_user_error, snapshot
 
 pytestmark = pytest.mark.extra  # Pillow: the test and images extras
 pytest.importorskip("PIL")
-from PIL import Image
+from PIL import Image  # noqa: E402
 
 
 @pytest.fixture()
