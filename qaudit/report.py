@@ -562,7 +562,11 @@ _SECTION_FIELDS = {
             "averaging_constant": float | None,
         },
     ),
-    "data": ({"n_calib": int, "n_eval": int, "eval_is_calib": bool}, {}),
+    "data": (
+        {"n_calib": int, "n_eval": int, "eval_is_calib": bool},
+        # image and WAV folders, loader scripts (format 5); the terminal's data line reads them
+        {"sources": dict[str, typing.Any] | None, "preprocess": dict[str, typing.Any] | None},
+    ),
     "meta": ({}, {"seconds": float | None, "phase_seconds": dict[str, float]}),
     "folding": ({}, {"folded": tuple[typing.Any, ...], "check_samples": int | None, "skipped": tuple[dict, ...]}),
 }

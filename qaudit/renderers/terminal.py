@@ -151,7 +151,7 @@ def data_line(d: dict) -> str:
     parts = [f"{k} {d[k]}" for k in ("calib", "eval") if d.get(k)]
     if (d.get("preprocess") or {}).get("summary"):
         parts.append(f"preprocess {d['preprocess']['summary']}")
-    if d.get("class_names"):
+    if isinstance(d.get("class_names"), list):
         parts.append("classes " + ", ".join(f"{n}={i}" for i, n in enumerate(d["class_names"])))
     return "data: " + "; ".join(parts)
 

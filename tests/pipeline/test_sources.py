@@ -392,3 +392,32 @@ def test_a_path_that_exists_wins_over_script_syntax(tmp_path):
     np.save(weird / "0.npy", np.zeros((3, 8, 8), np.float32))
     spec = InputSpec("x", np.dtype("float32"), (None, 3, 8, 8))
     assert Dataset(str(weird), [spec]).scan() == 1
+
+
+def test_a_missing_script_path_and_a_bare_script_are_one_line_errors(tmp_path):
+    spec = [InputSpec("x", np.dtype("float32"), (None, 3, 8, 8))]
+    with pytest.raises(DataError, match="loader script not found: .*nowhere.py"):
+        Dataset(f"{tmp_path / 'nowhere.py'}:load", spec)
+    (tmp_path / "l.py").write_text("def load():\n    return []\n")
+    with pytest.raises(DataError, match=r"name its function, .*l\.py:NAME"):
+        Dataset(tmp_path / "l.py", spec)
+    with pytest.raises(DataError, match="holds no samples"):
+        Dataset(f"{tmp_path / 'l.py'}:load", spec).scan()
+
+
+def test_saved_report_rerenders_its_data_line_and_refuses_a_bad_preprocess(tmp_path):
+    from qaudit.renderers import render
+    from qaudit.report import ReportFormatError, from_dict
+
+    model = classifier(tmp_path / "m.onnx")
+    photos(tmp_path / "data" / "b", n=2)
+    photos(tmp_path / "data" / "a", n=2, seed=4)
+    r = qaudit.audit(model, tmp_path / "data", preprocess="signed")
+    d = json.loads(json.dumps(to_dict(r)))
+    again = from_dict(d, strict=True)
+    out = render(again, "terminal")
+    assert "preprocess signed: resized to 16x16 (bilinear), RGB, (x * 0.00392157 - 0.5) / 0.5" in out
+    assert "classes a=0, b=1" in out
+    d["data"]["preprocess"] = "signed"
+    with pytest.raises(ReportFormatError, match="data.preprocess must be an object"):
+        from_dict(d)
