@@ -17,6 +17,20 @@ pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
 
 
+def png16(a) -> bytes:
+    """A 16-bit RGB PNG (colour type 2, bit depth 16) of the big-endian array ``a`` [H, W, 3]."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    h, w = a.shape[:2]
+    raw = b"".join(b"\x00" + a[y].tobytes() for y in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
 @pytest.fixture()
 def model(tmp_path):
     return classifier(tmp_path / "m.onnx", hw=(32, 32))
@@ -83,6 +97,7 @@ def _one(tmp_path, name, make):
         ("not-an-image", ("junk.jpg", "cannot decode")),
         ("cmyk", ("cmyk.jpg", "mode CMYK")),
         ("16-bit", ("deep.png", "I;16", "16-bit")),
+        ("16-bit-rgb", ("deep-rgb.png", "RGB;16", "16 bits per sample")),
         ("mixed-sizes", ("resize=none",)),
         ("empty-class", ("class folder", "holds no images")),
         ("no-preprocess", ("--preprocess",)),
@@ -107,6 +122,8 @@ def test_bad_data_is_one_line_exit_2_nothing_written(run_cli, tmp_path, model, c
         Image.fromarray(rgb).convert("CMYK").save(d / "cmyk.jpg")
     elif case == "16-bit":
         Image.fromarray(np.full((32, 32), 1000, np.uint16)).save(d / "deep.png")
+    elif case == "16-bit-rgb":  # Pillow opens it as mode RGB, keeping the high byte: written by hand
+        (d / "deep-rgb.png").write_bytes(png16(np.full((4, 4, 3), 3000, ">u2")))
     elif case == "mixed-sizes":
         Image.fromarray(rgb).save(d / "a.png")
         Image.fromarray(rgb[:20]).save(d / "b.png")

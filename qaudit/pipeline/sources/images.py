@@ -109,8 +109,11 @@ def decode(path: Path, r: ImageRecipe, what: str) -> np.ndarray:
     Image = _pillow(what)
     try:
         with Image.open(path) as im:
+            # Pillow opens a 16-bit RGB(A) PNG as mode RGB, keeping the high byte of each sample
+            # (Pillow 13.0); its decoder's raw mode still says 16 bits
+            deep = any(";16" in str(getattr(t, "args", "")) for t in im.tile)
             im.load()  # a truncated file fails here, not half-read
-            mode = im.mode
+            mode = f"{im.mode};16" if deep and ";16" not in im.mode else im.mode
             if mode not in _MAPPABLE:
                 raise DataError(
                     f"{path}: image mode {mode} ({_mode_name(mode)}) cannot be mapped to 8-bit "
@@ -142,6 +145,8 @@ def decode(path: Path, r: ImageRecipe, what: str) -> np.ndarray:
 
 
 def _mode_name(mode: str) -> str:
+    if mode.endswith(";16") and mode[:-3] in _MAPPABLE:
+        return "16 bits per sample"
     return {"CMYK": "print colours", "I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I": "32-bit integer",
             "F": "32-bit float", "YCbCr": "video colours", "LAB": "L*a*b*", "HSV": "hue/saturation"}.get(mode, "unmapped")  # fmt: skip
 
