@@ -81,6 +81,15 @@ def test_config_table(run_cli, tmp_path, model):
     assert proc.returncode == 0, proc.stderr
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["data"]["preprocess"]["preset"] == "signed" and r["data"]["preprocess"]["mean"] == [0.5]
+    # a loader script in the config file, relative to the file (the run's directory is elsewhere)
+    (tmp_path / "npy").mkdir()
+    np.save(tmp_path / "npy" / "0.npy", np.zeros((3, 32, 32), np.float32) + 0.5)
+    (tmp_path / "loader.py").write_text(LOADER)
+    (tmp_path / "qaudit.toml").write_text('model = "m.onnx"\ncalib = "loader.py:generator"\njson = "r.json"\n')
+    proc = run_cli("--config", tmp_path / "qaudit.toml")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["data"]["calib"] == f"{tmp_path / 'loader.py'}:generator" and r["data"]["n_calib"] == 1
 
 
 def _one(tmp_path, name, make):

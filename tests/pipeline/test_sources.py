@@ -386,6 +386,16 @@ def test_loader_script_gives_the_report_of_the_directory_it_reads(tmp_path, name
     assert a.data["sources"]["calib"]["loader"]["name"] == name
 
 
+def test_script_syntax_is_split_at_the_last_colon():
+    from pathlib import Path
+
+    from qaudit.pipeline.sources.loader import split
+
+    assert split("C:\\data\\loader.py:make") == (Path("C:\\data\\loader.py"), "make")
+    assert split("loaders/x.PY:mod.fn") == (Path("loaders/x.PY"), "mod.fn")
+    assert split("C:\\data\\images") is None and split("data:calib") is None and split("a.py:1x") is None
+
+
 def test_a_path_that_exists_wins_over_script_syntax(tmp_path):
     weird = tmp_path / "a.py:reader"  # a directory whose name reads like a loader
     weird.mkdir()
