@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import wave
 
 import numpy as np
@@ -211,13 +212,14 @@ def test_decoding_is_lazy_and_runs_ahead_by_two(tmp_path):
     calls = []
     real = images.decode
     try:
-        images.decode = lambda *a: calls.append(a[0]) or real(*a)
+        images.decode = lambda *a: calls.append(threading.current_thread().name) or real(*a)
         it = ds.source.read(ds)
         next(it)
         import time
 
         time.sleep(0.2)  # let the worker run as far ahead as it may
         assert len(calls) <= 3
+        assert all(n.startswith("qaudit-decode") for n in calls)  # beside the consumer, not on its thread
         it.close()
     finally:
         images.decode = real
