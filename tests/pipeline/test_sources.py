@@ -250,9 +250,15 @@ def test_preprocess_parsing():
         ("mean=1/2", "three"),
         ("layout=nwhc", "nchw, nhwc"),
         ("size=4,imagenet", "KEY=VALUE"),
+        ("mean=nan", "finite"),
+        ("scale=inf", "finite"),
     ]:
         with pytest.raises(ConfigError, match=needle):
             preprocess.parse(bad, "t")
+    with pytest.raises(ConfigError, match="did you mean 'mean'"):
+        preprocess.check_table({"meen": 0.5}, "t")
+    with pytest.raises(ConfigError, match="finite"):
+        preprocess.check_table({"std": float("inf")}, "t")
     for k in [*preprocess.PRESETS, *preprocess.KEYS]:
         assert k in preprocess.help_text()
 

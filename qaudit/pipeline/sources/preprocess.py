@@ -14,6 +14,7 @@ size is ``HxW`` or one number for a square.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import asdict, dataclass
 
 from qaudit.errors import ConfigError, DataError
@@ -77,11 +78,14 @@ def help_text() -> str:
 
 def _number(key: str, text: str, kind: str, where: str):
     try:
-        return int(text) if kind == "int" else float(text)
+        v = int(text) if kind == "int" else float(text)
     except ValueError:
+        v = math.nan
+    if not math.isfinite(v):
         raise ConfigError(
-            f"preprocess {where}: {key} must be {'an integer' if kind == 'int' else 'a number'}, not {text!r}"
-        ) from None
+            f"preprocess {where}: {key} must be {'an integer' if kind == 'int' else 'a finite number'}, not {text!r}"
+        )
+    return v
 
 
 def _value(key: str, value, where: str):
@@ -98,6 +102,7 @@ def _value(key: str, value, where: str):
             isinstance(value, bool)
             or not isinstance(value, (int, float))
             or (kind == "int" and isinstance(value, float))
+            or not math.isfinite(value)
         ):
             raise ConfigError(f"preprocess {where}: {key} must be a number, not {value!r}")
         if key == "scale" and not value > 0 or key in ("short_side", "frame", "hop", "rate") and value < 1:
@@ -178,7 +183,7 @@ def check_table(table, where: str) -> dict:
         raise ConfigError(f"preprocess {where} must be a preset name, a compact string or a table")
     out = {}
     for k, v in table.items():
-        out[k] = _preset(v, where) if k == "preset" else _value(k, v, where) if _key(k, where) else None
+        out[k] = _preset(v, where) if k == "preset" else _value(_key(k, where), v, where)
     return out
 
 
