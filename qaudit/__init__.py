@@ -29,7 +29,10 @@ def audit(model, calib=None, eval=None, labels=None, *, progress=None, **options
     ``.npy``/``.npz`` batches or ONNX test-data folders, an ONNX Runtime
     ``CalibrationDataReader`` with ``rewind()``, a callable returning a fresh
     iterator of feed dicts, or arrays (one array, ``{input name: array}``, or a
-    list of feed dicts); streamed, never copied whole. Without ``eval`` the
+    list of feed dicts); streamed, never copied whole. A path may also be a folder
+    of images (class subfolders give labels) or WAV files, read with
+    ``preprocess="imagenet"`` (a preset and keys, docs/data.md), or a loader script
+    ``"loader.py:NAME"``. Without ``eval`` the
     calibration data is measured (the report says so). ``labels``: a ``.npy``
     file or an integer array, one class per evaluation sample. ``options``: any
     field of :class:`AuditConfig` or :class:`QuantConfig`

@@ -262,8 +262,17 @@ class AuditConfig:
     #: several calibration methods, one run each (a multi-run report, qaudit.runs): each run's
     #: quantization, ``quant`` being the first's; empty for a single-method audit
     runs: tuple[QuantConfig, ...] = ()
+    #: how image and WAV folders become tensors: a preset and keys ({"preset": "imagenet", "size": (224, 224)},
+    #: or the compact string "imagenet,size=224"; qaudit.pipeline.sources.preprocess, docs/data.md)
+    preprocess: Mapping | str | None = None
+    #: the class order of class subfolders: a file of one name per line, or a list (default: sorted folder names)
+    class_names: Path | tuple | list | None = None
 
     def __post_init__(self):
+        if isinstance(self.preprocess, (str, Mapping)):
+            from qaudit.pipeline.sources.preprocess import check_table
+
+            object.__setattr__(self, "preprocess", check_table(self.preprocess, "(preprocess)"))
         object.__setattr__(self, "model", Path(self.model))
         if self.quantized is not None:
             if not isinstance(self.quantized, (str, os.PathLike)):

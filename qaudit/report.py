@@ -67,8 +67,11 @@ from pathlib import Path
 #: 4 - the multi-run document (several calibration methods in one audit, :mod:`qaudit.runs`):
 #:     ``{"format", "runs": [{"name", <a version 3 report's sections>}], "gates"}``. A single-run
 #:     audit still writes version 3; :func:`load_report` reads both.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+#: 5 - a single report as version 3, with new keys (readers of version 3 ignore them): ``data.sources``,
+#:     ``data.preprocess``, ``data.class_names`` for image and WAV folders and loader scripts
+#:     (docs/data.md), absent for the other data. Versions 1-3 are still read.
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 5)
 
 
 @dataclass(frozen=True)
@@ -559,7 +562,11 @@ _SECTION_FIELDS = {
             "averaging_constant": float | None,
         },
     ),
-    "data": ({"n_calib": int, "n_eval": int, "eval_is_calib": bool}, {}),
+    "data": (
+        {"n_calib": int, "n_eval": int, "eval_is_calib": bool},
+        # image and WAV folders, loader scripts (format 5); the terminal's data line reads them
+        {"sources": dict[str, typing.Any] | None, "preprocess": dict[str, typing.Any] | None},
+    ),
     "meta": ({}, {"seconds": float | None, "phase_seconds": dict[str, float]}),
     "folding": ({}, {"folded": tuple[typing.Any, ...], "check_samples": int | None, "skipped": tuple[dict, ...]}),
 }

@@ -121,7 +121,7 @@ def runs_from_dict(d: dict, strict: bool = False) -> MultiReport:
 
 
 def read(d, strict: bool = False) -> Report | MultiReport:
-    """A saved report of any readable version: a :class:`Report` (versions 1-3) or a :class:`MultiReport` (4)."""
+    """A saved report of any readable version: a :class:`Report` (versions 1-3 and 5) or a :class:`MultiReport` (4)."""
     if isinstance(d, dict) and isinstance(d.get("format"), dict) and d["format"].get("version") == RUNS_FORMAT_VERSION:
         if d["format"].get("name") != "qaudit-report":
             raise ReportFormatError("not a qaudit report (missing format.name == 'qaudit-report')")

@@ -38,6 +38,8 @@ except ModuleNotFoundError:  # Python 3.10
 from qaudit.errors import ConfigError
 from qaudit.gate import GATES, GATES_BY_NAME, GateConfig, GateDef, Threshold
 from qaudit.options import ACTIVATION_TYPES, CALIBRATE_METHODS, FORMATS, WEIGHT_TYPES, AuditConfig, audit_config
+from qaudit.pipeline.sources.preprocess import check_table as check_preprocess
+from qaudit.pipeline.sources.preprocess import help_text as preprocess_help
 
 AUDIT, REPORT = "audit", "report"
 BOTH = (AUDIT, REPORT)
@@ -73,7 +75,8 @@ def _between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False)
 @dataclass(frozen=True)
 class Option:
     """One setting. ``kind``: path (an input file), out (an output file, ``-`` = stdout),
-    str, int, float, bool, list (of str), axes (input name -> axis or none) or gate
+    str, int, float, bool, list (of str), axes (input name -> axis or none), preprocess (a preset and keys,
+    qaudit.pipeline.sources.preprocess) or gate
     (a :class:`~qaudit.gate.Threshold`)."""
 
     name: str
@@ -150,6 +153,14 @@ OPTIONS: tuple[Option, ...] = (
         group="input",
         metavar="F.npy",
     ),
+    Option(
+        "class_names",
+        "path",
+        "class subfolders: a file of class names, one per line, in the model's order (default: sorted folder names)",
+        group="input",
+        metavar="FILE",
+    ),
+    Option("preprocess", "preprocess", preprocess_help(), group="input", metavar="PRESET[,KEY=VALUE]"),
     Option(
         "label_output",
         "str",
@@ -399,6 +410,7 @@ class Settings:
         fields += ("activation_type", "weight_type", "per_channel", "percentile", "calib_symmetric", "exclude")
         fields += ("label_output", "class_outputs", "quantized", "overrides")
         fields += ("calibrate_method", "num_bins", "num_quantized_bins", "moving_average", "averaging_constant")
+        fields += ("preprocess", "class_names")
         return audit_config(v["model"], v["calib"], v["eval"], v["labels"], **{k: v[k] for k in fields})
 
 
@@ -466,6 +478,8 @@ def _typed(opt: Option, value, where: str, base: Path | None):
         from qaudit.pipeline.overrides import check_table
 
         return check_table(value, where.removeprefix("in "))
+    if opt.kind == "preprocess":  # a preset name, the compact string, or a table of keys
+        return check_preprocess(value, where)
     if opt.kind == "axes":
         if not isinstance(value, dict):
             raise bad("a table of input name = axis, e.g. {state = 1}")
@@ -555,6 +569,8 @@ def _from_string(opt: Option, text: str, where: str):
         return parse_axis_items(opt, [s], where)
     if opt.kind == "overrides":
         return read_overrides(Path(s))
+    if opt.kind == "preprocess":
+        return check_preprocess(s, where)
     raise AssertionError(f"unknown option kind {opt.kind}")
 
 
@@ -788,6 +804,8 @@ def resolve(
         elif o.kind == "overrides":
             p = Path(v)
             values[name] = read_overrides(p if p.is_absolute() else cwd / p)
+        elif o.kind == "preprocess":
+            values[name] = check_preprocess(v, f"from {flag}")
         elif o.name == "baseline" and v == "":
             values[name] = None  # --no-baseline
         else:

@@ -214,9 +214,11 @@ def build_report(
             "eval_is_calib": cfg.eval is None,
             "n_calib": facts.n_calib,
             "n_eval": facts.n_eval,
-            "labels": describe_labels(cfg.labels),
+            "labels": data.get("labels") or describe_labels(cfg.labels),
             "batch_axes": data.get("batch_axes"),
             "label_output": facts.label_output,
+            # image and WAV folders, loader scripts: where the data came from and how it was read
+            **{k: data[k] for k in ("sources", "preprocess", "class_names") if k in data},
         },
         folding={
             "folded": [{"layer": r.layer, "op_type": r.op_type, "bn": r.bn_node} for r in fold.folded.values()],

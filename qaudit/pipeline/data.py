@@ -163,27 +163,33 @@ class _MemorySource:
             yield from self.obj
 
     def read(self, dataset: Dataset) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-        names = [s.name for s in dataset.inputs]
-        for i, feeds in enumerate(self._feeds()):
-            where = f"{self.what} data ({self.description}), item {i}"
-            if isinstance(feeds, np.ndarray) and len(names) == 1:
-                feeds = {names[0]: feeds}
-            if not isinstance(feeds, Mapping):
-                raise DataError(
-                    f"{where} is {type(feeds).__name__}, not a feed dict {{input name: array}} "
-                    f"(the model's inputs: {', '.join(names)})"
-                )
-            unknown = sorted(str(k) for k in feeds if k not in names)
-            missing = [n for n in names if n not in feeds]
-            if unknown or missing:
-                raise DataError(
-                    f"{where} has inputs {', '.join(map(str, feeds)) or 'none'}; the model's inputs are "
-                    f"{', '.join(names)}: key every feed by the model's input names"
-                )
-            try:
-                yield where, {n: np.asarray(feeds[n]) for n in names}
-            except (ValueError, TypeError) as e:
-                raise DataError(f"{where}: an input is not an array: {e}") from None
+        return check_feeds(self._feeds(), dataset, f"{self.what} data ({self.description})")
+
+
+def check_feeds(items, dataset: Dataset, label: str) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    """``(where, feeds)`` of every feed dict in ``items`` (an array for a single-input model),
+    keyed exactly by the model's input names; shapes and dtypes are checked by the Dataset."""
+    names = [s.name for s in dataset.inputs]
+    for i, feeds in enumerate(items):
+        where = f"{label}, item {i}"
+        if isinstance(feeds, np.ndarray) and len(names) == 1:
+            feeds = {names[0]: feeds}
+        if not isinstance(feeds, Mapping):
+            raise DataError(
+                f"{where} is {type(feeds).__name__}, not a feed dict {{input name: array}} "
+                f"(the model's inputs: {', '.join(names)})"
+            )
+        unknown = sorted(str(k) for k in feeds if k not in names)
+        missing = [n for n in names if n not in feeds]
+        if unknown or missing:
+            raise DataError(
+                f"{where} has inputs {', '.join(map(str, feeds)) or 'none'}; the model's inputs are "
+                f"{', '.join(names)}: key every feed by the model's input names"
+            )
+        try:
+            yield where, {n: np.asarray(feeds[n]) for n in names}
+        except (ValueError, TypeError) as e:
+            raise DataError(f"{where}: an input is not an array: {e}") from None
 
 
 def _describe(obj) -> str:
@@ -198,12 +204,30 @@ def _arrays_description(feeds) -> str:
     return f"array {feeds.dtype}{list(feeds.shape)}"
 
 
-def source(data, what: str):
+def source(data, what: str, inputs=(), preprocess=None, class_names=None):
     """The source of ``data``: a path, a reader with ``rewind()``, a callable, or arrays.
 
-    A one-shot iterator is refused: the pipeline reads the data more than once.
+    A path is a loader script (``loader.py:NAME``), a folder of images (class
+    subfolders too) or of WAV files (:mod:`qaudit.pipeline.sources`, read with
+    ``preprocess``), else ``.npy``/``.npz`` files or test-data folders. A one-shot
+    iterator is refused: the pipeline reads the data more than once.
     """
     if isinstance(data, (str, os.PathLike)):
+        from qaudit.pipeline.sources import audio, images, loader
+
+        script = loader.split(data)
+        if script is not None:
+            return loader.LoaderSource(*script, what)
+        p = Path(data)
+        if p.suffix.lower() == ".py" and p.is_file():
+            raise DataError(f"{what} data {p} is a Python script: name its function, {p}:NAME (docs/data.md)")
+        if p.is_dir() or p.is_file():
+            found = images.find(p, what, class_names)
+            if found is not None:
+                return images.ImageSource(p, found, preprocess, inputs, what)
+            wavs = audio.find(p)
+            if wavs is not None:
+                return audio.AudioSource(p, wavs, preprocess, inputs, what)
         return _FileSource(data, what)
     if isinstance(data, np.ndarray):
         return _MemorySource("arrays", [data], _arrays_description(data), what)
@@ -388,10 +412,23 @@ def _take(a: np.ndarray, axis: int, start: int, n: int) -> np.ndarray:
 class Dataset:
     """A validated, streamable set of model feeds."""
 
-    def __init__(self, data, inputs: list[InputSpec], what: str = "calibration", layout: BatchLayout | None = None):
+    def __init__(
+        self,
+        data,
+        inputs: list[InputSpec],
+        what: str = "calibration",
+        layout: BatchLayout | None = None,
+        preprocess: Mapping | None = None,
+        class_names=None,
+    ):
         """``data``: a path, or what :func:`source` accepts from the Python API; ``layout``:
-        the batch axes (default: inferred from ``inputs``, :func:`batch_layout`)."""
-        self.source = source(data, what)
+        the batch axes (default: inferred from ``inputs``, :func:`batch_layout`);
+        ``preprocess``, ``class_names``: for image and WAV folders (docs/data.md)."""
+        if preprocess is not None:
+            from qaudit.pipeline.sources.preprocess import check_table
+
+            preprocess = check_table(preprocess, "(preprocess)")  # a compact string, or a table
+        self.source = source(data, what, inputs, preprocess, class_names)
         self.path = self.source.path  # None for data held in memory
         self.description = self.source.description  # what the report records as the data
         self.inputs = inputs
@@ -731,14 +768,37 @@ class Inputs:
         fixed = self.calib.fixed_batch()
         return next(iter(self.calib.batches(fixed or 1, None if fixed else 1)))
 
+    #: what the labels came from when no --labels was given (class subfolders), else None
+    labels_from: str | None = None
+
     def describe(self) -> dict:
         if not self.calibrated:
-            return {"calib": None, "eval": self.evaluation.description, "batch_axes": self.calib.layout.as_dict()}
-        return {
-            "calib": self.calib.description,
-            "eval": self.evaluation.description if self.evaluation is not self.calib else None,
-            "batch_axes": self.calib.layout.as_dict(),
-        }
+            out = {"calib": None, "eval": self.evaluation.description, "batch_axes": self.calib.layout.as_dict()}
+        else:
+            out = {
+                "calib": self.calib.description,
+                "eval": self.evaluation.description if self.evaluation is not self.calib else None,
+                "batch_axes": self.calib.layout.as_dict(),
+            }
+        return {**out, **self.source_info()}
+
+    def source_info(self) -> dict:
+        """The report's ``data.sources``, ``preprocess``, ``class_names`` and ``labels`` (only for
+        image and WAV folders and loader scripts: absent for .npy files and arrays)."""
+        sets = {"calib": self.calib if self.calibrated else None, "eval": self.evaluation}
+        info = {k: d.source.info() for k, d in sets.items() if d is not None and hasattr(d.source, "info")}
+        if not info:
+            return {}
+        shared = ("preprocess", "class_names")
+        out: dict = {"sources": {k: {a: b for a, b in i.items() if a not in shared} for k, i in info.items()}}
+        out["sources"] = {k: out["sources"].get(k) for k in sets}
+        for key in shared:
+            found = [i[key] for i in info.values() if key in i]
+            if found:
+                out[key] = found[-1]  # the evaluation data's, else the calibration data's
+        if self.labels_from:
+            out["labels"] = self.labels_from
+        return out
 
 
 def open_inputs(cfg) -> Inputs:
@@ -750,12 +810,24 @@ def open_inputs(cfg) -> Inputs:
     lm = load_model(cfg.model)
     layout = batch_layout(lm.inputs, cfg.batch_axis)
     quantized = getattr(cfg, "quantized", None) is not None  # nothing is calibrated: --calib is not read
-    calib = None if quantized else Dataset(cfg.calib, lm.inputs, "calibration", layout)
+    prep, names = getattr(cfg, "preprocess", None), getattr(cfg, "class_names", None)
+    calib = None if quantized else Dataset(cfg.calib, lm.inputs, "calibration", layout, prep, names)
+    evaluation = Dataset(cfg.eval, lm.inputs, "evaluation", layout, prep, names) if cfg.eval is not None else calib
+    used = [d.source for d in (calib, evaluation) if d is not None]
+    if prep and not any(getattr(s, "recipe", None) for s in used):
+        raise ConfigError(
+            "--preprocess (preprocess) applies to image and WAV folders, and the data given is neither: drop it "
+            "(.npy/.npz files and loader scripts are fed as they are)"
+        )
+    if names is not None and not any(getattr(s, "class_names", None) for s in used):
+        raise ConfigError("--class-names applies to a folder of class subfolders, and the data given has none")
     n_calib = 0 if quantized else calib.count(cfg.max_samples)
-    evaluation = Dataset(cfg.eval, lm.inputs, "evaluation", layout) if cfg.eval is not None else calib
     n_eval = evaluation.count(cfg.max_samples)
     calib = calib or evaluation  # the probe's sample, with --quantized
-    labels = None
-    if cfg.labels is not None:
+    labels, labels_from = None, None
+    if cfg.labels is not None:  # --labels wins over class subfolders
         labels = load_labels(cfg.labels, n_eval, exact=cfg.max_samples is None)
-    return Inputs(lm, calib, evaluation, n_calib, n_eval, labels, calibrated=not quantized)
+    elif getattr(evaluation.source, "labels", None) is not None:
+        labels = load_labels(evaluation.source.labels, n_eval, exact=cfg.max_samples is None)
+        labels_from = f"class subfolders of {evaluation.source.path}"
+    return Inputs(lm, calib, evaluation, n_calib, n_eval, labels, calibrated=not quantized, labels_from=labels_from)
