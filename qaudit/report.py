@@ -67,8 +67,12 @@ from pathlib import Path
 #: 4 - the multi-run document (several calibration methods in one audit, :mod:`qaudit.runs`):
 #:     ``{"format", "runs": [{"name", <a version 3 report's sections>}], "gates"}``. A single-run
 #:     audit still writes version 3; :func:`load_report` reads both.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+#: 5 - a single-run report as version 3, plus (new keys only): ``layers[].clip_error_share``,
+#:     ``grid_use``, ``codes_used`` (the isolated error's clipping/rounding split and the codes it
+#:     uses) and ``causes`` (:func:`qaudit.remedy.causes.diagnose`: why layers lose precision and
+#:     what to try). Versions 1-3 are read as before (their ``causes`` are diagnosed on reading).
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 5)
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,12 @@ class LayerRow:
     c_out: int | None = None  # output channels / features
     #: the per-tensor overrides that set this row's activation or weight, ``{tensor: settings}`` (format 3 addition)
     override: dict[str, typing.Any] | None = None
+    #: the isolated error's decomposition (format 5 addition, per-tensor encodings with an isolated twin):
+    #: the share of ``sum(e^2)`` from values outside ``[q_min, q_max]``, and the share and number of the
+    #: type's integer codes the isolated twin takes
+    clip_error_share: float | None = None
+    grid_use: float | None = None
+    codes_used: int | None = None
 
     @property
     def has_weights(self) -> bool:
