@@ -65,8 +65,9 @@ CASES = [
 ]
 
 
+@pytest.mark.usefixtures("mode")
 @pytest.mark.parametrize(("dtype", "symmetric", "data"), CASES)
-def test_clipping_plus_rounding_is_the_isolated_error(mode, dtype, symmetric, data):
+def test_clipping_plus_rounding_is_the_isolated_error(dtype, symmetric, data):
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((4, 8, 16, 16)) * 2).astype(np.float32)
     if data == "relu":
@@ -98,7 +99,8 @@ def test_clipping_plus_rounding_is_the_isolated_error(mode, dtype, symmetric, da
         assert acc.grid_use <= 0.5 + 1 / n_codes
 
 
-def test_decomposition_merges_exactly(mode):
+@pytest.mark.usefixtures("mode")
+def test_decomposition_merges_exactly():
     """Shards of batches measured apart and merged give one pass's counts exactly, its sums to rounding."""
     rng = np.random.default_rng(4)
     batches = [(rng.standard_normal((2, 8, 8, 8)) * (1 + i)).astype(np.float32) for i in range(6)]
