@@ -356,6 +356,9 @@ def to_dict(report: Report) -> dict:
             k: d[k] for k in ("meta", "model", "settings", "data", "folding", "layers", "outputs", "unmatched", "notes")
         },
     }
+    from qaudit.remedy.causes import diagnose, to_list  # (it imports this module)
+
+    out["causes"] = to_list(diagnose(report))
     out = _clean(out)
     out["gates"] = gates_to_dict(report.gates)
     return out
