@@ -33,8 +33,12 @@ number is a report field, or one of :data:`EVIDENCE_METRICS`):
 
 * ``"outlier_range"``: the encoding spans at least :data:`OUTLIER_RANGE_RATIO`
   times the range of 80% of the values (``bulk_ratio``: p10 to p90 from the
-  row's histogram) and rounding dominates the isolated error
-  (``clip_error_share <= ROUNDING_DOMINATED``). When the far values are rare
+  row's histogram) in a layer that loses precision on its own
+  (``sqnr_isolated_db < FLAG_SQNR_DB``), or at least :data:`OUTLIER_ALONE_RATIO`
+  times whatever its SQNR (an outlier channel dominates the tensor's power, so
+  its SQNR hides what the other channels lose; not for the ops of
+  :data:`SIGNAL_IN_THE_TAIL`, whose far values are the signal), and rounding
+  dominates the isolated error (``clip_error_share <= ROUNDING_DOMINATED``). When the far values are rare
   (the encoding spans :data:`RARE_RATIO` times the 1%..99% range ``a_range``) the
   first remedy is that tighter range (``"range"``), then 16 bits; otherwise (a
   channel or a mode, over 1% of the values, which a tighter range would clip)
@@ -64,10 +68,9 @@ A layer gets an upstream cause only when neither it nor the source has a cause
 of its own (the source's cause already says what to do). Healthy layers get
 none: on the bundled digits sample there is no cause at all.
 
-Severity, the ranking: ``20 log10`` of the ratio for ``outlier_range``, of
-``1 / fold_w_precision`` for weights, of ``1 / (1 - unused_side)`` for
-``one_sided`` (6 dB for half a grid), ``FLAG_SQNR_DB - sqnr_isolated_db`` for
-``clipping`` and ``10 log10(error_amplification)`` for ``upstream``.
+Severity, the ranking: how far the layer's SQNR is below :data:`FLAG_SQNR_DB`,
+the isolated one for a layer's own cause, the accumulated one for ``upstream``
+(negative above it); ties in the order of :data:`CAUSE_KINDS`, then graph order.
 """
 
 from __future__ import annotations
@@ -80,8 +83,14 @@ from qaudit.report import LayerRow, Report
 
 #: isolated SQNR below which a layer loses precision on its own (dB); for ``clipping`` and ``upstream``
 FLAG_SQNR_DB = 30.0
-#: (q_max - q_min) / bulk range from which the range is set by outliers (3.3 bits of the grid wasted)
+#: (q_max - q_min) / bulk range from which the range is set by outliers (3.3 bits of the grid wasted),
+#: in a layer that loses precision on its own (sqnr_isolated_db < FLAG_SQNR_DB)
 OUTLIER_RANGE_RATIO = 10.0
+#: the ratio from which the range is set by outliers whatever the SQNR (the bulk keeps 12 of 256 codes):
+#: a tensor's SQNR hides an outlier channel, whose power dominates it; not for Softmax outputs
+OUTLIER_ALONE_RATIO = 20.0
+#: ops whose far values are the signal (the top class of a Softmax): outliers only when the SQNR is low too
+SIGNAL_IN_THE_TAIL = frozenset({"Softmax", "LogSoftmax"})
 #: the bulk range is between this quantile of the values and its complement (p10 to p90)
 BULK_QUANTILE = 0.1
 #: (q_max - q_min) / a_range from which the outliers are rare (outside the 1%..99% range): a range can clip them
@@ -103,7 +112,8 @@ ONE_SIDED_UNUSED = 0.4
 #: accumulated / isolated QMSE from which a layer's error is mostly carried from upstream
 AMPLIFICATION = 4.0
 
-CAUSE_KINDS = ("outlier_range", "bn_folding", "weight_channel_precision", "clipping", "one_sided", "upstream")
+#: the kinds, in the order that breaks ties of severity (a layer's weight cause before its range cause)
+CAUSE_KINDS = ("bn_folding", "weight_channel_precision", "clipping", "outlier_range", "one_sided", "upstream")
 REMEDY_KINDS = ("float_node", "tensor_16bit", "per_channel", "range", "asymmetric", "upstream")
 #: the evidence metrics that are not report fields: their definitions
 EVIDENCE_METRICS = {
@@ -180,6 +190,17 @@ def bulk_range(row: LayerRow) -> float | None:
     return max(quantile(1 - BULK_QUANTILE) - quantile(BULK_QUANTILE), w)
 
 
+def _flagged(row: LayerRow) -> bool:
+    """The layer loses precision on its own: ``sqnr_isolated_db < FLAG_SQNR_DB``."""
+    return _finite(row.sqnr_isolated_db) and row.sqnr_isolated_db < FLAG_SQNR_DB
+
+
+def _lost(row: LayerRow) -> float:
+    """The severity of a layer's own cause: how far its isolated SQNR is below :data:`FLAG_SQNR_DB`
+    (negative above it; 0 without an isolated SQNR)."""
+    return FLAG_SQNR_DB - row.sqnr_isolated_db if _finite(row.sqnr_isolated_db) else 0.0
+
+
 def _outlier(row: LayerRow) -> Cause | None:
     if not (_finite(row.q_min) and _finite(row.q_max)) or row.clip_error_share is None:
         return None
@@ -191,6 +212,8 @@ def _outlier(row: LayerRow) -> Cause | None:
     q_range = row.q_max - row.q_min
     ratio = q_range / bulk
     if ratio < OUTLIER_RANGE_RATIO:
+        return None
+    if not _flagged(row) and (ratio < OUTLIER_ALONE_RATIO or row.op_type in SIGNAL_IN_THE_TAIL):
         return None
     evidence = (
         Evidence("bulk_ratio", ratio, OUTLIER_RANGE_RATIO, ">="),
@@ -207,7 +230,7 @@ def _outlier(row: LayerRow) -> Cause | None:
             f"a few far values (a channel or a mode, over 1% of them) set its range: "
             f"the encoding spans {ratio:.0f}x the range of 80% of the values"
         )
-    return Cause("outlier_range", row.name, _node(row), row.tensor, evidence, remedies, 20 * math.log10(ratio), what)
+    return Cause("outlier_range", row.name, _node(row), row.tensor, evidence, remedies, _lost(row), what)
 
 
 def _weights(row: LayerRow) -> Cause | None:
@@ -237,8 +260,7 @@ def _weights(row: LayerRow) -> Cause | None:
                 f"{row.w_precision:.2f} to {row.fold_w_precision:.2f}"
             )
     remedies = (Remedy("per_channel", row.name, None, {}),)
-    severity = 20 * math.log10(1 / max(row.fold_w_precision, 1e-6))
-    return Cause(kind, row.name, row.name, None, tuple(evidence), remedies, severity, what)
+    return Cause(kind, row.name, row.name, None, tuple(evidence), remedies, _lost(row), what)
 
 
 def _clipping(row: LayerRow) -> Cause | None:
@@ -256,7 +278,7 @@ def _clipping(row: LayerRow) -> Cause | None:
         f"its range clips: values outside [{row.q_min:.3g}, {row.q_max:.3g}] make "
         f"{row.clip_error_share:.0%} of its own error"
     )
-    return Cause("clipping", row.name, _node(row), row.tensor, evidence, (wider,), FLAG_SQNR_DB - iso, what)
+    return Cause("clipping", row.name, _node(row), row.tensor, evidence, (wider,), _lost(row), what)
 
 
 def _one_sided(row: LayerRow) -> Cause | None:
@@ -274,7 +296,7 @@ def _one_sided(row: LayerRow) -> Cause | None:
     )
     remedies = (Remedy("asymmetric", _node(row), row.tensor, {"symmetric": False}),)
     what = f"its values are all {sign} but {unused:.0%} of its grid is on the other side: it uses {row.grid_use:.0%} of the codes"
-    return Cause("one_sided", row.name, _node(row), row.tensor, evidence, remedies, -20 * math.log10(1 - unused), what)
+    return Cause("one_sided", row.name, _node(row), row.tensor, evidence, remedies, _lost(row), what)
 
 
 _OWN = (_outlier, _weights, _clipping, _one_sided)
@@ -293,11 +315,12 @@ def diagnose(report: Report) -> tuple[Cause, ...]:
     upstream: dict[str, Cause] = {}
     for i, row in enumerate(report.layers):
         c = _upstream(report.layers[:i], row, own) if row.name not in own else None
-        if c is not None and (c.remedy.node not in upstream or c.severity > upstream[c.remedy.node].severity):
+        if c is not None and (c.remedy.node not in upstream or c.severity > upstream[c.remedy.node].severity):  # worst
             upstream[c.remedy.node] = c
     causes += upstream.values()
     order = {r.name: i for i, r in enumerate(report.layers)}
-    return tuple(sorted(causes, key=lambda c: (-c.severity, order.get(c.layer, 0))))
+    rank = {k: i for i, k in enumerate(CAUSE_KINDS)}
+    return tuple(sorted(causes, key=lambda c: (-c.severity, rank[c.kind], order.get(c.layer, 0))))
 
 
 def _upstream(before, row: LayerRow, own: set[str]) -> Cause | None:
@@ -322,7 +345,7 @@ def _upstream(before, row: LayerRow, own: set[str]) -> Cause | None:
         f"its own error is small ({iso:.1f} dB isolated) but {amp:.0f}x that arrives from upstream; "
         f"start with {src.name} ({src.sqnr_isolated_db:.1f} dB isolated)"
     )
-    return Cause("upstream", row.name, _node(row), row.tensor, evidence, (remedy,), 10 * math.log10(amp), what)
+    return Cause("upstream", row.name, _node(row), row.tensor, evidence, (remedy,), FLAG_SQNR_DB - acc, what)
 
 
 #: how many causes the "what to try" sections show
@@ -361,9 +384,13 @@ INTRO = "why layers lose precision, from the report's numbers, worst first; each
 
 
 def lines(report: Report, n: int = SHOWN) -> tuple[list[tuple[Cause, str]], int]:
-    """The "what to try" lines: the ``n`` worst causes, each as ``(cause, "layer: why. Try what.")``,
-    and how many more causes there are."""
-    causes = diagnose(report)
+    """The "what to try" lines: the worst cause of each of the ``n`` worst layers, each as
+    ``(cause, "layer: why. Try what.")``, and how many more layers have a cause."""
+    causes, seen = [], set()
+    for c in diagnose(report):  # a layer's worst cause only: its others are in the JSON
+        if c.layer not in seen:
+            seen.add(c.layer)
+            causes.append(c)
     shown = [(c, f"{c.layer}: {c.summary}. Try {' or '.join(advice(r) for r in c.remedies)}.") for c in causes[:n]]
     return shown, max(0, len(causes) - n)
 

@@ -172,6 +172,11 @@ def test_outliers_at_the_ratio_threshold():
     hist = (0.0, 10.0, (95, 0, 0, 0, 0, 0, 0, 0, 0, 5))
     row = _row(q_min=0.0, q_max=10.0, clip_error_share=0.0, histogram=hist, a_lo=0.0, a_hi=10.0, a_range=10.0)
     assert causes.bulk_range(row) == 1.0
+    assert diagnose(_report(row)) == ()  # a ratio of 10 in a layer that does not lose precision: nothing
+    wide = dataclasses.replace(row, q_max=20.0)  # 20: the bulk keeps 12 of 256 codes, whatever the SQNR
+    assert [c.kind for c in diagnose(_report(wide))] == ["outlier_range"]
+    assert diagnose(_report(dataclasses.replace(wide, op_type="Softmax"))) == ()  # its tail is the signal
+    row = dataclasses.replace(row, sqnr_isolated_db=25.0)
     (c,) = diagnose(_report(row))
     assert c.kind == "outlier_range" and c.evidence[0] == Evidence("bulk_ratio", 10.0, 10.0, ">=")
     assert [r.kind for r in c.remedies] == ["tensor_16bit", "float_node"]  # 5% of the values: not rare
@@ -201,3 +206,29 @@ def test_the_structure_is_documented():
     for name in ("Cause", "Evidence", "Remedy", *causes.CAUSE_KINDS, *causes.REMEDY_KINDS):
         assert f'``"{name}"``' in doc or f":class:`{name}`" in doc, name
     assert typing.get_args(typing.get_type_hints(Remedy)["kind"]) == causes.REMEDY_KINDS
+
+
+def test_what_to_try_shows_a_layers_worst_cause_only():
+    """A layer with weight and range causes (PP-OCR rec's p2o.Conv.28): two causes, one line, weights first."""
+    hist = (0.0, 10.0, (95, 0, 0, 0, 0, 0, 0, 0, 0, 5))
+    both = _row(
+        q_min=0.0,
+        q_max=10.0,
+        clip_error_share=0.0,
+        histogram=hist,
+        a_lo=0.0,
+        a_hi=10.0,
+        a_range=10.0,
+        sqnr_isolated_db=9.3,
+        w_range=1.0,
+        w_precision=0.05,
+        fold_w_precision=0.05,
+        w_sqnr_db=15.6,
+        w_encoding="uint8 per-tensor",
+    )
+    assert [c.kind for c in diagnose(_report(both))] == ["weight_channel_precision", "outlier_range"]
+    shown, more = causes.lines(_report(both))
+    assert [c.kind for c, _ in shown] == ["weight_channel_precision"] and more == 0
+    assert shown[0][1] == (
+        "L: its weight channels use 5% of the per-tensor range on average. Try per-channel weights for L (--per-channel)."
+    )
