@@ -69,7 +69,10 @@ from pathlib import Path
 #:     audit still writes version 3; :func:`load_report` reads both.
 #: 5 - a single report as version 3, with new keys (readers of version 3 ignore them): ``data.sources``,
 #:     ``data.preprocess``, ``data.class_names`` for image and WAV folders and loader scripts
-#:     (docs/data.md), absent for the other data. Versions 1-3 are still read.
+#:     (docs/data.md), absent for the other data; ``layers[].clip_error_share``, ``grid_use``,
+#:     ``codes_used`` (the isolated error's clipping/rounding split and the codes it uses) and
+#:     ``causes`` (:func:`qaudit.remedy.causes.diagnose`: why layers lose precision and what to
+#:     try). Versions 1-3 are still read (their ``causes`` are diagnosed on reading).
 FORMAT_VERSION = 5
 READABLE_VERSIONS = (1, 2, 3, 5)
 
@@ -145,6 +148,12 @@ class LayerRow:
     c_out: int | None = None  # output channels / features
     #: the per-tensor overrides that set this row's activation or weight, ``{tensor: settings}`` (format 3 addition)
     override: dict[str, typing.Any] | None = None
+    #: the isolated error's decomposition (format 5 addition, per-tensor encodings with an isolated twin):
+    #: the share of ``sum(e^2)`` from values outside ``[q_min, q_max]``, and the share and number of the
+    #: type's integer codes the isolated twin takes
+    clip_error_share: float | None = None
+    grid_use: float | None = None
+    codes_used: int | None = None
 
     @property
     def has_weights(self) -> bool:
@@ -349,6 +358,9 @@ def to_dict(report: Report) -> dict:
             k: d[k] for k in ("meta", "model", "settings", "data", "folding", "layers", "outputs", "unmatched", "notes")
         },
     }
+    from qaudit.remedy.causes import diagnose, to_list  # (it imports this module)
+
+    out["causes"] = to_list(diagnose(report))
     out = _clean(out)
     out["gates"] = gates_to_dict(report.gates)
     return out

@@ -427,6 +427,13 @@ def _summary(rm: RealModels) -> str:
         )
     for key, notes in rm.notes.items():
         lines += ["", f"{key}:"] + [f"  {n}" for n in notes]
+    from qaudit.remedy.causes import diagnose
+
+    lines += ["", "causes (qaudit.remedy.causes, worst first; docs/remedy.md):"]
+    for (name, fmt), run in rm.audits.items():
+        found = diagnose(run.report)
+        shown = "; ".join(f"{c.kind} {c.layer} -> {c.remedy.kind}" for c in found[:5]) or "none"
+        lines.append(f"  {name} {fmt}: {shown}" + (f" (+{len(found) - 5} more)" if len(found) > 5 else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -352,14 +352,18 @@ done:
 }
 
 PyDoc_STRVAR(error_sums_doc,
-"error_sums(x, q, scale, zero_point, q_isolated, q_min, q_max) -> (sum_x2, sum_e2, sum_e2_isolated, outside)\n\n"
+"error_sums(x, q, scale, zero_point, q_isolated, q_min, q_max, codes)\n"
+"    -> (sum_x2, sum_e2, sum_e2_isolated, outside, sum_e2_isolated_clipped)\n\n"
 "One pass over ``x`` (float32) and its per-tensor quantized twin ``q`` (uint8\n"
 "or int8, same length): ``x_hat = (float32(q) - zero_point) * scale`` in float32\n"
 "(as ``metrics.dequantize``), ``e = x - x_hat`` in float32; the squares are summed\n"
 "in double, in a fixed order (the result does not depend on the machine).\n"
 "``q_isolated`` (or None) is a second twin measured against the same ``x``.\n"
 "``outside``: values below ``q_min`` or above ``q_max`` (float32 comparisons), or\n"
-"-1 when both are None.");
+"-1 when both are None. ``sum_e2_isolated_clipped``: the part of ``sum_e2_isolated``\n"
+"from those values (0 without an isolated twin or limits). ``codes`` (or None): a\n"
+"writable uint8 [256] array; ``codes[code - type_min] = 1`` for every code of\n"
+"``q_isolated`` (the integer grid's occupancy, type_min 0 for uint8, -128 for int8).");
 
 #define LANES 8
 
@@ -377,12 +381,13 @@ lanes_total(const double *a)
 ISA_CLONES static PyObject *
 error_sums(PyObject *self, PyObject *args)
 {
-    PyObject *o_x, *o_q, *o_iso, *o_qmin, *o_qmax;
+    PyObject *o_x, *o_q, *o_iso, *o_qmin, *o_qmax, *o_codes = Py_None;
     double scale, zp;
-    if (!PyArg_ParseTuple(args, "OOddOOO:error_sums", &o_x, &o_q, &scale, &zp, &o_iso, &o_qmin, &o_qmax)) {
+    if (!PyArg_ParseTuple(args, "OOddOOO|O:error_sums", &o_x, &o_q, &scale, &zp, &o_iso, &o_qmin, &o_qmax,
+                          &o_codes)) {
         return NULL;
     }
-    Py_buffer bx = {0}, bq = {0}, bi = {0};
+    Py_buffer bx = {0}, bq = {0}, bi = {0}, bc = {0};
     PyObject *result = NULL;
     int has_iso = o_iso != Py_None, clip = o_qmin != Py_None && o_qmax != Py_None;
     double qmin_d = 0.0, qmax_d = 0.0;
@@ -394,7 +399,12 @@ error_sums(PyObject *self, PyObject *args)
         }
     }
     if (get_buffer(o_x, &bx, 0, 4, "f", "x") < 0 || get_buffer(o_q, &bq, 0, 1, "Bb", "q") < 0 ||
-        (has_iso && get_buffer(o_iso, &bi, 0, 1, "Bb", "q_isolated") < 0)) {
+        (has_iso && get_buffer(o_iso, &bi, 0, 1, "Bb", "q_isolated") < 0) ||
+        (o_codes != Py_None && get_buffer(o_codes, &bc, 1, 1, "B", "codes") < 0)) {
+        goto done;
+    }
+    if (o_codes != Py_None && N_ITEMS(bc) != 256) {
+        PyErr_SetString(PyExc_ValueError, "error_sums: codes must hold 256 flags");
         goto done;
     }
     Py_ssize_t n = N_ITEMS(bx);
@@ -412,8 +422,11 @@ error_sums(PyObject *self, PyObject *args)
     }
     const float *x = (const float *)bx.buf;
     const uint8_t *q = (const uint8_t *)bq.buf, *qi = has_iso ? (const uint8_t *)bi.buf : NULL;
-    double sx[LANES] = {0}, se[LANES] = {0}, si[LANES] = {0};
+    double sx[LANES] = {0}, se[LANES] = {0}, si[LANES] = {0}, sc[LANES] = {0};
     int64_t outside = 0;
+    uint8_t *codes = o_codes != Py_None ? (uint8_t *)bc.buf : NULL;
+    /* the flag of a byte: its code minus the type's minimum (int8: the top bit flipped) */
+    const uint8_t flip = qf == 'b' ? 0x80 : 0x00;
     Py_BEGIN_ALLOW_THREADS
     const float qmin = (float)qmin_d, qmax = (float)qmax_d;
     /* one pass, in chunks of LANES values: value i goes to lane i % LANES, so
@@ -438,6 +451,13 @@ error_sums(PyObject *self, PyObject *args)
             for (int k = 0; k < LANES; k++) {
                 out_lanes[k] += (x[i + k] < qmin) + (x[i + k] > qmax);
             }
+            if (qi) {
+                for (int k = 0; k < LANES; k++) {
+                    const float ei = x[i + k] - lut[qi[i + k]];
+                    const int o = (x[i + k] < qmin) | (x[i + k] > qmax);
+                    sc[k] += o ? (double)ei * (double)ei : 0.0;
+                }
+            }
         }
     }
     for (Py_ssize_t i = n_full; i < n; i++) {
@@ -452,17 +472,28 @@ error_sums(PyObject *self, PyObject *args)
         }
         if (clip) {
             out_lanes[k] += (v < qmin) + (v > qmax);
+            if (qi && ((v < qmin) | (v > qmax))) {
+                const float ei = v - lut[qi[i]];
+                sc[k] += (double)ei * (double)ei;
+            }
         }
     }
     for (int k = 0; k < LANES; k++) {
         outside += out_lanes[k];
     }
+    if (codes && qi) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            codes[qi[i] ^ flip] = 1;
+        }
+    }
     Py_END_ALLOW_THREADS
-    result = Py_BuildValue("dddL", lanes_total(sx), lanes_total(se), lanes_total(si), clip ? (long long)outside : -1LL);
+    result = Py_BuildValue("dddLd", lanes_total(sx), lanes_total(se), lanes_total(si), clip ? (long long)outside : -1LL,
+                           lanes_total(sc));
 done:
     PyBuffer_Release(&bx);
     PyBuffer_Release(&bq);
     PyBuffer_Release(&bi);
+    PyBuffer_Release(&bc);
     return result;
 }
 

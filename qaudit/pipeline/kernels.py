@@ -16,7 +16,8 @@ which one runs (the seam of coverage.py's CTracer and PyTracer).
 * ``bin_values(m, T, hist, ch_hist, cmin, cmax)``: a range histogram's bins, and
   each channel's count at its extremes
 * ``error_sums(x, q, scale, zero_point, ...)``: ``sum x^2``, ``sum e^2`` (also of
-  an isolated twin) and the clip count
+  an isolated twin), the clip count, the isolated error of the clipped values and
+  the codes the isolated twin uses
 
 ``_kernels.c`` is built by ``pip install`` when a C compiler is there
 (``setup.py``: an optional extension). It does in one pass, without holding
@@ -189,26 +190,35 @@ def _c_bin_values(m, T, hist, ch_hist, cmin, cmax) -> tuple[np.ndarray, np.ndarr
 # ------------------------------------------------------------- error_sums
 
 
-def _np_error_sums(x, q, scale, zero_point, axis=None, q_isolated=None, limits=None):
+def _np_error_sums(x, q, scale, zero_point, axis=None, q_isolated=None, limits=None, codes=None, code_min=0):
     # metrics' own formulas (metrics imports this module, hence here)
     from qaudit.pipeline.metrics import ClipCounter, dequantize, square_sum
 
     flat = np.ascontiguousarray(x, dtype=np.float32).ravel()
 
-    def sum_e2(codes):
+    def errors(codes):
         x_hat = dequantize(codes, scale, zero_point, axis).reshape(x.shape)
-        return square_sum(flat - x_hat.ravel())
+        return flat - x_hat.ravel()
 
-    outside = None
+    outside = outside_mask = None
     if limits is not None:
         clip = ClipCounter(*limits)
         clip.update(x)
         outside = clip.outside
-    sum_e2_isolated = sum_e2(q_isolated) if q_isolated is not None else None
-    return square_sum(flat), sum_e2(q), sum_e2_isolated, outside
+        outside_mask = (flat < np.float32(limits[0])) | (flat > np.float32(limits[1]))
+    sum_e2_isolated = sum_e2_clipped = None
+    if q_isolated is not None:
+        e_iso = errors(q_isolated)
+        sum_e2_isolated = square_sum(e_iso)
+        if outside_mask is not None:
+            sum_e2_clipped = square_sum(e_iso[outside_mask])
+        if codes is not None:
+            idx = np.asarray(q_isolated).reshape(-1).astype(np.int64) - code_min
+            codes[np.bincount(idx, minlength=codes.size) > 0] = 1
+    return square_sum(flat), square_sum(errors(q)), sum_e2_isolated, outside, sum_e2_clipped
 
 
-def _c_error_sums(x, q, scale, zero_point, axis=None, q_isolated=None, limits=None):
+def _c_error_sums(x, q, scale, zero_point, axis=None, q_isolated=None, limits=None, codes=None, code_min=0):
     # a per-tensor encoding; float32 values against uint8/int8 twins (of any
     # layout: they are made contiguous) holding as many values
     def twin(codes):
@@ -221,14 +231,26 @@ def _c_error_sums(x, q, scale, zero_point, axis=None, q_isolated=None, limits=No
         and (q_isolated is None or (twin(q_isolated) and q_isolated.dtype == q.dtype))
         and np.size(scale) == 1
         and np.size(zero_point) == 1
+        and (
+            codes is None or (_is_c_array(codes, np.uint8) and codes.size == 256 and code_min == np.iinfo(q.dtype).min)
+        )
     ):
-        return _np_error_sums(x, q, scale, zero_point, axis, q_isolated, limits)
+        return _np_error_sums(x, q, scale, zero_point, axis, q_isolated, limits, codes, code_min)
     flat = [np.ascontiguousarray(a).reshape(-1) if a is not None else None for a in (x, q, q_isolated)]
     s = float(np.asarray(scale, dtype=np.float32).reshape(()))
     zp = float(np.asarray(zero_point).reshape(()))
     q_min, q_max = limits if limits is not None else (None, None)
-    sum_x2, sum_e2, sum_e2_isolated, outside = _c.error_sums(flat[0], flat[1], s, zp, flat[2], q_min, q_max)
-    return sum_x2, sum_e2, sum_e2_isolated if q_isolated is not None else None, outside if limits is not None else None
+    sum_x2, sum_e2, sum_e2_isolated, outside, clipped = _c.error_sums(
+        flat[0], flat[1], s, zp, flat[2], q_min, q_max, codes
+    )
+    both = q_isolated is not None and limits is not None
+    return (
+        sum_x2,
+        sum_e2,
+        sum_e2_isolated if q_isolated is not None else None,
+        outside if limits is not None else None,
+        clipped if both else None,
+    )
 
 
 # ------------------------------------------------------------- the two implementations
@@ -338,13 +360,18 @@ def error_sums(
     axis: int | None = None,
     q_isolated: np.ndarray | None = None,
     limits: tuple[float, float] | None = None,
-) -> tuple[float, float, float | None, int | None]:
-    """``(sum x^2, sum e^2, sum e_isolated^2, outside)`` of ``x`` and its quantized twin ``q``.
+    codes: np.ndarray | None = None,
+    code_min: int = 0,
+) -> tuple[float, float, float | None, int | None, float | None]:
+    """``(sum x^2, sum e^2, sum e_isolated^2, outside, sum e_isolated^2 outside)`` of ``x`` and its twin ``q``.
 
     ``e = x - dequantize(q, scale, zero_point, axis)`` in float32 (``axis``: the
     channel axis of a per-channel encoding); ``q_isolated`` (or None: its sum is
     None) is a second twin measured against the same ``x``; ``outside``: how many
     values of ``x`` lie below ``limits[0]`` or above ``limits[1]`` (None without
-    limits), as :class:`~qaudit.pipeline.metrics.ClipCounter` counts them.
+    limits), as :class:`~qaudit.pipeline.metrics.ClipCounter` counts them; the last
+    value: the part of ``sum e_isolated^2`` from those values (None without both).
+    ``codes`` (or None): a uint8 array of one flag per integer code of the type,
+    ``codes[c - code_min]`` set to 1 for every code ``c`` that ``q_isolated`` holds.
     """
-    return selected().error_sums(x, q, scale, zero_point, axis, q_isolated, limits)
+    return selected().error_sums(x, q, scale, zero_point, axis, q_isolated, limits, codes, code_min)

@@ -18,12 +18,14 @@ import numpy as np
 import onnx
 
 from qaudit.errors import ConfigError, DataError
+from qaudit.options import INTEGER_RANGES
 from qaudit.pipeline import kernels
 from qaudit.pipeline.graph import GraphIndex, attr, consumers, initializers, producers, to_array, weighted_layers
 from qaudit.pipeline.match import REMOVABLE_ACTIVATIONS, Matching, quantized_weight
 from qaudit.pipeline.metrics import (
     ClipCounter,
     ErrorAccumulator,
+    ErrorDecomposition,
     OutputAccumulator,
     RangeHistogram,
     channel_axis,
@@ -75,11 +77,14 @@ class ActivationMeter:
         self.err = {n: ErrorAccumulator() for n in self.names}
         self.iso = {n: ErrorAccumulator() for n in self.names}
         self.clip = {}
+        #: the isolated error's clipping/rounding split and code use (per-tensor encodings)
+        self.decomp: dict[str, ErrorDecomposition] = {}
         self.axis: dict[str, int | None] = {}
         for n in self.names:
             enc = measured[n].encoding
             if enc.per_tensor:
                 self.clip[n] = ClipCounter(*enc.limits())
+                self.decomp[n] = ErrorDecomposition(*INTEGER_RANGES[enc.dtype])
 
     @classmethod
     def combine(cls, meters: Sequence[ActivationMeter]) -> ActivationMeter:
@@ -88,7 +93,7 @@ class ActivationMeter:
         for m in meters:
             m.flush()
             out.names += m.names
-            for attr_name in ("hist", "err", "iso", "clip", "axis"):
+            for attr_name in ("hist", "err", "iso", "clip", "decomp", "axis"):
                 getattr(out, attr_name).update(getattr(m, attr_name))
         return out
 
@@ -107,7 +112,8 @@ class ActivationMeter:
                 self._histogram(name, x, self.axis.setdefault(name, channel_axis(x.ndim)))
             q_iso = isolated[tw.quant_name] if isolated is not None else None
             clip = self.clip.get(name)
-            sum_x2, sum_e2, sum_e2_iso, outside = kernels.error_sums(
+            decomp = self.decomp.get(name) if q_iso is not None else None
+            sum_x2, sum_e2, sum_e2_iso, outside, sum_e2_clip = kernels.error_sums(
                 x,
                 quant[tw.quant_name],
                 enc.scale,
@@ -115,12 +121,16 @@ class ActivationMeter:
                 axis=enc.axis if not enc.per_tensor else None,
                 q_isolated=q_iso,
                 limits=(clip.q_min, clip.q_max) if clip is not None else None,
+                codes=decomp.codes if decomp is not None else None,
+                code_min=decomp.code_min if decomp is not None else 0,
             )
             self.err[name].add(sum_x2, sum_e2, x.size)
             if q_iso is not None:  # the same x: the same sum(x^2)
                 self.iso[name].add(sum_x2, sum_e2_iso, x.size)
             if clip is not None:
                 clip.add(outside, x.size)
+            if decomp is not None:
+                decomp.add(sum_e2_iso, sum_e2_clip, x.size)
 
     def _histogram(self, name: str, x: np.ndarray, axis: int | None) -> None:
         hist = self.hist[name]
@@ -403,6 +413,13 @@ def activation_row_fields(name: str, meter: ActivationMeter, clip_percentile: fl
             q_max=q_max,
             clip_fraction=meter.clip[name].fraction,
         )
+        decomp = meter.decomp.get(name)
+        if decomp is not None and decomp.count:
+            out.update(
+                clip_error_share=decomp.clip_error_share,
+                grid_use=decomp.grid_use,
+                codes_used=decomp.codes_used,
+            )
     return out
 
 

@@ -391,6 +391,53 @@ class ClipCounter:
         return self.outside / self.count if self.count else math.nan
 
 
+class ErrorDecomposition:
+    """The isolated error of a per-tensor encoding split by where the fp32 value lies, and the codes it uses.
+
+    ``sum_e2`` is the isolated ``sum(e^2)`` (the layer fed fp32 inputs);
+    ``sum_e2_clip`` its part from values outside ``[q_min, q_max]`` (clipping), so
+    ``sum_e2 - sum_e2_clip`` is the rounding error inside the grid (an exact
+    partition of the elements: the two parts always sum to ``sum_e2``).
+    ``codes`` holds one flag per integer code of the type (``code - code_min``):
+    set when the isolated twin took that code on some element. Counts and flags
+    are exact; :meth:`merge` adds the sums and ORs the flags.
+    """
+
+    def __init__(self, code_min: int, code_max: int):
+        self.code_min = code_min
+        self.codes = np.zeros(code_max - code_min + 1, dtype=np.uint8)
+        self.sum_e2 = 0.0
+        self.sum_e2_clip = 0.0
+        self.count = 0
+
+    def add(self, sum_e2: float, sum_e2_clip: float, count: int) -> None:
+        """Add sums computed elsewhere (``kernels.error_sums``, which also sets :attr:`codes`)."""
+        self.sum_e2 += sum_e2
+        self.sum_e2_clip += sum_e2_clip
+        self.count += count
+
+    def merge(self, other: ErrorDecomposition) -> ErrorDecomposition:
+        self.sum_e2 += other.sum_e2
+        self.sum_e2_clip += other.sum_e2_clip
+        self.count += other.count
+        np.bitwise_or(self.codes, other.codes, out=self.codes)
+        return self
+
+    @property
+    def clip_error_share(self) -> float | None:
+        """``sum_e2_clip / sum_e2``; ``None`` without error (nothing to share out)."""
+        return self.sum_e2_clip / self.sum_e2 if self.sum_e2 > 0 else None
+
+    @property
+    def codes_used(self) -> int:
+        return int(np.count_nonzero(self.codes))
+
+    @property
+    def grid_use(self) -> float | None:
+        """Share of the type's integer codes the isolated twin took (``None`` before any value)."""
+        return self.codes_used / self.codes.size if self.count else None
+
+
 # ---------------------------------------------------------------- outputs
 
 

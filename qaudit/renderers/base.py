@@ -210,3 +210,13 @@ def override_label(row) -> str:
     if not getattr(row, "override", None):
         return ""
     return "override: " + "; ".join(describe(s) for s in row.override.values() if isinstance(s, dict))
+
+
+def decomposition(row) -> str:
+    """``clip / grid`` of a row: the isolated error's share from clipping and the share of the grid's
+    codes used, in whole percent (``-`` for what the row does not have)."""
+    from qaudit.renderers import numbers as num
+
+    if row.clip_error_share is None and row.grid_use is None:
+        return num.MISSING
+    return " / ".join(num.MISSING if v is None else f"{100 * v:.0f}" for v in (row.clip_error_share, row.grid_use))

@@ -109,6 +109,13 @@ LAYER_PLOTS: list[tuple[str, str, str, list[tuple[str, Callable[[LayerRow], obje
         "log",
     ),
     (
+        "decomposition",
+        "Isolated error: share from clipping, and share of the grid used",
+        "fraction (clipping: of the isolated squared error; grid: of the type's codes)",
+        [("clip_error_share", lambda r: r.clip_error_share), ("grid_use", lambda r: r.grid_use)],
+        "fraction",
+    ),
+    (
         "clip",
         "Clip fraction: fp32 values outside the encoding",
         "fraction of values outside [q_min, q_max]",
@@ -399,6 +406,8 @@ def _layer_table(tid: str, report: Report, worst: int) -> str:
     ]
     if has_iso:
         cols.append(("SQNR isolated dB", "isolated error of the layer alone"))
+        cols.append(("iso clip err %", "share of the isolated squared error from values outside [q_min, q_max]"))
+        cols.append(("grid use %", "share of the type's integer codes the isolated twin takes"))
     cols.append(("QMSE", "accumulated mean squared error"))
     sqnr_col = [c for c, _ in cols].index("SQNR dB")
     ths = "".join(
@@ -440,7 +449,7 @@ def _layer_table(tid: str, report: Report, worst: int) -> str:
             _td(r.sqnr_db, num.db),
         ]
         if has_iso:
-            cells.append(_td(_isolated(r), num.db))
+            cells += [_td(_isolated(r), num.db), _td(r.clip_error_share, num.pct), _td(r.grid_use, num.pct)]
         cells.append(_td(r.qmse, num.mse))
         rows.append(f'<tr data-i="{r.index}"{" class=worst" if is_worst else ""}>{"".join(cells)}</tr>')
     buttons = (
@@ -462,6 +471,28 @@ KIND_TEXT = {
     "removed": "producer removed from the quantized graph",
     "not-quantized": "no QuantizeLinear inserted",
 }
+
+
+def _what_to_try(reports) -> str:
+    """The "what to try" section of each report that shows a cause ("" when none does)."""
+    from qaudit.remedy import causes
+
+    parts = []
+    for label, rep in reports:
+        shown, more = causes.lines(rep)
+        if not shown:
+            continue
+        items = "".join(
+            f"<li>{escape(line)} <span class='muted'>Evidence: {escape(causes.evidence_text(c))}.</span></li>"
+            for c, line in shown
+        )
+        more_txt = f"<p class='muted'>… and {more} more in the JSON report (<code>causes</code>).</p>" if more else ""
+        head = f"<h3>{escape(label)}</h3>" if len(reports) > 1 else ""
+        parts.append(f"{head}<ol class='causes'>{items}</ol>{more_txt}")
+    if not parts:
+        return ""
+    intro = causes.INTRO[0].upper() + causes.INTRO[1:]
+    return f'<h2 id="causes">{causes.HEADING}</h2>\n<p>{escape(intro)}.</p>{"".join(parts)}\n'
 
 
 def _unmatched(report: Report) -> str:
@@ -597,6 +628,7 @@ def _page(reports: Sequence[tuple[str, Report]], worst: int) -> str:
             )
 
     cards = "".join(_model_card(label, rep, multi) for label, rep in reports)
+    tries = _what_to_try(reports)
     layer_sections = []
     for i, (label, rep) in enumerate(reports):
         head = f"<h3>{escape(label)}</h3>" if multi else ""
@@ -629,12 +661,12 @@ def _page(reports: Sequence[tuple[str, Report]], worst: int) -> str:
 <body data-js-errors="0">
 <header><div class="hin">
 <h1>Quantization audit: {escape(" vs ".join(labels))}</h1>
-<nav aria-label="sections"><a href="#summary">Summary</a><a href="#outputs">Outputs</a><a href="#plots">Layer plots</a><a href="#histograms">Worst layers</a><a href="#layers">Layer table</a></nav>
+<nav aria-label="sections"><a href="#summary">Summary</a>{'<a href="#causes">What to try</a>' if tries else ""}<a href="#outputs">Outputs</a><a href="#plots">Layer plots</a><a href="#histograms">Worst layers</a><a href="#layers">Layer table</a></nav>
 </div></header>
 <main>
 <h2 id="summary">Summary</h2>
 {cards}
-<h2 id="outputs">Model outputs (fp32 vs quantized)</h2>
+{tries}<h2 id="outputs">Model outputs (fp32 vs quantized)</h2>
 {_outputs_table(reports)}
 <h2 id="plots">Layerwise plots</h2>
 <p>Over the layer index of the table below (after Yun, 2022). {legend_txt} Hover a point for the layer name and value. SQNR and QMSE are accumulated errors.</p>

@@ -12,7 +12,7 @@ import re
 
 from qaudit.options import describe_calibration
 from qaudit.renderers import numbers as num
-from qaudit.renderers.base import accept, override_label, with_gates
+from qaudit.renderers.base import accept, decomposition, override_label, with_gates
 from qaudit.renderers.checks import words
 from qaudit.report import GateCheck, GateResult
 
@@ -76,6 +76,20 @@ _CHECK_HEADER = ["gate", "subject", "metric", "measured", "", "threshold", "glob
 _CHECK_ALIGN = "lllrcrll"
 
 
+def _what_to_try(report) -> list[str]:
+    """The "what to try" section (nothing when the report shows no cause)."""
+    from qaudit.remedy import causes
+
+    shown, more = causes.lines(report)
+    if not shown:
+        return []
+    out = ["", f"### {causes.HEADING}", "", text(causes.INTRO[0].upper() + causes.INTRO[1:]) + ".", ""]
+    out += [f"{i}. {text(line)} Evidence: {text(causes.evidence_text(c))}." for i, (c, line) in enumerate(shown, 1)]
+    if more:
+        out += ["", f"… and {more} more in the JSON report (`causes`)."]
+    return out
+
+
 class MarkdownRenderer:
     """``render(report, *, gates=None, worst=5) -> str``: the Markdown summary of the gate verdict
     (``gates``, default ``report.gates``) and the ``worst`` layers, in the sections the module docstring lists."""
@@ -127,7 +141,7 @@ class MarkdownRenderer:
         if rows:
             out += ["", "### Worst layers" + (" (failing first)" if failing_layers else ""), ""]
             out += _table(
-                ["#", "layer", "op", "SQNR dB", "QMSE", "clip %", "weight SQNR dB", "gate"],
+                ["#", "layer", "op", "SQNR dB", "QMSE", "clip %", "iso clip/grid %", "weight SQNR dB", "gate"],
                 [
                     [
                         str(r.index),
@@ -136,13 +150,15 @@ class MarkdownRenderer:
                         num.db(r.sqnr_db),
                         num.mse(r.qmse),
                         num.pct(r.clip_fraction),
+                        decomposition(r),
                         num.db(r.w_sqnr_db),
                         "❌" if r.name in failing_layers else "",
                     ]
                     for r in rows
                 ],
-                "rllrrrrc",
+                "rllrrrrrc",
             )
+        out += _what_to_try(report)
 
         failing_outputs = set(result.failing("output")) if result is not None else set()
         out += ["", "### Model outputs", ""]

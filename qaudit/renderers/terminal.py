@@ -19,7 +19,7 @@ from rich.theme import Theme
 
 from qaudit.options import describe_calibration
 from qaudit.renderers import numbers as num
-from qaudit.renderers.base import accept, override_label, with_gates
+from qaudit.renderers.base import accept, decomposition, override_label, with_gates
 from qaudit.renderers.checks import counts, sentence, words
 from qaudit.report import GateResult, Report
 
@@ -86,6 +86,7 @@ def layer_table(report: Report, worst: int = 3) -> Table:
         ("act prec", "right"),
         ("scale / zp", "right"),
         ("clip %", "right"),
+        ("iso clip/grid %", "right"),
         ("SQNR dB", "right"),
         ("iso dB", "right"),
         ("QMSE", "right"),
@@ -113,12 +114,29 @@ def layer_table(report: Report, worst: int = 3) -> Table:
             if r.scale is not None
             else ("per-channel" if r.has_activation else num.MISSING),
             num.pct(r.clip_fraction),
+            decomposition(r),
             num.db(r.sqnr_db),
             num.db(r.sqnr_isolated_db),
             num.mse(r.qmse),
             style=style,
         )
     return t
+
+
+def what_to_try(report: Report) -> Group | None:
+    """The "what to try" section: the worst causes with their evidence; ``None`` when there is none."""
+    from qaudit.remedy import causes
+
+    shown, more = causes.lines(report)
+    if not shown:
+        return None
+    parts = [Text.assemble((f"{causes.HEADING}: ", "head"), (causes.INTRO, "muted"))]
+    for i, (cause, line) in enumerate(shown, 1):
+        parts.append(Text(f"  {i}. {line}"))
+        parts.append(Text(f"     evidence: {causes.evidence_text(cause)}", style="muted"))
+    if more:
+        parts.append(Text(f"  ... {more} more in the JSON report (causes)", style="muted"))
+    return Group(*parts)
 
 
 def output_table(report: Report) -> Table:
@@ -558,6 +576,9 @@ class TerminalRenderer:
             con.print(layer_table(report, worst))
             con.print(output_table(report))
             con.print(summary(report, worst))
+            tries = what_to_try(report)
+            if tries is not None:
+                con.print(tries)
             if report.gates is not None:
                 con.print(gates_section(report.gates))
         if report.gates is not None:
@@ -606,6 +627,9 @@ def print_runs(mr, con: Console, worst: int = 3, quiet: bool = False) -> None:
             con.print(layer_table(report, worst))
             con.print(output_table(report))
             con.print(summary(report, worst))
+            tries = what_to_try(report)
+            if tries is not None:
+                con.print(tries)
             if report.gates is not None:
                 con.print(gates_section(report.gates))
         con.rule(style="muted")

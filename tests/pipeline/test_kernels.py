@@ -438,33 +438,55 @@ def test_minmax_rejects_bad_input():
 @pytest.mark.parametrize("qtype", [np.uint8, np.int8])
 def test_error_sums_by_hand_in_float64(qtype):
     """The C loop to ~1e-12 of float64 sums, the numpy reference (float32 pairwise
-    sums) to 1e-6; the operation gives None for what it was not asked."""
+    sums) to 1e-6; the codes flags identical; the operation gives None for what it was not asked."""
     rng = np.random.default_rng(5)
     x = (rng.standard_normal(12_345) * 3).astype(np.float32)
     scale, zp = np.float32(0.0437), (128 if qtype == np.uint8 else -3)
     info = np.iinfo(qtype)
     q = np.clip(np.round(x / scale) + zp, info.min, info.max).astype(qtype)
     q_iso = np.clip(q.astype(int) + rng.integers(-2, 3, x.size), info.min, info.max).astype(qtype)
-    sx2, se2, se2_iso, outside = kernels._c.error_sums(x, q, float(scale), float(zp), q_iso, -2.5, 4.0)
+    codes = np.zeros(256, np.uint8)
+    sx2, se2, se2_iso, outside, se2_clip = kernels._c.error_sums(x, q, float(scale), float(zp), q_iso, -2.5, 4.0, codes)
     x64 = x.astype(np.float64)
     for qq, got in ((q, se2), (q_iso, se2_iso)):
         x_hat = dequantize(qq, scale, zp)  # float32, as the pipeline computes it
         e = (x - x_hat).astype(np.float64)
         assert got == pytest.approx(math.fsum(e * e), rel=1e-12)
+    out = (x < np.float32(-2.5)) | (x > np.float32(4.0))
+    e_iso = (x - dequantize(q_iso, scale, zp)).astype(np.float64)
+    assert se2_clip == pytest.approx(math.fsum(e_iso[out] ** 2), rel=1e-12) and 0 < se2_clip < se2_iso
+    expected = np.zeros(256, np.uint8)
+    expected[np.unique(q_iso.astype(int) - info.min)] = 1
+    np.testing.assert_array_equal(codes, expected)
+    narrow = np.clip(np.round(x * 0.3 / scale) + zp, info.min, info.max).astype(qtype)  # not every code
+    some = np.zeros(256, np.uint8)
+    kernels._c.error_sums(x, q, float(scale), float(zp), narrow, None, None, some)
+    expected[:] = 0
+    expected[np.unique(narrow.astype(int) - info.min)] = 1
+    assert 0 < some.sum() < 200
+    np.testing.assert_array_equal(some, expected)
     assert sx2 == pytest.approx(math.fsum(x64 * x64), rel=1e-12)
-    assert outside == np.count_nonzero((x < np.float32(-2.5)) | (x > np.float32(4.0))) > 0
-    ref = kernels.numpy_reference.error_sums(x, q, scale, zp, None, q_iso, (-2.5, 4.0))
+    assert outside == np.count_nonzero(out) > 0
+    ref_codes = np.zeros(256, np.uint8)
+    ref = kernels.numpy_reference.error_sums(x, q, scale, zp, None, q_iso, (-2.5, 4.0), ref_codes, info.min)
     assert ref[:3] == pytest.approx((sx2, se2, se2_iso), rel=1e-6) and ref[3] == outside
+    assert ref[4] == pytest.approx(se2_clip, rel=1e-6)
+    np.testing.assert_array_equal(ref_codes, codes)
     # no isolated twin, no clip limits
-    assert kernels._c.error_sums(x, q, float(scale), float(zp), None, None, None)[2:] == (0.0, -1)
+    assert kernels._c.error_sums(x, q, float(scale), float(zp), None, None, None)[2:] == (0.0, -1, 0.0)
     for impl in (kernels.compiled, kernels.numpy_reference):
-        assert impl.error_sums(x, q, scale, zp)[2:] == (None, None), impl.name
+        assert impl.error_sums(x, q, scale, zp)[2:] == (None, None, None), impl.name
+        assert impl.error_sums(x, q, scale, zp, q_isolated=q_iso)[4] is None, impl.name  # no limits: no split
     with pytest.raises(ValueError, match="same length"):
         kernels._c.error_sums(x, q[:-1], float(scale), float(zp), None, None, None)
     with pytest.raises(ValueError, match="same length"):
         kernels._c.error_sums(
             x, q, float(scale), float(zp), q_iso.astype(np.uint8 if qtype == np.int8 else np.int8), None, None
         )
+    with pytest.raises(ValueError, match="256 flags"):
+        kernels._c.error_sums(x, q, float(scale), float(zp), q_iso, None, None, np.zeros(255, np.uint8))
+    with pytest.raises((TypeError, ValueError, BufferError)):  # read-only flags
+        kernels._c.error_sums(x, q, float(scale), float(zp), q_iso, None, None, np.frombuffer(bytes(256), np.uint8))
 
 
 @needs_c
@@ -492,6 +514,11 @@ def test_meter_c_equals_numpy(monkeypatch, c_calls):
             assert a.sum_x2 == pytest.approx(b.sum_x2, rel=1e-6)
             assert a.sum_e2 == pytest.approx(b.sum_e2, rel=1e-6)
         assert vars(c.clip[name]) == vars(n.clip[name])
+        a, b = c.decomp[name], n.decomp[name]
+        np.testing.assert_array_equal(a.codes, b.codes)
+        assert a.count == b.count and a.codes_used == b.codes_used > 0
+        assert a.sum_e2 == pytest.approx(b.sum_e2, rel=1e-6)
+        assert a.sum_e2_clip == pytest.approx(b.sum_e2_clip, rel=1e-6, abs=1e-12)
 
 
 @needs_c
@@ -508,7 +535,8 @@ def test_audit_of_the_sample_c_equals_numpy(monkeypatch, c_calls):
     c, n = reports["c"], reports["numpy"]
     assert c.meta["kernels"] == "c" and n.meta["kernels"] == "numpy"
     assert len(c.layers) == len(n.layers) > 5
-    approx = {"sqnr_db", "qmse", "sqnr_isolated_db", "qmse_isolated", "error_amplification"}
+    approx = {"sqnr_db", "qmse", "sqnr_isolated_db", "qmse_isolated", "error_amplification", "clip_error_share"}
+    assert any(r.clip_error_share for r in c.layers) and all(r.grid_use for r in c.layers if r.has_activation)
     for a, b in zip(c.layers, n.layers):
         da, db = dataclasses.asdict(a), dataclasses.asdict(b)
         for k in da:
@@ -598,6 +626,14 @@ def _error_sums_cases():
         name = qtype.__name__
         yield f"{name}, isolated twin and limits", (x, q, scale, zp, None, q_iso, (-2.5, 4.0)), True
         yield f"{name} alone", (x, q, scale, zp, None, None, None), True
+        codes = np.zeros(256, np.uint8)
+        codes[7] = 1  # set before: flags are only ever added
+        yield f"{name}, codes used", (x, q, scale, zp, None, q_iso, (-2.5, 4.0), codes, info.min), True
+        yield (
+            f"{name}, codes of another offset: numpy",
+            (x, q, scale, zp, None, q_iso, None, codes, 0 - (qtype == np.uint8)),
+            False,
+        )
         yield f"{name}, not contiguous", (x[:, ::2], q[:, ::2], scale, zp, None, q_iso[:, ::2], (-1.0, 1.0)), True
         yield f"{name}, twin of another shape", (x, q.reshape(-1, 9), scale, zp, None, None, None), True
         yield f"{name}, float16: numpy", (x.astype(np.float16), q, scale, zp, None, q_iso, (-2.5, 4.0)), False
@@ -607,6 +643,9 @@ def _error_sums_cases():
     zps = np.arange(120, 126).astype(np.uint8)
     q = np.clip(np.round(x / scales[:, None, None]) + zps[:, None, None], 0, 255).astype(np.uint8)
     yield "per-channel encoding: numpy", (x, q, scales, zps, 1, q, None), False
+    q16 = np.clip(np.round(x / np.float32(1e-4)), -32768, 32767).astype(np.int16)
+    codes16 = np.zeros(65536, np.uint8)
+    yield "int16 codes: numpy", (x, q16, np.float32(1e-4), np.int16(0), None, q16, (-3.2, 3.2), codes16, -32768), False
     empty = (np.zeros(0, np.float32), np.zeros(0, np.uint8), np.float32(0.1), np.uint8(3), None, None, (-1.0, 1.0))
     yield "empty", empty, True
 

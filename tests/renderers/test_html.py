@@ -27,7 +27,16 @@ SAMPLE_MODEL = REPO / "samples" / "digits" / "model.onnx"
 SAMPLE_CALIB = REPO / "samples" / "digits" / "calib"
 
 #: every plot the sample's page must show: the layerwise plots, then the 3 worst layers' histograms
-LAYER_PLOT_IDS = ["weight-range", "weight-precision", "act-range", "act-precision", "sqnr", "qmse", "clip"]
+LAYER_PLOT_IDS = [
+    "weight-range",
+    "weight-precision",
+    "act-range",
+    "act-precision",
+    "sqnr",
+    "qmse",
+    "decomposition",
+    "clip",
+]
 #: the sample's page stays small (docs/html-report.md states the size)
 MAX_SAMPLE_BYTES = 150_000
 
@@ -171,6 +180,7 @@ def test_plots_are_accessible(sample_html):
         "sqnr": "SQNR (dB)",
         "qmse": "(log10 scale)",
         "clip": "fraction of values",
+        "decomposition": "fraction (clipping: of the isolated squared error",
     }
     for pid, unit in units.items():
         assert unit in "".join(re.findall(r'class="alabel">([^<]+)</text>', plots[pid])), pid
@@ -207,7 +217,9 @@ def test_layer_table(sample_html, sample_report):
     for r in sample_report.layers:
         assert r.name in table
     # sortable: a button per header, and the two presets
-    assert table.count('<th scope="col"') == table.count('<button type="button">') == 15  # with isolated SQNR
+    assert (
+        table.count('<th scope="col"') == table.count('<button type="button">') == 17
+    )  # with isolated SQNR and its decomposition
     assert 'data-table="layers-0"' in sample_html and ">worst SQNR first</button>" in sample_html
 
 

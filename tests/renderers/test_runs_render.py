@@ -84,7 +84,7 @@ def test_json_round_trip(runs3, tmp_path):
     assert runs_to_json(load_report(tmp_path / "r.json")) == text
 
 
-def test_a_version_3_report_reads_as_one_run(data_dir, digits):
+def test_a_single_report_reads_as_one_run(data_dir, digits):
     saved = json.loads((data_dir / "digits.json").read_text())
     assert saved["format"]["version"] == 5  # version 3 with new keys only: read either way
     saved["format"]["version"] = 3
