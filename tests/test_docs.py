@@ -1,7 +1,7 @@
 """The documentation's promises: every option and metric documented, links that resolve, and CI jobs that work.
 
 README.md is the user's path (under 300 lines); the reference is in docs/.
-The qaudit command of the README's GitHub Actions and GitLab CI jobs is run on
+The qaudit command of the GitHub Actions and GitLab CI jobs (docs/ci.md) is run on
 the bundled sample (in a temporary directory, so the outputs land there), as
 is the command that refreshes the baseline, and the Python API example.
 """
@@ -43,6 +43,7 @@ def read(path: Path) -> str:
 
 
 README = read(REPO / "README.md")
+CI_PAGE = read(DOCS / "ci.md")  # the CI jobs and the baseline refresh
 
 
 def without_code(text: str) -> str:
@@ -264,17 +265,22 @@ def test_python_api_example_compiles():
 
 @pytest.fixture(scope="module")
 def ci_command() -> str:
-    blocks = code_blocks(section(README, "## Use in CI"), "yaml")
+    blocks = code_blocks(section(CI_PAGE, "## The jobs"), "yaml")
     assert len(blocks) == 2, "expected the GitHub Actions and the GitLab CI job"
     github, gitlab = (qaudit_line(b) for b in blocks)
     assert github == gitlab, "both CI jobs must run the same qaudit command"
     return github
 
 
+def test_readme_shows_the_ci_jobs_command(ci_command):
+    (block,) = code_blocks(section(README, "## Use in CI"))
+    assert block.strip() == ci_command
+
+
 @pytest.mark.extra  # pyyaml (test extra)
 def test_ci_jobs_are_valid_yaml_with_the_junit_report(ci_command):
     yaml = pytest.importorskip("yaml")
-    github, gitlab = (yaml.safe_load(b) for b in code_blocks(section(README, "## Use in CI"), "yaml"))
+    github, gitlab = (yaml.safe_load(b) for b in code_blocks(section(CI_PAGE, "## The jobs"), "yaml"))
     steps = github["jobs"]["qaudit"]["steps"]
     assert {"run": "pip install ."} in steps
     assert any(s.get("run") == ci_command for s in steps)
@@ -302,7 +308,7 @@ def test_ci_command_gates_the_sample_and_passes(ci_command, tmp_path, cli_env):
 
 @pytest.mark.slow
 def test_baseline_refresh_command(tmp_path, cli_env):
-    block = code_blocks(section(README, "### Storing and refreshing the baseline"))[0]
+    block = code_blocks(section(CI_PAGE, "## Storing and refreshing the baseline"))[0]
     command = block.splitlines()[0]
     assert "--no-baseline" in command and "--json samples/digits/baseline.json" in command
     fresh = tmp_path / "baseline.json"  # never overwrite the committed baseline from a test
