@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,16 +47,11 @@ def capture(
     batches: Iterable[dict[str, np.ndarray]],
     work: Path,
     *,
-    labels: np.ndarray | None = None,
-    outputs: OutputKinds | None = None,
-    isolated: bool = True,
-    tensor_bytes: dict[str, int] | None = None,
-    on_batch: Callable[[int], None] | None = None,
-    model_name: str = "the model",
     plain_path: Path | None = None,
+    **kw,
 ) -> Captured:
     """Run the instrumented fp32, quantized and isolated-error graphs in lockstep
-    and stream their tensors into the meters.
+    and stream their tensors into the meters: :func:`capture_many` with one quantized model.
 
     The twins are measured in shares of about equal size, one per usable core,
     each on its own thread (:func:`~qaudit.pipeline.parallel.lockstep`).
@@ -71,86 +66,140 @@ def capture(
     from it, and :attr:`Captured.plain_outputs` names the outputs that differed
     (the layer rows still come from the instrumented graph).
     """
+    return capture_many(fp32_model, [Quantized(qmodel, matching, work, plain_path)], batches, work, **kw)[0]
+
+
+@dataclass
+class Quantized:
+    """One quantized model to capture: its graph, its twins, its working directory, its saved file."""
+
+    qmodel: onnx.ModelProto
+    matching: Matching
+    work: Path
+    plain_path: Path | None = None
+
+
+class _Side:
+    """The sessions and meters of one quantized model in :func:`capture_many`."""
+
+    def __init__(self, q: Quantized, isolated: bool, tensor_bytes, out_meter: OutputMeter):
+        self.matching, self.out_names = q.matching, [o.name for o in q.qmodel.graph.output]
+        q_instrumented, self.shifted = instrumented_quantized(q.qmodel, q.matching.twins)
+        self.q_session = make_session(
+            save_model(q_instrumented, q.work / "quantized_instrumented.onnx"),
+            what="the quantized model",
+            advice=QUANTIZER_AT_FAULT,
+        )
+        del q_instrumented
+        self.plain, self.differed = None, []
+        self._plain_source = q.plain_path or (q.work / "quantized_plain.onnx", q.qmodel)
+        self.iso_session, self.iso_inputs = None, {}
+        if isolated and q.matching.twins:
+            iso_model, self.iso_inputs = isolated_model(q.qmodel, q.matching.twins, self.shifted)
+            self.iso_session = make_session(
+                save_model(iso_model, q.work / "quantized_isolated.onnx"),
+                what="the isolated-error graph",
+                advice=QUANTIZER_AT_FAULT,
+            )
+            del iso_model  # a copy of the quantized graph's weights: the session has its own
+        sizes = {n: (tensor_bytes or {}).get(n, 1) for n in q.matching.twins}
+        self.meters = [ActivationMeter(q.matching, share) for share in shares(sizes, min(2, usable_cores()))] or [
+            ActivationMeter(q.matching)
+        ]
+        self.out_meter = out_meter
+        self.seen = 0  # samples measured
+
+    def check_plain(self, head) -> None:
+        """Run the first batch on a plain session too; keep it only when the instrumented outputs differ."""
+        src = self._plain_source
+        path = src if isinstance(src, Path) else save_model(src[1], src[0])
+        self.plain = make_session(path, what="the quantized model", advice=QUANTIZER_AT_FAULT)
+        names = self.out_names
+        ref = dict(zip(names, self.plain.run(names, head)))
+        got = dict(zip(names, self.q_session.run(names, head)))
+        self.differed = [n for n in names if not _identical(ref[n], got[n])]
+        if not self.differed:
+            self.plain = None  # the instrumented graph is the deployed one: free the second session
+
+    def run(self, feeds, a):
+        b = run_named(self.q_session, feeds)
+        if self.plain is not None:  # the instrumented graph differed from a plain session: outputs from the plain one
+            b.update(zip(self.out_names, self.plain.run(self.out_names, feeds)))
+        for name in self.shifted:  # back to the int8 values the deployed graph holds (exact: v - 128)
+            b[name] = _to_int8(b[name])
+        c = None
+        if self.iso_session is not None:
+            iso_feeds = dict(feeds)
+            iso_feeds.update({inp: a[name] for name, inp in self.iso_inputs.items()})
+            c = run_named(self.iso_session, iso_feeds)
+            for name in self.shifted:
+                c[name] = _to_int8(c[name])
+        return b, c
+
+
+def capture_many(
+    fp32_model: onnx.ModelProto,
+    quantized: Sequence[Quantized],
+    batches: Iterable[dict[str, np.ndarray]],
+    work: Path,
+    *,
+    labels: np.ndarray | None = None,
+    outputs: OutputKinds | None = None,
+    isolated: bool = True,
+    tensor_bytes: dict[str, int] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    model_name: str = "the model",
+) -> list[Captured]:
+    """:func:`capture` of several quantized models of one fp32 graph, on one pass over ``batches``:
+    the fp32 graph runs once per batch (exposing every model's twins), then each quantized
+    and isolated-error graph; each model gets its own meters (:class:`Captured`, in order).
+    Every quantized model's sessions are alive at once (calibration trials, qaudit.trials)."""
     vtypes = {
         vi.name: vi.type.tensor_type.elem_type
         for vi in list(fp32_model.graph.value_info) + list(fp32_model.graph.input)
     }
-    fp32_outs = [(n, vtypes.get(n, onnx.TensorProto.FLOAT)) for n in matching.twins]
+    twins = dict.fromkeys(n for q in quantized for n in q.matching.twins)
+    fp32_outs = [(n, vtypes.get(n, onnx.TensorProto.FLOAT)) for n in twins]
     fp32_session = make_session(
         save_model(with_outputs(fp32_model, fp32_outs), work / "folded_instrumented.onnx"), what=model_name
     )
-    q_instrumented, shifted = instrumented_quantized(qmodel, matching.twins)
-    q_session = make_session(
-        save_model(q_instrumented, work / "quantized_instrumented.onnx"),
-        what="the quantized model",
-        advice=QUANTIZER_AT_FAULT,
-    )
+    kinds = outputs or output_kinds(fp32_model, labelled=labels is not None)
+    sides = [_Side(q, isolated, tensor_bytes, OutputMeter(kinds)) for q in quantized]
     batches = iter(batches)
     head = next(batches, None)
-    out_names = [o.name for o in qmodel.graph.output]
-    plain, differed = None, []
     if head is not None:
-        plain = make_session(
-            plain_path or save_model(qmodel, work / "quantized_plain.onnx"),
-            what="the quantized model",
-            advice=QUANTIZER_AT_FAULT,
-        )
-        ref = dict(zip(out_names, plain.run(out_names, head)))
-        got = dict(zip(out_names, q_session.run(out_names, head)))
-        differed = [n for n in out_names if not _identical(ref[n], got[n])]
-        del ref, got
-        if not differed:
-            plain = None  # the instrumented graph is the deployed one: free the second session
+        for side in sides:
+            side.check_plain(head)
         batches = itertools.chain([head], batches)
-    iso_session, iso_inputs = None, {}
-    if isolated and matching.twins:
-        iso_model, iso_inputs = isolated_model(qmodel, matching.twins, shifted)
-        iso_session = make_session(
-            save_model(iso_model, work / "quantized_isolated.onnx"),
-            what="the isolated-error graph",
-            advice=QUANTIZER_AT_FAULT,
-        )
-        del iso_model  # a copy of the quantized graph's weights: the session has its own
-
-    sizes = {n: (tensor_bytes or {}).get(n, 1) for n in matching.twins}
-    meters = [ActivationMeter(matching, share) for share in shares(sizes, min(2, usable_cores()))] or [
-        ActivationMeter(matching)
-    ]
-    out_meter = OutputMeter(outputs or output_kinds(fp32_model, labelled=labels is not None))
-    seen = 0
 
     def run_batch(feeds):
         a = run_named(fp32_session, feeds)
-        b = run_named(q_session, feeds)
-        if plain is not None:  # the instrumented graph differed from a plain session: outputs from the plain one
-            b.update(zip(out_names, plain.run(out_names, feeds)))
-        for name in shifted:  # back to the int8 values the deployed graph holds (exact: v - 128)
-            b[name] = _to_int8(b[name])
-        c = None
-        if iso_session is not None:
-            iso_feeds = dict(feeds)
-            iso_feeds.update({inp: a[name] for name, inp in iso_inputs.items()})
-            c = run_named(iso_session, iso_feeds)
-            for name in shifted:
-                c[name] = _to_int8(c[name])
-        return a, b, c
+        return a, [side.run(feeds, a) for side in sides]
 
-    def measurer(meter, first):
+    def measurer(j, meter, first):
+        side = sides[j]
+
         def measure(feeds, outs):
-            nonlocal seen
-            a, b, c = outs
+            a, (b, c) = outs[0], outs[1][j]
             meter.update(a, b, c)
             if first:
                 n = samples(feeds)
-                out_meter.update(a, b, labels[seen : seen + n] if labels is not None else None)
-                seen += n
-                if on_batch is not None:
+                side.out_meter.update(a, b, labels[side.seen : side.seen + n] if labels is not None else None)
+                side.seen += n
+                if j == 0 and on_batch is not None:
                     on_batch(n)
 
         return measure
 
-    lockstep(run_batch, batches, [measurer(m, i == 0) for i, m in enumerate(meters)])
-    return Captured(ActivationMeter.combine(meters), out_meter, seen, tuple(differed))
+    lockstep(
+        run_batch,
+        batches,
+        [measurer(j, m, i == 0) for j, side in enumerate(sides) for i, m in enumerate(side.meters)],
+    )
+    return [
+        Captured(ActivationMeter.combine(side.meters), side.out_meter, side.seen, tuple(side.differed))
+        for side in sides
+    ]
 
 
 def _to_int8(v: np.ndarray) -> np.ndarray:
