@@ -67,8 +67,11 @@ from pathlib import Path
 #: 4 - the multi-run document (several calibration methods in one audit, :mod:`qaudit.runs`):
 #:     ``{"format", "runs": [{"name", <a version 3 report's sections>}], "gates"}``. A single-run
 #:     audit still writes version 3; :func:`load_report` reads both.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+#: 5 - a single report as version 3, plus ``trials`` (absent without ``--trials``): the calibration
+#:     trials' subsets and the mean, std (ddof=1), min and max of every layer's and output's metrics
+#:     (:mod:`qaudit.trials`). Version 3 reports are still read (``trials`` = ``None``).
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 5)
 
 
 @dataclass(frozen=True)
@@ -295,6 +298,8 @@ class Report:
     format_version: int = FORMAT_VERSION
     #: the gates evaluated on this report, or None (see :func:`qaudit.gate.evaluate`)
     gates: GateResult | None = None
+    #: the calibration trials' section (:func:`qaudit.trials.summarize`), or None (format 5)
+    trials: dict | None = None
 
     def worst_layers(self, n: int = 3) -> list[LayerRow]:
         """Layers with the lowest finite activation SQNR, worst first."""
@@ -348,6 +353,8 @@ def to_dict(report: Report) -> dict:
     }
     out = _clean(out)
     out["gates"] = gates_to_dict(report.gates)
+    if report.trials is not None:
+        out["trials"] = _clean(report.trials)
     return out
 
 
@@ -611,7 +618,17 @@ def from_dict(d: dict, strict: bool = False) -> Report:
         notes=_expect(d.get("notes", []), tuple[str, ...], "notes"),
         format_version=version,
         gates=gates_from_dict(d.get("gates")),
+        trials=_trials(d.get("trials")),
     )
+
+
+def _trials(section) -> dict | None:
+    from qaudit.trials import check
+
+    try:
+        return check(_shallow(section, "trials"))
+    except ValueError as e:
+        raise ReportFormatError(str(e)) from None
 
 
 def from_json(text: str, strict: bool = False) -> Report:

@@ -30,7 +30,7 @@ from qaudit.options import SIXTEEN_BIT_OPSET, AuditConfig, QuantConfig
 from qaudit.output import atomic_path
 from qaudit.pipeline import kernels
 from qaudit.pipeline.assemble import PhaseClock, RunFacts, build_report
-from qaudit.pipeline.capture import capture
+from qaudit.pipeline.capture import Quantized, capture_many
 from qaudit.pipeline.controlflow import CONTROL_FLOW_OPS, every_sample, resolve_control_flow
 from qaudit.pipeline.data import open_inputs
 from qaudit.pipeline.foldcheck import FOLD_CHECK_SAMPLES, FoldingCheck
@@ -186,8 +186,124 @@ def opset_needed(quant: QuantConfig | None) -> tuple[int, str]:
     return 0, ""
 
 
+@dataclass
+class Context:
+    """What the audit decided before quantizing: every run and every calibration trial
+    (qaudit.pipeline.trials) is quantized, captured and measured from it."""
+
+    cfg: AuditConfig
+    src: object  # qaudit.pipeline.data.Inputs
+    prep: Prepared
+    fold: FoldResult
+    given: object  # prequant's given model (--quantized), or None
+    folded_path: Path
+    work: Path
+    outputs: object  # measure.OutputKinds
+    tensor_overrides: dict
+    overridden: dict
+    auto_excluded: dict[str, str]
+    bad: dict  # tensors holding NaN/Inf: {tensor: (finite min, finite max)}
+    batch_size: int
+    bytes_per_sample: int
+    tensor_bytes: dict[str, int]
+    fold_check: dict
+    check_samples: int
+
+
+@dataclass
+class Run:
+    """One quantized model of the audit: a run (calibration method) or a calibration trial."""
+
+    cfg: AuditConfig  # its settings (a run's quantization, a trial's data)
+    qmodel: onnx.ModelProto
+    q_path: Path | None
+    work: Path
+    matching: object  # match.Matching
+    quantizer: dict
+    auto_excluded: dict[str, str]
+    n_calib: int
+
+
+def quantized_run(ctx: Context, run_cfg: AuditConfig, ranges, run_work: Path, clock: PhaseClock, **kw) -> Run:
+    """Quantize ``ctx``'s folded graph with ``ranges`` (or take the given model) and pair its twins.
+    ``kw``: ``auto_excluded`` and ``n_calib`` of a calibration trial (default: the audit's)."""
+    fold, given = ctx.fold, ctx.given
+    auto_excluded = kw.get("auto_excluded", ctx.auto_excluded)
+    if given is None:
+        release_free_memory()  # ORT's quantizer copies every weight a few times: give it the pages calibration freed
+        q_path = quantize(
+            ctx.folded_path,
+            ranges,
+            run_cfg.quant,
+            run_work / "quantized.onnx",
+            run_work,
+            also_exclude=auto_excluded,
+            tensor_overrides=ctx.tensor_overrides,
+        )
+        qmodel = onnx.load(str(q_path))
+        quantizer = quantizer_changes(fold.model, qmodel)
+        fmt = run_cfg.quant.format
+    else:  # the user's model, its tensors named as the fp32 graph's where they pair (qaudit.pipeline.prequant)
+        qmodel, _ = renamed(fold.model, given.model)
+        check_layers(fold.model, qmodel, align(fold.model, given.model), ctx.cfg.model, run_cfg.quantized)
+        fmt = detected_settings(qmodel)["format"]
+        q_path, quantizer = None, {}  # capture saves the renamed model for its plain session
+    clock.lap("quantize")
+    # 5. pair every fp32 tensor with its quantized twin
+    excluded = {n: "producer excluded from quantization (--exclude); computed in float" for n in run_cfg.quant.exclude}
+    if given is not None:
+        excluded = {}
+    matching = match(fold.model, qmodel, {**excluded, **auto_excluded}, fmt)
+    unapplied = unapplied_activations(fold.model, qmodel, matching)
+    if unapplied:
+        quantizer = {**quantizer, "notes": [*quantizer.get("notes", ()), *unapplied]}
+    clock.lap("match")
+    return Run(
+        run_cfg, qmodel, q_path, run_work, matching, quantizer, auto_excluded, kw.get("n_calib", ctx.src.n_calib)
+    )
+
+
+def capture_runs(ctx: Context, runs: list[Run], on_batch=None) -> list:
+    """Capture every run on one pass over the evaluation data: the fp32 graph runs once per batch."""
+    cfg, src = ctx.cfg, ctx.src
+    return capture_many(
+        ctx.fold.model,
+        [Quantized(r.qmodel, r.matching, r.work, r.q_path) for r in runs],
+        src.evaluation.batches(ctx.batch_size, cfg.max_samples),
+        ctx.work,
+        labels=src.labels,
+        outputs=ctx.outputs,
+        isolated=cfg.isolated,
+        tensor_bytes=ctx.tensor_bytes,
+        on_batch=on_batch,
+        model_name=f"model {cfg.model}",
+    )
+
+
+def run_report(ctx: Context, run: Run, captured, clock: PhaseClock) -> Report:
+    """6. measure every row of a captured run and assemble its report."""
+    fold, cfg = ctx.fold, ctx.cfg
+    rows = layer_rows(fold.model, run.qmodel, run.matching, fold.folded, captured.meter, cfg.clip_percentile, run.work)
+    rows = mark_overrides(rows, ctx.overridden, fold.model)
+    clock.lap("measure")
+    facts = RunFacts(
+        ctx.prep.n_constants, ctx.batch_size, ctx.bytes_per_sample, run.auto_excluded, run.n_calib, captured.samples
+    )
+    facts.fold_check, facts.fold_check_samples = ctx.fold_check, ctx.check_samples
+    facts.graph_changes = ctx.prep.changes
+    facts.quantizer = run.quantizer
+    facts.label_output = ctx.outputs.label_output
+    facts.plain_outputs = captured.plain_outputs
+    if ctx.given is not None:
+        facts.quantized = given_facts(ctx.given, run.qmodel, cfg)
+    src = ctx.src
+    return build_report(
+        run.cfg, src.model, fold, run.matching, facts, rows, captured.outputs.rows(), clock, src.describe()
+    )
+
+
 def audit(
-    cfg: AuditConfig, progress: Progress | None = None, output_models: dict | None = None
+    cfg: AuditConfig, progress: Progress | None = None, output_models: dict | None = None, trial_executor=None
 ) -> Report | MultiReport:
     """Audit the post-training quantization of ``cfg.model`` (see docs/how-it-works.md).
 
@@ -196,7 +312,9 @@ def audit(
     run is quantized, matched, captured and measured: a :class:`~qaudit.runs.MultiReport`.
     ``cfg.output_model`` is then the first run's model, or one file per run with
     ``{run}`` in its name; ``output_models`` (run name -> path, the CLI's staged files)
-    replaces it."""
+    replaces it. ``cfg.trials``: the calibration trials' statistics join the report (``trials``,
+    :mod:`qaudit.pipeline.trials`; ``trial_executor`` runs them, default: on this machine,
+    sharing the main run's fp32 pass)."""
     progress, clock = progress or NullProgress(), PhaseClock()
     kernels.name()  # a bad QAUDIT_KERNELS fails here, not on a worker thread
     # 1. load and check the model, the data and the labels
@@ -265,6 +383,11 @@ def audit(
         del original  # every session holds its own memory: free it before the next stage
         fold_check = check.result(cfg.fold_rtol, cfg.fold_atol) if check else {}
         clock.lap("calibrate")
+        ctx = Context(
+            cfg, src, prep, fold, given, folded_path, work, outputs, tensor_overrides, overridden,
+            auto_excluded, bad, batch_size, bytes_per_sample, tensor_bytes, fold_check,
+            check.samples if check else 0,
+        )  # fmt: skip
         shared = copy.deepcopy(clock)  # each run's phases: the shared ones, then its own
         runs: list[tuple[str, Report, Path | None]] = []
         for i, (quant, ranges) in enumerate(zip(quants, all_ranges, strict=True)):
@@ -274,75 +397,19 @@ def audit(
                 run_work.mkdir()
                 clock = copy.deepcopy(shared) if i else clock
                 clock._t = time.perf_counter()
-            if given is None:
-                release_free_memory()  # ORT's quantizer copies every weight a few times: give it the pages calibration freed
-                q_path = quantize(
-                    folded_path,
-                    ranges,
-                    run_cfg.quant,
-                    run_work / "quantized.onnx",
-                    run_work,
-                    also_exclude=auto_excluded,
-                    tensor_overrides=tensor_overrides,
+            run = quantized_run(ctx, run_cfg, ranges, run_work, clock)
+            if cfg.trials:  # the calibration trials, measured on the main run's pass (qaudit.pipeline.trials)
+                from qaudit.pipeline.trials import run_trials
+
+                report = run_trials(ctx, run, clock, progress, executor=trial_executor)
+            else:
+                progress.stage(
+                    "capturing fp32 + quantized" + (f" ({quant.calibrate_method})" if cfg.runs else ""), src.n_eval
                 )
-                qmodel = onnx.load(str(q_path))
-                quantizer = quantizer_changes(fold.model, qmodel)
-                fmt = run_cfg.quant.format
-            else:  # the user's model, its tensors named as the fp32 graph's where they pair (qaudit.pipeline.prequant)
-                qmodel, _ = renamed(fold.model, given.model)
-                check_layers(fold.model, qmodel, align(fold.model, given.model), cfg.model, run_cfg.quantized)
-                fmt = detected_settings(qmodel)["format"]
-                q_path, quantizer = None, {}  # capture saves the renamed model for its plain session
-            clock.lap("quantize")
-            # 5. pair every fp32 tensor with its quantized twin, capture both on the evaluation data
-            excluded = {
-                n: "producer excluded from quantization (--exclude); computed in float" for n in run_cfg.quant.exclude
-            }
-            if given is not None:
-                excluded = {}
-            matching = match(fold.model, qmodel, {**excluded, **auto_excluded}, fmt)
-            unapplied = unapplied_activations(fold.model, qmodel, matching)
-            if unapplied:
-                quantizer = {**quantizer, "notes": [*quantizer.get("notes", ()), *unapplied]}
-            clock.lap("match")
-            progress.stage(
-                "capturing fp32 + quantized" + (f" ({quant.calibrate_method})" if cfg.runs else ""), src.n_eval
-            )
-            batches = src.evaluation.batches(batch_size, cfg.max_samples)
-            captured = capture(
-                fold.model,
-                qmodel,
-                matching,
-                batches,
-                run_work,
-                labels=src.labels,
-                outputs=outputs,
-                isolated=cfg.isolated,
-                tensor_bytes=tensor_bytes,
-                on_batch=progress.advance,
-                model_name=f"model {cfg.model}",
-                plain_path=q_path,
-            )
-            clock.lap("capture")
-            # 6. measure every row, assemble the report
-            rows = layer_rows(fold.model, qmodel, matching, fold.folded, captured.meter, cfg.clip_percentile, run_work)
-            rows = mark_overrides(rows, overridden, fold.model)
-            clock.lap("measure")
-            check_samples = check.samples if check else 0
-            facts = RunFacts(
-                prep.n_constants, batch_size, bytes_per_sample, auto_excluded, src.n_calib, captured.samples
-            )
-            facts.fold_check, facts.fold_check_samples = fold_check, check_samples
-            facts.graph_changes = prep.changes
-            facts.quantizer = quantizer
-            facts.label_output = outputs.label_output
-            facts.plain_outputs = captured.plain_outputs
-            if given is not None:
-                facts.quantized = given_facts(given, qmodel, cfg)
-            report = build_report(
-                run_cfg, src.model, fold, matching, facts, rows, captured.outputs.rows(), clock, src.describe()
-            )
-            runs.append((quant.calibrate_method, report, q_path))
+                captured = capture_runs(ctx, [run], progress.advance)[0]
+                clock.lap("capture")
+                report = run_report(ctx, run, captured, clock)
+            runs.append((quant.calibrate_method, report, run.q_path))
         # 7. the shipped artifacts, written last and atomically: the first run's, or one per run ({run})
         for i, (name, _, q_path) in enumerate(runs):
             if output_models is not None:
@@ -364,4 +431,15 @@ def audit(
     return runs[0][1]
 
 
-__all__ = ["NullProgress", "Prepared", "Progress", "audit", "prepare"]
+__all__ = [
+    "Context",
+    "NullProgress",
+    "Prepared",
+    "Progress",
+    "Run",
+    "audit",
+    "capture_runs",
+    "prepare",
+    "quantized_run",
+    "run_report",
+]
