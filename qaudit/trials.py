@@ -173,14 +173,6 @@ def lookup(section: dict | None, kind: str, name: str, metric: str) -> dict | No
     return None
 
 
-def spread(s: dict | None, digits: int = 1, unit: str = "") -> str:
-    """``"31.2 ± 0.4 dB (min 30.5)"``, or ``"-"`` when there are no statistics."""
-    if not s or s.get("mean") is None:
-        return "-"
-    u = f" {unit}" if unit else ""
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}{u} (min {s['min']:.{digits}f})"
-
-
 __all__ = [
     "LAYER_METRICS",
     "OUTPUT_METRICS",
@@ -189,7 +181,6 @@ __all__ = [
     "check",
     "lookup",
     "plan",
-    "spread",
     "stats",
     "summarize",
 ]

@@ -116,6 +116,8 @@ class LocalExecutor:
             if progress is not None:
                 progress.stage(f"calibrating trial {i + 1}/{len(subsets)} ({len(indices)} files)", None)
             runs.append(prepare_trial(ctx, i, indices))
+        if clock is not None:
+            clock.lap("trials")  # the trials' calibrations and quantizations; the shared capture follows
         everything = ([main] if main is not None else []) + runs
         if progress is not None:
             progress.stage(f"capturing fp32 + quantized (main and {len(runs)} trials)", ctx.src.n_eval)
@@ -152,6 +154,8 @@ class MapExecutor:
         if progress is not None:
             progress.stage(f"running {len(subsets)} calibration trials", None)
         reports = list(self.map(functools.partial(run_trial, ctx), range(len(subsets)), subsets))
+        if clock is not None:
+            clock.lap("trials")
         return reports, main_report
 
 

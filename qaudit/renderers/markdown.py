@@ -12,6 +12,7 @@ import re
 
 from qaudit.options import describe_calibration
 from qaudit.renderers import numbers as num
+from qaudit.renderers import trials as tr
 from qaudit.renderers.base import accept, override_label, with_gates
 from qaudit.renderers.checks import words
 from qaudit.report import GateCheck, GateResult
@@ -158,6 +159,14 @@ class MarkdownRenderer:
             ],
             "ll" + "r" * (len(num.OUTPUT_HEADERS) - 1) + "c",
         )
+        if report.trials:
+            out += ["", "### Calibration trials", "", text(tr.heading(report.trials)) + ".", ""]
+            out += _table(
+                ["output", *tr.OUTPUT_TITLES],
+                [[code(o.name), *map(text, tr.output_cells(report.trials, o.name))] for o in report.outputs],
+                "l" + "r" * len(tr.OUTPUT_TITLES),
+            )
+            out += [""] + [f"- {text(n)}" for n in report.trials.get("notes", ())]
 
         if result is not None and result.baseline is not None:
             b = result.baseline
