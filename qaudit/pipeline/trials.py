@@ -73,7 +73,7 @@ def subset(dataset: Dataset, indices: Sequence[int]) -> Dataset:
     return out
 
 
-def prepare_trial(ctx, index: int, indices: Sequence[int], clock: PhaseClock | None = None):
+def prepare_trial(ctx, index: int, indices: Sequence[int], clock: PhaseClock | None = None, progress=None):
     """Calibrate on the files ``indices`` and quantize: the trial's :class:`~qaudit.pipeline.audit.Run`.
     The exclusions are the full-data audit's, plus any tensor this subset finds non-finite."""
     from qaudit.pipeline.audit import quantized_run
@@ -82,12 +82,15 @@ def prepare_trial(ctx, index: int, indices: Sequence[int], clock: PhaseClock | N
     work = ctx.work / f"trial{index}"
     work.mkdir(exist_ok=True)
     data = subset(ctx.src.calib, indices)
+    n_calib = data.count(cfg.max_samples)
+    if progress is not None:
+        progress.stage(f"calibrating trial {index + 1} ({len(indices)} files)", n_calib)
     bad = dict(ctx.bad)
     batches = data.batches(ctx.batch_size, cfg.max_samples)
-    ranges = calibrate_many(ctx.folded_path, batches, [cfg.quant], work, None, set(bad), nonfinite=bad)[0]
+    on_batch = progress.advance if progress is not None else None
+    ranges = calibrate_many(ctx.folded_path, batches, [cfg.quant], work, on_batch, set(bad), nonfinite=bad)[0]
     clock.lap("calibrate")
     excluded = {**ctx.auto_excluded, **nonfinite_exclusions(ctx.fold.model, bad)}
-    n_calib = data.count(cfg.max_samples)
     return quantized_run(ctx, cfg, ranges, work, clock, auto_excluded=excluded, n_calib=n_calib)
 
 
@@ -113,9 +116,7 @@ class LocalExecutor:
 
         runs = []
         for i, indices in enumerate(subsets):
-            if progress is not None:
-                progress.stage(f"calibrating trial {i + 1}/{len(subsets)} ({len(indices)} files)", None)
-            runs.append(prepare_trial(ctx, i, indices))
+            runs.append(prepare_trial(ctx, i, indices, progress=progress))
         if clock is not None:
             clock.lap("trials")  # the trials' calibrations and quantizations; the shared capture follows
         everything = ([main] if main is not None else []) + runs
