@@ -317,11 +317,6 @@ class AuditConfig:
             raise ConfigError(f"trials must be an integer >= 2 (a spread needs two trials), not {self.trials!r}")
         if self.quantized is not None:
             raise ConfigError("--trials recalibrates; with --quantized nothing is calibrated: drop --trials")
-        if self.runs:
-            raise ConfigError(
-                "--trials with several --calibrate-method values is not supported: run one audit per method with the "
-                "same --trials and --seed (the same subsets), and compare their trial spreads"
-            )
         if not 0 < self.trial_fraction < 1:
             raise ConfigError(f"trial_fraction must be in (0, 1), not {self.trial_fraction!r}")
 

@@ -163,6 +163,24 @@ def check(section, where: str = "trials") -> dict | None:
     return section
 
 
+def paired(base: dict | None, other: dict | None, kind: str, name: str, metric: str) -> dict | None:
+    """``other − base`` trial by trial, for two reports' ``trials`` drawn on the same subsets (the same
+    files, seed and fraction): :func:`stats` of the differences, plus ``higher`` and ``lower``, how many
+    trials ``other`` measured above and below ``base``; ``None`` when the subsets differ or a side lacks it."""
+    if not base or not other or base.get("subsets") != other.get("subsets") or base.get("files") != other.get("files"):
+        return None
+    a, b = lookup(base, kind, name, metric), lookup(other, kind, name, metric)
+    if not a or not b:
+        return None
+    diffs = [
+        None if x is None or y is None else y - x for x, y in zip(a.get("values", ()), b.get("values", ()), strict=True)
+    ]
+    out = stats(diffs)
+    out["higher"] = sum(d is not None and d > 0 for d in diffs)
+    out["lower"] = sum(d is not None and d < 0 for d in diffs)
+    return out
+
+
 def lookup(section: dict | None, kind: str, name: str, metric: str) -> dict | None:
     """The statistics of ``metric`` for layer or output ``name`` (``kind``: "layers" or "outputs"), or None."""
     if not section:
@@ -180,6 +198,7 @@ __all__ = [
     "Plan",
     "check",
     "lookup",
+    "paired",
     "plan",
     "stats",
     "summarize",

@@ -19,7 +19,7 @@ import functools
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -401,7 +401,8 @@ def audit(
             if cfg.trials:  # the calibration trials, measured on the main run's pass (qaudit.pipeline.trials)
                 from qaudit.pipeline.trials import run_trials
 
-                report = run_trials(ctx, run, clock, progress, executor=trial_executor)
+                run_ctx = ctx if not cfg.runs else replace(ctx, cfg=run_cfg, work=run_work)
+                report = run_trials(run_ctx, run, clock, progress, executor=trial_executor)
             else:
                 progress.stage(
                     "capturing fp32 + quantized" + (f" ({quant.calibrate_method})" if cfg.runs else ""), src.n_eval

@@ -79,7 +79,7 @@ def prepare_trial(ctx, index: int, indices: Sequence[int], clock: PhaseClock | N
     from qaudit.pipeline.audit import quantized_run
 
     cfg, clock = ctx.cfg, clock or PhaseClock()
-    work = ctx.work / f"trial{index}"
+    work = ctx.work / f"trial{index}"  # ctx.work: the run's directory
     work.mkdir(exist_ok=True)
     data = subset(ctx.src.calib, indices)
     n_calib = data.count(cfg.max_samples)

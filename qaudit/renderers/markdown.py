@@ -209,6 +209,8 @@ class MarkdownRenderer:
         else:
             out = [f"## qaudit: ❌ FAIL — {text(verdict_line(mr).removeprefix('gates: FAIL (').removesuffix(')'))}"]
         out += ["", "### Runs side by side", ""]
+        rows = summary_rows(mr)
+        trials = any("trials_output" in row for row in rows)
         out += _table(
             [
                 "run",
@@ -219,6 +221,7 @@ class MarkdownRenderer:
                 "QCE",
                 "acc drop %",
                 "gates",
+                *(["output SQNR trials", "paired difference (same subsets)"] if trials else []),
             ],
             [
                 [
@@ -230,10 +233,11 @@ class MarkdownRenderer:
                     num.nats(row["qce"]),
                     num.points(row["acc_drop_pct"]),
                     {"pass": "✅", "fail": "❌"}.get(row["verdict"], "not gated"),
+                    *(map(text, tr.run_cells(row, mr.names[0])) if trials else []),
                 ]
-                for (_, r), row in zip(mr.runs, summary_rows(mr), strict=True)
+                for (_, r), row in zip(mr.runs, rows, strict=True)
             ],
-            "lllrrrrc",
+            "lllrrrrc" + ("rr" if trials else ""),
         )
         for name, report in mr.runs:
             section = self.render(report, worst=worst).splitlines()

@@ -589,7 +589,12 @@ def runs_table(mr) -> Table:
         ("gates", "left"),
     ):
         t.add_column(col, justify=just, overflow="fold")
-    for (_, report), row in zip(mr.runs, summary_rows(mr), strict=True):
+    rows = summary_rows(mr)
+    trials = any("trials_output" in row for row in rows)
+    if trials:  # calibration trials: is a difference between runs noise?
+        t.add_column("output SQNR trials", justify="right", overflow="fold")
+        t.add_column("paired difference (same subsets)", justify="right", overflow="fold")
+    for (_, report), row in zip(mr.runs, rows, strict=True):
         verdict_text = {"pass": Text("PASS", "verdict.pass"), "fail": Text("FAIL", "verdict.fail")}
         t.add_row(
             Text(row["run"]),
@@ -600,6 +605,7 @@ def runs_table(mr) -> Table:
             num.nats(row["qce"]),
             num.points(row["acc_drop_pct"]),
             verdict_text.get(row["verdict"], Text("not gated", "muted")),
+            *(map(Text, tr.run_cells(row, mr.names[0])) if trials else ()),
         )
     return t
 

@@ -35,6 +35,26 @@ def span(s: dict | None, metric: str) -> str:
     return f"{f(s['mean'])} ± {_std(f, s['std'])} [{f(s['min'])}, {f(s['max'])}]"
 
 
+def paired_cell(p: dict | None, base: str) -> str:
+    """``"-2.8 ± 2.7 dB vs percentile (higher in 1, lower in 7 of 8)"``: a run's difference from
+    ``base`` over the same trials."""
+    if not p or p.get("mean") is None:
+        return num.MISSING
+    return (
+        f"{num.db(p['mean'])} ± {_std(num.db, p['std'])} dB vs {base} "
+        f"(higher in {p['higher']}, lower in {p['lower']} of {p['n']})"
+    )
+
+
+def run_cells(row: dict, first: str) -> list[str]:
+    """A runs-table row's trial cells (:func:`qaudit.runs.summary_rows`): the output SQNR over the
+    trials, and the difference from the first run on the same subsets."""
+    if "trials_output" not in row:
+        return [num.MISSING, num.MISSING]
+    paired = paired_cell(row["output_sqnr_paired"], first) if "output_sqnr_paired" in row else "(the reference)"
+    return [span(row["output_sqnr_trials"], "sqnr_db"), paired]
+
+
 def layer_cell(trials: dict | None, name: str, metric: str) -> str:
     return spread(lookup(trials, "layers", name, metric), metric)
 
@@ -67,4 +87,14 @@ def subset_lines(trials: dict) -> list[str]:
     ]
 
 
-__all__ = ["OUTPUT_TITLES", "heading", "layer_cell", "output_cells", "span", "spread", "subset_lines"]
+__all__ = [
+    "OUTPUT_TITLES",
+    "heading",
+    "layer_cell",
+    "output_cells",
+    "paired_cell",
+    "run_cells",
+    "span",
+    "spread",
+    "subset_lines",
+]

@@ -38,7 +38,6 @@ def test_flags_config_file_and_environment(tmp_path):
         (["--trials", "1"], "trials from --trials: must be >= 2"),
         (["--trials", "3", "--trial-fraction", "1"], "trial_fraction from --trial-fraction: must be in (0, 1)"),
         (["--trials", "3", "--trial-fraction", "0.1"], "less than 1 file"),
-        (["--trials", "3", "--calibrate-method", "percentile,entropy"], "several --calibrate-method values"),
     ],
 )
 def test_trials_that_cannot_run_are_one_line_errors(run_cli, tmp_path, argv, message):

@@ -3,6 +3,7 @@ subset run by hand, statistics equal to numpy's, the fp32 graph run once per eva
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -173,7 +174,6 @@ def test_in_memory_items_are_the_files():
     [
         ({"trials": 1}, "at least 2 trials|>= 2"),
         ({"trials": 3, "trial_fraction": 0.2}, "less than 1 file"),
-        ({"trials": 3, "calibrate_method": ["percentile", "entropy"]}, "several --calibrate-method"),
         ({"trials": 3, "trial_fraction": 1.0}, r"in \(0, 1\)"),
     ],
 )
@@ -181,6 +181,34 @@ def test_trials_that_cannot_run_are_one_line_errors(kw, message):
     with pytest.raises(ConfigError, match=message) as e:
         _audit(SAMPLE_CALIB, **kw)
     assert "\n" not in str(e.value)
+
+
+def _trials(report) -> dict:
+    t = dict(report.trials)
+    t.pop("seconds")
+    return t
+
+
+def test_several_methods_each_get_the_same_subsets_and_a_paired_difference(counted):
+    from qaudit.runs import runs_from_dict, runs_to_dict, summary_rows
+
+    report, _ = counted
+    mr = _audit(SAMPLE_CALIB, trials=TRIALS, seed=SEED, calibrate_method=["percentile", "entropy"])
+    percentile, entropy = mr.run("percentile"), mr.run("entropy")
+    assert _trials(percentile) == _trials(report)  # each run's trials: the single-method audit's
+    assert _trials(entropy) == _trials(_audit(SAMPLE_CALIB, trials=TRIALS, seed=SEED, calibrate_method="entropy"))
+    assert entropy.trials["subsets"] == percentile.trials["subsets"]
+    # the runs table's paired difference: entropy - percentile, trial by trial, on the worst output
+    row = summary_rows(mr)[1]
+    a = np.array(percentile.trials["outputs"][0]["sqnr_db"]["values"])
+    b = np.array(entropy.trials["outputs"][0]["sqnr_db"]["values"])
+    p = row["output_sqnr_paired"]
+    assert p["values"] == (b - a).tolist()
+    assert p["mean"] == pytest.approx(np.mean(b - a), rel=1e-12, abs=1e-15)
+    assert p["std"] == pytest.approx(np.std(b - a, ddof=1), rel=1e-12)
+    assert (p["higher"], p["lower"]) == (int((b > a).sum()), int((b < a).sum()))
+    back = runs_from_dict(json.loads(json.dumps(runs_to_dict(mr))))
+    assert back.run("entropy").trials == json.loads(json.dumps(entropy.trials))
 
 
 def test_a_single_calibration_file_is_refused(tmp_path):
