@@ -26,8 +26,12 @@ file is one file.
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
 
 from qaudit.pipeline.assemble import PhaseClock
 from qaudit.pipeline.data import Dataset, _FileSource
@@ -81,6 +85,7 @@ def prepare_trial(ctx, index: int, indices: Sequence[int], clock: PhaseClock | N
     cfg, clock = ctx.cfg, clock or PhaseClock()
     work = ctx.work / f"trial{index}"  # ctx.work: the run's directory
     work.mkdir(exist_ok=True)
+    model = _own_copy(ctx.folded_path, work)
     data = subset(ctx.src.calib, indices)
     n_calib = data.count(cfg.max_samples)
     if progress is not None:
@@ -88,10 +93,27 @@ def prepare_trial(ctx, index: int, indices: Sequence[int], clock: PhaseClock | N
     bad = dict(ctx.bad)
     batches = data.batches(ctx.batch_size, cfg.max_samples)
     on_batch = progress.advance if progress is not None else None
-    ranges = calibrate_many(ctx.folded_path, batches, [cfg.quant], work, on_batch, set(bad), nonfinite=bad)[0]
+    ranges = calibrate_many(model, batches, [cfg.quant], work, on_batch, set(bad), nonfinite=bad)[0]
     clock.lap("calibrate")
     excluded = {**ctx.auto_excluded, **nonfinite_exclusions(ctx.fold.model, bad)}
-    return quantized_run(ctx, cfg, ranges, work, clock, auto_excluded=excluded, n_calib=n_calib)
+    return quantized_run(
+        replace(ctx, folded_path=model), cfg, ranges, work, clock, auto_excluded=excluded, n_calib=n_calib
+    )
+
+
+def _own_copy(model: Path, folder: Path) -> Path:
+    """``model`` (and its external weights, ``<name>.data``) linked into ``folder``: ORT's calibrator
+    and ``quantize_static`` write ``<model>-inferred.onnx`` beside the model they are given and delete
+    it (onnxruntime 1.32, docs/ort-quirks.md), so trials run in parallel on one file would race."""
+    out = folder / model.name
+    for src in (model, model.with_name(model.name + ".data")):
+        dst = folder / src.name
+        if src.exists() and not dst.exists():
+            try:
+                os.link(src, dst)
+            except OSError:  # another file system: a copy
+                shutil.copyfile(src, dst)
+    return out
 
 
 def run_trial(ctx, index: int, indices: Sequence[int]) -> Report:

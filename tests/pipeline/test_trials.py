@@ -145,6 +145,20 @@ def test_a_map_executor_gives_the_same_trials(counted):
     assert a == b
 
 
+def test_trials_run_in_parallel_processes(counted):
+    """A process pool's map (as a cluster would run them): the trials calibrate and quantize at the
+    same time, each on its own link of the folded model (ORT writes <model>-inferred.onnx beside it)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    report, _ = counted
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        other = _audit(SAMPLE_CALIB, trials=TRIALS, seed=SEED, trial_executor=MapExecutor(pool.map))
+    a, b = dict(report.trials), dict(other.trials)
+    for d in (a, b):
+        d.pop("seconds"), d.pop("fp32_pass")
+    assert a == b
+
+
 def test_the_trials_survive_json(counted):
     report, _ = counted
     back = from_json(to_json(report))
