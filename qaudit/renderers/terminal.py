@@ -65,6 +65,9 @@ def _pair(a, b, rule=num.sig) -> str:
     return f"{rule(a)} → {rule(b)}"
 
 
+#: the layer table's columns of the calibration trials (qaudit.trials.LAYER_METRICS)
+TRIAL_TITLES = ("SQNR trials", "iso trials")
+
 #: marks a layer or output that fails a gate (visible without colour, e.g. in CI logs)
 FAIL_MARK = "✗"
 
@@ -73,6 +76,10 @@ def layer_table(report: Report, worst: int = 3) -> Table:
     worst_names = {r.name for r in report.worst_layers(worst)}
     failing = set(report.gates.failing("layer")) if report.gates else set()
     trials = f"; trials: mean ±std (min) over {report.trials['n']} calibration subsets" if report.trials else ""
+    # the trials' columns: accumulated, and isolated when measured (--no-isolated: none)
+    metrics = [
+        m for m in LAYER_METRICS if report.trials and (m == "sqnr_db" or report.settings.get("error") != "accumulated")
+    ]
     t = Table(
         title="Per-layer quantization, graph order (weights: plain → BN-folded; SQNR: accumulated, iso: the layer's "
         f"own error{trials})",
@@ -93,11 +100,11 @@ def layer_table(report: Report, worst: int = 3) -> Table:
         ("SQNR dB", "right"),
         ("iso dB", "right"),
         ("QMSE", "right"),
-        *([("SQNR trials", "right"), ("iso trials", "right")] if report.trials else []),
+        *[(title, "right") for title in TRIAL_TITLES[: len(metrics)]],
     ]:
         t.add_column(col, justify=just, overflow="fold", no_wrap=col not in ("layer", "w range", "act range"))
     for r in report.layers:
-        spread = [Text(tr.layer_cell(report.trials, r.name, m)) for m in LAYER_METRICS] if report.trials else []
+        spread = [Text(tr.layer_cell(report.trials, r.name, m)) for m in metrics]
         style = "gate.fail" if r.name in failing else "worst" if r.name in worst_names else None
         name = r.name + (f" +{'+'.join(a.split('/')[-1] for a in r.fused)}" if r.fused else "")
         if r.bn_folded:
