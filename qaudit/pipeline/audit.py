@@ -319,6 +319,10 @@ def audit(
     kernels.name()  # a bad QAUDIT_KERNELS fails here, not on a worker thread
     # 1. load and check the model, the data and the labels
     src = open_inputs(cfg)
+    if cfg.trials:  # subsets that cannot be drawn (too few files) fail before any model runs
+        from qaudit.pipeline.trials import trial_plan
+
+        trial_plan(cfg, src.calib)
     outputs = output_kinds(src.model.model, cfg.class_outputs, cfg.label_output, labelled=src.labels is not None)
     clock.lap("load")
     # 2. prepare the graph (control flow, opset, shared initializers) and fold BatchNorm into the layers

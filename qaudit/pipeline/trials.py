@@ -166,6 +166,11 @@ class MapExecutor:
 
         from qaudit.pipeline.audit import capture_runs, run_report
 
+        if progress is not None:
+            progress.stage(f"running {len(subsets)} calibration trials", None)
+        reports = list(self.map(functools.partial(run_trial, ctx), range(len(subsets)), subsets))
+        if clock is not None:
+            clock.lap("trials")
         main_report = None
         if main is not None:
             if progress is not None:
@@ -174,26 +179,24 @@ class MapExecutor:
             if clock is not None:
                 clock.lap("capture")
             main_report = run_report(ctx, main, captured, clock or PhaseClock())
-        if progress is not None:
-            progress.stage(f"running {len(subsets)} calibration trials", None)
-        reports = list(self.map(functools.partial(run_trial, ctx), range(len(subsets)), subsets))
-        if clock is not None:
-            clock.lap("trials")
         return reports, main_report
+
+
+def trial_plan(cfg, calib: Dataset):
+    """The subsets of ``cfg``'s trials over the files of ``calib`` (:func:`qaudit.trials.plan`): the audit
+    draws them once before any model runs, so that subsets that cannot be drawn are an error at once."""
+    return plan(files(calib), cfg.trials, cfg.seed, cfg.trial_fraction)
 
 
 def run_trials(ctx, main, clock: PhaseClock, progress, executor=None) -> Report:
     """The main run's report with the ``trials`` section: the plan drawn from ``ctx.cfg``'s
     seed over the calibration files, the trials run by ``executor`` (default :class:`LocalExecutor`)."""
-    import dataclasses
-
-    cfg = ctx.cfg
-    p = plan(files(ctx.src.calib), cfg.trials, cfg.seed, cfg.trial_fraction)
+    p = trial_plan(ctx.cfg, ctx.src.calib)
     t0 = time.perf_counter()
     reports, report = (executor or LocalExecutor()).run(ctx, p.subsets, main, progress, clock)
     section = summarize(reports, p, round(time.perf_counter() - t0, 4))
     section["fp32_pass"] = "shared" if getattr(executor or LocalExecutor, "shares_pass", False) else "per trial"
-    return dataclasses.replace(report, trials=section)
+    return replace(report, trials=section)
 
 
-__all__ = ["LocalExecutor", "MapExecutor", "files", "prepare_trial", "run_trial", "run_trials", "subset"]
+__all__ = ["LocalExecutor", "MapExecutor", "files", "prepare_trial", "run_trial", "run_trials", "subset", "trial_plan"]

@@ -225,7 +225,13 @@ def test_several_methods_each_get_the_same_subsets_and_a_paired_difference(count
     assert back.run("entropy").trials == json.loads(json.dumps(entropy.trials))
 
 
-def test_a_single_calibration_file_is_refused(tmp_path):
+def test_a_single_calibration_file_is_refused_before_any_model_runs(tmp_path, monkeypatch):
+    from qaudit.pipeline import audit as audit_module
+
+    def no_session(*args, **kw):
+        raise AssertionError("a model ran before the trials were checked")
+
+    monkeypatch.setattr(audit_module, "probe_activations", no_session)
     one = tmp_path / "calib.npy"
     shutil.copyfile(Path(SAMPLE_CALIB) / "batch_000.npy", one)
     with pytest.raises(ConfigError, match="of 1 calibration file"):
