@@ -21,7 +21,9 @@ from qaudit.report import GateResult, Report, load_report
 from qaudit.runs import MultiReport
 
 
-def audit(model, calib=None, eval=None, labels=None, *, progress=None, **options) -> Report | MultiReport:
+def audit(
+    model, calib=None, eval=None, labels=None, *, progress=None, trial_executor=None, **options
+) -> Report | MultiReport:
     """Audit the post-training quantization of ``model``.
 
     ``model``: an ONNX file, or a whole :class:`AuditConfig` (then no other
@@ -41,6 +43,9 @@ def audit(model, calib=None, eval=None, labels=None, *, progress=None, **options
     ``advance(n)``, owned by the caller. Several calibration methods
     (``calibrate_method=["percentile", "entropy"]`` or ``"percentile,entropy"``)
     calibrate once and audit one run per method: a :class:`MultiReport`.
+    ``trials=N`` (``seed``, ``trial_fraction``) adds the calibration trials' statistics
+    (``report.trials``); ``trial_executor`` runs them (default: here, sharing one fp32
+    pass; :class:`qaudit.pipeline.trials.MapExecutor` hands each trial to a ``map``).
 
     Raises :class:`QauditError` subclasses for bad input (a one-line message).
     """
@@ -49,11 +54,11 @@ def audit(model, calib=None, eval=None, labels=None, *, progress=None, **options
 
     if isinstance(model, AuditConfig):
         if calib is not None or eval is not None or labels is not None or options:
-            raise TypeError("audit(config) takes no other arguments than progress")
-        return run(model, progress)
+            raise TypeError("audit(config) takes no other arguments than progress and trial_executor")
+        return run(model, progress, trial_executor=trial_executor)
     if calib is None and options.get("quantized") is None:
         raise TypeError("audit() needs calib: audit(model, calib, eval=None, labels=None, **options)")
-    return run(audit_config(model, calib, eval, labels, **options), progress)
+    return run(audit_config(model, calib, eval, labels, **options), progress, trial_executor=trial_executor)
 
 
 def compare(*inputs, calib=None, eval=None, labels=None, names=None, progress=None, **options):

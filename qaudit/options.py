@@ -267,6 +267,11 @@ class AuditConfig:
     preprocess: Mapping | str | None = None
     #: the class order of class subfolders: a file of one name per line, or a list (default: sorted folder names)
     class_names: Path | tuple | list | None = None
+    #: calibration trials (qaudit.trials): recalibrate on this many random subsets of the calibration
+    #: files, ``trial_fraction`` of them each, drawn from ``seed``; 0: none
+    trials: int = 0
+    seed: int = 0
+    trial_fraction: float = 0.5
 
     def __post_init__(self):
         if isinstance(self.preprocess, (str, Mapping)):
@@ -294,6 +299,8 @@ class AuditConfig:
             raise ConfigError("an audit needs calibration data (--calib)")
         if self.runs and self.quantized is not None:
             raise ConfigError("--quantized audits one given model: give one --calibrate-method, or none")
+        if self.trials:
+            self._check_trials()
         for key in ("calib", "eval", "labels", "output_model"):
             v = getattr(self, key)
             if isinstance(v, (str, os.PathLike)):
@@ -312,6 +319,15 @@ class AuditConfig:
             raise ConfigError(f"label_output must be an output name, not {self.label_output!r}")
         if not (0.0 <= float(self.clip_percentile) < 50.0):
             raise ConfigError(f"clip percentile must be in [0, 50), not {self.clip_percentile}")
+
+    def _check_trials(self) -> None:
+        """One-line errors for ``trials`` that cannot run (the subsets are checked against the files later)."""
+        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 2:
+            raise ConfigError(f"trials must be an integer >= 2 (a spread needs two trials), not {self.trials!r}")
+        if self.quantized is not None:
+            raise ConfigError("--trials recalibrates; with --quantized nothing is calibrated: drop --trials")
+        if not 0 < self.trial_fraction < 1:
+            raise ConfigError(f"trial_fraction must be in (0, 1), not {self.trial_fraction!r}")
 
     def replace(self, **changes) -> AuditConfig:
         return replace(self, **changes)

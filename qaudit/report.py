@@ -73,6 +73,8 @@ from pathlib import Path
 #:     ``codes_used`` (the isolated error's clipping/rounding split and the codes it uses) and
 #:     ``causes`` (:func:`qaudit.remedy.causes.diagnose`: why layers lose precision and what to
 #:     try). Versions 1-3 are still read (their ``causes`` are diagnosed on reading).
+#:     Also ``trials`` (absent without ``--trials``): the calibration trials' subsets and the mean,
+#:     std (ddof=1), min and max of every layer's and output's metrics (:mod:`qaudit.trials`).
 FORMAT_VERSION = 5
 READABLE_VERSIONS = (1, 2, 3, 5)
 
@@ -307,6 +309,8 @@ class Report:
     format_version: int = FORMAT_VERSION
     #: the gates evaluated on this report, or None (see :func:`qaudit.gate.evaluate`)
     gates: GateResult | None = None
+    #: the calibration trials' section (:func:`qaudit.trials.summarize`), or None (format 5)
+    trials: dict | None = None
 
     def worst_layers(self, n: int = 3) -> list[LayerRow]:
         """Layers with the lowest finite activation SQNR, worst first."""
@@ -363,6 +367,8 @@ def to_dict(report: Report) -> dict:
     out["causes"] = to_list(diagnose(report))
     out = _clean(out)
     out["gates"] = gates_to_dict(report.gates)
+    if report.trials is not None:
+        out["trials"] = _clean(report.trials)
     return out
 
 
@@ -630,7 +636,17 @@ def from_dict(d: dict, strict: bool = False) -> Report:
         notes=_expect(d.get("notes", []), tuple[str, ...], "notes"),
         format_version=version,
         gates=gates_from_dict(d.get("gates")),
+        trials=_trials(d.get("trials")),
     )
+
+
+def _trials(section) -> dict | None:
+    from qaudit.trials import check
+
+    try:
+        return check(_shallow(section, "trials"))
+    except ValueError as e:
+        raise ReportFormatError(str(e)) from None
 
 
 def from_json(text: str, strict: bool = False) -> Report:

@@ -163,8 +163,15 @@ def evaluate_runs(mr: MultiReport, config, baseline=None, baseline_source: str |
 
 
 def summary_rows(mr: MultiReport) -> list[dict]:
-    """One row per run for the side-by-side tables: method, worst layer, output SQNR, QCE, accuracy drop, verdict."""
+    """One row per run for the side-by-side tables: method, worst layer, output SQNR, QCE, accuracy drop, verdict;
+    with calibration trials also the first run's worst output's SQNR over them (``output_sqnr_trials``) and its
+    difference from the first run's, trial by trial on the same subsets (``output_sqnr_paired``, :func:`qaudit.trials.paired`)."""
+    from qaudit.trials import lookup, paired
+
     rows = []
+    first = mr.runs[0][1]
+    sq0 = [o for o in first.outputs if o.sqnr_db is not None]
+    out0 = min(sq0, key=lambda o: o.sqnr_db).name if sq0 else None
     for name, r in mr.runs:
         worst = r.worst_layers(1)
         outs = r.outputs
@@ -183,6 +190,11 @@ def summary_rows(mr: MultiReport) -> list[dict]:
                 "verdict": None if r.gates is None else ("pass" if r.gates.passed else "fail"),
             }
         )
+        if r.trials and out0 is not None:
+            rows[-1]["trials_output"] = out0
+            rows[-1]["output_sqnr_trials"] = lookup(r.trials, "outputs", out0, "sqnr_db")
+            if r is not first:
+                rows[-1]["output_sqnr_paired"] = paired(first.trials, r.trials, "outputs", out0, "sqnr_db")
     return rows
 
 

@@ -305,6 +305,26 @@ OPTIONS: tuple[Option, ...] = (
         bool_flags=("--isolated", "--no-isolated"),
     ),
     Option(
+        "trials",
+        "int",
+        "also calibrate on N random subsets of the calibration files and report each metric's mean, std, min "
+        "and max over them (the main report and the gates stay the full-data audit's)",
+        None,
+        check=_at_least(2),
+        group="measurement",
+        metavar="N",
+    ),
+    Option("seed", "int", "the seed the --trials subsets are drawn from (default 0)", 0, group="measurement"),
+    Option(
+        "trial_fraction",
+        "float",
+        "the fraction of the calibration files each --trials subset holds (default 0.5)",
+        0.5,
+        check=_between(0, 1, lo_open=True, hi_open=True),
+        group="measurement",
+        metavar="F",
+    ),
+    Option(
         "output_model",
         "out",
         "write the quantized model that was audited; with several calibration methods the first run's, or one "
@@ -410,8 +430,9 @@ class Settings:
         fields += ("activation_type", "weight_type", "per_channel", "percentile", "calib_symmetric", "exclude")
         fields += ("label_output", "class_outputs", "quantized", "overrides")
         fields += ("calibrate_method", "num_bins", "num_quantized_bins", "moving_average", "averaging_constant")
-        fields += ("preprocess", "class_names")
-        return audit_config(v["model"], v["calib"], v["eval"], v["labels"], **{k: v[k] for k in fields})
+        fields += ("preprocess", "class_names", "seed", "trial_fraction")
+        trials = {"trials": v["trials"]} if v.get("trials") else {}
+        return audit_config(v["model"], v["calib"], v["eval"], v["labels"], **{k: v[k] for k in fields}, **trials)
 
 
 # ----------------------------------------------------------- value parsing

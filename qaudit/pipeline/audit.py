@@ -19,7 +19,7 @@ import functools
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -187,20 +187,132 @@ def opset_needed(quant: QuantConfig | None) -> tuple[int, str]:
 
 
 @dataclass
-class _Run:
-    """One run of an audit between its quantization and its measurement."""
+class Context:
+    """What the audit decided before quantizing: every run and every calibration trial
+    (qaudit.pipeline.trials) is quantized, captured and measured from it."""
 
-    quant: QuantConfig
     cfg: AuditConfig
+    src: object  # qaudit.pipeline.data.Inputs
+    prep: Prepared
+    fold: FoldResult
+    given: object  # prequant's given model (--quantized), or None
+    folded_path: Path
     work: Path
+    outputs: object  # measure.OutputKinds
+    tensor_overrides: dict
+    overridden: dict
+    auto_excluded: dict[str, str]
+    bad: dict  # tensors holding NaN/Inf: {tensor: (finite min, finite max)}
+    batch_size: int
+    bytes_per_sample: int
+    tensor_bytes: dict[str, int]
+    fold_check: dict
+    check_samples: int
+
+
+@dataclass
+class Run:
+    """One quantized model of the audit: a run (calibration method) or a calibration trial."""
+
+    cfg: AuditConfig  # its settings (a run's quantization, a trial's data)
+    qmodel: onnx.ModelProto
     q_path: Path | None
+    work: Path
+    matching: object  # match.Matching
     quantizer: dict
-    side: QuantizedSide  # the quantized graph and its matching, for capture_many
-    clock: PhaseClock
+    auto_excluded: dict[str, str]
+    n_calib: int
+
+
+def quantized_run(ctx: Context, run_cfg: AuditConfig, ranges, run_work: Path, clock: PhaseClock, **kw) -> Run:
+    """Quantize ``ctx``'s folded graph with ``ranges`` (or take the given model) and pair its twins.
+    ``kw``: ``auto_excluded`` and ``n_calib`` of a calibration trial (default: the audit's)."""
+    fold, given = ctx.fold, ctx.given
+    auto_excluded = kw.get("auto_excluded", ctx.auto_excluded)
+    if given is None:
+        release_free_memory()  # ORT's quantizer copies every weight a few times: give it the pages calibration freed
+        q_path = quantize(
+            ctx.folded_path,
+            ranges,
+            run_cfg.quant,
+            run_work / "quantized.onnx",
+            run_work,
+            also_exclude=auto_excluded,
+            tensor_overrides=ctx.tensor_overrides,
+        )
+        qmodel = onnx.load(str(q_path))
+        quantizer = quantizer_changes(fold.model, qmodel)
+        fmt = run_cfg.quant.format
+    else:  # the user's model, its tensors named as the fp32 graph's where they pair (qaudit.pipeline.prequant)
+        qmodel, _ = renamed(fold.model, given.model)
+        check_layers(fold.model, qmodel, align(fold.model, given.model), ctx.cfg.model, run_cfg.quantized)
+        fmt = detected_settings(qmodel)["format"]
+        q_path, quantizer = None, {}  # capture saves the renamed model for its plain session
+    clock.lap("quantize")
+    # 5. pair every fp32 tensor with its quantized twin
+    excluded = {n: "producer excluded from quantization (--exclude); computed in float" for n in run_cfg.quant.exclude}
+    if given is not None:
+        excluded = {}
+    matching = match(fold.model, qmodel, {**excluded, **auto_excluded}, fmt)
+    unapplied = unapplied_activations(fold.model, qmodel, matching)
+    if unapplied:
+        quantizer = {**quantizer, "notes": [*quantizer.get("notes", ()), *unapplied]}
+    clock.lap("match")
+    return Run(
+        run_cfg, qmodel, q_path, run_work, matching, quantizer, auto_excluded, kw.get("n_calib", ctx.src.n_calib)
+    )
+
+
+def capture_runs(ctx: Context, runs: list[Run], on_batch=None) -> list[Captured]:
+    """Capture every run on one pass over the evaluation data: the fp32 graph runs once per batch
+    for the runs that pair the same fp32 tensors (all of them, unless their exclusions differ: one
+    pass per set of paired tensors then). The captures are in the order of ``runs``."""
+    cfg, src = ctx.cfg, ctx.src
+    groups: dict[frozenset, list[int]] = {}
+    for i, r in enumerate(runs):
+        groups.setdefault(frozenset(r.matching.twins), []).append(i)
+    captures: dict[int, Captured] = {}
+    for g, members in enumerate(groups.values()):
+        got = capture_many(
+            ctx.fold.model,
+            [QuantizedSide(runs[i].qmodel, runs[i].matching, runs[i].work, runs[i].q_path) for i in members],
+            src.evaluation.batches(ctx.batch_size, cfg.max_samples),
+            runs[members[0]].work,  # the fp32 graph's instrumented copy: one folder per pass
+            labels=src.labels,
+            outputs=ctx.outputs,
+            isolated=cfg.isolated,
+            tensor_bytes=ctx.tensor_bytes,
+            on_batch=on_batch if g == 0 else None,
+            model_name=f"model {cfg.model}",
+        )
+        captures.update(zip(members, got))
+    return [captures[i] for i in range(len(runs))]
+
+
+def run_report(ctx: Context, run: Run, captured, clock: PhaseClock) -> Report:
+    """6. measure every row of a captured run and assemble its report."""
+    fold, cfg = ctx.fold, ctx.cfg
+    rows = layer_rows(fold.model, run.qmodel, run.matching, fold.folded, captured.meter, cfg.clip_percentile, run.work)
+    rows = mark_overrides(rows, ctx.overridden, fold.model)
+    clock.lap("measure")
+    facts = RunFacts(
+        ctx.prep.n_constants, ctx.batch_size, ctx.bytes_per_sample, run.auto_excluded, run.n_calib, captured.samples
+    )
+    facts.fold_check, facts.fold_check_samples = ctx.fold_check, ctx.check_samples
+    facts.graph_changes = ctx.prep.changes
+    facts.quantizer = run.quantizer
+    facts.label_output = ctx.outputs.label_output
+    facts.plain_outputs = captured.plain_outputs
+    if ctx.given is not None:
+        facts.quantized = given_facts(ctx.given, run.qmodel, cfg)
+    src = ctx.src
+    return build_report(
+        run.cfg, src.model, fold, run.matching, facts, rows, captured.outputs.rows(), clock, src.describe()
+    )
 
 
 def audit(
-    cfg: AuditConfig, progress: Progress | None = None, output_models: dict | None = None
+    cfg: AuditConfig, progress: Progress | None = None, output_models: dict | None = None, trial_executor=None
 ) -> Report | MultiReport:
     """Audit the post-training quantization of ``cfg.model`` (see docs/how-it-works.md).
 
@@ -209,11 +321,17 @@ def audit(
     run is quantized, matched, captured and measured: a :class:`~qaudit.runs.MultiReport`.
     ``cfg.output_model`` is then the first run's model, or one file per run with
     ``{run}`` in its name; ``output_models`` (run name -> path, the CLI's staged files)
-    replaces it."""
+    replaces it. ``cfg.trials``: the calibration trials' statistics join the report (``trials``,
+    :mod:`qaudit.pipeline.trials`; ``trial_executor`` runs them, default: on this machine,
+    sharing the main run's fp32 pass)."""
     progress, clock = progress or NullProgress(), PhaseClock()
     kernels.name()  # a bad QAUDIT_KERNELS fails here, not on a worker thread
     # 1. load and check the model, the data and the labels
     src = open_inputs(cfg)
+    if cfg.trials:  # subsets that cannot be drawn (too few files) fail before any model runs
+        from qaudit.pipeline.trials import trial_plan
+
+        trial_plan(cfg, src.calib)
     outputs = output_kinds(src.model.model, cfg.class_outputs, cfg.label_output, labelled=src.labels is not None)
     clock.lap("load")
     # 2. prepare the graph (control flow, opset, shared initializers) and fold BatchNorm into the layers
@@ -278,8 +396,14 @@ def audit(
         del original  # every session holds its own memory: free it before the next stage
         fold_check = check.result(cfg.fold_rtol, cfg.fold_atol) if check else {}
         clock.lap("calibrate")
+        ctx = Context(
+            cfg, src, prep, fold, given, folded_path, work, outputs, tensor_overrides, overridden,
+            auto_excluded, bad, batch_size, bytes_per_sample, tensor_bytes, fold_check,
+            check.samples if check else 0,
+        )  # fmt: skip
         shared = copy.deepcopy(clock)  # each run's phases: the shared ones, then its own
-        staged = []  # each run quantized and matched, then every run captured on one pass (capture_many)
+        runs: list[tuple[str, Report, Path | None]] = []
+        staged = []  # each run quantized and matched, then every run captured on one pass (capture_runs)
         for i, (quant, ranges) in enumerate(zip(quants, all_ranges, strict=True)):
             run_cfg, run_work = cfg, work
             if cfg.runs:
@@ -287,92 +411,29 @@ def audit(
                 run_work.mkdir()
                 clock = copy.deepcopy(shared) if i else clock
                 clock._t = time.perf_counter()
-            if given is None:
-                release_free_memory()  # ORT's quantizer copies every weight a few times: give it the pages calibration freed
-                q_path = quantize(
-                    folded_path,
-                    ranges,
-                    run_cfg.quant,
-                    run_work / "quantized.onnx",
-                    run_work,
-                    also_exclude=auto_excluded,
-                    tensor_overrides=tensor_overrides,
+            run = quantized_run(ctx, run_cfg, ranges, run_work, clock)
+            if cfg.trials:  # the calibration trials, measured on the main run's pass (qaudit.pipeline.trials)
+                from qaudit.pipeline.trials import run_trials
+
+                run_ctx = ctx if not cfg.runs else replace(ctx, cfg=run_cfg, work=run_work)
+                runs.append(
+                    (
+                        quant.calibrate_method,
+                        run_trials(run_ctx, run, clock, progress, executor=trial_executor),
+                        run.q_path,
+                    )
                 )
-                qmodel = onnx.load(str(q_path))
-                quantizer = quantizer_changes(fold.model, qmodel)
-                fmt = run_cfg.quant.format
-            else:  # the user's model, its tensors named as the fp32 graph's where they pair (qaudit.pipeline.prequant)
-                qmodel, _ = renamed(fold.model, given.model)
-                check_layers(fold.model, qmodel, align(fold.model, given.model), cfg.model, run_cfg.quantized)
-                fmt = detected_settings(qmodel)["format"]
-                q_path, quantizer = None, {}  # capture saves the renamed model for its plain session
-            clock.lap("quantize")
-            # 5. pair every fp32 tensor with its quantized twin
-            excluded = {
-                n: "producer excluded from quantization (--exclude); computed in float" for n in run_cfg.quant.exclude
-            }
-            if given is not None:
-                excluded = {}
-            matching = match(fold.model, qmodel, {**excluded, **auto_excluded}, fmt)
-            unapplied = unapplied_activations(fold.model, qmodel, matching)
-            if unapplied:
-                quantizer = {**quantizer, "notes": [*quantizer.get("notes", ()), *unapplied]}
-            clock.lap("match")
-            side = QuantizedSide(qmodel, matching, run_work, q_path)
-            staged.append(_Run(quant, run_cfg, run_work, q_path, quantizer, side, clock))
-        # capture fp32 + every run's quantized graph on the evaluation data: the fp32 graph once per
-        # batch for the runs pairing the same fp32 tensors (all of them, unless the methods' exclusions differ)
-        groups: dict[frozenset, list[int]] = {}
-        for i, st in enumerate(staged):
-            groups.setdefault(frozenset(st.side.matching.twins), []).append(i)
-        progress.stage("capturing fp32 + quantized" + (f" ({len(staged)} runs)" if cfg.runs else ""), src.n_eval)
-        captures: dict[int, Captured] = {}
-        for g, members in enumerate(groups.values()):
+            else:
+                staged.append((quant.calibrate_method, run, clock))
+        if staged:  # every run captured on one pass over the evaluation data (capture_runs)
+            progress.stage("capturing fp32 + quantized" + (f" ({len(staged)} runs)" if cfg.runs else ""), src.n_eval)
             start = time.perf_counter()
-            batches = src.evaluation.batches(batch_size, cfg.max_samples)
-            fp32_work = staged[members[0]].work
-            if len(groups) > 1:
-                fp32_work = work / f"capture{g}"
-                fp32_work.mkdir()
-            got = capture_many(
-                fold.model,
-                [staged[i].side for i in members],
-                batches,
-                fp32_work,
-                labels=src.labels,
-                outputs=outputs,
-                isolated=cfg.isolated,
-                tensor_bytes=tensor_bytes,
-                on_batch=progress.advance if g == 0 else None,
-                model_name=f"model {cfg.model}",
-            )
-            captures.update(zip(members, got))
-            for i in members:  # the pass is every run's capture time
-                staged[i].clock._t = start
-                staged[i].clock.lap("capture")
-        runs: list[tuple[str, Report, Path | None]] = []
-        for i, st in enumerate(staged):
-            captured, clock, qmodel, matching = captures[i], st.clock, st.side.qmodel, st.side.matching
-            clock._t = time.perf_counter()
-            # 6. measure every row, assemble the report
-            rows = layer_rows(fold.model, qmodel, matching, fold.folded, captured.meter, cfg.clip_percentile, st.work)
-            rows = mark_overrides(rows, overridden, fold.model)
-            clock.lap("measure")
-            check_samples = check.samples if check else 0
-            facts = RunFacts(
-                prep.n_constants, batch_size, bytes_per_sample, auto_excluded, src.n_calib, captured.samples
-            )
-            facts.fold_check, facts.fold_check_samples = fold_check, check_samples
-            facts.graph_changes = prep.changes
-            facts.quantizer = st.quantizer
-            facts.label_output = outputs.label_output
-            facts.plain_outputs = captured.plain_outputs
-            if given is not None:
-                facts.quantized = given_facts(given, qmodel, cfg)
-            report = build_report(
-                st.cfg, src.model, fold, matching, facts, rows, captured.outputs.rows(), clock, src.describe()
-            )
-            runs.append((st.quant.calibrate_method, report, st.q_path))
+            captures = capture_runs(ctx, [run for _, run, _ in staged], progress.advance)
+            for (name, run, clock), captured in zip(staged, captures, strict=True):
+                clock._t = start  # the pass is every run's capture time
+                clock.lap("capture")
+                clock._t = time.perf_counter()
+                runs.append((name, run_report(ctx, run, captured, clock), run.q_path))
         # 7. the shipped artifacts, written last and atomically: the first run's, or one per run ({run})
         for i, (name, _, q_path) in enumerate(runs):
             if output_models is not None:
@@ -394,4 +455,15 @@ def audit(
     return runs[0][1]
 
 
-__all__ = ["NullProgress", "Prepared", "Progress", "audit", "prepare"]
+__all__ = [
+    "Context",
+    "NullProgress",
+    "Prepared",
+    "Progress",
+    "Run",
+    "audit",
+    "capture_runs",
+    "prepare",
+    "quantized_run",
+    "run_report",
+]

@@ -22,8 +22,9 @@ from collections.abc import Callable, Sequence
 from html import escape
 from pathlib import PurePath
 
-from qaudit import __version__
+from qaudit import __version__, trials
 from qaudit.renderers import numbers as num
+from qaudit.renderers import trials as tr
 from qaudit.renderers.base import accept, override_label, with_gates
 from qaudit.renderers.checks import counts, sentence
 from qaudit.renderers.svgplot import DASHES, MARKERS, PALETTE, Series, VLine, histogram_plot, line_plot
@@ -144,6 +145,18 @@ def _style(i_report: int, j_series: int, n_reports: int) -> dict:
     }
 
 
+def _trial_bars(report: Report, series: str) -> list:
+    """The error bars of the SQNR plot's ``series`` (accumulated, isolated): min to max over the trials."""
+    metric = "sqnr_isolated_db" if series == "isolated" else "sqnr_db"
+    bars = []
+    for r in report.layers if report.trials else ():
+        s = trials.lookup(report.trials, "layers", r.name, metric)
+        if s and s.get("mean") is not None:
+            tip = f"layer {r.index} {r.name}, {series} over {report.trials['n']} trials: {tr.span(s, metric)} dB"
+            bars.append((r.index, s["min"], s["max"], tip))
+    return bars
+
+
 def _layer_plot(reports, spec, x_range) -> tuple[str | None, str]:
     """(SVG or None when there is nothing to draw, the id)."""
     pid, title, ylabel, series_specs, scale = spec
@@ -178,11 +191,17 @@ def _layer_plot(reports, spec, x_range) -> tuple[str | None, str]:
                 tips.append(f"layer {r.index} {r.name}: {num.sig(v, 4)}")
             if not xs and name == "isolated":
                 continue
+            bars = _trial_bars(rep, name) if pid == "sqnr" else []
             series.append(
-                Series(f"{label}: {name}" if multi else name, xs, ys, tips=tips, **_style(i, j, len(reports)))
+                Series(
+                    f"{label}: {name}" if multi else name, xs, ys, tips=tips, bars=bars, **_style(i, j, len(reports))
+                )
             )
     if pid == "sqnr" and not any(_isolated(r) is not None for _, rep in reports for r in rep.layers):
         notes.append(ISOLATED_MISSING)
+    if pid == "sqnr" and any(rep.trials for _, rep in reports):
+        n = next(rep.trials["n"] for _, rep in reports if rep.trials)
+        notes.append(f"bars: min to max over {n} calibration trials")
     if skipped:
         what = "∞ (no error)" if pid == "sqnr" else ("0 (no error)" if pid == "qmse" else "0 or less")
         lst = ", ".join(f"{(lab + ' ') if multi else ''}#{r.index}" for lab, _, r, _ in skipped[:8])
@@ -583,6 +602,35 @@ def plot_ids(reports: Sequence[tuple[str, Report]], worst: int = 3) -> list[str]
     return ids
 
 
+def _trials_section(reports) -> str:
+    """The outputs over the calibration trials (mean ± std [min, max]) and each trial's files."""
+    parts = []
+    for label, rep in reports:
+        t = rep.trials
+        if not t:
+            continue
+        head = "".join(
+            f'<th scope="col"{" class=l" if h == "output" else ""}>{escape(h)}</th>'
+            for h in ["output", *tr.OUTPUT_TITLES]
+        )
+        rows = "".join(
+            f'<tr><td class="l"><code>{escape(o.name)}</code></td>'
+            + "".join(f"<td>{escape(c)}</td>" for c in tr.output_cells(t, o.name))
+            + "</tr>"
+            for o in rep.outputs
+        )
+        notes = "".join(f"<li>{escape(n)}</li>" for n in t.get("notes", ()))
+        subsets = "".join(f"<li>{escape(x)}</li>" for x in tr.subset_lines(t))
+        parts.append(
+            (f"<h3>{escape(label)}</h3>" if len(reports) > 1 else "")
+            + f"<p>{escape(tr.heading(t))}. The layer plot's SQNR bars span min to max.</p>"
+            + f'<table class="outputs"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+            + (f"<ul class='muted'>{notes}</ul>" if notes else "")
+            + f"<details><summary>The files of each trial</summary><ul>{subsets}</ul></details>"
+        )
+    return '<h2 id="trials">Calibration trials</h2>' + "".join(parts) if parts else ""
+
+
 def _x_range(reports) -> tuple[int, int]:
     idx = [r.index for _, rep in reports for r in rep.layers]
     return (min(idx, default=0), max(idx, default=1))
@@ -668,6 +716,7 @@ def _page(reports: Sequence[tuple[str, Report]], worst: int) -> str:
 {cards}
 {tries}<h2 id="outputs">Model outputs (fp32 vs quantized)</h2>
 {_outputs_table(reports)}
+{_trials_section(reports)}
 <h2 id="plots">Layerwise plots</h2>
 <p>Over the layer index of the table below (after Yun, 2022). {legend_txt} Hover a point for the layer name and value. SQNR and QMSE are accumulated errors.</p>
 <div class="plots">{"".join(figs)}</div>

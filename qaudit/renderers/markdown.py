@@ -12,6 +12,7 @@ import re
 
 from qaudit.options import describe_calibration
 from qaudit.renderers import numbers as num
+from qaudit.renderers import trials as tr
 from qaudit.renderers.base import accept, decomposition, override_label, with_gates
 from qaudit.renderers.checks import words
 from qaudit.report import GateCheck, GateResult
@@ -174,6 +175,14 @@ class MarkdownRenderer:
             ],
             "ll" + "r" * (len(num.OUTPUT_HEADERS) - 1) + "c",
         )
+        if report.trials:
+            out += ["", "### Calibration trials", "", text(tr.heading(report.trials)) + ".", ""]
+            out += _table(
+                ["output", *tr.OUTPUT_TITLES],
+                [[code(o.name), *map(text, tr.output_cells(report.trials, o.name))] for o in report.outputs],
+                "l" + "r" * len(tr.OUTPUT_TITLES),
+            )
+            out += [""] + [f"- {text(n)}" for n in report.trials.get("notes", ())]
 
         if result is not None and result.baseline is not None:
             b = result.baseline
@@ -216,6 +225,8 @@ class MarkdownRenderer:
         else:
             out = [f"## qaudit: ❌ FAIL — {text(verdict_line(mr).removeprefix('gates: FAIL (').removesuffix(')'))}"]
         out += ["", "### Runs side by side", ""]
+        rows = summary_rows(mr)
+        trials = any("trials_output" in row for row in rows)
         out += _table(
             [
                 "run",
@@ -226,6 +237,7 @@ class MarkdownRenderer:
                 "QCE",
                 "acc drop %",
                 "gates",
+                *(["output SQNR trials", "paired difference (same subsets)"] if trials else []),
             ],
             [
                 [
@@ -237,10 +249,11 @@ class MarkdownRenderer:
                     num.nats(row["qce"]),
                     num.points(row["acc_drop_pct"]),
                     {"pass": "✅", "fail": "❌"}.get(row["verdict"], "not gated"),
+                    *(map(text, tr.run_cells(row, mr.names[0])) if trials else []),
                 ]
-                for (_, r), row in zip(mr.runs, summary_rows(mr), strict=True)
+                for (_, r), row in zip(mr.runs, rows, strict=True)
             ],
-            "lllrrrrc",
+            "lllrrrrc" + ("rr" if trials else ""),
         )
         for name, report in mr.runs:
             section = self.render(report, worst=worst).splitlines()

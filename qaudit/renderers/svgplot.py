@@ -47,6 +47,8 @@ class Series:
     tips: Sequence[str] = ()
     width: float = 2.0  # line width, px
     hollow: bool = False  # outlined markers: an overlaid series drawn on top leaves the one below visible
+    #: an error bar per point, ``(x, low, high, tip)`` (calibration trials: min to max), drawn under the line
+    bars: Sequence[tuple[float, float, float, str]] = ()
 
 
 @dataclass(frozen=True)
@@ -308,7 +310,7 @@ def line_plot(
 ) -> str:
     """Lines with markers over an integer x axis (layer index). Non-finite y values must be filtered out."""
     all_x = [x for s in series for x in s.x]
-    all_y = [y for s in series for y in s.y]
+    all_y = [y for s in series for y in s.y] + [v for s in series for _, lo, hi, _ in s.bars for v in (lo, hi)]
     x0, x1 = x_range if x_range else (min(all_x, default=0), max(all_x, default=1))
     xs = _int_axis(x0, x1)
     ys = _y_scale(all_y, log_y, y_fixed)
@@ -322,6 +324,13 @@ def line_plot(
         for s in series:
             if not s.x:
                 continue
+            for x, lo, hi, tip in s.bars:  # a vertical bar with caps, under the line and markers
+                cx, w = sx(x), 3.0
+                out.append(
+                    f'<path class="bar" d="M{_c(cx)} {_c(sy(lo))}V{_c(sy(hi))}M{_c(cx - w)} {_c(sy(lo))}H{_c(cx + w)}'
+                    f'M{_c(cx - w)} {_c(sy(hi))}H{_c(cx + w)}" stroke="{s.color}" stroke-opacity="0.6" fill="none">'
+                    f"<title>{escape(tip)}</title></path>"
+                )
             d = "".join(("M" if i == 0 else "L") + f"{_c(sx(x))} {_c(sy(y))}" for i, (x, y) in enumerate(zip(s.x, s.y)))
             dash = f' stroke-dasharray="{s.dash}"' if s.dash else ""
             width = f' stroke-width="{s.width:g}"' if s.width != 2.0 else ""
@@ -340,6 +349,7 @@ def line_plot(
             parts.append(
                 f"{s.label}: {len(s.y)} layers, lowest {sig(s.y[i_lo])} at layer {s.x[i_lo]}, "
                 f"highest {sig(s.y[i_hi])} at layer {s.x[i_hi]}"
+                + (f", with error bars on {len(s.bars)} layers" if s.bars else "")
             )
         else:
             parts.append(f"{s.label}: no data")

@@ -19,9 +19,11 @@ from rich.theme import Theme
 
 from qaudit.options import describe_calibration
 from qaudit.renderers import numbers as num
+from qaudit.renderers import trials as tr
 from qaudit.renderers.base import accept, decomposition, override_label, with_gates
 from qaudit.renderers.checks import counts, sentence, words
 from qaudit.report import GateResult, Report
+from qaudit.trials import LAYER_METRICS
 
 THEME = Theme(
     {
@@ -63,6 +65,9 @@ def _pair(a, b, rule=num.sig) -> str:
     return f"{rule(a)} → {rule(b)}"
 
 
+#: the layer table's columns of the calibration trials (qaudit.trials.LAYER_METRICS)
+TRIAL_TITLES = ("SQNR trials", "iso trials")
+
 #: marks a layer or output that fails a gate (visible without colour, e.g. in CI logs)
 FAIL_MARK = "✗"
 
@@ -70,8 +75,14 @@ FAIL_MARK = "✗"
 def layer_table(report: Report, worst: int = 3) -> Table:
     worst_names = {r.name for r in report.worst_layers(worst)}
     failing = set(report.gates.failing("layer")) if report.gates else set()
+    trials = f"; trials: mean ±std (min) over {report.trials['n']} calibration subsets" if report.trials else ""
+    # the trials' columns: accumulated, and isolated when measured (--no-isolated: none)
+    metrics = [
+        m for m in LAYER_METRICS if report.trials and (m == "sqnr_db" or report.settings.get("error") != "accumulated")
+    ]
     t = Table(
-        title="Per-layer quantization, graph order (weights: plain → BN-folded; SQNR: accumulated, iso: the layer's own error)",
+        title="Per-layer quantization, graph order (weights: plain → BN-folded; SQNR: accumulated, iso: the layer's "
+        f"own error{trials})",
         title_justify="left",
         header_style="head",
     )
@@ -90,9 +101,11 @@ def layer_table(report: Report, worst: int = 3) -> Table:
         ("SQNR dB", "right"),
         ("iso dB", "right"),
         ("QMSE", "right"),
+        *[(title, "right") for title in TRIAL_TITLES[: len(metrics)]],
     ]:
         t.add_column(col, justify=just, overflow="fold", no_wrap=col not in ("layer", "w range", "act range"))
     for r in report.layers:
+        spread = [Text(tr.layer_cell(report.trials, r.name, m)) for m in metrics]
         style = "gate.fail" if r.name in failing else "worst" if r.name in worst_names else None
         name = r.name + (f" +{'+'.join(a.split('/')[-1] for a in r.fused)}" if r.fused else "")
         if r.bn_folded:
@@ -118,6 +131,7 @@ def layer_table(report: Report, worst: int = 3) -> Table:
             num.db(r.sqnr_db),
             num.db(r.sqnr_isolated_db),
             num.mse(r.qmse),
+            *spread,
             style=style,
         )
     return t
@@ -150,6 +164,16 @@ def output_table(report: Report) -> Table:
             *num.output_cells(o),
             style="gate.fail" if o.name in failing else None,
         )
+    return t
+
+
+def trials_table(report: Report) -> Table:
+    """The model outputs over the calibration trials: mean ± std [min, max] of each metric."""
+    t = Table(title=Text(tr.heading(report.trials)), title_justify="left", header_style="head")
+    for col in ("output", *tr.OUTPUT_TITLES):
+        t.add_column(col, justify="left" if col == "output" else "right", no_wrap=col != "output")
+    for o in report.outputs:
+        t.add_row(Text(o.name), *map(Text, tr.output_cells(report.trials, o.name)))
     return t
 
 
@@ -241,6 +265,8 @@ def summary(report: Report, worst: int = 3) -> Group:
             parts.append(Text(f"  ... {len(other) - 20} more in the JSON report", style="muted"))
     for n in report.notes:
         parts.append(Text(f"note: {n}", style="warn"))
+    for n in (report.trials or {}).get("notes", ()):
+        parts.append(Text(f"note (trials): {n}", style="warn"))
     return Group(*parts)
 
 
@@ -575,6 +601,8 @@ class TerminalRenderer:
         if not quiet:
             con.print(layer_table(report, worst))
             con.print(output_table(report))
+            if report.trials:
+                con.print(trials_table(report))
             con.print(summary(report, worst))
             tries = what_to_try(report)
             if tries is not None:
@@ -601,7 +629,12 @@ def runs_table(mr) -> Table:
         ("gates", "left"),
     ):
         t.add_column(col, justify=just, overflow="fold")
-    for (_, report), row in zip(mr.runs, summary_rows(mr), strict=True):
+    rows = summary_rows(mr)
+    trials = any("trials_output" in row for row in rows)
+    if trials:  # calibration trials: is a difference between runs noise?
+        t.add_column("output SQNR trials", justify="right", overflow="fold")
+        t.add_column("paired difference (same subsets)", justify="right", overflow="fold")
+    for (_, report), row in zip(mr.runs, rows, strict=True):
         verdict_text = {"pass": Text("PASS", "verdict.pass"), "fail": Text("FAIL", "verdict.fail")}
         t.add_row(
             Text(row["run"]),
@@ -612,6 +645,7 @@ def runs_table(mr) -> Table:
             num.nats(row["qce"]),
             num.points(row["acc_drop_pct"]),
             verdict_text.get(row["verdict"], Text("not gated", "muted")),
+            *(map(Text, tr.run_cells(row, mr.names[0])) if trials else ()),
         )
     return t
 
@@ -626,6 +660,8 @@ def print_runs(mr, con: Console, worst: int = 3, quiet: bool = False) -> None:
             con.rule(Text(f"run {name}: {describe_calibration(report.settings)}", style="head"), align="left")
             con.print(layer_table(report, worst))
             con.print(output_table(report))
+            if report.trials:
+                con.print(trials_table(report))
             con.print(summary(report, worst))
             tries = what_to_try(report)
             if tries is not None:
