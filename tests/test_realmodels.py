@@ -389,11 +389,14 @@ class RealModels:
             self.audits[name, fmt] = AuditRun(report, qpath, time.perf_counter() - t0, quantized)
         return self.audits[name, fmt]
 
-    def option_audit(self, name: str, fmt: str, key: str, **options) -> dict[str, AuditRun]:
+    def option_audit(
+        self, name: str, fmt: str, key: str, ci: tuple[str, ...] | None = None, **options
+    ) -> dict[str, AuditRun]:
         """The audit of ``name`` in ``fmt`` with ``options`` (keywords of ``qaudit.audit``: several
         calibration methods give several runs), once per session: ``{run name: AuditRun}``, each
-        ``seconds`` the whole audit's. Only ``OPTION_CI_SUBJECTS`` without --realmodels-full."""
-        if not self.full and name not in OPTION_CI_SUBJECTS:
+        ``seconds`` the whole audit's. Without --realmodels-full, only the subjects ``ci`` (default
+        ``OPTION_CI_SUBJECTS``)."""
+        if not self.full and name not in (ci or OPTION_CI_SUBJECTS):
             pytest.skip(
                 f"{name} is audited with every option in the full real-model run only: pytest --realmodels-full"
             )
@@ -1143,9 +1146,11 @@ def test_calibration_ranges_equal_ort_percentile_calibrator(realmodels, name, tm
 
 # --------------------------------------- calibration methods, types and overrides (issue 18)
 
-#: the subjects CI audits with every other method, type and override (small and fast);
-#: --realmodels-full audits every subject
-OPTION_CI_SUBJECTS = ("cls", "rnet")
+#: the subjects CI audits with every type and an override (MTCNN's rnet: 15 activations, an
+#: audit in about a second), and with every calibration method (rnet and PP-OCR cls);
+#: --realmodels-full audits every subject with all of them
+OPTION_CI_SUBJECTS = ("rnet",)
+METHOD_CI_SUBJECTS = ("cls", "rnet")
 OTHER_METHODS = ("entropy", "distribution", "minmax")
 #: (activation type, weight type) beyond 8 bits: QDQ only. 16-bit activations with 8-bit
 #: weights, 16-bit both, 4-bit weights (ORT writes com.microsoft Q/DQ below opset 21)
@@ -1188,7 +1193,7 @@ def test_every_calibration_method_on_real_models(realmodels, name, fmt):
     """Entropy, Distribution and MinMax (one calibration pass, one run each) on every real model in
     both formats: every quantized activation reported once, numbers sane, and each method's own
     encodings (not Percentile's)."""
-    runs = realmodels.option_audit(name, fmt, "methods", calibrate_method=list(OTHER_METHODS))
+    runs = realmodels.option_audit(name, fmt, "methods", METHOD_CI_SUBJECTS, calibrate_method=list(OTHER_METHODS))
     assert list(runs) == list(OTHER_METHODS)
     base = {x.name: x.scale for x in realmodels.audit(name, fmt).report.layers if x.has_activation}
     for method, run in runs.items():
@@ -1245,7 +1250,7 @@ def test_qdq_only_types_on_real_models(realmodels, name, fmt, act, weight):
         assert "com.microsoft" in domains and "com.microsoft" in notes, (domains, r.notes)
 
 
-@pytest.mark.parametrize("act,weight", [("uint16", "uint8"), ("int16", "int8"), ("int8", "int4"), ("uint8", "uint4")])
+@pytest.mark.parametrize("act,weight", [("uint16", "uint8"), ("int8", "int4")])
 def test_qdq_only_types_refused_in_qoperator(realmodels, run_cli, act, weight, tmp_path):
     """16- and 4-bit types have no QOperator form: one line naming the type and --format qdq, exit 2,
     nothing written."""
@@ -1307,7 +1312,9 @@ def test_16bit_activations_raise_output_sqnr(realmodels, name):
     weight scale) is too small (docs/ort-quirks.md #37: it widens the weight scale for symmetric
     int8/int16 weights only); the report must name exactly the layers whose bias the written
     model holds at the int32 limits, and without such a layer uint16 gains the 20 dB too."""
-    eight = realmodels.option_audit(name, "qdq", "methods", calibrate_method=list(OTHER_METHODS))["minmax"]
+    eight = realmodels.option_audit(name, "qdq", "methods", METHOD_CI_SUBJECTS, calibrate_method=list(OTHER_METHODS))[
+        "minmax"
+    ]
     a = _labelled_output(eight.report)
     first = next(x for x in eight.report.layers if x.has_activation)
     for t in ("int16", "uint16"):
@@ -1372,13 +1379,13 @@ def _assert_ranges_equal_ort(realmodels, name: str, method: str, tmp_path: Path)
         assert lo == want_lo and hi == want_hi, (t, (lo, hi), (want_lo, want_hi))
 
 
-@pytest.mark.parametrize("name", ["cls", "det"])
+@pytest.mark.parametrize("name", ["rnet", "cls", "det"])
 def test_override_one_real_tensor_to_uint16(realmodels, name):
     """One real tensor at uint16 (a [tool.qaudit.overrides] table), the rest uint8, QDQ: its row is
     marked, in uint16 and measurably finer than in the uint8 audit; the others keep uint8; every
     quantized activation is reported once; the written model quantizes it with a uint16 zero point."""
-    if name not in CI_SUBJECTS and not realmodels.full:
-        pytest.skip("det: --realmodels-full")
+    if not realmodels.full and name not in OPTION_CI_SUBJECTS:
+        pytest.skip(f"{name}: --realmodels-full")
     # a real tensor mid-network: the output of the middle Conv row of the uint8 audit (its
     # consumers' edges are converted by ORT's mixed-precision fixer)
     convs = [x for x in realmodels.audit(name, "qdq").report.layers if x.has_activation and x.op_type == "Conv"]
