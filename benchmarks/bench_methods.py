@@ -108,8 +108,11 @@ def targets(rows: list[dict]) -> list[str]:
         if r["method"] in HISTOGRAM:
             v = x["qaudit_vs_ort_wall"]
             if v is None and x["qaudit_vs_ort_wall_below"] is not None:
+                o = r["ort"]
                 out.append(
-                    f"{tag}: qaudit / ORT wall < {x['qaudit_vs_ort_wall_below']:.2f} (ORT {r['ort']['status']}): met"
+                    f"{tag}: ORT {o['status']} after {o['elapsed_s']:.0f} s at {ba._mb(o['peak_rss_bytes'])} MB "
+                    f"(qaudit / ORT wall < {x['qaudit_vs_ort_wall_below']:.2f}): no ratio; qaudit finishes "
+                    f"in {r['qaudit']['wall_s']:.0f} s"
                 )
             elif v is not None:
                 out.append(
