@@ -275,24 +275,33 @@ def test_abs_histogram_rejects_bad_input():
         k.abs_histogram(x, e, h.astype(np.int32))
 
 
-@pytest.mark.parametrize("grows", [False, True])
-def test_lean_collector_equals_ort_collector_either_way(mode, grows, c_calls):
-    """The calibration histograms handed to the quantizer are ORT's, with C or numpy."""
+def _both_collectors(kw: dict, seed: int, grows: bool, zeros_first: bool = False):
+    """qaudit's lean collector and ORT's HistogramCollector fed the same four batches (``grows``:
+    each batch's values wider than the last; ``zeros_first``: a tensor whose first batch is zeros)."""
     from onnxruntime.quantization.calibrate import HistogramCollector
 
     from qaudit.pipeline.quantize import _lean_collector_class, quiet_ort
 
-    kw = dict(
-        method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=2048, percentile=99.999, scenario="same"
-    )
     ours, theirs = _lean_collector_class()(**kw), HistogramCollector(**kw)
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     with quiet_ort():
         for k in range(4):
             x = rng.standard_t(3, size=(2, 4, 9, 9)).astype(np.float32) * (1 + k if grows else 1)
             batch = {"t": x, "relu": np.maximum(x, 0), "const": np.full((3, 3), 0.5, np.float32)}
+            if zeros_first:
+                batch["zeros_first"] = x if k else np.zeros_like(x)  # old threshold 0, then a range
             ours.collect({n: [v] for n, v in batch.items()})
             theirs.collect({n: [v] for n, v in batch.items()})
+    return ours, theirs
+
+
+@pytest.mark.parametrize("grows", [False, True])
+def test_lean_collector_equals_ort_collector_either_way(mode, grows, c_calls):
+    """The calibration histograms handed to the quantizer are ORT's, with C or numpy."""
+    kw = dict(
+        method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=2048, percentile=99.999, scenario="same"
+    )
+    ours, theirs = _both_collectors(kw, 3, grows)
     for name in ("t", "relu", "const"):
         if grows and name == "t":
             assert len(ours.histogram_dict[name][0]) > 2048  # the explicit-edges path ran
@@ -306,20 +315,8 @@ def test_lean_collector_equals_ort_collector_either_way(mode, grows, c_calls):
 def test_lean_signed_histograms_equal_ort_collector_either_way(mode, method, grows, c_calls):
     """Entropy's and Distribution's histograms of the signed values (collect_value and its
     merge_histogram, the range widening as batches grow) are ORT's, with C or numpy."""
-    from onnxruntime.quantization.calibrate import HistogramCollector
-
-    from qaudit.pipeline.quantize import _lean_collector_class, quiet_ort
-
     kw = dict(method=method, symmetric=False, num_bins=2048, num_quantized_bins=128, percentile=99.999, scenario="same")
-    ours, theirs = _lean_collector_class()(**kw), HistogramCollector(**kw)
-    rng = np.random.default_rng(4)
-    with quiet_ort():
-        for k in range(4):
-            x = rng.standard_t(3, size=(2, 4, 9, 9)).astype(np.float32) * (1 + k if grows else 1)
-            batch = {"t": x, "relu": np.maximum(x, 0), "const": np.full((3, 3), 0.5, np.float32)}
-            batch["zeros_first"] = x if k else np.zeros_like(x)  # old threshold 0, then a range
-            ours.collect({n: [v] for n, v in batch.items()})
-            theirs.collect({n: [v] for n, v in batch.items()})
+    ours, theirs = _both_collectors(kw, 4, grows, zeros_first=True)
     for name in ("t", "relu", "const", "zeros_first"):
         if grows and name == "t":
             assert len(ours.histogram_dict[name][0]) > 2048  # merge_histogram widened the range
