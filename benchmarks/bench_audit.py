@@ -302,15 +302,18 @@ def run_contender(
     timeout: float,
     label: str | None = None,
     idle: tuple[float, float] | None = None,
+    extra: tuple[str, ...] = (),
 ) -> dict:
     """Run one contender of ``contenders.py`` in its own process, measured from outside.
 
     ``batch_size`` None: qaudit chooses (its report says what; ``qaudit_batch_size``).
+    ``extra``: more arguments of ``contenders.py`` (``--calibrate-method M``).
     """
     label = label or name
     work.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(HERE / "contenders.py"), name, str(model), str(data), "--work", str(work)]
     cmd += ["--batch-size", str(batch_size)] if batch_size else []
+    cmd += list(extra)
     log = work / "run.log"
     if idle is not None:
         wait_idle(*idle)

@@ -2,7 +2,7 @@
 
 Each runs in its own process, started by the benchmark as
 
-    python benchmarks/contenders.py NAME MODEL DATA_DIR --work DIR [--batch-size B]
+    python benchmarks/contenders.py NAME MODEL DATA_DIR --work DIR [--batch-size B] [--calibrate-method M]
 
 so that wall time and peak RSS are those of one contender alone, measured by
 the operating system (see ``bench_audit.py``). ``DATA_DIR`` is a folder of
@@ -12,7 +12,8 @@ every contender streams the same samples in the same order, in batches of
 and the benchmark passes that choice to the other contenders). Every
 contender quantizes the same way: QDQ, uint8 activations and weights,
 per-tensor, Percentile calibration (ORT's defaults: 99.999, 2048 bins,
-symmetric).
+symmetric); ``ort_static`` and ``qaudit`` take ``--calibrate-method`` (ORT's
+defaults of that method, which are qaudit's).
 
 The last line a contender prints on stdout is ``BENCH_PHASES {json}``: the
 seconds of its phases, measured inside the process (the benchmark's own
@@ -119,7 +120,13 @@ def fp32(model: Path, data: Path, work: Path, batch_size: int) -> dict:
     return {"session": t_load, "inference": time.perf_counter() - t, "samples": n}
 
 
-def _quantize_percentile(model: Path, data: Path, out: Path, batch_size: int, stride: int | None) -> None:
+#: ``--calibrate-method`` -> ORT's CalibrationMethod member
+METHODS = {"percentile": "Percentile", "minmax": "MinMax", "entropy": "Entropy", "distribution": "Distribution"}
+
+
+def _quantize(
+    model: Path, data: Path, out: Path, batch_size: int, stride: int | None, method: str = "percentile"
+) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     extra = {"CalibStridedMinMax": stride} if stride else {}
@@ -131,7 +138,7 @@ def _quantize_percentile(model: Path, data: Path, out: Path, batch_size: int, st
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QUInt8,
         per_channel=False,
-        calibrate_method=CalibrationMethod.Percentile,
+        calibrate_method=getattr(CalibrationMethod, METHODS[method]),
         extra_options=extra,
     )
 
@@ -139,15 +146,23 @@ def _quantize_percentile(model: Path, data: Path, out: Path, batch_size: int, st
 def ort_percentile(model: Path, data: Path, work: Path, batch_size: int) -> dict:
     """Bare quantize_static, Percentile calibration, ORT's default (all data collected at once)."""
     t = time.perf_counter()
-    _quantize_percentile(model, data, work / "ort_percentile.onnx", batch_size, None)
+    _quantize(model, data, work / "ort_percentile.onnx", batch_size, None)
     return {"quantize_static": time.perf_counter() - t}
 
 
 def ort_percentile_strided(model: Path, data: Path, work: Path, batch_size: int, stride: int = 1) -> dict:
     """The same with CalibStridedMinMax = ``stride`` batches: ORT's own memory bound."""
     t = time.perf_counter()
-    _quantize_percentile(model, data, work / "ort_percentile_strided.onnx", batch_size, stride)
+    _quantize(model, data, work / "ort_percentile_strided.onnx", batch_size, stride)
     return {"quantize_static": time.perf_counter() - t, "stride_batches": stride}
+
+
+def ort_static(model: Path, data: Path, work: Path, batch_size: int, method: str = "percentile") -> dict:
+    """Bare quantize_static with ``method`` and ORT's defaults for it, all data collected at once
+    (ORT's default): ``ort_percentile`` for any calibration method."""
+    t = time.perf_counter()
+    _quantize(model, data, work / f"ort_{method}.onnx", batch_size, None, method)
+    return {"quantize_static": time.perf_counter() - t, "method": method}
 
 
 def ort_qdq_loss_debug(model: Path, data: Path, work: Path, batch_size: int) -> dict:
@@ -162,7 +177,7 @@ def ort_qdq_loss_debug(model: Path, data: Path, work: Path, batch_size: int) -> 
     phases = {}
     t = time.perf_counter()
     qdq = work / "qdq_loss_debug_quantized.onnx"
-    _quantize_percentile(model, data, qdq, batch_size, None)
+    _quantize(model, data, qdq, batch_size, None)
     phases["quantize_static"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -184,7 +199,7 @@ def ort_qdq_loss_debug(model: Path, data: Path, work: Path, batch_size: int) -> 
     return phases
 
 
-def qaudit(model: Path, data: Path, work: Path, batch_size: int) -> dict:
+def qaudit(model: Path, data: Path, work: Path, batch_size: int, method: str | None = None) -> dict:
     """The full audit through the CLI: folding, calibration, quantization, capture with isolated error,
     metrics, JSON + HTML reports.
 
@@ -205,6 +220,7 @@ def qaudit(model: Path, data: Path, work: Path, batch_size: int) -> dict:
         str(work / "qaudit.html"),
         "--quiet",
         *(["--batch-size", str(batch_size)] if batch_size else []),
+        *(["--calibrate-method", method] if method else []),
     ]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
@@ -216,6 +232,7 @@ CONTENDERS = {
     "fp32": fp32,
     "ort_percentile": ort_percentile,
     "ort_percentile_strided": ort_percentile_strided,
+    "ort_static": ort_static,
     "ort_qdq_loss_debug": ort_qdq_loss_debug,
     "qaudit": qaudit,
 }
@@ -228,10 +245,14 @@ def main(argv=None) -> None:
     ap.add_argument("data", type=Path, help="folder of batch_*.npy files")
     ap.add_argument("--work", type=Path, required=True, help="folder for the contender's output files")
     ap.add_argument("--batch-size", type=int, help="samples per batch; default 32, for qaudit its automatic choice")
+    ap.add_argument("--calibrate-method", choices=sorted(METHODS), help="ort_static and qaudit: the calibration method")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     bs = args.batch_size if args.batch_size or args.name == "qaudit" else 32
-    phases = CONTENDERS[args.name](args.model, args.data, args.work, bs)
+    if args.calibrate_method and args.name not in ("ort_static", "qaudit"):
+        ap.error(f"--calibrate-method: {args.name} calibrates with Percentile only")
+    method = {"method": args.calibrate_method} if args.calibrate_method else {}
+    phases = CONTENDERS[args.name](args.model, args.data, args.work, bs, **method)
     print(f"BENCH_PHASES {json.dumps(phases)}", flush=True)
 
 

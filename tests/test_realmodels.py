@@ -56,6 +56,7 @@ from qaudit.pipeline.load import load_model
 from qaudit.pipeline.match import match
 from qaudit.pipeline.session import make_session, run_named, save_model
 from qaudit.report import UNMATCHED_KINDS
+from qaudit.runs import as_runs
 
 from .conftest import REPO
 
@@ -302,10 +303,22 @@ def quantized_activations(qmodel: onnx.ModelProto, fmt: str, fp32: onnx.ModelPro
     consts |= {o for n in qmodel.graph.node if n.op_type == "Constant" for o in n.output}
     outputs = {o.name for o in qmodel.graph.output}
     if fmt == "qdq":
+        producer = {o: n for n in qmodel.graph.node for o in n.output}
+
+        def source(t: str) -> str:
+            # a mixed-precision conversion (ORT's fixer: Q1 -> DQ1 -> Q2 -> DQ2) re-quantizes
+            # DQ1's output: it is the activation Q1 quantizes, at another type
+            while t in producer and producer[t].op_type == "DequantizeLinear":
+                q = producer.get(producer[t].input[0])
+                if q is None or q.op_type != "QuantizeLinear":
+                    break
+                t = q.input[0]
+            return t
+
         out = set()
         for n in qmodel.graph.node:
             if n.op_type == "QuantizeLinear" and n.input[0] not in consts:
-                t = n.input[0]
+                t = source(n.input[0])
                 stem = t.removesuffix("_QuantizeLinear_Input")
                 out.add(stem if stem in outputs else t)
         return out
@@ -345,6 +358,8 @@ class RealModels:
     audits: dict = field(default_factory=dict)
     oracles: dict = field(default_factory=dict)
     notes: dict = field(default_factory=lambda: collections.defaultdict(list))
+    #: the audits with other quantization options (issue 18): (name, format, key) -> {run name: AuditRun}
+    options: dict = field(default_factory=dict)
 
     def subject(self, name: str) -> Subject:
         if not self.full and name not in CI_SUBJECTS:
@@ -373,6 +388,42 @@ class RealModels:
             quantized = quantized_activations(onnx.load(str(qpath)), fmt, onnx.load(str(s.folded)))
             self.audits[name, fmt] = AuditRun(report, qpath, time.perf_counter() - t0, quantized)
         return self.audits[name, fmt]
+
+    def option_audit(
+        self, name: str, fmt: str, key: str, ci: tuple[str, ...] | None = None, **options
+    ) -> dict[str, AuditRun]:
+        """The audit of ``name`` in ``fmt`` with ``options`` (keywords of ``qaudit.audit``: several
+        calibration methods give several runs), once per session: ``{run name: AuditRun}``, each
+        ``seconds`` the whole audit's. Without --realmodels-full, only the subjects ``ci`` (default
+        ``OPTION_CI_SUBJECTS``)."""
+        if not self.full and name not in (ci or OPTION_CI_SUBJECTS):
+            pytest.skip(
+                f"{name} is audited with every option in the full real-model run only: pytest --realmodels-full"
+            )
+        if (name, fmt, key) not in self.options:
+            s = self.subject(name)
+            fp32 = onnx.load(str(s.folded))
+            template = self.root / f"{name}-{fmt}-{key}-{{run}}.onnx"
+            t0 = time.perf_counter()
+            result = qaudit.audit(
+                s.model,
+                s.dir / "calib",
+                s.dir / "eval",
+                s.labels,
+                format=fmt,
+                batch_size=BATCH,
+                output_model=template,
+                batch_axis=GIVEN_BATCH_AXES.get(name),
+                **options,
+            )
+            seconds = time.perf_counter() - t0
+            runs = {}
+            for run, report in as_runs(result).runs:
+                qpath = Path(str(template).replace("{run}", run))
+                quantized = quantized_activations(onnx.load(str(qpath)), fmt, fp32)
+                runs[run] = AuditRun(report, qpath, seconds, quantized)
+            self.options[name, fmt, key] = runs
+        return self.options[name, fmt, key]
 
 
 def _audit(s: Subject, qpath: Path, quant, eval_dir: Path | None = None, labels: Path | None = None):
@@ -425,6 +476,24 @@ def _summary(rm: RealModels) -> str:
             f" {out.sqnr_db:.1f} | {pct(out.top1_agreement)} | {pct(out.acc_fp32)} "
             f"| {'-' if out.acc_drop_pct is None else f'{out.acc_drop_pct:.2f}'} | {run.seconds:.0f} |"
         )
+    if rm.options:
+        lines += [
+            "",
+            "| model | format | options | run | activation / weight type | quantized activations: reported / in the graph "
+            "| output SQNR dB | top-1 agree % | audit s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+    for (name, fmt, key), runs in rm.options.items():
+        for run_name_, run in runs.items():
+            r = run.report
+            out = next((o for o in r.outputs if o.acc_fp32 is not None), r.outputs[0])
+            reported = {x.tensor for x in r.layers if x.has_activation} | {u.tensor for u in r.unmatched}
+            types = f"{r.settings['activation_type']} / {r.settings['weight_type']}"
+            agree = "-" if out.top1_agreement is None else f"{100 * out.top1_agreement:.1f}"
+            lines.append(
+                f"| {name} | {fmt} | {key} | {run_name_} | {types} | {len(run.quantized & reported)} / {len(run.quantized)} "
+                f"| {out.sqnr_db:.1f} | {agree} | {run.seconds:.1f} |"
+            )
     for key, notes in rm.notes.items():
         lines += ["", f"{key}:"] + [f"  {n}" for n in notes]
     from qaudit.remedy.causes import diagnose
@@ -514,16 +583,21 @@ def test_every_quantized_activation_is_reported_once(realmodels, name, fmt):
     activation it quantizes is in the report exactly once, as a row with a quantized
     activation or as an unmatched entry (with its reason), and every such row is one of them."""
     run = realmodels.audit(name, fmt)
+    assert len(run.quantized) >= MIN_ACTIVATION_ROWS[name]
+    _assert_accounted(run, f"{name} {fmt}")
+
+
+def _assert_accounted(run: AuditRun, what: str) -> None:
+    """Every activation the quantized model of ``run`` quantizes is in its report once."""
     r = run.report
     rows = collections.Counter(x.tensor for x in r.layers if x.has_activation)
     unmatched = collections.Counter(u.tensor for u in r.unmatched)
     quantized = run.quantized
-    assert len(quantized) >= MIN_ACTIVATION_ROWS[name]
     twice = {t: (rows[t], unmatched[t]) for t in quantized if rows[t] + unmatched[t] > 1}
     missing = sorted(t for t in quantized if rows[t] + unmatched[t] == 0)
     invented = sorted(set(rows) - quantized)
     print(
-        f"\n{name} {fmt}: {len(quantized)} quantized activations, {sum(rows.values())} rows, "
+        f"\n{what}: {len(quantized)} quantized activations, {sum(rows.values())} rows, "
         f"{sum(unmatched[t] for t in quantized)} of them unmatched"
     )
     assert not missing, f"{len(missing)} quantized activations missing from the report: {missing[:10]}"
@@ -1075,3 +1149,275 @@ def test_calibration_ranges_equal_ort_percentile_calibrator(realmodels, name, tm
         (lo, hi), (want_lo, want_hi) = ours[t].range_value, theirs[t].range_value
         assert lo == want_lo and hi == want_hi, t
         np.testing.assert_array_equal(ours[t].hist, theirs[t].hist, err_msg=t)
+
+
+# --------------------------------------- calibration methods, types and overrides (issue 18)
+
+#: the subjects CI audits with every type and an override (MTCNN's rnet: 15 activations, an
+#: audit in about a second), and with every calibration method (rnet and PP-OCR cls);
+#: --realmodels-full audits every subject with all of them
+OPTION_CI_SUBJECTS = ("rnet",)
+METHOD_CI_SUBJECTS = ("cls", "rnet")
+OTHER_METHODS = ("entropy", "distribution", "minmax")
+#: (activation type, weight type) beyond 8 bits: QDQ only. 16-bit activations with 8-bit
+#: weights, 16-bit both, 4-bit weights (ORT writes com.microsoft Q/DQ below opset 21)
+QDQ_ONLY_TYPES = (
+    ("uint16", "uint8"),
+    ("int16", "int8"),
+    ("uint16", "uint16"),
+    ("int16", "int16"),
+    ("uint8", "uint4"),
+    ("int8", "int4"),
+)
+#: each calibration option of ORT's calibrator and qaudit's default for it (CALIBRATION_DEFAULTS),
+#: spelled here as create_calibrator's extra_options (onnxruntime 1.32)
+ORT_CALIBRATOR_OPTIONS = {
+    "percentile": {"symmetric": True, "num_bins": 2048, "percentile": 99.999},
+    "minmax": {"symmetric": False, "moving_average": False, "averaging_constant": 0.01},
+    "entropy": {"num_bins": 128, "num_quantized_bins": 128},
+    "distribution": {"num_bins": 2048},
+}
+
+
+def _labelled_output(report):
+    return next((o for o in report.outputs if o.acc_fp32 is not None), report.outputs[0])
+
+
+def _assert_sane(run: AuditRun, what: str) -> None:
+    """Every activation row has an encoding and a number; the output SQNR is a finite number."""
+    r = run.report
+    act = [x for x in r.layers if x.has_activation]
+    assert act, what
+    for row in act:
+        assert row.scale is not None and row.scale > 0 and math.isfinite(row.scale), (what, row.name)
+        assert row.sqnr_db is not None and not math.isnan(row.sqnr_db), (what, row.name)
+    for out in r.outputs:
+        assert out.sqnr_db is not None and math.isfinite(out.sqnr_db), (what, out.name)
+
+
+@pytest.mark.parametrize("name,fmt", _params())
+def test_every_calibration_method_on_real_models(realmodels, name, fmt):
+    """Entropy, Distribution and MinMax (one calibration pass, one run each) on every real model in
+    both formats: every quantized activation reported once, numbers sane, and each method's own
+    encodings (not Percentile's)."""
+    runs = realmodels.option_audit(name, fmt, "methods", METHOD_CI_SUBJECTS, calibrate_method=list(OTHER_METHODS))
+    assert list(runs) == list(OTHER_METHODS)
+    base = {x.name: x.scale for x in realmodels.audit(name, fmt).report.layers if x.has_activation}
+    for method, run in runs.items():
+        what = f"{name} {fmt} {method}"
+        assert run.report.settings["calibrate_method"] == method
+        assert len(run.quantized) >= MIN_ACTIVATION_ROWS[name], what
+        _assert_accounted(run, what)
+        _assert_sane(run, what)
+        scales = {x.name: x.scale for x in run.report.layers if x.has_activation}
+        assert sum(scales[n] != base[n] for n in scales.keys() & base.keys()) >= len(scales) // 4, (
+            f"{what}: the encodings are Percentile's"
+        )
+        out = _labelled_output(run.report)
+        print(f"\n{what}: output SQNR {out.sqnr_db:.1f} dB, top-1 {out.top1_agreement}, {run.seconds:.1f} s")
+
+
+@pytest.mark.parametrize("name,fmt", _params(formats=("qdq",)))
+@pytest.mark.parametrize("act,weight", [pytest.param(a, w, id=f"{a}-{w}") for a, w in QDQ_ONLY_TYPES])
+def test_qdq_only_types_on_real_models(realmodels, name, fmt, act, weight):
+    """16-bit activations and 16- and 4-bit weights on every real model (QDQ): every quantized
+    activation reported once, each row in its type, ORT's opset change or com.microsoft domain
+    said in a note and true of the written model, and weight SQNR per layer as many bits apart
+    from the uint8 audit's as the types are (6 dB per bit: 16-bit >= 40 dB more, 4-bit >= 17 dB less)."""
+    run = realmodels.option_audit(name, fmt, f"{act}-{weight}", activation_type=act, weight_type=weight)["percentile"]
+    what = f"{name} {act}/{weight}"
+    _assert_accounted(run, what)
+    _assert_sane(run, what)
+    r = run.report
+    assert {x.dtype for x in r.layers if x.has_activation} <= {act, *({weight} if "16" in weight else ())}, what
+    weighted = [x for x in r.layers if x.has_weights and x.w_sqnr_db is not None]
+    assert len(weighted) == WEIGHTED[name]
+    assert all(x.w_encoding == f"{weight} per-tensor" for x in weighted), {x.w_encoding for x in weighted}
+    base = {x.name: x.w_sqnr_db for x in realmodels.audit(name, "qdq").report.layers if x.w_sqnr_db is not None}
+    gain = sorted(x.w_sqnr_db - base[x.name] for x in weighted)
+    bits = int(weight.removeprefix("u").removeprefix("int")) - 8
+    print(
+        f"\n{what}: weight SQNR vs uint8: {gain[0]:+.1f} .. {gain[-1]:+.1f} dB; output SQNR {_labelled_output(r).sqnr_db:.1f} dB"
+    )
+    if bits > 0:
+        assert gain[0] >= 40, gain[:3]
+    elif bits < 0:
+        assert gain[-1] <= -17, gain[-3:]
+    qmodel = onnx.load(str(run.qpath))
+    opset = {o.domain or "ai.onnx": o.version for o in qmodel.opset_import}
+    domains = {n.domain or "ai.onnx" for n in qmodel.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
+    source = onnx.load(str(realmodels.subject(name).model), load_external_data=False)
+    src_opset = next(o.version for o in source.opset_import if o.domain in ("", "ai.onnx"))
+    notes = " ".join(r.notes)
+    if "16" in act or "16" in weight:
+        assert opset["ai.onnx"] >= 21 and domains == {"ai.onnx"}, (opset, domains)
+        if src_opset < 21:
+            assert f"opset upgraded from {src_opset} to 21" in notes, r.notes
+    elif src_opset < 21:  # 4-bit weights, 8-bit activations
+        assert "com.microsoft" in domains and "com.microsoft" in notes, (domains, r.notes)
+
+
+@pytest.mark.parametrize("act,weight", [("uint16", "uint8"), ("int8", "int4")])
+def test_qdq_only_types_refused_in_qoperator(realmodels, run_cli, act, weight, tmp_path):
+    """16- and 4-bit types have no QOperator form: one line naming the type and --format qdq, exit 2,
+    nothing written."""
+    s = realmodels.subject("cls")
+    out = tmp_path / "q.onnx"
+    proc = run_cli(
+        s.model,
+        "--calib",
+        s.dir / "calib",
+        "--format",
+        "qoperator",
+        "--activation-type",
+        act,
+        "--weight-type",
+        weight,
+        "--output-model",
+        out,
+        timeout=300,
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    bad = act if act in ("uint16", "int16") else weight
+    assert bad in lines[0] and "--format qdq" in lines[0], lines[0]
+    assert not out.exists()
+
+
+def _saturated_bias_layers(qpath: Path) -> set[str]:
+    """Nodes of the written model reading an int32 bias at the int32 limits (ORT clipped it), read
+    from the model alone."""
+    qmodel = onnx.load(str(qpath))
+    inits = {t.name: t for t in qmodel.graph.initializer if t.data_type == onnx.TensorProto.INT32}
+    lim = np.iinfo(np.int32)
+    clipped = set()
+    for n in qmodel.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits:
+            b = onnx.numpy_helper.to_array(inits[n.input[0]])
+            if b.size and (b.max() == lim.max or b.min() == lim.min):
+                clipped.add(n.output[0])
+    return {n.name for n in qmodel.graph.node if clipped & set(n.input)}
+
+
+def assert_clipped_biases_noted(run: AuditRun, clipped: set[str]) -> None:
+    """The report's note on saturated int32 biases names exactly the layers ``clipped`` (or is absent)."""
+    note = next((n for n in run.report.notes if "int32 bias(es) saturated" in n), None)
+    if not clipped:
+        assert note is None, note
+        return
+    assert note is not None and note.startswith(f"{len(clipped)} int32 bias(es)"), (sorted(clipped), run.report.notes)
+    assert sum(c in note for c in clipped) == min(3, len(clipped)), note
+
+
+@pytest.mark.parametrize("name", _subjects())
+def test_16bit_activations_raise_output_sqnr(realmodels, name):
+    """MinMax calibration (no clipping), QDQ, same model and data: int16 activations and weights
+    against uint8 both. The rounding noise falls by 2^8 (48 dB) per tensor: the output SQNR and the
+    first quantized activation's (its own rounding only) must rise by more than 20 dB.
+
+    uint16 activations with uint16 weights: ORT clips an int32 bias whose scale (input scale x
+    weight scale) is too small (docs/ort-quirks.md #37: it widens the weight scale for symmetric
+    int8/int16 weights only); the report must name exactly the layers whose bias the written
+    model holds at the int32 limits, and without such a layer uint16 gains the 20 dB too."""
+    eight = realmodels.option_audit(name, "qdq", "methods", METHOD_CI_SUBJECTS, calibrate_method=list(OTHER_METHODS))[
+        "minmax"
+    ]
+    a = _labelled_output(eight.report)
+    first = next(x for x in eight.report.layers if x.has_activation)
+    for t in ("int16", "uint16"):
+        run = realmodels.option_audit(
+            name, "qdq", f"minmax-{t}", calibrate_method="minmax", activation_type=t, weight_type=t
+        )["minmax"]
+        _assert_accounted(run, f"{name} minmax {t}")
+        b = _labelled_output(run.report)
+        first16 = next(x for x in run.report.layers if x.name == first.name)
+        clipped = _saturated_bias_layers(run.qpath)
+        print(
+            f"\n{name} {t}: output SQNR uint8 {a.sqnr_db:.1f} dB, {t} {b.sqnr_db:.1f} dB; first activation "
+            f"{first.name} {first.sqnr_db:.1f} -> {first16.sqnr_db:.1f} dB; clipped biases {sorted(clipped)}"
+        )
+        # its own rounding only, where nothing is clipped (MinMax ranges of the calibration data
+        # can be exceeded by the evaluation data; the clipping error does not scale with the bits)
+        if first.clip_fraction == 0 and first16.clip_fraction == 0:
+            assert first16.sqnr_db > first.sqnr_db + 20
+        assert_clipped_biases_noted(run, clipped)
+        if clipped:
+            assert t == "uint16", clipped
+        else:
+            assert b.sqnr_db > a.sqnr_db + 20
+
+
+@pytest.mark.parametrize("name", ["cls", "det"])
+@pytest.mark.parametrize("method", ["entropy", "distribution", "minmax"])
+def test_calibration_ranges_equal_ort_calibrator(realmodels, name, method, tmp_path):
+    """The ranges qaudit hands to the quantizer with ``method`` are exactly those of ORT's own
+    calibrator of that method (its defaults) fed the same four batches."""
+    if name not in CI_SUBJECTS and not realmodels.full:
+        pytest.skip("det: --realmodels-full")
+    _assert_ranges_equal_ort(realmodels, name, method, tmp_path)
+
+
+def _assert_ranges_equal_ort(realmodels, name: str, method: str, tmp_path: Path) -> None:
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+
+    from qaudit.pipeline.quantize import calibrate, quantizable_op_types, quiet_ort
+
+    s = realmodels.subject(name)
+    calib = _batches(s.dir / "calib", s.input_name, s.fixed_batch)
+    x = np.concatenate([b[s.input_name] for b in calib])
+    batches = [{s.input_name: part} for part in np.array_split(x, 4)]
+    assert len(batches) == 4 and all(len(b[s.input_name]) for b in batches)
+    ours = calibrate(s.folded, batches, qaudit.QuantConfig(calibrate_method=method), tmp_path, workers=2)
+    ort_method = {"percentile": "Percentile", "minmax": "MinMax", "entropy": "Entropy", "distribution": "Distribution"}
+    with quiet_ort():
+        ort_cal = create_calibrator(
+            s.folded,
+            quantizable_op_types(),
+            augmented_model_path=str(tmp_path / "ort_aug.onnx"),
+            calibrate_method=getattr(CalibrationMethod, ort_method[method]),
+            extra_options=ORT_CALIBRATOR_OPTIONS[method],
+        )
+        for b in batches:
+            ort_cal.collect_data(_Reader([b]))
+        theirs = ort_cal.compute_data()
+    assert set(ours) == set(theirs) and len(set(theirs)) > 150
+    for t in theirs:
+        (lo, hi), (want_lo, want_hi) = ours[t].range_value, theirs[t].range_value
+        assert lo == want_lo and hi == want_hi, (t, (lo, hi), (want_lo, want_hi))
+
+
+@pytest.mark.parametrize("name", ["rnet", "cls", "det"])
+def test_override_one_real_tensor_to_uint16(realmodels, name):
+    """One real tensor at uint16 (a [tool.qaudit.overrides] table), the rest uint8, QDQ: its row is
+    marked, in uint16 and measurably finer than in the uint8 audit; the others keep uint8; every
+    quantized activation is reported once; the written model quantizes it with a uint16 zero point."""
+    if not realmodels.full and name not in OPTION_CI_SUBJECTS:
+        pytest.skip(f"{name}: --realmodels-full")
+    # a real tensor mid-network: the output of the middle Conv row of the uint8 audit (its
+    # consumers' edges are converted by ORT's mixed-precision fixer)
+    convs = [x for x in realmodels.audit(name, "qdq").report.layers if x.has_activation and x.op_type == "Conv"]
+    tensor = convs[len(convs) // 2].tensor
+    runs = realmodels.option_audit(name, "qdq", "override-uint16", overrides={"tensors": {tensor: {"type": "uint16"}}})
+    run = runs["percentile"]
+    _assert_accounted(run, f"{name} override")
+    _assert_sane(run, f"{name} override")
+    rows = {x.tensor: x for x in run.report.layers if x.has_activation}
+    base = {x.tensor: x for x in realmodels.audit(name, "qdq").report.layers if x.has_activation}
+    row = rows[tensor]
+    assert row.override and tensor in row.override and row.dtype == "uint16", (row.override, row.dtype)
+    others = [x for t, x in rows.items() if t != tensor and x.dtype != "uint8"]
+    assert not others or all(x.override for x in others), [(x.name, x.dtype) for x in others][:5]
+    clipped = _saturated_bias_layers(run.qpath)
+    print(
+        f"\n{name}: {tensor} scale uint8 {base[tensor].scale:.6g} -> uint16 {row.scale:.6g}, isolated SQNR "
+        f"{base[tensor].sqnr_isolated_db:.1f} -> {row.sqnr_isolated_db:.1f} dB; output "
+        f"{_labelled_output(realmodels.audit(name, 'qdq').report).sqnr_db:.1f} -> {_labelled_output(run.report).sqnr_db:.1f} dB; "
+        f"clipped biases {sorted(clipped)}; notes {run.report.notes}"
+    )
+    # the same calibrated range on 65535 steps instead of 255
+    assert row.scale == pytest.approx(base[tensor].scale * 255 / 65535, rel=1e-3)
+    assert_clipped_biases_noted(run, clipped)
+    qmodel = onnx.load(str(run.qpath))
+    inits = {t.name: t for t in qmodel.graph.initializer}
+    q = [n for n in qmodel.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor]
+    assert q and all(inits[n.input[2]].data_type == onnx.TensorProto.UINT16 for n in q), [n.name for n in q]

@@ -65,9 +65,10 @@ get_buffer(PyObject *obj, Py_buffer *view, int writable, Py_ssize_t itemsize, co
 /* ------------------------------------------------------------ calibration */
 
 PyDoc_STRVAR(abs_histogram_doc,
-"abs_histogram(data, edges, counts)\n\n"
+"abs_histogram(data, edges, counts, absolute=1)\n\n"
 "Add to ``counts`` (int64, len(edges) - 1) the histogram of ``|data|`` (float32)\n"
-"on the float32 ``edges``: exactly ``np.histogram(np.abs(data), bins=edges)[0]``\n"
+"on the float32 ``edges``: exactly ``np.histogram(np.abs(data), bins=edges)[0]``;\n"
+"with ``absolute`` 0, of ``data`` itself (``np.histogram(data, bins=edges)[0]``)\n"
 "(bin i holds edges[i] <= v < edges[i+1], the last bin also v == edges[-1];\n"
 "values outside [edges[0], edges[-1]] and NaN are not counted). ``edges`` must\n"
 "be non-decreasing; a uniform guess of the bin is corrected against the edges\n"
@@ -77,7 +78,8 @@ ISA_CLONES static PyObject *
 abs_histogram(PyObject *self, PyObject *args)
 {
     PyObject *o_data, *o_edges, *o_counts;
-    if (!PyArg_ParseTuple(args, "OOO:abs_histogram", &o_data, &o_edges, &o_counts)) {
+    int absolute = 1;
+    if (!PyArg_ParseTuple(args, "OOO|p:abs_histogram", &o_data, &o_edges, &o_counts, &absolute)) {
         return NULL;
     }
     Py_buffer data, edges, counts;
@@ -133,7 +135,7 @@ abs_histogram(PyObject *self, PyObject *args)
         const Py_ssize_t m = n - start < BLOCK ? n - start : BLOCK;
         const float *xb = x + start;
         for (Py_ssize_t i = 0; i < m; i++) {
-            const float a = fabsf(xb[i]);
+            const float a = absolute ? fabsf(xb[i]) : xb[i];
             float v = a > lo ? a : lo; /* maxss/minss: NaN becomes lo */
             v = v < hi ? v : hi;
             float f = (v - lo) * inv_width;

@@ -13,6 +13,8 @@ which one runs (the seam of coverage.py's CTracer and PyTracer).
 * ``channel_minmax(m)``: each channel's min and max of ``[pre, C, post]`` (NaN propagates)
 * ``nan_minmax(values)``: ``np.nanmin`` and ``np.nanmax``
 * ``abs_histogram(values, edges)``: ``np.histogram(|values|, bins=edges)[0]``
+* ``uniform_histogram(values, bins, range_)``: ``np.histogram(values, bins, range=range_)``
+  (ORT's signed histograms: Entropy, Distribution)
 * ``bin_values(m, T, hist, ch_hist, cmin, cmax)``: a range histogram's bins, and
   each channel's count at its extremes
 * ``error_sums(x, q, scale, zero_point, ...)``: ``sum x^2``, ``sum e^2`` (also of
@@ -108,6 +110,27 @@ def _c_abs_histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     counts = np.zeros(edges.size - 1, dtype=np.int64)
     _c.abs_histogram(values, edges, counts)
     return counts
+
+
+# ------------------------------------------------------------- uniform_histogram
+
+
+def _np_uniform_histogram(values: np.ndarray, bins: int, range_: tuple) -> tuple[np.ndarray, np.ndarray]:
+    return np.histogram(values, bins, range=range_)
+
+
+def _c_uniform_histogram(values: np.ndarray, bins: int, range_: tuple) -> tuple[np.ndarray, np.ndarray]:
+    # numpy's own edges (np.histogram_bin_edges on no values: the dtype of the range and the values);
+    # numpy bins on them with a uniform guess corrected by one step, the C loop by as many as it
+    # takes: the same bins (tests/pipeline/test_kernels.py). float32 edges only, as abs_histogram
+    if not _is_c_array(values, np.float32):
+        return _np_uniform_histogram(values, bins, range_)
+    edges = np.histogram_bin_edges(values[:0], bins, range=range_)
+    if not (edges.dtype == np.float32 and edges.size >= 2):
+        return _np_uniform_histogram(values, bins, range_)
+    counts = np.zeros(edges.size - 1, dtype=np.int64)
+    _c.abs_histogram(values, edges, counts, False)
+    return counts, edges
 
 
 # ------------------------------------------------------------- bin_values
@@ -265,6 +288,7 @@ class Kernels:
     channel_minmax: Callable
     nan_minmax: Callable
     abs_histogram: Callable
+    uniform_histogram: Callable
     bin_values: Callable
     error_sums: Callable
 
@@ -277,6 +301,7 @@ numpy_reference = Kernels(
     channel_minmax=_np_channel_minmax,
     nan_minmax=_np_nan_minmax,
     abs_histogram=_np_abs_histogram,
+    uniform_histogram=_np_uniform_histogram,
     bin_values=_np_bin_values,
     error_sums=_np_error_sums,
 )
@@ -287,6 +312,7 @@ compiled = (
         channel_minmax=_c_channel_minmax,
         nan_minmax=_c_nan_minmax,
         abs_histogram=_c_abs_histogram,
+        uniform_histogram=_c_uniform_histogram,
         bin_values=_c_bin_values,
         error_sums=_c_error_sums,
     )
@@ -335,6 +361,12 @@ def abs_histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """``np.histogram(np.absolute(values), bins=edges)[0]``: int64 counts,
     ``len(edges) - 1`` of them; NaN and values outside the edges are not counted."""
     return selected().abs_histogram(values, edges)
+
+
+def uniform_histogram(values: np.ndarray, bins: int, range_: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """``np.histogram(values, bins, range=range_)``: int64 counts and numpy's edges; NaN and
+    values outside the range are not counted."""
+    return selected().uniform_histogram(values, bins, range_)
 
 
 def bin_values(

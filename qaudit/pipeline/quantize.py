@@ -438,8 +438,28 @@ def _lean_collector_class():
                     old = self.histogram_dict[tensor]
                     self.histogram_dict[tensor] = self.merge_histogram(old, flat, min_value, max_value, threshold)
                 else:
-                    hist, hist_edges = np.histogram(flat, self.num_bins, range=(-threshold, threshold))
+                    hist, hist_edges = kernels.uniform_histogram(flat, self.num_bins, (-threshold, threshold))
                     self.histogram_dict[tensor] = (hist, hist_edges, min_value, max_value, threshold)
+
+        def merge_histogram(self, old_histogram, data_arr, new_min, new_max, new_threshold):
+            """ORT's ``HistogramCollector.merge_histogram`` (onnxruntime 1.32), line for line, with
+            ``np.histogram(data, bins, range=...)`` done by :func:`kernels.uniform_histogram`."""
+            (old_hist, old_hist_edges, old_min, old_max, old_threshold) = old_histogram
+            if new_threshold <= old_threshold:
+                new_hist, _ = kernels.uniform_histogram(data_arr, len(old_hist), (-old_threshold, old_threshold))
+                return new_hist + old_hist, old_hist_edges, min(old_min, new_min), max(old_max, new_max), old_threshold
+            if old_threshold == 0:
+                hist, hist_edges = kernels.uniform_histogram(data_arr, len(old_hist), (-new_threshold, new_threshold))
+                hist += old_hist
+            else:
+                old_num_bins = len(old_hist)
+                old_stride = 2 * old_threshold / old_num_bins
+                half_increased_bins = int((new_threshold - old_threshold) // old_stride + 1)
+                new_num_bins = old_num_bins + 2 * half_increased_bins
+                new_threshold = half_increased_bins * old_stride + old_threshold
+                hist, hist_edges = kernels.uniform_histogram(data_arr, new_num_bins, (-new_threshold, new_threshold))
+                hist[half_increased_bins : new_num_bins - half_increased_bins] += old_hist
+            return hist, hist_edges, min(old_min, new_min), max(old_max, new_max), new_threshold
 
         def _extremes(self, tensor, flat):
             """ORT's ``min_value, max_value`` of a batch (np.nanmin and np.nanmax, zeros when
@@ -472,11 +492,13 @@ def _lean_collector_class():
                 min_value, max_value = extremes
                 if tensor not in self.histogram_dict:
                     data = np.absolute(flat)
-                    try:
-                        hist, hist_edges = np.histogram(data, bins=self.num_bins)
-                    except ValueError:  # NaN among finite values: no autodetected range
+                    # np.histogram(data, bins=self.num_bins): its autodetected range is data's min and
+                    # max (numpy's _get_outer_edges), which fails on NaN among finite values
+                    lo, hi = (data.min(), data.max()) if data.size else (0.0, 1.0)
+                    if not (np.isfinite(lo) and np.isfinite(hi)):
                         self._drop_nonfinite(tensor, flat)
                         continue
+                    hist, hist_edges = kernels.uniform_histogram(data, self.num_bins, (lo, hi))
                     self.histogram_dict[tensor] = (hist, hist_edges.astype(data.dtype), min_value, max_value)
                     continue
                 if flat.size == 0:  # no values: nothing to add (ORT fails here, docs/ort-quirks.md #22)

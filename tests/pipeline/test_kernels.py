@@ -111,7 +111,14 @@ def test_a_bad_choice_fails_before_the_audit_reads_anything(monkeypatch, tmp_pat
 
 
 def test_each_operation_has_an_entry_point_and_two_implementations():
-    assert kernels.OPERATIONS == ("channel_minmax", "nan_minmax", "abs_histogram", "bin_values", "error_sums")
+    assert kernels.OPERATIONS == (
+        "channel_minmax",
+        "nan_minmax",
+        "abs_histogram",
+        "uniform_histogram",
+        "bin_values",
+        "error_sums",
+    )
     for op in kernels.OPERATIONS:
         entry = getattr(kernels, op)
         assert callable(entry) and entry.__doc__, op
@@ -268,29 +275,54 @@ def test_abs_histogram_rejects_bad_input():
         k.abs_histogram(x, e, h.astype(np.int32))
 
 
-@pytest.mark.parametrize("grows", [False, True])
-def test_lean_collector_equals_ort_collector_either_way(mode, grows, c_calls):
-    """The calibration histograms handed to the quantizer are ORT's, with C or numpy."""
+def _both_collectors(kw: dict, seed: int, grows: bool, zeros_first: bool = False):
+    """qaudit's lean collector and ORT's HistogramCollector fed the same four batches (``grows``:
+    each batch's values wider than the last; ``zeros_first``: a tensor whose first batch is zeros)."""
     from onnxruntime.quantization.calibrate import HistogramCollector
 
     from qaudit.pipeline.quantize import _lean_collector_class, quiet_ort
 
-    kw = dict(
-        method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=2048, percentile=99.999, scenario="same"
-    )
     ours, theirs = _lean_collector_class()(**kw), HistogramCollector(**kw)
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     with quiet_ort():
         for k in range(4):
             x = rng.standard_t(3, size=(2, 4, 9, 9)).astype(np.float32) * (1 + k if grows else 1)
             batch = {"t": x, "relu": np.maximum(x, 0), "const": np.full((3, 3), 0.5, np.float32)}
+            if zeros_first:
+                batch["zeros_first"] = x if k else np.zeros_like(x)  # old threshold 0, then a range
             ours.collect({n: [v] for n, v in batch.items()})
             theirs.collect({n: [v] for n, v in batch.items()})
+    return ours, theirs
+
+
+@pytest.mark.parametrize("grows", [False, True])
+def test_lean_collector_equals_ort_collector_either_way(mode, grows, c_calls):
+    """The calibration histograms handed to the quantizer are ORT's, with C or numpy."""
+    kw = dict(
+        method="percentile", symmetric=True, num_bins=2048, num_quantized_bins=2048, percentile=99.999, scenario="same"
+    )
+    ours, theirs = _both_collectors(kw, 3, grows)
     for name in ("t", "relu", "const"):
         if grows and name == "t":
             assert len(ours.histogram_dict[name][0]) > 2048  # the explicit-edges path ran
         for a, b in zip(ours.histogram_dict[name], theirs.histogram_dict[name]):
             np.testing.assert_array_equal(a, b, err_msg=f"{mode} {name}")
+    assert set(c_calls) == ({"minmax", "abs_histogram"} if mode == "c" else set())
+
+
+@pytest.mark.parametrize("method", ["entropy", "distribution"])
+@pytest.mark.parametrize("grows", [False, True])
+def test_lean_signed_histograms_equal_ort_collector_either_way(mode, method, grows, c_calls):
+    """Entropy's and Distribution's histograms of the signed values (collect_value and its
+    merge_histogram, the range widening as batches grow) are ORT's, with C or numpy."""
+    kw = dict(method=method, symmetric=False, num_bins=2048, num_quantized_bins=128, percentile=99.999, scenario="same")
+    ours, theirs = _both_collectors(kw, 4, grows, zeros_first=True)
+    for name in ("t", "relu", "const", "zeros_first"):
+        if grows and name == "t":
+            assert len(ours.histogram_dict[name][0]) > 2048  # merge_histogram widened the range
+        for a, b in zip(ours.histogram_dict[name], theirs.histogram_dict[name]):
+            np.testing.assert_array_equal(a, b, err_msg=f"{mode} {name}")
+            assert np.asarray(a).dtype == np.asarray(b).dtype, (mode, name)
     assert set(c_calls) == ({"minmax", "abs_histogram"} if mode == "c" else set())
 
 
@@ -582,6 +614,27 @@ def _abs_histogram_cases():
     yield "not contiguous: numpy", (x[::2], edges), False
 
 
+def _uniform_histogram_cases():
+    rng = np.random.default_rng(17)
+    x = rng.standard_t(3, 50_000).astype(np.float32)
+    t = np.float32(np.abs(x).max())
+    yield "normal, range +-max|x|", (x, 2048, (-t, t)), True
+    yield "values outside the range (dropped)", (x, 128, (np.float32(-1), np.float32(1))), True
+    e = np.histogram_bin_edges(x[:0], 2048, range=(-t, t))
+    on_edges = np.concatenate([e, np.nextafter(e, np.float32(0)), np.nextafter(e, np.float32(np.inf))])
+    yield "exactly on every edge and next to it", (on_edges.astype(np.float32), 2048, (-t, t)), True
+    specials = np.array([np.nan, np.inf, -np.inf, -0.0, 0.0, -t, t, 1e30, 1e-30], np.float32)
+    yield "NaN, inf, signed zeros, extremes", (np.tile(specials, 3), 2048, (-t, t)), True
+    zero = np.float32(0)
+    yield "zero range (numpy widens it by 0.5)", (np.zeros(100, np.float32), 2048, (-zero, zero)), True
+    yield "a widened range, an odd number of bins", (x, 2049 + 2 * 37, (-t * 1.5, t * 1.5)), True
+    yield "empty", (np.zeros(0, np.float32), 2048, (-t, t)), True
+    yield "python-float range (float32 edges, NEP 50)", (x, 2048, (-float(t), float(t))), True
+    yield "float64 range (float64 edges): numpy", (x, 2048, (-np.float64(t), np.float64(t))), False
+    yield "float64 values: numpy", (x.astype(np.float64), 2048, (-t, t)), False
+    yield "not contiguous: numpy", (x[::2], 2048, (-t, t)), False
+
+
 def _bin_case(m, bins=2048, channel_bins=256, T=None, seed=0):
     """bin_values' arguments for ``m`` ([pre, C, post]) on counters that already hold counts."""
     rng = np.random.default_rng(seed)
@@ -655,6 +708,7 @@ CASES = {
     "channel_minmax": _channel_minmax_cases,
     "nan_minmax": _nan_minmax_cases,
     "abs_histogram": _abs_histogram_cases,
+    "uniform_histogram": _uniform_histogram_cases,
     "bin_values": _bin_values_cases,
     "error_sums": _error_sums_cases,
 }
