@@ -187,7 +187,7 @@ def opset_needed(quant: QuantConfig | None) -> tuple[int, str]:
 
 
 def audit(
-    cfg: AuditConfig, progress: Progress | None = None, output_models: dict | None = None
+    cfg: AuditConfig, progress: Progress | None = None, output_models: dict | None = None, record: dict | None = None
 ) -> Report | MultiReport:
     """Audit the post-training quantization of ``cfg.model`` (see docs/how-it-works.md).
 
@@ -196,7 +196,12 @@ def audit(
     run is quantized, matched, captured and measured: a :class:`~qaudit.runs.MultiReport`.
     ``cfg.output_model`` is then the first run's model, or one file per run with
     ``{run}`` in its name; ``output_models`` (run name -> path, the CLI's staged files)
-    replaces it."""
+    replaces it.
+
+    ``record`` (:mod:`qaudit.remedy`, which searches changes on the same graph and ranges):
+    its ``"calibrate"`` (QuantConfigs) are calibrated on the same pass, their ranges put in
+    ``"extra_ranges"``; the first run's prepared graph, ranges and quantize arguments are put in
+    ``"folded"``, ``"ranges"``, ``"tensor_overrides"``, ``"also_exclude"``, ``"outputs"`` and ``"batch_size"``."""
     progress, clock = progress or NullProgress(), PhaseClock()
     kernels.name()  # a bad QAUDIT_KERNELS fails here, not on a worker thread
     # 1. load and check the model, the data and the labels
@@ -253,9 +258,12 @@ def audit(
             progress.stage("calibrating" + (checking if check else ""), src.n_calib)
             batches = src.calib.batches(batch_size, cfg.max_samples)
             observe = check.observe if check else None
+            extra = tuple(record.get("calibrate", ())) if record is not None else ()
             all_ranges = calibrate_many(  # one pass for every run's method
-                folded_path, batches, quants, work, progress.advance, set(bad), observe, nonfinite=bad
+                folded_path, batches, tuple(quants) + extra, work, progress.advance, set(bad), observe, nonfinite=bad
             )
+            if record is not None:
+                record["extra_ranges"], all_ranges = all_ranges[len(quants) :], all_ranges[: len(quants)]
             auto_excluded = nonfinite_exclusions(fold.model, bad)  # the probe's and calibration's finds
         else:  # nothing to calibrate: the fold check runs on the first evaluation batches
             if check is not None:
@@ -287,6 +295,9 @@ def audit(
                 )
                 qmodel = onnx.load(str(q_path))
                 quantizer = quantizer_changes(fold.model, qmodel)
+                if record is not None and i == 0:
+                    record.update(folded=onnx.load(str(folded_path)), ranges=ranges, tensor_overrides=tensor_overrides)
+                    record.update(also_exclude=dict(auto_excluded), outputs=outputs, batch_size=batch_size)
                 fmt = run_cfg.quant.format
             else:  # the user's model, its tensors named as the fp32 graph's where they pair (qaudit.pipeline.prequant)
                 qmodel, _ = renamed(fold.model, given.model)
