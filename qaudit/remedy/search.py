@@ -119,3 +119,55 @@ def search(ws, cands, executor=None, progress=None) -> SearchResult:
 
 
 __all__ = ["SearchResult", "cost", "search"]
+
+
+@dataclass
+class FixResult:
+    """``qaudit fix``'s outcome: the audits before and after, the search, the recipe's quantization."""
+
+    before: object  # Report
+    after: object  # Report: the full audit of the recipe
+    search: SearchResult
+    quant: object  # QuantConfig: the recipe
+    record: dict  # the after audit's record: prepared graph, ranges, quantize arguments
+    alternative: str | None
+    seconds: dict
+
+
+def alternative_method(method: str) -> str:
+    """The other calibration whose ranges a ``range`` change takes: minmax, or percentile for minmax."""
+    return "percentile" if method == "minmax" else "minmax"
+
+
+def fix(cfg, gates, progress=None, executor=None, layers=None, hints=()) -> FixResult:
+    """Audit ``cfg``, search the cheapest change set meeting ``gates``' output gates, and audit the
+    result again (the verification; every gate of ``gates`` applies to it). ``cfg.output_model``
+    receives the fixed model. ``hints``: the causes' remedies, measured first."""
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from qaudit.options import QuantConfig
+    from qaudit.pipeline.audit import audit
+    from qaudit.remedy.sensitivity import DEFAULT_LAYERS, _ranges_loader, candidates, quant_of, workspace
+
+    t0 = time.perf_counter()
+    alt = alternative_method(cfg.quant.calibrate_method)
+    record: dict = {"calibrate": [QuantConfig(calibrate_method=alt)]}
+    before = audit(cfg.replace(output_model=None), progress, record=record)
+    t1 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="qaudit-fix-") as tmp:
+        ws = workspace(record, cfg, gates, Path(tmp) / "ws", alt, progress)
+        cands = candidates(before, record["folded"], hints, alt, layers or DEFAULT_LAYERS)
+        found = search(ws, cands, executor, progress)
+        quant = quant_of(cfg.quant, found.changes, _ranges_loader(ws))
+    del record
+    t2 = time.perf_counter()
+    after_record: dict = {}
+    after = audit(cfg.replace(quant=quant), progress, record=after_record)
+    t3 = time.perf_counter()
+    seconds = {"before": t1 - t0, "search": t2 - t1, "after": t3 - t2, "total": t3 - t0}
+    return FixResult(before, after, found, quant, after_record, alt, seconds)
+
+
+__all__ += ["FixResult", "fix"]
