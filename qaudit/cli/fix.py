@@ -63,7 +63,15 @@ def build_fix_parser():
         type=int,
         default=None,
         metavar="N",
-        help="propose changes for the N noisiest activations and weights (default 6)",
+        help="propose changes for at most the N noisiest activations and weights (default: all, tried in "
+        "growing tiers from the noisiest)",
+    )
+    f.add_argument(
+        "--max-measurements",
+        type=int,
+        default=None,
+        metavar="N",
+        help="measure at most N change sets (default 24); pruning stops there and keeps a passing set",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -96,6 +104,14 @@ def _summary(result, passed: bool) -> list[str]:
         f"{len(s.changes) - floats - sixteen} free change(s); {len(s.candidates)} candidates ranked, "
         f"{s.n_measured} change sets measured",
     ]
+    t = result.seconds
+    lines.append(
+        f"  time: audit before {t['before']:.1f} s, search {t['search']:.1f} s, verifying audit {t['after']:.1f} s"
+    )
+    if not s.pruned:
+        lines.append(
+            f"  pruning stopped at {s.n_measured} measurements (--max-measurements): the set may not be minimal"
+        )
     lines += [f"  {c.describe()}" for c in s.changes] or ["  (no change)"]
     if not passed:
         limits = [
@@ -114,7 +130,7 @@ def run_fix(args) -> int:
     from qaudit.gate import evaluate
     from qaudit.output import check_outputs
     from qaudit.remedy.recipe import ort_arguments, recipe_toml
-    from qaudit.remedy.search import fix
+    from qaudit.remedy.search import DEFAULT_BUDGET, fix
     from qaudit.renderers import render
     from qaudit.renderers.terminal import console
     from qaudit.runs import MultiReport
@@ -129,8 +145,9 @@ def run_fix(args) -> int:
             "qaudit fix needs a target on the model outputs: give an output gate, e.g. --min-output-sqnr 25 "
             "(layer gates are checked too, by the verifying audit)"
         )
-    if args.max_layers is not None and args.max_layers < 1:
-        raise ConfigError(f"--max-layers must be >= 1, not {args.max_layers}")
+    for flag, v in (("--max-layers", args.max_layers), ("--max-measurements", args.max_measurements)):
+        if v is not None and v < 1:
+            raise ConfigError(f"{flag} must be >= 1, not {v}")
     wanted = {
         "--json": settings["json"],
         "--html": settings["html"],
@@ -149,7 +166,8 @@ def run_fix(args) -> int:
         show = not (settings["quiet"] or args.no_progress) and sys.stderr.isatty()
         progress = _RichProgress() if show else None
         try:
-            result = fix(cfg, gates, progress, layers=args.max_layers)
+            budget = args.max_measurements or DEFAULT_BUDGET
+            result = fix(cfg, gates, progress, layers=args.max_layers, budget=budget)
         except OutputError as e:
             raise OutputError(f"cannot write {outs.label_of(e.path)}: {e.reason}; nothing was written") from e
         finally:

@@ -5,12 +5,11 @@ of tensors at 16 bits; per-channel weights and another calibration range cost
 nothing extra, but are kept only where they are needed. The search, every
 step measured with :func:`qaudit.remedy.sensitivity.verify`:
 
-1. the baseline (no change), then each ranked candidate alone;
-2. every free change (per-channel, range) that helped alone, all together;
-3. the 16-bit changes that helped, added one at a time, most helpful first, until the gates pass;
-4. then the nodes in float that helped, the same way;
-5. pruning: each change, nodes in float first, then 16-bit tensors, then free changes, is
-   taken out again when the gates still pass without it.
+1. the baseline (no change);
+2. every free and 16-bit candidate together, and when that fails every candidate (nodes in float too);
+3. pruning a passing set: the nodes in float first, then the 16-bit tensors, then the free
+   changes are taken out, a whole group at a time, halving a group whose removal breaks a
+   gate, down to single changes; a change stays only when the gates fail without it.
 
 When nothing passes, the result is the set with the smallest shortfall measured, and its
 failing checks say what limits it.
@@ -40,6 +39,7 @@ class SearchResult:
     met: bool  # the best set passes every output gate
     candidates: tuple[Candidate, ...]
     trail: tuple[Measured, ...]  # every measurement, in order
+    pruned: bool = True  # False: the budget stopped the pruning (the set passes but may not be minimal)
 
     @property
     def n_measured(self) -> int:
@@ -62,60 +62,84 @@ def _order(changes):
     return sorted(changes, key=lambda c: (rank[c.kind], c))
 
 
-def search(ws, cands, executor=None, progress=None) -> SearchResult:
-    """Search the cheapest passing change set among ``cands`` (:func:`~qaudit.remedy.sensitivity.candidates`)."""
-    trail: list[Measured] = []
+#: measurements the search makes at most by default (the baseline included)
+DEFAULT_BUDGET = 24
+#: candidates of the first tier: about the noisiest 8 layers' (each tier doubles it)
+FIRST_TIER = 24
 
-    def measure(sets, stage=None):
-        if progress is not None and stage:
-            progress.stage(stage, len(sets))
-        got = verify(ws, sets, executor, progress)
-        trail.extend(got)
-        return got
+
+def search(ws, cands, executor=None, progress=None, budget: int = DEFAULT_BUDGET) -> SearchResult:
+    """Search the cheapest passing change set among ``cands`` (ranked, best first:
+    :func:`~qaudit.remedy.sensitivity.candidates`).
+
+    Top down, so that a remedy spread over many layers costs as few measurements as one in a
+    single layer: the baseline; then for growing tiers of the ranking (the first
+    :data:`FIRST_TIER` candidates, twice as many, ... all of them) every free and 16-bit
+    candidate of the tier together and, if that fails, every candidate of the tier. From the
+    first passing set, changes are taken out in cost order (nodes in float, then 16-bit
+    tensors, then free changes), a whole group at a time and halving a group whose removal
+    fails, down to single changes: about ``2 k log2(n / k)`` measurements for ``k`` needed
+    changes among ``n``. ``budget`` caps the measurements: pruning stops there, and the set
+    kept still passes (:attr:`SearchResult.pruned` is then False). Each removal tried is a
+    measured sensitivity (:attr:`SearchResult.trail`).
+    """
+    trail: list[Measured] = []
+    memo: dict[frozenset, Measured] = {}
+
+    def measure(changes) -> Measured:
+        key = frozenset(changes)
+        if key not in memo:
+            (memo[key],) = verify(ws, [tuple(_order(changes))], executor, progress)
+            trail.append(memo[key])
+        return memo[key]
 
     cands = tuple(cands)
-    base, *singles = measure([()] + [(c.change,) for c in cands], "fix: measuring candidates")
+    every = [c.change for c in cands]
+    if progress is not None:
+        progress.stage("fix: measuring change sets", None)
+    base = measure([])
     if base.passed:
         return SearchResult((), base, base, True, cands, tuple(trail))
-    gain = {m.changes[0]: base.shortfall - m.shortfall for m in singles if not m.error}
-    helped = [c.change for c in cands if gain.get(c.change, 0.0) > 0]
-    helped.sort(key=lambda ch: -gain[ch])
-    passing = [m for m in singles if m.passed]
-    if passing:  # one change suffices: the cheapest of them, the most margin among equals
-        best = min(passing, key=lambda m: (cost(m.changes), m.shortfall))
-        current, last = list(best.changes), best
-    else:
-        current, last = [], base
-        free = [c for c in helped if c.kind in FREE]
-        if free:
-            (last,) = measure([tuple(free)], "fix: free changes")
-            current = free if last.shortfall <= base.shortfall else []
-            if not current:
-                last = base
-        for kind in ("tensor_16bit", "float_node"):
-            if last.passed:
-                break
-            steps = [c for c in helped if c.kind == kind]
-            if progress is not None and steps:
-                progress.stage(f"fix: adding {'16-bit tensors' if kind == 'tensor_16bit' else 'nodes in float'}", None)
-            for c in steps:
-                (m,) = measure([tuple(current + [c])])
-                if m.shortfall < last.shortfall or m.passed:
-                    current, last = current + [c], m
-                if last.passed:
+    current, last = [], base
+    size, sizes = FIRST_TIER, []
+    while size < len(every):
+        sizes.append(size)
+        size *= 2
+    sizes.append(len(every))
+    for n in sizes:
+        tier = every[:n]
+        cheap = [c for c in tier if c.kind != "float_node"]
+        for trial in [cheap, tier] if len(cheap) < len(tier) else [tier]:
+            if trial and len(trail) < budget:
+                m = measure(trial)
+                if m.passed:
+                    current, last = trial, m
                     break
-    if last.passed and len(current) > 1:
+        if last.passed or len(trail) >= budget:
+            break
+    pruned = True
+    if last.passed:
         if progress is not None:
-            progress.stage("fix: pruning", len(current))
-        for c in _order(current):
-            trial = [x for x in current if x != c]
-            (m,) = measure([tuple(trial)])
-            if m.passed:
-                current, last = trial, m
-    if not last.passed:  # the smallest shortfall measured
+            progress.stage("fix: pruning", None)
+        for kinds in (("float_node",), ("tensor_16bit",), FREE):
+            group = [c for c in current if c.kind in kinds]
+            stack = [group] if group else []
+            while stack:
+                if len(trail) >= budget:
+                    pruned = False
+                    break
+                g = stack.pop()
+                trial = [c for c in current if c not in g]
+                m = measure(trial)
+                if m.passed:
+                    current, last = trial, m
+                elif len(g) > 1:
+                    half = len(g) // 2
+                    stack += [g[half:], g[:half]]
+    else:  # the smallest shortfall measured
         last = min(trail, key=lambda m: (m.shortfall, cost(m.changes)))
         current = list(last.changes)
-    return SearchResult(tuple(_order(current)), last, base, last.passed, cands, tuple(trail))
+    return SearchResult(tuple(_order(current)), last, base, last.passed, cands, tuple(trail), pruned)
 
 
 __all__ = ["SearchResult", "cost", "search"]
@@ -139,17 +163,18 @@ def alternative_method(method: str) -> str:
     return "percentile" if method == "minmax" else "minmax"
 
 
-def fix(cfg, gates, progress=None, executor=None, layers=None, hints=()) -> FixResult:
+def fix(cfg, gates, progress=None, executor=None, layers=None, hints=(), budget=DEFAULT_BUDGET) -> FixResult:
     """Audit ``cfg``, search the cheapest change set meeting ``gates``' output gates, and audit the
     result again (the verification; every gate of ``gates`` applies to it). ``cfg.output_model``
-    receives the fixed model. ``hints``: the causes' remedies, measured first."""
+    receives the fixed model. ``hints``: the causes' remedies, ranked first. ``layers``: propose changes
+    for at most that many of the noisiest activations and weights (None: all, in growing tiers)."""
     import tempfile
     import time
     from pathlib import Path
 
     from qaudit.options import QuantConfig
     from qaudit.pipeline.audit import audit
-    from qaudit.remedy.sensitivity import DEFAULT_LAYERS, _ranges_loader, candidates, quant_of, workspace
+    from qaudit.remedy.sensitivity import _ranges_loader, candidates, quant_of, workspace
 
     t0 = time.perf_counter()
     alt = alternative_method(cfg.quant.calibrate_method)
@@ -158,8 +183,8 @@ def fix(cfg, gates, progress=None, executor=None, layers=None, hints=()) -> FixR
     t1 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="qaudit-fix-") as tmp:
         ws = workspace(record, cfg, gates, Path(tmp) / "ws", alt, progress)
-        cands = candidates(before, record["folded"], hints, alt, layers or DEFAULT_LAYERS)
-        found = search(ws, cands, executor, progress)
+        cands = candidates(before, record["folded"], hints, alt, layers)
+        found = search(ws, cands, executor, progress, budget)
         quant = quant_of(cfg.quant, found.changes, _ranges_loader(ws))
     del record
     t2 = time.perf_counter()

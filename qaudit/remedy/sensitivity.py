@@ -35,8 +35,6 @@ import numpy as np
 
 #: the kinds of change, cheapest first in the search's cost order is not this order (see qaudit.remedy.search)
 KINDS = ("float_node", "tensor_16bit", "per_channel", "range")
-#: how many layers' changes :func:`candidates` proposes by default
-DEFAULT_LAYERS = 6
 
 
 @dataclass(frozen=True, order=True)
@@ -84,7 +82,7 @@ def candidates(
     prepared,
     hints: Iterable = (),
     alternative: str | None = None,
-    layers: int = DEFAULT_LAYERS,
+    layers: int | None = None,
 ) -> list[Candidate]:
     """The changes worth measuring, best first, from ``report``'s layer rows.
 
@@ -100,7 +98,7 @@ def candidates(
     else accumulated); a weight's candidates (per channel when weights are per-tensor, 16 bits)
     by its weight noise divided by the square of its folded channel precision (a channel whose
     values span a tenth of the layer's range sees a hundred times the noise relative to its own
-    signal). The ``layers`` noisiest activations and weights are proposed.
+    signal). The ``layers`` noisiest activations and weights are proposed (None: all).
     """
     settings = report.settings
     act_type = str(settings.get("activation_type") or "uint8")
@@ -109,8 +107,12 @@ def candidates(
     inits = {i.name for i in prepared.graph.initializer}
     out: dict[Change, Candidate] = {}
 
+    seen: set = set()
+
     def add(change: Change, score: float, why: str) -> None:
-        if change.node in nodes and change not in out:
+        key = (change.kind, change.node if change.kind == "float_node" else change.tensor)
+        if change.node in nodes and key not in seen:  # one change per tensor (per node in float)
+            seen.add(key)
             out[change] = Candidate(change, score, why)
 
     for h in hints:
@@ -130,8 +132,9 @@ def candidates(
             add(Change("range", node, tensor, alternative), math.inf, why)
 
     acts = [r for r in report.layers if r.has_activation and r.tensor and r.name in nodes]
+    quantized = {r.tensor for r in acts}
     acts.sort(key=lambda r: -_noise(r.sqnr_isolated_db if r.sqnr_isolated_db is not None else r.sqnr_db))
-    for r in acts[:layers]:
+    for r in acts[:layers] if layers else acts:
         iso = r.sqnr_isolated_db is not None
         db = r.sqnr_isolated_db if iso else r.sqnr_db
         noise = _noise(db)
@@ -139,6 +142,10 @@ def candidates(
             continue
         what = f"{'isolated' if iso else 'accumulated'} SQNR {db:.1f} dB"
         add(Change("tensor_16bit", r.name, r.tensor, _sixteen(act_type)), noise, what)
+        # the layer's own error includes its inputs' quantization: their tensors at 16 bits too
+        for t in nodes[r.name].input:
+            if t and t not in inits and t in quantized:
+                add(Change("tensor_16bit", r.name, t, _sixteen(act_type)), noise, f"{what} (its input)")
         add(Change("float_node", r.name), noise, what)
         clipped = r.clip_fraction or 0.0
         if alternative and clipped > 0:
@@ -156,13 +163,13 @@ def candidates(
         weights.append((_noise(r.w_sqnr_db) / max(prec, 1e-3) ** 2, r, node.input[1]))
     weights.sort(key=lambda x: -x[0])
     if not settings.get("per_channel"):
-        for noise, r, w in weights[:layers]:
+        for noise, r, w in weights[:layers] if layers else weights:
             if noise <= 0:
                 continue
             prec = f", channel precision {r.fold_w_precision:.2f}" if r.fold_w_precision is not None else ""
             add(Change("per_channel", r.name, w), noise, f"weight SQNR {r.w_sqnr_db:.1f} dB{prec}")
     if "16" not in weight_type:  # a weight at 16 bits: per-tensor or per-channel alike
-        for noise, r, w in weights[:layers]:
+        for noise, r, w in weights[:layers] if layers else weights:
             if noise > 0:
                 add(
                     Change("tensor_16bit", r.name, w, _sixteen(weight_type)), noise, f"weight SQNR {r.w_sqnr_db:.1f} dB"
