@@ -220,3 +220,50 @@ def test_cli_fix_bad_input_is_exit_2_and_writes_nothing(subject, tmp_path, capsy
     assert not (tmp_path / "r.toml").exists()
     assert _run("fix", path, "--calib", calib, "--min-output-sqnr", "20", "--recipe", path) == 2
     assert "never overwrites its inputs" in capsys.readouterr().err
+
+
+def test_verify_runs_on_any_executor_with_map(subject, tmp_path):
+    """The unit of work pickles: a process pool measures what the local default measures."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from qaudit.remedy.sensitivity import verify
+
+    path, calib, ev = subject("outlier_channel_model")
+    cfg = audit_config(path, calib, ev)
+    record = {"calibrate": [QuantConfig(calibrate_method="minmax")]}
+    audit(cfg, record=record)
+    ws = workspace(record, cfg, GateConfig({"min_output_sqnr": 25.0}), tmp_path / "ws", "minmax")
+    sets = [(), (Change("per_channel", "conv1", "w1"),)]
+    here = verify(ws, sets)
+    with ProcessPoolExecutor(1) as pool:
+        there = verify(ws, sets, pool)
+    assert [m.outputs[0].sqnr_db for m in there] == [m.outputs[0].sqnr_db for m in here]
+    assert [m.passed for m in here] == [False, True]
+
+
+def test_hints_are_ranked_first_and_unmeasurable_kinds_skipped(subject):
+    from types import SimpleNamespace as Hint
+
+    path, calib, ev = subject("outlier_channel_model")
+    cfg = audit_config(path, calib, ev)
+    record: dict = {}
+    report = audit(cfg, record=record)
+    hints = [
+        Hint(kind="upstream", node="conv2", tensor=None, detail="carried from conv1"),
+        Hint(kind="per_channel", node="conv1", tensor="w1", detail="BN folding inflated the weight range"),
+        Hint(kind="asymmetric", node="conv1", tensor="r1", detail="one-sided"),
+        Hint(kind="per_channel", node="nope", tensor="w9", detail="a node the graph lacks"),
+    ]
+    got = candidates(report, record["folded"], hints, alternative="minmax")
+    assert [c.change for c in got[:2]] == [
+        Change("per_channel", "conv1", "w1"),
+        Change("range", "conv1", "r1", "minmax"),
+    ]
+    assert got[0].why == "cause: BN folding inflated the weight range"
+    assert all(c.change.node != "nope" for c in got)
+    assert len({(c.change.kind, c.change.tensor or c.change.node) for c in got}) == len(got)  # no duplicates
+    # without hints the outlier layer's weight still ranks above conv2's (precision 0.06 vs 0.76)
+    plain = [
+        c.change for c in candidates(report, record["folded"], alternative="minmax") if c.change.kind == "per_channel"
+    ]
+    assert plain[0] == Change("per_channel", "conv1", "w1")
