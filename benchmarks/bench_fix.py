@@ -63,6 +63,7 @@ def bench(name: str, root: Path, target: float) -> dict:
         "measured": result.search.n_measured,
         "candidates": len(result.search.candidates),
         "pruned": result.search.pruned,
+        "errors": result.search.errors,
         "float_nodes": floats,
         "tensors_16bit": sixteen,
         "free_changes": len(result.search.changes) - floats - sixteen,

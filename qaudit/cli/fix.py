@@ -108,6 +108,8 @@ def _summary(result, passed: bool) -> list[str]:
     lines.append(
         f"  time: audit before {t['before']:.1f} s, search {t['search']:.1f} s, verifying audit {t['after']:.1f} s"
     )
+    if s.errors:
+        lines.append(f"  {len(s.errors)} change set(s) could not be measured, e.g.: {s.errors[0]}")
     if not s.pruned:
         lines.append(
             f"  pruning stopped at {s.n_measured} measurements (--max-measurements): the set may not be minimal"

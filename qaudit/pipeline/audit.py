@@ -183,6 +183,8 @@ def opset_needed(quant: QuantConfig | None) -> tuple[int, str]:
         return SIXTEEN_BIT_OPSET, f"{' and '.join(types)} quantization (16-bit QuantizeLinear/DequantizeLinear)"
     if quant.per_channel:
         return PER_CHANNEL_QDQ_OPSET, "--per-channel with the QDQ format (DequantizeLinear with an axis)"
+    if any(s.get("per_channel") for t in (quant.overrides or {}).values() for s in t.values()):
+        return PER_CHANNEL_QDQ_OPSET, "a per-channel override with the QDQ format (DequantizeLinear with an axis)"
     return 0, ""
 
 

@@ -46,6 +46,11 @@ class SearchResult:
         return len(self.trail)
 
     @property
+    def errors(self) -> list[str]:
+        """Why change sets could not be measured (ORT refused to quantize or run them), one line each."""
+        return [m.error for m in self.trail if m.error]
+
+    @property
     def limits(self) -> list[str]:
         """What keeps the best set from the target: its failing checks, in words."""
         if self.met or self.measured.gates is None:
@@ -133,9 +138,9 @@ def search(ws, cands, executor=None, progress=None, budget: int = DEFAULT_BUDGET
                 m = measure(trial)
                 if m.passed:
                     current, last = trial, m
-                elif len(g) > 1:
+                elif len(g) > 1:  # the lower-ranked half first: the more likely to go
                     half = len(g) // 2
-                    stack += [g[half:], g[:half]]
+                    stack += [g[:half], g[half:]]
     else:  # the smallest shortfall measured
         last = min(trail, key=lambda m: (m.shortfall, cost(m.changes)))
         current = list(last.changes)

@@ -98,7 +98,8 @@ def candidates(
     else accumulated); a weight's candidates (per channel when weights are per-tensor, 16 bits)
     by its weight noise divided by the square of its folded channel precision (a channel whose
     values span a tenth of the layer's range sees a hundred times the noise relative to its own
-    signal). The ``layers`` noisiest activations and weights are proposed (None: all).
+    signal). The ``layers`` noisiest activations and weights are proposed (None: all). Only tensors
+    the prepared graph types are proposed, and per-channel weights in QDQ only from opset 13.
     """
     settings = report.settings
     act_type = str(settings.get("activation_type") or "uint8")
@@ -107,10 +108,21 @@ def candidates(
     inits = {i.name for i in prepared.graph.initializer}
     out: dict[Change, Candidate] = {}
 
+    g = prepared.graph
+    # a tensor ORT can override: typed in the prepared graph (its fixer refuses others, "Only an existing
+    # tensor can be modified"), or a weight
+    typed = {v.name for v in list(g.value_info) + list(g.input) + list(g.output)} | inits
+    opset = next((o.version for o in prepared.opset_import if o.domain in ("", "ai.onnx")), 0)
+    # per-channel QDQ needs DequantizeLinear's axis (opset 13): below it ORT writes a model it cannot load
+    per_channel_ok = not settings.get("per_channel") and (settings.get("format") != "qdq" or opset >= 13)
     seen: set = set()
 
     def add(change: Change, score: float, why: str) -> None:
         key = (change.kind, change.node if change.kind == "float_node" else change.tensor)
+        if change.tensor is not None and change.tensor not in typed:
+            return
+        if change.kind == "per_channel" and not per_channel_ok:
+            return
         if change.node in nodes and key not in seen:  # one change per tensor (per node in float)
             seen.add(key)
             out[change] = Candidate(change, score, why)
@@ -126,7 +138,7 @@ def candidates(
                 math.inf,
                 why,
             )
-        elif kind == "per_channel" and node and tensor in inits and not settings.get("per_channel"):
+        elif kind == "per_channel" and node and tensor in inits:
             add(Change("per_channel", node, tensor), math.inf, why)
         elif kind in ("range", "asymmetric") and node and tensor and alternative:
             add(Change("range", node, tensor, alternative), math.inf, why)
@@ -162,7 +174,7 @@ def candidates(
         prec = r.fold_w_precision if r.fold_w_precision else 1.0
         weights.append((_noise(r.w_sqnr_db) / max(prec, 1e-3) ** 2, r, node.input[1]))
     weights.sort(key=lambda x: -x[0])
-    if not settings.get("per_channel"):
+    if per_channel_ok:
         for noise, r, w in weights[:layers] if layers else weights:
             if noise <= 0:
                 continue
