@@ -267,3 +267,17 @@ def test_hints_are_ranked_first_and_unmeasurable_kinds_skipped(subject):
         c.change for c in candidates(report, record["folded"], alternative="minmax") if c.change.kind == "per_channel"
     ]
     assert plain[0] == Change("per_channel", "conv1", "w1")
+
+
+def test_a_per_channel_override_below_opset_13_upgrades_like_per_channel(tmp_path):
+    """QDQ per-channel needs DequantizeLinear's axis (opset 13): a per-channel override on an opset 12
+    model is quantized on the upgraded graph, as --per-channel is (ORT would write a model it cannot load)."""
+    model = planted.outlier_channel_model()
+    model.opset_import[0].version = 12
+    path = tmp_path / "m12.onnx"
+    onnx.save(model, path)
+    calib = planted.write_data(model, tmp_path / "calib", 16, 1)
+    report = audit(audit_config(path, calib, overrides={"tensors": {"w1": {"per_channel": True}}}))
+    assert any(c["kind"] == "opset_upgrade" for c in report.settings["graph_changes"])
+    row = {r.name: r for r in report.layers}["conv1"]
+    assert row.w_encoding.endswith("per-channel") and row.w_sqnr_db > 50
