@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="qaudit",
         description="Audit the post-training quantization of an ONNX model, layer by layer, and gate it.",
         epilog=f"Re-gate or re-render a saved report: qaudit report REPORT.json. Compare exports: qaudit compare "
-        f"A B [C ...]. {PRECEDENCE_HELP} {EXIT_CODES_HELP}",
+        f"A B [C ...]. Fix the quantization to meet the gates: qaudit fix MODEL --calib D --eval D [gates]. "
+        f"{PRECEDENCE_HELP} {EXIT_CODES_HELP}",
     )
     _add_options(p, "audit")
     return p
@@ -477,6 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     elif argv and argv[0] == "compare":
         args = build_compare_parser().parse_args(argv[1:])
         run = _run_compare
+    elif argv and argv[0] == "fix":
+        from qaudit.cli.fix import build_fix_parser, run_fix
+
+        args = build_fix_parser().parse_args(argv[1:])
+        run = run_fix
     else:
         args = build_parser().parse_args(argv)
         run = _run_audit

@@ -183,6 +183,8 @@ def opset_needed(quant: QuantConfig | None) -> tuple[int, str]:
         return SIXTEEN_BIT_OPSET, f"{' and '.join(types)} quantization (16-bit QuantizeLinear/DequantizeLinear)"
     if quant.per_channel:
         return PER_CHANNEL_QDQ_OPSET, "--per-channel with the QDQ format (DequantizeLinear with an axis)"
+    if any(s.get("per_channel") for t in (quant.overrides or {}).values() for s in t.values()):
+        return PER_CHANNEL_QDQ_OPSET, "a per-channel override with the QDQ format (DequantizeLinear with an axis)"
     return 0, ""
 
 
@@ -312,7 +314,11 @@ def run_report(ctx: Context, run: Run, captured, clock: PhaseClock) -> Report:
 
 
 def audit(
-    cfg: AuditConfig, progress: Progress | None = None, output_models: dict | None = None, trial_executor=None
+    cfg: AuditConfig,
+    progress: Progress | None = None,
+    output_models: dict | None = None,
+    trial_executor=None,
+    record: dict | None = None,
 ) -> Report | MultiReport:
     """Audit the post-training quantization of ``cfg.model`` (see docs/how-it-works.md).
 
@@ -323,7 +329,12 @@ def audit(
     ``{run}`` in its name; ``output_models`` (run name -> path, the CLI's staged files)
     replaces it. ``cfg.trials``: the calibration trials' statistics join the report (``trials``,
     :mod:`qaudit.pipeline.trials`; ``trial_executor`` runs them, default: on this machine,
-    sharing the main run's fp32 pass)."""
+    sharing the main run's fp32 pass).
+
+    ``record`` (:mod:`qaudit.remedy`, which searches changes on the same graph and ranges):
+    its ``"calibrate"`` (QuantConfigs) are calibrated on the same pass, their ranges put in
+    ``"extra_ranges"``; the first run's prepared graph, ranges and quantize arguments are put in
+    ``"folded"``, ``"ranges"``, ``"tensor_overrides"``, ``"also_exclude"``, ``"outputs"`` and ``"batch_size"``."""
     progress, clock = progress or NullProgress(), PhaseClock()
     kernels.name()  # a bad QAUDIT_KERNELS fails here, not on a worker thread
     # 1. load and check the model, the data and the labels
@@ -384,9 +395,12 @@ def audit(
             progress.stage("calibrating" + (checking if check else ""), src.n_calib)
             batches = src.calib.batches(batch_size, cfg.max_samples)
             observe = check.observe if check else None
+            extra = tuple(record.get("calibrate", ())) if record is not None else ()
             all_ranges = calibrate_many(  # one pass for every run's method
-                folded_path, batches, quants, work, progress.advance, set(bad), observe, nonfinite=bad
+                folded_path, batches, tuple(quants) + extra, work, progress.advance, set(bad), observe, nonfinite=bad
             )
+            if record is not None:
+                record["extra_ranges"], all_ranges = all_ranges[len(quants) :], all_ranges[: len(quants)]
             auto_excluded = nonfinite_exclusions(fold.model, bad)  # the probe's and calibration's finds
         else:  # nothing to calibrate: the fold check runs on the first evaluation batches
             if check is not None:
@@ -412,6 +426,9 @@ def audit(
                 clock = copy.deepcopy(shared) if i else clock
                 clock._t = time.perf_counter()
             run = quantized_run(ctx, run_cfg, ranges, run_work, clock)
+            if record is not None and i == 0 and given is None:  # qaudit.remedy searches from here
+                record.update(folded=onnx.load(str(folded_path)), ranges=ranges, tensor_overrides=tensor_overrides)
+                record.update(also_exclude=dict(auto_excluded), outputs=outputs, batch_size=batch_size)
             if cfg.trials:  # the calibration trials, measured on the main run's pass (qaudit.pipeline.trials)
                 from qaudit.pipeline.trials import run_trials
 

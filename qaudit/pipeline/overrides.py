@@ -225,11 +225,16 @@ def resolve(table: Mapping, model, cfg) -> tuple[dict, dict[str, dict]]:
         ort[t] = [d]
     default_act = qtypes[cfg.activation_type]
     mixed = any("quant_type" in d[0] and d[0]["quant_type"] != default_act for t, d in ort.items() if t not in inits)
-    if mixed:  # the fixer takes an entry without a type for a clash: spell the default type out
-        for t, d in ort.items():
-            if t not in inits:
-                d[0].setdefault("quant_type", default_act)
-        ort = _fixed(ort, model, default_act, cfg)
+    if mixed:
+        # the fixer takes any entry it finds on a tensor whose producer it moves to another type for a clash
+        # (onnxruntime 1.32, docs/ort-quirks.md): it sees only the typed entries; the others' settings
+        # (a range, symmetric) are added to its result, on the tensor as produced
+        untyped = {t: d[0] for t, d in ort.items() if t not in inits and "quant_type" not in d[0]}
+        ort = _fixed({t: d for t, d in ort.items() if t not in untyped}, model, default_act, cfg)
+        for t, settings in untyped.items():
+            entry = ort.setdefault(t, [{}])[0]
+            for key, value in settings.items():
+                entry.setdefault(key, value)
     return ort, applied
 
 

@@ -540,25 +540,14 @@ def quantize(
 
     cache = Path(workdir) / "calibration_ranges.json"
     save_tensors_data(ranges, cache)
-    act, wt = cfg.ort_quant_types()
     try:
         with quiet_ort():
             quantize_static(
                 str(model_path),
                 str(out_path),
                 calibration_data_reader=None,
-                quant_format=cfg.ort_format(),
-                activation_type=act,
-                weight_type=wt,
-                per_channel=cfg.per_channel,
-                reduce_range=cfg.reduce_range,
-                nodes_to_exclude=list(cfg.exclude) + [n for n in also_exclude if n not in cfg.exclude],
-                calibrate_method=cfg.ort_calibrate_method(),  # must be the cache's
                 calibration_cache_path=str(cache),
-                extra_options={
-                    **cfg.ort_extra_options(),
-                    **({"TensorQuantOverrides": tensor_overrides} if tensor_overrides else {}),
-                },
+                **static_arguments(cfg, also_exclude, tensor_overrides),
             )
     except Exception as e:
         raise QuantizationError(
@@ -566,6 +555,25 @@ def quantize(
             "try --exclude for the failing node or --format qdq"
         ) from e
     return Path(out_path)
+
+
+def static_arguments(cfg: QuantConfig, also_exclude: Iterable[str] = (), tensor_overrides: dict | None = None) -> dict:
+    """The keyword arguments :func:`quantize` gives ``quantize_static`` besides the model paths
+    and the calibration cache (``qaudit fix --ort-args`` writes them for a user's own call)."""
+    act, wt = cfg.ort_quant_types()
+    return {
+        "quant_format": cfg.ort_format(),
+        "activation_type": act,
+        "weight_type": wt,
+        "per_channel": cfg.per_channel,
+        "reduce_range": cfg.reduce_range,
+        "nodes_to_exclude": list(cfg.exclude) + [n for n in also_exclude if n not in cfg.exclude],
+        "calibrate_method": cfg.ort_calibrate_method(),  # must be the cache's
+        "extra_options": {
+            **cfg.ort_extra_options(),
+            **({"TensorQuantOverrides": tensor_overrides} if tensor_overrides else {}),
+        },
+    }
 
 
 def _first_line(e: Exception) -> str:

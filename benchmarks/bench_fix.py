@@ -1,0 +1,104 @@
+"""Benchmark ``qaudit fix`` against one plain audit of the same model and data (issue 19 item 7).
+
+    python benchmarks/bench_fix.py [--models rec minilm] [--target 20] [--data DIR] [--out results.json]
+
+Builds the real models' inputs with ``samples/realworld/build.py`` (PP-OCR rec: 32
+calibration and 32 evaluation text lines; all-MiniLM-L6-v2: 64 and 64 sentences, as
+``tests/test_realmodels.py`` does; ``--data DIR`` reuses a folder it built), then, in
+this one process and for each model: one plain audit (``qaudit.audit``, the default
+settings), then ``qaudit fix`` to ``--min-output-sqnr TARGET`` (``qaudit.remedy.search.fix``:
+the audit before, the search, the verifying audit). Prints the wall times, their ratio
+(the issue's target: at most 5x), how many change sets were measured, the nodes the
+recipe leaves in float, the tensors at 16 bits, and the output SQNR before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))  # this checkout's qaudit, not an installed one
+SIZES = {"rec": (32, 32), "minilm": (64, 64)}
+TARGET_RATIO = 5.0
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location("realworld_build", REPO / "samples" / "realworld" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench(name: str, root: Path, target: float) -> dict:
+    from qaudit.gate import GateConfig
+    from qaudit.options import audit_config
+    from qaudit.pipeline.audit import audit
+    from qaudit.remedy.search import cost, fix
+
+    build = _builder()
+    folder = root / name
+    if not (folder / "calib").is_dir():
+        n_calib, n_eval = SIZES[name]
+        folder = build.build(root, only=(name,), n_calib=n_calib, n_eval=n_eval)[name]
+    cfg = audit_config(build.model_path(folder), folder / "calib", folder / "eval")
+    t0 = time.perf_counter()
+    plain = audit(cfg)
+    t_audit = time.perf_counter() - t0
+    result = fix(cfg, GateConfig({"min_output_sqnr": target}))
+    floats, sixteen = cost(result.search.changes)
+    return {
+        "model": name,
+        "target_db": target,
+        "audit_s": t_audit,
+        "fix_s": result.seconds["total"],
+        "phases_s": result.seconds,
+        "ratio": result.seconds["total"] / t_audit,
+        "measured": result.search.n_measured,
+        "candidates": len(result.search.candidates),
+        "pruned": result.search.pruned,
+        "errors": result.search.errors,
+        "float_nodes": floats,
+        "tensors_16bit": sixteen,
+        "free_changes": len(result.search.changes) - floats - sixteen,
+        "changes": [c.describe() for c in result.search.changes],
+        "sqnr_before_db": min(o.sqnr_db for o in plain.outputs),
+        "sqnr_after_db": min(o.sqnr_db for o in result.after.outputs),
+        "met": result.search.met and all(o.sqnr_db >= target for o in result.after.outputs),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--target", type=float, default=20.0, help="--min-output-sqnr of the fix (dB)")
+    p.add_argument("--data", type=Path, default=None, help="folder of built subjects (reused; built when absent)")
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-fix-") as tmp:
+        root = args.data or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        rows = [bench(m, root, args.target) for m in args.models]
+    print(
+        f"{'model':<8} {'audit s':>8} {'fix s':>8} {'ratio':>6} {'sets':>5} {'float':>6} {'16-bit':>7} "
+        f"{'free':>5} {'SQNR before':>12} {'after':>7}  met"
+    )
+    for r in rows:
+        print(
+            f"{r['model']:<8} {r['audit_s']:8.1f} {r['fix_s']:8.1f} {r['ratio']:6.2f} {r['measured']:5d} "
+            f"{r['float_nodes']:6d} {r['tensors_16bit']:7d} {r['free_changes']:5d} {r['sqnr_before_db']:12.1f} "
+            f"{r['sqnr_after_db']:7.1f}  {'yes' if r['met'] else 'NO'}"
+        )
+    print(f"target: fix wall time <= {TARGET_RATIO:g}x one plain audit")
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

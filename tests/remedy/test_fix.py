@@ -1,0 +1,283 @@
+"""qaudit fix on models with a planted problem: the search finds the planted remedy, every
+measurement is the deployed model's, and the recipe and ORT arguments reproduce the fix."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from qaudit.cli.main import main
+from qaudit.gate import GateConfig
+from qaudit.options import QuantConfig, audit_config
+from qaudit.pipeline.audit import audit
+from qaudit.remedy import search as S
+from qaudit.remedy.sensitivity import Change, candidates, measure_one, workspace
+
+from . import planted_fix as planted
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+
+@pytest.fixture
+def subject(tmp_path):
+    def make(name):
+        model = getattr(planted, name)()
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(model, path)
+        return (
+            path,
+            planted.write_data(model, tmp_path / "calib", 64, 1),
+            planted.write_data(model, tmp_path / "eval", 48, 2),
+        )
+
+    return make
+
+
+def test_outlier_channel_gets_per_channel_weights_for_that_layer_only(subject):
+    path, calib, ev = subject("outlier_channel_model")
+    cfg = audit_config(path, calib, ev)
+    result = S.fix(cfg, GateConfig({"min_output_sqnr": 25.0}))
+    assert result.search.changes == (Change("per_channel", "conv1", "w1"),)
+    assert result.before.outputs[0].sqnr_db < 21  # the planted problem
+    assert result.after.outputs[0].sqnr_db > 35
+    assert result.quant.overrides == {"tensors": {"w1": {"per_channel": True}}}
+    assert result.quant.exclude == ()
+    # the search's first measurement (no change) is the before audit's output, to the last bit of the sums
+    base = result.search.baseline
+    assert base.changes == ()
+    assert base.outputs[0].sqnr_db == pytest.approx(result.before.outputs[0].sqnr_db, rel=1e-12)
+    # and the chosen set's measurement is the verifying audit's
+    assert result.search.measured.outputs[0].sqnr_db == pytest.approx(result.after.outputs[0].sqnr_db, rel=1e-12)
+
+
+def test_a_layer_no_precision_saves_is_left_in_float_alone(subject):
+    path, calib, ev = subject("float_only_model")
+    cfg = audit_config(path, calib, ev)
+    result = S.fix(cfg, GateConfig({"min_output_sqnr": 25.0}))
+    assert result.search.changes == (Change("float_node", "huge"),)
+    assert result.quant.exclude == ("huge",)
+    assert result.quant.overrides is None
+    by = {o.name: o for o in result.after.outputs}
+    assert by["y1"].sqnr_db == math.inf  # nothing quantized on its path
+    assert by["y2"].sqnr_db == pytest.approx({o.name: o for o in result.before.outputs}["y2"].sqnr_db, rel=1e-12)
+    # 16 bits everywhere on huge's path does not save it (that is why it is the planted float node)
+    trail = {frozenset(m.changes): m for m in result.search.trail}
+    sixteen = [m for k, m in trail.items() if any(c.kind == "tensor_16bit" and c.node == "huge" for c in k)]
+    assert sixteen and all(not m.passed for m in sixteen if not any(c.kind == "float_node" for c in m.changes))
+
+
+def test_a_measurement_is_the_audit_of_that_quantization(subject, tmp_path):
+    """measure_one's outputs equal a full audit with the same exclusions and overrides (independent run)."""
+    path, calib, ev = subject("outlier_channel_model")
+    cfg = audit_config(path, calib, ev)
+    record = {"calibrate": [QuantConfig(calibrate_method="minmax")]}
+    before = audit(cfg, record=record)
+    ws = workspace(record, cfg, GateConfig({"min_output_sqnr": 25.0}), tmp_path / "ws", "minmax")
+    cands = candidates(before, record["folded"], alternative="minmax")
+    kinds = {c.change.kind for c in cands}
+    assert kinds == {"float_node", "tensor_16bit", "per_channel", "range"}
+    changes = (Change("range", "conv2", "y", "minmax"), Change("tensor_16bit", "conv2", "w2", "uint16"))
+    m = measure_one(ws, changes)
+    minmax = [float(np.asarray(v).reshape(-1)[0]) for v in record["extra_ranges"][0]["y"].range_value]
+    over = {"tensors": {"y": {"rmin": float(minmax[0]), "rmax": float(minmax[1])}, "w2": {"type": "uint16"}}}
+    direct = audit(cfg.replace(quant=cfg.quant.__class__(overrides=over)))
+    assert m.outputs[0].sqnr_db == pytest.approx(direct.outputs[0].sqnr_db, rel=1e-9)
+    assert m.outputs[0].max_abs_error == pytest.approx(direct.outputs[0].max_abs_error, rel=1e-9)
+    # the recorded minmax range is min..max of the calibration data, computed by hand on the fp32 graph
+    # (one batch here, batches of the audit's size there: float32 sums in another order)
+    import onnxruntime as ort
+
+    x = np.load(calib / "data.npz")["x"]
+    y = ort.InferenceSession(onnx.load(path).SerializeToString()).run(None, {"x": x})[0]
+    assert minmax == pytest.approx([float(y.min()), float(y.max())], rel=1e-6)
+
+
+def _run(*argv):
+    return main([str(a) for a in argv])
+
+
+def _scales(model) -> dict:
+    """Every scale and zero point initializer of a quantized model, by name, as bytes."""
+    return {
+        i.name: numpy_helper.to_array(i).tobytes()
+        for i in model.graph.initializer
+        if i.name.endswith(("_scale", "_zero_point"))
+    }
+
+
+def test_cli_fix_writes_a_recipe_that_passes_and_ort_arguments_that_reproduce(subject, tmp_path, capsys):
+    path, calib, ev = subject("float_only_model")
+    out = tmp_path / "out"
+    out.mkdir()
+    rc = _run(
+        "fix", path, "--calib", calib, "--eval", ev, "--min-output-sqnr", "25", "--min-output-sqnr", "y2=30",
+        "--recipe", out / "recipe.toml", "--ort-args", out / "ort.json", "--prepared-model", out / "prepared.onnx",
+        "--output-model", out / "fixed.onnx", "--json", out / "report.json", "--html", out / "report.html",
+    )  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "target met: 1 node(s) in float" in text and "node huge in float" in text
+    recipe = tomllib.loads((out / "recipe.toml").read_text())
+    assert recipe["exclude"] == ["huge"]
+    assert recipe["gates"]["min_output_sqnr"] == 25.0
+    assert recipe["gates"]["outputs"]["y2"]["min_output_sqnr"] == 30.0
+    assert "calib" not in recipe and "eval" not in recipe
+    # the before/after report is a multi-run report
+    doc = json.loads((out / "report.json").read_text())
+    assert [r["name"] for r in doc["runs"]] == ["before", "after"]
+    assert doc["runs"][0]["gates"]["passed"] is False and doc["runs"][1]["gates"]["passed"] is True
+    assert "<html" in (out / "report.html").read_text().lower()
+    # the recipe as a config file: the same gates pass
+    assert (
+        _run(path, "--config", out / "recipe.toml", "--calib", calib, "--eval", ev, "--json", out / "again.json") == 0
+    )
+    again = json.loads((out / "again.json").read_text())
+    assert again["gates"]["passed"] is True
+    assert again["settings"]["exclude"] == ["huge"]
+    # bare quantize_static on the prepared model with the ORT arguments, decoded by hand
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    ort_doc = json.loads((out / "ort.json").read_text())
+    kw = dict(ort_doc["quantize_static"])
+    kw["quant_format"] = QuantFormat[kw["quant_format"]]
+    kw["activation_type"] = QuantType[kw["activation_type"]]
+    kw["weight_type"] = QuantType[kw["weight_type"]]
+    kw["calibrate_method"] = CalibrationMethod[kw["calibrate_method"]]
+    cache = tmp_path / "cache.json"
+    cache.write_text(json.dumps(ort_doc["calibration_cache"]))
+    quantize_static(
+        str(out / "prepared.onnx"), str(tmp_path / "bare.onnx"), None, calibration_cache_path=str(cache), **kw
+    )
+    fixed, bare = onnx.load(out / "fixed.onnx"), onnx.load(tmp_path / "bare.onnx")
+    assert _scales(fixed) and _scales(bare) == _scales(fixed)
+    assert fixed.graph.SerializeToString() == bare.graph.SerializeToString()
+
+
+def test_cli_fix_reproduces_overrides_with_16_bit_and_ranges(tmp_path):
+    """The ORT arguments of a recipe with a 16-bit tensor and an explicit range (the mixed-precision
+    fixer's converts included) reproduce the fixed model's encodings with bare quantize_static."""
+    from qaudit.remedy.recipe import decode_ort_arguments, ort_arguments
+
+    model = planted.outlier_channel_model()
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    calib = planted.write_data(model, tmp_path / "calib", 32, 1)
+    over = {"tensors": {"r1": {"type": "uint16"}, "y": {"rmin": -3.0, "rmax": 4.5}}}
+    record: dict = {}
+    audit(audit_config(path, calib, overrides=over, output_model=tmp_path / "q.onnx"), record=record)
+    onnx.save(record["folded"], tmp_path / "prepared.onnx")
+    doc = json.loads(
+        json.dumps(
+            ort_arguments(
+                QuantConfig(overrides=over), record["also_exclude"], record["tensor_overrides"], record["ranges"], ""
+            )
+        )
+    )
+    # conv2 reads r1 at 16 bits, so ORT's fixer produces y at 16 bits too; the range applies to it as produced
+    assert doc["quantize_static"]["extra_options"]["TensorQuantOverrides"]["y"] == [
+        {"quant_type": "QUInt16", "rmin": -3.0, "rmax": 4.5}
+    ]
+    from onnxruntime.quantization import quantize_static
+
+    cache = tmp_path / "cache.json"
+    cache.write_text(json.dumps(doc["calibration_cache"]))
+    weights = {i.name for i in record["folded"].graph.initializer}
+    kw = decode_ort_arguments(doc, weights)
+    quantize_static(
+        str(tmp_path / "prepared.onnx"), str(tmp_path / "bare.onnx"), None, calibration_cache_path=str(cache), **kw
+    )
+    q, bare = onnx.load(tmp_path / "q.onnx"), onnx.load(tmp_path / "bare.onnx")
+    assert any(numpy_helper.to_array(i).dtype == np.uint16 for i in q.graph.initializer)
+    assert _scales(bare) == _scales(q)
+
+
+def test_cli_fix_exit_1_prints_the_best_found_and_what_limits_it(subject, tmp_path, capsys):
+    path, calib, ev = subject("float_only_model")
+    rc = _run("fix", path, "--calib", calib, "--eval", ev, "--min-output-sqnr", "25", "--max-layers", "1",
+              "--recipe", tmp_path / "r.toml")  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 1
+    assert "target NOT met" in text and "limited by: min_output_sqnr on y" in text
+    assert (tmp_path / "r.toml").exists()  # the best set found is still written
+
+
+def test_cli_fix_bad_input_is_exit_2_and_writes_nothing(subject, tmp_path, capsys):
+    path, calib, ev = subject("float_only_model")
+    assert _run("fix", path, "--calib", calib, "--eval", ev, "--min-layer-sqnr", "20") == 2
+    assert "needs a target on the model outputs" in capsys.readouterr().err
+    rc = _run("fix", path, "--calib", calib, "--min-output-sqnr", "20", "--recipe", tmp_path / "r.toml",
+              "--ort-args", tmp_path / "no" / "such" / "dir.json")  # fmt: skip
+    assert rc == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "r.toml").exists()
+    assert _run("fix", path, "--calib", calib, "--min-output-sqnr", "20", "--recipe", path) == 2
+    assert "never overwrites its inputs" in capsys.readouterr().err
+
+
+def test_verify_runs_on_any_executor_with_map(subject, tmp_path):
+    """The unit of work pickles: a process pool measures what the local default measures."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from qaudit.remedy.sensitivity import verify
+
+    path, calib, ev = subject("outlier_channel_model")
+    cfg = audit_config(path, calib, ev)
+    record = {"calibrate": [QuantConfig(calibrate_method="minmax")]}
+    audit(cfg, record=record)
+    ws = workspace(record, cfg, GateConfig({"min_output_sqnr": 25.0}), tmp_path / "ws", "minmax")
+    sets = [(), (Change("per_channel", "conv1", "w1"),)]
+    here = verify(ws, sets)
+    with ProcessPoolExecutor(1) as pool:
+        there = verify(ws, sets, pool)
+    assert [m.outputs[0].sqnr_db for m in there] == [m.outputs[0].sqnr_db for m in here]
+    assert [m.passed for m in here] == [False, True]
+
+
+def test_hints_are_ranked_first_and_unmeasurable_kinds_skipped(subject):
+    from types import SimpleNamespace as Hint
+
+    path, calib, ev = subject("outlier_channel_model")
+    cfg = audit_config(path, calib, ev)
+    record: dict = {}
+    report = audit(cfg, record=record)
+    hints = [
+        Hint(kind="upstream", node="conv2", tensor=None, detail="carried from conv1"),
+        Hint(kind="per_channel", node="conv1", tensor="w1", detail="BN folding inflated the weight range"),
+        Hint(kind="asymmetric", node="conv1", tensor="r1", detail="one-sided"),
+        Hint(kind="per_channel", node="nope", tensor="w9", detail="a node the graph lacks"),
+    ]
+    got = candidates(report, record["folded"], hints, alternative="minmax")
+    assert [c.change for c in got[:2]] == [
+        Change("per_channel", "conv1", "w1"),
+        Change("range", "conv1", "r1", "minmax"),
+    ]
+    assert got[0].why == "cause: BN folding inflated the weight range"
+    assert all(c.change.node != "nope" for c in got)
+    assert len({(c.change.kind, c.change.tensor or c.change.node) for c in got}) == len(got)  # no duplicates
+    # without hints the outlier layer's weight still ranks above conv2's (precision 0.06 vs 0.76)
+    plain = [
+        c.change for c in candidates(report, record["folded"], alternative="minmax") if c.change.kind == "per_channel"
+    ]
+    assert plain[0] == Change("per_channel", "conv1", "w1")
+
+
+def test_a_per_channel_override_below_opset_13_upgrades_like_per_channel(tmp_path):
+    """QDQ per-channel needs DequantizeLinear's axis (opset 13): a per-channel override on an opset 12
+    model is quantized on the upgraded graph, as --per-channel is (ORT would write a model it cannot load)."""
+    model = planted.outlier_channel_model()
+    model.opset_import[0].version = 12
+    path = tmp_path / "m12.onnx"
+    onnx.save(model, path)
+    calib = planted.write_data(model, tmp_path / "calib", 16, 1)
+    report = audit(audit_config(path, calib, overrides={"tensors": {"w1": {"per_channel": True}}}))
+    assert any(c["kind"] == "opset_upgrade" for c in report.settings["graph_changes"])
+    row = {r.name: r for r in report.layers}["conv1"]
+    assert row.w_encoding.endswith("per-channel") and row.w_sqnr_db > 50
