@@ -262,9 +262,16 @@ class AuditConfig:
     #: several calibration methods, one run each (a multi-run report, qaudit.runs): each run's
     #: quantization, ``quant`` being the first's; empty for a single-method audit
     runs: tuple[QuantConfig, ...] = ()
+    #: the runtimes that run the quantized model, the first feeding the main table (docs/runtimes.md):
+    #: names (``ort``, ``ort-sim``, ``openvino``, ``ort:PROVIDER``; an item may hold several,
+    #: comma-separated) or :class:`qaudit.pipeline.runtimes.Runtime` objects
+    runtimes: tuple = ("ort",)
 
     def __post_init__(self):
         object.__setattr__(self, "model", Path(self.model))
+        given = [self.runtimes] if isinstance(self.runtimes, str) else list(self.runtimes or ())
+        names = [n.strip() for x in given for n in (x.split(",") if isinstance(x, str) else [x])]
+        object.__setattr__(self, "runtimes", tuple(n for n in names if n != "") or ("ort",))
         if self.quantized is not None:
             if not isinstance(self.quantized, (str, os.PathLike)):
                 raise ConfigError(f"quantized must be the path of an ONNX model, not {type(self.quantized).__name__}")

@@ -291,6 +291,16 @@ OPTIONS: tuple[Option, ...] = (
         bool_flags=("--isolated", "--no-isolated"),
     ),
     Option(
+        "runtimes",
+        "list",
+        "runtimes that run the quantized model, comma-separated: ort (default), ort-sim (graph optimizations "
+        "off), openvino, ort:PROVIDER (an ONNX Runtime execution provider); the first feeds the main table",
+        ("ort",),
+        group="measurement",
+        metavar="NAME",
+        one_per_flag=True,
+    ),
+    Option(
         "output_model",
         "out",
         "write the quantized model that was audited; with several calibration methods the first run's, or one "
@@ -394,7 +404,7 @@ class Settings:
         # every other option named as its AuditConfig/QuantConfig field: one constructor for CLI and API
         fields = ("output_model", "batch_size", "batch_axis", "max_samples", "clip_percentile", "isolated", "format")
         fields += ("activation_type", "weight_type", "per_channel", "percentile", "calib_symmetric", "exclude")
-        fields += ("label_output", "class_outputs", "quantized", "overrides")
+        fields += ("label_output", "class_outputs", "quantized", "overrides", "runtimes")
         fields += ("calibrate_method", "num_bins", "num_quantized_bins", "moving_average", "averaging_constant")
         return audit_config(v["model"], v["calib"], v["eval"], v["labels"], **{k: v[k] for k in fields})
 

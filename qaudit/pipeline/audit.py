@@ -15,6 +15,7 @@ caller owns: the audit never stops it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import shutil
 import tempfile
@@ -57,6 +58,8 @@ from qaudit.pipeline.quantize import (
     quantize,
     quantizer_changes,
 )
+from qaudit.pipeline.runtimes import parse as parse_runtimes
+from qaudit.pipeline.runtimes import section as runtime_section
 from qaudit.pipeline.session import load_light, make_session, save_model
 from qaudit.pipeline.transform import (
     PER_CHANNEL_QDQ_OPSET,
@@ -199,6 +202,7 @@ def audit(
     replaces it."""
     progress, clock = progress or NullProgress(), PhaseClock()
     kernels.name()  # a bad QAUDIT_KERNELS fails here, not on a worker thread
+    runtimes = parse_runtimes(cfg.runtimes)  # an unknown or missing runtime fails before any work
     # 1. load and check the model, the data and the labels
     src = open_inputs(cfg)
     outputs = output_kinds(src.model.model, cfg.class_outputs, cfg.label_output, labelled=src.labels is not None)
@@ -232,7 +236,7 @@ def audit(
         # 3. probe one sample: non-finite tensors stay in float (calibration finds later ones); size sets the batch
         bad, bytes_per_sample, tensor_bytes = probe_activations(folded_path, src.first_batch())
         fixed = src.calib.fixed_batch()  # the model's, which a --batch-size cannot change
-        batch_size = fixed or cfg.batch_size or auto_batch_size(bytes_per_sample, fixed, cfg.isolated)
+        batch_size = fixed or cfg.batch_size or auto_batch_size(bytes_per_sample, fixed, cfg.isolated, len(runtimes))
         clock.lap("probe")
         # 4. calibrate (checking the fold on the same pass) and quantize
         check, rewrites = None, prep.rewrites()
@@ -322,6 +326,7 @@ def audit(
                 on_batch=progress.advance,
                 model_name=f"model {cfg.model}",
                 plain_path=q_path,
+                runtimes=runtimes,
             )
             clock.lap("capture")
             # 6. measure every row, assemble the report
@@ -342,6 +347,8 @@ def audit(
             report = build_report(
                 run_cfg, src.model, fold, matching, facts, rows, captured.outputs.rows(), clock, src.describe()
             )
+            if captured.runtimes is not None:
+                report = dataclasses.replace(report, runtimes=runtime_section(captured, report, runtimes))
             runs.append((quant.calibrate_method, report, q_path))
         # 7. the shipped artifacts, written last and atomically: the first run's, or one per run ({run})
         for i, (name, _, q_path) in enumerate(runs):

@@ -13,8 +13,8 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +23,9 @@ import onnx
 from qaudit.pipeline.data import samples
 from qaudit.pipeline.graph import with_outputs
 from qaudit.pipeline.match import Matching
-from qaudit.pipeline.measure import ActivationMeter, OutputKinds, OutputMeter, output_kinds
+from qaudit.pipeline.measure import ActivationMeter, OutputKinds, OutputMeter, RuntimeMeter, output_kinds
 from qaudit.pipeline.parallel import lockstep, shares, usable_cores
+from qaudit.pipeline.runtimes import Loaded, OrtRuntime, Runtime
 from qaudit.pipeline.session import QUANTIZER_AT_FAULT, make_session, run_named, save_model
 
 
@@ -38,6 +39,8 @@ class Captured:
     #: graph outputs on which the instrumented quantized graph differed from a plain session on the
     #: first batch: every output is then measured from a plain session (see :func:`capture`)
     plain_outputs: tuple[str, ...] = ()
+    #: the other runtimes' measurements (``--runtimes`` with more than one), else ``None``
+    runtimes: RuntimeMeter | None = None
 
 
 def capture(
@@ -54,6 +57,7 @@ def capture(
     on_batch: Callable[[int], None] | None = None,
     model_name: str = "the model",
     plain_path: Path | None = None,
+    runtimes: Sequence[Runtime] | None = None,
 ) -> Captured:
     """Run the instrumented fp32, quantized and isolated-error graphs in lockstep
     and stream their tensors into the meters.
@@ -70,7 +74,14 @@ def capture(
     plain session is dropped; otherwise it is kept, the model outputs are measured
     from it, and :attr:`Captured.plain_outputs` names the outputs that differed
     (the layer rows still come from the instrumented graph).
+
+    ``runtimes`` (default: ORT's optimized CPU session): the first runs the quantized and
+    isolated-error graphs as above; every other one runs the quantized graph once more per
+    batch (:func:`open_runtime`, the same check per runtime), measured on its own thread
+    into :attr:`Captured.runtimes` (a :class:`~qaudit.pipeline.measure.RuntimeMeter`).
     """
+    runtimes = tuple(runtimes) if runtimes else (OrtRuntime(),)
+    first = runtimes[0]
     vtypes = {
         vi.name: vi.type.tensor_type.elem_type
         for vi in list(fp32_model.graph.value_info) + list(fp32_model.graph.input)
@@ -79,68 +90,60 @@ def capture(
     fp32_session = make_session(
         save_model(with_outputs(fp32_model, fp32_outs), work / "folded_instrumented.onnx"), what=model_name
     )
-    q_instrumented, shifted = instrumented_quantized(qmodel, matching.twins)
-    q_session = make_session(
-        save_model(q_instrumented, work / "quantized_instrumented.onnx"),
-        what="the quantized model",
-        advice=QUANTIZER_AT_FAULT,
-    )
+    plain_path = plain_path or save_model(qmodel, work / "quantized_plain.onnx")
+    elems = {tw.quant_name: tw.encoding.onnx_type for tw in matching.twins.values()}
+    q_run = first.load(plain_path, elems, advice=QUANTIZER_AT_FAULT)
+    shifted = set(q_run.shifted)
     batches = iter(batches)
     head = next(batches, None)
     out_names = [o.name for o in qmodel.graph.output]
     plain, differed = None, []
     if head is not None:
-        plain = make_session(
-            plain_path or save_model(qmodel, work / "quantized_plain.onnx"),
-            what="the quantized model",
-            advice=QUANTIZER_AT_FAULT,
-        )
-        ref = dict(zip(out_names, plain.run(out_names, head)))
-        got = dict(zip(out_names, q_session.run(out_names, head)))
+        plain = first.load(plain_path, {}, advice=QUANTIZER_AT_FAULT)
+        ref, got = plain.run(head), q_run.run(head)
         differed = [n for n in out_names if not _identical(ref[n], got[n])]
         del ref, got
         if not differed:
             plain = None  # the instrumented graph is the deployed one: free the second session
         batches = itertools.chain([head], batches)
-    iso_session, iso_inputs = None, {}
+    others = [open_runtime(rt, plain_path, elems, head, out_names) for rt in runtimes[1:]]
+    iso_run, iso_inputs = None, {}
     if isolated and matching.twins:
         iso_model, iso_inputs = isolated_model(qmodel, matching.twins, shifted)
-        iso_session = make_session(
-            save_model(iso_model, work / "quantized_isolated.onnx"),
-            what="the isolated-error graph",
-            advice=QUANTIZER_AT_FAULT,
-        )
+        iso_run = first.load(save_model(iso_model, work / "quantized_isolated.onnx"), {}, "the isolated-error graph")
         del iso_model  # a copy of the quantized graph's weights: the session has its own
 
     sizes = {n: (tensor_bytes or {}).get(n, 1) for n in matching.twins}
     meters = [ActivationMeter(matching, share) for share in shares(sizes, min(2, usable_cores()))] or [
         ActivationMeter(matching)
     ]
-    out_meter = OutputMeter(outputs or output_kinds(fp32_model, labelled=labels is not None))
+    kinds = outputs or output_kinds(fp32_model, labelled=labels is not None)
+    out_meter = OutputMeter(kinds)
+    rt_meter = RuntimeMeter(matching, kinds, [first.name] + [o.runtime.name for o in others], others)
     seen = 0
 
     def run_batch(feeds):
         a = run_named(fp32_session, feeds)
-        b = run_named(q_session, feeds)
+        b = q_run.run(feeds)
         if plain is not None:  # the instrumented graph differed from a plain session: outputs from the plain one
-            b.update(zip(out_names, plain.run(out_names, feeds)))
+            b.update((n, v) for n, v in plain.run(feeds).items() if n in out_names)
         for name in shifted:  # back to the int8 values the deployed graph holds (exact: v - 128)
             b[name] = _to_int8(b[name])
         c = None
-        if iso_session is not None:
+        if iso_run is not None:
             iso_feeds = dict(feeds)
             iso_feeds.update({inp: a[name] for name, inp in iso_inputs.items()})
-            c = run_named(iso_session, iso_feeds)
+            c = iso_run.run(iso_feeds)
             for name in shifted:
                 c[name] = _to_int8(c[name])
-        return a, b, c
+        return a, b, c, [o.run(feeds) for o in others]
 
-    def measurer(meter, first):
+    def measurer(meter, first_share):
         def measure(feeds, outs):
             nonlocal seen
-            a, b, c = outs
+            a, b, c, _ = outs
             meter.update(a, b, c)
-            if first:
+            if first_share:
                 n = samples(feeds)
                 out_meter.update(a, b, labels[seen : seen + n] if labels is not None else None)
                 seen += n
@@ -149,8 +152,72 @@ def capture(
 
         return measure
 
-    lockstep(run_batch, batches, [measurer(m, i == 0) for i, m in enumerate(meters)])
-    return Captured(ActivationMeter.combine(meters), out_meter, seen, tuple(differed))
+    def measure_runtimes(feeds, outs):
+        a, b, _, rest = outs
+        rt_meter.update(a, b, rest, labels, samples(feeds))
+
+    measures = [measurer(m, i == 0) for i, m in enumerate(meters)]
+    lockstep(run_batch, batches, measures + ([measure_runtimes] if others else []))
+    return Captured(ActivationMeter.combine(meters), out_meter, seen, tuple(differed), rt_meter if others else None)
+
+
+@dataclass
+class OpenRuntime:
+    """One more runtime of the capture: its instrumented model, checked on the first batch (:func:`open_runtime`)."""
+
+    runtime: object
+    loaded: Loaded | None  # None: the runtime cannot run the model at all (``reason``)
+    plain: Loaded | None = None  # kept when exposing the tensors changed the outputs: the outputs come from it
+    reason: str | None = None  # why nothing is measurable in this runtime
+    layers_reason: str | None = None  # why no layer is measurable (the outputs are)
+    unexposed: dict[str, str] = field(default_factory=dict)  # quantized tensor -> why not measurable
+    differed: tuple[str, ...] = ()
+    out_names: tuple[str, ...] = ()
+
+    def run(self, feeds) -> dict[str, np.ndarray] | None:
+        if self.loaded is None:
+            return None
+        got = self.loaded.run(feeds)
+        if self.plain is not None:
+            got.update((n, v) for n, v in self.plain.run(feeds).items() if n in self.out_names)
+        for name in self.loaded.shifted:
+            if name in got:
+                got[name] = _to_int8(got[name])
+        return got
+
+
+def open_runtime(rt, plain_path: Path, elems: dict[str, int], head, out_names) -> OpenRuntime:
+    """``rt`` ready to run the quantized model with its twins exposed, as faithfully as it allows.
+
+    The plain model must load (else nothing is measurable in ``rt``, with the reason); the
+    instrumented one is run on the first batch ``head`` beside the plain one: outputs that are
+    not bit-identical mean exposing the tensors changed what ``rt`` computes, so its layer rows
+    are not measurable there and its outputs come from the plain model. A model that loads
+    only without the extra outputs is measured at its outputs."""
+    from qaudit.errors import ModelError
+
+    try:
+        plain = rt.load(plain_path, {})
+    except ModelError as e:
+        return OpenRuntime(rt, None, reason=str(e))
+    if not rt.can_expose_intermediates:
+        return OpenRuntime(rt, plain, layers_reason=rt.reason, out_names=tuple(out_names))
+    try:
+        loaded = rt.load(plain_path, elems)
+    except ModelError as e:
+        why = f"{rt.name} cannot run the model with its intermediate tensors exposed ({e})"
+        return OpenRuntime(rt, plain, layers_reason=why, out_names=tuple(out_names))
+    opened = OpenRuntime(rt, loaded, unexposed=dict(loaded.unexposed), out_names=tuple(out_names))
+    if head is not None:
+        ref, got = plain.run(head), loaded.run(head)
+        opened.differed = tuple(n for n in out_names if not _identical(ref[n], got[n]))
+        if opened.differed:
+            opened.plain = plain
+            opened.layers_reason = (
+                f"exposing the intermediate tensors changes what {rt.name} computes (outputs "
+                f"{', '.join(opened.differed)} differed from the plain model's on the first batch)"
+            )
+    return opened
 
 
 def _to_int8(v: np.ndarray) -> np.ndarray:
@@ -178,13 +245,20 @@ def instrumented_quantized(qmodel: onnx.ModelProto, twins) -> tuple[onnx.ModelPr
     :func:`capture` maps them back to int8 (``v ^ 0x80``), the values the
     deployed graph holds.
     """
+    return expose(qmodel, {tw.quant_name: tw.encoding.onnx_type for tw in twins.values()}, ort_converts_int8_qdq())
+
+
+def expose(qmodel: onnx.ModelProto, elem: dict[str, int], convert: bool = True) -> tuple[onnx.ModelProto, set[str]]:
+    """A copy of ``qmodel`` with the integer tensors ``elem`` names (``{name: ONNX type}``) as outputs,
+    the int8 pairs ORT's CPU provider would convert converted first when ``convert``
+    (see :func:`instrumented_quantized`)."""
     from onnx import numpy_helper
 
     m = copy.deepcopy(qmodel)
     g = m.graph
-    hooked = {tw.quant_name for tw in twins.values()}
+    hooked = set(elem)
     shifted: set[str] = set()
-    if ort_converts_int8_qdq():
+    if convert:
         inits = {t.name: t for t in g.initializer}
         edges: dict[str, list[onnx.NodeProto]] = {}
         for node in g.node:
@@ -223,7 +297,6 @@ def instrumented_quantized(qmodel: onnx.ModelProto, twins) -> tuple[onnx.ModelPr
             q.input[2] = dq.input[2] = u8
             shifted.add(t)
     # each twin as the type its graph holds, an int8 pair converted above as the uint8 it became
-    elem = {tw.quant_name: tw.encoding.onnx_type for tw in twins.values()}
     outs = [(n, onnx.TensorProto.UINT8 if n in shifted else t) for n, t in elem.items()]
     return with_outputs(m, outs), shifted
 
