@@ -146,6 +146,14 @@ GATES: tuple[GateDef, ...] = (
         low=0.0,
     ),
     GateDef(
+        "min_runtime_agreement_db",
+        "output",
+        "runtime_agreement_db",
+        ">=",
+        "with --runtimes: minimum SQNR between every pair of runtimes' values of each output",
+        "dB",
+    ),
+    GateDef(
         "max_layer_sqnr_drop",
         "layer",
         "sqnr_db",
@@ -331,6 +339,7 @@ _MISSING_WHY = {
     "clip_fraction": "per-channel activation encodings have no single range",
     "w_sqnr_db": "no quantized weight was found for this layer",
     "sqnr_db": "SQNR is undefined (no signal)",
+    "runtime_agreement_db": "a runtime of the pair could not run the model",
     "qmse": "no values were measured",
 }
 
@@ -357,7 +366,25 @@ def _keyed(rows) -> dict[str, object]:
     return out
 
 
+@dataclass(frozen=True)
+class _Agreement:
+    """One output in one pair of runtimes: the subject of ``min_runtime_agreement_db``, its
+    threshold resolved by the output's name (a GLOB=VALUE names outputs, as for the other gates)."""
+
+    name: str
+    runtime_agreement_db: float | None
+
+
+def _agreement_subjects(report: Report) -> dict[str, _Agreement]:
+    rt = report.runtimes
+    if rt is None:
+        return {}
+    return {f"{o.name} ({pair})": _Agreement(o.name, o.agreement_db.get(pair)) for o in rt.outputs for pair in rt.pairs}
+
+
 def _subjects(gd: GateDef, report: Report) -> dict[str, LayerRow | OutputRow]:
+    if gd.metric == "runtime_agreement_db":
+        return _agreement_subjects(report)
     if gd.scope == "output":
         outputs = _keyed(report.outputs)
         if gd.metric in CLASS_METRICS:
@@ -383,7 +410,7 @@ def _gate_off(gd: GateDef, name: str, pattern: str) -> GateCheck:
 
 def _threshold_checks(gd, spec, subjects, skip_missing):
     for name, row in subjects.items():
-        threshold, pattern = spec.resolve(name)
+        threshold, pattern = spec.resolve(row.name if isinstance(row, _Agreement) else name)
         if threshold is None:
             if pattern is not None:
                 yield _gate_off(gd, name, pattern)
@@ -450,6 +477,8 @@ def _regression_checks(gd, spec, subjects, base_subjects, skip_missing):
 def _nothing_checked(gd: GateDef, spec: Threshold, regression: bool, skip_missing: bool) -> GateCheck:
     what = "quantized layer" if gd.metric in ("sqnr_db", "qmse", "clip_fraction") else "weighted layer"
     what = ("class output" if gd.metric in CLASS_METRICS else "output") if gd.scope == "output" else what
+    if gd.metric == "runtime_agreement_db":
+        what = "pair of runtimes (--runtimes with two or more)"
     if spec.default is None:
         globs = ", ".join(repr(p) for p, v in spec.overrides if v is not None)
         reason = f"no {what} matches {globs}"

@@ -270,7 +270,9 @@ class AuditConfig:
     def __post_init__(self):
         object.__setattr__(self, "model", Path(self.model))
         given = [self.runtimes] if isinstance(self.runtimes, str) else list(self.runtimes or ())
-        names = [n.strip() for x in given for n in (x.split(",") if isinstance(x, str) else [x])]
+        names = [
+            n.strip() if isinstance(n, str) else n for x in given for n in (x.split(",") if isinstance(x, str) else [x])
+        ]
         object.__setattr__(self, "runtimes", tuple(n for n in names if n != "") or ("ort",))
         if self.quantized is not None:
             if not isinstance(self.quantized, (str, os.PathLike)):

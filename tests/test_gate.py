@@ -451,6 +451,7 @@ def test_unknown_gate_and_empty_glob_are_config_errors():
 
 def test_every_gate_names_a_real_metric():
     layer_fields, output_fields = set(LayerRow.__dataclass_fields__), set(OutputRow.__dataclass_fields__)
+    output_fields.add("runtime_agreement_db")  # RuntimeOutput.agreement_db, one subject per pair of runtimes
     for g in GATES:
         assert g.metric in (layer_fields if g.scope == "layer" else output_fields), g.name
         assert g.comparison == (">=" if g.name.startswith("min_") else "<="), g.name
@@ -479,7 +480,7 @@ def test_gates_round_trip_through_json():
     r = report([layer("a", sqnr=INF, qmse=0.0), layer("b", sqnr=20.0)], [output(kind="class", qce=None)])
     res = evaluate(r, GateConfig({"min_layer_sqnr": Threshold(25.0, {"b": None}), "max_qce": 0.1}), base, "b.json")
     d = to_dict(Report(**{**r.__dict__, "gates": res}))
-    assert d["format"]["version"] == FORMAT_VERSION == 3
+    assert d["format"]["version"] == FORMAT_VERSION == 5
     g = d["gates"]
     assert g["passed"] is False and g["counts"] == {"checks": 5, "failed": 1, "skipped": 1}
     assert g["thresholds"]["min_layer_sqnr"] == {"default": 25.0, "overrides": {"b": None}}

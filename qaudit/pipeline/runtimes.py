@@ -222,12 +222,16 @@ def require_openvino():
 def parse(names: Sequence[str], threads: int | None = None) -> tuple[Runtime, ...]:
     """The runtimes ``--runtimes`` names, in order; an unknown name, a repeated one or a provider
     that is not installed is a :class:`ConfigError` saying how to get it."""
-    names = [n.strip() for n in names if n.strip()] or list(DEFAULT_RUNTIMES)
-    repeated = sorted({n for n in names if names.count(n) > 1})
+    names = [n.strip() if isinstance(n, str) else n for n in names] or list(DEFAULT_RUNTIMES)
+    given = [n if isinstance(n, str) else n.name for n in names]
+    repeated = sorted({n for n in given if given.count(n) > 1})
     if repeated:
         raise ConfigError(f"--runtimes lists {repeated[0]} twice: each runtime is measured once")
     out = []
     for n in names:
+        if not isinstance(n, str):  # a Runtime object (Python API)
+            out.append(n)
+            continue
         base, _, provider = n.partition(":")
         if base in ("ort", "ort-sim"):
             providers = (provider, "CPUExecutionProvider") if provider else ("CPUExecutionProvider",)

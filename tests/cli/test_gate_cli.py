@@ -271,7 +271,7 @@ def test_regate_runs_no_model_and_writes_json_to_stdout(run_cli, saved):
     p = run_cli("report", saved, "--max-qce", "0.01", "--json", "-")
     assert p.returncode == 1
     d = json.loads(p.stdout)
-    assert d["format"]["version"] == 3 and d["gates"]["passed"] is False
+    assert d["format"]["version"] == 5 and d["gates"]["passed"] is False
     (check,) = d["gates"]["checks"]
     assert (check["gate"], check["subject"], check["status"], check["threshold"]) == ("max_qce", "logits", "fail", 0.01)
     assert "FAIL: " in p.stderr and "Model outputs" in p.stderr

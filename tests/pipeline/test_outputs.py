@@ -274,7 +274,7 @@ def test_sample_reports_a_negative_drop(sample_run):
     assert o["kind"] == "class" and o["acc_int8"] > o["acc_fp32"]
     assert o["acc_drop_pct"] == pytest.approx((o["acc_fp32"] - o["acc_int8"]) / o["acc_fp32"] * 100)
     assert o["acc_drop_pct"] < 0
-    assert sample_run.report["format"]["version"] == 3 and sample_run.report["data"]["label_output"] == "logits"
+    assert sample_run.report["format"]["version"] == 5 and sample_run.report["data"]["label_output"] == "logits"
 
 
 def test_reading_a_version_2_report_recomputes_the_drop_and_infers_kinds():

@@ -86,7 +86,7 @@ def test_json_round_trip(runs3, tmp_path):
 
 def test_a_version_3_report_reads_as_one_run(data_dir, digits):
     saved = json.loads((data_dir / "digits.json").read_text())
-    assert saved["format"]["version"] == 3
+    assert saved["format"]["version"] == 5
     single = read(saved)
     mr = as_runs(single)
     assert mr.names == (digits.settings["calibrate_method"],) == ("percentile",)
