@@ -22,6 +22,7 @@ options; the capture treats every runtime alike.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,9 +202,11 @@ class OpenVinoRuntime:
 
 
 def _ov_message(e: Exception) -> str:
+    """OpenVINO's exception text without its source locations: its first four informative lines."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '", "FrontEnd API failed"))]
-    return "; ".join(useful[:3]) or type(e).__name__
+    useful = [ln for ln in lines if not ln.startswith(("Exception from", "FrontEnd API failed", "Summary:"))]
+    useful = [re.sub(r"^Check '.*' failed at \S+:\s*", "", ln) for ln in useful]
+    return "; ".join(ln for ln in useful[:4] if ln) or type(e).__name__
 
 
 def _slug(name: str) -> str:

@@ -196,7 +196,7 @@ def runtime_tables(rt) -> list:
     diverged = {d.pair.split(" vs ")[1] for d in rt.divergences}
     for n in names[1:]:
         if n not in diverged:
-            lines.append(f"{names[0]} vs {n}: every layer agrees within {num.db(rt.tolerance_db)} dB")
+            lines.append(f"{names[0]} vs {n}: every layer agrees to {num.db(rt.tolerance_db)} dB or more")
     for info in rt.runtimes:
         what = f"{info.name}: {info.engine} {info.version} on {info.device}" + (
             "" if info.optimized else ", optimizations off"

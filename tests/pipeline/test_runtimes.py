@@ -265,3 +265,62 @@ def test_the_cli_refuses_an_unknown_runtime_with_exit_2(run_cli):
     res = run_cli(SAMPLE_MODEL, "--calib", SAMPLE_CALIB, "--runtimes", "ort,bogus")
     assert res.returncode == 2
     assert res.stderr.count("\n") == 1 and "unknown runtime 'bogus'" in res.stderr
+
+
+def test_runtime_tables_in_a_config_file_list_the_runtimes_and_hold_their_gates(tmp_path):
+    from qaudit.cli.settings import resolve
+
+    (tmp_path / "qaudit.toml").write_text(
+        "[runtimes.ort]\n[runtimes.openvino]\nmin_output_sqnr = 30\n"
+        '[runtimes.openvino.layers."/fc*"]\nmin_layer_sqnr = 20\n'
+    )
+    s = resolve("audit", {}, environ={}, cwd=tmp_path)
+    assert s["runtimes"] == ("ort", "openvino")
+    assert set(s.gates.runtimes) == {"ort", "openvino"}
+    sub = s.gates.runtimes["openvino"]
+    assert sub.threshold("min_output_sqnr").default == 30.0
+    assert sub.threshold("min_layer_sqnr").resolve("/fc1/Gemm") == (20.0, "/fc*")
+    assert not s.gates.runtimes["ort"].configured()
+    assert resolve("audit", {"runtimes": ["ort-sim"]}, environ={}, cwd=tmp_path)["runtimes"] == ("ort-sim",)
+    assert resolve("report", {}, environ={}, cwd=tmp_path).gates.runtimes["openvino"].configured()
+    (tmp_path / "qaudit.toml").write_text("[runtimes.openvino]\nmax_layer_sqnr_drop = 1\n")
+    with pytest.raises(ConfigError, match=r"\[runtimes.openvino\] sets max_layer_sqnr_drop, a regression gate"):
+        resolve("audit", {}, environ={}, cwd=tmp_path)
+    (tmp_path / "qaudit.toml").write_text("[runtimes.openvino]\nmin_layer_sqnr_x = 1\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'min_layer_sqnr_x' in \[runtimes.\"openvino\"\]"):
+        resolve("audit", {}, environ={}, cwd=tmp_path)
+
+
+@pytest.mark.extra
+def test_a_runtime_gate_checks_that_runtimes_numbers(three):
+    from qaudit.gate import runtime_view
+
+    view = runtime_view(three, "openvino")
+    lr = {lr.name: lr for lr in three.runtimes.layers}
+    assert [r.sqnr_db for r in view.layers if r.name in lr] == [
+        lr[r.name].sqnr_db["openvino"] for r in view.layers if r.name in lr
+    ]
+    ov = three.runtimes.outputs[0].metrics["openvino"]["sqnr_db"]
+    assert view.outputs[0].sqnr_db == ov != three.outputs[0].sqnr_db
+    cfg = GateConfig(runtimes={"openvino": {"min_output_sqnr": Threshold(ov + 0.001)}})
+    (check,) = evaluate(three, cfg).checks
+    assert check.status == "fail" and check.subject == "logits [openvino]" and check.measured == ov
+    assert evaluate(three, GateConfig(runtimes={"openvino": {"min_output_sqnr": ov}})).passed
+    (missing,) = evaluate(three, GateConfig(runtimes={"openvino-gpu": {"min_output_sqnr": 1.0}})).checks
+    assert missing.status == "fail" and "did not run openvino-gpu" in missing.reason
+
+
+@pytest.mark.extra
+def test_terminal_and_html_show_every_runtime(three):
+    from qaudit.renderers import render
+
+    text = render(three, "terminal")
+    assert "Per-layer SQNR in each runtime" in text and "agree ort vs openvino" in text
+    assert "openvino: openvino 2026.4.1 on CPU" in text
+    for d in three.runtimes.divergences:
+        assert f"{d.pair}: first diverges at {d.layer}" in text
+    html = render(three, "html")
+    assert 'id="runtimes"' in html and 'id="rt-sqnr-0"' in html and 'id="rt-agree-0"' in html
+    sqnr_plot = html[html.index('id="rt-sqnr-0"') : html.index('id="rt-agree-0"')]
+    assert sqnr_plot.count('<g class="series">') == 3  # one line per runtime
+    assert 'id="runtimes"' not in render(qaudit.audit(SAMPLE_MODEL, CALIB, EVAL[:16], isolated=False), "html")
