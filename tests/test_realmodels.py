@@ -1075,8 +1075,8 @@ def test_calibration_ranges_equal_ort_percentile_calibrator(realmodels, name, tm
 #: the runtimes every subject is audited in (docs/runtimes.md)
 RUNTIMES = ("ort", "ort-sim", "openvino")
 #: CI's share of the runtime audits (one more audit per subject and format): small, one of each
-#: kind of graph (a CNN classifier, a CNN + LSTM recognizer, a face stage with two outputs)
-RUNTIME_CI_SUBJECTS = ("cls", "captcha", "rnet")
+#: kind of graph (a CNN classifier OpenVINO cannot compile in QDQ, a face stage with two outputs it runs in both formats)
+RUNTIME_CI_SUBJECTS = ("cls", "rnet")
 
 
 def _runtimes_summary(results: dict) -> str:

@@ -109,7 +109,12 @@ def capture(
     others = [open_runtime(rt, plain_path, elems, head, out_names) for rt in runtimes[1:]]
     iso_run, iso_inputs = None, {}
     if isolated and matching.twins:
-        iso_model, iso_inputs = isolated_model(qmodel, matching.twins, shifted)
+        shapes = {
+            vi.name: vi.type.tensor_type.shape
+            for vi in [*fp32_model.graph.value_info, *fp32_model.graph.input, *fp32_model.graph.output]
+            if vi.type.tensor_type.HasField("shape")
+        }
+        iso_model, iso_inputs = isolated_model(qmodel, matching.twins, shifted, shapes)
         iso_run = first.load(save_model(iso_model, work / "quantized_isolated.onnx"), {}, "the isolated-error graph")
         del iso_model  # a copy of the quantized graph's weights: the session has its own
 
@@ -337,7 +342,9 @@ def ort_converts_int8_qdq() -> bool:
     return q is not None and zps.get(q.input[2]) == TensorProto.UINT8
 
 
-def isolated_model(qmodel: onnx.ModelProto, twins, shifted=frozenset()) -> tuple[onnx.ModelProto, dict[str, str]]:
+def isolated_model(
+    qmodel: onnx.ModelProto, twins, shifted=frozenset(), shapes: dict | None = None
+) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The quantized graph rewired so that every layer reads *fp32* activations.
 
     Every consumer of a hooked integer tensor ``t`` (the twin of fp32 tensor
@@ -351,6 +358,8 @@ def isolated_model(qmodel: onnx.ModelProto, twins, shifted=frozenset()) -> tuple
     QuantizeLinear (now read by no node) gets the uint8 zero point too, so every
     layer fuses as in the deployed graph (the new QuantizeLinear -> DequantizeLinear
     pairs ORT converts itself); their outputs hold ``q + 128`` likewise.
+
+    ``shapes``: ``{fp32 tensor: TensorShapeProto}``: the new inputs get the rank (OpenVINO needs it).
 
     Returns the model (outputs: every twin) and ``{fp32 tensor: new input name}``.
     """
@@ -374,7 +383,11 @@ def isolated_model(qmodel: onnx.ModelProto, twins, shifted=frozenset()) -> tuple
                 "QuantizeLinear", [inp, scale.name, zp.name], [q_out], name=f"{tw.quant_name}::isolate", **kw
             )
         )
-        g.input.append(helper.make_tensor_value_info(inp, onnx.TensorProto.FLOAT, None))
+        vi = helper.make_tensor_value_info(inp, onnx.TensorProto.FLOAT, None)
+        if shapes and tw.fp32_name in shapes:  # the rank only (OpenVINO needs it), every dim left free
+            for _ in shapes[tw.fp32_name].dim:
+                vi.type.tensor_type.shape.dim.add()
+        g.input.append(vi)
         feeds[tw.fp32_name] = inp
     rename = {tw.quant_name: f"{tw.quant_name}::isolated_q" for tw in by_quant.values()}
     for node in g.node:

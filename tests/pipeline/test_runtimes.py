@@ -324,3 +324,17 @@ def test_terminal_and_html_show_every_runtime(three):
     sqnr_plot = html[html.index('id="rt-sqnr-0"') : html.index('id="rt-agree-0"')]
     assert sqnr_plot.count('<g class="series">') == 3  # one line per runtime
     assert 'id="runtimes"' not in render(qaudit.audit(SAMPLE_MODEL, CALIB, EVAL[:16], isolated=False), "html")
+
+
+@pytest.mark.extra
+def test_openvino_first_feeds_the_main_table_with_its_own_isolated_error(three):
+    """--runtimes openvino,ort: the main table is OpenVINO's (its numbers equal the openvino column of
+    the ort-first audit), and the isolated-error graph runs in OpenVINO too (its new inputs carry a rank)."""
+    ov_first = qaudit.audit(SAMPLE_MODEL, CALIB, EVAL, runtimes="openvino,ort")
+    column = {lr.name: lr.sqnr_db["openvino"] for lr in three.runtimes.layers}
+    for row in ov_first.layers:
+        if row.name in column:
+            assert row.sqnr_db == pytest.approx(column[row.name], rel=1e-9), row.name
+            assert row.sqnr_isolated_db is not None and math.isfinite(row.sqnr_isolated_db)
+    assert ov_first.outputs[0].sqnr_db == pytest.approx(three.runtimes.outputs[0].metrics["openvino"]["sqnr_db"])
+    assert ov_first.runtimes.names == ["openvino", "ort"]
