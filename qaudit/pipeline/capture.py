@@ -215,6 +215,9 @@ def open_runtime(rt, plain_path: Path, elems: dict[str, int], head, out_names) -
     opened = OpenRuntime(rt, loaded, unexposed=dict(loaded.unexposed), out_names=tuple(out_names))
     if head is not None:
         ref, got = plain.run(head), loaded.run(head)
+        lost = [n for n in out_names if n not in ref]
+        if lost:  # an output the runtime renamed: nothing of it can be paired
+            return OpenRuntime(rt, None, reason=f"{rt.name} gives no output named {', '.join(lost)}")
         opened.differed = tuple(n for n in out_names if not _identical(ref[n], got[n]))
         if opened.differed:
             opened.plain = plain
