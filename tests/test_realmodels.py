@@ -1095,7 +1095,7 @@ def _runtimes_summary(results: dict) -> str:
             ours = out.metrics[info.name].get("sqnr_db")
             lines.append(
                 f"| {name} | {fmt} | {info.name} | "
-                + ("no: " + info.reason.split(":")[-1].strip() if info.reason else "yes")
+                + ("no: " + info.reason.replace("|", "/")[:160] if info.reason else "yes")
                 + f" | {out.metrics['ort']['sqnr_db']:.2f} / {'-' if ours is None else f'{ours:.2f}'} "
                 f"| {'-' if out.agreement_db.get(pair) is None else f'{out.agreement_db[pair]:.1f}'} "
                 f"| {sum(1 for a in agree if a >= rt.tolerance_db)} / {len(agree)} "
