@@ -146,6 +146,14 @@ GATES: tuple[GateDef, ...] = (
         low=0.0,
     ),
     GateDef(
+        "min_runtime_agreement_db",
+        "output",
+        "runtime_agreement_db",
+        ">=",
+        "with --runtimes: minimum SQNR between every pair of runtimes' values of each output",
+        "dB",
+    ),
+    GateDef(
         "max_layer_sqnr_drop",
         "layer",
         "sqnr_db",
@@ -262,8 +270,23 @@ class GateConfig:
 
     thresholds: Mapping[str, Threshold | float | None] = field(default_factory=dict)
     skip_missing: bool = False
+    #: ``{runtime: thresholds}``: the threshold gates applied to another runtime's layers and outputs
+    #: (``[tool.qaudit.runtimes.NAME]``, ``--runtimes``; docs/runtimes.md)
+    runtimes: Mapping[str, Mapping] = field(default_factory=dict)
 
     def __post_init__(self):
+        subs = {}
+        for rt, t in dict(self.runtimes).items():
+            sub = t if isinstance(t, GateConfig) else GateConfig(t, self.skip_missing)
+            regression = [g.name for g in sub.active_gates(True) if g.kind == "regression" and g.default is None]
+            regression += [n for n in dict(t) if GATES_BY_NAME.get(n) and GATES_BY_NAME[n].kind == "regression"]
+            if regression:
+                raise ConfigError(
+                    f"[runtimes.{rt}] sets {regression[0]}, a regression gate: the baseline compares the first "
+                    "runtime only; set threshold gates there"
+                )
+            subs[rt] = sub
+        object.__setattr__(self, "runtimes", subs)
         given = dict(self.thresholds)
         unknown = sorted(set(given) - set(GATES_BY_NAME))
         if unknown:
@@ -290,10 +313,17 @@ class GateConfig:
 
     def configured(self, with_baseline: bool = False) -> bool:
         """Whether any gate would run: an active threshold gate, or a baseline."""
-        return with_baseline or any(g.kind == "threshold" for g in self.active_gates(False))
+        return (
+            with_baseline
+            or any(g.kind == "threshold" for g in self.active_gates(False))
+            or any(sub.configured() for sub in self.runtimes.values())
+        )
 
     def as_dict(self, with_baseline: bool) -> dict:
-        return {g.name: self.thresholds[g.name].as_dict() for g in self.active_gates(with_baseline)}
+        out = {g.name: self.thresholds[g.name].as_dict() for g in self.active_gates(with_baseline)}
+        for rt, sub in self.runtimes.items():  # a runtime's thresholds as "gate[runtime]"
+            out.update({f"{g.name}[{rt}]": sub.thresholds[g.name].as_dict() for g in sub.active_gates(False)})
+        return out
 
 
 # ------------------------------------------------------------------ checks
@@ -331,6 +361,7 @@ _MISSING_WHY = {
     "clip_fraction": "per-channel activation encodings have no single range",
     "w_sqnr_db": "no quantized weight was found for this layer",
     "sqnr_db": "SQNR is undefined (no signal)",
+    "runtime_agreement_db": "a runtime of the pair could not run the model",
     "qmse": "no values were measured",
 }
 
@@ -357,7 +388,25 @@ def _keyed(rows) -> dict[str, object]:
     return out
 
 
+@dataclass(frozen=True)
+class _Agreement:
+    """One output in one pair of runtimes: the subject of ``min_runtime_agreement_db``, its
+    threshold resolved by the output's name (a GLOB=VALUE names outputs, as for the other gates)."""
+
+    name: str
+    runtime_agreement_db: float | None
+
+
+def _agreement_subjects(report: Report) -> dict[str, _Agreement]:
+    rt = report.runtimes
+    if rt is None:
+        return {}
+    return {f"{o.name} ({pair})": _Agreement(o.name, o.agreement_db.get(pair)) for o in rt.outputs for pair in rt.pairs}
+
+
 def _subjects(gd: GateDef, report: Report) -> dict[str, LayerRow | OutputRow]:
+    if gd.metric == "runtime_agreement_db":
+        return _agreement_subjects(report)
     if gd.scope == "output":
         outputs = _keyed(report.outputs)
         if gd.metric in CLASS_METRICS:
@@ -383,7 +432,7 @@ def _gate_off(gd: GateDef, name: str, pattern: str) -> GateCheck:
 
 def _threshold_checks(gd, spec, subjects, skip_missing):
     for name, row in subjects.items():
-        threshold, pattern = spec.resolve(name)
+        threshold, pattern = spec.resolve(row.name if isinstance(row, _Agreement) else name)
         if threshold is None:
             if pattern is not None:
                 yield _gate_off(gd, name, pattern)
@@ -450,6 +499,8 @@ def _regression_checks(gd, spec, subjects, base_subjects, skip_missing):
 def _nothing_checked(gd: GateDef, spec: Threshold, regression: bool, skip_missing: bool) -> GateCheck:
     what = "quantized layer" if gd.metric in ("sqnr_db", "qmse", "clip_fraction") else "weighted layer"
     what = ("class output" if gd.metric in CLASS_METRICS else "output") if gd.scope == "output" else what
+    if gd.metric == "runtime_agreement_db":
+        what = "pair of runtimes (--runtimes with two or more)"
     if spec.default is None:
         globs = ", ".join(repr(p) for p, v in spec.overrides if v is not None)
         reason = f"no {what} matches {globs}"
@@ -506,6 +557,62 @@ def _baseline_notes(report: Report, baseline: Report) -> list[str]:
     return notes
 
 
+def runtime_view(report: Report, runtime: str) -> Report | None:
+    """``report`` as ``runtime`` measured it (its ``runtimes`` section): each row's activation SQNR and
+    QMSE and each output's metrics are that runtime's (``None`` where not measurable there); the
+    isolated error is the first runtime's only. ``None``: the report has no such runtime."""
+    from dataclasses import replace
+
+    rt = report.runtimes
+    if rt is None or runtime not in rt.names:
+        return None
+    by_row = {(lr.name, lr.tensor): lr for lr in rt.layers}
+    layers = []
+    for row in report.layers:
+        lr = by_row.get((row.name, row.tensor))
+        if lr is not None:
+            row = replace(
+                row,
+                sqnr_db=lr.sqnr_db.get(runtime),
+                qmse=lr.qmse.get(runtime),
+                sqnr_isolated_db=None,
+                qmse_isolated=None,
+                error_amplification=None,
+            )
+        layers.append(row)
+    fields = set(OutputRow.__dataclass_fields__) - {"name"}
+    outputs = []
+    for o in report.outputs:
+        m = next((x.metrics.get(runtime) for x in rt.outputs if x.name == o.name), None) or {}
+        outputs.append(OutputRow(name=o.name, **{k: m.get(k) for k in fields}))
+    return replace(report, layers=tuple(layers), outputs=tuple(outputs), gates=None)
+
+
+def _runtime_checks(report: Report, runtime: str, config: GateConfig) -> list[GateCheck]:
+    """The threshold gates of ``[runtimes.NAME]`` on that runtime's view; subjects end in ``[NAME]``."""
+    from dataclasses import replace
+
+    view = runtime_view(report, runtime)
+    if view is None:
+        ran = ", ".join(report.runtimes.names) if report.runtimes is not None else "one runtime"
+        return [
+            GateCheck(
+                f"runtimes.{runtime}",
+                "output",
+                "",
+                "runtime",
+                ">=",
+                None,
+                None,
+                "fail",
+                reason=f"[runtimes.{runtime}] has gates, and the audit did not run {runtime} (it ran {ran}): "
+                f"add it to --runtimes",
+            )
+        ]
+    checks = evaluate(view, config).checks
+    return [replace(c, subject=f"{c.subject} [{runtime}]" if c.subject else f"[{runtime}]") for c in checks]
+
+
 def evaluate(
     report: Report, config: GateConfig, baseline: Report | None = None, baseline_source: str | None = None
 ) -> GateResult:
@@ -533,6 +640,10 @@ def evaluate(
         for pattern, _ in spec.overrides:
             if not any(fnmatchcase(n, pattern) for n in names):
                 notes.append(f"{gd.name}: '{pattern}' matches no {gd.scope} of this report")
+
+    for rt, sub in config.runtimes.items():
+        if sub.configured():  # an empty [runtimes.NAME] table only lists the runtime
+            checks.extend(_runtime_checks(report, rt, sub))
 
     added_l = removed_l = added_o = removed_o = ()
     base_info = None

@@ -272,6 +272,10 @@ class AuditConfig:
     trials: int = 0
     seed: int = 0
     trial_fraction: float = 0.5
+    #: the runtimes that run the quantized model, the first feeding the main table (docs/runtimes.md):
+    #: names (``ort``, ``ort-sim``, ``openvino``, ``ort:PROVIDER``; an item may hold several,
+    #: comma-separated) or :class:`qaudit.pipeline.runtimes.Runtime` objects
+    runtimes: tuple = ("ort",)
 
     def __post_init__(self):
         if isinstance(self.preprocess, (str, Mapping)):
@@ -279,6 +283,11 @@ class AuditConfig:
 
             object.__setattr__(self, "preprocess", check_table(self.preprocess, "(preprocess)"))
         object.__setattr__(self, "model", Path(self.model))
+        given = [self.runtimes] if isinstance(self.runtimes, str) else list(self.runtimes or ())
+        names = [
+            n.strip() if isinstance(n, str) else n for x in given for n in (x.split(",") if isinstance(x, str) else [x])
+        ]
+        object.__setattr__(self, "runtimes", tuple(n for n in names if n != "") or ("ort",))
         if self.quantized is not None:
             if not isinstance(self.quantized, (str, os.PathLike)):
                 raise ConfigError(f"quantized must be the path of an ONNX model, not {type(self.quantized).__name__}")

@@ -64,6 +64,13 @@ from pathlib import Path
 #:     ``calib_symmetric``, ``num_bins``, each ``null`` when the method does not take it.
 #:   - ``layers[].override``: ``{tensor: settings}``, the per-tensor overrides that set the row's
 #:     activation or weight (absent/null otherwise); ``settings.overrides``, the table as given.
+#: 5 - ``runtimes`` (only when the audit ran several, ``--runtimes``): ``{"runtimes": [{"name",
+#:     "engine", "version", "device", "optimized", "reason", "layers_reason"}], "tolerance_db",
+#:     "layers": [{"name", "tensor", "op_type", "encoding", "sqnr_db": {runtime: v}, "qmse",
+#:     "agreement_db": {"A vs B": v}, "max_abs_diff", "not_measurable": {runtime: reason}}],
+#:     "outputs": [{"name", "metrics": {runtime: {output row fields}}, "agreement_db", "max_abs_diff"}],
+#:     "divergences": [{"pair", "layer", "op_type", "encoding", "agreement_db"}]}``. An agreement
+#:     of ``null`` with ``max_abs_diff`` 0 is read back as ``inf`` (bit-identical).
 #: 4 - the multi-run document (several calibration methods in one audit, :mod:`qaudit.runs`):
 #:     ``{"format", "runs": [{"name", <a version 3 report's sections>}], "gates"}``. A single-run
 #:     audit still writes version 3; :func:`load_report` reads both.
@@ -75,6 +82,7 @@ from pathlib import Path
 #:     try). Versions 1-3 are still read (their ``causes`` are diagnosed on reading).
 #:     Also ``trials`` (absent without ``--trials``): the calibration trials' subsets and the mean,
 #:     std (ddof=1), min and max of every layer's and output's metrics (:mod:`qaudit.trials`).
+#:     With several ``--runtimes``, ``runtimes``: every runtime's layer and output metrics.
 FORMAT_VERSION = 5
 READABLE_VERSIONS = (1, 2, 3, 5)
 
@@ -223,6 +231,84 @@ class UnmatchedTensor:
 UNMATCHED_KINDS = ("fused", "excluded", "float-op", "removed", "not-quantized")
 
 
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """One runtime the quantized model ran in (``--runtimes``, format 5): what it is, and what could
+    not be measured there (``reason``: nothing at all; ``layers_reason``: no layer, the outputs are)."""
+
+    name: str  # as given: "ort", "ort-sim", "openvino", "ort:CUDAExecutionProvider"
+    engine: str  # "onnxruntime" | "openvino"
+    version: str
+    device: str  # ORT: the provider list; OpenVINO: the device
+    optimized: bool
+    reason: str | None = None
+    layers_reason: str | None = None
+
+    @property
+    def measurable(self) -> bool:
+        return self.reason is None
+
+
+@dataclass(frozen=True)
+class RuntimeLayer:
+    """A layer row's activation in every runtime (keyed by runtime name), and every pair's agreement
+    (keyed ``"A vs B"``: the SQNR of B's dequantized tensor against A's, A listed first)."""
+
+    name: str
+    tensor: str | None
+    op_type: str
+    encoding: str | None = None
+    sqnr_db: dict[str, float | None] = field(default_factory=dict)
+    qmse: dict[str, float | None] = field(default_factory=dict)
+    agreement_db: dict[str, float | None] = field(default_factory=dict)
+    max_abs_diff: dict[str, float | None] = field(default_factory=dict)
+    #: runtime -> why this row is not measurable there
+    not_measurable: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RuntimeOutput:
+    """A model output in every runtime: ``metrics[runtime]`` holds :class:`OutputRow`'s fields
+    (against fp32), ``agreement_db``/``max_abs_diff`` every pair's (``"A vs B"``)."""
+
+    name: str
+    metrics: dict[str, dict] = field(default_factory=dict)
+    agreement_db: dict[str, float | None] = field(default_factory=dict)
+    max_abs_diff: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first layer (table order) where a runtime's activation agrees with the first runtime's
+    below the tolerance."""
+
+    pair: str
+    layer: str
+    op_type: str
+    encoding: str | None
+    agreement_db: float | None
+
+
+@dataclass(frozen=True)
+class Runtimes:
+    """The ``runtimes`` section (format 5): present when the audit ran more than one runtime."""
+
+    runtimes: tuple[RuntimeInfo, ...]
+    tolerance_db: float
+    layers: tuple[RuntimeLayer, ...] = ()
+    outputs: tuple[RuntimeOutput, ...] = ()
+    divergences: tuple[Divergence, ...] = ()
+
+    @property
+    def names(self) -> list[str]:
+        return [r.name for r in self.runtimes]
+
+    @property
+    def pairs(self) -> list[str]:
+        n = self.names
+        return [f"{a} vs {b}" for i, a in enumerate(n) for b in n[i + 1 :]]
+
+
 CHECK_STATUSES = ("pass", "fail", "skip")
 
 
@@ -311,6 +397,8 @@ class Report:
     gates: GateResult | None = None
     #: the calibration trials' section (:func:`qaudit.trials.summarize`), or None (format 5)
     trials: dict | None = None
+    #: every runtime's measurements (``--runtimes`` with more than one; format 5), else None
+    runtimes: Runtimes | None = None
 
     def worst_layers(self, n: int = 3) -> list[LayerRow]:
         """Layers with the lowest finite activation SQNR, worst first."""
@@ -365,6 +453,8 @@ def to_dict(report: Report) -> dict:
     from qaudit.remedy.causes import diagnose, to_list  # (it imports this module)
 
     out["causes"] = to_list(diagnose(report))
+    if report.runtimes is not None:  # only with several runtimes: single-runtime reports unchanged
+        out["runtimes"] = d["runtimes"]
     out = _clean(out)
     out["gates"] = gates_to_dict(report.gates)
     if report.trials is not None:
@@ -637,6 +727,49 @@ def from_dict(d: dict, strict: bool = False) -> Report:
         format_version=version,
         gates=gates_from_dict(d.get("gates")),
         trials=_trials(d.get("trials")),
+        runtimes=runtimes_from_dict(d.get("runtimes")),
+    )
+
+
+def _agreement(agree: dict, diff: dict) -> dict:
+    """``null`` agreement with a zero ``max_abs_diff``: bit-identical, ``inf``."""
+    return {k: (math.inf if v is None and diff.get(k) == 0.0 else v) for k, v in agree.items()}
+
+
+def runtimes_from_dict(d: dict | None) -> Runtimes | None:
+    if d is None:
+        return None
+    d = _object(d, "runtimes")
+
+    def items(key, cls):
+        raw = d.get(key, [])
+        if not isinstance(raw, list):
+            raise ReportFormatError(f"runtimes.{key} must be an array, not {_json_type(raw)}")
+        return [_typed_fields(cls, r, f"runtimes.{key}[{i}]") for i, r in enumerate(raw)]
+
+    layers = []
+    for kw in items("layers", RuntimeLayer):
+        diff = kw.get("max_abs_diff", {})
+        kw["agreement_db"] = _agreement(kw.get("agreement_db", {}), diff)
+        err = kw.get("qmse", {})
+        kw["sqnr_db"] = {
+            k: (math.inf if v is None and err.get(k) == 0.0 else v) for k, v in kw.get("sqnr_db", {}).items()
+        }
+        layers.append(RuntimeLayer(**kw))
+    outputs = []
+    for kw in items("outputs", RuntimeOutput):
+        kw["agreement_db"] = _agreement(kw.get("agreement_db", {}), kw.get("max_abs_diff", {}))
+        kw["metrics"] = {
+            k: {**m, "sqnr_db": math.inf if m.get("sqnr_db") is None and m.get("qmse") == 0.0 else m.get("sqnr_db")}
+            for k, m in kw.get("metrics", {}).items()
+        }
+        outputs.append(RuntimeOutput(**kw))
+    return Runtimes(
+        runtimes=tuple(RuntimeInfo(**kw) for kw in items("runtimes", RuntimeInfo)),
+        tolerance_db=_expect(_field(d, "tolerance_db", "runtimes"), float, "runtimes.tolerance_db"),
+        layers=tuple(layers),
+        outputs=tuple(outputs),
+        divergences=tuple(Divergence(**kw) for kw in items("divergences", Divergence)),
     )
 
 

@@ -1421,3 +1421,97 @@ def test_override_one_real_tensor_to_uint16(realmodels, name):
     inits = {t.name: t for t in qmodel.graph.initializer}
     q = [n for n in qmodel.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor]
     assert q and all(inits[n.input[2]].data_type == onnx.TensorProto.UINT16 for n in q), [n.name for n in q]
+
+
+# --------------------------------------------------------------- runtimes (issue 20)
+
+#: the runtimes every subject is audited in (docs/runtimes.md)
+RUNTIMES = ("ort", "ort-sim", "openvino")
+#: CI's share of the runtime audits (one more audit per subject and format): small, one of each
+#: kind of graph (a CNN classifier OpenVINO cannot compile in QDQ, a face stage with two outputs it runs in both formats)
+RUNTIME_CI_SUBJECTS = ("cls", "rnet")
+
+
+def _runtimes_summary(results: dict) -> str:
+    """The per-layer divergence table of docs/runtimes.md, from this session's runtime audits."""
+    lines = [
+        "| model | format | runtime | measurable | output SQNR dB (ort / this) | output agreement with ort dB "
+        "| layers agreeing >= 40 dB | worst layer agreement | first divergent layer |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (name, fmt), (rt, _) in results.items():
+        out = rt.outputs[0]
+        for info in rt.runtimes[1:]:
+            pair = f"ort vs {info.name}"
+            agree = [lr.agreement_db[pair] for lr in rt.layers if pair in lr.agreement_db]
+            div = next((d for d in rt.divergences if d.pair == pair), None)
+            ours = out.metrics[info.name].get("sqnr_db")
+            lines.append(
+                f"| {name} | {fmt} | {info.name} | "
+                + ("no: " + info.reason.replace("|", "/")[:160] if info.reason else "yes")
+                + f" | {out.metrics['ort']['sqnr_db']:.2f} / {'-' if ours is None else f'{ours:.2f}'} "
+                f"| {'-' if out.agreement_db.get(pair) is None else f'{out.agreement_db[pair]:.1f}'} "
+                f"| {sum(1 for a in agree if a >= rt.tolerance_db)} / {len(agree)} "
+                f"| {'-' if not agree else f'{min(agree):.1f}'} "
+                f"| {'-' if div is None else f'{div.layer} ({div.op_type}) {div.agreement_db:.1f} dB'} |"
+            )
+    lines.append("")
+    lines.append("seconds per runtime audit: " + ", ".join(f"{n}-{f} {s:.0f}" for (n, f), (_, s) in results.items()))
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def runtime_results(artifacts):
+    results: dict = {}
+    yield results
+    if results:
+        path = Path(os.environ.get("QAUDIT_ARTIFACTS") or REPO / "tests" / "artifacts") / "runtimes-summary.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_runtimes_summary(results), encoding="utf-8")
+        artifacts.append(path)
+
+
+@pytest.mark.parametrize("name,fmt", _params())
+def test_runtimes_measure_every_layer_in_ort_ort_sim_and_openvino(realmodels, runtime_results, name, fmt, tmp_path):
+    """Issue 20: the subject in ort, ort-sim and openvino. The first runtime's table is the plain
+    audit's; ort-sim measures every row, openvino every row it exposes; a model OpenVINO cannot read
+    or compile is not measurable there, with the reason; every number of every runtime is present or explained."""
+    pytest.importorskip("openvino")
+    if not realmodels.full and name not in RUNTIME_CI_SUBJECTS:
+        pytest.skip(f"{name}'s runtime audit is in the full table only: pytest --realmodels-full")
+    run = realmodels.audit(name, fmt)
+    s = realmodels.subject(name)
+    t0 = time.perf_counter()
+    report = qaudit.audit(
+        qaudit.AuditConfig(
+            model=s.model,
+            calib=s.dir / "calib",
+            eval=s.dir / "eval",
+            labels=s.labels,
+            batch_size=BATCH,
+            output_model=tmp_path / "q.onnx",
+            quant=qaudit.QuantConfig(format=fmt),
+            batch_axis=GIVEN_BATCH_AXES.get(s.name),
+            runtimes=RUNTIMES,
+        )
+    )
+    runtime_results[name, fmt] = (report.runtimes, time.perf_counter() - t0)
+    assert [(r.name, r.sqnr_db) for r in report.layers] == [(r.name, r.sqnr_db) for r in run.report.layers]
+    assert [o.sqnr_db for o in report.outputs] == [o.sqnr_db for o in run.report.outputs]
+    rt = report.runtimes
+    assert rt.names == list(RUNTIMES)
+    sim = rt.runtimes[1]
+    assert sim.measurable and sim.layers_reason is None, sim
+    assert len(rt.layers) == sum(1 for r in report.layers if r.has_activation)
+    for lr in rt.layers:
+        assert lr.sqnr_db["ort-sim"] is not None and "ort vs ort-sim" in lr.agreement_db, lr
+    ov = rt.runtimes[2]
+    if ov.measurable:
+        for lr in rt.layers:  # measured, or not measurable with the reason
+            assert (lr.sqnr_db["openvino"] is not None) != ("openvino" in lr.not_measurable), lr
+    else:
+        assert ov.reason.startswith("OpenVINO 2026.4.1 cannot"), ov.reason  # read (QOperator) or compile
+        assert all("openvino" in lr.not_measurable for lr in rt.layers)
+    for out in rt.outputs:
+        assert out.metrics["ort"]["sqnr_db"] == next(o.sqnr_db for o in report.outputs if o.name == out.name)
+        assert out.agreement_db.get("ort vs ort-sim") is not None

@@ -325,6 +325,16 @@ OPTIONS: tuple[Option, ...] = (
         metavar="F",
     ),
     Option(
+        "runtimes",
+        "list",
+        "runtimes that run the quantized model, comma-separated: ort (default), ort-sim (graph optimizations "
+        "off), openvino, ort:PROVIDER (an ONNX Runtime execution provider); the first feeds the main table",
+        ("ort",),
+        group="measurement",
+        metavar="NAME",
+        one_per_flag=True,
+    ),
+    Option(
         "output_model",
         "out",
         "write the quantized model that was audited; with several calibration methods the first run's, or one "
@@ -428,7 +438,7 @@ class Settings:
         # every other option named as its AuditConfig/QuantConfig field: one constructor for CLI and API
         fields = ("output_model", "batch_size", "batch_axis", "max_samples", "clip_percentile", "isolated", "format")
         fields += ("activation_type", "weight_type", "per_channel", "percentile", "calib_symmetric", "exclude")
-        fields += ("label_output", "class_outputs", "quantized", "overrides")
+        fields += ("label_output", "class_outputs", "quantized", "overrides", "runtimes")
         fields += ("calibrate_method", "num_bins", "num_quantized_bins", "moving_average", "averaging_constant")
         fields += ("preprocess", "class_names", "seed", "trial_fraction")
         trials = {"trials": v["trials"]} if v.get("trials") else {}
@@ -681,10 +691,8 @@ def _quote(glob: str) -> str:
     return '"' + glob.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _file_values(command: str, path: Path, table: dict, prefix: str, base: Path) -> tuple[dict, dict]:
-    """``(values, gate entries)`` from a config file's qaudit table; every key is checked, for every command."""
-    values: dict = {}
-    gates: dict[str, dict] = {}
+def _file_keys(prefix: str, path: Path):
+    """``(top-level keys, gate keys, where(*parts), unknown(key, valid, *parts, hint))`` of a config file."""
     top = {o.name for o in OPTIONS if o.section == ""}
     gate_keys = {o.name for o in OPTIONS if o.section == "gates"}
 
@@ -694,10 +702,29 @@ def _file_values(command: str, path: Path, table: dict, prefix: str, base: Path)
     def unknown(key, valid, *parts, hint=""):
         return ConfigError(f"unknown key '{key}' {where(*parts)}{hint or _suggest(key, valid)}")
 
+    return top, gate_keys, where, unknown
+
+
+def _file_values(command: str, path: Path, table: dict, prefix: str, base: Path) -> tuple[dict, dict]:
+    """``(values, gate entries)`` from a config file's qaudit table; every key is checked, for every command."""
+    values: dict = {}
+    gates: dict[str, dict] = {}
+    top, gate_keys, where, unknown = _file_keys(prefix, path)
+
     for key, value in table.items():
         if key == "gates":
             if not isinstance(value, dict):
                 raise ConfigError(f"'gates' {where()} must be a table")
+            continue
+        if key == "runtimes" and isinstance(value, dict):  # [runtimes.NAME] tables: the list and their gates
+            values["runtime_gates"] = {}
+            for name, sub in _runtime_tables(value, where).items():
+                at = ("runtimes", _quote(name))
+                if "skip_missing" in sub:
+                    raise ConfigError(f"skip_missing {where(*at)} applies to every gate: set it in [gates]")
+                values["runtime_gates"][name] = _gate_entries(sub, prefix, path, at, base)[1]
+            if command in OPTIONS_BY_NAME[key].commands:
+                values[key] = tuple(value)
             continue
         if key not in top:
             hint = f" ('{key}' belongs in {_section(prefix, 'gates')})" if key in gate_keys else ""
@@ -707,28 +734,48 @@ def _file_values(command: str, path: Path, table: dict, prefix: str, base: Path)
         if command in opt.commands:
             values[key] = v
 
-    g = table.get("gates", {})
+    found, gates = _gate_entries(table.get("gates", {}), prefix, path, ("gates",), base)
+    values.update(found)
+    return values, gates
+
+
+def _runtime_tables(value: dict, where) -> dict:
+    for name, sub in value.items():
+        if not isinstance(sub, dict):
+            raise ConfigError(
+                f"'runtimes' {where()} is a list of names or a table of [runtimes.NAME] tables (each holding "
+                f"gate thresholds for that runtime); '{name}' is not a table"
+            )
+    return value
+
+
+def _gate_entries(g: dict, prefix: str, path: Path, at: tuple[str, ...], base: Path) -> tuple[dict, dict]:
+    """``(values, gate entries)`` of a gates table (``[gates]``, or a ``[runtimes.NAME]`` table)."""
+    values: dict = {}
+    gates: dict[str, dict] = {}
+    top, gate_keys, where, unknown = _file_keys(prefix, path)
+
     for key, value in g.items():
         if key in ("layers", "outputs"):
             if not isinstance(value, dict) or not all(isinstance(x, dict) for x in value.values()):
                 raise ConfigError(
-                    f"'{key}' {where('gates')} must hold tables keyed by glob, e.g. "
-                    f"{_section(prefix, 'gates', key, _quote('/fc2/*'))}"
+                    f"'{key}' {where(*at)} must hold tables keyed by glob, e.g. "
+                    f"{_section(prefix, *at, key, _quote('/fc2/*'))}"
                 )
             continue
         if key not in gate_keys:
             hint = f" ('{key}' belongs at {_section(prefix)})" if key in top else ""
-            raise unknown(key, gate_keys | {"layers", "outputs"}, "gates", hint=hint)
+            raise unknown(key, gate_keys | {"layers", "outputs"}, *at, hint=hint)
         if key == "skip_missing":
-            values[key] = _typed(OPTIONS_BY_NAME[key], value, where("gates"), base)
+            values[key] = _typed(OPTIONS_BY_NAME[key], value, where(*at), base)
         else:
-            gates.setdefault(key, {})[None] = _threshold_value(GATES_BY_NAME[key], value, where("gates"))
+            gates.setdefault(key, {})[None] = _threshold_value(GATES_BY_NAME[key], value, where(*at))
 
     for scope_key, scope in (("layers", "layer"), ("outputs", "output")):
         for glob, sub in g.get(scope_key, {}).items():
-            parts = ("gates", scope_key, _quote(glob))
+            parts = (*at, scope_key, _quote(glob))
             if not glob:
-                raise ConfigError(f"an empty glob {where('gates', scope_key)}; name a {scope} or a glob like '/fc2/*'")
+                raise ConfigError(f"an empty glob {where(*at, scope_key)}; name a {scope} or a glob like '/fc2/*'")
             valid = {gd.name for gd in GATES if gd.scope == scope}
             for key, value in sub.items():
                 if key not in valid:
@@ -736,7 +783,7 @@ def _file_values(command: str, path: Path, table: dict, prefix: str, base: Path)
                     hint = ""
                     if other is not None:
                         other_key = "layers" if other.scope == "layer" else "outputs"
-                        hint = f" ({key} is a{'n' if other.scope == 'output' else ''} {other.scope} gate: put it under {_section(prefix, 'gates', other_key, _quote(glob))})"
+                        hint = f" ({key} is a{'n' if other.scope == 'output' else ''} {other.scope} gate: put it under {_section(prefix, *at, other_key, _quote(glob))})"
                     raise unknown(key, valid, *parts, hint=hint)
                 gates.setdefault(key, {})[glob] = _threshold_value(GATES_BY_NAME[key], value, where(*parts))
     return values, gates
@@ -838,7 +885,14 @@ def resolve(
         name: Threshold(default=entries.get(None), overrides={k: v for k, v in entries.items() if k is not None})
         for name, entries in gates.items()
     }
-    gate_config = GateConfig(thresholds, skip_missing=bool(values.get("skip_missing", False)))
+    runtime_gates = {
+        rt: {
+            name: Threshold(default=e.get(None), overrides={k: v for k, v in e.items() if k is not None})
+            for name, e in entries.items()
+        }
+        for rt, entries in values.pop("runtime_gates", {}).items()
+    }
+    gate_config = GateConfig(thresholds, skip_missing=bool(values.get("skip_missing", False)), runtimes=runtime_gates)
     return Settings(command, values, gate_config, sources, config_file)
 
 

@@ -15,6 +15,7 @@ caller owns: the audit never stops it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import shutil
 import tempfile
@@ -57,6 +58,8 @@ from qaudit.pipeline.quantize import (
     quantize,
     quantizer_changes,
 )
+from qaudit.pipeline.runtimes import parse as parse_runtimes
+from qaudit.pipeline.runtimes import section as runtime_section
 from qaudit.pipeline.session import load_light, make_session, save_model
 from qaudit.pipeline.transform import (
     PER_CHANNEL_QDQ_OPSET,
@@ -210,6 +213,7 @@ class Context:
     tensor_bytes: dict[str, int]
     fold_check: dict
     check_samples: int
+    runtimes: tuple = ()  # qaudit.pipeline.runtimes: the first feeds the main table; () = ORT's default
 
 
 @dataclass
@@ -286,6 +290,7 @@ def capture_runs(ctx: Context, runs: list[Run], on_batch=None) -> list[Captured]
             tensor_bytes=ctx.tensor_bytes,
             on_batch=on_batch if g == 0 else None,
             model_name=f"model {cfg.model}",
+            runtimes=ctx.runtimes or None,
         )
         captures.update(zip(members, got))
     return [captures[i] for i in range(len(runs))]
@@ -308,9 +313,12 @@ def run_report(ctx: Context, run: Run, captured, clock: PhaseClock) -> Report:
     if ctx.given is not None:
         facts.quantized = given_facts(ctx.given, run.qmodel, cfg)
     src = ctx.src
-    return build_report(
+    report = build_report(
         run.cfg, src.model, fold, run.matching, facts, rows, captured.outputs.rows(), clock, src.describe()
     )
+    if captured.runtimes is not None:
+        report = dataclasses.replace(report, runtimes=runtime_section(captured, report, ctx.runtimes))
+    return report
 
 
 def audit(
@@ -337,6 +345,7 @@ def audit(
     ``"folded"``, ``"ranges"``, ``"tensor_overrides"``, ``"also_exclude"``, ``"outputs"`` and ``"batch_size"``."""
     progress, clock = progress or NullProgress(), PhaseClock()
     kernels.name()  # a bad QAUDIT_KERNELS fails here, not on a worker thread
+    runtimes = parse_runtimes(cfg.runtimes)  # an unknown or missing runtime fails before any work
     # 1. load and check the model, the data and the labels
     src = open_inputs(cfg)
     if cfg.trials:  # subsets that cannot be drawn (too few files) fail before any model runs
@@ -374,7 +383,7 @@ def audit(
         # 3. probe one sample: non-finite tensors stay in float (calibration finds later ones); size sets the batch
         bad, bytes_per_sample, tensor_bytes = probe_activations(folded_path, src.first_batch())
         fixed = src.calib.fixed_batch()  # the model's, which a --batch-size cannot change
-        batch_size = fixed or cfg.batch_size or auto_batch_size(bytes_per_sample, fixed, cfg.isolated)
+        batch_size = fixed or cfg.batch_size or auto_batch_size(bytes_per_sample, fixed, cfg.isolated, len(runtimes))
         clock.lap("probe")
         # 4. calibrate (checking the fold on the same pass) and quantize
         check, rewrites = None, prep.rewrites()
@@ -413,7 +422,7 @@ def audit(
         ctx = Context(
             cfg, src, prep, fold, given, folded_path, work, outputs, tensor_overrides, overridden,
             auto_excluded, bad, batch_size, bytes_per_sample, tensor_bytes, fold_check,
-            check.samples if check else 0,
+            check.samples if check else 0, tuple(runtimes),
         )  # fmt: skip
         shared = copy.deepcopy(clock)  # each run's phases: the shared ones, then its own
         runs: list[tuple[str, Report, Path | None]] = []

@@ -13,8 +13,8 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +23,9 @@ import onnx
 from qaudit.pipeline.data import samples
 from qaudit.pipeline.graph import with_outputs
 from qaudit.pipeline.match import Matching
-from qaudit.pipeline.measure import ActivationMeter, OutputKinds, OutputMeter, output_kinds
+from qaudit.pipeline.measure import ActivationMeter, OutputKinds, OutputMeter, RuntimeMeter, output_kinds
 from qaudit.pipeline.parallel import lockstep, shares, usable_cores
+from qaudit.pipeline.runtimes import Loaded, OrtRuntime, Runtime
 from qaudit.pipeline.session import QUANTIZER_AT_FAULT, make_session, run_named, save_model
 
 
@@ -38,6 +39,8 @@ class Captured:
     #: graph outputs on which the instrumented quantized graph differed from a plain session on the
     #: first batch: every output is then measured from a plain session (see :func:`capture`)
     plain_outputs: tuple[str, ...] = ()
+    #: the other runtimes' measurements (``--runtimes`` with more than one), else ``None``
+    runtimes: RuntimeMeter | None = None
 
 
 @dataclass
@@ -67,8 +70,8 @@ def capture(
     each on its own thread (:func:`~qaudit.pipeline.parallel.lockstep`).
     ``options`` (keywords): ``labels``, ``outputs`` (what each model output holds, default:
     :func:`~qaudit.pipeline.measure.output_kinds`), ``isolated``, ``tensor_bytes``,
-    ``on_batch`` (``on_batch(n)`` is called after each batch of ``n`` samples is measured)
-    and ``model_name``, as :func:`capture_many` takes them.
+    ``on_batch`` (``on_batch(n)`` is called after each batch of ``n`` samples is measured),
+    ``model_name`` and ``runtimes``, as :func:`capture_many` takes them.
 
     Deployment truth is checked, not assumed: the first batch also runs on a plain
     session of the quantized model (``plain_path``, saved from ``qmodel`` if not
@@ -93,6 +96,7 @@ def capture_many(
     tensor_bytes: dict[str, int] | None = None,
     on_batch: Callable[[int], None] | None = None,
     model_name: str = "the model",
+    runtimes: Sequence[Runtime] | None = None,
 ) -> list[Captured]:
     """:func:`capture` of several quantized graphs of one fp32 graph (the runs of a multi-run
     audit) on one pass over ``batches``: the fp32 session runs once per batch, and every
@@ -106,6 +110,11 @@ def capture_many(
     outputs (two at a batch boundary) and two sides' quantized and isolated outputs:
     the same bound as one :func:`capture`, whatever the number of sides.
     ``on_batch(n)`` is called once per batch, after its last side is measured.
+
+    ``runtimes`` (default: ORT's optimized CPU session): the first runs the quantized and
+    isolated-error graphs as above; every other one runs each quantized graph once more per
+    batch (:func:`open_runtime`, the same check per runtime), measured on its own thread
+    into :attr:`Captured.runtimes` (a :class:`~qaudit.pipeline.measure.RuntimeMeter`).
     """
     if not sides:
         return []
@@ -113,6 +122,7 @@ def capture_many(
     for side in sides[1:]:
         if set(side.matching.twins) != set(twins):
             raise ValueError("capture_many: every quantized graph must pair the same fp32 tensors")
+    runtimes = tuple(runtimes) if runtimes else (OrtRuntime(),)
     vtypes = {
         vi.name: vi.type.tensor_type.elem_type
         for vi in list(fp32_model.graph.value_info) + list(fp32_model.graph.input)
@@ -121,12 +131,17 @@ def capture_many(
     fp32_session = make_session(
         save_model(with_outputs(fp32_model, fp32_outs), work / "folded_instrumented.onnx"), what=model_name
     )
+    shapes = {
+        vi.name: vi.type.tensor_type.shape
+        for vi in [*fp32_model.graph.value_info, *fp32_model.graph.input, *fp32_model.graph.output]
+        if vi.type.tensor_type.HasField("shape")
+    }
     batches = iter(batches)
     head = next(batches, None)
-    runners = [_QuantRunner(side, head, isolated) for side in sides]
+    kinds = outputs or output_kinds(fp32_model, labelled=labels is not None)
+    runners = [_QuantRunner(side, head, isolated, runtimes, shapes, kinds) for side in sides]
     if head is not None:
         batches = itertools.chain([head], batches)
-    kinds = outputs or output_kinds(fp32_model, labelled=labels is not None)
     meters, out_meters, seen = [], [OutputMeter(kinds) for _ in sides], [0] * len(sides)
     for side in sides:
         measured = side.matching.measured
@@ -145,12 +160,12 @@ def capture_many(
     def run_unit(unit):
         r, feeds, a = unit
         b, c = runners[r].run(feeds, a)
-        return a, b, c
+        return a, b, c, [o.run(feeds) for o in runners[r].others]
 
     def measurer(i):
         def measure(unit, outs):
             r, feeds, _ = unit
-            a, b, c = outs
+            a, b, c, _ = outs
             if i < len(meters[r]):
                 meters[r][i].update(a, b, c)
             if i == 0:
@@ -162,65 +177,136 @@ def capture_many(
 
         return measure
 
+    def measure_runtimes(unit, outs):
+        r, feeds, _ = unit
+        a, b, _, rest = outs
+        if runners[r].rt_meter is not None:
+            runners[r].rt_meter.update(a, b, rest, labels, samples(feeds))
+
     n_measures = max(len(m) for m in meters)
-    lockstep(run_unit, units(), [measurer(i) for i in range(n_measures)], size=lambda unit: samples(unit[1]))
+    extra = [measure_runtimes] if len(runtimes) > 1 else []
+    lockstep(run_unit, units(), [measurer(i) for i in range(n_measures)] + extra, size=lambda unit: samples(unit[1]))
     return [
-        Captured(ActivationMeter.combine(meters[r]), out_meters[r], seen[r], tuple(runners[r].differed))
+        Captured(
+            ActivationMeter.combine(meters[r]), out_meters[r], seen[r], tuple(runners[r].differed), runners[r].rt_meter
+        )
         for r in range(len(sides))
     ]
 
 
 class _QuantRunner:
-    """The sessions of one quantized graph: instrumented, plain (if it differs on the first batch), isolated."""
+    """The runs of one quantized graph: instrumented, plain (if it differs on the first batch) and
+    isolated in the first runtime, and the quantized graph in every other runtime (:func:`open_runtime`)."""
 
-    def __init__(self, side: QuantizedSide, head: dict[str, np.ndarray] | None, isolated: bool):
+    def __init__(self, side: QuantizedSide, head, isolated: bool, runtimes, shapes, kinds):
         qmodel, matching, work = side.qmodel, side.matching, side.work
-        q_instrumented, self.shifted = instrumented_quantized(qmodel, matching.measured)
-        self.q_session = make_session(
-            save_model(q_instrumented, work / "quantized_instrumented.onnx"),
-            what="the quantized model",
-            advice=QUANTIZER_AT_FAULT,
-        )
-        del q_instrumented
+        first = runtimes[0]
+        plain_path = side.plain_path or save_model(qmodel, work / "quantized_plain.onnx")
+        elems = {tw.quant_name: tw.encoding.onnx_type for tw in matching.measured.values()}
+        self.q_run = first.load(plain_path, elems, advice=QUANTIZER_AT_FAULT)
+        self.shifted = set(self.q_run.shifted)
         self.out_names = [o.name for o in qmodel.graph.output]
         self.plain, self.differed = None, []
         if head is not None:
-            plain = make_session(
-                side.plain_path or save_model(qmodel, work / "quantized_plain.onnx"),
-                what="the quantized model",
-                advice=QUANTIZER_AT_FAULT,
-            )
-            ref = dict(zip(self.out_names, plain.run(self.out_names, head)))
-            got = dict(zip(self.out_names, self.q_session.run(self.out_names, head)))
+            plain = first.load(plain_path, {}, advice=QUANTIZER_AT_FAULT)
+            ref, got = plain.run(head), self.q_run.run(head)
             self.differed = [n for n in self.out_names if not _identical(ref[n], got[n])]
             del ref, got
             if self.differed:  # the instrumented graph is not the deployed one: keep the plain session
                 self.plain = plain
-        self.iso_session, self.iso_inputs = None, {}
+        twin_elems = {tw.quant_name: tw.encoding.onnx_type for tw in matching.twins.values()}
+        self.others = [open_runtime(rt, plain_path, twin_elems, head, self.out_names) for rt in runtimes[1:]]
+        self.rt_meter = None
+        if self.others:
+            names = [first.name] + [o.runtime.name for o in self.others]
+            self.rt_meter = RuntimeMeter(matching, kinds, names, self.others)
+        self.iso_run, self.iso_inputs = None, {}
         if isolated and matching.twins:
-            iso_model, self.iso_inputs = isolated_model(qmodel, matching.twins, self.shifted, matching.converted)
-            self.iso_session = make_session(
-                save_model(iso_model, work / "quantized_isolated.onnx"),
-                what="the isolated-error graph",
-                advice=QUANTIZER_AT_FAULT,
+            iso_model, self.iso_inputs = isolated_model(
+                qmodel, matching.twins, self.shifted, matching.converted, shapes
+            )
+            self.iso_run = first.load(
+                save_model(iso_model, work / "quantized_isolated.onnx"), {}, "the isolated-error graph"
             )
             del iso_model  # a copy of the quantized graph's weights: the session has its own
 
     def run(self, feeds, a):
         """The quantized and isolated outputs on ``feeds`` (``a``: the fp32 graph's outputs on them)."""
-        b = run_named(self.q_session, feeds)
+        b = self.q_run.run(feeds)
         if self.plain is not None:  # the instrumented graph differed from a plain session: outputs from the plain one
-            b.update(zip(self.out_names, self.plain.run(self.out_names, feeds)))
+            b.update((n, v) for n, v in self.plain.run(feeds).items() if n in self.out_names)
         for name in self.shifted:  # back to the int8 values the deployed graph holds (exact: v - 128)
             b[name] = _to_int8(b[name])
         c = None
-        if self.iso_session is not None:
+        if self.iso_run is not None:
             iso_feeds = dict(feeds)
             iso_feeds.update({inp: a[name] for name, inp in self.iso_inputs.items()})
-            c = run_named(self.iso_session, iso_feeds)
+            c = self.iso_run.run(iso_feeds)
             for name in self.shifted:
                 c[name] = _to_int8(c[name])
         return b, c
+
+
+@dataclass
+class OpenRuntime:
+    """One more runtime of the capture: its instrumented model, checked on the first batch (:func:`open_runtime`)."""
+
+    runtime: object
+    loaded: Loaded | None  # None: the runtime cannot run the model at all (``reason``)
+    plain: Loaded | None = None  # kept when exposing the tensors changed the outputs: the outputs come from it
+    reason: str | None = None  # why nothing is measurable in this runtime
+    layers_reason: str | None = None  # why no layer is measurable (the outputs are)
+    unexposed: dict[str, str] = field(default_factory=dict)  # quantized tensor -> why not measurable
+    differed: tuple[str, ...] = ()
+    out_names: tuple[str, ...] = ()
+
+    def run(self, feeds) -> dict[str, np.ndarray] | None:
+        if self.loaded is None:
+            return None
+        got = self.loaded.run(feeds)
+        if self.plain is not None:
+            got.update((n, v) for n, v in self.plain.run(feeds).items() if n in self.out_names)
+        for name in self.loaded.shifted:
+            if name in got:
+                got[name] = _to_int8(got[name])
+        return got
+
+
+def open_runtime(rt, plain_path: Path, elems: dict[str, int], head, out_names) -> OpenRuntime:
+    """``rt`` ready to run the quantized model with its twins exposed, as faithfully as it allows.
+
+    The plain model must load (else nothing is measurable in ``rt``, with the reason); the
+    instrumented one is run on the first batch ``head`` beside the plain one: outputs that are
+    not bit-identical mean exposing the tensors changed what ``rt`` computes, so its layer rows
+    are not measurable there and its outputs come from the plain model. A model that loads
+    only without the extra outputs is measured at its outputs."""
+    from qaudit.errors import ModelError
+
+    try:
+        plain = rt.load(plain_path, {})
+    except ModelError as e:
+        return OpenRuntime(rt, None, reason=str(e))
+    if not rt.can_expose_intermediates:
+        return OpenRuntime(rt, plain, layers_reason=rt.reason, out_names=tuple(out_names))
+    try:
+        loaded = rt.load(plain_path, elems)
+    except ModelError as e:
+        why = f"{rt.name} cannot run the model with its intermediate tensors exposed ({e})"
+        return OpenRuntime(rt, plain, layers_reason=why, out_names=tuple(out_names))
+    opened = OpenRuntime(rt, loaded, unexposed=dict(loaded.unexposed), out_names=tuple(out_names))
+    if head is not None:
+        ref, got = plain.run(head), loaded.run(head)
+        lost = [n for n in out_names if n not in ref]
+        if lost:  # an output the runtime renamed: nothing of it can be paired
+            return OpenRuntime(rt, None, reason=f"{rt.name} gives no output named {', '.join(lost)}")
+        opened.differed = tuple(n for n in out_names if not _identical(ref[n], got[n]))
+        if opened.differed:
+            opened.plain = plain
+            opened.layers_reason = (
+                f"exposing the intermediate tensors changes what {rt.name} computes (outputs "
+                f"{', '.join(opened.differed)} differed from the plain model's on the first batch)"
+            )
+    return opened
 
 
 def _to_int8(v: np.ndarray) -> np.ndarray:
@@ -248,13 +334,20 @@ def instrumented_quantized(qmodel: onnx.ModelProto, twins) -> tuple[onnx.ModelPr
     :func:`capture` maps them back to int8 (``v ^ 0x80``), the values the
     deployed graph holds.
     """
+    return expose(qmodel, {tw.quant_name: tw.encoding.onnx_type for tw in twins.values()}, ort_converts_int8_qdq())
+
+
+def expose(qmodel: onnx.ModelProto, elem: dict[str, int], convert: bool = True) -> tuple[onnx.ModelProto, set[str]]:
+    """A copy of ``qmodel`` with the integer tensors ``elem`` names (``{name: ONNX type}``) as outputs,
+    the int8 pairs ORT's CPU provider would convert converted first when ``convert``
+    (see :func:`instrumented_quantized`)."""
     from onnx import numpy_helper
 
     m = copy.deepcopy(qmodel)
     g = m.graph
-    hooked = {tw.quant_name for tw in twins.values()}
+    hooked = set(elem)
     shifted: set[str] = set()
-    if ort_converts_int8_qdq():
+    if convert:
         inits = {t.name: t for t in g.initializer}
         edges: dict[str, list[onnx.NodeProto]] = {}
         for node in g.node:
@@ -293,7 +386,6 @@ def instrumented_quantized(qmodel: onnx.ModelProto, twins) -> tuple[onnx.ModelPr
             q.input[2] = dq.input[2] = u8
             shifted.add(t)
     # each twin as the type its graph holds, an int8 pair converted above as the uint8 it became
-    elem = {tw.quant_name: tw.encoding.onnx_type for tw in twins.values()}
     outs = [(n, onnx.TensorProto.UINT8 if n in shifted else t) for n, t in elem.items()]
     return with_outputs(m, outs), shifted
 
@@ -335,7 +427,7 @@ def ort_converts_int8_qdq() -> bool:
 
 
 def isolated_model(
-    qmodel: onnx.ModelProto, twins, shifted=frozenset(), converted=None
+    qmodel: onnx.ModelProto, twins, shifted=frozenset(), converted=None, shapes: dict | None = None
 ) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The quantized graph rewired so that every layer reads *fp32* activations.
 
@@ -354,6 +446,8 @@ def isolated_model(
     ``converted``: the converted edges (:attr:`~qaudit.pipeline.match.Matching.converted`),
     exposed too but not rewired: each re-quantizes its twin's isolated values, so it holds
     the layer's own error as the consumers of the other type read it.
+
+    ``shapes``: ``{fp32 tensor: TensorShapeProto}``: the new inputs get the rank (OpenVINO needs it).
 
     Returns the model (outputs: every twin) and ``{fp32 tensor: new input name}``.
     """
@@ -377,7 +471,11 @@ def isolated_model(
                 "QuantizeLinear", [inp, scale.name, zp.name], [q_out], name=f"{tw.quant_name}::isolate", **kw
             )
         )
-        g.input.append(helper.make_tensor_value_info(inp, onnx.TensorProto.FLOAT, None))
+        vi = helper.make_tensor_value_info(inp, onnx.TensorProto.FLOAT, None)
+        if shapes and tw.fp32_name in shapes:  # the rank only (OpenVINO needs it), every dim left free
+            for _ in shapes[tw.fp32_name].dim:
+                vi.type.tensor_type.shape.dim.add()
+        g.input.append(vi)
         feeds[tw.fp32_name] = inp
     rename = {tw.quant_name: f"{tw.quant_name}::isolated_q" for tw in by_quant.values()}
     for node in g.node:

@@ -11,6 +11,7 @@ after Conv) is reported on that layer's row.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ from qaudit.pipeline.metrics import (
     OutputAccumulator,
     RangeHistogram,
     channel_axis,
+    dequantize,
     looks_like_probabilities,
     qmse_of,
     range_stats,
@@ -514,3 +516,145 @@ def layer_rows(
             if extra in twins and extra not in used:
                 add(f"{node.name}:{extra}", node.op_type, extra)
     return tuple(rows)
+
+
+#: the agreement (dB) below which a layer counts as diverging between two runtimes (docs/runtimes.md)
+DIVERGENCE_DB = 40.0
+
+
+class _Agreement:
+    """Two runtimes' values of one tensor: SQNR of the second against the first, and max |a - b|."""
+
+    def __init__(self):
+        self.err = ErrorAccumulator()
+        self.max_abs = 0.0
+
+    def update(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.err.update(a, b)
+        if a.size:
+            m = float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
+            self.max_abs = m if math.isnan(m) or m > self.max_abs else self.max_abs
+
+
+class RuntimeMeter:
+    """Every twin and output in each further runtime (``--runtimes``): against fp32, and every pair of
+    runtimes against each other. ``names[0]`` is the first runtime (measured by the main meters);
+    ``opened[i]`` (:class:`~qaudit.pipeline.capture.OpenRuntime`) is ``names[i + 1]``."""
+
+    def __init__(self, matching: Matching, kinds: OutputKinds, names: Sequence[str], opened: Sequence):
+        self.matching, self.kinds, self.names, self.opened = matching, kinds, list(names), list(opened)
+        self.err = {(r, n): ErrorAccumulator() for r in self.names[1:] for n in matching.twins}
+        self.agree: dict[tuple[str, str], _Agreement] = {}
+        self.out_meters = {r: OutputMeter(kinds) for r in self.names[1:]}
+        self.out_agree: dict[tuple[str, str], _Agreement] = {}
+        self.seen = 0
+
+    def _pairs(self, values: dict[str, np.ndarray]):
+        present = [r for r in self.names if r in values]
+        for i, a in enumerate(present):
+            for b in present[i + 1 :]:
+                yield f"{a} vs {b}", values[a], values[b]
+
+    def update(self, fp32: dict, first: dict, others: Sequence[dict | None], labels, n: int) -> None:
+        lab = labels[self.seen : self.seen + n] if labels is not None else None
+        self.seen += n
+        got = dict(zip(self.names[1:], others))
+        for name, tw in self.matching.twins.items():
+            enc, q = tw.encoding, tw.quant_name
+            axis = enc.axis if not enc.per_tensor else None
+            x = fp32[name]
+            deq = {self.names[0]: dequantize(first[q], enc.scale, enc.zero_point, axis)}
+            for r, outs in got.items():
+                if outs is None or q not in outs:
+                    continue
+                sum_x2, sum_e2, _, _ = kernels.error_sums(x, outs[q], enc.scale, enc.zero_point, axis=axis)
+                self.err[(r, name)].add(sum_x2, sum_e2, x.size)
+                deq[r] = dequantize(outs[q], enc.scale, enc.zero_point, axis)
+            for pair, a, b in self._pairs(deq):
+                self.agree.setdefault((pair, name), _Agreement()).update(a, b)
+        for r, outs in got.items():
+            if outs is not None:
+                self.out_meters[r].update(fp32, outs, lab)
+        for out in self.kinds.kinds:
+            values = {self.names[0]: first[out], **{r: o[out] for r, o in got.items() if o is not None}}
+            for pair, a, b in self._pairs(values):
+                self.out_agree.setdefault((pair, out), _Agreement()).update(a, b)
+
+    def result(
+        self, rows: Sequence[LayerRow], outputs: Sequence[OutputRow], infos, tolerance_db: float = DIVERGENCE_DB
+    ):
+        """The report's :class:`~qaudit.report.Runtimes`: ``rows``/``outputs`` are the first runtime's
+        (the main table), ``infos`` every runtime's :class:`~qaudit.report.RuntimeInfo`."""
+        from dataclasses import asdict
+
+        from qaudit.report import Divergence, RuntimeLayer, RuntimeOutput, Runtimes
+
+        first = self.names[0]
+        why = {o.runtime.name: o for o in self.opened}
+        by_tensor = {tw.fp32_name: tw for tw in self.matching.twins.values()}
+        layers = []
+        for row in rows:
+            tw = by_tensor.get(row.tensor) if row.quant_tensor else None
+            if tw is None:
+                continue
+            sqnr, qmse, missing = {first: row.sqnr_db}, {first: row.qmse}, {}
+            for r in self.names[1:]:
+                o = why[r]
+                reason = o.unexposed.get(tw.quant_name)
+                if o.reason or o.layers_reason:  # said once, in the runtime's entry
+                    reason = f"{r} cannot {'run the model' if o.reason else 'expose its layers'} (see its reason)"
+                if reason:
+                    missing[r], sqnr[r], qmse[r] = reason, None, None
+                else:
+                    acc = self.err[(r, row.tensor)]
+                    sqnr[r], qmse[r] = acc.sqnr_db, acc.qmse
+            agree = {p: a for (p, n), a in self.agree.items() if n == row.tensor}
+            layers.append(
+                RuntimeLayer(
+                    row.name,
+                    row.tensor,
+                    row.op_type,
+                    _encoding(row),
+                    sqnr,
+                    qmse,
+                    {p: a.err.sqnr_db for p, a in agree.items()},
+                    {p: a.max_abs for p, a in agree.items()},
+                    missing,
+                )
+            )
+        outs = []
+        for row in outputs:
+            metrics = {first: {k: v for k, v in asdict(row).items() if k != "name"}}
+            for r in self.names[1:]:
+                m = {k: v for k, v in asdict(row).items() if k not in ("name", "kind")}
+                have = {o.name: o for o in self.out_meters[r].rows()}
+                if row.name in have:
+                    metrics[r] = {k: v for k, v in asdict(have[row.name]).items() if k != "name"}
+                else:
+                    metrics[r] = {"kind": row.kind, **dict.fromkeys(m)}
+            agree = {p: a for (p, n), a in self.out_agree.items() if n == row.name}
+            outs.append(
+                RuntimeOutput(
+                    row.name,
+                    metrics,
+                    {p: a.err.sqnr_db for p, a in agree.items()},
+                    {p: a.max_abs for p, a in agree.items()},
+                )
+            )
+        divergences = []
+        for r in self.names[1:]:
+            pair = f"{first} vs {r}"
+            for lr in layers:
+                v = lr.agreement_db.get(pair)
+                if v is not None and not v >= tolerance_db:
+                    divergences.append(Divergence(pair, lr.name, lr.op_type, lr.encoding, v))
+                    break
+        return Runtimes(tuple(infos), tolerance_db, tuple(layers), tuple(outs), tuple(divergences))
+
+
+def _encoding(row: LayerRow) -> str | None:
+    if row.dtype is None:
+        return None
+    if row.scale is None:
+        return f"{row.dtype} per-channel"
+    return f"{row.dtype} scale {row.scale:.4g} zero point {row.zero_point}"

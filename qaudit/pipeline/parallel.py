@@ -24,7 +24,7 @@ INT_PER_FLOAT = 0.25
 BATCHES_ALIVE = 2
 
 
-def buffer_bytes_per_sample(float_bytes: int, isolated: bool = True) -> int:
+def buffer_bytes_per_sample(float_bytes: int, isolated: bool = True, runtimes: int = 1) -> int:
     """Bytes of session buffers one sample costs at the audit's peak, from its float activations.
 
     * calibration: the augmented session exposes every float activation
@@ -36,22 +36,24 @@ def buffer_bytes_per_sample(float_bytes: int, isolated: bool = True) -> int:
     * both keep :data:`BATCHES_ALIVE` batches; no session has an ORT memory arena
       (``session.make_session``), so ORT keeps nothing between runs.
 
+    * each further runtime (``--runtimes``) exposes the integer codes once more.
+
     The larger of the two stages, the capture's ``2 * 1.5 * float_bytes`` with the
     isolated pass, is what counts.
     """
     calibration = float_bytes
-    capture = float_bytes * (1 + INT_PER_FLOAT * (2 if isolated else 1))
+    capture = float_bytes * (1 + INT_PER_FLOAT * ((2 if isolated else 1) + max(0, runtimes - 1)))
     return int(BATCHES_ALIVE * max(calibration, capture))
 
 
-def auto_batch_size(bytes_per_sample: int, fixed: int | None, isolated: bool = True) -> int:
+def auto_batch_size(bytes_per_sample: int, fixed: int | None, isolated: bool = True, runtimes: int = 1) -> int:
     """The largest batch (1..64) whose session buffers fit ACTIVATION_BUDGET; a fixed batch dim wins.
 
     ``bytes_per_sample``: float activations of one sample (see :func:`buffer_bytes_per_sample`).
     """
     if fixed:
         return fixed
-    per_sample = max(1, buffer_bytes_per_sample(bytes_per_sample, isolated))
+    per_sample = max(1, buffer_bytes_per_sample(bytes_per_sample, isolated, runtimes))
     return int(max(1, min(MAX_AUTO_BATCH, ACTIVATION_BUDGET // per_sample)))
 
 

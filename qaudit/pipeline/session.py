@@ -71,9 +71,15 @@ def load_light(path: Path) -> onnx.ModelProto:
 
 
 def make_session(
-    path: Path, optimize: bool = True, threads: int | None = None, what: str = "the model", advice: str = RUN_ON_CPU
+    path: Path,
+    optimize: bool = True,
+    threads: int | None = None,
+    what: str = "the model",
+    advice: str = RUN_ON_CPU,
+    providers: tuple[str, ...] = ("CPUExecutionProvider",),
 ):
-    """An ORT CPU session; ``optimize=False`` disables all graph optimizations.
+    """An ORT session (CPU unless ``providers`` says otherwise, :mod:`qaudit.pipeline.runtimes`);
+    ``optimize=False`` disables all graph optimizations.
 
     A model ORT cannot load (unknown op, unsupported type) raises
     :class:`~qaudit.errors.ModelError` naming ``what``, followed by ``advice``
@@ -95,7 +101,7 @@ def make_session(
     if threads:
         so.intra_op_num_threads = threads
     try:
-        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), so, providers=list(providers))
         session.qaudit_what = what  # named by run_named when a run fails
         return session
     except Exception as e:

@@ -636,6 +636,75 @@ def _x_range(reports) -> tuple[int, int]:
     return (min(idx, default=0), max(idx, default=1))
 
 
+def _runtime_series(rows, values, names) -> list:
+    """One plot line per name: ``values(layer)[name]`` over the layer index, gaps where not finite."""
+    from qaudit.renderers.svgplot import DASHES, MARKERS, PALETTE, Series
+
+    out = []
+    for j, n in enumerate(names):
+        pts = [(x, v) for x, lr in rows if x is not None and (v := _f(values(lr).get(n))) is not None]
+        pts = [(x, v) for x, v in pts if math.isfinite(v)]
+        out.append(
+            Series(
+                n,
+                [x for x, _ in pts],
+                [v for _, v in pts],
+                PALETTE[j % len(PALETTE)],
+                DASHES[j % len(DASHES)],
+                MARKERS[j % len(MARKERS)],
+                tips=[f"#{x}: {num.db(v)} dB" for x, v in pts],
+            )
+        )
+    return out
+
+
+def _runtimes_html(reports) -> str:
+    """The ``runtimes`` section of each report that has one (``--runtimes``): one plot line per runtime
+    (each layer's SQNR against fp32), one per pair with the first runtime (their agreement), and the
+    first divergent layers; rows not measurable in a runtime leave a gap in its line."""
+    from qaudit.renderers.svgplot import line_plot
+
+    parts = []
+    for i, (label, rep) in enumerate(reports):
+        rt = rep.runtimes
+        if rt is None:
+            continue
+        index = {(r.name, r.tensor): r.index for r in rep.layers}
+        rows = [(index.get((lr.name, lr.tensor)), lr) for lr in rt.layers]
+
+        pairs = [f"{rt.names[0]} vs {n}" for n in rt.names[1:]]
+        sq = line_plot(
+            f"rt-sqnr-{i}",
+            "SQNR in each runtime",
+            "layer",
+            "SQNR dB",
+            _runtime_series(rows, lambda lr: lr.sqnr_db, rt.names),
+        )
+        agree_series = _runtime_series(rows, lambda lr: lr.agreement_db, pairs)
+        ag = (
+            line_plot(f"rt-agree-{i}", "Agreement between runtimes", "layer", "SQNR dB", agree_series)
+            if any(s.x for s in agree_series)
+            else "<p class='muted'>No pair of runtimes has a measured layer.</p>"
+        )
+        items = [
+            f"<li>{escape(d.pair)}: first diverges at {escape(d.layer)} ({escape(d.op_type)}, "
+            f"{escape(d.encoding or 'float')}), {num.db(d.agreement_db)} dB &lt; {num.db(rt.tolerance_db)} dB</li>"
+            for d in rt.divergences
+        ]
+        for info in rt.runtimes:
+            why = info.reason or info.layers_reason
+            what = f"{escape(info.name)}: {escape(info.engine)} {escape(info.version)} on {escape(info.device)}"
+            items.append(f"<li>{what}" + (f"; not measurable: {escape(why)}" if why else "") + "</li>")
+        head = f"<h3>{escape(label)}</h3>" if len(reports) > 1 else ""
+        parts.append(
+            f'{head}<div class="plots"><figure class="layerplot">{sq}</figure>'
+            f'<figure class="layerplot">{ag}</figure></div><ul>{"".join(items)}</ul>'
+        )
+    if not parts:
+        return ""
+    return '<h2 id="runtimes">Runtimes</h2>\n' + "".join(parts)
+
+
 def _page(reports: Sequence[tuple[str, Report]], worst: int) -> str:
     """One self-contained HTML page for ``[(label, report), ...]`` (at least one); several are overlaid."""
     reports = list(reports)
@@ -721,6 +790,7 @@ def _page(reports: Sequence[tuple[str, Report]], worst: int) -> str:
 <p>Over the layer index of the table below (after Yun, 2022). {legend_txt} Hover a point for the layer name and value. SQNR and QMSE are accumulated errors.</p>
 <div class="plots">{"".join(figs)}</div>
 {missing_html}
+{_runtimes_html(reports)}
 <h2 id="histograms">Worst layers: fp32 values, quantization grid and clip points</h2>
 {"".join(hist_parts)}
 <h2 id="layers">Per-layer table</h2>

@@ -183,13 +183,13 @@ def test_outputs_come_from_a_plain_session_when_the_instrumented_graph_differs(t
         pytest.skip("this onnxruntime allows int8 QDQ (no S8 -> U8 conversion)")
     from qaudit.pipeline import capture as capture_module
 
-    def unconverted(qmodel, twins):
-        return with_outputs(qmodel, [(t.quant_name, TensorProto.INT8) for t in twins.values()]), set()
+    def unconverted(qmodel, elem, convert=True):
+        return with_outputs(qmodel, [(name, TensorProto.INT8) for name in elem]), set()
 
     model_path, calib, evaluation, qpath = _attention_files(tmp_path)
     opts = dict(output_model=qpath, activation_type="int8", weight_type="int8", isolated=False, batch_size=4)
     assert not any("plain session" in n for n in qaudit.audit(model_path, calib, evaluation, **opts).notes)
-    monkeypatch.setattr(capture_module, "instrumented_quantized", unconverted)
+    monkeypatch.setattr(capture_module, "expose", unconverted)
     report = qaudit.audit(model_path, calib, evaluation, **opts)
     assert any("gave outputs y different from a plain session's" in n for n in report.notes), report.notes
     plain = make_session(qpath).run(None, {"x": evaluation})[0]
