@@ -14,6 +14,7 @@ import qaudit
 from qaudit.errors import ConfigError
 from qaudit.pipeline import audit as audit_module
 from qaudit.pipeline import capture as capture_module
+from qaudit.pipeline import session as session_module
 from qaudit.report import to_dict
 from qaudit.runs import MultiReport
 
@@ -54,6 +55,7 @@ def counted():
     mp = pytest.MonkeyPatch()
     mp.setattr(audit_module, "calibrate_many", counting)
     mp.setattr(capture_module, "run_named", counting_run)
+    mp.setattr(session_module, "run_named", counting_run)  # the runtimes' sessions (qaudit.pipeline.runtimes)
     try:
         report = qaudit.audit(SAMPLE_MODEL, SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_LABELS, calibrate_method=METHODS)
     finally:
@@ -75,9 +77,10 @@ def test_the_fp32_graph_runs_once_per_evaluation_batch_for_every_run(counted):
     # the cost of three runs on the evaluation data: one fp32 pass, three quantized and three isolated passes
     # (three audits one after the other ran the fp32 graph 3 * n_batches times)
     print(f"\n{n_batches} evaluation batches, 3 runs: session runs {dict(session_runs)}")
+    session_runs.pop("the BN-folded model", None)  # the fold check (it counts too: session.run_named)
     assert session_runs == {
         f"model {SAMPLE_MODEL}": n_batches,
-        "the quantized model": 3 * n_batches,
+        "the quantized model": 3 * n_batches + 3 * 2,  # + each run's first-batch check: plain and instrumented
         "the isolated-error graph": 3 * n_batches,
     }
     assert n_batches > 1  # the lockstep alternates the runs within a batch, over several batches

@@ -567,7 +567,7 @@ class RuntimeMeter:
             for r, outs in got.items():
                 if outs is None or q not in outs:
                     continue
-                sum_x2, sum_e2, _, _ = kernels.error_sums(x, outs[q], enc.scale, enc.zero_point, axis=axis)
+                sum_x2, sum_e2, _, _, _ = kernels.error_sums(x, outs[q], enc.scale, enc.zero_point, axis=axis)
                 self.err[(r, name)].add(sum_x2, sum_e2, x.size)
                 deq[r] = dequantize(outs[q], enc.scale, enc.zero_point, axis)
             for pair, a, b in self._pairs(deq):

@@ -14,6 +14,7 @@ import pytest
 import qaudit
 from qaudit.errors import ConfigError
 from qaudit.pipeline import capture as capture_module
+from qaudit.pipeline import session as session_module
 from qaudit.pipeline.trials import MapExecutor
 from qaudit.report import from_json, to_dict, to_json
 from qaudit.trials import OUTPUT_METRICS, plan, stats
@@ -48,6 +49,7 @@ def counted():
 
     mp = pytest.MonkeyPatch()
     mp.setattr(capture_module, "run_named", counting)
+    mp.setattr(session_module, "run_named", counting)  # the runtimes' sessions (qaudit.pipeline.runtimes)
     try:
         report = _audit(SAMPLE_CALIB, trials=TRIALS, seed=SEED)
     finally:
@@ -119,9 +121,12 @@ def test_the_fp32_graph_runs_once_per_evaluation_batch(counted):
     fp32 = [r for r in runs if r.startswith("folded_instrumented.onnx")]
     assert len(fp32) == batches  # one pass serves the main run and every trial
     for where in ["qaudit-"] + [f"trial{i}" for i in range(TRIALS)]:
-        q = [r for r in runs if r.startswith("quantized_instrumented.onnx@" + where)]
+        # the instrumented quantized graph (saved by the runtime beside the plain model) once per batch,
+        # plus once on the first batch beside the plain model (the deployment check, capture.py)
+        q = [r for r in runs if r.startswith("quantized.ort.onnx@" + where)]
+        plain = [r for r in runs if r.startswith("quantized.onnx@" + where)]
         iso = [r for r in runs if r.startswith("quantized_isolated.onnx@" + where)]
-        assert len(q) == len(iso) == batches, where
+        assert len(q) == batches + 1 and len(plain) == 1 and len(iso) == batches, where
 
 
 def test_a_map_executor_gives_the_same_trials(counted):
