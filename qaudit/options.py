@@ -262,6 +262,9 @@ class AuditConfig:
     #: several calibration methods, one run each (a multi-run report, qaudit.runs): each run's
     #: quantization, ``quant`` being the first's; empty for a single-method audit
     runs: tuple[QuantConfig, ...] = ()
+    #: a Ray cluster's address (``auto``: RAY_ADDRESS or the local ``ray start``): the evaluation
+    #: capture is sharded over its workers (qaudit.distributed); ``None``: this process only
+    ray_address: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "model", Path(self.model))

@@ -291,6 +291,14 @@ OPTIONS: tuple[Option, ...] = (
         bool_flags=("--isolated", "--no-isolated"),
     ),
     Option(
+        "ray_address",
+        "str",
+        "run on the Ray cluster at ADDRESS ('auto': RAY_ADDRESS or the local 'ray start'): the evaluation is "
+        'sharded over its workers, results identical to a local run (needs pip install "qaudit[ray]")',
+        group="measurement",
+        metavar="ADDRESS",
+    ),
+    Option(
         "output_model",
         "out",
         "write the quantized model that was audited; with several calibration methods the first run's, or one "
@@ -394,7 +402,7 @@ class Settings:
         # every other option named as its AuditConfig/QuantConfig field: one constructor for CLI and API
         fields = ("output_model", "batch_size", "batch_axis", "max_samples", "clip_percentile", "isolated", "format")
         fields += ("activation_type", "weight_type", "per_channel", "percentile", "calib_symmetric", "exclude")
-        fields += ("label_output", "class_outputs", "quantized", "overrides")
+        fields += ("label_output", "class_outputs", "quantized", "overrides", "ray_address")
         fields += ("calibrate_method", "num_bins", "num_quantized_bins", "moving_average", "averaging_constant")
         return audit_config(v["model"], v["calib"], v["eval"], v["labels"], **{k: v[k] for k in fields})
 

@@ -199,6 +199,10 @@ def audit(
     replaces it."""
     progress, clock = progress or NullProgress(), PhaseClock()
     kernels.name()  # a bad QAUDIT_KERNELS fails here, not on a worker thread
+    if cfg.ray_address is not None:  # no Ray, or no cluster there: one line before any work
+        from qaudit.distributed import connect
+
+        connect(cfg.ray_address)
     # 1. load and check the model, the data and the labels
     src = open_inputs(cfg)
     outputs = output_kinds(src.model.model, cfg.class_outputs, cfg.label_output, labelled=src.labels is not None)
@@ -309,20 +313,21 @@ def audit(
                 "capturing fp32 + quantized" + (f" ({quant.calibrate_method})" if cfg.runs else ""), src.n_eval
             )
             batches = src.evaluation.batches(batch_size, cfg.max_samples)
-            captured = capture(
-                fold.model,
-                qmodel,
-                matching,
-                batches,
-                run_work,
-                labels=src.labels,
-                outputs=outputs,
-                isolated=cfg.isolated,
-                tensor_bytes=tensor_bytes,
-                on_batch=progress.advance,
-                model_name=f"model {cfg.model}",
-                plain_path=q_path,
-            )
+            options = dict(outputs=outputs, isolated=cfg.isolated, tensor_bytes=tensor_bytes)
+            options["model_name"] = f"model {cfg.model}"
+            if cfg.ray_address is not None:  # shards of the batches as Ray tasks, their meters merged
+                from qaudit.distributed import sharded_capture
+
+                n_batches = -(-src.n_eval // batch_size)
+                captured = sharded_capture(
+                    cfg.ray_address, fold.model, qmodel, matching, batches, run_work, n_batches=n_batches,
+                    labels=src.labels, on_batch=progress.advance, **options,
+                )  # fmt: skip
+            else:
+                captured = capture(
+                    fold.model, qmodel, matching, batches, run_work, labels=src.labels, on_batch=progress.advance,
+                    plain_path=q_path, **options,
+                )  # fmt: skip
             clock.lap("capture")
             # 6. measure every row, assemble the report
             rows = layer_rows(fold.model, qmodel, matching, fold.folded, captured.meter, cfg.clip_percentile, run_work)
@@ -337,6 +342,7 @@ def audit(
             facts.quantizer = quantizer
             facts.label_output = outputs.label_output
             facts.plain_outputs = captured.plain_outputs
+            facts.ray = captured.ray
             if given is not None:
                 facts.quantized = given_facts(given, qmodel, cfg)
             report = build_report(

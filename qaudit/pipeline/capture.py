@@ -38,6 +38,8 @@ class Captured:
     #: graph outputs on which the instrumented quantized graph differed from a plain session on the
     #: first batch: every output is then measured from a plain session (see :func:`capture`)
     plain_outputs: tuple[str, ...] = ()
+    #: how a Ray run sharded the capture (qaudit.distributed.sharded_capture); None: in this process
+    ray: dict | None = None
 
 
 def capture(
@@ -54,6 +56,7 @@ def capture(
     on_batch: Callable[[int], None] | None = None,
     model_name: str = "the model",
     plain_path: Path | None = None,
+    first: dict[str, np.ndarray] | None = None,
 ) -> Captured:
     """Run the instrumented fp32, quantized and isolated-error graphs in lockstep
     and stream their tensors into the meters.
@@ -70,6 +73,11 @@ def capture(
     plain session is dropped; otherwise it is kept, the model outputs are measured
     from it, and :attr:`Captured.plain_outputs` names the outputs that differed
     (the layer rows still come from the instrumented graph).
+
+    ``first``: the evaluation's first batch, when ``batches`` are a later shard of
+    it (:mod:`qaudit.distributed`): the plain-session check runs on it, and what
+    each output holds is decided from it, as a capture of every batch decides them
+    (the shards' meters then merge into that capture's).
     """
     vtypes = {
         vi.name: vi.type.tensor_type.elem_type
@@ -86,7 +94,8 @@ def capture(
         advice=QUANTIZER_AT_FAULT,
     )
     batches = iter(batches)
-    head = next(batches, None)
+    own = next(batches, None)
+    head = first if first is not None else own
     out_names = [o.name for o in qmodel.graph.output]
     plain, differed = None, []
     if head is not None:
@@ -101,7 +110,8 @@ def capture(
         del ref, got
         if not differed:
             plain = None  # the instrumented graph is the deployed one: free the second session
-        batches = itertools.chain([head], batches)
+    if own is not None:
+        batches = itertools.chain([own], batches)
     iso_session, iso_inputs = None, {}
     if isolated and matching.twins:
         iso_model, iso_inputs = isolated_model(qmodel, matching.twins, shifted)
@@ -117,6 +127,8 @@ def capture(
         ActivationMeter(matching)
     ]
     out_meter = OutputMeter(outputs or output_kinds(fp32_model, labelled=labels is not None))
+    if first is not None:
+        out_meter.prime(run_named(fp32_session, first))
     seen = 0
 
     def run_batch(feeds):

@@ -401,6 +401,11 @@ class ClipCounter:
         self.outside += outside
         self.count += count
 
+    def merge(self, other: ClipCounter) -> ClipCounter:
+        self.outside += other.outside
+        self.count += other.count
+        return self
+
     @property
     def fraction(self) -> float:
         return self.outside / self.count if self.count else math.nan
@@ -489,6 +494,22 @@ class OutputAccumulator:
             self.correct_fp32 += int(np.sum(ax == labels))
             self.correct_q += int(np.sum(ay == labels))
             self.labelled += len(labels)
+
+    def merge(self, other: OutputAccumulator) -> OutputAccumulator:
+        """Add ``other``'s samples (the same output, measured on other batches): counts and maxima
+        exactly, sums up to float64 rounding of their order."""
+        if (other.kind, other.probabilities) != (self.kind, self.probabilities):
+            raise ValueError(f"output '{self.name}': cannot merge accumulators measuring it differently")
+        self.err.merge(other.err)
+        if not math.isnan(self.max_abs) and (math.isnan(other.max_abs) or other.max_abs > self.max_abs):
+            self.max_abs = other.max_abs  # NaN stays NaN, as in update()
+        if self.classification is None or other.classification is None:
+            self.classification = other.classification if self.classification is None else self.classification
+        else:
+            self.classification = self.classification and other.classification
+        for name in ("n", "ce_sum", "h_sum", "agree", "correct_fp32", "correct_q", "labelled"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
 
     @property
     def rel_error(self) -> float:
