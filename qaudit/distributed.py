@@ -241,3 +241,109 @@ def merge_captured(parts: list, ray_info: dict | None = None):
         meter.merge(p.meter)
         outputs.merge(p.outputs)
     return Captured(meter, outputs, sum(p.samples for p in parts), head.plain_outputs, ray_info)
+
+
+# ----------------------------------------------------------- many tasks (qaudit sweep; the seam of qaudit fix)
+
+
+def map_tasks(address: str, fn, items, on_done=None) -> list:
+    """``[fn(item) for item in items]``, one Ray task per item, retried when its worker dies.
+
+    ``fn`` returns its errors rather than raising them (:func:`qaudit.sweep.run_job`); an
+    item that still fails (a task lost ``MAX_RETRIES`` times) raises. ``on_done(i)``: item ``i``
+    finished. The results come back in the items' order."""
+    ray = connect(address)
+    task = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(fn)
+    refs = [task.remote(item) for item in items]
+    index = {ref: i for i, ref in enumerate(refs)}
+    results: dict[int, object] = {}
+    pending = list(refs)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                results[index[ref]] = ray.get(ref)
+                if on_done is not None:
+                    on_done(index[ref])
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+    return [results[i] for i in range(len(refs))]
+
+
+def _files_of(path: Path) -> dict[str, bytes]:
+    """A file, or every file under a folder, by path relative to ``path`` (``""``: the file itself)."""
+    if path.is_file():
+        return {"": path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _external_files(model_path: Path) -> dict[str, bytes]:
+    """The external data files a model refers to, by location (relative to its folder)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    m = onnx.load(str(model_path), load_external_data=False)
+    locs = {ExternalDataInfo(t).location for t in _get_all_tensors(m) if uses_external_data(t)}
+    return {loc: (model_path.parent / loc).read_bytes() for loc in sorted(locs)}
+
+
+def shipped_jobs(jobs: list) -> list:
+    """The jobs of a sweep with their model and data files in Ray's object store: each
+    distinct file or folder is put once and shared by every job that reads it."""
+    ray = require_ray()
+    refs: dict[Path, object] = {}
+
+    def ref_of(path, read=_files_of):
+        key = (Path(path).resolve(), read)
+        if key not in refs:
+            refs[key] = ray.put(read(Path(path)))
+        return refs[key]
+
+    out = []
+    for job in jobs:
+        cfg = job.cfg
+        files = {"model": ref_of(job.model), "model_data": ref_of(job.model, _external_files)}
+        for name in ("calib", "eval", "labels"):
+            value = getattr(cfg, name)
+            if isinstance(value, Path):
+                files[name] = ref_of(value)
+        out.append((job, files))
+    return out
+
+
+class unshipped:
+    """``with unshipped(shipped) as job``: the job's files written into a temporary folder on
+    this worker, the job's paths pointing at them; removed on exit."""
+
+    def __init__(self, shipped):
+        self.job, self.files = shipped
+        self.tmp = None
+
+    def __enter__(self):
+        import ray
+
+        self.tmp = tempfile.TemporaryDirectory(prefix="qaudit-job-")
+        root = Path(self.tmp.name)
+        paths = {}
+        for name, ref in self.files.items():
+            content = ray.get(ref)
+            if name == "model_data":
+                continue
+            original = self.job.model if name == "model" else getattr(self.job.cfg, name)
+            target = root / name / original.name
+            for rel, data in content.items():
+                p = target / rel if rel else target
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_bytes(data)
+            paths[name] = target
+        for loc, data in ray.get(self.files["model_data"]).items():  # beside the model, as it refers to them
+            (paths["model"].parent / loc).write_bytes(data)
+        changes = {k: v for k, v in paths.items() if k != "model"}
+        from dataclasses import replace
+
+        cfg = self.job.cfg.replace(model=paths["model"], **changes)
+        return replace(self.job, cfg=cfg)
+
+    def __exit__(self, *exc):
+        self.tmp.cleanup()

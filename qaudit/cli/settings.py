@@ -714,13 +714,15 @@ def resolve(
     cli: Mapping[str, object],
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    file: tuple[Path, dict] | None = None,
 ) -> Settings:
     """The settings of ``command`` ("audit" or "report") from every source, in precedence order.
 
     ``cli`` holds only what the command line set explicitly (option name ->
     value; gate options as lists of ``[GLOB=]VALUE`` strings; ``config`` for
     ``--config``). ``environ`` defaults to ``os.environ``, ``cwd`` to the
-    current directory.
+    current directory. ``file``: a table read elsewhere and where it came from (one
+    point of a ``qaudit sweep`` file), in place of the config file.
     """
     environ = os.environ if environ is None else environ
     cwd = Path.cwd() if cwd is None else Path(cwd)
@@ -738,7 +740,7 @@ def resolve(
         sources[o.name] = "default"
 
     # 2. the config file -----------------------------------------------------
-    found = find_config(cli.get("config"), environ, cwd)
+    found = find_config(cli.get("config"), environ, cwd) if file is None else (*file, "")
     config_file = None
     if found is not None:
         config_file, table, prefix = found
