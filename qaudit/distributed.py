@@ -283,7 +283,10 @@ def _external_files(model_path: Path) -> dict[str, bytes]:
     import onnx
     from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
-    m = onnx.load(str(model_path), load_external_data=False)
+    try:
+        m = onnx.load(str(model_path), load_external_data=False)
+    except Exception:  # not a model: the task's audit reports it, in its row
+        return {}
     locs = {ExternalDataInfo(t).location for t in _get_all_tensors(m) if uses_external_data(t)}
     return {loc: (model_path.parent / loc).read_bytes() for loc in sorted(locs)}
 
@@ -292,6 +295,8 @@ def shipped_jobs(jobs: list) -> list:
     """The jobs of a sweep with their model and data files in Ray's object store: each
     distinct file or folder is put once and shared by every job that reads it."""
     ray = require_ray()
+    if not ray.is_initialized():  # ray.put would start a Ray of its own, on the machine's address
+        raise RuntimeError("shipped_jobs needs a connection: qaudit.distributed.connect(address) first")
     refs: dict[Path, object] = {}
 
     def ref_of(path, read=_files_of):

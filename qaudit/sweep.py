@@ -249,8 +249,9 @@ def run_jobs(
 def run(sweep: Sweep, workers: int = 1, ray_address: str | None = None, on_done=None) -> list[Outcome]:
     jobs = list(sweep.jobs)
     if ray_address is not None:
-        from qaudit.distributed import shipped_jobs
+        from qaudit.distributed import connect, shipped_jobs
 
+        connect(ray_address)  # before anything goes to the object store (ray.put would start a local Ray)
         # the capture of each audit stays in its task (one task per model x setting)
         jobs = shipped_jobs([replace(j, cfg=j.cfg.replace(ray_address=None)) for j in jobs])
         outcomes = run_jobs(run_shipped_job, jobs, ray_address=ray_address, on_done=on_done)
@@ -265,10 +266,15 @@ def run_shipped_job(shipped) -> Outcome:
     job = shipped[0]
     with unshipped(shipped) as local:
         outcome = run_job(local)
+    paths = {str(local.cfg.model): str(job.model)} | {
+        str(getattr(local.cfg, k)): str(getattr(job.cfg, k)) for k in ("calib", "eval", "labels")
+        if isinstance(getattr(job.cfg, k), Path)}  # fmt: skip
     if outcome.report is not None:  # the report names the user's files, not the worker's copies
-        outcome.report = _renamed(outcome.report, {str(local.model): str(job.model)} | {
-            str(getattr(local.cfg, k)): str(getattr(job.cfg, k)) for k in ("calib", "eval", "labels")
-            if isinstance(getattr(job.cfg, k), Path)})  # fmt: skip
+        outcome.report = _renamed(outcome.report, paths)
+    if outcome.row.get("error"):
+        for copy, original in paths.items():
+            outcome.row["error"] = outcome.row["error"].replace(copy, original)
+    outcome.row["model"] = str(job.model)
     return outcome
 
 

@@ -133,3 +133,47 @@ class Cluster:
                 except ProcessLookupError:
                     pass
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Killer:
+    """Kills the first worker process that announces itself in ``folder`` (a file named by its pid):
+    ``with Killer(folder) as k: ...``, then ``k.killed`` holds the pid."""
+
+    def __init__(self, folder: Path, timeout: float = 60):
+        import threading
+
+        self.folder, self.timeout, self.killed = folder, timeout, []
+        folder.mkdir(parents=True, exist_ok=True)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline and not self.killed:
+            for p in self.folder.iterdir():
+                try:
+                    os.kill(int(p.name), signal.SIGKILL)
+                    self.killed.append(int(p.name))
+                except ProcessLookupError:
+                    pass
+                break
+            time.sleep(0.1)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.thread.join()
+
+
+def announcing(fn, folder: Path, wait: float = 1.5):
+    """``fn`` that first writes its process id into ``folder`` and waits ``wait`` seconds (for a
+    :class:`Killer`); pickled by value, so a Ray worker runs it."""
+    folder = str(folder)
+
+    def run(*args):
+        Path(folder, str(os.getpid())).touch()
+        time.sleep(wait)
+        return fn(*args)
+
+    return run

@@ -15,6 +15,7 @@ def ray_cluster():
     saved = dict(os.environ)
     os.environ.update(loopback_env())  # the driver (this process) talks to the nodes on loopback only
     cluster = Cluster(cpus=1, worker_cpus=1)
+    os.environ["RAY_ADDRESS"] = cluster.address  # a stray ray.init() joins it instead of starting a Ray elsewhere
     try:
         yield cluster
     finally:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 import pytest
 
 import qaudit
@@ -13,6 +10,7 @@ from qaudit.options import audit_config
 from qaudit.report import to_dict
 
 from ..conftest import SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_LABELS, SAMPLE_MODEL
+from .cluster import Killer, announcing
 from .compare import differences
 
 pytestmark = [pytest.mark.extra, pytest.mark.ray]
@@ -62,45 +60,10 @@ def test_a_worker_killed_mid_audit_is_retried_and_the_report_is_identical(ray_cl
     """Kill the worker process running a shard: Ray retries the task, nothing is lost or counted twice."""
     from qaudit import distributed
 
-    slow = distributed._capture_shard
-
-    mark = ray_cluster.tmp / "running"
-    mark.mkdir(exist_ok=True)
-    mark_dir = str(mark)
-
-    def shard_that_waits(*args):  # long enough for the test to find and kill the worker process
-        import os
-        import pathlib
-
-        pathlib.Path(mark_dir, f"{os.getpid()}").touch()
-        time.sleep(1.5)
-        return slow(*args)
-
-    monkeypatch.setattr(distributed, "_capture_shard", shard_that_waits)
-    killed: list[int] = []
-
-    def killer():
-        import os
-        import signal
-
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not killed:
-            for p in mark.iterdir():
-                pid = int(p.name)
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    killed.append(pid)
-                except ProcessLookupError:
-                    pass
-                break
-            time.sleep(0.1)
-
-    t = threading.Thread(target=killer)
-    t.start()
-    try:
+    folder = ray_cluster.tmp / "audit-tasks"
+    monkeypatch.setattr(distributed, "_capture_shard", announcing(distributed._capture_shard, folder))
+    with Killer(folder) as k:
         got = to_dict(qaudit.audit(_cfg(ray_address=ray_cluster.address)))
-    finally:
-        t.join()
-    assert killed, "no shard's worker was found to kill"
+    assert k.killed, "no shard's worker was found to kill"
     assert differences(local_report, got) == []
     assert got["data"] == local_report["data"]  # every sample counted once
