@@ -277,3 +277,33 @@ def test_merging_an_all_zero_histogram_into_a_wider_one():
     got = _hist_of([x], axis=1).merge(zeros)
     np.testing.assert_array_equal(got.hist, want.hist)
     np.testing.assert_array_equal(got.ch_hist, want.ch_hist)
+
+
+def test_output_accumulators_merge_as_one_over_every_batch():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(40, 5))
+    y = x + rng.normal(scale=0.1, size=x.shape)
+    labels = rng.integers(0, 5, size=40)
+    batches = [(a, a + 5) for a in range(0, 40, 5)]
+    one = OutputAccumulator("out")
+    for a, b in batches:  # the same batches, seen by one accumulator or by three shards of them
+        one.update(x[a:b], y[a:b], labels[a:b])
+    parts = [OutputAccumulator("out") for _ in range(3)]
+    for acc, shard in zip(parts, (batches[:1], batches[1:6], batches[6:])):
+        for a, b in shard:
+            acc.update(x[a:b], y[a:b], labels[a:b])
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    got, want = merged.result(), one.result()
+    for k in ("top1_agreement", "acc_fp32", "acc_int8", "acc_drop_pct", "max_abs_error", "kind"):
+        assert got[k] == want[k], k
+    for k in ("qce", "qkl", "qmse", "sqnr_db", "rel_error"):
+        assert got[k] == pytest.approx(want[k], rel=1e-12), k
+    with pytest.raises(ValueError, match="differently"):
+        OutputAccumulator("out", probabilities=True).merge(one)
+
+
+def test_clip_counters_merge():
+    a, b = ClipCounter(-1.0, 1.0), ClipCounter(-1.0, 1.0)
+    a.update(np.array([-2.0, 0.0, 3.0]))
+    b.update(np.array([0.5, 1.5]))
+    assert a.merge(b).fraction == 3 / 5
