@@ -64,13 +64,14 @@ def connect(address: str):
     fails instead of summing differently)."""
     ray = require_ray()
     import qaudit
+    from qaudit.cli.settings import ENV_KERNELS
     from qaudit.pipeline import kernels
 
     if ray.is_initialized():
         return ray
     env = {
         "py_modules": [str(Path(qaudit.__file__).parent)],
-        "env_vars": {kernels.ENV: kernels.name(), "RAY_USAGE_STATS_ENABLED": "0"},
+        "env_vars": {ENV_KERNELS: kernels.name(), "RAY_USAGE_STATS_ENABLED": "0"},
     }
     try:
         ray.init(address=address, runtime_env=env, logging_level="ERROR", log_to_driver=False)

@@ -67,11 +67,10 @@ from pathlib import Path
 #: 4 - the multi-run document (several calibration methods in one audit, :mod:`qaudit.runs`):
 #:     ``{"format", "runs": [{"name", <a version 3 report's sections>}], "gates"}``. A single-run
 #:     audit still writes version 3; :func:`load_report` reads both.
-#: 5 - adds ``meta.ray`` (absent without ``--ray-address``): how a Ray run sharded the capture,
-#:     ``address``, ``shards``, ``cpus``, and ``kernels``, the per-value loops every worker ran
-#:     (qaudit.distributed); nothing else changes, so a version 5 report reads as a version 3 one.
-FORMAT_VERSION = 5
-READABLE_VERSIONS = (1, 2, 3, 5)
+#: (``meta.ray``, how a Ray run sharded the capture, is an optional addition within version 3:
+#: absent without ``--ray-address``; docs/json-format.md)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ def test_json_format_and_meta(sample_report_json):
     import onnxruntime
 
     d = sample_report_json
-    assert d["format"] == {"name": "qaudit-report", "version": 5}
+    assert d["format"] == {"name": "qaudit-report", "version": 3}
     assert set(d) >= {
         "format",
         "meta",

@@ -34,5 +34,14 @@ def test_a_sweep_on_ray_gives_the_local_table_with_a_worker_killed(ray_cluster, 
         if a.report is not None:  # the same audit, naming the user's files
             assert without_clock(to_dict(b.report)) == without_clock(to_dict(a.report))
             assert b.report.model["path"] == a.report.model["path"]
-    p = run_cli("sweep", str(path), "--ray-address", ray_cluster.address, "--quiet", timeout=180)
+    # the command line: the file's ray_address, one setting (2 tasks), the table as CSV
+    small = write_sweep(
+        tmp_path / "cli", grid='calibrate_method = ["minmax"]', extra=f'ray_address = "{ray_cluster.address}"'
+    )
+    p = run_cli("sweep", str(small), "--csv", "-", "--quiet", timeout=180)
     assert p.returncode == 1 and p.stderr == "", p.stderr
+    cli_rows = p.stdout.splitlines()[1:]
+    assert [r.split(",")[2] for r in cli_rows] == ["pass", "error"]
+    assert cli_rows[0].split(",")[4:14] == [
+        "" if v is None else repr(v) if isinstance(v, float) else str(v) for v in list(local[0].row.values())[4:14]
+    ]
