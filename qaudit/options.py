@@ -276,6 +276,9 @@ class AuditConfig:
     #: names (``ort``, ``ort-sim``, ``openvino``, ``ort:PROVIDER``; an item may hold several,
     #: comma-separated) or :class:`qaudit.pipeline.runtimes.Runtime` objects
     runtimes: tuple = ("ort",)
+    #: a Ray cluster's address (``auto``: RAY_ADDRESS or the local ``ray start``): the evaluation
+    #: capture is sharded over its workers (qaudit.distributed); ``None``: this process only
+    ray_address: str | None = None
 
     def __post_init__(self):
         if isinstance(self.preprocess, (str, Mapping)):

@@ -83,6 +83,7 @@ from pathlib import Path
 #:     Also ``trials`` (absent without ``--trials``): the calibration trials' subsets and the mean,
 #:     std (ddof=1), min and max of every layer's and output's metrics (:mod:`qaudit.trials`).
 #:     With several ``--runtimes``, ``runtimes``: every runtime's layer and output metrics.
+#:     ``meta.ray`` (absent without ``--ray-address``): how a Ray run sharded the capture.
 FORMAT_VERSION = 5
 READABLE_VERSIONS = (1, 2, 3, 5)
 

@@ -209,6 +209,70 @@ def build_compare_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_sweep_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="qaudit sweep",
+        description="Audit many models x settings from one sweep file (models or globs, calib, eval, labels, a "
+        "[grid] of settings, [gates]) and write one table and an aligned N-way comparison (docs/sweep.md).",
+        epilog="Exit codes: 0 every audit ran and passed its gates, 1 an audit failed a gate or had an error (its "
+        "row says which), 2 usage/sweep file error, 3 internal error.",
+    )
+    p.add_argument("sweep", type=Path, metavar="SWEEP.toml", help="the sweep file")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="audits at once, in N local processes")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="one Ray task per model x setting on the cluster at ADDRESS ('auto': RAY_ADDRESS or the local "
+        "'ray start'; default: the sweep file's ray_address, else local)",
+    )
+    p.add_argument("--csv", metavar="PATH", default=None, help="write the table as CSV ('-' for stdout)")
+    p.add_argument("--json", metavar="PATH", default=None, help="write the table and every report as JSON")
+    p.add_argument("--html", metavar="PATH", default=None, help="write the N-way overlay of the audits (HTML)")
+    p.add_argument("--quiet", action="store_true", help="print no table")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _run_sweep(args) -> int:
+    from qaudit import sweep
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, not {args.workers}")
+    plan = sweep.load(args.sweep)
+    address = args.ray_address or plan.ray_address
+    if address is not None:
+        from qaudit.distributed import connect
+
+        connect(address)
+    inputs = {"sweep file": args.sweep} | {f"model {j.model}": j.model for j in plan.jobs}
+    for j in plan.jobs[:1]:  # the shared data
+        inputs |= {name: getattr(j.cfg, name) for name in ("calib", "eval", "labels")}
+    outs = check_outputs(
+        {"--csv": args.csv, "--json": args.json, "--html": args.html}, inputs, sorted({j.model for j in plan.jobs})
+    )
+    with outs:
+        outcomes = sweep.run(plan, args.workers, address)
+        texts = {}
+        if "--csv" in outs:
+            texts["--csv"] = sweep.csv_text(outcomes)
+        if "--json" in outs:
+            texts["--json"] = sweep.json_text(plan, outcomes)
+        if "--html" in outs:
+            from qaudit.renderers import render
+
+            overlay = sweep.comparison(outcomes)
+            if overlay is None:
+                raise ConfigError("--html: the N-way overlay needs at least two audits that finished")
+            texts["--html"] = render(overlay, "html", worst=0)
+        outs.commit(texts)
+    if not args.quiet:
+        to_stdout = any(t.kind == "stdout" for t in outs.targets.values())
+        (sys.stderr if to_stdout else sys.stdout).write(sweep.table_text(outcomes, args.sweep.resolve().parent))
+    ok = all(o.row["status"] in ("ok", "pass") for o in outcomes)
+    return EXIT_OK if ok else EXIT_GATE
+
+
 def _tolerances(items: list[str]) -> dict:
     from qaudit.comparison.result import DEFAULT_TOLERANCES
 
@@ -483,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
 
         args = build_fix_parser().parse_args(argv[1:])
         run = run_fix
+    elif argv and argv[0] == "sweep":
+        args = build_sweep_parser().parse_args(argv[1:])
+        run = _run_sweep
     else:
         args = build_parser().parse_args(argv)
         run = _run_audit

@@ -335,6 +335,14 @@ OPTIONS: tuple[Option, ...] = (
         one_per_flag=True,
     ),
     Option(
+        "ray_address",
+        "str",
+        "run on the Ray cluster at ADDRESS ('auto': RAY_ADDRESS or the local 'ray start'): the evaluation is "
+        'sharded over its workers, results identical to a local run (needs pip install "qaudit[ray]")',
+        group="measurement",
+        metavar="ADDRESS",
+    ),
+    Option(
         "output_model",
         "out",
         "write the quantized model that was audited; with several calibration methods the first run's, or one "
@@ -438,7 +446,7 @@ class Settings:
         # every other option named as its AuditConfig/QuantConfig field: one constructor for CLI and API
         fields = ("output_model", "batch_size", "batch_axis", "max_samples", "clip_percentile", "isolated", "format")
         fields += ("activation_type", "weight_type", "per_channel", "percentile", "calib_symmetric", "exclude")
-        fields += ("label_output", "class_outputs", "quantized", "overrides", "runtimes")
+        fields += ("label_output", "class_outputs", "quantized", "overrides", "runtimes", "ray_address")
         fields += ("calibrate_method", "num_bins", "num_quantized_bins", "moving_average", "averaging_constant")
         fields += ("preprocess", "class_names", "seed", "trial_fraction")
         trials = {"trials": v["trials"]} if v.get("trials") else {}
@@ -797,13 +805,15 @@ def resolve(
     cli: Mapping[str, object],
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    file: tuple[Path, dict] | None = None,
 ) -> Settings:
     """The settings of ``command`` ("audit" or "report") from every source, in precedence order.
 
     ``cli`` holds only what the command line set explicitly (option name ->
     value; gate options as lists of ``[GLOB=]VALUE`` strings; ``config`` for
     ``--config``). ``environ`` defaults to ``os.environ``, ``cwd`` to the
-    current directory.
+    current directory. ``file``: a table read elsewhere and where it came from (one
+    point of a ``qaudit sweep`` file), in place of the config file.
     """
     environ = os.environ if environ is None else environ
     cwd = Path.cwd() if cwd is None else Path(cwd)
@@ -821,7 +831,7 @@ def resolve(
         sources[o.name] = "default"
 
     # 2. the config file -----------------------------------------------------
-    found = find_config(cli.get("config"), environ, cwd)
+    found = find_config(cli.get("config"), environ, cwd) if file is None else (*file, "")
     config_file = None
     if found is not None:
         config_file, table, prefix = found

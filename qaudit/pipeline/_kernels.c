@@ -205,7 +205,7 @@ PyDoc_STRVAR(bin_values_doc,
 "bin_values(x, pre, post, T, hist, ch_hist, cmin, cmax, at_min, at_max)\n\n"
 "One pass of ``RangeHistogram.update`` over ``x`` (float32, [pre, C, post]\n"
 "C-contiguous, finite, |x| <= T, T > 0): adds each value's fine bin\n"
-"``min(int32((x + T) * (bins / 2T)), bins - 1)`` (float32 arithmetic) to ``hist``\n"
+"``min(floor(x * (bins / 2T)) + bins / 2, bins - 1)`` (exact: a power-of-two scale) to ``hist``\n"
 "(int64 [bins]) and its coarse bin ``fine >> log2(bins / channel_bins)`` to its\n"
 "channel's row of ``ch_hist`` (int64 [C, channel_bins]); writes to ``at_min`` and\n"
 "``at_max`` (int64 [C]) how many values of each channel equal ``cmin``/``cmax``\n"
@@ -259,7 +259,8 @@ bin_values(PyObject *self, PyObject *args)
     int bad = 0;
     Py_BEGIN_ALLOW_THREADS
     int32_t fine[BIN_BLOCK];
-    const float Tf = (float)T, scale = (float)((double)bins / (2.0 * T)), last = (float)(bins - 1), top = (float)bins;
+    const float scale = (float)((double)bins / (2.0 * T)), half = (float)(bins / 2);
+    const int32_t ihalf = (int32_t)(bins / 2), ilast = (int32_t)(bins - 1);
     int64_t pending = 0; /* values in the copies of hist since they were last added */
     memset(at_min, 0, C * sizeof(int64_t));
     memset(at_max, 0, C * sizeof(int64_t));
@@ -278,12 +279,15 @@ bin_values(PyObject *self, PyObject *args)
                 int32_t nan_or_out = 0, b_lo = 0, b_hi = 0;
                 for (Py_ssize_t i = 0; i < m; i++) {
                     const float v = xb[i];
-                    float t = v + Tf;
-                    t *= scale;
-                    nan_or_out |= (int32_t)!(t >= 0.0f) | (int32_t)!(t <= top); /* |x| <= T gives t <= bins */
-                    t = t < last ? t : last;
-                    t = t > 0.0f ? t : 0.0f; /* keeps the cast defined; such a value fails above */
-                    fine[i] = (int32_t)t;
+                    float t = v * scale; /* exact: scale is a power of two (an underflow gives -0, below) */
+                    nan_or_out |= (int32_t)!(t >= -half) | (int32_t)!(t <= half); /* |x| <= T */
+                    t = t < half ? t : half;
+                    t = t > -half ? t : -half; /* keeps the cast defined; such a value fails above */
+                    int32_t f = (int32_t)t;
+                    f -= (int32_t)(t < (float)f);                 /* truncation to floor */
+                    f -= (int32_t)(t == 0.0f) & (int32_t)(v < 0.0f); /* a negative value that underflowed */
+                    f += ihalf;
+                    fine[i] = f < ilast ? f : ilast;
                     b_lo += v == lo;
                     b_hi += v == hi;
                 }

@@ -62,6 +62,8 @@ class RunFacts:
     #: --quantized: the user's model, the settings read from it, the options that did not apply
     #: (qaudit.pipeline.prequant.given_facts); None when qaudit quantized the model
     quantized: dict | None = None
+    #: --ray-address: the capture's shards and the kernels every worker ran (qaudit.distributed); None: local
+    ray: dict | None = None
 
 
 def versions() -> dict:
@@ -180,6 +182,7 @@ def build_report(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "seconds": clock.total(),
             "phase_seconds": clock.phases,
+            **({"ray": facts.ray} if facts.ray else {}),
         },
         model={
             "path": str(cfg.model),

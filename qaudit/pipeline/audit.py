@@ -26,7 +26,7 @@ from typing import Protocol
 
 import onnx
 
-from qaudit.errors import OutputError
+from qaudit.errors import ConfigError, OutputError
 from qaudit.options import SIXTEEN_BIT_OPSET, AuditConfig, QuantConfig
 from qaudit.output import atomic_path
 from qaudit.pipeline import kernels
@@ -278,6 +278,18 @@ def capture_runs(ctx: Context, runs: list[Run], on_batch=None) -> list[Captured]
     for i, r in enumerate(runs):
         groups.setdefault(frozenset(r.matching.twins), []).append(i)
     captures: dict[int, Captured] = {}
+    if cfg.ray_address is not None:  # each run's batches sharded as Ray tasks, their meters merged
+        from qaudit.distributed import sharded_capture
+
+        n_batches = -(-src.n_eval // ctx.batch_size)
+        for i, r in enumerate(runs):
+            captures[i] = sharded_capture(
+                cfg.ray_address, ctx.fold.model, r.qmodel, r.matching,
+                src.evaluation.batches(ctx.batch_size, cfg.max_samples), r.work, n_batches=n_batches,
+                labels=src.labels, on_batch=on_batch if i == 0 else None, outputs=ctx.outputs,
+                isolated=cfg.isolated, tensor_bytes=ctx.tensor_bytes, model_name=f"model {cfg.model}",
+            )  # fmt: skip
+        return [captures[i] for i in range(len(runs))]
     for g, members in enumerate(groups.values()):
         got = capture_many(
             ctx.fold.model,
@@ -310,6 +322,7 @@ def run_report(ctx: Context, run: Run, captured, clock: PhaseClock) -> Report:
     facts.quantizer = run.quantizer
     facts.label_output = ctx.outputs.label_output
     facts.plain_outputs = captured.plain_outputs
+    facts.ray = captured.ray
     if ctx.given is not None:
         facts.quantized = given_facts(ctx.given, run.qmodel, cfg)
     src = ctx.src
@@ -346,6 +359,15 @@ def audit(
     progress, clock = progress or NullProgress(), PhaseClock()
     kernels.name()  # a bad QAUDIT_KERNELS fails here, not on a worker thread
     runtimes = parse_runtimes(cfg.runtimes)  # an unknown or missing runtime fails before any work
+    if cfg.ray_address is not None:  # no Ray, or no cluster there: one line before any work
+        from qaudit.distributed import connect
+
+        connect(cfg.ray_address)
+        if len(runtimes) > 1:
+            raise ConfigError(
+                "--ray-address shards the capture in one runtime: give one --runtimes entry with it, "
+                "or audit the runtimes on one machine"
+            )
     # 1. load and check the model, the data and the labels
     src = open_inputs(cfg)
     if cfg.trials:  # subsets that cannot be drawn (too few files) fail before any model runs

@@ -42,6 +42,9 @@ class Captured:
     #: the other runtimes' measurements (``--runtimes`` with more than one), else ``None``
     runtimes: RuntimeMeter | None = None
 
+    #: how a Ray run sharded the capture (qaudit.distributed.sharded_capture); None: in this process
+    ray: dict | None = None
+
 
 @dataclass
 class QuantizedSide:
@@ -71,7 +74,7 @@ def capture(
     ``options`` (keywords): ``labels``, ``outputs`` (what each model output holds, default:
     :func:`~qaudit.pipeline.measure.output_kinds`), ``isolated``, ``tensor_bytes``,
     ``on_batch`` (``on_batch(n)`` is called after each batch of ``n`` samples is measured),
-    ``model_name`` and ``runtimes``, as :func:`capture_many` takes them.
+    ``model_name``, ``runtimes`` and ``first``, as :func:`capture_many` takes them.
 
     Deployment truth is checked, not assumed: the first batch also runs on a plain
     session of the quantized model (``plain_path``, saved from ``qmodel`` if not
@@ -80,6 +83,11 @@ def capture(
     plain session is dropped; otherwise it is kept, the model outputs are measured
     from it, and :attr:`Captured.plain_outputs` names the outputs that differed
     (the layer rows still come from the instrumented graph).
+
+    ``first``: the evaluation's first batch, when ``batches`` are a later shard of
+    it (:mod:`qaudit.distributed`): the plain-session check runs on it, and what
+    each output holds is decided from it, as a capture of every batch decides them
+    (the shards' meters then merge into that capture's).
     """
     return capture_many(fp32_model, [QuantizedSide(qmodel, matching, work, plain_path)], batches, work, **options)[0]
 
@@ -97,6 +105,7 @@ def capture_many(
     on_batch: Callable[[int], None] | None = None,
     model_name: str = "the model",
     runtimes: Sequence[Runtime] | None = None,
+    first: dict[str, np.ndarray] | None = None,
 ) -> list[Captured]:
     """:func:`capture` of several quantized graphs of one fp32 graph (the runs of a multi-run
     audit) on one pass over ``batches``: the fp32 session runs once per batch, and every
@@ -115,6 +124,11 @@ def capture_many(
     isolated-error graphs as above; every other one runs each quantized graph once more per
     batch (:func:`open_runtime`, the same check per runtime), measured on its own thread
     into :attr:`Captured.runtimes` (a :class:`~qaudit.pipeline.measure.RuntimeMeter`).
+
+    ``first``: the evaluation's first batch, when ``batches`` are a later shard of
+    it (:mod:`qaudit.distributed`): the plain-session check runs on it, and what
+    each output holds is decided from it, as a capture of every batch decides them
+    (the shards' meters then merge into that capture's).
     """
     if not sides:
         return []
@@ -137,12 +151,18 @@ def capture_many(
         if vi.type.tensor_type.HasField("shape")
     }
     batches = iter(batches)
-    head = next(batches, None)
+    own = next(batches, None)
+    head = first if first is not None else own
     kinds = outputs or output_kinds(fp32_model, labelled=labels is not None)
     runners = [_QuantRunner(side, head, isolated, runtimes, shapes, kinds) for side in sides]
-    if head is not None:
-        batches = itertools.chain([head], batches)
+    if own is not None:
+        batches = itertools.chain([own], batches)
     meters, out_meters, seen = [], [OutputMeter(kinds) for _ in sides], [0] * len(sides)
+    if first is not None:  # a later shard: what each output holds decided as on the first batch
+        a = run_named(fp32_session, first)
+        for m in out_meters:
+            m.prime(a)
+        del a
     for side in sides:
         measured = side.matching.measured
         sizes = {n: (tensor_bytes or {}).get(tw.fp32_name, 1) for n, tw in measured.items()}

@@ -148,11 +148,16 @@ def _np_bin_values(m, T, hist, ch_hist, cmin, cmax) -> tuple[np.ndarray, np.ndar
         hist[bins // 2] += m.size
         ch_hist[:, channel_bins // 2] += m.size // C
         return n_min, n_max
-    # fine bin = floor((x + T) * bins / 2T), computed in float32. T >= max|x|, so
-    # x + T >= 0 (rounding is monotonic) and the cast's truncation is floor;
-    # only x == T reaches ``bins`` and is clamped into the last bin.
-    t = m + np.float32(T)
-    t *= np.float32(bins / (2 * T))
+    # fine bin = floor(x * bins / 2T) + bins / 2: exact, the scale being a power of two
+    # (T is), so a value's bin on a grid 2T is its bin on T merged pairwise, and the
+    # histogram does not depend on how the data was batched (RangeHistogram._grow).
+    # Only x == T reaches ``bins`` and is clamped into the last bin.
+    scale = np.float32(bins / (2 * T))
+    t = m * scale
+    np.floor(t, out=t)
+    if scale < 1:  # a tiny negative value may underflow to -0 (floor -1, not 0)
+        t[(t == 0) & (m < 0)] = -1
+    t += np.float32(bins // 2)
     np.minimum(t, np.float32(bins - 1), out=t)
     fine = t.astype(np.int32)
     del t
@@ -374,8 +379,8 @@ def bin_values(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Add ``m`` ([pre, C, post], float32, ``max|m| <= T``) to a range histogram on ``[-T, T]``.
 
-    Each value's fine bin ``min(int32((x + T) * (bins / 2T)), bins - 1)`` (in
-    float32) is counted in ``hist`` ([bins]), its coarse bin (the fine bin
+    Each value's fine bin ``min(floor(x * (bins / 2T)) + bins / 2, bins - 1)`` (exact:
+    the scale is a power of two) is counted in ``hist`` ([bins]), its coarse bin (the fine bin
     ``// (bins / channel_bins)``) in its channel's row of ``ch_hist`` ([C,
     channel_bins]); with ``T == 0`` every value is in the middle bin. Returns
     how many values of each channel equal ``cmin`` and ``cmax`` (that

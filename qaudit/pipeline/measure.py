@@ -99,6 +99,24 @@ class ActivationMeter:
                 getattr(out, attr_name).update(getattr(m, attr_name))
         return out
 
+    def merge(self, other: ActivationMeter) -> ActivationMeter:
+        """Add ``other``'s statistics of the same twins, measured on other batches (a shard of the
+        evaluation data): histograms, counts and extremes exactly as if one meter had seen both
+        (:meth:`RangeHistogram.merge`), sums of squares up to float64 rounding of their order."""
+        if set(other.names) != set(self.names):
+            raise ValueError("cannot merge meters of different twins")
+        self.flush()
+        other.flush()
+        for n in self.names:
+            self.hist[n].merge(other.hist[n])
+            self.err[n].merge(other.err[n])
+            self.iso[n].merge(other.iso[n])
+            if n in self.clip:
+                self.clip[n].merge(other.clip[n])
+            if n in other.axis:
+                self.axis.setdefault(n, other.axis[n])
+        return self
+
     def update(
         self, fp32: dict[str, np.ndarray], quant: dict[str, np.ndarray], isolated: dict[str, np.ndarray] | None = None
     ) -> None:
@@ -306,13 +324,29 @@ class OutputMeter:
         self.acc: dict[str, OutputAccumulator] = {}
         self.label_output = kinds.label_output
 
-    def update(self, fp32: dict, quant: dict, labels: np.ndarray | None) -> None:
+    def prime(self, fp32: dict) -> None:
+        """Decide what each output holds from ``fp32`` (the first batch's outputs) without measuring
+        it: a meter of a later shard of the data decides as the meter of the first one does."""
         for name in self.names:
-            x, y = fp32[name], quant[name]
             if name not in self.acc:
                 kind = self.kinds.kinds[name]
+                x = fp32[name]
                 probs = name in self.kinds.probabilities or (kind == "class" and looks_like_probabilities(x))
                 self.acc[name] = OutputAccumulator(name, probabilities=probs, kind=kind)
+
+    def merge(self, other: OutputMeter) -> OutputMeter:
+        """Add ``other``'s samples (another shard of the evaluation data, after this one's)."""
+        for name, acc in other.acc.items():
+            if name in self.acc:
+                self.acc[name].merge(acc)
+            else:
+                self.acc[name] = acc
+        return self
+
+    def update(self, fp32: dict, quant: dict, labels: np.ndarray | None) -> None:
+        self.prime(fp32)
+        for name in self.names:
+            x, y = fp32[name], quant[name]
             lab = labels if name == self.label_output else None
             if lab is not None and (x.ndim != 2 or x.shape[1] < 2):
                 raise DataError(

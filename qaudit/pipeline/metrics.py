@@ -189,12 +189,27 @@ class RangeHistogram:
         self.count = 0
 
     @staticmethod
-    def _grow(h: np.ndarray) -> np.ndarray:
+    def _grow(h: np.ndarray, at_T: np.ndarray | int = 0) -> np.ndarray:
+        """``h`` on the grid ``[-T, T]`` as on ``[-2T, 2T]``: bins merged pairwise, which is exact
+        (a value's fine bin is ``floor(x * bins / 2T) + bins / 2``, ``kernels.bin_values``), except
+        for the values equal to ``T``, clamped into the last bin: ``at_T`` (per row of ``h``) of
+        them move to the bin holding ``T`` on the new grid. So the histogram of a tensor does not
+        depend on how its values were batched, nor on how shards of them are merged."""
         n = h.shape[-1]
         merged = h[..., 0::2] + h[..., 1::2]
         out = np.zeros_like(h)
         out[..., n // 4 : n // 4 + n // 2] = merged
+        out[..., 3 * n // 4 - 1] -= at_T
+        out[..., 3 * n // 4] += at_T
         return out
+
+    def _grow_once(self, hist, ch_hist, T, ch_max, ch_at_max):
+        """``hist`` and ``ch_hist`` of a histogram on ``[-T, T]`` (its channel maxima and their counts)
+        grown to ``[-2T, 2T]``."""
+        at_T = np.where(ch_max == T, ch_at_max, 0) if ch_max is not None else np.zeros(1, dtype=np.int64)
+        hist = self._grow(hist, int(at_T.sum()))
+        ch_hist = self._grow(ch_hist, at_T) if ch_hist is not None else None
+        return hist, ch_hist
 
     def _ensure_T(self, amax: float) -> None:
         if self.T == 0.0:
@@ -202,11 +217,9 @@ class RangeHistogram:
             if self.T and self.T < amax:  # float rounding at exact powers
                 self.T *= 2
             return
-        while amax > self.T:
+        while amax > self.T:  # ch_max, ch_at_max: the batches binned so far (this one is binned after)
+            self.hist, self.ch_hist = self._grow_once(self.hist, self.ch_hist, self.T, self.ch_max, self.ch_at_max)
             self.T *= 2
-            self.hist = self._grow(self.hist)
-            if self.ch_hist is not None:
-                self.ch_hist = self._grow(self.ch_hist)
 
     def update(self, x: np.ndarray, axis: int | None) -> None:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -250,8 +263,10 @@ class RangeHistogram:
         bh, bch = b.hist.copy(), b.ch_hist.copy()
         t = b.T
         while t < a.T:
+            if t == 0.0:  # every value of b is 0, in the middle bin on any grid
+                break
+            bh, bch = self._grow_once(bh, bch, t, b.ch_max, b.ch_at_max)
             t *= 2
-            bh, bch = self._grow(bh), self._grow(bch)
         self.T = a.T
         self.hist = a.hist + bh
         self.ch_hist = a.ch_hist + bch
@@ -385,6 +400,11 @@ class ClipCounter:
         """Add counts computed elsewhere (``kernels.error_sums``)."""
         self.outside += outside
         self.count += count
+
+    def merge(self, other: ClipCounter) -> ClipCounter:
+        self.outside += other.outside
+        self.count += other.count
+        return self
 
     @property
     def fraction(self) -> float:
@@ -521,6 +541,22 @@ class OutputAccumulator:
             self.correct_fp32 += int(np.sum(ax == labels))
             self.correct_q += int(np.sum(ay == labels))
             self.labelled += len(labels)
+
+    def merge(self, other: OutputAccumulator) -> OutputAccumulator:
+        """Add ``other``'s samples (the same output, measured on other batches): counts and maxima
+        exactly, sums up to float64 rounding of their order."""
+        if (other.kind, other.probabilities) != (self.kind, self.probabilities):
+            raise ValueError(f"output '{self.name}': cannot merge accumulators measuring it differently")
+        self.err.merge(other.err)
+        if not math.isnan(self.max_abs) and (math.isnan(other.max_abs) or other.max_abs > self.max_abs):
+            self.max_abs = other.max_abs  # NaN stays NaN, as in update()
+        if self.classification is None or other.classification is None:
+            self.classification = other.classification if self.classification is None else self.classification
+        else:
+            self.classification = self.classification and other.classification
+        for name in ("n", "ce_sum", "h_sum", "agree", "correct_fp32", "correct_q", "labelled"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        return self
 
     @property
     def rel_error(self) -> float:

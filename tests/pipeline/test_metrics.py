@@ -221,3 +221,89 @@ def test_sequence_probabilities_are_scored_per_position():
     logits.update(a, b)
     pa, pb = _softmax(a.reshape(6, 5)), _softmax(b.reshape(6, 5))
     assert logits.result()["qce"] == pytest.approx(np.mean(-np.sum(pa * np.log(pb), axis=1)))
+
+
+def _edge_values(rng, T: float, n: int, shape) -> np.ndarray:
+    """float32 values on the edges of the fine grid on [-T, T] and 1-2 ulps either side, tiny
+    negatives (which float32 ``x + T`` rounds up to the middle bin) and T itself."""
+    k = rng.integers(-1024, 1024, size=n)
+    edges = (k * (2 * T / 2048)).astype(np.float32)
+    steps = rng.integers(-2, 3, size=n).astype(np.float32)
+    toward = np.where(steps > 0, np.float32(np.inf), np.float32(-np.inf))
+    x = np.where(steps == 0, edges, np.nextafter(edges, toward))
+    x = np.where(np.abs(steps) == 2, np.nextafter(x, toward), x)
+    x[: n // 8] = -rng.uniform(1e-9, 1e-6, size=n // 8).astype(np.float32) * T
+    x[n // 8 : n // 8 + 5] = T
+    return rng.permutation(x).astype(np.float32).reshape(shape)
+
+
+@pytest.mark.parametrize("kernel", ["c", "numpy"])
+def test_histogram_on_bin_edges_is_exactly_independent_of_batching_and_sharding(kernel, monkeypatch):
+    """Values on the bin edges (and exactly at T) binned on a grid that later grows land where a
+    one-shot binning puts them: a shard's histogram merged into another's, or batches binned as the
+    range widens, give the one-shot counts exactly (a sharded audit's histograms equal a local one's)."""
+    from qaudit.pipeline import kernels
+
+    if kernel == "c" and kernels.compiled is None:
+        pytest.skip("qaudit's C kernels are not built")
+    monkeypatch.setenv(kernels.ENV, kernel)
+    rng = np.random.default_rng(7)
+    # ranges growing batch by batch (T = 1, 2, 4, 8), 3 channels, values on the fine edges of each
+    parts = [_edge_values(rng, T, 3 * 4096, (4, 3, 1024)) for T in (1.0, 2.0, 4.0, 8.0, 1.0)]
+    x = np.concatenate(parts)
+    one = _hist_of([x], axis=1)
+    # the exact bins of each value on the final grid, in float64 (no rounding: a power-of-two scale)
+    fine = np.minimum(np.floor(x.astype(np.float64) * 2048 / (2 * one.T)).astype(np.int64) + 1024, 2047)
+    np.testing.assert_array_equal(one.hist, np.bincount(fine.ravel(), minlength=2048))
+    per_channel = np.moveaxis(fine // 8, 1, 0).reshape(3, -1)
+    np.testing.assert_array_equal(one.ch_hist, np.stack([np.bincount(c, minlength=256) for c in per_channel]))
+    batched = _hist_of(parts, axis=1)
+    shards = [_hist_of(parts[i : i + 2], axis=1) for i in range(0, len(parts), 2)]
+    merged = RangeHistogram()
+    for s in shards[::-1]:  # any order
+        merged.merge(s)
+    for h in (batched, merged):
+        assert h.T == one.T and h.count == one.count and (h.min, h.max) == (one.min, one.max)
+        np.testing.assert_array_equal(h.hist, one.hist)
+        np.testing.assert_array_equal(h.ch_hist, one.ch_hist)
+        np.testing.assert_array_equal(h.ch_at_max, one.ch_at_max)
+        np.testing.assert_array_equal(h.ch_at_min, one.ch_at_min)
+
+
+def test_merging_an_all_zero_histogram_into_a_wider_one():
+    zeros = _hist_of([np.zeros((2, 3, 4), np.float32)], axis=1)
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4) - 11
+    want = _hist_of([np.zeros((2, 3, 4), np.float32), x], axis=1)
+    got = _hist_of([x], axis=1).merge(zeros)
+    np.testing.assert_array_equal(got.hist, want.hist)
+    np.testing.assert_array_equal(got.ch_hist, want.ch_hist)
+
+
+def test_output_accumulators_merge_as_one_over_every_batch():
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(40, 5))
+    y = x + rng.normal(scale=0.1, size=x.shape)
+    labels = rng.integers(0, 5, size=40)
+    batches = [(a, a + 5) for a in range(0, 40, 5)]
+    one = OutputAccumulator("out")
+    for a, b in batches:  # the same batches, seen by one accumulator or by three shards of them
+        one.update(x[a:b], y[a:b], labels[a:b])
+    parts = [OutputAccumulator("out") for _ in range(3)]
+    for acc, shard in zip(parts, (batches[:1], batches[1:6], batches[6:])):
+        for a, b in shard:
+            acc.update(x[a:b], y[a:b], labels[a:b])
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    got, want = merged.result(), one.result()
+    for k in ("top1_agreement", "acc_fp32", "acc_int8", "acc_drop_pct", "max_abs_error", "kind"):
+        assert got[k] == want[k], k
+    for k in ("qce", "qkl", "qmse", "sqnr_db", "rel_error"):
+        assert got[k] == pytest.approx(want[k], rel=1e-12), k
+    with pytest.raises(ValueError, match="differently"):
+        OutputAccumulator("out", probabilities=True).merge(one)
+
+
+def test_clip_counters_merge():
+    a, b = ClipCounter(-1.0, 1.0), ClipCounter(-1.0, 1.0)
+    a.update(np.array([-2.0, 0.0, 3.0]))
+    b.update(np.array([0.5, 1.5]))
+    assert a.merge(b).fraction == 3 / 5

@@ -147,3 +147,31 @@ def test_overlay_page(quick):
     assert 'id="alignment"' in page  # the compare machinery's alignment table heads the page
     for r in _csv_rows(out):
         assert f"{r['arch']}__{r['init']}" in page
+
+
+def test_the_sweep_file_has_the_study_settings(tmp_path):
+    """studies/init/sweep.toml audits the trained models as study.py does (its quant_config and audit)."""
+    import importlib.util
+    import shutil
+
+    from qaudit import sweep
+
+    spec = importlib.util.spec_from_file_location("init_study", SCRIPT)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    # the study's layout: work/models/*.onnx and work/data/*.npy beside the sweep file
+    root = tmp_path / "init"
+    (root / "work" / "models").mkdir(parents=True)
+    (root / "work" / "data").mkdir()
+    shutil.copy(REPO / "samples" / "digits" / "model.onnx", root / "work" / "models" / "conv_bn__he_normal.onnx")
+    for name in ("calib.npy", "test.npy", "test_labels.npy"):
+        (root / "work" / "data" / name).write_bytes(b"")
+    shutil.copy(SCRIPT.parent / "sweep.toml", root / "sweep.toml")
+    (job,) = sweep.load(root / "sweep.toml").jobs
+    want = study.quant_config()
+    got = job.cfg.quant
+    for field in ("format", "activation_type", "weight_type", "per_channel", "calibrate_method", "percentile"):
+        assert getattr(got, field) == getattr(want, field), field
+    assert got.calib_symmetric == study.CALIB_SYMMETRIC
+    assert job.cfg.batch_size == study.AUDIT_BATCH and job.cfg.clip_percentile == 1.0
+    assert job.cfg.eval.name == "test.npy" and job.cfg.labels.name == "test_labels.npy"

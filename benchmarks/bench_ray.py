@@ -1,0 +1,217 @@
+"""Benchmark: qaudit on a Ray cluster against the same work run locally (issue 21 item 5).
+
+One run measures, on this machine, with a two-node Ray cluster on loopback
+addresses (tests/distributed/cluster.py: head 127.0.0.2, worker node 127.0.0.3,
+one CPU each, so two Ray worker processes):
+
+1. a sweep of 8 models of the init study (studies/init: 4 architectures x 2
+   initializations, trained here for one epoch; the training is set-up, not
+   timed): sequential (``qaudit sweep``), ``--workers 2`` (local processes) and
+   ``--ray-address`` (one task per model);
+2. one audit of PP-OCRv4 det at 320x320, N = 512 (samples/realworld/build.py,
+   evaluation data = calibration data as in bench_audit.py): local, and sharded
+   with ``--ray-address`` over one and over two worker CPUs (the shard scaling).
+
+Each run is a ``python -m qaudit`` child. Wall time is the child's; peak RSS is
+each process's own high-water mark (``VmHWM`` in /proc, sampled every 0.2 s):
+the driver, each pool or Ray worker process that ran qaudit, and Ray's own
+daemons (raylet, GCS, ...) summed. Every byte stays on loopback.
+
+    python benchmarks/bench_ray.py --out ray.json        # needs the realmodels, init-study and ray extras
+    python benchmarks/bench_ray.py --quick               # N = 64, 4 models: a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.distributed.cluster import Cluster, loopback_env  # noqa: E402
+
+ARCHS = ("conv_bn", "conv", "dwsep_bn", "dwsep")
+INITS = ("he_normal", "glorot_uni_6")
+
+
+class Watch:
+    """Peak RSS (VmHWM) of every process that matters, sampled until :meth:`stop`."""
+
+    def __init__(self, root_pid: int, cluster_tmp: str | None):
+        self.root, self.tmp = root_pid, cluster_tmp
+        self.peak: dict[int, tuple[str, int]] = {}
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _kind(self, pid: int, cmd: str, parents: dict) -> str | None:
+        p = pid
+        while p > 1:
+            if p == self.root:
+                return "driver" if pid == self.root else "local worker"
+            p = parents.get(p, 1)
+        if cmd.startswith("ray::"):
+            return "ray worker"
+        if self.tmp and self.tmp in cmd:
+            return "ray daemons"
+        return None
+
+    def _run(self):
+        while not self._stop.is_set():
+            parents, cmds = {}, {}
+            for d in os.listdir("/proc"):
+                if not d.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                    with open(f"/proc/{d}/cmdline", "rb") as f:
+                        cmds[int(d)] = f.read().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+            for pid, cmd in cmds.items():
+                kind = self._kind(pid, cmd, parents)
+                if kind is None:
+                    continue
+                try:
+                    with open(f"/proc/{pid}/status") as f:
+                        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+                except (OSError, StopIteration):
+                    continue
+                old = self.peak.get(pid, (kind, 0))
+                self.peak[pid] = (kind if not cmd.startswith("ray::IDLE") else old[0], max(old[1], hwm))
+            self._stop.wait(0.2)
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self.thread.join()
+        out: dict[str, list[int]] = {}
+        for kind, kib in self.peak.values():
+            out.setdefault(kind, []).append(kib // 1024)
+        summary = {k: sorted(v, reverse=True) for k, v in out.items() if k != "ray daemons"}
+        if "ray daemons" in out:
+            summary["ray daemons (sum)"] = [sum(out["ray daemons"])]
+        return summary
+
+
+def run(label: str, args: list[str], env: dict, cluster_tmp: str | None = None) -> dict:
+    t0 = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-m", "qaudit", *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+    watch = Watch(p.pid, cluster_tmp)
+    out, err = p.communicate()
+    wall = time.perf_counter() - t0
+    rss = watch.stop()
+    if p.returncode not in (0, 1):
+        raise SystemExit(f"{label}: exit {p.returncode}: {err[-2000:]}")
+    ray_workers = [m for m in rss.get("ray worker", []) if m > 150]  # the workers that ran qaudit
+    print(f"{label:<38} {wall:8.1f} s   peak RSS MB: " + ", ".join(f"{k} {v}" for k, v in rss.items()), flush=True)
+    return {"label": label, "wall_s": round(wall, 2), "peak_rss_mb": rss, "busy_ray_workers": len(ray_workers)}
+
+
+def train_models(work: Path, env: dict) -> None:
+    names = ",".join(f"{a}__{i}" for a in ARCHS for i in INITS)
+    if len(list((work / "models").glob("*.onnx"))) >= len(ARCHS) * len(INITS):
+        return
+    t = time.perf_counter()
+    cmd = [sys.executable, str(REPO / "studies" / "init" / "study.py"), "--only", names, "--epochs", "1",
+           "--work", str(work), "--out", str(work / "study-out"), "--no-plots"]  # fmt: skip
+    subprocess.run(cmd, env=env, check=True, capture_output=True)
+    print(f"  trained {len(ARCHS) * len(INITS)} init-study models (1 epoch) in {time.perf_counter() - t:.0f} s")
+
+
+def det_inputs(work: Path, n: int) -> tuple[Path, Path]:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("realworld_build", REPO / "samples" / "realworld" / "build.py")
+    b = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(b)
+    out = work / f"det_n{n}"
+    calib = out / "det" / "calib"
+    if not (calib.is_dir() and any(calib.glob("*.npy"))):
+        t = time.perf_counter()
+        b.build(out, only=("det",), n_calib=n, n_eval=0)
+        print(f"  built det N={n} in {time.perf_counter() - t:.0f} s")
+    return b.model_path(out / "det"), calib
+
+
+def capture_seconds(report: Path) -> dict:
+    d = json.loads(report.read_text())
+    return {"phases": d["meta"]["phase_seconds"], "ray": d["meta"].get("ray")}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work-ray", help="models, data, reports")
+    ap.add_argument("--n", type=int, default=512, help="PP-OCR det samples (default 512)")
+    ap.add_argument("--quick", action="store_true", help="N = 64 and 4 models")
+    ap.add_argument("--out", type=Path, default=None, help="write every measurement as JSON")
+    args = ap.parse_args(argv)
+    global ARCHS, INITS
+    if args.quick:
+        args.n, ARCHS, INITS = 64, ARCHS[:2], INITS
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    env = loopback_env()
+    env.update(NO_COLOR="1", COLUMNS="200")
+    env.pop("QAUDIT_KERNELS", None)
+    results: dict = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}, "runs": []}
+
+    train_models(work / "init", env)
+    sweep = work / "init" / "sweep.toml"
+    sweep.write_text((REPO / "studies" / "init" / "sweep.toml").read_text())  # work/... relative to it
+    (work / "init" / "work").mkdir(exist_ok=True)
+    for sub in ("models", "data"):
+        link = work / "init" / "work" / sub
+        if not link.exists():
+            link.symlink_to(work / "init" / sub)
+    det_model, det_calib = det_inputs(work, args.n)
+
+    print(f"\nsweep of {len(ARCHS) * len(INITS)} init-study models; PP-OCRv4 det@320 N={args.n}\n", flush=True)
+    runs = results["runs"]
+    runs.append(run("sweep, sequential", ["sweep", str(sweep), "--json", str(work / "sweep-seq.json")], env))
+    runs.append(run("sweep, --workers 2", ["sweep", str(sweep), "--workers", "2"], env))
+    det = [str(det_model), "--calib", str(det_calib)]
+    runs.append(run("det audit, local", [*det, "--json", str(work / "det-local.json")], env))
+    runs[-1]["report"] = capture_seconds(work / "det-local.json")
+    for cpus in (1, 2):
+        cluster = Cluster(cpus=1, worker_cpus=cpus - 1, object_store_mb=1500)
+        try:
+            cenv = {**env, **cluster.env}
+            tmp = str(cluster.tmp)
+            if cpus == 2:
+                runs.append(run("sweep, --ray-address (2 workers)", ["sweep", str(sweep), "--ray-address",
+                                                                    cluster.address], cenv, tmp))  # fmt: skip
+            out = work / f"det-ray{cpus}.json"
+            runs.append(run(f"det audit, --ray-address ({cpus} worker{'s' * (cpus > 1)})",
+                            [*det, "--ray-address", cluster.address, "--json", str(out)], cenv, tmp))  # fmt: skip
+            runs[-1]["report"] = capture_seconds(out)
+        finally:
+            cluster.stop()
+    # the arithmetic: the driver's part (everything but the capture) stays; the capture divides
+    local = next(r for r in runs if r["label"] == "det audit, local")["report"]["phases"]
+    c1 = next(r for r in runs if "1 worker)" in r["label"])["report"]["phases"]["capture"]
+    c2 = next(r for r in runs if "2 workers)" in r["label"] and "det" in r["label"])["report"]["phases"]["capture"]
+    results["scaling"] = {
+        "local_capture_s": local["capture"],
+        "local_other_s": round(sum(v for k, v in local.items() if k != "capture"), 2),
+        "ray_capture_1_s": c1,
+        "ray_capture_2_s": c2,
+        "capture_speedup_1_to_2": round(c1 / c2, 2) if c2 else None,
+        "ray_capture_overhead_1_s": round(c1 - local["capture"], 2),
+    }
+    print(json.dumps(results["scaling"], indent=1))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,355 @@
+"""Ray: one audit's evaluation capture sharded over a cluster, and a sweep's audits as tasks.
+
+Imported only when ``--ray-address`` (``ray_address``) is given: qaudit without
+Ray works as before. What runs where (docs/distributed.md):
+
+* the driver (the process running ``qaudit``) loads, prepares, calibrates and
+  quantizes exactly as a local audit does: calibration is one pass, in order
+  (ORT's histogram collector widens its range batch by batch), so the ranges and
+  the quantized model are the local run's, byte for byte;
+* the evaluation batches are cut into consecutive shards; each shard is one Ray
+  task (:func:`_capture_shard`) that runs :func:`qaudit.pipeline.capture.capture`
+  on its batches and returns its meters. The driver merges them in shard order
+  (:meth:`ActivationMeter.merge`, :meth:`OutputMeter.merge`): counts, histograms,
+  extremes and encodings exactly the local run's (a histogram does not depend on
+  how its values are batched, :class:`~qaudit.pipeline.metrics.RangeHistogram`),
+  sums of squares and of cross-entropies up to float64 rounding of their order:
+  SQNR, QMSE and QCE within :data:`SUM_RTOL` of the local run's (tested);
+* models and data reach the workers through Ray's object store (nothing assumes
+  a shared filesystem), qaudit itself through the job's ``runtime_env``
+  (``py_modules``: the driver's qaudit, its C kernels included), and every worker
+  must run the driver's per-value kernels (``QAUDIT_KERNELS``): a mismatch is an
+  error, since C and numpy sums differ in the last bits;
+* a worker that dies is retried by Ray (``max_retries``): a shard's result is
+  whole or absent, so nothing is lost or counted twice.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from qaudit.errors import ConfigError, QauditError
+
+#: the relative bound on SQNR, QMSE, QCE (any float64 sum) between a sharded and a local run:
+#: each sum is a float64 sum of per-batch float64 sums, regrouped into at most a few thousand
+#: shard sums: its relative change is below shards * 2**-53 ~ 1e-13; 1e-9 leaves room
+SUM_RTOL = 1e-9
+#: Ray's retries of a task whose worker died (its default is 3; explicit, as it is the promise)
+MAX_RETRIES = 3
+#: shards per CPU of the cluster: more shards balance the load and lose less to a dead worker,
+#: each costs its sessions' creation
+SHARDS_PER_CPU = 2
+PIP_HINT = 'pip install "qaudit[ray]"'
+
+
+def require_ray():
+    """The ``ray`` module, or a :class:`ConfigError` saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(f"--ray-address needs Ray, which is not installed: {PIP_HINT}") from None
+    return ray
+
+
+def connect(address: str):
+    """Connect to the Ray cluster at ``address`` (``auto``: ``RAY_ADDRESS``, or the local ``ray start``).
+
+    The workers import the driver's qaudit (``runtime_env`` ``py_modules``) and run its per-value
+    kernels (``QAUDIT_KERNELS`` set to the driver's choice: a worker without the C kernels then
+    fails instead of summing differently)."""
+    ray = require_ray()
+    import qaudit
+    from qaudit.cli.settings import ENV_KERNELS
+    from qaudit.pipeline import kernels
+
+    if ray.is_initialized():
+        return ray
+    env = {
+        "py_modules": [str(Path(qaudit.__file__).parent)],
+        "env_vars": {ENV_KERNELS: kernels.name(), "RAY_USAGE_STATS_ENABLED": "0"},
+    }
+    try:
+        ray.init(address=address, runtime_env=env, logging_level="ERROR", log_to_driver=False)
+    except ConnectionError as e:
+        raise ConfigError(f"--ray-address {address}: cannot connect to a Ray cluster there: {e}") from None
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"--ray-address {address}: {str(e).splitlines()[0]}") from None
+    return ray
+
+
+def cluster_cpus(ray) -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+# ----------------------------------------------------------- models through the object store
+
+
+def pack_model(model, base_dir: Path | None) -> tuple[bytes, dict[str, bytes]]:
+    """``model`` serialized, and the files of its external data (read from ``base_dir``)."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    files: dict[str, bytes] = {}
+    for t in _get_all_tensors(model):
+        if uses_external_data(t):
+            loc = ExternalDataInfo(t).location
+            if loc not in files:
+                files[loc] = (Path(base_dir or ".") / loc).read_bytes()
+    return model.SerializeToString(), files
+
+
+def unpack_model(packed: tuple[bytes, dict[str, bytes]], work: Path):
+    """The model of :func:`pack_model`, its external data files written into ``work``."""
+    import onnx
+
+    data, files = packed
+    for loc, content in files.items():
+        (work / loc).write_bytes(content)
+    m = onnx.ModelProto()
+    m.ParseFromString(data)
+    return m
+
+
+# ----------------------------------------------------------- the sharded capture
+
+
+def _capture_shard(fp32, qmodel, matching, batches, first, labels, options, kernels_name):
+    """One shard of the evaluation capture, on a worker: its meters, and the kernels it ran."""
+    from qaudit.pipeline import kernels
+    from qaudit.pipeline.capture import capture
+
+    ran = kernels.name()
+    if ran != kernels_name:
+        raise ConfigError(
+            f"a Ray worker runs qaudit's {ran} kernels and the driver its {kernels_name} kernels: their sums "
+            f"differ in the last bits; install qaudit the same way on every node, or set QAUDIT_KERNELS=numpy"
+        )
+    with tempfile.TemporaryDirectory(prefix="qaudit-shard-") as tmp:
+        work = Path(tmp)
+        captured = capture(
+            unpack_model(fp32, work),
+            unpack_model(qmodel, work),
+            matching,
+            batches,
+            work,
+            labels=labels,
+            first=first,
+            **options,
+        )
+    captured.meter.flush()
+    return captured, ran
+
+
+def sharded_capture(
+    address: str,
+    fp32_model,
+    qmodel,
+    matching,
+    batches: Iterable[dict[str, np.ndarray]],
+    work: Path,
+    *,
+    n_batches: int,
+    labels: np.ndarray | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    **options,
+):
+    """:func:`~qaudit.pipeline.capture.capture` over a Ray cluster: the same :class:`Captured`.
+
+    ``n_batches``: how many batches ``batches`` yields (it sets the shard size). At most two
+    shards per CPU are in the object store at once; each shard's samples are reported to
+    ``on_batch`` when its task returns."""
+    from qaudit.pipeline import kernels
+    from qaudit.pipeline.data import samples
+
+    ray = connect(address)
+    cpus = cluster_cpus(ray)
+    per_shard = max(1, math.ceil(n_batches / (SHARDS_PER_CPU * cpus)))
+    task = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_capture_shard)
+    fp32_ref = ray.put(pack_model(fp32_model, work))
+    q_ref = ray.put(pack_model(qmodel, work))
+    matching_ref = ray.put(matching)
+    name = kernels.name()
+    pending: dict = {}  # ref -> shard index
+    results: dict[int, object] = {}
+    sizes: dict[int, int] = {}
+    first_ref = None
+    seen = 0
+
+    def collect(block: bool):
+        if not pending:
+            return
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=None if block else 0)
+        for ref in done:
+            i = pending.pop(ref)
+            try:
+                results[i] = ray.get(ref)
+            except ray.exceptions.RayTaskError as e:
+                cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else None
+                if isinstance(cause, QauditError):
+                    raise cause from None
+                raise
+            if on_batch is not None:
+                on_batch(sizes[i])
+
+    def submit(shard: list, index: int):
+        nonlocal first_ref
+        n = sum(samples(f) for f in shard)
+        lab = labels[seen : seen + n] if labels is not None else None
+        sizes[index] = n
+        if first_ref is None:
+            first_ref = ray.put(shard[0])
+        first = None if index == 0 else first_ref
+        ref = task.remote(fp32_ref, q_ref, matching_ref, ray.put(shard), first, lab, options, name)
+        pending[ref] = index
+        return n
+
+    try:
+        shard: list = []
+        index = 0
+        for feeds in batches:
+            shard.append(feeds)
+            if len(shard) == per_shard:
+                seen += submit(shard, index)
+                shard, index = [], index + 1
+                while len(pending) >= SHARDS_PER_CPU * cpus:
+                    collect(block=True)
+        if shard:
+            seen += submit(shard, index)
+            index += 1
+        while pending:
+            collect(block=True)
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+    ran = sorted({k for _, k in results.values()})
+    if ran != [name]:  # each task checks it; a report states it
+        raise ConfigError(f"the Ray workers ran the {', '.join(ran)} kernels, the driver its {name} kernels")
+    info = {"address": address, "shards": index, "cpus": cpus, "kernels": name}
+    return merge_captured([results[i][0] for i in range(index)], info)
+
+
+def merge_captured(parts: list, ray_info: dict | None = None):
+    """One :class:`Captured` from the shards' (in shard order)."""
+    from qaudit.pipeline.capture import Captured
+
+    head = parts[0]
+    meter, outputs = head.meter, head.outputs
+    for p in parts[1:]:
+        meter.merge(p.meter)
+        outputs.merge(p.outputs)
+    return Captured(meter, outputs, sum(p.samples for p in parts), head.plain_outputs, ray_info)
+
+
+# ----------------------------------------------------------- many tasks (qaudit sweep; the seam of qaudit fix)
+
+
+def map_tasks(address: str, fn, items, on_done=None) -> list:
+    """``[fn(item) for item in items]``, one Ray task per item, retried when its worker dies.
+
+    ``fn`` returns its errors rather than raising them (:func:`qaudit.sweep.run_job`); an
+    item that still fails (a task lost ``MAX_RETRIES`` times) raises. ``on_done(i)``: item ``i``
+    finished. The results come back in the items' order."""
+    ray = connect(address)
+    task = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(fn)
+    refs = [task.remote(item) for item in items]
+    index = {ref: i for i, ref in enumerate(refs)}
+    results: dict[int, object] = {}
+    pending = list(refs)
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                results[index[ref]] = ray.get(ref)
+                if on_done is not None:
+                    on_done(index[ref])
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+    return [results[i] for i in range(len(refs))]
+
+
+def _files_of(path: Path) -> dict[str, bytes]:
+    """A file, or every file under a folder, by path relative to ``path`` (``""``: the file itself)."""
+    if path.is_file():
+        return {"": path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _external_files(model_path: Path) -> dict[str, bytes]:
+    """The external data files a model refers to, by location (relative to its folder)."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    try:
+        m = onnx.load(str(model_path), load_external_data=False)
+    except Exception:  # not a model: the task's audit reports it, in its row
+        return {}
+    locs = {ExternalDataInfo(t).location for t in _get_all_tensors(m) if uses_external_data(t)}
+    return {loc: (model_path.parent / loc).read_bytes() for loc in sorted(locs)}
+
+
+def shipped_jobs(jobs: list) -> list:
+    """The jobs of a sweep with their model and data files in Ray's object store: each
+    distinct file or folder is put once and shared by every job that reads it."""
+    ray = require_ray()
+    if not ray.is_initialized():  # ray.put would start a Ray of its own, on the machine's address
+        raise RuntimeError("shipped_jobs needs a connection: qaudit.distributed.connect(address) first")
+    refs: dict[Path, object] = {}
+
+    def ref_of(path, read=_files_of):
+        key = (Path(path).resolve(), read)
+        if key not in refs:
+            refs[key] = ray.put(read(Path(path)))
+        return refs[key]
+
+    out = []
+    for job in jobs:
+        cfg = job.cfg
+        files = {"model": ref_of(job.model), "model_data": ref_of(job.model, _external_files)}
+        for name in ("calib", "eval", "labels"):
+            value = getattr(cfg, name)
+            if isinstance(value, Path):
+                files[name] = ref_of(value)
+        out.append((job, files))
+    return out
+
+
+class unshipped:
+    """``with unshipped(shipped) as job``: the job's files written into a temporary folder on
+    this worker, the job's paths pointing at them; removed on exit."""
+
+    def __init__(self, shipped):
+        self.job, self.files = shipped
+        self.tmp = None
+
+    def __enter__(self):
+        import ray
+
+        self.tmp = tempfile.TemporaryDirectory(prefix="qaudit-job-")
+        root = Path(self.tmp.name)
+        paths = {}
+        for name, ref in self.files.items():
+            content = ray.get(ref)
+            if name == "model_data":
+                continue
+            original = self.job.model if name == "model" else getattr(self.job.cfg, name)
+            target = root / name / original.name
+            for rel, data in content.items():
+                p = target / rel if rel else target
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_bytes(data)
+            paths[name] = target
+        for loc, data in ray.get(self.files["model_data"]).items():  # beside the model, as it refers to them
+            (paths["model"].parent / loc).write_bytes(data)
+        changes = {k: v for k, v in paths.items() if k != "model"}
+        from dataclasses import replace
+
+        cfg = self.job.cfg.replace(model=paths["model"], **changes)
+        return replace(self.job, cfg=cfg)
+
+    def __exit__(self, *exc):
+        self.tmp.cleanup()

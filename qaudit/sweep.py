@@ -1,0 +1,387 @@
+"""``qaudit sweep SWEEP.toml``: many models x settings audited from one file, one table (docs/sweep.md).
+
+A sweep file names ``models`` (paths or globs, relative to the file), the shared
+data (``calib``, ``eval``, optional ``labels``), any audit setting of a config
+file (docs/configuration.md) shared by every audit, a ``[grid]`` table whose keys
+are audit settings and whose values are lists (every combination is one audit
+of every model), and optional ``[gates]`` as in a config file. Each point is
+checked as a config file is (:func:`qaudit.cli.settings.resolve`), before any
+audit runs.
+
+The audits run in this process, in ``--workers N`` local processes, or, with
+``--ray-address``, as one Ray task per model x setting (:func:`run_jobs`: the
+seam ``qaudit fix`` can hand its candidate verifications to). A model's error is
+that model's one-line error in the table; the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import itertools
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from qaudit.errors import ConfigError, QauditError
+
+#: sweep-file keys besides the audit settings
+SWEEP_KEYS = ("models", "grid", "gates")
+#: settings a sweep does not take from its file: the command's --json/--csv/--html name the outputs
+NOT_IN_SWEEP = ("model", "output_model", "html", "json", "junit", "markdown", "quiet", "worst", "baseline")
+#: the table's columns, in order (the CSV's header; the JSON's row keys)
+COLUMNS = (
+    "model", "setting", "status", "layers", "worst_layer", "worst_sqnr_db", "output", "sqnr_db", "qce",
+    "top1_agreement", "acc_fp32", "acc_int8", "acc_drop_pct", "gates_failed", "seconds", "error",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Job:
+    """One audit of a sweep: a model, one point of the grid, its configuration and gates."""
+
+    index: int
+    model: Path
+    setting: str  # "key=value key=value" ("" without a grid)
+    cfg: object  # AuditConfig
+    gates: object  # GateConfig
+
+
+@dataclass
+class Outcome:
+    """What one job gave: its table row, and the report (``None`` after an error)."""
+
+    job: Job
+    row: dict
+    report: object = None
+
+
+@dataclass(frozen=True)
+class Sweep:
+    path: Path
+    jobs: tuple[Job, ...]
+    grid_keys: tuple[str, ...] = field(default=())
+    #: the file's ``ray_address`` (``--ray-address`` overrides it): one Ray task per job
+    ray_address: str | None = None
+
+
+def _toml(path: Path) -> dict:
+    from qaudit.cli.settings import _read_toml
+
+    return _read_toml(path)
+
+
+def _value_text(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def load(path: Path) -> Sweep:
+    """The jobs of the sweep file at ``path``, every point checked (a :class:`ConfigError` names the key)."""
+    from qaudit.cli.settings import OPTIONS_BY_NAME, resolve
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} does not exist; give a TOML file naming models, calib, eval and [grid]")
+    table = _toml(path)
+    base = path.resolve().parent
+    where = f"in {path}"
+    for key in NOT_IN_SWEEP:
+        if key in table:
+            hint = "list models in 'models'" if key == "model" else f"give qaudit sweep --{key} instead" if key in (
+                "json", "html") else "a sweep writes one table (--csv, --json, --html)"  # fmt: skip
+            raise ConfigError(f"'{key}' {where} does not apply to a sweep: {hint}")
+    models = table.get("models")
+    if isinstance(models, str):
+        models = [models]
+    if not models or not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise ConfigError(f"'models' {where} must be a list of model paths or globs, e.g. models = [\"models/*.onnx\"]")
+    paths: list[Path] = []
+    for m in models:
+        pattern = m if Path(m).is_absolute() else str(base / m)
+        found = sorted(Path(p) for p in globlib.glob(pattern, recursive=True))
+        if not found:
+            raise ConfigError(f"'models' {where}: {m!r} matches no file")
+        paths += [p for p in found if p not in paths]
+    grid = table.get("grid", {})
+    if not isinstance(grid, dict):
+        raise ConfigError(f"'grid' {where} must be a table of setting = [values]")
+    for key, values in grid.items():
+        if key in SWEEP_KEYS or key in NOT_IN_SWEEP or key not in OPTIONS_BY_NAME or key in ("calib", "eval"):
+            raise ConfigError(f"[grid] {where}: '{key}' is not an audit setting a sweep can vary")
+        if key in table:
+            raise ConfigError(f"[grid] {where}: '{key}' is also set at the top level; set it in one place")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"[grid] {where}: '{key}' must be a non-empty list of values, e.g. {key} = [...]")
+    shared = {k: v for k, v in table.items() if k not in ("models", "grid", "ray_address")}
+    keys = tuple(grid)
+    jobs: list[Job] = []
+    for point in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
+        values = dict(zip(keys, point))
+        setting = " ".join(f"{k}={_value_text(v)}" for k, v in values.items())
+        for model in paths:  # (each audit runs whole in its process or task: no ray_address of its own)
+            settings = resolve("audit", {}, cwd=base, file=(path, {**shared, **values, "model": str(model)}))
+            cfg = settings.audit_config()
+            jobs.append(Job(len(jobs), model, setting, cfg, settings.gates))
+    address = table.get("ray_address")
+    if address is not None and not isinstance(address, str):
+        raise ConfigError(f"'ray_address' {where} must be a string (an address, or auto)")
+    return Sweep(path, tuple(jobs), keys, address)
+
+
+# ----------------------------------------------------------- one job
+
+
+def _finite(v):
+    return v if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def summary_row(job: Job, report, seconds: float) -> dict:
+    """The table row of a finished audit (a multi-run report: its first run)."""
+    from qaudit.runs import MultiReport
+
+    multi = report if isinstance(report, MultiReport) else None
+    first = report.runs[0][1] if multi is not None else report
+    rows = [r for r in first.layers if _finite(r.sqnr_db) is not None]
+    worst = min(rows, key=lambda r: r.sqnr_db) if rows else None
+    label = first.settings.get("label_output") if isinstance(first.settings, dict) else None
+    outs = list(first.outputs)
+    out = next((o for o in outs if o.name == label), None) or (outs[0] if outs else None)
+    if multi is not None:
+        failed = sum(len(r.gates.failures) for _, r in multi.runs if r.gates is not None)
+        gated = any(r.gates is not None for _, r in multi.runs)
+    else:
+        failed = len(first.gates.failures) if first.gates is not None else 0
+        gated = first.gates is not None
+    return {
+        "model": str(job.model),
+        "setting": job.setting,
+        "status": ("fail" if failed else "pass") if gated else "ok",
+        "layers": len(first.layers),
+        "worst_layer": worst.name if worst else None,
+        "worst_sqnr_db": worst.sqnr_db if worst else None,
+        "output": out.name if out else None,
+        "sqnr_db": out.sqnr_db if out else None,
+        "qce": out.qce if out else None,
+        "top1_agreement": out.top1_agreement if out else None,
+        "acc_fp32": out.acc_fp32 if out else None,
+        "acc_int8": out.acc_int8 if out else None,
+        "acc_drop_pct": out.acc_drop_pct if out else None,
+        "gates_failed": failed if gated else None,
+        "seconds": round(seconds, 3),
+        "error": None,
+    }
+
+
+def error_row(job: Job, message: str, seconds: float) -> dict:
+    row = dict.fromkeys(COLUMNS)
+    row.update(model=str(job.model), setting=job.setting, status="error", seconds=round(seconds, 3), error=message)
+    return row
+
+
+def run_job(job: Job) -> Outcome:
+    """Audit and gate one job; an error of the model or its data is its row's one-line error."""
+    import dataclasses
+
+    from qaudit.gate import evaluate
+    from qaudit.pipeline.audit import audit
+    from qaudit.renderers.text import printable
+    from qaudit.runs import MultiReport, evaluate_runs
+
+    t0 = time.perf_counter()
+    try:
+        report = audit(job.cfg)
+        if job.gates.configured(False):
+            if isinstance(report, MultiReport):
+                report = evaluate_runs(report, job.gates, None, None)
+            else:
+                report = dataclasses.replace(report, gates=evaluate(report, job.gates))
+    except QauditError as e:
+        return Outcome(job, error_row(job, printable(e), time.perf_counter() - t0))
+    except Exception as e:  # a bug in qaudit: this row says so, the sweep goes on
+        message = f"internal error: {type(e).__name__}: {printable(e)} (please report it)"
+        return Outcome(job, error_row(job, message, time.perf_counter() - t0))
+    return Outcome(job, summary_row(job, report, time.perf_counter() - t0), report)
+
+
+# ----------------------------------------------------------- running many
+
+
+def run_jobs(
+    fn: Callable,
+    items: Sequence,
+    workers: int = 1,
+    ray_address: str | None = None,
+    on_done: Callable[[int], None] | None = None,
+) -> list:
+    """``[fn(item) for item in items]``, in this process (``workers`` 1), in ``workers`` local
+    processes, or as one Ray task per item (``ray_address``; :func:`qaudit.distributed.map_tasks`).
+    ``fn`` must be a module-level function and must not raise (it returns its errors).
+    ``on_done(i)``: item ``i`` finished."""
+    if ray_address is not None:
+        from qaudit.distributed import map_tasks
+
+        return map_tasks(ray_address, fn, items, on_done)
+    if workers <= 1 or len(items) <= 1:
+        out = []
+        for i, item in enumerate(items):
+            out.append(fn(item))
+            if on_done is not None:
+                on_done(i)
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    results: dict[int, object] = {}
+    # spawn: a fresh interpreter per worker (ONNX Runtime's threads do not survive a fork)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+        for f in as_completed(futures):
+            i = futures[f]
+            results[i] = f.result()
+            if on_done is not None:
+                on_done(i)
+    return [results[i] for i in range(len(items))]
+
+
+def run(sweep: Sweep, workers: int = 1, ray_address: str | None = None, on_done=None) -> list[Outcome]:
+    jobs = list(sweep.jobs)
+    if ray_address is not None:
+        from qaudit.distributed import connect, shipped_jobs
+
+        connect(ray_address)  # before anything goes to the object store (ray.put would start a local Ray)
+        # the capture of each audit stays in its task (one task per model x setting)
+        jobs = shipped_jobs([replace(j, cfg=j.cfg.replace(ray_address=None)) for j in jobs])
+        outcomes = run_jobs(run_shipped_job, jobs, ray_address=ray_address, on_done=on_done)
+        return [replace(o, job=j) for o, j in zip(outcomes, sweep.jobs)]
+    return run_jobs(run_job, jobs, workers, on_done=on_done)
+
+
+def run_shipped_job(shipped) -> Outcome:
+    """A job whose model and data came through Ray's object store (:func:`qaudit.distributed.shipped_jobs`)."""
+    from qaudit.distributed import unshipped
+
+    job = shipped[0]
+    with unshipped(shipped) as local:
+        outcome = run_job(local)
+    paths = {str(local.cfg.model): str(job.model)} | {
+        str(getattr(local.cfg, k)): str(getattr(job.cfg, k)) for k in ("calib", "eval", "labels")
+        if isinstance(getattr(job.cfg, k), Path)}  # fmt: skip
+    if outcome.report is not None:  # the report names the user's files, not the worker's copies
+        outcome.report = _renamed(outcome.report, paths)
+    if outcome.row.get("error"):
+        for copy, original in paths.items():
+            outcome.row["error"] = outcome.row["error"].replace(copy, original)
+    outcome.row["model"] = str(job.model)
+    return outcome
+
+
+def _renamed(report, paths: dict[str, str]):
+    from qaudit.runs import MultiReport
+
+    if isinstance(report, MultiReport):
+        return replace(report, runs=tuple((n, _renamed(r, paths)) for n, r in report.runs))
+
+    def fix(d: dict) -> dict:
+        return {k: paths.get(v, v) if isinstance(v, str) else v for k, v in d.items()}
+
+    return replace(report, model=fix(report.model), data=fix(report.data))
+
+
+# ----------------------------------------------------------- the outputs
+
+
+def _cell(v, key: str) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if key in ("top1_agreement", "acc_fp32", "acc_int8"):
+            return f"{v:.4f}"
+        if key == "qce":
+            return f"{v:.3g}"
+        return f"{v:.2f}"
+    return str(v)
+
+
+TERMINAL_COLUMNS = ("model", "setting", "status", "worst_layer", "worst_sqnr_db", "sqnr_db", "qce", "acc_drop_pct")
+
+
+def table_text(outcomes: Sequence[Outcome], base: Path | None = None) -> str:
+    """The terminal table: one line per audit, then each error in full."""
+
+    def shown(o, k):
+        v = o.row.get(k)
+        if k == "model" and base is not None:
+            try:
+                return str(Path(v).resolve().relative_to(base))
+            except ValueError:
+                return v
+        return _cell(v, k)
+
+    cells = [[shown(o, k) for k in TERMINAL_COLUMNS] for o in outcomes]
+    widths = [max([len(k), *(len(c[i]) for c in cells)]) for i, k in enumerate(TERMINAL_COLUMNS)]
+    lines = ["  ".join(k.ljust(w) for k, w in zip(TERMINAL_COLUMNS, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    errors = [o for o in outcomes if o.row["status"] == "error"]
+    for o in errors:
+        lines.append(f"error: {shown(o, 'model')} {o.row['setting']}".rstrip() + f": {o.row['error']}")
+    counts = {s: sum(o.row["status"] == s for o in outcomes) for s in ("ok", "pass", "fail", "error")}
+    lines.append(f"{len(outcomes)} audits: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(outcomes: Sequence[Outcome]) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for o in outcomes:
+        w.writerow({k: ("" if o.row.get(k) is None else repr(v) if isinstance(v := o.row[k], float) else v)
+                    for k in COLUMNS})  # fmt: skip
+    return buf.getvalue()
+
+
+def json_text(sweep: Sweep, outcomes: Sequence[Outcome]) -> str:
+    """``{"format": {"name": "qaudit-sweep", "version": 1}, "sweep", "grid", "rows": [...], "reports": [...]}``:
+    each row's full report (a qaudit JSON report, ``null`` after an error)."""
+    import json
+
+    from qaudit.report import to_dict
+    from qaudit.runs import MultiReport, runs_to_dict
+
+    def report_dict(r):
+        if r is None:
+            return None
+        return runs_to_dict(r) if isinstance(r, MultiReport) else to_dict(r)
+
+    def clean(v):
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    doc = {
+        "format": {"name": "qaudit-sweep", "version": 1},
+        "sweep": str(sweep.path),
+        "grid": list(sweep.grid_keys),
+        "rows": [{k: clean(o.row.get(k)) for k in COLUMNS} for o in outcomes],
+        "reports": [report_dict(o.report) for o in outcomes],
+    }
+    return json.dumps(doc, indent=1, allow_nan=False, default=str) + "\n"
+
+
+def comparison(outcomes: Sequence[Outcome]):
+    """The N-way aligned comparison of the finished audits (``qaudit compare``'s overlay), or ``None``."""
+    from qaudit.comparison.run import compare_reports
+    from qaudit.runs import MultiReport
+
+    done = [o for o in outcomes if o.report is not None]
+    if len(done) < 2:
+        return None
+    reports = [o.report.runs[0][1] if isinstance(o.report, MultiReport) else o.report for o in done]
+    labels = [f"{o.job.model.stem} {o.job.setting}".strip() for o in done]
+    return compare_reports(reports, labels=labels)
+
+
+__all__ = ["COLUMNS", "Job", "Outcome", "Sweep", "load", "run", "run_job", "run_jobs"]

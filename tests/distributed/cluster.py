@@ -1,0 +1,179 @@
+"""A real two-node Ray cluster on this machine, every byte on loopback (issue 21).
+
+The head listens on 127.0.0.2 and the worker node on 127.0.0.3: Ray replaces
+127.0.0.1 by the machine's interface address, so each node gets its own
+loopback address. The head probes cloud metadata endpoints (169.254.169.254)
+at start even with usage stats disabled: HTTP(S)_PROXY point at a dead loopback
+port, NO_PROXY names the nodes. Session files go to a temporary directory
+(short: Ray's Unix sockets live there); every port is picked free. The workers
+import this checkout's qaudit (PYTHONPATH, and qaudit.distributed.connect's
+py_modules).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HEAD, WORKER = "127.0.0.2", "127.0.0.3"
+ROOT = Path(__file__).resolve().parents[2]
+DEAD_PROXY = "http://127.0.0.1:9"
+
+
+def free_ports(host: str, n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def loopback_env(base: dict | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        env[k] = DEAD_PROXY
+    env["NO_PROXY"] = env["no_proxy"] = f"{HEAD},{WORKER},127.0.0.1,localhost"
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.pop("RAY_ADDRESS", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def _node_ports(host: str) -> list[str]:
+    p = free_ports(host, 9)
+    args = [
+        f"--node-manager-port={p[0]}",
+        f"--object-manager-port={p[1]}",
+        f"--metrics-export-port={p[2]}",
+        f"--runtime-env-agent-port={p[3]}",
+        f"--dashboard-agent-grpc-port={p[4]}",
+        f"--dashboard-agent-listen-port={p[5]}",
+        f"--min-worker-port={20000 + p[6] % 20000}",
+        f"--max-worker-port={20000 + p[6] % 20000 + 40}",
+    ]
+    return args
+
+
+class Cluster:
+    """``ray start --head`` on 127.0.0.2 and one worker node on 127.0.0.3, ``cpus`` CPUs each."""
+
+    def __init__(self, cpus: int = 1, worker_cpus: int = 1, object_store_mb: int = 300):
+        self.tmp = Path(tempfile.mkdtemp(prefix="qr", dir="/tmp"))
+        self.env = loopback_env()
+        self.env["RAY_TMPDIR"] = str(self.tmp)
+        self.port = free_ports(HEAD, 1)[0]
+        self.address = f"{HEAD}:{self.port}"
+        store = str(object_store_mb * 1024 * 1024)
+        common = ["--disable-usage-stats", f"--object-store-memory={store}", f"--temp-dir={self.tmp}"]
+        self._ray(
+            "start", "--head", f"--node-ip-address={HEAD}", f"--port={self.port}", f"--num-cpus={cpus}",
+            "--include-dashboard=false", *common, *_node_ports(HEAD),
+        )  # fmt: skip
+        if worker_cpus:
+            self._ray(
+                "start", f"--address={self.address}", f"--node-ip-address={WORKER}", f"--num-cpus={worker_cpus}",
+                *common, *_node_ports(WORKER),
+            )  # fmt: skip
+        self.wait_for_nodes(2 if worker_cpus else 1)
+
+    def _ray(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        ray = [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())"]
+        out = subprocess.run([*ray, *args], env=self.env, capture_output=True, text=True, timeout=180)
+        if check and out.returncode:
+            raise RuntimeError(f"ray {' '.join(args[:2])} failed: {out.stderr[-2000:]}")
+        return out
+
+    def wait_for_nodes(self, n: int, timeout: float = 90) -> None:
+        code = (
+            "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False); "
+            "print(sum(1 for x in ray.nodes() if x['Alive']))"
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            out = subprocess.run(
+                [sys.executable, "-c", code, self.address], env=self.env, capture_output=True, text=True, timeout=120
+            )
+            if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(n)]:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Ray cluster has not {n} nodes: {out.stdout[-500:]} {out.stderr[-1500:]}")
+            time.sleep(1)
+
+    def worker_pids(self) -> list[int]:
+        """The pids of the Python worker processes Ray started for tasks (``ray::`` processes)."""
+        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        pids = []
+        for line in out.splitlines():
+            pid, _, args = line.strip().partition(" ")
+            if args.startswith("ray::") and str(self.tmp) not in args and "IDLE" not in args:
+                pids.append(int(pid))
+        return pids
+
+    def stop(self) -> None:
+        self._ray("stop", "--force", check=False)
+        # leftovers of this cluster only: processes whose command line names its session directory
+        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            pid, _, args = line.strip().partition(" ")
+            if str(self.tmp) in args:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Killer:
+    """Kills the first worker process that announces itself in ``folder`` (a file named by its pid):
+    ``with Killer(folder) as k: ...``, then ``k.killed`` holds the pid."""
+
+    def __init__(self, folder: Path, timeout: float = 60):
+        import threading
+
+        self.folder, self.timeout, self.killed = folder, timeout, []
+        folder.mkdir(parents=True, exist_ok=True)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline and not self.killed:
+            for p in self.folder.iterdir():
+                try:
+                    os.kill(int(p.name), signal.SIGKILL)
+                    self.killed.append(int(p.name))
+                except ProcessLookupError:
+                    pass
+                break
+            time.sleep(0.1)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.thread.join()
+
+
+def announcing(fn, folder: Path, wait: float = 1.5):
+    """``fn`` that first writes its process id into ``folder`` and waits ``wait`` seconds (for a
+    :class:`Killer`); pickled by value, so a Ray worker runs it."""
+    folder = str(folder)
+
+    def run(*args):
+        Path(folder, str(os.getpid())).touch()
+        time.sleep(wait)
+        return fn(*args)
+
+    return run
