@@ -241,7 +241,7 @@ def merge_captured(parts: list, ray_info: dict | None = None):
     for p in parts[1:]:
         meter.merge(p.meter)
         outputs.merge(p.outputs)
-    return Captured(meter, outputs, sum(p.samples for p in parts), head.plain_outputs, ray_info)
+    return Captured(meter, outputs, sum(p.samples for p in parts), head.plain_outputs, ray=ray_info)
 
 
 # ----------------------------------------------------------- many tasks (qaudit sweep; the seam of qaudit fix)

@@ -113,6 +113,8 @@ class ActivationMeter:
             self.iso[n].merge(other.iso[n])
             if n in self.clip:
                 self.clip[n].merge(other.clip[n])
+            if n in self.decomp and n in other.decomp:
+                self.decomp[n].merge(other.decomp[n])
             if n in other.axis:
                 self.axis.setdefault(n, other.axis[n])
         return self

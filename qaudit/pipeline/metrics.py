@@ -440,7 +440,7 @@ class ErrorDecomposition:
         self.sum_e2 += other.sum_e2
         self.sum_e2_clip += other.sum_e2_clip
         self.count += other.count
-        np.bitwise_or(self.codes, other.codes, out=self.codes)
+        self.codes = np.bitwise_or(self.codes, other.codes)  # a new array: a shard's may be read-only (Ray)
         return self
 
     @property

@@ -7,7 +7,7 @@ import math
 from qaudit.distributed import SUM_RTOL
 
 #: the report's values computed from float64 sums whose order a sharded run changes
-SUMMED = ("sqnr", "qmse", "qce", "qkl", "rel_error", "error_amplification")
+SUMMED = ("sqnr", "qmse", "qce", "qkl", "rel_error", "error_amplification", "clip_error_share")
 #: what may differ between two runs of one audit (the clock) or names how it ran
 UNCOMPARED = {("meta", "created"), ("meta", "seconds"), ("meta", "phase_seconds"), ("meta", "ray")}
 
