@@ -242,9 +242,10 @@ class _QuantRunner:
             self.rt_meter = RuntimeMeter(matching, kinds, names, self.others)
         self.iso_run, self.iso_inputs = None, {}
         if isolated and matching.twins:
-            iso_model, self.iso_inputs = isolated_model(
-                qmodel, matching.twins, self.shifted, matching.converted, shapes
-            )
+            # the new inputs' rank only where the runtime needs it (OpenVINO): ORT checks a declared rank
+            # against the data, and an inferred value_info's rank can be wrong (ddddocr's captcha)
+            ranks = None if isinstance(first, OrtRuntime) else shapes
+            iso_model, self.iso_inputs = isolated_model(qmodel, matching.twins, self.shifted, matching.converted, ranks)
             self.iso_run = first.load(
                 save_model(iso_model, work / "quantized_isolated.onnx"), {}, "the isolated-error graph"
             )
