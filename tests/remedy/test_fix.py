@@ -281,3 +281,40 @@ def test_a_per_channel_override_below_opset_13_upgrades_like_per_channel(tmp_pat
     assert any(c["kind"] == "opset_upgrade" for c in report.settings["graph_changes"])
     row = {r.name: r for r in report.layers}["conv1"]
     assert row.w_encoding.endswith("per-channel") and row.w_sqnr_db > 50
+
+
+def test_fix_ranks_the_before_reports_causes_first_and_still_finds_the_planted_remedy(subject):
+    path, calib, ev = subject("outlier_channel_model")
+    result = S.fix(audit_config(path, calib, ev), GateConfig({"min_output_sqnr": 25.0}))
+    # the before audit's cause: conv1's weight channels use a few % of the per-tensor range
+    (cause,) = [h for h in S.cause_hints(result.before) if h.kind == "per_channel"]
+    assert (cause.node, cause.tensor) == ("conv1", None)  # a cause names the layer, not its weight
+    first = result.search.candidates[0]
+    assert first.change == Change("per_channel", "conv1", "w1")
+    assert first.score == math.inf and first.why.startswith("cause: conv1: its weight channels use ")
+    assert result.search.changes == (Change("per_channel", "conv1", "w1"),)
+    assert result.search.met
+    # without hints the same search ranks by noise alone: no candidate is a cause's
+    plain = S.fix(audit_config(path, calib, ev), GateConfig({"min_output_sqnr": 25.0}), hints=())
+    assert not any(c.why.startswith("cause:") for c in plain.search.candidates)
+    assert plain.search.changes == result.search.changes
+
+
+def test_fix_on_the_planted_bn_folding_puts_the_causes_per_channel_weight_above_the_noise_ranking(tmp_path):
+    from . import planted as cnn
+
+    onnx.save(cnn.bn_inflated_depthwise(), tmp_path / "bn.onnx")
+    for name, seed in (("calib", 1), ("eval", 2)):
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "x.npy", cnn.inputs(64, seed, small_channel=1 / 60))
+    cfg = audit_config(tmp_path / "bn.onnx", tmp_path / "calib", tmp_path / "eval")
+    result = S.fix(cfg, GateConfig({"min_output_sqnr": 30.0}))
+    planted_fix = Change("per_channel", "conv1", "conv1.weight_bnfolded")
+    first = result.search.candidates[0]
+    assert first.change == planted_fix
+    assert first.why == "cause: conv1: folding BatchNorm bn1 cut its weight channel precision from 0.65 to 0.09"
+    assert result.search.changes == (planted_fix,) and result.search.met
+    assert result.before.outputs[0].sqnr_db < 30 < result.after.outputs[0].sqnr_db
+    # by noise alone the activation ranks first (the cause is what puts the weight ahead)
+    plain = candidates(result.before, result.record["folded"], (), "minmax")
+    assert plain[0].change.kind == "tensor_16bit" and plain[0].change.tensor == "a"
