@@ -318,3 +318,43 @@ def test_fix_on_the_planted_bn_folding_puts_the_causes_per_channel_weight_above_
     # by noise alone the activation ranks first (the cause is what puts the weight ahead)
     plain = candidates(result.before, result.record["folded"], (), "minmax")
     assert plain[0].change.kind == "tensor_16bit" and plain[0].change.tensor == "a"
+
+
+@pytest.mark.extra  # Pillow: the test and images extras
+def test_cli_fix_recipe_records_the_preprocessing_and_class_names_of_an_image_folder(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    from ..pipeline.test_sources import classifier, photos
+
+    model = classifier(tmp_path / "m.onnx", hw=(16, 16))
+    for i, name in enumerate(("cat", "dog")):
+        photos(tmp_path / "imgs" / name, n=4, seed=i, sizes=((20, 30), (31, 17)))
+    (tmp_path / "names.txt").write_text("dog\ncat\n")  # not the sorted order
+    out = tmp_path / "out"
+    out.mkdir()
+    prep = "signed,resize=crop,short_side=18,channels=bgr,interpolation=bicubic"
+    rc = _run(
+        "fix", model, "--calib", tmp_path / "imgs", "--eval", tmp_path / "imgs", "--preprocess", prep,
+        "--class-names", tmp_path / "names.txt", "--min-output-sqnr", "15", "--recipe", out / "recipe.toml",
+        "--json", out / "fix.json",
+    )  # fmt: skip
+    assert rc == 0
+    assert "preprocess signed: short side to 18, centre crop 16x16 (bicubic), BGR" in capsys.readouterr().out
+    after = json.loads((out / "fix.json").read_text())["runs"][1]
+    recipe = tomllib.loads((out / "recipe.toml").read_text())
+    assert recipe["preprocess"] == {
+        "preset": "signed", "size": [16, 16], "resize": "crop", "short_side": 18, "interpolation": "bicubic",
+        "pad": 0, "channels": "bgr", "scale": 1 / 255, "mean": [0.5], "std": [0.5], "layout": "nchw",
+    }  # fmt: skip
+    assert recipe["class_names"] == str((tmp_path / "names.txt").resolve())
+    # the recipe alone (no --preprocess, no --class-names) reads the images the same way
+    rc = _run(
+        model, "--config", out / "recipe.toml", "--calib", tmp_path / "imgs", "--eval", tmp_path / "imgs",
+        "--json", out / "again.json",
+    )  # fmt: skip
+    assert rc == 0
+    again = json.loads((out / "again.json").read_text())
+    assert again["gates"]["passed"] is True
+    assert again["data"]["preprocess"] == after["data"]["preprocess"]
+    assert again["data"]["class_names"] == after["data"]["class_names"] == ["dog", "cat"]
+    assert [o["sqnr_db"] for o in again["outputs"]] == [o["sqnr_db"] for o in after["outputs"]]
+    assert [o["acc_fp32"] for o in again["outputs"]] == [o["acc_fp32"] for o in after["outputs"]]
