@@ -358,3 +358,25 @@ def test_cli_fix_recipe_records_the_preprocessing_and_class_names_of_an_image_fo
     assert again["data"]["class_names"] == after["data"]["class_names"] == ["dog", "cat"]
     assert [o["sqnr_db"] for o in again["outputs"]] == [o["sqnr_db"] for o in after["outputs"]]
     assert [o["acc_fp32"] for o in again["outputs"]] == [o["acc_fp32"] for o in after["outputs"]]
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape", "kind"),
+    [
+        ("imagenet", (None, 3, 224, 224), "image"),
+        ("signed,resize=letterbox,pad=114,channels=bgr", (None, 32, 48, 3), "image"),
+        ("raw,resize=none", (None, 1, None, None), "image"),
+        ("rate=16000,resample=linear,mix=mean,hop=400", (None, 1600), "audio"),
+    ],
+)
+def test_the_recipes_preprocess_table_reads_back_as_the_same_preprocessing(spec, shape, kind):
+    from qaudit.pipeline.sources import preprocess as P
+    from qaudit.remedy.recipe import recipe_toml
+
+    build = P.image_recipe if kind == "image" else P.audio_recipe
+    dtype = "uint8" if spec.startswith("raw") else "float32"
+    used = build(P.parse(spec, "(test)"), shape, dtype, "calibration")
+    # through the recipe's TOML, as the config file reads it back
+    recipe = tomllib.loads(recipe_toml(QuantConfig(), GateConfig({}), {}, "", used.as_dict()))
+    assert recipe["preprocess"] == P.keys_of(used.as_dict())
+    assert build(P.check_table(recipe["preprocess"], "(recipe)"), shape, dtype, "calibration") == used
