@@ -180,7 +180,9 @@ def run_fix(args) -> int:
         result.after = after
         texts = {}
         if "--recipe" in outs:
-            texts["--recipe"] = recipe_toml(result.quant, gates, settings.values, _comment(cfg, result))
+            texts["--recipe"] = recipe_toml(
+                result.quant, gates, settings.values, _comment(cfg, result), result.before.data.get("preprocess")
+            )
         prepared = result.record["folded"]
         if "--prepared-model" in outs:
             onnx.save(prepared, str(outs.stage("--prepared-model")))

@@ -2,7 +2,8 @@
 
 :func:`recipe_toml` writes a config file for ``qaudit MODEL --config recipe.toml --calib ...
 --eval ...``: the quantization settings, the nodes left in float (``exclude``), the per-tensor
-overrides and the target gates; never a data path. :func:`ort_arguments` writes the keyword
+overrides, the target gates, the preprocessing of image and WAV folders and the class names
+file; never a data path. :func:`ort_arguments` writes the keyword
 arguments of ONNX Runtime's ``quantize_static`` that reproduce the fixed model from the
 prepared graph (``--prepared-model``): ``nodes_to_exclude``, ``extra_options`` with the
 ``TensorQuantOverrides`` (explicit ``rmin``/``rmax`` where a range was changed), every other
@@ -15,6 +16,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -47,12 +49,15 @@ def _threshold(v) -> str:
     return '"off"' if v is None else _toml_value(float(v))
 
 
-def recipe_toml(quant, gates, values: dict, comment: str = "") -> str:
+def recipe_toml(quant, gates, values: dict, comment: str = "", preprocess: dict | None = None) -> str:
     """The recipe: ``quant`` (a QuantConfig: settings, exclusions, overrides), the active
-    threshold gates of ``gates`` (a GateConfig) and the :data:`CARRIED` settings of ``values``
-    (the resolved option values) that differ from the defaults."""
+    threshold gates of ``gates`` (a GateConfig), the :data:`CARRIED` settings of ``values``
+    (the resolved option values) that differ from the defaults, ``values``' class names file
+    (absolute) when given, and ``preprocess`` (the report's ``data.preprocess``: how image or
+    WAV folders were read) as a ``[preprocess]`` table of explicit keys."""
     from qaudit.cli.settings import OPTIONS_BY_NAME
     from qaudit.gate import GATES
+    from qaudit.pipeline.sources.preprocess import keys_of
 
     lines = [f"# {line}" if line else "#" for line in comment.splitlines()]
     lines += [
@@ -68,6 +73,10 @@ def recipe_toml(quant, gates, values: dict, comment: str = "") -> str:
         v = values.get(key)
         if v is not None and v != OPTIONS_BY_NAME[key].default:
             lines.append(f"{key} = {_toml_value(list(v) if isinstance(v, tuple) else v)}")
+    if values.get("class_names") is not None:  # paths in a config file are relative to it: absolute here
+        lines.append(f"class_names = {_toml_value(str(Path(values['class_names']).resolve()))}")
+    if preprocess:
+        lines += ["", "[preprocess]"] + [f"{k} = {_toml_value(v)}" for k, v in keys_of(preprocess).items()]
     for scope, globs in (quant.overrides or {}).items():
         for glob, settings in globs.items():
             lines += ["", f"[overrides.{scope}.{json.dumps(glob)}]"]

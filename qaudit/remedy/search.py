@@ -168,10 +168,28 @@ def alternative_method(method: str) -> str:
     return "percentile" if method == "minmax" else "minmax"
 
 
-def fix(cfg, gates, progress=None, executor=None, layers=None, hints=(), budget=DEFAULT_BUDGET) -> FixResult:
+@dataclass(frozen=True)
+class Hint:
+    """A cause's remedy as a candidate hint: ``detail`` is the cause in words (the candidate's why)."""
+
+    kind: str
+    node: str | None
+    tensor: str | None
+    detail: str
+
+
+def cause_hints(report) -> list[Hint]:
+    """The remedies of ``report``'s causes (:func:`qaudit.remedy.causes.diagnose`), worst cause first."""
+    from qaudit.remedy.causes import diagnose
+
+    return [Hint(r.kind, r.node, r.tensor, f"{c.layer}: {c.summary}") for c in diagnose(report) for r in c.remedies]
+
+
+def fix(cfg, gates, progress=None, executor=None, layers=None, hints=None, budget=DEFAULT_BUDGET) -> FixResult:
     """Audit ``cfg``, search the cheapest change set meeting ``gates``' output gates, and audit the
     result again (the verification; every gate of ``gates`` applies to it). ``cfg.output_model``
-    receives the fixed model. ``hints``: the causes' remedies, ranked first. ``layers``: propose changes
+    receives the fixed model. ``hints``: ranked first (None: the remedies of the before audit's causes,
+    :func:`cause_hints`; ``()``: none). ``layers``: propose changes
     for at most that many of the noisiest activations and weights (None: all, in growing tiers)."""
     import tempfile
     import time
@@ -188,6 +206,8 @@ def fix(cfg, gates, progress=None, executor=None, layers=None, hints=(), budget=
     t1 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="qaudit-fix-") as tmp:
         ws = workspace(record, cfg, gates, Path(tmp) / "ws", alt, progress)
+        if hints is None:
+            hints = cause_hints(before)
         cands = candidates(before, record["folded"], hints, alt, layers)
         found = search(ws, cands, executor, progress, budget)
         quant = quant_of(cfg.quant, found.changes, _ranges_loader(ws))
@@ -200,4 +220,4 @@ def fix(cfg, gates, progress=None, executor=None, layers=None, hints=(), budget=
     return FixResult(before, after, found, quant, after_record, alt, seconds)
 
 
-__all__ += ["FixResult", "fix"]
+__all__ += ["FixResult", "Hint", "cause_hints", "fix"]

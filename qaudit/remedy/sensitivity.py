@@ -91,7 +91,7 @@ def candidates(
     ranges a ``range`` change takes (None: no range changes). ``hints``: objects with
     ``kind``, ``node``, ``tensor`` and ``detail`` (the causes' remedies): their changes
     come first, in their order; kinds this search does not measure (``upstream``) are skipped,
-    ``asymmetric`` becomes the alternative range.
+    ``asymmetric`` becomes the alternative range, a ``per_channel`` hint without a tensor is the node's weight.
 
     Ranking: a layer's activation candidates (16 bits, its node in float, and the alternative
     range when values were clipped) by the noise its own quantization adds (isolated SQNR,
@@ -138,8 +138,11 @@ def candidates(
                 math.inf,
                 why,
             )
-        elif kind == "per_channel" and node and tensor in inits:
-            add(Change("per_channel", node, tensor), math.inf, why)
+        elif kind == "per_channel" and node in nodes:
+            if tensor is None and len(nodes[node].input) > 1:  # a cause names the layer: its weight
+                tensor = nodes[node].input[1]
+            if tensor in inits:
+                add(Change("per_channel", node, tensor), math.inf, why)
         elif kind in ("range", "asymmetric") and node and tensor and alternative:
             add(Change("range", node, tensor, alternative), math.inf, why)
 

@@ -185,6 +185,20 @@ __all__ = [
 ]
 
 
+def data_line(d: dict) -> str | None:
+    """How image and WAV folders and loader scripts were read, one line (every renderer shows it):
+    ``data: calib imgs/ (10 images, 2 classes); preprocess ...; classes cat=0, dog=1``. None for
+    other data (the report's ``data`` has no ``sources``)."""
+    if not d.get("sources"):
+        return None
+    parts = [f"{k} {d[k]}" for k in ("calib", "eval") if d.get(k)]
+    if (d.get("preprocess") or {}).get("summary"):
+        parts.append(f"preprocess {d['preprocess']['summary']}")
+    if isinstance(d.get("class_names"), list):
+        parts.append("classes " + ", ".join(f"{n}={i}" for i, n in enumerate(d["class_names"])))
+    return "data: " + "; ".join(parts)
+
+
 def describe(settings: dict) -> str:
     """One override in words, e.g. "uint16", "per-channel axis 0", "range [-1, 1]"."""
     parts = []

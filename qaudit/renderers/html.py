@@ -25,7 +25,7 @@ from pathlib import PurePath
 from qaudit import __version__, trials
 from qaudit.renderers import numbers as num
 from qaudit.renderers import trials as tr
-from qaudit.renderers.base import accept, override_label, with_gates
+from qaudit.renderers.base import accept, data_line, override_label, with_gates
 from qaudit.renderers.checks import counts, sentence
 from qaudit.renderers.svgplot import DASHES, MARKERS, PALETTE, Series, VLine, histogram_plot, line_plot
 from qaudit.report import LayerRow, Report
@@ -364,6 +364,8 @@ def _model_card(label: str, report: Report, multi: bool) -> str:
         + f"measured on {escape(str(data.get('n_eval')))} samples of "
         f"{eval_txt}. Layer errors are <strong>{escape(str(s.get('error', 'accumulated')))}</strong>. {fold_txt}.</p>"
     )
+    if data_line(data):  # image and WAV folders, loader scripts: how the data was read
+        summary += f"<p class='muted data-line'>{escape(data_line(data))}</p>"
     return (
         f'<section class="card">{heading}{summary}{_gates_html(report)}'
         + (f'<ul class="warn">{notes}{skipped}</ul>' if notes or skipped else "")

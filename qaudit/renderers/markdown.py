@@ -13,7 +13,7 @@ import re
 from qaudit.options import describe_calibration
 from qaudit.renderers import numbers as num
 from qaudit.renderers import trials as tr
-from qaudit.renderers.base import accept, decomposition, override_label, with_gates
+from qaudit.renderers.base import accept, data_line, decomposition, override_label, with_gates
 from qaudit.renderers.checks import words
 from qaudit.report import GateCheck, GateResult
 
@@ -126,6 +126,8 @@ class MarkdownRenderer:
             f"{'calibration' if d.get('eval_is_calib') else 'evaluation'} "
             f"samples; qaudit {text(report.meta.get('qaudit'))}, onnxruntime {text(report.meta.get('onnxruntime'))}."
         )
+        if data_line(d):  # image and WAV folders, loader scripts: how the data was read
+            out += ["", text(data_line(d))]
         if result is not None and result.skipped:
             out += ["", f"{len(result.skipped)} check(s) skipped (see all checks below)."]
 

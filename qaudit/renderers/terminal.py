@@ -20,7 +20,7 @@ from rich.theme import Theme
 from qaudit.options import describe_calibration
 from qaudit.renderers import numbers as num
 from qaudit.renderers import trials as tr
-from qaudit.renderers.base import accept, decomposition, override_label, with_gates
+from qaudit.renderers.base import accept, data_line, decomposition, override_label, with_gates
 from qaudit.renderers.checks import counts, sentence, words
 from qaudit.report import GateResult, Report
 from qaudit.trials import LAYER_METRICS
@@ -262,16 +262,6 @@ def given_summary(report: Report) -> str:
     )
 
 
-def data_line(d: dict) -> str:
-    """``data: calib imgs/ (10 images, 2 classes); preprocess ...; classes cat=0, dog=1``."""
-    parts = [f"{k} {d[k]}" for k in ("calib", "eval") if d.get(k)]
-    if (d.get("preprocess") or {}).get("summary"):
-        parts.append(f"preprocess {d['preprocess']['summary']}")
-    if isinstance(d.get("class_names"), list):
-        parts.append("classes " + ", ".join(f"{n}={i}" for i, n in enumerate(d["class_names"])))
-    return "data: " + "; ".join(parts)
-
-
 def summary(report: Report, worst: int = 3) -> Group:
     s = report.settings
     d = report.data
@@ -294,7 +284,7 @@ def summary(report: Report, worst: int = 3) -> Group:
             style="muted",
         ),
     ]
-    if d.get("sources"):  # image and WAV folders, loader scripts: how the data was read
+    if data_line(d):  # image and WAV folders, loader scripts: how the data was read
         parts.append(Text(data_line(d), style="muted"))
     folded = report.folding.get("folded", [])
     if folded:

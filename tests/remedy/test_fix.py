@@ -281,3 +281,102 @@ def test_a_per_channel_override_below_opset_13_upgrades_like_per_channel(tmp_pat
     assert any(c["kind"] == "opset_upgrade" for c in report.settings["graph_changes"])
     row = {r.name: r for r in report.layers}["conv1"]
     assert row.w_encoding.endswith("per-channel") and row.w_sqnr_db > 50
+
+
+def test_fix_ranks_the_before_reports_causes_first_and_still_finds_the_planted_remedy(subject):
+    path, calib, ev = subject("outlier_channel_model")
+    result = S.fix(audit_config(path, calib, ev), GateConfig({"min_output_sqnr": 25.0}))
+    # the before audit's cause: conv1's weight channels use a few % of the per-tensor range
+    (cause,) = [h for h in S.cause_hints(result.before) if h.kind == "per_channel"]
+    assert (cause.node, cause.tensor) == ("conv1", None)  # a cause names the layer, not its weight
+    first = result.search.candidates[0]
+    assert first.change == Change("per_channel", "conv1", "w1")
+    assert first.score == math.inf and first.why.startswith("cause: conv1: its weight channels use ")
+    assert result.search.changes == (Change("per_channel", "conv1", "w1"),)
+    assert result.search.met
+    # without hints the same search ranks by noise alone: no candidate is a cause's
+    plain = S.fix(audit_config(path, calib, ev), GateConfig({"min_output_sqnr": 25.0}), hints=())
+    assert not any(c.why.startswith("cause:") for c in plain.search.candidates)
+    assert plain.search.changes == result.search.changes
+
+
+def test_fix_on_the_planted_bn_folding_puts_the_causes_per_channel_weight_above_the_noise_ranking(tmp_path):
+    from . import planted as cnn
+
+    onnx.save(cnn.bn_inflated_depthwise(), tmp_path / "bn.onnx")
+    for name, seed in (("calib", 1), ("eval", 2)):
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "x.npy", cnn.inputs(64, seed, small_channel=1 / 60))
+    cfg = audit_config(tmp_path / "bn.onnx", tmp_path / "calib", tmp_path / "eval")
+    result = S.fix(cfg, GateConfig({"min_output_sqnr": 30.0}))
+    planted_fix = Change("per_channel", "conv1", "conv1.weight_bnfolded")
+    first = result.search.candidates[0]
+    assert first.change == planted_fix
+    assert first.why == "cause: conv1: folding BatchNorm bn1 cut its weight channel precision from 0.65 to 0.09"
+    assert result.search.changes == (planted_fix,) and result.search.met
+    assert result.before.outputs[0].sqnr_db < 30 < result.after.outputs[0].sqnr_db
+    # by noise alone the activation ranks first (the cause is what puts the weight ahead)
+    plain = candidates(result.before, result.record["folded"], (), "minmax")
+    assert plain[0].change.kind == "tensor_16bit" and plain[0].change.tensor == "a"
+
+
+@pytest.mark.extra  # Pillow: the test and images extras
+def test_cli_fix_recipe_records_the_preprocessing_and_class_names_of_an_image_folder(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    from ..pipeline.test_sources import classifier, photos
+
+    model = classifier(tmp_path / "m.onnx", hw=(16, 16))
+    for i, name in enumerate(("cat", "dog")):
+        photos(tmp_path / "imgs" / name, n=4, seed=i, sizes=((20, 30), (31, 17)))
+    (tmp_path / "names.txt").write_text("dog\ncat\n")  # not the sorted order
+    out = tmp_path / "out"
+    out.mkdir()
+    prep = "signed,resize=crop,short_side=18,channels=bgr,interpolation=bicubic"
+    rc = _run(
+        "fix", model, "--calib", tmp_path / "imgs", "--eval", tmp_path / "imgs", "--preprocess", prep,
+        "--class-names", tmp_path / "names.txt", "--min-output-sqnr", "15", "--recipe", out / "recipe.toml",
+        "--json", out / "fix.json",
+    )  # fmt: skip
+    assert rc == 0
+    assert "preprocess signed: short side to 18, centre crop 16x16 (bicubic), BGR" in capsys.readouterr().out
+    after = json.loads((out / "fix.json").read_text())["runs"][1]
+    recipe = tomllib.loads((out / "recipe.toml").read_text())
+    assert recipe["preprocess"] == {
+        "preset": "signed", "size": [16, 16], "resize": "crop", "short_side": 18, "interpolation": "bicubic",
+        "pad": 0, "channels": "bgr", "scale": 1 / 255, "mean": [0.5], "std": [0.5], "layout": "nchw",
+    }  # fmt: skip
+    assert recipe["class_names"] == str((tmp_path / "names.txt").resolve())
+    # the recipe alone (no --preprocess, no --class-names) reads the images the same way
+    rc = _run(
+        model, "--config", out / "recipe.toml", "--calib", tmp_path / "imgs", "--eval", tmp_path / "imgs",
+        "--json", out / "again.json",
+    )  # fmt: skip
+    assert rc == 0
+    again = json.loads((out / "again.json").read_text())
+    assert again["gates"]["passed"] is True
+    assert again["data"]["preprocess"] == after["data"]["preprocess"]
+    assert again["data"]["class_names"] == after["data"]["class_names"] == ["dog", "cat"]
+    assert [o["sqnr_db"] for o in again["outputs"]] == [o["sqnr_db"] for o in after["outputs"]]
+    assert [o["acc_fp32"] for o in again["outputs"]] == [o["acc_fp32"] for o in after["outputs"]]
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape", "kind"),
+    [
+        ("imagenet", (None, 3, 224, 224), "image"),
+        ("signed,resize=letterbox,pad=114,channels=bgr", (None, 32, 48, 3), "image"),
+        ("raw,resize=none", (None, 1, None, None), "image"),
+        ("rate=16000,resample=linear,mix=mean,hop=400", (None, 1600), "audio"),
+    ],
+)
+def test_the_recipes_preprocess_table_reads_back_as_the_same_preprocessing(spec, shape, kind):
+    from qaudit.pipeline.sources import preprocess as P
+    from qaudit.remedy.recipe import recipe_toml
+
+    build = P.image_recipe if kind == "image" else P.audio_recipe
+    dtype = "uint8" if spec.startswith("raw") else "float32"
+    used = build(P.parse(spec, "(test)"), shape, dtype, "calibration")
+    # through the recipe's TOML, as the config file reads it back
+    recipe = tomllib.loads(recipe_toml(QuantConfig(), GateConfig({}), {}, "", used.as_dict()))
+    assert recipe["preprocess"] == P.keys_of(used.as_dict())
+    assert build(P.check_table(recipe["preprocess"], "(recipe)"), shape, dtype, "calibration") == used

@@ -187,6 +187,23 @@ def check_table(table, where: str) -> dict:
     return out
 
 
+def keys_of(used: dict) -> dict:
+    """The ``preprocess`` table that reproduces ``used`` (a report's ``data.preprocess``: an
+    :class:`ImageRecipe`'s or :class:`AudioRecipe`'s ``as_dict``), every key explicit (what a
+    preset or the model's shape gave included) and the preset kept for the reader: what
+    ``qaudit fix --recipe`` writes."""
+    if used.get("kind") == "audio":
+        return {k: used[k] for k in AUDIO_KEYS if used.get(k) is not None}
+    out = {"preset": used["preset"]} if used.get("preset") else {}
+    if None not in used["size"]:
+        out["size"] = list(used["size"])
+    out["resize"] = used["resize"]
+    if used["resize"] == "crop":
+        out["short_side"] = used["short_side"]
+    out.update({k: used[k] for k in ("interpolation", "pad", "channels", "scale", "mean", "std", "layout")})
+    return out
+
+
 def _kind_keys(spec: dict, keys: dict, kind: str, what: str) -> None:
     other = [k for k in spec if k != "preset" and k not in keys]
     if other:
