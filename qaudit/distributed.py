@@ -117,17 +117,30 @@ def unpack_model(packed: tuple[bytes, dict[str, bytes]], work: Path):
 # ----------------------------------------------------------- the sharded capture
 
 
-def _capture_shard(fp32, qmodel, matching, batches, first, labels, options, kernels_name):
-    """One shard of the evaluation capture, on a worker: its meters, and the kernels it ran."""
+def _check_kernels(driver: str) -> str:
+    """This worker's per-value kernels, or a :class:`ConfigError` when they are not the driver's."""
     from qaudit.pipeline import kernels
-    from qaudit.pipeline.capture import capture
 
     ran = kernels.name()
-    if ran != kernels_name:
+    if ran != driver:
         raise ConfigError(
-            f"a Ray worker runs qaudit's {ran} kernels and the driver its {kernels_name} kernels: their sums "
+            f"a Ray worker runs qaudit's {ran} kernels and the driver its {driver} kernels: their sums "
             f"differ in the last bits; install qaudit the same way on every node, or set QAUDIT_KERNELS=numpy"
         )
+    return ran
+
+
+def _qaudit_cause(error):
+    """The :class:`QauditError` a Ray task raised (re-raised as itself: one line), else ``error``."""
+    cause = error.cause if isinstance(getattr(error, "cause", None), BaseException) else None
+    return cause if isinstance(cause, QauditError) else error
+
+
+def _capture_shard(fp32, qmodel, matching, batches, first, labels, options, kernels_name):
+    """One shard of the evaluation capture, on a worker: its meters, and the kernels it ran."""
+    from qaudit.pipeline.capture import capture
+
+    ran = _check_kernels(kernels_name)
     with tempfile.TemporaryDirectory(prefix="qaudit-shard-") as tmp:
         work = Path(tmp)
         captured = capture(
@@ -188,10 +201,7 @@ def sharded_capture(
             try:
                 results[i] = ray.get(ref)
             except ray.exceptions.RayTaskError as e:
-                cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else None
-                if isinstance(cause, QauditError):
-                    raise cause from None
-                raise
+                raise _qaudit_cause(e) from None
             if on_batch is not None:
                 on_batch(sizes[i])
 
@@ -270,6 +280,65 @@ def map_tasks(address: str, fn, items, on_done=None) -> list:
         for ref in pending:
             ray.cancel(ref, force=True)
     return [results[i] for i in range(len(refs))]
+
+
+class RayExecutor:
+    """An executor for :func:`qaudit.remedy.sensitivity.verify` (``qaudit fix --ray-address``): one Ray
+    task per change set. A workspace's files (prepared graph, ranges, evaluation batches, fp32 outputs,
+    labels) go to the object store once and every task writes them into a temporary folder of its
+    own worker: nothing assumes the workers see the driver's filesystem. ``width``: the cluster's
+    CPUs, how many change sets the search measures at once (:func:`qaudit.remedy.search.search`)."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.width = cluster_cpus(connect(address))
+        self._refs: dict = {}
+
+    def map(self, fn, workspaces, change_sets):
+        from qaudit.pipeline import kernels
+
+        ray = require_ray()
+        items = []
+        for ws, changes in zip(workspaces, change_sets, strict=True):
+            if ws.work not in self._refs:
+                self._refs[ws.work] = ray.put(_files_of(ws.work))
+            items.append((fn, ws, self._refs[ws.work], changes, kernels.name()))
+        try:
+            return map_tasks(self.address, _measure_shipped, items)
+        except ray.exceptions.RayTaskError as e:
+            raise _qaudit_cause(e) from None
+
+
+def _moved(ws, root: Path):
+    """``ws`` with its paths under ``root`` instead of ``ws.work``."""
+    from dataclasses import replace
+
+    def move(p):
+        return None if p is None else root / Path(p).relative_to(ws.work)
+
+    return replace(
+        ws,
+        work=root,
+        folded=move(ws.folded),
+        ranges={k: move(v) for k, v in ws.ranges.items()},
+        batches=tuple(move(p) for p in ws.batches),
+        fp32=tuple(move(p) for p in ws.fp32),
+        labels=move(ws.labels),
+    )
+
+
+def _measure_shipped(item):
+    """One change set measured on a worker: the workspace's files written here first."""
+    import ray
+
+    fn, ws, ref, changes, kernels_name = item
+    _check_kernels(kernels_name)
+    with tempfile.TemporaryDirectory(prefix="qaudit-fix-ws-") as tmp:
+        root = Path(tmp)
+        for rel, data in ray.get(ref).items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data)
+        return fn(_moved(ws, root), changes)
 
 
 def _files_of(path: Path) -> dict[str, bytes]:

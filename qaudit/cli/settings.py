@@ -338,7 +338,8 @@ OPTIONS: tuple[Option, ...] = (
         "ray_address",
         "str",
         "run on the Ray cluster at ADDRESS ('auto': RAY_ADDRESS or the local 'ray start'): the evaluation is "
-        'sharded over its workers, results identical to a local run (needs pip install "qaudit[ray]")',
+        "sharded over its workers (qaudit fix: its measurements too), results identical to a local run (needs pip "
+        'install "qaudit[ray]")',
         group="measurement",
         metavar="ADDRESS",
     ),

@@ -90,11 +90,27 @@ def search(ws, cands, executor=None, progress=None, budget: int = DEFAULT_BUDGET
     """
     trail: list[Measured] = []
     memo: dict[frozenset, Measured] = {}
+    asked: set[frozenset] = set()
+    # an executor measuring several sets at once (a Ray cluster's CPUs): the sets the next step may ask
+    # for are measured together with the one it asks for; the trail, the budget and the result are the
+    # one-at-a-time search's (a set is in the trail when the search asks for it)
+    width = getattr(executor, "width", 1)
 
-    def measure(changes) -> Measured:
+    def fetch(sets) -> None:
+        todo: dict[frozenset, tuple] = {}
+        for s in sets[: max(1, width)]:
+            key = frozenset(s)
+            if key not in memo and key not in todo:
+                todo[key] = tuple(_order(s))
+        for key, m in zip(todo, verify(ws, list(todo.values()), executor, progress), strict=True):
+            memo[key] = m
+
+    def measure(changes, ahead=()) -> Measured:
         key = frozenset(changes)
         if key not in memo:
-            (memo[key],) = verify(ws, [tuple(_order(changes))], executor, progress)
+            fetch([changes, *ahead] if width > 1 else [changes])
+        if key not in asked:
+            asked.add(key)
             trail.append(memo[key])
         return memo[key]
 
@@ -102,21 +118,26 @@ def search(ws, cands, executor=None, progress=None, budget: int = DEFAULT_BUDGET
     every = [c.change for c in cands]
     if progress is not None:
         progress.stage("fix: measuring change sets", None)
-    base = measure([])
-    if base.passed:
-        return SearchResult((), base, base, True, cands, tuple(trail))
-    current, last = [], base
     size, sizes = FIRST_TIER, []
     while size < len(every):
         sizes.append(size)
         size *= 2
     sizes.append(len(every))
-    for n in sizes:
+
+    def trials_of(n: int) -> list:
         tier = every[:n]
         cheap = [c for c in tier if c.kind != "float_node"]
-        for trial in [cheap, tier] if len(cheap) < len(tier) else [tier]:
-            if trial and len(trail) < budget:
-                m = measure(trial)
+        return [t for t in ([cheap, tier] if len(cheap) < len(tier) else [tier]) if t]
+
+    base = measure([], trials_of(sizes[0]))
+    if base.passed:
+        return SearchResult((), base, base, True, cands, tuple(trail))
+    current, last = [], base
+    for n in sizes:
+        trials = trials_of(n)
+        for i, trial in enumerate(trials):
+            if len(trail) < budget:
+                m = measure(trial, trials[i + 1 :])
                 if m.passed:
                     current, last = trial, m
                     break
@@ -135,7 +156,13 @@ def search(ws, cands, executor=None, progress=None, budget: int = DEFAULT_BUDGET
                     break
                 g = stack.pop()
                 trial = [c for c in current if c not in g]
-                m = measure(trial)
+                # what the next step asks for: without the top of the stack if this passes, else without g's upper half
+                ahead = [[c for c in trial if c not in stack[-1]]] if stack else []
+                if len(g) > 1:
+                    ahead.append([c for c in current if c not in g[len(g) // 2 :]])
+                elif stack:
+                    ahead.append([c for c in current if c not in stack[-1]])
+                m = measure(trial, ahead)
                 if m.passed:
                     current, last = trial, m
                 elif len(g) > 1:  # the lower-ranked half first: the more likely to go
@@ -190,7 +217,9 @@ def fix(cfg, gates, progress=None, executor=None, layers=None, hints=None, budge
     result again (the verification; every gate of ``gates`` applies to it). ``cfg.output_model``
     receives the fixed model. ``hints``: ranked first (None: the remedies of the before audit's causes,
     :func:`cause_hints`; ``()``: none). ``layers``: propose changes
-    for at most that many of the noisiest activations and weights (None: all, in growing tiers)."""
+    for at most that many of the noisiest activations and weights (None: all, in growing tiers).
+    ``cfg.ray_address``: both audits sharded over that Ray cluster, and (with no ``executor`` given) the
+    change sets measured as its tasks (:class:`qaudit.distributed.RayExecutor`): the same result."""
     import tempfile
     import time
     from pathlib import Path
@@ -199,6 +228,10 @@ def fix(cfg, gates, progress=None, executor=None, layers=None, hints=None, budge
     from qaudit.pipeline.audit import audit
     from qaudit.remedy.sensitivity import _ranges_loader, candidates, quant_of, workspace
 
+    if executor is None and cfg.ray_address is not None:
+        from qaudit.distributed import RayExecutor
+
+        executor = RayExecutor(cfg.ray_address)  # connects first: no cluster there is one line, before any work
     t0 = time.perf_counter()
     alt = alternative_method(cfg.quant.calibrate_method)
     record: dict = {"calibrate": [QuantConfig(calibrate_method=alt)]}

@@ -380,3 +380,31 @@ def test_the_recipes_preprocess_table_reads_back_as_the_same_preprocessing(spec,
     recipe = tomllib.loads(recipe_toml(QuantConfig(), GateConfig({}), {}, "", used.as_dict()))
     assert recipe["preprocess"] == P.keys_of(used.as_dict())
     assert build(P.check_table(recipe["preprocess"], "(recipe)"), shape, dtype, "calibration") == used
+
+
+def test_an_executor_measuring_several_sets_at_once_changes_neither_the_trail_nor_the_result(subject):
+    """``width`` > 1 (a Ray cluster's CPUs): the sets the next step may ask for are measured with the
+    one it asks for; the trail (what was asked, in order), the budget and the result are the one-at-a-time search's."""
+    from qaudit.remedy.sensitivity import LocalExecutor
+
+    class Wide(LocalExecutor):
+        width = 3
+        calls: list = []
+
+        def map(self, fn, workspaces, sets):
+            sets = list(sets)
+            self.calls.append(len(sets))
+            return list(super().map(fn, workspaces, sets))
+
+    for name in ("outlier_channel_model", "float_only_model"):
+        path, calib, ev = subject(name)
+        cfg = audit_config(path, calib, ev)
+        one = S.fix(cfg, GateConfig({"min_output_sqnr": 25.0}))
+        wide = Wide()
+        Wide.calls = []
+        got = S.fix(cfg, GateConfig({"min_output_sqnr": 25.0}), executor=wide)
+        assert got.search.changes == one.search.changes and got.quant == one.quant
+        assert [m.changes for m in got.search.trail] == [m.changes for m in one.search.trail]
+        assert [m.outputs for m in got.search.trail] == [m.outputs for m in one.search.trail]
+        assert max(Wide.calls) > 1 and sum(Wide.calls) > one.search.n_measured  # measured ahead
+        assert len(Wide.calls) < one.search.n_measured  # in fewer rounds
