@@ -12,9 +12,12 @@ import pytest
 from ..pipeline.test_sources import LOADER, by_hand, classifier, framer, photos
 from .test_bad_input import assert_user_error, snapshot
 
-pytestmark = pytest.mark.extra  # Pillow: the test and images extras
-pytest.importorskip("PIL")
-from PIL import Image  # noqa: E402
+try:  # not pytest.importorskip at import time: the bare run collects this module and leaves its tests out
+    from PIL import Image
+except ImportError:  # pragma: no cover
+    Image = None
+# Pillow: the test and images extras (with CI set, the skip is a failure: tests/conftest.py)
+pytestmark = [pytest.mark.extra, pytest.mark.skipif(Image is None, reason="could not import 'PIL'")]
 
 
 def png16(a) -> bytes:
