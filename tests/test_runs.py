@@ -246,3 +246,14 @@ def test_run_placeholder_with_one_method_names_its_file(run_cli, tmp_path):
     assert [f.name for f in tmp_path.iterdir()] == ["q-minmax.onnx"]
     qaudit.audit(SAMPLE_MODEL, SAMPLE_CALIB, output_model=tmp_path / "api-{run}.onnx")
     assert sorted(f.name for f in tmp_path.iterdir()) == ["api-percentile.onnx", "q-minmax.onnx"]
+
+
+def test_runs_of_a_model_with_external_data_read_its_weights_beside_the_folded_model(counted, monkeypatch):
+    """A big model's folded graph is saved with its weights in ``folded.onnx.data``; every run's capture
+    and rows must read them from there, not from the run's own folder (MiniLM, ddddocr's captcha)."""
+    monkeypatch.setattr(session_module, "EXTERNAL_DATA_BYTES", 0)  # every model saved with external data
+    report = qaudit.audit(SAMPLE_MODEL, SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_LABELS, calibrate_method=METHODS)
+    for method in METHODS:
+        assert json.dumps(_body(report.run(method)), sort_keys=True) == json.dumps(
+            _body(counted[0].run(method)), sort_keys=True
+        )

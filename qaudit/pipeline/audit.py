@@ -295,7 +295,9 @@ def capture_runs(ctx: Context, runs: list[Run], on_batch=None) -> list[Captured]
             ctx.fold.model,
             [QuantizedSide(runs[i].qmodel, runs[i].matching, runs[i].work, runs[i].q_path) for i in members],
             src.evaluation.batches(ctx.batch_size, cfg.max_samples),
-            runs[members[0]].work,  # the fp32 graph's instrumented copy: one folder per pass
+            # the fp32 graph's instrumented copy beside the folded model, whose external data it refers to;
+            # one file per pass (trials may run in parallel processes)
+            ctx.folded_path.parent,
             labels=src.labels,
             outputs=ctx.outputs,
             isolated=cfg.isolated,
@@ -303,6 +305,7 @@ def capture_runs(ctx: Context, runs: list[Run], on_batch=None) -> list[Captured]
             on_batch=on_batch if g == 0 else None,
             model_name=f"model {cfg.model}",
             runtimes=ctx.runtimes or None,
+            fp32_file=f"folded_instrumented.{runs[members[0]].work.name}.onnx",
         )
         captures.update(zip(members, got))
     return [captures[i] for i in range(len(runs))]
@@ -311,7 +314,9 @@ def capture_runs(ctx: Context, runs: list[Run], on_batch=None) -> list[Captured]
 def run_report(ctx: Context, run: Run, captured, clock: PhaseClock) -> Report:
     """6. measure every row of a captured run and assemble its report."""
     fold, cfg = ctx.fold, ctx.cfg
-    rows = layer_rows(fold.model, run.qmodel, run.matching, fold.folded, captured.meter, cfg.clip_percentile, run.work)
+    rows = layer_rows(
+        fold.model, run.qmodel, run.matching, fold.folded, captured.meter, cfg.clip_percentile, ctx.folded_path.parent
+    )  # the folder of the folded model's external data
     rows = mark_overrides(rows, ctx.overridden, fold.model)
     clock.lap("measure")
     facts = RunFacts(

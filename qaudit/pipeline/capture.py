@@ -106,6 +106,7 @@ def capture_many(
     model_name: str = "the model",
     runtimes: Sequence[Runtime] | None = None,
     first: dict[str, np.ndarray] | None = None,
+    fp32_file: str = "folded_instrumented.onnx",
 ) -> list[Captured]:
     """:func:`capture` of several quantized graphs of one fp32 graph (the runs of a multi-run
     audit) on one pass over ``batches``: the fp32 session runs once per batch, and every
@@ -129,6 +130,9 @@ def capture_many(
     it (:mod:`qaudit.distributed`): the plain-session check runs on it, and what
     each output holds is decided from it, as a capture of every batch decides them
     (the shards' meters then merge into that capture's).
+
+    ``work`` / ``fp32_file``: where the instrumented fp32 graph is saved; a model whose
+    weights are external data must be saved in the folder of its data (:func:`save_model`).
     """
     if not sides:
         return []
@@ -142,9 +146,7 @@ def capture_many(
         for vi in list(fp32_model.graph.value_info) + list(fp32_model.graph.input)
     }
     fp32_outs = [(n, vtypes.get(n, onnx.TensorProto.FLOAT)) for n in twins]
-    fp32_session = make_session(
-        save_model(with_outputs(fp32_model, fp32_outs), work / "folded_instrumented.onnx"), what=model_name
-    )
+    fp32_session = make_session(save_model(with_outputs(fp32_model, fp32_outs), work / fp32_file), what=model_name)
     shapes = {
         vi.name: vi.type.tensor_type.shape
         for vi in [*fp32_model.graph.value_info, *fp32_model.graph.input, *fp32_model.graph.output]
