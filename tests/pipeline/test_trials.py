@@ -118,7 +118,7 @@ def test_each_trial_is_the_audit_of_its_subset(counted, by_hand):
 def test_the_fp32_graph_runs_once_per_evaluation_batch(counted):
     report, runs = counted
     batches = math.ceil(400 / BATCH)
-    fp32 = [r for r in runs if r.startswith("folded_instrumented.onnx")]
+    fp32 = [r for r in runs if r.startswith("folded_instrumented.")]  # folded_instrumented.<run folder>.onnx
     assert len(fp32) == batches  # one pass serves the main run and every trial
     for where in ["qaudit-"] + [f"trial{i}" for i in range(TRIALS)]:
         # the instrumented quantized graph (saved by the runtime beside the plain model) once per batch,
