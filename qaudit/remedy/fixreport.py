@@ -93,33 +93,38 @@ def _measurement(m, index: int) -> dict:
 def _references(trail: list[dict]) -> None:
     """Each entry's ``reference``: the latest earlier passing set it is a strict subset of (the set the
     pruning took changes out of), and ``removed``: what it took out; the first sets have none."""
+    sets = [frozenset(_key(c) for c in m["changes"]) for m in trail]
     for i, m in enumerate(trail):
-        keys = {_key(c) for c in m["changes"]}
+        keys = sets[i]
         for j in range(i - 1, -1, -1):
             ref = trail[j]
-            rkeys = {_key(c) for c in ref["changes"]}
-            if ref["passed"] and keys < rkeys:
+            if ref["passed"] and keys < sets[j]:
                 m["reference"] = j
                 m["removed"] = [c for c in ref["changes"] if _key(c) not in keys]
                 break
 
 
-def _sensitivity(key: tuple, trail: list[dict]) -> dict | None:
-    """A candidate's measured sensitivity: the trail's smallest removal that took it out of a passing
-    set (the last of equal size): that entry (``trail``, the set without it), the set it was taken out of
-    (``reference``), how many changes went with it (``removed_with``) and whether the gates passed without it."""
-    best = None
+def _sensitivities(trail: list[dict]) -> dict[tuple, dict]:
+    """Each change's measured sensitivity, by change: the trail's smallest removal that took it out of a
+    passing set (the last of equal size): that entry (``trail``, the set without it), the set it was taken
+    out of (``reference``), how many changes went with it (``removed_with``) and whether the gates passed
+    without it (``passed_without``). Changes no removal took out have none."""
+    best: dict[tuple, dict] = {}
     for m in trail:
-        if m["reference"] is not None and any(_key(c) == key for c in m["removed"]):
-            if best is None or len(m["removed"]) <= len(best["removed"]):
-                best = m
-    if best is None:
-        return None
+        if m["reference"] is None:
+            continue
+        for c in m["removed"]:
+            k = _key(c)
+            if k not in best or len(m["removed"]) <= len(best[k]["removed"]):
+                best[k] = m
     return {
-        "trail": best["index"],
-        "reference": best["reference"],
-        "removed_with": len(best["removed"]) - 1,
-        "passed_without": best["passed"],
+        k: {
+            "trail": m["index"],
+            "reference": m["reference"],
+            "removed_with": len(m["removed"]) - 1,
+            "passed_without": m["passed"],
+        }
+        for k, m in best.items()
     }
 
 
@@ -143,6 +148,7 @@ def section(result, gates, budget: int | None = None, files: dict | None = None)
             d.update(reference=trail[d["index"]]["reference"], removed=trail[d["index"]]["removed"])
         return d
 
+    sensitivity = _sensitivities(trail)
     cands = []
     rank_of = {}
     chosen = {_key(_change(c)) for c in s.changes}
@@ -158,7 +164,7 @@ def section(result, gates, budget: int | None = None, files: dict | None = None)
                 "reason": c.why,
                 "cause": _cause(c),
                 "chosen": _key(ch) in chosen,
-                "sensitivity": _sensitivity(_key(ch), trail),
+                "sensitivity": sensitivity.get(_key(ch)),
             }
         )
     causes = {_key(c): c["cause"] for c in cands}
