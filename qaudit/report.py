@@ -645,6 +645,11 @@ def gates_from_dict(d: dict | None) -> GateResult | None:
         ckw = _typed_fields(GateCheck, c, f"gates.checks[{i}]")
         if ckw["status"] not in CHECK_STATUSES:
             raise ReportFormatError(f"gates.checks[{i}].status must be one of {', '.join(CHECK_STATUSES)}")
+        if ckw.get("measured") is None and ckw.get("reason") in (
+            f"{ckw['metric']} is +inf",
+            f"{ckw['metric']} is -inf",
+        ):
+            ckw["measured"] = math.inf if ckw["reason"].endswith("+inf") else -math.inf  # written null (strict JSON)
         checks.append(GateCheck(**ckw))
     return GateResult(checks=tuple(checks), **kw)
 

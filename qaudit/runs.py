@@ -9,6 +9,9 @@ single-method audit still produces a plain :class:`~qaudit.report.Report`
      "runs": [{"name": "percentile", <a report's sections: meta, model, settings, ..., gates>}, ...],
      "gates": null | {"passed": bool, "failed_runs": [names]}}
 
+``qaudit fix``'s before/after report adds ``"fix"`` (:mod:`qaudit.remedy.fixreport`): what was
+changed and how it was found; its verdict is the ``after`` run's.
+
 Like :mod:`qaudit.report`, this module imports neither onnx nor onnxruntime.
 """
 
@@ -32,6 +35,9 @@ class MultiReport:
 
     runs: tuple[tuple[str, Report], ...]
     format_version: int = RUNS_FORMAT_VERSION
+    #: ``qaudit fix``'s section (runs ``before`` and ``after``): what was changed and how it was found
+    #: (:func:`qaudit.remedy.fixreport.section`), else None
+    fix: dict | None = None
 
     def __post_init__(self):
         names = [n for n, _ in self.runs]
@@ -39,6 +45,8 @@ class MultiReport:
             raise ValueError("a multi-run report needs at least one run")
         if len(set(names)) != len(names):
             raise ValueError(f"run names must be unique, not {names}")
+        if self.fix is not None and "after" not in names:
+            raise ValueError("a fix report needs an 'after' run (the verifying audit)")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -84,7 +92,12 @@ def runs_to_dict(mr: MultiReport) -> dict:
         body.pop("format")
         runs.append({"name": name, **body})
     gates = {"passed": mr.passed, "failed_runs": list(mr.failed_runs)} if mr.gated else None
-    return {"format": {"name": "qaudit-report", "version": RUNS_FORMAT_VERSION}, "runs": runs, "gates": gates}
+    out = {"format": {"name": "qaudit-report", "version": RUNS_FORMAT_VERSION}, "runs": runs, "gates": gates}
+    if mr.fix is not None:  # only a fix's report: other multi-run documents unchanged
+        from qaudit.remedy.fixreport import to_dict as fix_to_dict
+
+        out["fix"] = fix_to_dict(mr.fix, mr.run("after"))
+    return out
 
 
 def runs_to_json(mr: MultiReport, indent: int = 2) -> str:
@@ -117,7 +130,17 @@ def runs_from_dict(d: dict, strict: bool = False) -> MultiReport:
         except ReportFormatError as e:
             raise ReportFormatError(f"runs[{i}] ({name}): {e}") from None
         runs.append((name, dataclasses.replace(report, format_version=RUNS_FORMAT_VERSION)))
-    return MultiReport(tuple(runs))
+    fix = None
+    if d.get("fix") is not None:
+        from qaudit.remedy.fixreport import check
+
+        if "after" not in seen:
+            raise ReportFormatError("fix needs a run named 'after' (the verifying audit)")
+        try:
+            fix = check(d["fix"])
+        except ValueError as e:
+            raise ReportFormatError(str(e)) from None
+    return MultiReport(tuple(runs), fix=fix)
 
 
 def read(d, strict: bool = False) -> Report | MultiReport:

@@ -495,6 +495,9 @@ def test_gates_round_trip_through_json():
     assert [c.status for c in back.gates.checks] == [c.status for c in res.checks]
     assert back.gates.added_layers == ("b",)
     assert back.gates.baseline["path"] == "b.json"
+    # an infinite measured value is written null (its reason says +inf) and read back as +inf
+    assert back.gates.checks[0].measured == INF and back.gates.checks[0] == res.checks[0]
+    assert describe(back.gates.checks[0]) == describe(res.checks[0]) == "min_layer_sqnr a: sqnr_db ∞ >= 25"
 
 
 def test_version_1_reports_are_read_as_baselines():

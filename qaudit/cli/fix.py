@@ -191,7 +191,10 @@ def run_fix(args) -> int:
             rec = result.record
             doc = ort_arguments(result.quant, rec["also_exclude"], rec["tensor_overrides"], rec["ranges"], sha)
             texts["--ort-args"] = json.dumps(doc, indent=2) + "\n"
-        multi = MultiReport((("before", before), ("after", after)))
+        from qaudit.remedy.fixreport import FILE_FLAGS, section
+
+        files = {k: wanted[flag] if flag in outs else None for k, flag in FILE_FLAGS.items()}
+        multi = MultiReport((("before", before), ("after", after)), fix=section(result, gates, budget, files))
         if "--json" in outs:
             texts["--json"] = render(multi, "json")
         if "--html" in outs:

@@ -419,6 +419,9 @@ def _finish(report, settings, baseline, outs) -> int:
         if gated:
             report = evaluate_runs(report, settings.gates, baseline, v.get("baseline"))
         result, failed = None, not report.passed
+        if report.fix is not None:  # a fix's report: the verdict is the verifying audit's, as qaudit fix exits
+            after = report.run("after").gates
+            failed = after is not None and not after.passed
     else:
         if isinstance(baseline, MultiReport):
             raise ConfigError(

@@ -707,8 +707,40 @@ def _runtimes_html(reports) -> str:
     return '<h2 id="runtimes">Runtimes</h2>\n' + "".join(parts)
 
 
-def _page(reports: Sequence[tuple[str, Report]], worst: int) -> str:
-    """One self-contained HTML page for ``[(label, report), ...]`` (at least one); several are overlaid."""
+def _fix_html(mr) -> str:
+    """The "Fix" section of a fix's before/after report (:mod:`qaudit.renderers.fixsection`)."""
+    from qaudit.renderers.fixsection import HEADING, parts
+
+    p = parts(mr)
+    mark = {True: "pass", False: "fail"}.get(p.passed, "")
+    out = [
+        f'<h2 id="fix">{escape(HEADING)}</h2>',
+        f'<p><strong class="verdict {mark}">{escape(p.verdict)}</strong></p>',
+    ]
+    for part in p.tables:
+        # left-aligned columns "l", the long ones wrapping ("reason")
+        cls = [
+            (' class="l reason"' if h in ("change", "why", "set") else ' class="l"') if a == "l" else ""
+            for h, a in zip(part.header, part.align, strict=True)
+        ]
+        head = "".join(f"<th{c}>{escape(h)}</th>" for h, c in zip(part.header, cls, strict=True))
+        rows = "".join(
+            "<tr>" + "".join(f"<td{k}>{escape(c)}</td>" for c, k in zip(row, cls, strict=True)) + "</tr>"
+            for row in part.rows
+        )
+        out.append(
+            f'<h3>{escape(part.title)}</h3><div class="scroll"><table><thead><tr>{head}</tr></thead>'
+            f"<tbody>{rows}</tbody></table></div>"
+        )
+        if part.more:
+            out.append(f"<p class='muted'>{escape(part.more)}</p>")
+    out.append("<ul>" + "".join(f"<li>{escape(line)}</li>" for line in p.lines) + "</ul>")
+    return "\n".join(out) + "\n"
+
+
+def _page(reports: Sequence[tuple[str, Report]], worst: int, fix: str = "") -> str:
+    """One self-contained HTML page for ``[(label, report), ...]`` (at least one); several are overlaid.
+    ``fix``: the "Fix" section (:func:`_fix_html`), after the summary."""
     reports = list(reports)
     multi = len(reports) > 1
     x_range = _x_range(reports)
@@ -780,12 +812,12 @@ def _page(reports: Sequence[tuple[str, Report]], worst: int) -> str:
 <body data-js-errors="0">
 <header><div class="hin">
 <h1>Quantization audit: {escape(" vs ".join(labels))}</h1>
-<nav aria-label="sections"><a href="#summary">Summary</a>{'<a href="#causes">What to try</a>' if tries else ""}<a href="#outputs">Outputs</a><a href="#plots">Layer plots</a><a href="#histograms">Worst layers</a><a href="#layers">Layer table</a></nav>
+<nav aria-label="sections"><a href="#summary">Summary</a>{'<a href="#fix">Fix</a>' if fix else ""}{'<a href="#causes">What to try</a>' if tries else ""}<a href="#outputs">Outputs</a><a href="#plots">Layer plots</a><a href="#histograms">Worst layers</a><a href="#layers">Layer table</a></nav>
 </div></header>
 <main>
 <h2 id="summary">Summary</h2>
 {cards}
-{tries}<h2 id="outputs">Model outputs (fp32 vs quantized)</h2>
+{fix}{tries}<h2 id="outputs">Model outputs (fp32 vs quantized)</h2>
 {_outputs_table(reports)}
 {_trials_section(reports)}
 <h2 id="plots">Layerwise plots</h2>
@@ -828,7 +860,8 @@ class HtmlRenderer:
         if kind == "report":
             subject = [(default_label(subject), with_gates(subject, gates))]
         elif kind == "runs":  # the runs of one audit overlaid, each labelled with its name (the method)
-            subject = list(subject.runs)
+            fix = _fix_html(subject) if subject.fix is not None else ""
+            return _page(list(subject.runs), worst, fix)
         return _page(subject, worst)
 
 

@@ -91,6 +91,22 @@ def _what_to_try(report) -> list[str]:
     return out
 
 
+def _fix(mr) -> list[str]:
+    """The "Fix" section of a fix's before/after report (:mod:`qaudit.renderers.fixsection`)."""
+    from qaudit.renderers.fixsection import HEADING, parts
+
+    p = parts(mr)
+    mark = {True: "✅ ", False: "❌ "}.get(p.passed, "")
+    out = ["", f"### {HEADING}", "", f"**{mark}{text(p.verdict)}**"]
+    for part in p.tables:
+        out += ["", f"#### {text(part.title)}", ""]
+        out += _table([text(h) for h in part.header], [[text(c) for c in row] for row in part.rows], part.align)
+        if part.more:
+            out += ["", text(part.more)]
+    out += [""] + [f"- {text(line)}" for line in p.lines]
+    return out
+
+
 class MarkdownRenderer:
     """``render(report, *, gates=None, worst=5) -> str``: the Markdown summary of the gate verdict
     (``gates``, default ``report.gates``) and the ``worst`` layers, in the sections the module docstring lists."""
@@ -220,7 +236,12 @@ class MarkdownRenderer:
         (a single report's summary, one heading level down)."""
         from qaudit.runs import summary_rows, verdict_line
 
-        if not mr.gated:
+        if mr.fix is not None:  # a fix's verdict is the verifying audit's
+            from qaudit.renderers.fixsection import parts
+
+            p = parts(mr)
+            out = [f"## qaudit { ({True: '✅ ', False: '❌ '}.get(p.passed, '')) }{text(p.verdict)}"]
+        elif not mr.gated:
             out = [f"## qaudit: {len(mr.runs)} runs, no gates configured"]
         elif mr.passed:
             out = [f"## qaudit: ✅ PASS — every run passes ({text(', '.join(mr.names))})"]
@@ -257,6 +278,8 @@ class MarkdownRenderer:
             ],
             "lllrrrrc" + ("rr" if trials else ""),
         )
+        if mr.fix is not None:
+            out += _fix(mr)
         for name, report in mr.runs:
             section = self.render(report, worst=worst).splitlines()
             section = ["#" + line if line.startswith("##") else line for line in section]

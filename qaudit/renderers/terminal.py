@@ -740,6 +740,8 @@ def print_runs(mr, con: Console, worst: int = 3, quiet: bool = False) -> None:
                 con.print(gates_section(report.gates))
         con.rule(style="muted")
         con.print(runs_table(mr))
+        if mr.fix is not None:
+            print_fix(mr, con)
     if mr.gated:
         for name, report in mr.runs:
             if report.gates is not None:
@@ -747,6 +749,30 @@ def print_runs(mr, con: Console, worst: int = 3, quiet: bool = False) -> None:
         ok = mr.passed
         line = verdict_line(mr)
         con.print(Text(line, style="verdict.pass" if ok else "verdict.fail"), soft_wrap=True)
+    if mr.fix is not None:  # the fix's verdict: the verifying audit's (qaudit fix's exit code)
+        from qaudit.renderers.fixsection import parts
+
+        p = parts(mr)
+        con.print(Text(p.verdict, style={True: "verdict.pass", False: "verdict.fail"}.get(p.passed)), soft_wrap=True)
+
+
+def print_fix(mr, con: Console) -> None:
+    """The "Fix" section: the changes, the outputs before -> after, the trail, the budget and the files."""
+    from qaudit.renderers.fixsection import HEADING, parts
+
+    p = parts(mr)
+    con.rule(Text(HEADING, style="head"), align="left")
+    for part in p.tables:
+        t = Table(title=part.title, title_justify="left", header_style="head")
+        for col, a in zip(part.header, part.align, strict=True):
+            t.add_column(col, justify="right" if a == "r" else "left", overflow="fold")
+        for row in part.rows:
+            t.add_row(*map(Text, row))
+        con.print(t)
+        if part.more:
+            con.print(Text(part.more, style="muted"), soft_wrap=True)
+    for line in p.lines:
+        con.print(Text(line), soft_wrap=True)
 
 
 RENDERER = TerminalRenderer()

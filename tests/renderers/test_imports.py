@@ -2,7 +2,7 @@
 
 Checked in a clean interpreter (a subprocess): after importing each module of
 ``qaudit/renderers/`` (found on disk, so a new module is checked without
-editing this test), and ``qaudit.gate`` / ``qaudit.report`` / ``qaudit.remedy.causes``, ``sys.modules``
+editing this test), and ``qaudit.gate`` / ``qaudit.report`` / ``qaudit.remedy.causes`` / ``qaudit.remedy.fixreport``, ``sys.modules``
 holds no onnx, no onnxruntime and no ``qaudit.pipeline`` module. Then every
 format renders every subject it accepts from the committed JSON, and still
 none is imported.
@@ -34,6 +34,7 @@ MODULES = [
     "qaudit.gate",
     "qaudit.runs",
     "qaudit.remedy.causes",
+    "qaudit.remedy.fixreport",
     "qaudit.renderers",
     *sorted(f"qaudit.renderers.{m.name}" for m in pkgutil.iter_modules([str(RENDERERS_DIR)])),
 ]
