@@ -54,6 +54,15 @@ def test_the_comparison_allows_only_the_stated_bound(local_report):
     row = next(r for r in other["layers"] if r.get("histogram"))
     row["histogram"]["counts"][0] += 1
     assert differences(local_report, other) != []
+    # a cause's evidence: its value within the bound when its metric comes from sums, else exact
+    ev = {"causes": [{"severity": 1.5, "evidence": [{"metric": "clip_error_share", "value": 0.5},
+                                                    {"metric": "a_clip_fraction", "value": 0.25}]}]}  # fmt: skip
+    near = copy.deepcopy(ev)
+    near["causes"][0]["severity"] *= 1 + 1e-12
+    near["causes"][0]["evidence"][0]["value"] *= 1 + 1e-12
+    assert differences(ev, near) == []
+    near["causes"][0]["evidence"][1]["value"] *= 1 + 1e-12
+    assert differences(ev, near) == ["causes.0.evidence.1.a_clip_fraction: 0.25 vs 0.25000000000025"]
 
 
 def test_a_worker_killed_mid_audit_is_retried_and_the_report_is_identical(ray_cluster, local_report, monkeypatch):
