@@ -177,3 +177,40 @@ def announcing(fn, folder: Path, wait: float = 1.5):
         return fn(*args)
 
     return run
+
+
+class Handed:
+    """What the driver hands Ray from the moment it is made: the pickled size of every ``ray.put`` value
+    and of every task argument that is not an object reference (Ray puts an argument over 100 KiB into
+    its object store itself; a smaller one travels in the task's message). ``sizes``: in order.
+
+    (Ray's own count, ``cumulative_created_bytes`` of the object stores, needs the grpc module, which
+    a minimal ``pip install ray`` does not bring.)"""
+
+    def __init__(self, monkeypatch):
+        import ray
+
+        self.sizes: list[int] = []
+        real_put, real_remote = ray.put, ray.remote
+
+        def size(value) -> int:
+            return len(ray.cloudpickle.dumps(value))
+
+        def put(value, **kw):
+            self.sizes.append(size(value))
+            return real_put(value, **kw)
+
+        class Counted:
+            def __init__(self, fn):
+                self.fn = fn
+
+            def remote(inner, *args):
+                self.sizes += [size(a) for a in args if not isinstance(a, ray.ObjectRef)]
+                return inner.fn.remote(*args)
+
+        def remote(*a, **kw):
+            decorate = real_remote(*a, **kw)
+            return lambda fn: Counted(decorate(fn))
+
+        monkeypatch.setattr(ray, "put", put)
+        monkeypatch.setattr(ray, "remote", remote)
