@@ -452,6 +452,8 @@ class RayExecutor:
 
     def __init__(self, address: str, shared_dir: Path | None = None):
         self.address = address
+        if shared_dir is not None:  # a bad folder is one line before the cluster is asked
+            check_shared_dir(shared_dir)
         self.width = cluster_cpus(connect(address))
         self._refs: dict = {}
         self.shared = None if shared_dir is None else SharedRun(shared_dir)

@@ -97,6 +97,10 @@ def test_the_options_are_checked_before_any_work(tmp_path, run_cli):
     p = run_cli(*model, "--ray-address", "127.0.0.9:1", "--ray-shared-dir", str(missing))
     assert p.returncode == 2 and p.stderr.startswith(f"qaudit: error: --ray-shared-dir {missing}: no such folder")
     assert p.stderr.count("\n") == 1
+    p = run_cli(
+        "fix", *model, "--min-output-sqnr", "25", "--ray-address", "127.0.0.9:1", "--ray-shared-dir", str(missing)
+    )
+    assert p.returncode == 2 and p.stderr.startswith(f"qaudit: error: --ray-shared-dir {missing}: no such folder")
     path = write_sweep(tmp_path / "s", extra=f'ray_shared_dir = "{missing.name}"')
     p = run_cli("sweep", str(path))
     assert p.returncode == 2 and "give --ray-address too (or ray_address in the sweep file)" in p.stderr
