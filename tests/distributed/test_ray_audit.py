@@ -76,3 +76,33 @@ def test_a_worker_killed_mid_audit_is_retried_and_the_report_is_identical(ray_cl
     assert k.killed, "no shard's worker was found to kill"
     assert differences(local_report, got) == []
     assert got["data"] == local_report["data"]  # every sample counted once
+
+
+def test_stopping_a_cluster_ends_its_own_processes_and_no_other(ray_cluster):
+    """Cluster.stop ends its session's processes by id (not ``ray stop``, which ends every Ray process
+    of the machine): a second cluster stopped leaves none of its processes and the session's cluster whole."""
+    from pathlib import Path
+
+    from .cluster import Cluster, alive
+
+    def daemons(c) -> set[int]:  # its GCS, raylets, monitors (workers come and go)
+        out = set()
+        for pid in c.own_pids():
+            try:
+                if str(c.tmp) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                    out.add(pid)
+            except OSError:
+                pass
+        return out
+
+    before = daemons(ray_cluster)
+    other = Cluster(cpus=1, worker_cpus=0, object_store_mb=100)
+    try:
+        theirs = other.own_pids()
+        assert theirs and not set(theirs) & set(before)
+    finally:
+        other.stop()
+    assert not any(map(alive, theirs))
+    assert not other.tmp.exists()
+    assert before and before == daemons(ray_cluster)
+    ray_cluster.wait_for_nodes(2, timeout=10)
