@@ -347,8 +347,8 @@ OPTIONS: tuple[Option, ...] = (
         "ray_shared_dir",
         "path",
         "with --ray-address: a folder every Ray node mounts at the same path; the models and data are "
-        "written (or, already there, used) in it and the workers read them by path, not through Ray's "
-        "object store",
+        "written there and the workers read them by path, not through Ray's object store (qaudit sweep: "
+        "files already in it are read in place)",
         group="measurement",
         metavar="DIR",
     ),
