@@ -110,3 +110,23 @@ def test_a_worker_that_cannot_see_the_folder_is_one_line_naming_its_node(ray_clu
         msg,
     ), msg
     assert list(shared.iterdir()) == []  # the run folder removed on the way out
+
+
+def test_a_worker_killed_mid_shard_is_retried_from_the_same_files(ray_cluster, wide, tmp_path, monkeypatch):
+    """A shard's batch files stay until its task has returned: the retried task reads them again,
+    and the report is the local one."""
+    from qaudit import distributed
+
+    from .cluster import Killer, announcing
+
+    local = to_dict(qaudit.audit(wide))
+    folder = ray_cluster.tmp / "shared-tasks"
+    monkeypatch.setattr(distributed, "_capture_shared_shard", announcing(distributed._capture_shared_shard, folder))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    with Killer(folder) as k:
+        got = to_dict(qaudit.audit(wide.replace(ray_address=ray_cluster.address, ray_shared_dir=shared)))
+    assert k.killed, "no shard's worker was found to kill"
+    assert differences(local, got) == []
+    assert got["data"] == local["data"]
+    assert list(shared.iterdir()) == []
