@@ -10,15 +10,23 @@ one CPU each, so two Ray worker processes):
    ``--ray-address`` (one task per model);
 2. one audit of PP-OCRv4 det at 320x320, N = 512 (samples/realworld/build.py,
    evaluation data = calibration data as in bench_audit.py): local, and sharded
-   with ``--ray-address`` over one and over two worker CPUs (the shard scaling).
+   with ``--ray-address`` over one and over two worker CPUs (the shard scaling),
+   and over two with ``--ray-shared-dir`` (models and batches by path, not through
+   the object store; ``--no-shared-dir`` leaves it out).
 
 Each run is a ``python -m qaudit`` child. Wall time is the child's; peak RSS is
 each process's own high-water mark (``VmHWM`` in /proc, sampled every 0.2 s):
 the driver, each pool or Ray worker process that ran qaudit, and Ray's own
-daemons (raylet, GCS, ...) summed. Every byte stays on loopback.
+daemons (raylet, GCS, ...) summed. Every byte stays on loopback. The machine's
+load average is recorded before and after each run (a shared machine makes the
+walls noisy).
 
-    python benchmarks/bench_ray.py --out ray.json        # needs the realmodels, init-study and ray extras
-    python benchmarks/bench_ray.py --quick               # N = 64, 4 models: a smoke run
+The figures go to ``benchmarks/results/ray.json`` (every measurement) and
+``benchmarks/results/ray.md`` (the table of docs/distributed.md#benchmark, to
+paste there), or beside ``--out``; the table is printed too.
+
+    python benchmarks/bench_ray.py                       # N = 512; needs the realmodels, init-study and ray extras
+    python benchmarks/bench_ray.py --n 32 --out /tmp/ray.json   # a smoke run of every step (about 5 minutes)
 """
 
 from __future__ import annotations
@@ -102,6 +110,7 @@ class Watch:
 
 
 def run(label: str, args: list[str], env: dict, cluster_tmp: str | None = None) -> dict:
+    load_before = round(os.getloadavg()[0], 2)
     t0 = time.perf_counter()
     p = subprocess.Popen([sys.executable, "-m", "qaudit", *args], env=env, cwd=REPO, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -111,9 +120,11 @@ def run(label: str, args: list[str], env: dict, cluster_tmp: str | None = None) 
     rss = watch.stop()
     if p.returncode not in (0, 1):
         raise SystemExit(f"{label}: exit {p.returncode}: {err[-2000:]}")
-    ray_workers = [m for m in rss.get("ray worker", []) if m > 150]  # the workers that ran qaudit
-    print(f"{label:<38} {wall:8.1f} s   peak RSS MB: " + ", ".join(f"{k} {v}" for k, v in rss.items()), flush=True)
-    return {"label": label, "wall_s": round(wall, 2), "peak_rss_mb": rss, "busy_ray_workers": len(ray_workers)}
+    ray_workers = [m for m in rss.get("ray worker", []) if m >= IDLE_MB]  # the workers that ran qaudit
+    print(f"{label:<44} {wall:8.1f} s   peak RSS MB: " + ", ".join(f"{k} {v}" for k, v in rss.items()), flush=True)
+    load = [load_before, round(os.getloadavg()[0], 2)]
+    return {"label": label, "wall_s": round(wall, 2), "peak_rss_mb": rss, "busy_ray_workers": len(ray_workers),
+            "load_avg_1min": load}  # fmt: skip
 
 
 def train_models(work: Path, env: dict) -> None:
@@ -147,13 +158,59 @@ def capture_seconds(report: Path) -> dict:
     return {"phases": d["meta"]["phase_seconds"], "ray": d["meta"].get("ray")}
 
 
+#: a Ray worker process below this peak RSS (MB) ran no qaudit task: an idle worker Ray started
+IDLE_MB = 150
+
+
+def rss_text(rss: dict) -> str:
+    """``driver 620, workers 1,000, 978, Ray daemons 324 (sum)``: the busy processes' peaks, in MB."""
+    parts = [f"driver {rss['driver'][0]:,}"] if rss.get("driver") else []
+    workers = [m for k in ("local worker", "ray worker") for m in rss.get(k, []) if m >= IDLE_MB]
+    idle = [m for m in rss.get("ray worker", []) if m < IDLE_MB]
+    if workers:
+        parts.append(("worker " if len(workers) == 1 else "workers ") + ", ".join(f"{m:,}" for m in workers))
+    if idle:
+        parts.append(f"idle Ray workers ~{round(sum(idle) / len(idle))} each")
+    if rss.get("ray daemons (sum)"):
+        parts.append(f"Ray daemons {rss['ray daemons (sum)'][0]:,} (sum)")
+    return ", ".join(parts)
+
+
+def table(results: dict) -> str:
+    """The Markdown table of docs/distributed.md#benchmark."""
+    n = results["n"]
+    lines = [f"Measured by `python benchmarks/bench_ray.py --n {n}` ({results['machine']['cores']} cores, load average "
+             f"{results['machine']['load_avg_1min_start']} at the start; each run's before/after in the JSON).", "",
+             "| run | wall | peak RSS per process (MB) |", "|---|---:|---|"]  # fmt: skip
+    for r in results["runs"]:
+        label = r["label"].replace("det audit", f"PP-OCRv4 det@320, N = {n}")
+        label = label.replace("sweep,", f"sweep of {results['models']} init-study models,")
+        wall = f"{r['wall_s']:.1f} s"
+        if "report" in r:
+            ph = r["report"]["phases"]
+            wall += f" (calibrate {ph['calibrate']:.1f}, capture {ph['capture']:.1f})"
+        lines.append(f"| {label} | {wall} | {rss_text(r['peak_rss_mb'])} |")
+    sc = results["scaling"]
+    lines += ["", f"Capture: local {sc['local_capture_s']:.1f} s, 1 Ray worker {sc['ray_capture_1_s']:.1f} s, "
+              f"2 Ray workers {sc['ray_capture_2_s']:.1f} s (speed-up {sc['capture_speedup_1_to_2']}x); the driver's "
+              f"part (everything but the capture) {sc['local_other_s']:.1f} s locally."]  # fmt: skip
+    if "shared_capture_2_s" in sc:
+        lines[-1] += f" With `--ray-shared-dir`: capture {sc['shared_capture_2_s']:.1f} s on 2 workers."
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work-ray", help="models, data, reports")
-    ap.add_argument("--n", type=int, default=512, help="PP-OCR det samples (default 512)")
+    ap.add_argument("--n", type=int, default=512, help="PP-OCR det samples (default 512; at least 16)")
     ap.add_argument("--quick", action="store_true", help="N = 64 and 4 models")
-    ap.add_argument("--out", type=Path, default=None, help="write every measurement as JSON")
+    ap.add_argument("--no-shared-dir", action="store_true", help="leave out the det audit with --ray-shared-dir")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ray.json",
+                    help="write every measurement as JSON, and the table beside it as .md (default: "
+                    "benchmarks/results/ray.json)")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.n < 16:  # each worker CPU gets two shards of whole batches
+        ap.error("--n must be at least 16")
     global ARCHS, INITS
     if args.quick:
         args.n, ARCHS, INITS = 64, ARCHS[:2], INITS
@@ -162,7 +219,10 @@ def main(argv=None) -> int:
     env = loopback_env()
     env.update(NO_COLOR="1", COLUMNS="200")
     env.pop("QAUDIT_KERNELS", None)
-    results: dict = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}, "runs": []}
+    results: dict = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0],
+                                 "load_avg_1min_start": round(os.getloadavg()[0], 2)}, "n": args.n,
+                     "models": len(ARCHS) * len(INITS), "runs": []}  # fmt: skip
+    started = time.perf_counter()
 
     train_models(work / "init", env)
     sweep = work / "init" / "sweep.toml"
@@ -193,6 +253,14 @@ def main(argv=None) -> int:
             runs.append(run(f"det audit, --ray-address ({cpus} worker{'s' * (cpus > 1)})",
                             [*det, "--ray-address", cluster.address, "--json", str(out)], cenv, tmp))  # fmt: skip
             runs[-1]["report"] = capture_seconds(out)
+            if cpus == 2 and not args.no_shared_dir:  # both nodes see this machine's files
+                shared = work / "shared"
+                shared.mkdir(exist_ok=True)
+                out = work / "det-ray2-shared.json"
+                runs.append(run("det audit, --ray-address --ray-shared-dir (2 workers)",
+                                [*det, "--ray-address", cluster.address, "--ray-shared-dir", str(shared), "--json",
+                                 str(out)], cenv, tmp))  # fmt: skip
+                runs[-1]["report"] = capture_seconds(out)
         finally:
             cluster.stop()
     # the arithmetic: the driver's part (everything but the capture) stays; the capture divides
@@ -207,9 +275,17 @@ def main(argv=None) -> int:
         "capture_speedup_1_to_2": round(c1 / c2, 2) if c2 else None,
         "ray_capture_overhead_1_s": round(c1 - local["capture"], 2),
     }
+    shared_run = next((r for r in runs if "shared-dir" in r["label"]), None)
+    if shared_run is not None:
+        results["scaling"]["shared_capture_2_s"] = shared_run["report"]["phases"]["capture"]
+    results["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(results["scaling"], indent=1))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    md = table(results)
+    print("\n" + md + f"\n(whole benchmark: {results['seconds']:.0f} s)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    args.out.with_suffix(".md").write_text(md)
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0
 
 

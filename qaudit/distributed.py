@@ -16,7 +16,11 @@ Ray works as before. What runs where (docs/distributed.md):
   sums of squares and of cross-entropies up to float64 rounding of their order:
   SQNR, QMSE and QCE within :data:`SUM_RTOL` of the local run's (tested);
 * models and data reach the workers through Ray's object store (nothing assumes
-  a shared filesystem), qaudit itself through the job's ``runtime_env``
+  a shared filesystem), or, with ``--ray-shared-dir DIR`` (``ray_shared_dir``), through
+  a folder every node mounts at the same path: the driver writes them into a run
+  folder of its own there (:class:`SharedRun`), the tasks read them by path and
+  only small things (the pairing, labels, the meters) go through the object store;
+  qaudit itself reaches the workers through the job's ``runtime_env``
   (``py_modules``: the driver's qaudit, its C kernels included), and every worker
   must run the driver's per-value kernels (``QAUDIT_KERNELS``): a mismatch is an
   error, since C and numpy sums differ in the last bits;
@@ -27,6 +31,9 @@ Ray works as before. What runs where (docs/distributed.md):
 from __future__ import annotations
 
 import math
+import os
+import secrets
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -84,6 +91,101 @@ def connect(address: str):
 
 def cluster_cpus(ray) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+# ----------------------------------------------------------- a folder every node sees (--ray-shared-dir)
+
+SHARED_HINT = "give a folder every Ray node mounts at the same path, or drop --ray-shared-dir (the object store then carries them)"
+#: the file a run folder holds to prove a worker sees the driver's folder (not one of its own with that name)
+SHARED_MARK = ".qaudit-run"
+
+
+def check_shared_dir(path) -> Path:
+    """``path`` as a folder the driver can write, or a :class:`ConfigError` saying what is wrong."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"--ray-shared-dir {p}: no such folder; {SHARED_HINT}")
+    if not p.is_dir():
+        raise ConfigError(f"--ray-shared-dir {p}: not a folder; {SHARED_HINT}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".qaudit-probe-", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"--ray-shared-dir {p}: cannot write there ({e.strerror or e}); {SHARED_HINT}") from None
+    return p
+
+
+class SharedRun:
+    """One run's folder in ``--ray-shared-dir`` (``qaudit-run-XXXX``), with a token only this run knows:
+    ``with SharedRun(root) as run:`` the driver writes into ``run.path``; a task calls :meth:`check` first.
+    Removed on exit, whatever happened: the user's folder keeps nothing of the run."""
+
+    def __init__(self, root):
+        self.root = check_shared_dir(root)
+        self.path = Path(tempfile.mkdtemp(prefix="qaudit-run-", dir=self.root))
+        self.token = secrets.token_hex(8)
+        (self.path / SHARED_MARK).write_text(self.token)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def __getstate__(self):  # what a task gets: the folder and the token
+        return {"root": self.root, "path": self.path, "token": self.token}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def check(self) -> None:
+        """On a worker: a :class:`ConfigError` naming this node and the folder when it does not see the
+        driver's run folder (missing, unreadable, or another folder of that name)."""
+        try:
+            seen = (self.path / SHARED_MARK).read_text() == self.token
+            why = "it holds another run's files"
+        except OSError as e:
+            seen, why = False, e.strerror or str(e)
+        if not seen:
+            raise ConfigError(
+                f"Ray node {_node_name()} cannot see the --ray-shared-dir folder {self.path} ({why}); mount "
+                f"{self.root} at the same path on every node, or drop --ray-shared-dir"
+            )
+
+
+def _node_name() -> str:
+    """This Ray node's address (on a worker), else this machine's host name."""
+    try:
+        import ray
+    except ImportError:
+        ray = None
+    if ray is not None and ray.is_initialized():
+        return ray.util.get_node_ip_address()
+    import socket
+
+    return socket.gethostname()
+
+
+def write_packed(packed: tuple[bytes, dict[str, bytes]], folder: Path) -> Path:
+    """The model of :func:`pack_model` as ``folder/model.onnx``, its external data files beside it."""
+    data, files = packed
+    folder.mkdir(parents=True)
+    for loc, content in files.items():
+        (folder / loc).write_bytes(content)
+    (folder / "model.onnx").write_bytes(data)
+    return folder / "model.onnx"
+
+
+def _write_batch(feeds: dict[str, np.ndarray], path: Path) -> Path:
+    """One batch of feeds as a .npz (its input names in ``names``: a name may be any string)."""
+    np.savez(path, names=np.array(list(feeds), dtype=str), **{f"i{k}": v for k, v in enumerate(feeds.values())})
+    return path
+
+
+def _read_batch(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as f:
+        return {str(n): f[f"i{k}"] for k, n in enumerate(f["names"])}
 
 
 # ----------------------------------------------------------- models through the object store
@@ -157,6 +259,29 @@ def _capture_shard(fp32, qmodel, matching, batches, first, labels, options, kern
     return captured, ran
 
 
+def _capture_shared_shard(run, fp32_path, q_path, matching, batch_paths, first_path, labels, options, kernels_name):
+    """:func:`_capture_shard` reading the models and batches by path from a :class:`SharedRun`."""
+    import onnx
+
+    from qaudit.pipeline.capture import capture
+
+    run.check()
+    ran = _check_kernels(kernels_name)
+    with tempfile.TemporaryDirectory(prefix="qaudit-shard-") as tmp:  # this worker's instrumented graphs
+        captured = capture(
+            onnx.load(str(fp32_path)),  # its external data read from beside it
+            onnx.load(str(q_path)),
+            matching,
+            (_read_batch(p) for p in batch_paths),
+            Path(tmp),
+            labels=labels,
+            first=None if first_path is None else _read_batch(first_path),
+            **options,
+        )
+    captured.meter.flush()
+    return captured, ran
+
+
 def sharded_capture(
     address: str,
     fp32_model,
@@ -168,27 +293,45 @@ def sharded_capture(
     n_batches: int,
     labels: np.ndarray | None = None,
     on_batch: Callable[[int], None] | None = None,
+    shared_dir: Path | None = None,
     **options,
 ):
     """:func:`~qaudit.pipeline.capture.capture` over a Ray cluster: the same :class:`Captured`.
 
     ``n_batches``: how many batches ``batches`` yields (it sets the shard size). At most two
     shards per CPU are in the object store at once; each shard's samples are reported to
-    ``on_batch`` when its task returns."""
+    ``on_batch`` when its task returns. ``shared_dir`` (``--ray-shared-dir``): the models and
+    the shards' batches are written into a :class:`SharedRun` there instead, and read by path."""
+    if shared_dir is None:
+        return _sharded(
+            address, fp32_model, qmodel, matching, batches, work, n_batches, labels, on_batch, None, options
+        )
+    with SharedRun(shared_dir) as run:
+        return _sharded(address, fp32_model, qmodel, matching, batches, work, n_batches, labels, on_batch, run, options)
+
+
+def _sharded(address, fp32_model, qmodel, matching, batches, work, n_batches, labels, on_batch, run, options):
     from qaudit.pipeline import kernels
     from qaudit.pipeline.data import samples
 
     ray = connect(address)
     cpus = cluster_cpus(ray)
     per_shard = max(1, math.ceil(n_batches / (SHARDS_PER_CPU * cpus)))
-    task = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_capture_shard)
-    fp32_ref = ray.put(pack_model(fp32_model, work))
-    q_ref = ray.put(pack_model(qmodel, work))
+    task = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(
+        _capture_shard if run is None else _capture_shared_shard
+    )
+    if run is None:
+        fp32_ref = ray.put(pack_model(fp32_model, work))
+        q_ref = ray.put(pack_model(qmodel, work))
+    else:  # by path: the object store carries no model
+        fp32_ref = write_packed(pack_model(fp32_model, work), run.path / "fp32")
+        q_ref = write_packed(pack_model(qmodel, work), run.path / "quantized")
     matching_ref = ray.put(matching)
     name = kernels.name()
     pending: dict = {}  # ref -> shard index
     results: dict[int, object] = {}
     sizes: dict[int, int] = {}
+    files: dict[int, list[Path]] = {}  # a shard's batch files in the run folder
     first_ref = None
     seen = 0
 
@@ -202,6 +345,8 @@ def sharded_capture(
                 results[i] = ray.get(ref)
             except ray.exceptions.RayTaskError as e:
                 raise _qaudit_cause(e) from None
+            for path in files.pop(i, ()):  # a finished shard's batches (the first batch stays)
+                path.unlink()
             if on_batch is not None:
                 on_batch(sizes[i])
 
@@ -210,10 +355,18 @@ def sharded_capture(
         n = sum(samples(f) for f in shard)
         lab = labels[seen : seen + n] if labels is not None else None
         sizes[index] = n
-        if first_ref is None:
-            first_ref = ray.put(shard[0])
+        if run is not None:
+            paths = [_write_batch(f, run.path / f"batch-{index}-{j}.npz") for j, f in enumerate(shard)]
+            if first_ref is None:  # the evaluation's first batch: every later shard reads it
+                first_ref = paths[0]
+            files[index] = [p for p in paths if p != first_ref]
+            data = (run, fp32_ref, q_ref, matching_ref, tuple(paths))
+        else:
+            if first_ref is None:
+                first_ref = ray.put(shard[0])
+            data = (fp32_ref, q_ref, matching_ref, ray.put(shard))
         first = None if index == 0 else first_ref
-        ref = task.remote(fp32_ref, q_ref, matching_ref, ray.put(shard), first, lab, options, name)
+        ref = task.remote(*data, first, lab, options, name)
         pending[ref] = index
         return n
 
@@ -239,6 +392,7 @@ def sharded_capture(
     if ran != [name]:  # each task checks it; a report states it
         raise ConfigError(f"the Ray workers ran the {', '.join(ran)} kernels, the driver its {name} kernels")
     info = {"address": address, "shards": index, "cpus": cpus, "kernels": name}
+    info["shared_dir"] = None if run is None else str(run.root)
     return merge_captured([results[i][0] for i in range(index)], info)
 
 
@@ -273,7 +427,10 @@ def map_tasks(address: str, fn, items, on_done=None) -> list:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
-                results[index[ref]] = ray.get(ref)
+                try:
+                    results[index[ref]] = ray.get(ref)
+                except ray.exceptions.RayTaskError as e:  # fn's errors are returned: this is the task's own
+                    raise _qaudit_cause(e) from None
                 if on_done is not None:
                     on_done(index[ref])
     finally:
@@ -287,12 +444,27 @@ class RayExecutor:
     task per change set. A workspace's files (prepared graph, ranges, evaluation batches, fp32 outputs,
     labels) go to the object store once and every task writes them into a temporary folder of its
     own worker: nothing assumes the workers see the driver's filesystem. ``width``: the cluster's
-    CPUs, how many change sets the search measures at once (:func:`qaudit.remedy.search.search`)."""
+    CPUs, how many change sets the search measures at once (:func:`qaudit.remedy.search.search`).
 
-    def __init__(self, address: str):
+    ``shared_dir`` (``--ray-shared-dir``): the workspaces are written into a :class:`SharedRun` there
+    (:meth:`workspace_root`) and every task reads them by path; nothing goes to the object store.
+    :meth:`close` removes that run folder."""
+
+    def __init__(self, address: str, shared_dir: Path | None = None):
         self.address = address
+        if shared_dir is not None:  # a bad folder is one line before the cluster is asked
+            check_shared_dir(shared_dir)
         self.width = cluster_cpus(connect(address))
         self._refs: dict = {}
+        self.shared = None if shared_dir is None else SharedRun(shared_dir)
+
+    def workspace_root(self):
+        """A temporary folder to write a workspace into (a context): in the shared run, or on this machine."""
+        return tempfile.TemporaryDirectory(prefix="qaudit-fix-", dir=None if self.shared is None else self.shared.path)
+
+    def close(self) -> None:
+        if self.shared is not None:
+            self.shared.__exit__()
 
     def map(self, fn, workspaces, change_sets):
         from qaudit.pipeline import kernels
@@ -300,13 +472,13 @@ class RayExecutor:
         ray = require_ray()
         items = []
         for ws, changes in zip(workspaces, change_sets, strict=True):
+            if self.shared is not None:  # by path
+                items.append((fn, ws, self.shared, changes, kernels.name()))
+                continue
             if ws.work not in self._refs:
                 self._refs[ws.work] = ray.put(_files_of(ws.work))
             items.append((fn, ws, self._refs[ws.work], changes, kernels.name()))
-        try:
-            return map_tasks(self.address, _measure_shipped, items)
-        except ray.exceptions.RayTaskError as e:
-            raise _qaudit_cause(e) from None
+        return map_tasks(self.address, _measure_shipped if self.shared is None else _measure_shared, items)
 
 
 def _moved(ws, root: Path):
@@ -341,6 +513,14 @@ def _measure_shipped(item):
         return fn(_moved(ws, root), changes)
 
 
+def _measure_shared(item):
+    """One change set measured on a worker from a workspace in a :class:`SharedRun`, read by path."""
+    fn, ws, run, changes, kernels_name = item
+    run.check()
+    _check_kernels(kernels_name)
+    return fn(ws, changes)
+
+
 def _files_of(path: Path) -> dict[str, bytes]:
     """A file, or every file under a folder, by path relative to ``path`` (``""``: the file itself)."""
     if path.is_file():
@@ -348,17 +528,57 @@ def _files_of(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-def _external_files(model_path: Path) -> dict[str, bytes]:
-    """The external data files a model refers to, by location (relative to its folder)."""
+def _external_locations(model_path: Path) -> list[str]:
+    """The locations (relative to its folder) of the external data files a model refers to."""
     import onnx
     from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
     try:
         m = onnx.load(str(model_path), load_external_data=False)
     except Exception:  # not a model: the task's audit reports it, in its row
-        return {}
-    locs = {ExternalDataInfo(t).location for t in _get_all_tensors(m) if uses_external_data(t)}
-    return {loc: (model_path.parent / loc).read_bytes() for loc in sorted(locs)}
+        return []
+    return sorted({ExternalDataInfo(t).location for t in _get_all_tensors(m) if uses_external_data(t)})
+
+
+def _external_files(model_path: Path) -> dict[str, bytes]:
+    """The external data files a model refers to, by location (relative to its folder)."""
+    return {loc: (model_path.parent / loc).read_bytes() for loc in _external_locations(model_path)}
+
+
+def shared_jobs(jobs: list, run: SharedRun) -> list:
+    """The jobs of a sweep reading their model and data files by path in ``run``'s shared folder
+    (``--ray-shared-dir``): a file or folder already in that folder is read where it is, any other
+    is copied into the run folder once (a model with its external data files), for every job that
+    reads it. Each item: ``(job, the job on the shared paths, run)``."""
+    root = run.root.resolve()
+    copies: dict[Path, Path] = {}
+
+    def shared(path: Path) -> Path:
+        src = Path(path).resolve()
+        if src.is_relative_to(root):
+            return src
+        if src not in copies:
+            dest = run.path / str(len(copies)) / src.name
+            dest.parent.mkdir()
+            if src.is_dir():
+                shutil.copytree(src, dest)
+            else:
+                shutil.copyfile(src, dest)
+                for loc in _external_locations(src):  # a missing one is the audit's error, in its row
+                    if (src.parent / loc).is_file():
+                        (dest.parent / loc).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(src.parent / loc, dest.parent / loc)
+            copies[src] = dest
+        return copies[src]
+
+    out = []
+    for job in jobs:
+        cfg = job.cfg
+        paths = {k: shared(getattr(cfg, k)) for k in ("calib", "eval", "labels") if isinstance(getattr(cfg, k), Path)}
+        from dataclasses import replace
+
+        out.append((job, replace(job, model=shared(job.model), cfg=cfg.replace(model=shared(job.model), **paths)), run))
+    return out
 
 
 def shipped_jobs(jobs: list) -> list:

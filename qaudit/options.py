@@ -279,6 +279,9 @@ class AuditConfig:
     #: a Ray cluster's address (``auto``: RAY_ADDRESS or the local ``ray start``): the evaluation
     #: capture is sharded over its workers (qaudit.distributed); ``None``: this process only
     ray_address: str | None = None
+    #: with ``ray_address``: a folder every Ray node mounts at the same path; the workers read the models
+    #: and data there by path instead of through Ray's object store (qaudit.distributed.SharedRun)
+    ray_shared_dir: Path | None = None
 
     def __post_init__(self):
         if isinstance(self.preprocess, (str, Mapping)):
@@ -313,7 +316,7 @@ class AuditConfig:
             raise ConfigError("--quantized audits one given model: give one --calibrate-method, or none")
         if self.trials:
             self._check_trials()
-        for key in ("calib", "eval", "labels", "output_model"):
+        for key in ("calib", "eval", "labels", "output_model", "ray_shared_dir"):
             v = getattr(self, key)
             if isinstance(v, (str, os.PathLike)):
                 object.__setattr__(self, key, Path(v))

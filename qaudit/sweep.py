@@ -64,6 +64,8 @@ class Sweep:
     grid_keys: tuple[str, ...] = field(default=())
     #: the file's ``ray_address`` (``--ray-address`` overrides it): one Ray task per job
     ray_address: str | None = None
+    #: the file's ``ray_shared_dir`` (``--ray-shared-dir`` overrides it): the tasks read the files there
+    ray_shared_dir: Path | None = None
 
 
 def _toml(path: Path) -> dict:
@@ -115,7 +117,7 @@ def load(path: Path) -> Sweep:
             raise ConfigError(f"[grid] {where}: '{key}' is also set at the top level; set it in one place")
         if not isinstance(values, list) or not values:
             raise ConfigError(f"[grid] {where}: '{key}' must be a non-empty list of values, e.g. {key} = [...]")
-    shared = {k: v for k, v in table.items() if k not in ("models", "grid", "ray_address")}
+    shared = {k: v for k, v in table.items() if k not in ("models", "grid", "ray_address", "ray_shared_dir")}
     keys = tuple(grid)
     jobs: list[Job] = []
     for point in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
@@ -128,7 +130,11 @@ def load(path: Path) -> Sweep:
     address = table.get("ray_address")
     if address is not None and not isinstance(address, str):
         raise ConfigError(f"'ray_address' {where} must be a string (an address, or auto)")
-    return Sweep(path, tuple(jobs), keys, address)
+    shared_dir = table.get("ray_shared_dir")
+    if shared_dir is not None and (not isinstance(shared_dir, str) or not shared_dir):
+        raise ConfigError(f"'ray_shared_dir' {where} must be the path of a folder every Ray node sees")
+    shared_dir = None if shared_dir is None else base / shared_dir
+    return Sweep(path, tuple(jobs), keys, address, shared_dir)
 
 
 # ----------------------------------------------------------- one job
@@ -246,15 +252,23 @@ def run_jobs(
     return [results[i] for i in range(len(items))]
 
 
-def run(sweep: Sweep, workers: int = 1, ray_address: str | None = None, on_done=None) -> list[Outcome]:
+def run(
+    sweep: Sweep, workers: int = 1, ray_address: str | None = None, on_done=None, shared_dir: Path | None = None
+) -> list[Outcome]:
+    """Every job's outcome, in order. ``shared_dir`` (with ``ray_address``): the tasks read the models
+    and data by path there (:func:`qaudit.distributed.shared_jobs`), not through the object store."""
     jobs = list(sweep.jobs)
     if ray_address is not None:
-        from qaudit.distributed import connect, shipped_jobs
+        from qaudit.distributed import SharedRun, connect, shared_jobs, shipped_jobs
 
         connect(ray_address)  # before anything goes to the object store (ray.put would start a local Ray)
         # the capture of each audit stays in its task (one task per model x setting)
-        jobs = shipped_jobs([replace(j, cfg=j.cfg.replace(ray_address=None)) for j in jobs])
-        outcomes = run_jobs(run_shipped_job, jobs, ray_address=ray_address, on_done=on_done)
+        jobs = [replace(j, cfg=j.cfg.replace(ray_address=None, ray_shared_dir=None)) for j in jobs]
+        if shared_dir is not None:
+            with SharedRun(shared_dir) as shared:
+                outcomes = run_jobs(run_shared_job, shared_jobs(jobs, shared), ray_address=ray_address, on_done=on_done)
+        else:
+            outcomes = run_jobs(run_shipped_job, shipped_jobs(jobs), ray_address=ray_address, on_done=on_done)
         return [replace(o, job=j) for o, j in zip(outcomes, sweep.jobs)]
     return run_jobs(run_job, jobs, workers, on_done=on_done)
 
@@ -265,7 +279,18 @@ def run_shipped_job(shipped) -> Outcome:
 
     job = shipped[0]
     with unshipped(shipped) as local:
-        outcome = run_job(local)
+        return _as_user(run_job(local), job, local)
+
+
+def run_shared_job(item) -> Outcome:
+    """A job reading its model and data by path in a shared folder (:func:`qaudit.distributed.shared_jobs`)."""
+    job, local, run = item
+    run.check()  # this worker sees the driver's folder
+    return _as_user(run_job(local), job, local)
+
+
+def _as_user(outcome: Outcome, job: Job, local: Job) -> Outcome:
+    """``outcome`` of ``local`` (``job`` on other paths) naming the user's files."""
     paths = {str(local.cfg.model): str(job.model)} | {
         str(getattr(local.cfg, k)): str(getattr(job.cfg, k)) for k in ("calib", "eval", "labels")
         if isinstance(getattr(job.cfg, k), Path)}  # fmt: skip

@@ -226,6 +226,15 @@ def build_sweep_parser() -> argparse.ArgumentParser:
         help="one Ray task per model x setting on the cluster at ADDRESS ('auto': RAY_ADDRESS or the local "
         "'ray start'; default: the sweep file's ray_address, else local)",
     )
+    p.add_argument(
+        "--ray-shared-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with --ray-address: a folder every Ray node mounts at the same path; the models and data are "
+        "copied there (or used in place) and the tasks read them by path, not through Ray's object store "
+        "(default: the sweep file's ray_shared_dir)",
+    )
     p.add_argument("--csv", metavar="PATH", default=None, help="write the table as CSV ('-' for stdout)")
     p.add_argument("--json", metavar="PATH", default=None, help="write the table and every report as JSON")
     p.add_argument("--html", metavar="PATH", default=None, help="write the N-way overlay of the audits (HTML)")
@@ -241,9 +250,15 @@ def _run_sweep(args) -> int:
         raise ConfigError(f"--workers must be at least 1, not {args.workers}")
     plan = sweep.load(args.sweep)
     address = args.ray_address or plan.ray_address
+    shared_dir = args.ray_shared_dir or plan.ray_shared_dir
+    if shared_dir is not None and address is None:
+        raise ConfigError(f"--ray-shared-dir {shared_dir} is where Ray tasks read the models and data: give "
+                          "--ray-address too (or ray_address in the sweep file), or drop it")  # fmt: skip
     if address is not None:
-        from qaudit.distributed import connect
+        from qaudit.distributed import check_shared_dir, connect
 
+        if shared_dir is not None:
+            check_shared_dir(shared_dir)
         connect(address)
     inputs = {"sweep file": args.sweep} | {f"model {j.model}": j.model for j in plan.jobs}
     for j in plan.jobs[:1]:  # the shared data
@@ -252,7 +267,7 @@ def _run_sweep(args) -> int:
         {"--csv": args.csv, "--json": args.json, "--html": args.html}, inputs, sorted({j.model for j in plan.jobs})
     )
     with outs:
-        outcomes = sweep.run(plan, args.workers, address)
+        outcomes = sweep.run(plan, args.workers, address, shared_dir=shared_dir)
         texts = {}
         if "--csv" in outs:
             texts["--csv"] = sweep.csv_text(outcomes)

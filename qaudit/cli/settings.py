@@ -344,6 +344,15 @@ OPTIONS: tuple[Option, ...] = (
         metavar="ADDRESS",
     ),
     Option(
+        "ray_shared_dir",
+        "path",
+        "with --ray-address: a folder every Ray node mounts at the same path; the models and data are "
+        "written there and the workers read them by path, not through Ray's object store (qaudit sweep: "
+        "files already in it are read in place)",
+        group="measurement",
+        metavar="DIR",
+    ),
+    Option(
         "output_model",
         "out",
         "write the quantized model that was audited; with several calibration methods the first run's, or one "
@@ -448,6 +457,7 @@ class Settings:
         fields = ("output_model", "batch_size", "batch_axis", "max_samples", "clip_percentile", "isolated", "format")
         fields += ("activation_type", "weight_type", "per_channel", "percentile", "calib_symmetric", "exclude")
         fields += ("label_output", "class_outputs", "quantized", "overrides", "runtimes", "ray_address")
+        fields += ("ray_shared_dir",)
         fields += ("calibrate_method", "num_bins", "num_quantized_bins", "moving_average", "averaging_constant")
         fields += ("preprocess", "class_names", "seed", "trial_fraction")
         trials = {"trials": v["trials"]} if v.get("trials") else {}

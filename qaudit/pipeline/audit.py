@@ -288,6 +288,7 @@ def capture_runs(ctx: Context, runs: list[Run], on_batch=None) -> list[Captured]
                 src.evaluation.batches(ctx.batch_size, cfg.max_samples), r.work, n_batches=n_batches,
                 labels=src.labels, on_batch=on_batch if i == 0 else None, outputs=ctx.outputs,
                 isolated=cfg.isolated, tensor_bytes=ctx.tensor_bytes, model_name=f"model {cfg.model}",
+                shared_dir=cfg.ray_shared_dir,
             )  # fmt: skip
         return [captures[i] for i in range(len(runs))]
     for g, members in enumerate(groups.values()):
@@ -364,9 +365,16 @@ def audit(
     progress, clock = progress or NullProgress(), PhaseClock()
     kernels.name()  # a bad QAUDIT_KERNELS fails here, not on a worker thread
     runtimes = parse_runtimes(cfg.runtimes)  # an unknown or missing runtime fails before any work
-    if cfg.ray_address is not None:  # no Ray, or no cluster there: one line before any work
-        from qaudit.distributed import connect
+    if cfg.ray_shared_dir is not None and cfg.ray_address is None:
+        raise ConfigError(
+            f"--ray-shared-dir {cfg.ray_shared_dir} is where Ray workers read the models and data: give "
+            "--ray-address too, or drop --ray-shared-dir"
+        )
+    if cfg.ray_address is not None:  # no Ray, or no cluster there, or a bad shared folder: one line before any work
+        from qaudit.distributed import check_shared_dir, connect
 
+        if cfg.ray_shared_dir is not None:
+            check_shared_dir(cfg.ray_shared_dir)
         connect(cfg.ray_address)
         if len(runtimes) > 1:
             raise ConfigError(

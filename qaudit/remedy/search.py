@@ -219,7 +219,8 @@ def fix(cfg, gates, progress=None, executor=None, layers=None, hints=None, budge
     :func:`cause_hints`; ``()``: none). ``layers``: propose changes
     for at most that many of the noisiest activations and weights (None: all, in growing tiers).
     ``cfg.ray_address``: both audits sharded over that Ray cluster, and (with no ``executor`` given) the
-    change sets measured as its tasks (:class:`qaudit.distributed.RayExecutor`): the same result."""
+    change sets measured as its tasks (:class:`qaudit.distributed.RayExecutor`): the same result;
+    ``cfg.ray_shared_dir``: the workspace is written there and the tasks read it by path."""
     import tempfile
     import time
     from pathlib import Path
@@ -231,13 +232,18 @@ def fix(cfg, gates, progress=None, executor=None, layers=None, hints=None, budge
     if executor is None and cfg.ray_address is not None:
         from qaudit.distributed import RayExecutor
 
-        executor = RayExecutor(cfg.ray_address)  # connects first: no cluster there is one line, before any work
+        executor = RayExecutor(cfg.ray_address, cfg.ray_shared_dir)  # connects first: no cluster there is one
+        try:  # line, before any work
+            return fix(cfg, gates, progress, executor, layers, hints, budget)
+        finally:
+            executor.close()
     t0 = time.perf_counter()
     alt = alternative_method(cfg.quant.calibrate_method)
     record: dict = {"calibrate": [QuantConfig(calibrate_method=alt)]}
     before = audit(cfg.replace(output_model=None), progress, record=record)
     t1 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="qaudit-fix-") as tmp:
+    root = getattr(executor, "workspace_root", None)  # a Ray executor's shared folder, say
+    with root() if root is not None else tempfile.TemporaryDirectory(prefix="qaudit-fix-") as tmp:
         ws = workspace(record, cfg, gates, Path(tmp) / "ws", alt, progress)
         if hints is None:
             hints = cause_hints(before)

@@ -17,6 +17,13 @@ reporters, Jenkins, Azure DevOps):
 
 With no gate configured the file holds one empty suite (``tests="0"``).
 
+A report that ran several runtimes (``--runtimes``) adds a suite ``qaudit.runtimes``
+with no test case (its checks are those of its gates, ``min_runtime_agreement_db`` and
+the ``[runtimes.NAME]`` gates, in their suites): ``<properties>`` ``runtimes`` (the names),
+``runtime[NAME]`` (engine, version, device, what was not measurable there) and
+``divergence[A vs B]`` (each pair's first divergent layer, or that every layer agrees),
+and ``<system-out>`` holding the outputs' and the layers' tables in each runtime as text.
+
 A multi-run report (:mod:`qaudit.runs`) has these suites for each run, named
 ``qaudit.<run>.<gate>`` (``qaudit.<run>`` when ungated), with the properties
 ``run`` and ``calibrate_method``; the totals cover every run.
@@ -27,6 +34,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 
+from qaudit.renderers import runtimes as rts
 from qaudit.renderers.base import accept, with_gates
 from qaudit.renderers.checks import sentence
 from qaudit.renderers.numbers import exact
@@ -142,6 +150,36 @@ def _suites(root, report: Report, run: str | None) -> None:
                 el.text = _s(_body(c))
             elif c.status == "skip":
                 ET.SubElement(case, "skipped", message=_s(c.reason or "skipped"))
+    if report.runtimes is not None:
+        _runtimes_suite(root, report, f"{prefix}.runtimes", timestamp)
+
+
+def _runtimes_suite(root, report: Report, name: str, timestamp: str) -> None:
+    """The suite of the ``runtimes`` section: no test case; its properties and tables (as text)."""
+    rt = report.runtimes
+    suite = ET.SubElement(root, "testsuite", name=name, **_counts(()), time="0", timestamp=timestamp)
+    props = ET.SubElement(suite, "properties")
+
+    def prop(key, value):
+        ET.SubElement(props, "property", name=_s(key), value=_s(value))
+
+    prop("model", report.model.get("path"))
+    prop("runtimes", ", ".join(rt.names))
+    for info in rt.runtimes:
+        prop(f"runtime[{info.name}]", rts.runtime_line(info).removeprefix(f"{info.name}: "))
+    for line in rts.divergence_lines(rt):
+        pair, _, what = line.partition(": ")
+        prop(f"divergence[{pair}]", what)
+    layers = [
+        [lr.name, lr.op_type, *cells, *(v + (" ◀" if d else "") for v, d in agree)]
+        for lr, cells, agree in rts.layer_rows(rt)
+    ]
+    text = [rts.outputs_title(rt), rts.text_table(rts.output_header(rt), rts.output_rows(rt)), ""]
+    text += [
+        rts.LAYERS_TITLE + " (◀: the pair's first layer below the tolerance)",
+        rts.text_table(rts.layer_header(rt), layers),
+    ]
+    ET.SubElement(suite, "system-out").text = _s("\n".join(text) + "\n")
 
 
 RENDERER = JUnitRenderer()

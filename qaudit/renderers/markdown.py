@@ -3,7 +3,8 @@
 GitHub Actions: append it to ``$GITHUB_STEP_SUMMARY``; GitLab: attach it as
 an artifact or post it to the merge request. Sections: the verdict, what was
 audited, the failing gates, the worst layers (failing layers first), the model
-outputs, the baseline comparison, and every check in a collapsed block.
+outputs, the calibration trials and the runtimes (when measured), the baseline
+comparison, and every check in a collapsed block.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 
 from qaudit.options import describe_calibration
 from qaudit.renderers import numbers as num
+from qaudit.renderers import runtimes as rts
 from qaudit.renderers import trials as tr
 from qaudit.renderers.base import accept, data_line, decomposition, override_label, with_gates
 from qaudit.renderers.checks import words
@@ -104,6 +106,32 @@ def _fix(mr) -> list[str]:
         if part.more:
             out += ["", text(part.more)]
     out += [""] + [f"- {text(line)}" for line in p.lines]
+    return out
+
+
+def _runtimes(rt) -> list[str]:
+    """The "Runtimes" section (``--runtimes``): the outputs in each runtime, the first divergent layers,
+    each runtime, and the per-layer table in a collapsed block (:data:`MAX_CHECKS` rows at most)."""
+    out = ["", "### Runtimes", "", text(rts.outputs_title(rt)) + ".", ""]
+    header = [text(h) for h in rts.output_header(rt)]
+    out += _table(
+        header, [[code(r[0]) if r[0] else "", code(r[1]), *r[2:]] for r in rts.output_rows(rt)], "ll" + "r" * 5
+    )
+    out += ["", *(f"- {text(line)}" for line in rts.summary_lines(rt))]
+    rows = rts.layer_rows(rt)
+    if rows:
+        out += ["", f"<details><summary>{text(rts.LAYERS_TITLE)}: {len(rows)} layers</summary>", ""]
+        out += _table(
+            [text(h) for h in rts.layer_header(rt)],
+            [
+                [code(lr.name), code(lr.op_type), *cells, *(v + (" ◀" if d else "") for v, d in agree)]
+                for lr, cells, agree in rows[:MAX_CHECKS]
+            ],
+            "ll" + "r" * (len(rt.names) + len(rts.pairs(rt))),
+        )
+        if len(rows) > MAX_CHECKS:
+            out += ["", f"… and {len(rows) - MAX_CHECKS} more in the JSON report (`runtimes.layers`)."]
+        out += ["", "◀: the pair's first layer below the tolerance.", "", "</details>"]
     return out
 
 
@@ -201,6 +229,8 @@ class MarkdownRenderer:
                 "l" + "r" * len(tr.OUTPUT_TITLES),
             )
             out += [""] + [f"- {text(n)}" for n in report.trials.get("notes", ())]
+        if report.runtimes is not None:
+            out += _runtimes(report.runtimes)
 
         if result is not None and result.baseline is not None:
             b = result.baseline

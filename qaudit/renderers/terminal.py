@@ -19,6 +19,7 @@ from rich.theme import Theme
 
 from qaudit.options import describe_calibration
 from qaudit.renderers import numbers as num
+from qaudit.renderers import runtimes as rts
 from qaudit.renderers import trials as tr
 from qaudit.renderers.base import accept, data_line, decomposition, override_label, with_gates
 from qaudit.renderers.checks import counts, sentence, words
@@ -177,78 +178,27 @@ def trials_table(report: Report) -> Table:
     return t
 
 
-#: a runtime's cell where the row could not be measured there (the reason is in the JSON report)
-NOT_MEASURABLE = "n/m"
-
-
 def runtime_tables(rt) -> list:
     """The ``runtimes`` section (``--runtimes``): per-layer SQNR in each runtime and every pair's
-    agreement, the outputs likewise, the first divergent layer of each pair, what was not measurable."""
-    names = rt.names
-    pairs = [f"{names[0]} vs {n}" for n in names[1:]]  # every pair is in the JSON report
-    t = Table(
-        title="Per-layer SQNR in each runtime, graph order (agree: SQNR of one runtime's tensor against the other's)",
-        title_justify="left",
-        header_style="head",
-    )
-    t.add_column("layer", overflow="fold")
-    t.add_column("op")
-    for n in names:
-        t.add_column(f"{n} dB", justify="right", no_wrap=True)
-    for p in pairs:
-        t.add_column(f"agree {p}", justify="right", no_wrap=True)
-    diverging = {(d.pair, d.layer) for d in rt.divergences}
-    for lr in rt.layers:
-        cells = [NOT_MEASURABLE if n in lr.not_measurable else num.db(lr.sqnr_db.get(n)) for n in names]
-        agree = []
-        for p in pairs:
-            v = num.db(lr.agreement_db.get(p)) if p in lr.agreement_db else NOT_MEASURABLE
-            agree.append(
-                Text(
-                    v + (" ◀" if (p, lr.name) in diverging else ""),
-                    style="worst" if (p, lr.name) in diverging else None,
-                )
-            )
-        t.add_row(Text(lr.name), Text(lr.op_type), *cells, *agree)
-    o = Table(
-        title=f"Model outputs in each runtime (SQNR against fp32; agree: against {names[0]})",
-        title_justify="left",
-        header_style="head",
-    )
-    for col in ("output", "runtime", "SQNR dB", "max |e|", "top-1", f"agree {names[0]} dB", "max |diff|"):
+    agreement, the outputs likewise, the first divergent layer of each pair, what was not measurable
+    (the cells: :mod:`qaudit.renderers.runtimes`)."""
+    t = Table(title=rts.LAYERS_TITLE, title_justify="left", header_style="head")
+    for i, col in enumerate(rts.layer_header(rt)):
+        if i == 0:
+            t.add_column(col, overflow="fold")
+        elif i == 1:
+            t.add_column(col)
+        else:
+            t.add_column(col, justify="right", no_wrap=True)
+    for lr, cells, agree in rts.layer_rows(rt):
+        marked = [Text(v + (" ◀" if d else ""), style="worst" if d else None) for v, d in agree]
+        t.add_row(Text(lr.name), Text(lr.op_type), *cells, *marked)
+    o = Table(title=rts.outputs_title(rt), title_justify="left", header_style="head")
+    for col in rts.output_header(rt):
         o.add_column(col, justify="left" if col in ("output", "runtime") else "right", no_wrap=col != "output")
-    for out in rt.outputs:
-        for i, n in enumerate(names):
-            m, p = out.metrics.get(n, {}), f"{names[0]} vs {n}"
-            agree = (num.db(out.agreement_db.get(p)), num.sig(out.max_abs_diff.get(p))) if i else ("", "")
-            o.add_row(
-                Text(out.name if i == 0 else ""),
-                n,
-                num.db(m.get("sqnr_db")),
-                num.sig(m.get("max_abs_error")),
-                num.pct(m.get("top1_agreement")),
-                *agree,
-            )
-    lines = []
-    for d in rt.divergences:
-        lines.append(
-            f"{d.pair}: first diverges at {d.layer} ({d.op_type}, {d.encoding or 'float'}): agreement "
-            f"{num.db(d.agreement_db)} dB < {num.db(rt.tolerance_db)} dB"
-        )
-    diverged = {d.pair.split(" vs ")[1] for d in rt.divergences}
-    for n in names[1:]:
-        if n not in diverged:
-            lines.append(f"{names[0]} vs {n}: every layer agrees to {num.db(rt.tolerance_db)} dB or more")
-    for info in rt.runtimes:
-        what = f"{info.name}: {info.engine} {info.version} on {info.device}" + (
-            "" if info.optimized else ", optimizations off"
-        )
-        if info.reason:
-            what += f"; not measurable: {info.reason}"
-        elif info.layers_reason:
-            what += f"; outputs only: {info.layers_reason}"
-        lines.append(what)
-    return [t, o, Text("\n".join(lines))]
+    for row in rts.output_rows(rt):
+        o.add_row(Text(row[0]), *row[1:])
+    return [t, o, Text("\n".join(rts.summary_lines(rt)))]
 
 
 def given_summary(report: Report) -> str:

@@ -40,6 +40,23 @@ def free_ports(host: str, n: int) -> list[int]:
             s.close()
 
 
+def _ps(columns: str) -> str:
+    """``ps -eo COLUMNS`` of every process, command lines whole (``COLUMNS`` in the environment,
+    as tests/conftest.py sets it, would cut them)."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    return subprocess.run(["ps", "-ww", "-eo", columns], capture_output=True, text=True, env=env).stdout
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: a zombie (ended, not yet reaped: a container's init may never
+    reap it) does not."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def loopback_env(base: dict | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
@@ -113,7 +130,7 @@ class Cluster:
 
     def worker_pids(self) -> list[int]:
         """The pids of the Python worker processes Ray started for tasks (``ray::`` processes)."""
-        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        out = _ps("pid=,args=")
         pids = []
         for line in out.splitlines():
             pid, _, args = line.strip().partition(" ")
@@ -121,17 +138,41 @@ class Cluster:
                 pids.append(int(pid))
         return pids
 
-    def stop(self) -> None:
-        self._ray("stop", "--force", check=False)
-        # leftovers of this cluster only: processes whose command line names its session directory
-        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    def own_pids(self) -> list[int]:
+        """This cluster's processes: those whose command line names its session folder (GCS, raylets,
+        monitors) and their descendants (the workers and agents each raylet started)."""
+        out = _ps("pid=,ppid=,args=")
+        children: dict[int, list[int]] = {}
+        todo = []
         for line in out.splitlines():
-            pid, _, args = line.strip().partition(" ")
-            if str(self.tmp) in args:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            pid, ppid, *args = line.split(None, 2)
+            children.setdefault(int(ppid), []).append(int(pid))
+            if args and str(self.tmp) in args[0]:
+                todo.append(int(pid))
+        seen: list[int] = []
+        while todo:
+            pid = todo.pop()
+            if pid not in seen and pid != os.getpid():
+                seen.append(pid)
+                todo += children.get(pid, [])
+        return seen
+
+    def stop(self) -> None:
+        """Ends this cluster's processes, by process id, and removes its session folder. Not ``ray stop``:
+        that ends every Ray process on the machine, another cluster's too."""
+        for _ in range(5):  # again: a dying daemon may have started another (a log monitor)
+            pids = self.own_pids()  # a worker whose raylet is gone no longer shows the folder: all at once
+            if not pids:
+                break
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                for pid in pids:
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:  # ended meanwhile
+                        pass
+                deadline = time.monotonic() + 10
+                while sig == signal.SIGTERM and time.monotonic() < deadline and any(map(alive, pids)):
+                    time.sleep(0.2)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -177,3 +218,40 @@ def announcing(fn, folder: Path, wait: float = 1.5):
         return fn(*args)
 
     return run
+
+
+class Handed:
+    """What the driver hands Ray from the moment it is made: the pickled size of every ``ray.put`` value
+    and of every task argument that is not an object reference (Ray puts an argument over 100 KiB into
+    its object store itself; a smaller one travels in the task's message). ``sizes``: in order.
+
+    (Ray's own count, ``cumulative_created_bytes`` of the object stores, needs the grpc module, which
+    a minimal ``pip install ray`` does not bring.)"""
+
+    def __init__(self, monkeypatch):
+        import ray
+
+        self.sizes: list[int] = []
+        real_put, real_remote = ray.put, ray.remote
+
+        def size(value) -> int:
+            return len(ray.cloudpickle.dumps(value))
+
+        def put(value, **kw):
+            self.sizes.append(size(value))
+            return real_put(value, **kw)
+
+        class Counted:
+            def __init__(self, fn):
+                self.fn = fn
+
+            def remote(inner, *args):
+                self.sizes += [size(a) for a in args if not isinstance(a, ray.ObjectRef)]
+                return inner.fn.remote(*args)
+
+        def remote(*a, **kw):
+            decorate = real_remote(*a, **kw)
+            return lambda fn: Counted(decorate(fn))
+
+        monkeypatch.setattr(ray, "put", put)
+        monkeypatch.setattr(ray, "remote", remote)

@@ -6,8 +6,9 @@ import math
 
 from qaudit.distributed import SUM_RTOL
 
-#: the report's values computed from float64 sums whose order a sharded run changes
-SUMMED = ("sqnr", "qmse", "qce", "qkl", "rel_error", "error_amplification", "clip_error_share")
+#: the report's values computed from float64 sums whose order a sharded run changes (a cause's
+#: ``severity`` is a threshold minus one of them; an evidence's ``value`` is its ``metric``'s)
+SUMMED = ("sqnr", "qmse", "qce", "qkl", "rel_error", "error_amplification", "clip_error_share", "severity")
 #: what may differ between two runs of one audit (the clock) or names how it ran
 UNCOMPARED = {("meta", "created"), ("meta", "seconds"), ("meta", "phase_seconds"), ("meta", "ray")}
 
@@ -21,8 +22,9 @@ def differences(a, b, path=()) -> list[str]:
         keys_b = {k for k in b if (*path, k)[:2] not in UNCOMPARED}
         out = [f"{'.'.join(map(str, path))}: keys {sorted(keys_a ^ keys_b)}"] if keys_a != keys_b else []
         for k in a:
-            if k in b:
-                out += differences(a[k], b[k], (*path, k))
+            if k in b:  # {"metric": "sqnr_db", "value": ...}: the value named by its metric
+                named = (*path, a["metric"]) if k == "value" and isinstance(a.get("metric"), str) else (*path, k)
+                out += differences(a[k], b[k], named)
         return out
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
         if len(a) != len(b):

@@ -54,6 +54,15 @@ def test_the_comparison_allows_only_the_stated_bound(local_report):
     row = next(r for r in other["layers"] if r.get("histogram"))
     row["histogram"]["counts"][0] += 1
     assert differences(local_report, other) != []
+    # a cause's evidence: its value within the bound when its metric comes from sums, else exact
+    ev = {"causes": [{"severity": 1.5, "evidence": [{"metric": "clip_error_share", "value": 0.5},
+                                                    {"metric": "a_clip_fraction", "value": 0.25}]}]}  # fmt: skip
+    near = copy.deepcopy(ev)
+    near["causes"][0]["severity"] *= 1 + 1e-12
+    near["causes"][0]["evidence"][0]["value"] *= 1 + 1e-12
+    assert differences(ev, near) == []
+    near["causes"][0]["evidence"][1]["value"] *= 1 + 1e-12
+    assert differences(ev, near) == ["causes.0.evidence.1.a_clip_fraction: 0.25 vs 0.25000000000025"]
 
 
 def test_a_worker_killed_mid_audit_is_retried_and_the_report_is_identical(ray_cluster, local_report, monkeypatch):
@@ -67,3 +76,33 @@ def test_a_worker_killed_mid_audit_is_retried_and_the_report_is_identical(ray_cl
     assert k.killed, "no shard's worker was found to kill"
     assert differences(local_report, got) == []
     assert got["data"] == local_report["data"]  # every sample counted once
+
+
+def test_stopping_a_cluster_ends_its_own_processes_and_no_other(ray_cluster):
+    """Cluster.stop ends its session's processes by id (not ``ray stop``, which ends every Ray process
+    of the machine): a second cluster stopped leaves none of its processes and the session's cluster whole."""
+    from pathlib import Path
+
+    from .cluster import Cluster, alive
+
+    def daemons(c) -> set[int]:  # its GCS, raylets, monitors (workers come and go)
+        out = set()
+        for pid in c.own_pids():
+            try:
+                if str(c.tmp) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                    out.add(pid)
+            except OSError:
+                pass
+        return out
+
+    before = daemons(ray_cluster)
+    other = Cluster(cpus=1, worker_cpus=0, object_store_mb=100)
+    try:
+        theirs = other.own_pids()
+        assert theirs and not set(theirs) & set(before)
+    finally:
+        other.stop()
+    assert not any(map(alive, theirs))
+    assert not other.tmp.exists()
+    assert before and before == daemons(ray_cluster)
+    ray_cluster.wait_for_nodes(2, timeout=10)

@@ -110,3 +110,19 @@ def test_cli_fix_on_ray_writes_the_local_recipe(ray_cluster, subject, tmp_path, 
     )
     assert local.returncode == 0 and ray.returncode == 0, ray.stderr
     assert (tmp_path / "ray.toml").read_text() == (tmp_path / "local.toml").read_text()
+
+
+def test_a_fix_through_a_shared_folder_gives_the_local_recipe_and_numbers(ray_cluster, subject, tmp_path, monkeypatch):
+    """The workspace written into the shared folder and read there by path: the object-store route is
+    not taken (it would fail here), the recipe and every number are the local fix's, the folder is left empty."""
+    from qaudit import distributed
+
+    def not_this_way(item):
+        raise AssertionError("the workspace went through the object store")
+
+    monkeypatch.setattr(distributed, "_measure_shipped", not_this_way)
+    cfg, local = subject
+    got = S.fix(cfg.replace(ray_address=ray_cluster.address, ray_shared_dir=tmp_path), GateConfig(GATES))
+    _same_fix(local, got)
+    assert got.before.meta["ray"]["shared_dir"] == str(tmp_path)
+    assert list(tmp_path.iterdir()) == []

@@ -45,3 +45,29 @@ def test_a_sweep_on_ray_gives_the_local_table_with_a_worker_killed(ray_cluster, 
     assert cli_rows[0].split(",")[4:14] == [
         "" if v is None else repr(v) if isinstance(v, float) else str(v) for v in list(local[0].row.values())[4:14]
     ]
+
+
+def test_a_sweep_through_a_shared_folder_gives_the_local_table(ray_cluster, tmp_path, run_cli):
+    """The sweep's own folder as the shared folder: its models are read in place, the data (outside it)
+    copied in once; the same rows and reports, naming the user's files; nothing left in the folder."""
+    folder = tmp_path / "s"
+    path = write_sweep(folder, grid='calibrate_method = ["minmax"]')
+    plan = sweep.load(path)
+    local = sweep.run(plan)
+    got = sweep.run(plan, ray_address=ray_cluster.address, shared_dir=folder)
+    assert _rows(got) == _rows(local)
+    assert [o.row["status"] for o in got] == ["pass", "error"]
+    assert without_clock(to_dict(got[0].report)) == without_clock(to_dict(local[0].report))
+    assert got[0].report.model["path"] == local[0].report.model["path"]
+    assert got[0].report.data == local[0].report.data
+    assert not list(folder.glob("qaudit-run-*"))
+    # the command line, with a folder outside the sweep's: everything copied there
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    args = ["--ray-address", ray_cluster.address, "--ray-shared-dir", str(shared), "--csv", "-", "--quiet"]
+    p = run_cli("sweep", str(path), *args, timeout=180)
+    assert p.returncode == 1 and p.stderr == "", p.stderr
+    assert [r.split(",")[:3] for r in p.stdout.splitlines()[1:]] == [
+        [o.row["model"], o.row["setting"], o.row["status"]] for o in local
+    ]
+    assert list(shared.iterdir()) == []

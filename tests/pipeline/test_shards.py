@@ -16,7 +16,7 @@ from ..distributed.compare import differences
 
 def _in_shards(per_shard: int):
     def sharded_capture(address, fp32, qmodel, matching, batches, work, *, n_batches, labels=None, on_batch=None,
-                        **options):  # fmt: skip
+                        shared_dir=None, **options):  # fmt: skip
         from qaudit.pipeline import kernels
         from qaudit.pipeline.data import samples
 
