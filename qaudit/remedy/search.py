@@ -238,12 +238,13 @@ def fix(cfg, gates, progress=None, executor=None, layers=None, hints=None, budge
     before = audit(cfg.replace(output_model=None), progress, record=record)
     t1 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="qaudit-fix-") as tmp:
-        ws = workspace(record, cfg, gates, Path(tmp) / "ws", alt, progress)
         if hints is None:
             hints = cause_hints(before)
         cands = candidates(before, record["folded"], hints, alt, layers)
+        sixteen = any(c.change.kind == "tensor_16bit" for c in cands)
+        ws = workspace(record, cfg, gates, Path(tmp) / "ws", alt, progress, sixteen)
         found = search(ws, cands, executor, progress, budget)
-        quant = quant_of(cfg.quant, found.changes, _ranges_loader(ws))
+        quant = quant_of(cfg.quant, found.changes, _ranges_loader(ws, found.changes))
     del record
     t2 = time.perf_counter()
     after_record: dict = {}

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qaudit.options import SIXTEEN_BIT_OPSET
+
 #: the kinds of change, cheapest first in the search's cost order is not this order (see qaudit.remedy.search)
 KINDS = ("float_node", "tensor_16bit", "per_channel", "range")
 
@@ -215,6 +217,21 @@ class Workspace:
     outputs: object  # OutputKinds
     gates: object  # GateConfig: the target's output gates
     output_names: tuple[str, ...] = ()
+    #: the graph prepared for 16-bit types (opset 21, as the audit of such a recipe prepares it) and its
+    #: ranges (method -> cache), when ``folded``'s opset is lower: a set needing it is quantized from it
+    #: (ORT would upgrade ``folded`` itself and refuse the result, docs/ort-quirks.md); None: not needed
+    upgraded: Path | None = None
+    upgraded_ranges: dict | None = None
+    opset: int = 0  # ``folded``'s
+
+    def graph_for(self, quant) -> tuple[Path, dict]:
+        """The prepared graph and ranges a set quantized as ``quant`` (a QuantConfig) is measured on:
+        the one the audit of that quantization prepares."""
+        from qaudit.pipeline.audit import opset_needed
+
+        if self.upgraded is not None and opset_needed(quant)[0] > self.opset:
+            return self.upgraded, self.upgraded_ranges
+        return self.folded, self.ranges
 
 
 @dataclass(frozen=True)
@@ -258,10 +275,13 @@ def shortfall(result) -> float:
     return total
 
 
-def workspace(record: dict, cfg, gates, work: Path, alternative: str | None, progress=None) -> Workspace:
+def workspace(
+    record: dict, cfg, gates, work: Path, alternative: str | None, progress=None, sixteen: bool = True
+) -> Workspace:
     """The files of a :class:`Workspace` in ``work``, from an audit's ``record``
     (:func:`qaudit.pipeline.audit.audit`): its prepared graph and ranges, and the evaluation
-    batches with their fp32 outputs, computed here once."""
+    batches with their fp32 outputs, computed here once. ``sixteen``: sets may hold 16-bit
+    tensors; below opset 21 (QDQ) the graph prepared for them is made and calibrated here too."""
     import onnx
     from onnxruntime.quantization.calibrate import save_tensors_data
 
@@ -295,6 +315,10 @@ def workspace(record: dict, cfg, gates, work: Path, alternative: str | None, pro
     if src.labels is not None:
         labels = work / "labels.npy"
         np.save(labels, src.labels)
+    opset = next((o.version for o in record["folded"].opset_import if o.domain in ("", "ai.onnx")), 0)
+    upgraded = upgraded_ranges = None
+    if sixteen and cfg.quant.format == "qdq" and opset < SIXTEEN_BIT_OPSET:
+        upgraded, upgraded_ranges = _prepare_sixteen(cfg, record, work, alternative, progress)
     return Workspace(
         work,
         folded,
@@ -308,7 +332,51 @@ def workspace(record: dict, cfg, gates, work: Path, alternative: str | None, pro
         record["outputs"],
         output_gates(gates),
         tuple(names),
+        upgraded,
+        upgraded_ranges,
+        opset,
     )
+
+
+def _prepare_sixteen(cfg, record: dict, work: Path, alternative: str | None, progress=None) -> tuple[Path, dict]:
+    """The graph the audit of a recipe with a 16-bit tensor quantizes (the model prepared at opset 21 by
+    :func:`qaudit.pipeline.audit.prepare`), and its ranges for ``cfg``'s method and ``alternative``,
+    calibrated as that audit calibrates (one pass, the same batch size): a 16-bit set measured on it
+    is the verifying audit's quantization."""
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    from qaudit.options import QuantConfig
+    from qaudit.pipeline.audit import prepare
+    from qaudit.pipeline.controlflow import every_sample
+    from qaudit.pipeline.data import open_inputs
+    from qaudit.pipeline.parallel import auto_batch_size
+    from qaudit.pipeline.quantize import calibrate_many, probe_activations
+    from qaudit.pipeline.runtimes import parse as parse_runtimes
+    from qaudit.pipeline.session import save_model
+
+    src = open_inputs(cfg)
+    sixteen = replace(cfg.quant, overrides={"tensors": {"*": {"type": _sixteen(cfg.quant.activation_type)}}})
+    prep = prepare(src.model, cfg.quant.exclude, sixteen, every_sample(src, cfg.max_samples))
+    path = save_model(prep.fold.model, work / "prepared-16bit.onnx")
+    del prep
+    bad = dict(record.get("nonfinite", {}))
+    _, bytes_per_sample, _ = probe_activations(path, src.first_batch())
+    fixed = src.calib.fixed_batch()
+    runtimes = len(parse_runtimes(cfg.runtimes))
+    batch_size = fixed or cfg.batch_size or auto_batch_size(bytes_per_sample, fixed, cfg.isolated, runtimes)
+    quants = (cfg.quant,) + ((QuantConfig(calibrate_method=alternative),) if alternative else ())
+    if progress is not None:
+        progress.stage("fix: calibrating the 16-bit graph (opset 21)", src.n_calib)
+    advance = progress.advance if progress is not None else None
+    with tempfile.TemporaryDirectory(prefix="calib-", dir=work) as calib:
+        got = calibrate_many(
+            path, src.calib.batches(batch_size, cfg.max_samples), quants, Path(calib), advance, set(bad), nonfinite=bad
+        )
+    ranges = {}
+    for q, r in zip(quants, got, strict=True):
+        ranges[q.calibrate_method] = work / f"ranges-16bit-{q.calibrate_method}.json"
+        save_tensors_data(r, ranges[q.calibrate_method])
+    return path, ranges
 
 
 def overrides_table(changes: Sequence[Change], ranges_of) -> dict:
@@ -339,21 +407,24 @@ def quant_of(base, changes: Sequence[Change], ranges_of):
     return replace(base, exclude=exclude, overrides=merged or None)
 
 
-def _ranges_loader(ws: Workspace):
+def _ranges_loader(ws: Workspace, changes: Sequence[Change] = ()):
+    """``ranges_of(method)``: the ranges of the graph ``changes`` are measured on (:meth:`Workspace.graph_for`)."""
     from onnxruntime.quantization.calibrate import load_tensors_data
 
+    _, files = ws.graph_for(quant_of(ws.quant, [c for c in changes if c.kind != "range"], None))
     cache: dict = {}
 
     def ranges_of(method):
         if method not in cache:
-            cache[method] = load_tensors_data(ws.ranges[method])
+            cache[method] = load_tensors_data(files[method])
         return cache[method]
 
     return ranges_of
 
 
 def measure_one(ws: Workspace, changes: tuple[Change, ...]) -> Measured:
-    """Quantize ``ws.folded`` with ``changes`` from the cached ranges, run the deployed model
+    """Quantize ``ws.folded`` (or the graph prepared for 16 bits, :meth:`Workspace.graph_for`) with ``changes``
+    from the cached ranges, run the deployed model
     on the evaluation batches and score its outputs with ``ws.gates`` (the unit of work)."""
     import onnx
 
@@ -365,15 +436,16 @@ def measure_one(ws: Workspace, changes: tuple[Change, ...]) -> Measured:
     from qaudit.pipeline.session import QUANTIZER_AT_FAULT, make_session, run_named
 
     t0 = time.perf_counter()
-    ranges_of = _ranges_loader(ws)
+    ranges_of = _ranges_loader(ws, changes)
     try:
         quant = quant_of(ws.quant, changes, ranges_of)
+        folded, _ = ws.graph_for(quant)
         with tempfile.TemporaryDirectory(prefix="qaudit-fix-", dir=ws.work) as tmp:
-            model = onnx.load(str(ws.folded), load_external_data=False)
+            model = onnx.load(str(folded), load_external_data=False)
             tensor_overrides, _ = resolve(quant.overrides or {}, model, quant)
             del model
             q_path = quantize(
-                ws.folded,
+                folded,
                 ranges_of(ws.method),
                 quant,
                 Path(tmp) / "quantized.onnx",

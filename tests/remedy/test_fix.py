@@ -408,3 +408,28 @@ def test_an_executor_measuring_several_sets_at_once_changes_neither_the_trail_no
         assert [m.outputs for m in got.search.trail] == [m.outputs for m in one.search.trail]
         assert max(Wide.calls) > 1 and sum(Wide.calls) > one.search.n_measured  # measured ahead
         assert len(Wide.calls) < one.search.n_measured  # in fewer rounds
+
+
+def test_a_16_bit_set_below_opset_21_is_measured_on_the_graph_its_audit_prepares(subject, tmp_path):
+    """ORT's quantizer upgrades an opset-12 graph itself for 16 bits, and the Softmax 12 -> 13 adapter's
+    renamed output makes it refuse ("Only an existing tensor can be modified", docs/ort-quirks.md):
+    a 16-bit set is measured on the graph qaudit prepares at opset 21, with its ranges, and equals the
+    audit of that recipe."""
+    path, calib, ev = subject("softmax_opset12_model")
+    cfg = audit_config(path, calib, ev)
+    record = {"calibrate": [QuantConfig(calibrate_method="minmax")]}
+    audit(cfg, record=record)
+    ws = workspace(record, cfg, GateConfig({"min_output_sqnr": 25.0}), tmp_path / "ws", "minmax")
+    assert ws.opset == 12 and ws.upgraded is not None
+    changes = (Change("tensor_16bit", "mm", "m", "uint16"),)
+    m = measure_one(ws, changes)
+    assert m.error == ""
+    direct = audit(cfg.replace(quant=QuantConfig(overrides={"tensors": {"m": {"type": "uint16"}}})))
+    assert m.outputs[0].sqnr_db == pytest.approx(direct.outputs[0].sqnr_db, rel=1e-9)
+    # without that graph ORT refuses the set (what the search met on PP-OCR rec)
+    plain = workspace(record, cfg, GateConfig({"min_output_sqnr": 25.0}), tmp_path / "ws0", "minmax", sixteen=False)
+    assert plain.upgraded is None
+    assert "Only an existing tensor can be modified, 's_intermediate'" in measure_one(plain, changes).error
+    # a set with no 16-bit tensor stays on the graph as configured (opset 12)
+    base = measure_one(ws, ())
+    assert base.error == "" and base.outputs[0].sqnr_db == pytest.approx(audit(cfg).outputs[0].sqnr_db, rel=1e-12)
