@@ -119,13 +119,21 @@ def candidates(
     per_channel_ok = not settings.get("per_channel") and (settings.get("format") != "qdq" or opset >= 13)
     seen: set = set()
 
+    # the graph inputs ORT quantizes (their rows' op type is "Input"): a 16-bit input or another range
+    inputs = {i.name for i in g.input if i.name not in inits}
+    # ORT's QOperator format has no 16-bit type (qaudit refuses the override): never proposed there
+    sixteen_ok = settings.get("format") != "qoperator"
+
     def add(change: Change, score: float, why: str) -> None:
         key = (change.kind, change.node if change.kind == "float_node" else change.tensor)
         if change.tensor is not None and change.tensor not in typed:
             return
         if change.kind == "per_channel" and not per_channel_ok:
             return
-        if change.node in nodes and key not in seen:  # one change per tensor (per node in float)
+        if change.kind == "tensor_16bit" and not sixteen_ok:
+            return
+        known = change.node in nodes or (change.node in inputs and change.kind in ("tensor_16bit", "range"))
+        if known and key not in seen:  # one change per tensor (per node in float)
             seen.add(key)
             out[change] = Candidate(change, score, why)
 
@@ -169,6 +177,18 @@ def candidates(
             add(
                 Change("range", r.name, r.tensor, alternative), noise, f"{what}, {clipped * 100:.2g}% of values clipped"
             )
+    for r in report.layers:  # a graph input's row: its own quantization error (nothing upstream)
+        if r.op_type != "Input" or r.tensor not in inputs:
+            continue
+        noise = _noise(r.sqnr_isolated_db if r.sqnr_isolated_db is not None else r.sqnr_db)
+        if noise <= 0:
+            continue
+        what = f"graph input, SQNR {r.sqnr_db:.1f} dB"
+        add(Change("tensor_16bit", r.tensor, r.tensor, _sixteen(act_type)), noise, what)
+        if alternative and (r.clip_fraction or 0.0) > 0:
+            add(
+                Change("range", r.tensor, r.tensor, alternative), noise, f"{what}, {r.clip_fraction * 100:.2g}% clipped"
+            )
     weights = []
     for r in report.layers:
         node = nodes.get(r.name)
@@ -192,6 +212,72 @@ def candidates(
                     Change("tensor_16bit", r.name, w, _sixteen(weight_type)), noise, f"weight SQNR {r.w_sqnr_db:.1f} dB"
                 )
     return sorted(out.values(), key=lambda c: -c.score)
+
+
+def layer_remedies(
+    report, prepared, failures, forced: Sequence[Change] = (), alternative: str | None = None, hints: Iterable = ()
+):
+    """The next remedy for each failing layer gate check of ``failures`` (a verifying audit's, on
+    ``report``), given the changes already ``forced``: the layer gates are checked by an audit, not by
+    a measurement of the outputs, so the fix adds these to every set it measures and audits again.
+
+    A ladder per check, its first rung not yet forced: the remedies of the layer's causes in
+    ``hints`` (:func:`qaudit.remedy.search.cause_hints` of ``report``), one rung each; then for
+    ``min_layer_sqnr``/``max_layer_qmse`` the layer's tensor and its quantized inputs at 16 bits; ``max_clip_fraction``
+    the tensor with the ``alternative`` range; ``min_weight_sqnr`` the weight per channel, then at
+    16 bits; last, the node in float. A graph input's row (no node) stops at its
+    16-bit or range rung. Returns the new changes (none: nothing left to try)."""
+    from qaudit.gate import _keyed
+
+    settings = report.settings
+    act_type = str(settings.get("activation_type") or "uint8")
+    weight_type = str(settings.get("weight_type") or "uint8")
+    g = prepared.graph
+    nodes = {n.name: n for n in g.node}
+    inits = {i.name for i in g.initializer}
+    typed = {v.name for v in list(g.value_info) + list(g.input) + list(g.output)} | inits
+    opset = next((o.version for o in prepared.opset_import if o.domain in ("", "ai.onnx")), 0)
+    per_channel_ok = not settings.get("per_channel") and (settings.get("format") != "qdq" or opset >= 13)
+    rows = _keyed(report.layers)
+    quantized = {r.tensor for r in report.layers if r.has_activation and r.tensor}
+    have = set(forced)
+    out: list[Change] = []
+    caused: dict[str, list[Change]] = {}
+    for c in candidates(report, prepared, hints, alternative) if hints else ():
+        if c.score == math.inf:  # a cause's remedy
+            caused.setdefault(c.change.node, []).append(c.change)
+    for check in failures:
+        if check.scope != "layer" or check.subject not in rows:
+            continue
+        row = rows[check.subject]
+        name = row.name.split(" (converted to ")[0]
+        node = nodes.get(name)
+        ladder: list[list[Change]] = [[c] for c in caused.get(name, [])]
+        tensor = row.tensor if row.tensor in typed else None
+        if check.gate in ("min_layer_sqnr", "max_layer_qmse") and tensor:
+            rung = [Change("tensor_16bit", name, tensor, _sixteen(act_type))]
+            if node is not None:
+                rung += [
+                    Change("tensor_16bit", name, t, _sixteen(act_type))
+                    for t in node.input
+                    if t and t not in inits and t in quantized and t in typed
+                ]
+            ladder.append(rung)
+        elif check.gate == "max_clip_fraction" and tensor and alternative:
+            ladder.append([Change("range", name, tensor, alternative)])
+        elif check.gate == "min_weight_sqnr" and node is not None and len(node.input) > 1 and node.input[1] in inits:
+            w = node.input[1]
+            if per_channel_ok:
+                ladder.append([Change("per_channel", name, w)])
+            ladder.append([Change("tensor_16bit", name, w, _sixteen(weight_type))])
+        if node is not None:
+            ladder.append([Change("float_node", name)])
+        for rung in ladder:
+            new = [c for c in rung if c not in have and c not in out]
+            if new:
+                out += new
+                break
+    return out
 
 
 # ------------------------------------------------------------------ the workspace and the measurement
@@ -511,6 +597,7 @@ __all__ = [
     "Measured",
     "Workspace",
     "candidates",
+    "layer_remedies",
     "measure_one",
     "output_gates",
     "quant_of",
