@@ -205,10 +205,24 @@ def search(ws, cands, executor=None, progress=None, budget: int = DEFAULT_BUDGET
         size *= 2
     sizes.append(len(every))
 
-    def trials_of(n: int) -> list:
-        tier = every[:n]
-        cheap = [c for c in tier if c.kind != "float_node"]
-        return [t for t in ([cheap, tier] if len(cheap) < len(tier) else [tier]) if t]
+    def tiers(keep) -> list[list[Change]]:
+        """The candidates ``keep`` takes of each tier, each list longer than the one before."""
+        out: list[list[Change]] = []
+        for n in sizes:
+            t = [c for c in every[:n] if keep(c)]
+            if t and (not out or len(t) > len(out[-1])):
+                out.append(t)
+        return out
+
+    # the plan: the sets of every tier without a node in float before any set with one (the cost order):
+    # 16-bit tensors and per-channel weights first, with the other ranges next (a range changed everywhere
+    # can cost more than it gains: PP-OCR rec's every range alone, 1.6 dB against 2.9 dB as quantized),
+    # then every candidate of each tier
+    plan: list[list[Change]] = []
+    for keep in (lambda c: c.kind in ("tensor_16bit", "per_channel"), lambda c: c.kind != "float_node", None):
+        for t in tiers(keep or (lambda c: True)):
+            if all(frozenset(t) != frozenset(p) for p in plan):
+                plan.append(t)
 
     def result(current, last, pruned=True) -> SearchResult:
         return SearchResult(
@@ -216,14 +230,10 @@ def search(ws, cands, executor=None, progress=None, budget: int = DEFAULT_BUDGET
             tuple(refused.items()), forced,
         )  # fmt: skip
 
-    base = measure([], trials_of(sizes[0]) if every else ())
+    base = measure([], plan[:1])
     if base.passed:
         return result([], base)
-    # the cheap sets of every tier before any set with a node in float (the cost order), then the whole tiers
     current, last = [], base
-    cheap_sets = [t[0] for t in (trials_of(n) for n in sizes) if t and all(c.kind != "float_node" for c in t[0])]
-    whole = [every[:n] for n in sizes if any(c.kind == "float_node" for c in every[:n])]
-    plan = [s for i, s in enumerate(cheap_sets) if not i or len(s) > len(cheap_sets[i - 1])] + whole
     for i, trial in enumerate(plan):
         if not room():
             break
