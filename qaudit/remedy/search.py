@@ -6,8 +6,9 @@ nothing extra, but are kept only where they are needed. The search, every
 step measured with :func:`qaudit.remedy.sensitivity.verify`:
 
 1. the baseline (no change);
-2. growing tiers of the ranking: every free and 16-bit candidate of the tier together, and when
-   that fails every candidate of the tier (nodes in float too);
+2. growing tiers of the ranking: the 16-bit and per-channel candidates of each tier together, then
+   with the other ranges, and only when none of those passes every candidate of each tier (nodes in
+   float too);
 3. the smallest passing prefix of that set in ranking order (a binary search between the last
    tier that failed and the first that passed);
 4. pruning it: the nodes in float first, then the 16-bit tensors, then the free changes are
@@ -112,8 +113,9 @@ def search(ws, cands, executor=None, progress=None, budget: int = DEFAULT_BUDGET
 
     Top down, so that a remedy spread over many layers costs as few measurements as one in a
     single layer: the baseline; then for growing tiers of the ranking (the first
-    :data:`FIRST_TIER` candidates, twice as many, ... all of them) every free and 16-bit
-    candidate of the tier together and, if that fails, every candidate of the tier. The first
+    :data:`FIRST_TIER` candidates, twice as many, ... all of them) the tier's 16-bit and
+    per-channel candidates together, then with the other ranges too, and only when no tier
+    passes without a node in float, every candidate of each tier. The first
     passing set is cut to its smallest passing prefix (binary search), then changes are taken out
     in cost order (nodes in float, then 16-bit tensors, then free changes), a whole group at a
     time and halving a group whose removal fails, down to single changes: about
