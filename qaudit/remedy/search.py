@@ -250,8 +250,10 @@ def search(ws, cands, executor=None, progress=None, budget: int = DEFAULT_BUDGET
         progress.stage("fix: pruning", None)
 
     def failed(changes) -> bool:
-        m = memo.get(frozenset(full(changes)))
-        return m is not None and not m.passed
+        """Asked for and measured failing (a set only measured ahead is not evidence: the trail is the
+        one-at-a-time search's)."""
+        key = frozenset(full(changes))
+        return key in asked and not memo[key].passed
 
     # 3. the smallest passing prefix in ranking order, between the longest prefix measured failing and the set
     lo = max((k for k in range(len(current)) if failed(current[:k])), default=0)

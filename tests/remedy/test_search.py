@@ -128,3 +128,15 @@ def test_forced_changes_are_in_every_measured_set():
 )
 def test_culprits_are_the_changes_a_message_names(message, blamed):
     assert culprits(message, [F[2], T[3], T[5], P[1]]) == blamed
+
+
+def test_an_executor_measuring_ahead_gives_the_one_at_a_time_trail_and_result():
+    need = [{F[1], P[2]}, {T[3], T[7], T[15], P[2]}]
+    refuse = lambda s: REFUSAL.format("t5") if T[5] in s else ""  # noqa: E731
+    one = search(None, mixed(), Oracle(lambda s: any(n <= s for n in need), refuse))
+    wide = Oracle(lambda s: any(n <= s for n in need), refuse)
+    wide.width = 4
+    got = search(None, mixed(), wide)
+    assert [m.changes for m in got.trail] == [m.changes for m in one.trail]
+    assert got.changes == one.changes and got.refused == one.refused and got.minimal
+    assert len(wide.seen) > len(one.trail)  # it did measure ahead
