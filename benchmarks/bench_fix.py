@@ -1,6 +1,6 @@
 """Benchmark ``qaudit fix`` against one plain audit of the same model and data (issue 19 item 7).
 
-    python benchmarks/bench_fix.py [--models rec minilm] [--target 20] [--data DIR] [--out results.json]
+    python benchmarks/bench_fix.py [--models rec minilm] [--target 20] [--budget N] [--data DIR] [--out results.json]
 
 Builds the real models' inputs with ``samples/realworld/build.py`` (PP-OCR rec: 32
 calibration and 32 evaluation text lines; all-MiniLM-L6-v2: 64 and 64 sentences, as
@@ -8,8 +8,9 @@ calibration and 32 evaluation text lines; all-MiniLM-L6-v2: 64 and 64 sentences,
 this one process and for each model: one plain audit (``qaudit.audit``, the default
 settings), then ``qaudit fix`` to ``--min-output-sqnr TARGET`` (``qaudit.remedy.search.fix``:
 the audit before, the search, the verifying audit). Prints the wall times, their ratio
-(the issue's target: at most 5x), how many change sets were measured, the nodes the
-recipe leaves in float, the tensors at 16 bits, and the output SQNR before and after.
+(the issue's target: at most 5x), how many change sets were measured (and how many of them
+ORT refused), the nodes the recipe leaves in float, the tensors at 16 bits, the free changes,
+whether the set is 1-minimal (every single removal measured failing) and the output SQNR before and after.
 """
 
 from __future__ import annotations
@@ -36,11 +37,11 @@ def _builder():
     return module
 
 
-def bench(name: str, root: Path, target: float) -> dict:
+def bench(name: str, root: Path, target: float, budget: int | None = None) -> dict:
     from qaudit.gate import GateConfig
     from qaudit.options import audit_config
     from qaudit.pipeline.audit import audit
-    from qaudit.remedy.search import cost, fix
+    from qaudit.remedy.search import DEFAULT_BUDGET, cost, fix
 
     build = _builder()
     folder = root / name
@@ -51,7 +52,7 @@ def bench(name: str, root: Path, target: float) -> dict:
     t0 = time.perf_counter()
     plain = audit(cfg)
     t_audit = time.perf_counter() - t0
-    result = fix(cfg, GateConfig({"min_output_sqnr": target}))
+    result = fix(cfg, GateConfig({"min_output_sqnr": target}), budget=budget or DEFAULT_BUDGET)
     floats, sixteen = cost(result.search.changes)
     return {
         "model": name,
@@ -62,8 +63,13 @@ def bench(name: str, root: Path, target: float) -> dict:
         "ratio": result.seconds["total"] / t_audit,
         "measured": result.search.n_measured,
         "candidates": len(result.search.candidates),
+        "budget": budget or DEFAULT_BUDGET,
         "pruned": result.search.pruned,
+        "minimal": result.search.minimal,
         "errors": result.search.errors,
+        "refused_sets": len(result.search.errors),
+        "refused": [[c.describe(), why] for c, why in result.search.refused],
+        "seconds_per_set": [m.seconds for m in result.search.trail],
         "float_nodes": floats,
         "tensors_16bit": sixteen,
         "free_changes": len(result.search.changes) - floats - sixteen,
@@ -78,24 +84,35 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--target", type=float, default=20.0, help="--min-output-sqnr of the fix (dB)")
+    p.add_argument("--budget", type=int, default=None, help="--max-measurements of the fix (default: the fix's)")
     p.add_argument("--data", type=Path, default=None, help="folder of built subjects (reused; built when absent)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-fix-") as tmp:
         root = args.data or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        rows = [bench(m, root, args.target) for m in args.models]
+        rows = [bench(m, root, args.target, args.budget) for m in args.models]
     print(
-        f"{'model':<8} {'audit s':>8} {'fix s':>8} {'ratio':>6} {'sets':>5} {'float':>6} {'16-bit':>7} "
-        f"{'free':>5} {'SQNR before':>12} {'after':>7}  met"
+        f"{'model':<8} {'audit s':>8} {'fix s':>8} {'ratio':>6} {'sets':>5} {'refused':>8} {'float':>6} {'16-bit':>7} "
+        f"{'free':>5} {'1-minimal':>9} {'SQNR before':>12} {'after':>7}  met"
     )
     for r in rows:
         print(
             f"{r['model']:<8} {r['audit_s']:8.1f} {r['fix_s']:8.1f} {r['ratio']:6.2f} {r['measured']:5d} "
-            f"{r['float_nodes']:6d} {r['tensors_16bit']:7d} {r['free_changes']:5d} {r['sqnr_before_db']:12.1f} "
+            f"{r['refused_sets']:8d} {r['float_nodes']:6d} {r['tensors_16bit']:7d} {r['free_changes']:5d} "
+            f"{'yes' if r['minimal'] else 'no':>9} {r['sqnr_before_db']:12.1f} "
             f"{r['sqnr_after_db']:7.1f}  {'yes' if r['met'] else 'NO'}"
         )
     print(f"target: fix wall time <= {TARGET_RATIO:g}x one plain audit")
+    for r in rows:
+        p = r["phases_s"]
+        print(
+            f"{r['model']}: before {p['before']:.1f} s, search {p['search']:.1f} s ({r['measured']} sets, "
+            f"{sum(r['seconds_per_set']) / max(1, r['measured']):.1f} s each), verifying audit(s) {p['after']:.1f} s, "
+            f"budget {r['budget']}; {len(r['refused'])} change(s) refused"
+        )
+        for c in r["changes"]:
+            print(f"  {c}")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -496,6 +496,8 @@ def _moved(ws, root: Path):
         batches=tuple(move(p) for p in ws.batches),
         fp32=tuple(move(p) for p in ws.fp32),
         labels=move(ws.labels),
+        upgraded=move(ws.upgraded),
+        upgraded_ranges=None if ws.upgraded_ranges is None else {k: move(v) for k, v in ws.upgraded_ranges.items()},
     )
 
 

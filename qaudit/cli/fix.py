@@ -39,9 +39,10 @@ def build_fix_parser():
         description="Search the cheapest quantization change set (nodes left in float first, then tensors at "
         "16 bits; per-channel weights and calibration ranges only where needed) that makes every gate pass, "
         "measured on the deployed quantized graph, and verify it with a full audit.",
-        epilog="The gates are the target (at least one output gate: the search measures the outputs; layer "
-        "gates are checked by the verifying audit). Exit codes: 0 target met, 1 not met (the best set found is "
-        "written), 2 usage/input/config error, 3 internal error. See docs/remedy.md.",
+        epilog="The gates are the target (at least one output gate: the search measures the outputs; a layer "
+        "gate the verifying audit fails adds that layer's remedy and the search runs again). Exit codes: 0 target "
+        "met, 1 not met (the best set found is written), 2 usage/input/config error, 3 internal error. "
+        "See docs/remedy.md.",
     )
     _add_options(p, "audit", only=fix_options())
     f = p.add_argument_group("fix")
@@ -71,7 +72,8 @@ def build_fix_parser():
         type=int,
         default=None,
         metavar="N",
-        help="measure at most N change sets (default 24); pruning stops there and keeps a passing set",
+        help="measure at most N change sets per search (default 32; sets ORT refuses are measured again without "
+        "the refused change and do not count); pruning stops there and keeps a passing set that may not be minimal",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -108,12 +110,21 @@ def _summary(result, passed: bool) -> list[str]:
     lines.append(
         f"  time: audit before {t['before']:.1f} s, search {t['search']:.1f} s, verifying audit {t['after']:.1f} s"
     )
-    if s.errors:
+    if s.refused:
+        c, why = s.refused[0]
+        lines.append(
+            f"  {len(s.refused)} change(s) refused by ONNX Runtime and left out, e.g. {c.describe()}: {why[:200]}"
+        )
+    elif s.errors:
         lines.append(f"  {len(s.errors)} change set(s) could not be measured, e.g.: {s.errors[0]}")
+    if s.forced:
+        lines.append(f"  {len(s.forced)} change(s) added for the layer gates the verifying audit failed")
     if not s.pruned:
         lines.append(
             f"  pruning stopped at {s.n_measured} measurements (--max-measurements): the set may not be minimal"
         )
+    elif s.met and s.changes:
+        lines.append("  1-minimal: removing any one of the searched changes fails an output gate (measured)")
     lines += [f"  {c.describe()}" for c in s.changes] or ["  (no change)"]
     if not passed:
         limits = [

@@ -361,7 +361,8 @@ def audit(
     ``record`` (:mod:`qaudit.remedy`, which searches changes on the same graph and ranges):
     its ``"calibrate"`` (QuantConfigs) are calibrated on the same pass, their ranges put in
     ``"extra_ranges"``; the first run's prepared graph, ranges and quantize arguments are put in
-    ``"folded"``, ``"ranges"``, ``"tensor_overrides"``, ``"also_exclude"``, ``"outputs"`` and ``"batch_size"``."""
+    ``"folded"``, ``"ranges"``, ``"tensor_overrides"``, ``"also_exclude"``, ``"outputs"``, ``"batch_size"``
+    and ``"nonfinite"`` (the tensors holding NaN/Inf)."""
     progress, clock = progress or NullProgress(), PhaseClock()
     kernels.name()  # a bad QAUDIT_KERNELS fails here, not on a worker thread
     runtimes = parse_runtimes(cfg.runtimes)  # an unknown or missing runtime fails before any work
@@ -473,6 +474,7 @@ def audit(
             if record is not None and i == 0 and given is None:  # qaudit.remedy searches from here
                 record.update(folded=onnx.load(str(folded_path)), ranges=ranges, tensor_overrides=tensor_overrides)
                 record.update(also_exclude=dict(auto_excluded), outputs=outputs, batch_size=batch_size)
+                record.update(nonfinite=dict(bad))
             if cfg.trials:  # the calibration trials, measured on the main run's pass (qaudit.pipeline.trials)
                 from qaudit.pipeline.trials import run_trials
 

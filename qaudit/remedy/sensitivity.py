@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qaudit.options import SIXTEEN_BIT_OPSET
+
 #: the kinds of change, cheapest first in the search's cost order is not this order (see qaudit.remedy.search)
 KINDS = ("float_node", "tensor_16bit", "per_channel", "range")
 
@@ -117,13 +119,21 @@ def candidates(
     per_channel_ok = not settings.get("per_channel") and (settings.get("format") != "qdq" or opset >= 13)
     seen: set = set()
 
+    # the graph inputs ORT quantizes (their rows' op type is "Input"): a 16-bit input or another range
+    inputs = {i.name for i in g.input if i.name not in inits}
+    # ORT's QOperator format has no 16-bit type (qaudit refuses the override): never proposed there
+    sixteen_ok = settings.get("format") != "qoperator"
+
     def add(change: Change, score: float, why: str) -> None:
         key = (change.kind, change.node if change.kind == "float_node" else change.tensor)
         if change.tensor is not None and change.tensor not in typed:
             return
         if change.kind == "per_channel" and not per_channel_ok:
             return
-        if change.node in nodes and key not in seen:  # one change per tensor (per node in float)
+        if change.kind == "tensor_16bit" and not sixteen_ok:
+            return
+        known = change.node in nodes or (change.node in inputs and change.kind in ("tensor_16bit", "range"))
+        if known and key not in seen:  # one change per tensor (per node in float)
             seen.add(key)
             out[change] = Candidate(change, score, why)
 
@@ -167,6 +177,18 @@ def candidates(
             add(
                 Change("range", r.name, r.tensor, alternative), noise, f"{what}, {clipped * 100:.2g}% of values clipped"
             )
+    for r in report.layers:  # a graph input's row: its own quantization error (nothing upstream)
+        if r.op_type != "Input" or r.tensor not in inputs:
+            continue
+        noise = _noise(r.sqnr_isolated_db if r.sqnr_isolated_db is not None else r.sqnr_db)
+        if noise <= 0:
+            continue
+        what = f"graph input, SQNR {r.sqnr_db:.1f} dB"
+        add(Change("tensor_16bit", r.tensor, r.tensor, _sixteen(act_type)), noise, what)
+        if alternative and (r.clip_fraction or 0.0) > 0:
+            add(
+                Change("range", r.tensor, r.tensor, alternative), noise, f"{what}, {r.clip_fraction * 100:.2g}% clipped"
+            )
     weights = []
     for r in report.layers:
         node = nodes.get(r.name)
@@ -192,6 +214,72 @@ def candidates(
     return sorted(out.values(), key=lambda c: -c.score)
 
 
+def layer_remedies(
+    report, prepared, failures, forced: Sequence[Change] = (), alternative: str | None = None, hints: Iterable = ()
+):
+    """The next remedy for each failing layer gate check of ``failures`` (a verifying audit's, on
+    ``report``), given the changes already ``forced``: the layer gates are checked by an audit, not by
+    a measurement of the outputs, so the fix adds these to every set it measures and audits again.
+
+    A ladder per check, its first rung not yet forced: the remedies of the layer's causes in
+    ``hints`` (:func:`qaudit.remedy.search.cause_hints` of ``report``), one rung each; then for
+    ``min_layer_sqnr``/``max_layer_qmse`` the layer's tensor and its quantized inputs at 16 bits; ``max_clip_fraction``
+    the tensor with the ``alternative`` range; ``min_weight_sqnr`` the weight per channel, then at
+    16 bits; last, the node in float. A graph input's row (no node) stops at its
+    16-bit or range rung. Returns the new changes (none: nothing left to try)."""
+    from qaudit.gate import _keyed
+
+    settings = report.settings
+    act_type = str(settings.get("activation_type") or "uint8")
+    weight_type = str(settings.get("weight_type") or "uint8")
+    g = prepared.graph
+    nodes = {n.name: n for n in g.node}
+    inits = {i.name for i in g.initializer}
+    typed = {v.name for v in list(g.value_info) + list(g.input) + list(g.output)} | inits
+    opset = next((o.version for o in prepared.opset_import if o.domain in ("", "ai.onnx")), 0)
+    per_channel_ok = not settings.get("per_channel") and (settings.get("format") != "qdq" or opset >= 13)
+    rows = _keyed(report.layers)
+    quantized = {r.tensor for r in report.layers if r.has_activation and r.tensor}
+    have = set(forced)
+    out: list[Change] = []
+    caused: dict[str, list[Change]] = {}
+    for c in candidates(report, prepared, hints, alternative) if hints else ():
+        if c.score == math.inf:  # a cause's remedy
+            caused.setdefault(c.change.node, []).append(c.change)
+    for check in failures:
+        if check.scope != "layer" or check.subject not in rows:
+            continue
+        row = rows[check.subject]
+        name = row.name.split(" (converted to ")[0]
+        node = nodes.get(name)
+        ladder: list[list[Change]] = [[c] for c in caused.get(name, [])]
+        tensor = row.tensor if row.tensor in typed else None
+        if check.gate in ("min_layer_sqnr", "max_layer_qmse") and tensor:
+            rung = [Change("tensor_16bit", name, tensor, _sixteen(act_type))]
+            if node is not None:
+                rung += [
+                    Change("tensor_16bit", name, t, _sixteen(act_type))
+                    for t in node.input
+                    if t and t not in inits and t in quantized and t in typed
+                ]
+            ladder.append(rung)
+        elif check.gate == "max_clip_fraction" and tensor and alternative:
+            ladder.append([Change("range", name, tensor, alternative)])
+        elif check.gate == "min_weight_sqnr" and node is not None and len(node.input) > 1 and node.input[1] in inits:
+            w = node.input[1]
+            if per_channel_ok:
+                ladder.append([Change("per_channel", name, w)])
+            ladder.append([Change("tensor_16bit", name, w, _sixteen(weight_type))])
+        if node is not None:
+            ladder.append([Change("float_node", name)])
+        for rung in ladder:
+            new = [c for c in rung if c not in have and c not in out]
+            if new:
+                out += new
+                break
+    return out
+
+
 # ------------------------------------------------------------------ the workspace and the measurement
 
 
@@ -215,6 +303,21 @@ class Workspace:
     outputs: object  # OutputKinds
     gates: object  # GateConfig: the target's output gates
     output_names: tuple[str, ...] = ()
+    #: the graph prepared for 16-bit types (opset 21, as the audit of such a recipe prepares it) and its
+    #: ranges (method -> cache), when ``folded``'s opset is lower: a set needing it is quantized from it
+    #: (ORT would upgrade ``folded`` itself and refuse the result, docs/ort-quirks.md); None: not needed
+    upgraded: Path | None = None
+    upgraded_ranges: dict | None = None
+    opset: int = 0  # ``folded``'s
+
+    def graph_for(self, quant) -> tuple[Path, dict]:
+        """The prepared graph and ranges a set quantized as ``quant`` (a QuantConfig) is measured on:
+        the one the audit of that quantization prepares."""
+        from qaudit.pipeline.audit import opset_needed
+
+        if self.upgraded is not None and opset_needed(quant)[0] > self.opset:
+            return self.upgraded, self.upgraded_ranges
+        return self.folded, self.ranges
 
 
 @dataclass(frozen=True)
@@ -258,10 +361,13 @@ def shortfall(result) -> float:
     return total
 
 
-def workspace(record: dict, cfg, gates, work: Path, alternative: str | None, progress=None) -> Workspace:
+def workspace(
+    record: dict, cfg, gates, work: Path, alternative: str | None, progress=None, sixteen: bool = True
+) -> Workspace:
     """The files of a :class:`Workspace` in ``work``, from an audit's ``record``
     (:func:`qaudit.pipeline.audit.audit`): its prepared graph and ranges, and the evaluation
-    batches with their fp32 outputs, computed here once."""
+    batches with their fp32 outputs, computed here once. ``sixteen``: sets may hold 16-bit
+    tensors; below opset 21 (QDQ) the graph prepared for them is made and calibrated here too."""
     import onnx
     from onnxruntime.quantization.calibrate import save_tensors_data
 
@@ -295,6 +401,10 @@ def workspace(record: dict, cfg, gates, work: Path, alternative: str | None, pro
     if src.labels is not None:
         labels = work / "labels.npy"
         np.save(labels, src.labels)
+    opset = next((o.version for o in record["folded"].opset_import if o.domain in ("", "ai.onnx")), 0)
+    upgraded = upgraded_ranges = None
+    if sixteen and cfg.quant.format == "qdq" and opset < SIXTEEN_BIT_OPSET:
+        upgraded, upgraded_ranges = _prepare_sixteen(cfg, record, work, alternative, progress)
     return Workspace(
         work,
         folded,
@@ -308,7 +418,51 @@ def workspace(record: dict, cfg, gates, work: Path, alternative: str | None, pro
         record["outputs"],
         output_gates(gates),
         tuple(names),
+        upgraded,
+        upgraded_ranges,
+        opset,
     )
+
+
+def _prepare_sixteen(cfg, record: dict, work: Path, alternative: str | None, progress=None) -> tuple[Path, dict]:
+    """The graph the audit of a recipe with a 16-bit tensor quantizes (the model prepared at opset 21 by
+    :func:`qaudit.pipeline.audit.prepare`), and its ranges for ``cfg``'s method and ``alternative``,
+    calibrated as that audit calibrates (one pass, the same batch size): a 16-bit set measured on it
+    is the verifying audit's quantization."""
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    from qaudit.options import QuantConfig
+    from qaudit.pipeline.audit import prepare
+    from qaudit.pipeline.controlflow import every_sample
+    from qaudit.pipeline.data import open_inputs
+    from qaudit.pipeline.parallel import auto_batch_size
+    from qaudit.pipeline.quantize import calibrate_many, probe_activations
+    from qaudit.pipeline.runtimes import parse as parse_runtimes
+    from qaudit.pipeline.session import save_model
+
+    src = open_inputs(cfg)
+    sixteen = replace(cfg.quant, overrides={"tensors": {"*": {"type": _sixteen(cfg.quant.activation_type)}}})
+    prep = prepare(src.model, cfg.quant.exclude, sixteen, every_sample(src, cfg.max_samples))
+    path = save_model(prep.fold.model, work / "prepared-16bit.onnx")
+    del prep
+    bad = dict(record.get("nonfinite", {}))
+    _, bytes_per_sample, _ = probe_activations(path, src.first_batch())
+    fixed = src.calib.fixed_batch()
+    runtimes = len(parse_runtimes(cfg.runtimes))
+    batch_size = fixed or cfg.batch_size or auto_batch_size(bytes_per_sample, fixed, cfg.isolated, runtimes)
+    quants = (cfg.quant,) + ((QuantConfig(calibrate_method=alternative),) if alternative else ())
+    if progress is not None:
+        progress.stage("fix: calibrating the 16-bit graph (opset 21)", src.n_calib)
+    advance = progress.advance if progress is not None else None
+    with tempfile.TemporaryDirectory(prefix="calib-", dir=work) as calib:
+        got = calibrate_many(
+            path, src.calib.batches(batch_size, cfg.max_samples), quants, Path(calib), advance, set(bad), nonfinite=bad
+        )
+    ranges = {}
+    for q, r in zip(quants, got, strict=True):
+        ranges[q.calibrate_method] = work / f"ranges-16bit-{q.calibrate_method}.json"
+        save_tensors_data(r, ranges[q.calibrate_method])
+    return path, ranges
 
 
 def overrides_table(changes: Sequence[Change], ranges_of) -> dict:
@@ -339,21 +493,24 @@ def quant_of(base, changes: Sequence[Change], ranges_of):
     return replace(base, exclude=exclude, overrides=merged or None)
 
 
-def _ranges_loader(ws: Workspace):
+def _ranges_loader(ws: Workspace, changes: Sequence[Change] = ()):
+    """``ranges_of(method)``: the ranges of the graph ``changes`` are measured on (:meth:`Workspace.graph_for`)."""
     from onnxruntime.quantization.calibrate import load_tensors_data
 
+    _, files = ws.graph_for(quant_of(ws.quant, [c for c in changes if c.kind != "range"], None))
     cache: dict = {}
 
     def ranges_of(method):
         if method not in cache:
-            cache[method] = load_tensors_data(ws.ranges[method])
+            cache[method] = load_tensors_data(files[method])
         return cache[method]
 
     return ranges_of
 
 
 def measure_one(ws: Workspace, changes: tuple[Change, ...]) -> Measured:
-    """Quantize ``ws.folded`` with ``changes`` from the cached ranges, run the deployed model
+    """Quantize ``ws.folded`` (or the graph prepared for 16 bits, :meth:`Workspace.graph_for`) with ``changes``
+    from the cached ranges, run the deployed model
     on the evaluation batches and score its outputs with ``ws.gates`` (the unit of work)."""
     import onnx
 
@@ -365,15 +522,16 @@ def measure_one(ws: Workspace, changes: tuple[Change, ...]) -> Measured:
     from qaudit.pipeline.session import QUANTIZER_AT_FAULT, make_session, run_named
 
     t0 = time.perf_counter()
-    ranges_of = _ranges_loader(ws)
+    ranges_of = _ranges_loader(ws, changes)
     try:
         quant = quant_of(ws.quant, changes, ranges_of)
+        folded, _ = ws.graph_for(quant)
         with tempfile.TemporaryDirectory(prefix="qaudit-fix-", dir=ws.work) as tmp:
-            model = onnx.load(str(ws.folded), load_external_data=False)
+            model = onnx.load(str(folded), load_external_data=False)
             tensor_overrides, _ = resolve(quant.overrides or {}, model, quant)
             del model
             q_path = quantize(
-                ws.folded,
+                folded,
                 ranges_of(ws.method),
                 quant,
                 Path(tmp) / "quantized.onnx",
@@ -439,6 +597,7 @@ __all__ = [
     "Measured",
     "Workspace",
     "candidates",
+    "layer_remedies",
     "measure_one",
     "output_gates",
     "quant_of",

@@ -82,3 +82,51 @@ def write_data(model: onnx.ModelProto, folder: Path, n: int, seed: int) -> Path:
         arrays[i.name] = (rng.uniform(0, 1, shape) if i.name == "x" else rng.normal(0, 1, shape)).astype(np.float32)
     np.savez(folder / "data.npz", **arrays)
     return folder
+
+
+def softmax_opset12_model(seed: int = 0) -> onnx.ModelProto:
+    """x [N,4,8] -> mm (MatMul) -> sm (Softmax, opset 12's default axis 1 on a rank-3 tensor) -> mm2 -> y.
+
+    16-bit Q/DQ needs opset 21, and ONNX's Softmax 12 -> 13 adapter renames the Softmax's output
+    ``s`` to ``s_intermediate`` (a Reshape restores ``s``): ORT's quantizer, upgrading the graph itself,
+    then sets the range of a tensor its calibration cache lacks (docs/ort-quirks.md).
+    """
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 1, (8, 8)).astype(np.float32)
+    w2 = rng.normal(0, 1, (8, 8)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+        helper.make_node("Softmax", ["m"], ["s"], name="sm"),
+        helper.make_node("MatMul", ["s", "w2"], ["y"], name="mm2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "softmax12",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(w2, "w2")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def wide_input_model(seed: int = 0) -> onnx.ModelProto:
+    """a [N,16] -> gemm (weights ~ N(0, 0.5)) -> y.
+
+    The graph input's own 8-bit quantization is a good share of the output's error: a target above
+    what 8 bits give the input needs the input at 16 bits (or the Gemm in float, which costs more).
+    """
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 0.5, (16, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["a", "w"], ["y"], name="gemm")],
+        "wide_input",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx.checker.check_model(model, full_check=True)
+    return model

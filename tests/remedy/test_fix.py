@@ -408,3 +408,81 @@ def test_an_executor_measuring_several_sets_at_once_changes_neither_the_trail_no
         assert [m.outputs for m in got.search.trail] == [m.outputs for m in one.search.trail]
         assert max(Wide.calls) > 1 and sum(Wide.calls) > one.search.n_measured  # measured ahead
         assert len(Wide.calls) < one.search.n_measured  # in fewer rounds
+
+
+def test_a_16_bit_set_below_opset_21_is_measured_on_the_graph_its_audit_prepares(subject, tmp_path):
+    """ORT's quantizer upgrades an opset-12 graph itself for 16 bits, and the Softmax 12 -> 13 adapter's
+    renamed output makes it refuse ("Only an existing tensor can be modified", docs/ort-quirks.md):
+    a 16-bit set is measured on the graph qaudit prepares at opset 21, with its ranges, and equals the
+    audit of that recipe."""
+    path, calib, ev = subject("softmax_opset12_model")
+    cfg = audit_config(path, calib, ev)
+    record = {"calibrate": [QuantConfig(calibrate_method="minmax")]}
+    audit(cfg, record=record)
+    ws = workspace(record, cfg, GateConfig({"min_output_sqnr": 25.0}), tmp_path / "ws", "minmax")
+    assert ws.opset == 12 and ws.upgraded is not None
+    changes = (Change("tensor_16bit", "mm", "m", "uint16"),)
+    m = measure_one(ws, changes)
+    assert m.error == ""
+    direct = audit(cfg.replace(quant=QuantConfig(overrides={"tensors": {"m": {"type": "uint16"}}})))
+    assert m.outputs[0].sqnr_db == pytest.approx(direct.outputs[0].sqnr_db, rel=1e-9)
+    # without that graph ORT refuses the set (what the search met on PP-OCR rec)
+    plain = workspace(record, cfg, GateConfig({"min_output_sqnr": 25.0}), tmp_path / "ws0", "minmax", sixteen=False)
+    assert plain.upgraded is None
+    assert "Only an existing tensor can be modified, 's_intermediate'" in measure_one(plain, changes).error
+    # a set with no 16-bit tensor stays on the graph as configured (opset 12)
+    base = measure_one(ws, ())
+    assert base.error == "" and base.outputs[0].sqnr_db == pytest.approx(audit(cfg).outputs[0].sqnr_db, rel=1e-12)
+
+
+def test_a_graph_input_is_a_candidate_and_its_16_bits_beat_a_node_in_float(subject):
+    path, calib, ev = subject("wide_input_model")
+    cfg = audit_config(path, calib, ev)
+    result = S.fix(cfg, GateConfig({"min_output_sqnr": 50.0}))
+    assert result.before.outputs[0].sqnr_db < 45
+    x16 = Change("tensor_16bit", "a", "a", "uint16")
+    assert x16 in [c.change for c in result.search.candidates]
+    assert x16 in result.search.changes and S.cost(result.search.changes)[0] == 0  # no node in float
+    assert result.search.minimal and result.after.outputs[0].sqnr_db >= 50
+    # 1-minimal: each change's removal was measured on the final set, and fails
+    trail = {frozenset(m.changes): m for m in result.search.trail}
+    for c in result.search.changes:
+        assert not trail[frozenset(result.search.changes) - {c}].passed
+
+
+def test_a_failing_layer_gate_gets_its_layers_remedy_and_the_fix_audits_again(subject):
+    """The output target passes as quantized, the layer gate on conv1 does not: the verifying audit's
+    failure adds the remedy of conv1's cause (its weight per channel) to the search (forced), and the
+    second audit passes every gate."""
+    from qaudit.gate import Threshold, evaluate
+
+    path, calib, ev = subject("outlier_channel_model")
+    gates = GateConfig({"min_output_sqnr": 15.0, "min_layer_sqnr": Threshold(None, (("conv1", 30.0),))})
+    result = S.fix(audit_config(path, calib, ev), gates)
+    assert evaluate(result.before, gates).failures[0].subject == "conv1"
+    assert result.search.forced == (Change("per_channel", "conv1", "w1"),)
+    assert result.search.changes == (Change("per_channel", "conv1", "w1"),)
+    assert evaluate(result.after, gates).passed
+    assert {r.name: r for r in result.after.layers}["conv1"].sqnr_db >= 30
+
+
+def test_sets_ort_refuses_are_split_by_its_message_and_the_search_goes_on(subject, tmp_path):
+    """On a workspace without the 16-bit graph, ORT refuses every set with a tensor at 16 bits (ORT
+    quirk 63): the change its message names is marked refused with ORT's words, the others are found by
+    halving, and the search measures the sets without them instead of stopping."""
+    path, calib, ev = subject("softmax_opset12_model")
+    cfg = audit_config(path, calib, ev)
+    record = {"calibrate": [QuantConfig(calibrate_method="minmax")]}
+    before = audit(cfg, record=record)
+    ws = workspace(record, cfg, GateConfig({"min_output_sqnr": 90.0}), tmp_path / "ws", "minmax", sixteen=False)
+    cands = candidates(before, record["folded"], alternative="minmax")
+    sixteen = [c.change for c in cands if c.change.kind == "tensor_16bit"]
+    assert Change("tensor_16bit", "sm", "s", "uint16") in sixteen
+    result = S.search(ws, cands, budget=40)
+    refused = dict(result.refused)
+    assert set(refused) == set(sixteen)
+    assert all("Only an existing tensor can be modified, 's_intermediate'" in why for why in refused.values())
+    first = next(i for i, m in enumerate(result.trail) if m.error)
+    later = [m for m in result.trail[first:] if not m.error]
+    assert later and all(c.kind != "tensor_16bit" for m in later for c in m.changes)
+    assert any(m.changes for m in later)  # sets of the other changes were measured after the refusals
