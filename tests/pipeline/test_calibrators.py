@@ -277,3 +277,56 @@ def test_a_tensor_turning_infinite_gets_no_range(case):
         ranges = compute_ranges(c, cfg, drop=set(c.nonfinite))
     assert c.nonfinite == {"mask": (float(x.ravel()[1]), 3.0)}
     assert set(ranges) == {"ok"}
+
+
+def _histograms():
+    """Histograms as ORT's collector builds them: one batch, or grown by merge_histogram from a first
+    batch 40x narrower than the rest (whole bins of the first batch's width: ORT quirk 64), with
+    empty bins, one-sided data and odd bin counts."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    rng = np.random.default_rng(7)
+    for k, bins in enumerate((128, 129, 301, 1000, 2048)):
+        for case in ("normal", "relu", "holes", "grown"):
+            if case == "grown" and bins > 129:
+                continue  # ORT's own search over 40x the bins: minutes
+            c = HistogramCollector("entropy", False, bins, 128, 99.9, "same")
+            x = rng.standard_normal(4000).astype(np.float32) * (0.3 + k)
+            if case == "relu":
+                x = np.maximum(x, 0)
+            batches = [x[:100] / 40, x[100:]] if case == "grown" else [x]
+            for b in batches:
+                c.collect_value({"t": [b]})
+            h = c.histogram_dict["t"]
+            if case == "holes":
+                hist = h[0].copy()
+                hist[rng.integers(0, hist.size, hist.size // 3)] = 0
+                h = (hist, *h[1:])
+            yield f"{bins}-{case}", h
+
+
+@pytest.mark.parametrize("name,histogram", list(_histograms()))
+def test_entropy_threshold_is_orts_bit_for_bit(name, histogram):
+    """qaudit's KL search (prefix sums instead of ORT's builtin sums) returns ORT's threshold exactly,
+    dtype included, on one-batch and grown histograms."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from qaudit.pipeline.quantize import _lean_collector_class
+
+    ort = HistogramCollector("entropy", False, 128, 128, 99.9, "same")
+    lean = _lean_collector_class()("entropy", False, 128, 128, 99.9, "same")
+    for qbins in (128, 64):
+        if histogram[0].size // 2 < qbins // 2:
+            continue
+        want = ort.get_entropy_threshold(histogram, qbins)
+        got = lean.get_entropy_threshold(histogram, qbins)
+        assert [type(v) for v in got] == [type(v) for v in want], name
+        assert got[0].dtype == want[0].dtype and got[1].dtype == want[1].dtype, name
+        assert (got[0], got[1]) == (want[0], want[1]), f"{name} ({qbins} quantized bins)"
+
+
+def test_grown_entropy_histogram_holds_whole_first_batch_bins():
+    """ORT quirk 64: the bin width stays the first batch's, so a first batch 40x narrower than the
+    data widens a 128-bin histogram to about 128 * 40 bins."""
+    grown = dict(_histograms())["128-grown"]
+    assert grown[0].size > 128 * 30 and grown[0].sum() == 4000
