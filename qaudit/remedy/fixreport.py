@@ -149,6 +149,20 @@ def section(result, gates, budget: int | None = None, files: dict | None = None)
         return d
 
     sensitivity = _sensitivities(trail)
+    # a change of the final set: its single removal from that set, wherever the trail measured it (the
+    # search's 1-minimality evidence; the set without it may be an earlier one, the baseline say)
+    final_keys = frozenset(_key(_change(c)) for c in s.changes)
+    final_index = index.get(final_keys)
+    if s.met and final_index is not None:
+        for k in final_keys:
+            j = index.get(final_keys - {k})
+            if j is not None:
+                sensitivity[k] = {
+                    "trail": j,
+                    "reference": final_index,
+                    "removed_with": 0,
+                    "passed_without": trail[j]["passed"],
+                }
     cands = []
     rank_of = {}
     chosen = {_key(_change(c)) for c in s.changes}
@@ -208,6 +222,8 @@ def section(result, gates, budget: int | None = None, files: dict | None = None)
         "refused": refused,
         "budget": budget if budget is not None else getattr(s, "budget", None),
         "pruned": bool(s.pruned),
+        "minimal": bool(getattr(s, "minimal", False)),
+        "forced": [{**_change(c), "description": _describe(c)} for c in getattr(s, "forced", None) or ()],
         "measurements": s.n_measured,
         "seconds": dict(result.seconds),
         "files": {k: (None if files.get(k) is None else str(files[k])) for k in FILE_FLAGS},
@@ -308,8 +324,12 @@ def budget_line(fix: dict) -> str:
     """The budget and whether the pruning completed, in words."""
     b = fix["budget"]
     of = f" of at most {b}" if b is not None else ""
+    if not fix["met"]:
+        return f"{fix['measurements']} measurements{of}; no set measured met the target"
     if fix["pruned"]:
-        return f"{fix['measurements']} measurements{of}; pruning complete: every change kept is needed"
+        return (
+            f"{fix['measurements']} measurements{of}; pruning complete: removing any one change fails a gate (measured)"
+        )
     return (
         f"{fix['measurements']} measurements{of}; the budget stopped the pruning: the set passes but may not be minimal"
     )

@@ -131,7 +131,8 @@ def test_the_fix_section_holds_the_fix_results_numbers(fixed):
     sens = huge["sensitivity"]
     without, ref = fix["trail"][sens["trail"]], fix["trail"][sens["reference"]]
     assert sens["removed_with"] == 0 and sens["passed_without"] is False is without["passed"]
-    assert ref["passed"] and without["removed"] == [_change(s.changes[0])]
+    assert ref["passed"] and ref["changes"] == [_change(c) for c in s.changes]  # the final set
+    assert fix["minimal"] is s.minimal is True and fix["forced"] == []
     assert {json.dumps(c, sort_keys=True) for c in ref["changes"]} - {
         json.dumps(c, sort_keys=True) for c in without["changes"]
     } == {json.dumps(_change(s.changes[0]), sort_keys=True)}
@@ -224,7 +225,9 @@ def test_the_fix_section_is_rendered_in_every_format(fixed):
         assert "Fix: the changes" in text and "node huge in float" in text
         assert "Fix: model outputs, before → after" in text and "-3.0 → ∞" in text
         assert "Fix: every change set measured, in order" in text and "no change (baseline)" in text
-        assert f"{n} measurements of at most 24; pruning complete" in text
+        assert (
+            f"{n} measurements of at most {S.DEFAULT_BUDGET}; pruning complete: removing any one change fails" in text
+        )
         assert "fix: target met: 1 node(s) in float, 0 tensor(s) at 16 bits, 0 free change(s)" in text
     assert "--recipe " in term and "recipe.toml" in term
     assert '<h2 id="fix">Fix</h2>' in html and '<a href="#fix">Fix</a>' in html
