@@ -151,7 +151,14 @@ def load_split():
     return source, (x_train, y_train), (x_calib, y_calib), (x_test, y_test)
 
 
+#: the calibration images as a folder of files of this many images each (the sweep's ``calib``):
+#: qaudit's --trials draw subsets of files, so 500 images make 50 files and a trial (half) 250 images
+CALIB_FILE_IMAGES = 10
+
+
 def write_data(work: Path, split) -> dict:
+    """The study's data under ``work/data``: ``calib.npy`` (study.py's own audits), the same images
+    as ``calib/NNN.npy`` files (the sweep's, for --trials), ``test.npy`` and ``test_labels.npy``."""
     (_, _), (x_calib, _), (x_test, y_test) = split
     d = work / "data"
     d.mkdir(parents=True, exist_ok=True)
@@ -159,6 +166,11 @@ def write_data(work: Path, split) -> dict:
     np.save(paths["calib"], np.ascontiguousarray(x_calib))
     np.save(paths["eval"], np.ascontiguousarray(x_test))
     np.save(paths["labels"], y_test)
+    (d / "calib").mkdir(exist_ok=True)
+    for k in range(0, len(x_calib), CALIB_FILE_IMAGES):
+        np.save(
+            d / "calib" / f"{k // CALIB_FILE_IMAGES:03d}.npy", np.ascontiguousarray(x_calib[k : k + CALIB_FILE_IMAGES])
+        )
     return paths
 
 
@@ -262,7 +274,9 @@ def initialize(net, init: str, seed: int) -> None:
             init_weight(m, "glorot_uni_6" if (name.startswith("stem") or isinstance(m, nn.Linear)) else init, g)
 
 
-def train(net, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> dict:
+def train(net, x: np.ndarray, y: np.ndarray, epochs: int, seed: int, on_epoch=None) -> dict:
+    """Adam, batches of TRAIN_BATCH in a seeded order. ``on_epoch(epoch)`` runs after each epoch
+    (1-based) with the net in eval mode (the checkpoints); it must not touch the weights or the RNG."""
     import torch
     from torch import nn
 
@@ -286,6 +300,10 @@ def train(net, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> dict:
             total += loss.item() * len(idx)
             n += len(idx)
         losses.append(total / max(n, 1))
+        if on_epoch is not None:
+            net.eval()
+            on_epoch(len(losses))
+            net.train()
     net.eval()
     return {"epoch_loss": losses}
 
@@ -295,12 +313,13 @@ def export(net, path: Path) -> None:
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")  # a killed run leaves no half-written model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             net,
             (torch.zeros(1, 1, 28, 28),),
-            str(path),
+            str(tmp),
             dynamo=False,
             input_names=["input"],
             output_names=["logits"],
@@ -309,6 +328,7 @@ def export(net, path: Path) -> None:
             training=torch.onnx.TrainingMode.PRESERVE,
             do_constant_folding=False,
         )
+    tmp.replace(path)
 
 
 # ------------------------------------------------------------------ audit
@@ -391,6 +411,97 @@ def audit_only(arch: str, init: str, data: dict, work: Path, out: Path, logs_fro
     return log
 
 
+#: the epochs whose weights a seeded training run also exports (the over-training study,
+#: Tables 4.3/4.4); the last epoch is the model itself
+CHECKPOINTS = (1, 2, 5, 10, 15)
+#: the seeds of the full study; seed 0 is the first run's (the same weights)
+SEEDS = (0, 1, 2)
+
+
+#: the order of the seeded training (train_all)
+TRAIN_ORDER = ("dwsep_bn", "conv_bn", "dwsep", "conv")
+
+
+def seeded_name(arch: str, init: str, seed: int) -> str:
+    return f"{arch}__{init}__s{seed}"
+
+
+def trained_fields(net, arch: str, init: str, seed: int, epochs: int, seconds: float, acc) -> dict:
+    """The training log's fields about the trained net (``acc``: its torch test accuracy, None if non-finite)."""
+    import torch
+
+    finite = bool(all(torch.isfinite(p).all() for p in net.state_dict().values() if p.is_floating_point()))
+    return dict(
+        arch=arch, init=init, epochs=epochs, seed=seed, train_seconds=seconds, torch_acc_test=acc, finite_weights=finite
+    )
+
+
+def train_seeded(arch: str, init: str, seed: int, split, work: Path, epochs: int) -> dict:
+    """Train one model with ``seed`` (initialization, data order), export it to
+    ``work/models/NAME.onnx`` and its checkpoints to ``work/checkpoints/NAME__eNN.onnx``
+    (the final epoch too), and write ``work/train/NAME.json`` last: a model is done when its
+    log exists (``--resume`` skips it). Seed 0 trains exactly the first run's model."""
+    import torch
+
+    name = seeded_name(arch, init, seed)
+    (x_train, y_train), _, (x_test, y_test) = split[1:]
+    xt = torch.from_numpy(x_test)
+    ckpt = {}
+
+    def accuracy(net):
+        with torch.no_grad():
+            logits = net(xt).numpy()
+        return float((logits.argmax(1) == y_test).mean()) if np.isfinite(logits).all() else None
+
+    def on_epoch(e):
+        if e in CHECKPOINTS or e == epochs:
+            path = work / "checkpoints" / f"{name}__e{e:02d}.onnx"
+            export(net, path)
+            ckpt[e] = {"torch_acc_test": accuracy(net), "path": f"checkpoints/{path.name}"}
+
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    net = build(arch)
+    initialize(net, init, seed)
+    log = train(net, x_train, y_train, epochs, seed, on_epoch)
+    t_train = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    export(net, work / "models" / f"{name}.onnx")
+    log.update(
+        trained_fields(net, arch, init, seed, epochs, t_train, accuracy(net)),
+        export_seconds=time.perf_counter() - t1,
+        checkpoints={str(e): v for e, v in sorted(ckpt.items())},
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+    )
+    (work / "train").mkdir(parents=True, exist_ok=True)
+    tmp = work / "train" / f"{name}.json.part"
+    tmp.write_text(json.dumps(log, indent=1))
+    tmp.replace(work / "train" / f"{name}.json")
+    return log
+
+
+def train_all(seeds, split, work: Path, epochs: int, resume: bool, only=None) -> None:
+    """Every (arch, init, seed) in TRAIN_ORDER: the thesis's per-initialization claims are about the BN
+    variants, so dw-sep + BN (every seed), then conv + BN, then the variants without BN; a model whose
+    training log exists is skipped with --resume, so a partial run has whole groups of 12."""
+    order = [(a, i, s) for a in TRAIN_ORDER for s in seeds for i in INITS]
+    if only:
+        order = [m for m in order if seeded_name(*m) in only or model_name(*m[:2]) in only]
+    t0 = time.perf_counter()
+    for k, (arch, init, seed) in enumerate(order, 1):
+        name = seeded_name(arch, init, seed)
+        if resume and (work / "train" / f"{name}.json").exists() and (work / "models" / f"{name}.onnx").exists():
+            print(f"[{k}/{len(order)}] {name}: trained before, skipped", flush=True)
+            continue
+        log = train_seeded(arch, init, seed, split, work, epochs)
+        print(
+            f"[{k}/{len(order)}] {name}: torch acc {log['torch_acc_test']}, train {log['train_seconds']:.1f}s "
+            f"(elapsed {time.perf_counter() - t0:.0f}s)",
+            flush=True,
+        )
+
+
 def run_one(arch: str, init: str, split, data: dict, work: Path, out: Path, epochs: int) -> dict:
     import torch
 
@@ -407,16 +518,8 @@ def run_one(arch: str, init: str, split, data: dict, work: Path, out: Path, epoc
     t_train = time.perf_counter() - t0
     with torch.no_grad():
         logits = net(torch.from_numpy(x_test)).numpy()
-    finite = bool(all(torch.isfinite(p).all() for p in net.state_dict().values() if p.is_floating_point()))
-    log.update(
-        arch=arch,
-        init=init,
-        epochs=epochs,
-        seed=seed,
-        train_seconds=t_train,
-        torch_acc_test=float((logits.argmax(1) == y_test).mean()) if np.isfinite(logits).all() else None,
-        finite_weights=finite,
-    )
+    acc = float((logits.argmax(1) == y_test).mean()) if np.isfinite(logits).all() else None
+    log.update(trained_fields(net, arch, init, seed, epochs, t_train, acc))
     model_path = work / "models" / f"{name}.onnx"
     t1 = time.perf_counter()
     export(net, model_path)
@@ -902,6 +1005,16 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--calib-symmetric", action="store_true", help="ORT's symmetric (|x|) percentile instead")
     ap.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
+    ap.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train the seeded models and checkpoints into --work (NAME__sSEED), no audits: the sweeps audit them",
+    )
+    ap.add_argument(
+        "--seeds",
+        default=None,
+        help=f"--train-only: comma-separated training seeds (default {','.join(map(str, SEEDS))}; --quick 0)",
+    )
     args = ap.parse_args(argv)
 
     CALIB_PERCENTILE, CALIB_SYMMETRIC = args.calib_percentile, args.calib_symmetric
@@ -921,6 +1034,17 @@ def main(argv=None) -> int:
     epochs = args.epochs or (QUICK_EPOCHS if args.quick else EPOCHS)
     out, work = args.out or (HERE / ("results_quick" if args.quick else "results")), args.work
     out.mkdir(parents=True, exist_ok=True)
+
+    if args.train_only:
+        seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else ([0] if args.quick else list(SEEDS))
+        split = load_split()
+        print(f"data: {split[0]}", flush=True)
+        write_data(work, split[1:])
+        only = (
+            set(args.only.split(",")) if args.only else ({model_name(*m) for m in QUICK_MODELS} if args.quick else None)
+        )
+        train_all(seeds, split, work, epochs, args.resume, only)
+        return 0
 
     t0 = time.perf_counter()
     archive = out / "reports.tar.xz"
