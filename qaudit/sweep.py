@@ -322,8 +322,8 @@ class JobFiles:
         import hashlib
         import re
 
-        try:
-            rel = job.model.resolve().relative_to(self.base).as_posix()
+        try:  # as the sweep file names it (a symlinked folder stays its link's name)
+            rel = job.model.relative_to(self.base).as_posix()
         except ValueError:
             rel = job.model.resolve().as_posix()
         slug = re.sub(r"[^A-Za-z0-9._=-]+", "_", rel.removesuffix(".onnx")).strip("_")
