@@ -150,7 +150,9 @@ def test_overlay_page(quick):
 
 
 def test_the_sweep_file_has_the_study_settings(tmp_path):
-    """studies/init/sweep.toml audits the trained models as study.py does (its quant_config and audit)."""
+    """studies/init/sweep.toml audits the seeded models with the study's quantizers (analysis.QUANTIZERS:
+    Percentile 98 and MinMax, asymmetric, per-tensor and per-channel weights) and 5 calibration trials;
+    its Percentile per-tensor run is study.py's own audit (quant_config, audit)."""
     import importlib.util
     import shutil
 
@@ -159,19 +161,41 @@ def test_the_sweep_file_has_the_study_settings(tmp_path):
     spec = importlib.util.spec_from_file_location("init_study", SCRIPT)
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
-    # the study's layout: work/models/*.onnx and work/data/*.npy beside the sweep file
+    # the study's layout: work/models/*__sSEED.onnx, work/checkpoints/, work/data/ beside the sweep files
     root = tmp_path / "init"
-    (root / "work" / "models").mkdir(parents=True)
-    (root / "work" / "data").mkdir()
-    shutil.copy(REPO / "samples" / "digits" / "model.onnx", root / "work" / "models" / "conv_bn__he_normal.onnx")
-    for name in ("calib.npy", "test.npy", "test_labels.npy"):
+    for sub in ("models", "checkpoints", "data/calib"):
+        (root / "work" / sub).mkdir(parents=True)
+    shutil.copy(REPO / "samples" / "digits" / "model.onnx", root / "work" / "models" / "conv_bn__he_normal__s0.onnx")
+    shutil.copy(
+        REPO / "samples" / "digits" / "model.onnx", root / "work" / "checkpoints" / "conv_bn__he_normal__s0__e05.onnx"
+    )
+    for name in ("calib/000.npy", "test.npy", "test_labels.npy"):
         (root / "work" / "data" / name).write_bytes(b"")
-    shutil.copy(SCRIPT.parent / "sweep.toml", root / "sweep.toml")
-    (job,) = sweep.load(root / "sweep.toml").jobs
+    for f in ("sweep.toml", "sweep_checkpoints.toml"):
+        shutil.copy(SCRIPT.parent / f, root / f)
+    jobs = sweep.load(root / "sweep.toml").jobs
+    assert [j.setting for j in jobs] == ["per_channel=false", "per_channel=true"]
     want = study.quant_config()
-    got = job.cfg.quant
-    for field in ("format", "activation_type", "weight_type", "per_channel", "calibrate_method", "percentile"):
-        assert getattr(got, field) == getattr(want, field), field
-    assert got.calib_symmetric == study.CALIB_SYMMETRIC
-    assert job.cfg.batch_size == study.AUDIT_BATCH and job.cfg.clip_percentile == 1.0
-    assert job.cfg.eval.name == "test.npy" and job.cfg.labels.name == "test_labels.npy"
+    sys.path.insert(0, str(SCRIPT.parent))
+    import analysis
+
+    for job in jobs:
+        runs = [job.cfg.quant, *job.cfg.runs[1:]]
+        got = {(q.calibrate_method, q.per_channel) for q in runs}
+        assert got == {(m, pc) for _, m, pc, _ in analysis.QUANTIZERS if pc == job.cfg.quant.per_channel}
+        for q in runs:
+            for field in ("format", "activation_type", "weight_type"):
+                assert getattr(q, field) == getattr(want, field), field
+            assert q.calib_symmetric is False and q.percentile == (
+                want.percentile if q.calibrate_method == "percentile" else None
+            )
+        assert job.cfg.trials == 5 and job.cfg.trial_fraction == 0.5
+        assert job.cfg.batch_size == study.AUDIT_BATCH and job.cfg.clip_percentile == 1.0
+        assert (
+            job.cfg.calib.name == "calib"
+            and job.cfg.eval.name == "test.npy"
+            and job.cfg.labels.name == "test_labels.npy"
+        )
+    (ck,) = sweep.load(root / "sweep_checkpoints.toml").jobs
+    assert ck.model.name == "conv_bn__he_normal__s0__e05.onnx" and ck.cfg.trials == 0
+    assert {q.calibrate_method for q in [ck.cfg.quant, *ck.cfg.runs[1:]]} == {"percentile", "minmax"}
