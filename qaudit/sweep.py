@@ -295,6 +295,21 @@ def run(
     return [results[j.index] for j in sweep.jobs]
 
 
+def _settings_text(cfg, gates) -> str:
+    """An audit's settings as text, for a job's fingerprint: every field of its configuration but the
+    model (its bytes are hashed) and the Ray address, paths resolved (the same sweep file read from
+    another folder is the same audit), and its gates."""
+    import dataclasses
+
+    parts = []
+    for f in dataclasses.fields(cfg):
+        if f.name in ("model", "ray_address"):
+            continue
+        v = getattr(cfg, f.name)
+        parts.append(f"{f.name}={v.resolve().as_posix() if isinstance(v, Path) else v!r}")
+    return "\n".join(parts) + f"\ngates={gates!r}"
+
+
 class JobFiles:
     """``qaudit sweep --out DIR``: per job, ``NAME.json`` (its qaudit JSON report, readable by
     ``qaudit report``) and then ``NAME.row.json`` (its table row and the job's fingerprint: the
@@ -337,8 +352,7 @@ class JobFiles:
 
         if job.index not in self._prints:
             h = hashlib.sha256(job.model.read_bytes())
-            # the settings, not where the model lies (its bytes are hashed)
-            h.update(repr((job.cfg, job.gates)).replace(repr(job.cfg.model), "MODEL").encode())
+            h.update(_settings_text(job.cfg, job.gates).encode())
             self._prints[job.index] = h.hexdigest()
         return self._prints[job.index]
 

@@ -17,7 +17,7 @@ from qaudit.errors import ConfigError
 from qaudit.report import to_dict
 from qaudit.runs import read
 
-from ..conftest import REPO, cli_env
+from ..conftest import REPO, SAMPLE_CALIB, cli_env
 from .test_sweep import without_clock, write_sweep
 
 pytestmark = pytest.mark.slow
@@ -27,6 +27,9 @@ def three_models(folder):
     path = write_sweep(folder, broken=False)
     for name in ("b.onnx", "c.onnx"):
         shutil.copy(folder / "models" / "a.onnx", folder / "models" / name)
+    # the calibration data beside the sweep file, named relative to it (as the init study's sweeps do)
+    shutil.copytree(SAMPLE_CALIB, folder / "calib")
+    path.write_text(path.read_text().replace(f'calib = "{SAMPLE_CALIB.as_posix()}"', 'calib = "calib"'))
     return path  # 3 models x 2 methods: 6 audits
 
 
@@ -77,13 +80,20 @@ def test_a_killed_sweep_resumes_where_it_stopped_with_the_same_rows(tmp_path, ru
         )
 
 
-def test_resume_reads_back_only_jobs_of_the_same_model_and_settings(tmp_path):
+def test_resume_reads_back_only_jobs_of_the_same_model_and_settings(tmp_path, monkeypatch):
     path = three_models(tmp_path / "s")
     out = tmp_path / "out"
     first = sweep.run(sweep.load(path), out=out)
     plan = sweep.load(path)
     files = sweep.JobFiles(plan, out, resume=True)
     assert sorted(files.done()) == [j.index for j in plan.jobs]
+    # the same sweep file named from another folder (relative paths) is the same sweep
+    monkeypatch.chdir(tmp_path)
+    assert sorted(sweep.JobFiles(sweep.load(path.relative_to(tmp_path)), out, resume=True).done()) == sorted(
+        files.done()
+    )
+    monkeypatch.chdir(path.parent)
+    assert sorted(sweep.JobFiles(sweep.load("sweep.toml"), out, resume=True).done()) == sorted(files.done())
     back = sweep.run(plan, out=out, resume=True)
     assert [o.row for o in back] == [o.row for o in first]  # the seconds too: nothing ran again
     # a changed setting and a retrained model (other bytes) run again; the other jobs are read back
