@@ -109,6 +109,31 @@ def first_run_claims(table: list[dict], layers: list[dict], default_table: list[
         if b and nb and nb["acc_drop_pct"] > b["acc_drop_pct"]:
             exc.append(f"{init} {nb['acc_drop_pct']:.2f} vs {b['acc_drop_pct']:.2f}")
     c["first_dwsep_loses_more_than_dwsbn"] = "; ".join(exc) or "none"
+    # BN vs no BN, same initialization, both trained
+    for base in ("conv", "dwsep"):
+        pairs = [
+            (ok[(base + "_bn", i)], ok[(base, i)]) for i in INIT_ORDER if (base + "_bn", i) in ok and (base, i) in ok
+        ]
+        n = sum(b["acc_drop_pct"] > nb["acc_drop_pct"] for b, nb in pairs)
+        c[f"first_bn_loses_more_{base}"] = f"{n} of {len(pairs)}"
+    # the architecture ordering by the median accuracy decrease, with and without 1 % clipping
+    for tag, tab in (("clip", table), ("default", default_table)):
+        okk = _trained(tab)
+        med = {a: float(np.median([r["acc_drop_pct"] for r in okk if r["arch"] == a])) for a in ARCHS}
+        c[f"first_arch_order_drop_{tag}"] = " > ".join(
+            f"{a} {med[a]:.2f}" for a in sorted(ARCHS, key=lambda a: -med[a])
+        )
+        c[f"first_max_drop_{tag}"] = f"{max(r['acc_drop_pct'] for r in okk):.2f}"
+    # the thesis's initializations, ranked by accuracy decrease (1 = the largest) among the trained
+    for arch, init in (
+        ("dwsep_bn", "he_normal"),
+        ("dwsep_bn", "he_uniform"),
+        ("dwsep_bn", "randuni_1"),
+        ("conv_bn", "glorot_uni_36"),
+    ):
+        rows = sorted((r for r in ok.values() if r["arch"] == arch), key=lambda r: -r["acc_drop_pct"])
+        k = [r["init"] for r in rows].index(init) + 1
+        c[f"first_rank_{arch}_{init}"] = f"{k} of {len(rows)} ({ok[(arch, init)]['acc_drop_pct']:.2f} %)"
     # the SQNR ordering of the variants (median over trained inits of the worst inner-layer SQNR)
     for tag, tab, lay in (("clip", table, layers), ("default", default_table, default_layers)):
         okk = {(r["arch"], r["init"]) for r in _trained(tab)}
@@ -285,7 +310,9 @@ def seeded_claims(rows: list[dict], spread: list[dict]) -> OrderedDict:
             ]
             if v:
                 med[a] = float(np.median(v))
-        c[f"arch_order_drop__{q}"] = " > ".join(f"{a} {med[a]:.2f}" for a in sorted(med, key=lambda a: -med[a]))
+        c[f"arch_order_drop__{q}"] = (
+            " > ".join(f"{a} {med[a]:.2f}" for a in sorted(med, key=lambda a: -med[a])) or "none audited yet"
+        )
     return c
 
 
@@ -299,14 +326,13 @@ def checkpoint_claims(ck: list[dict]) -> OrderedDict:
     within a variant only (it scales with the logits)."""
     c = OrderedDict()
     epochs = sorted({int(r["epoch"]) for r in ck})
-    if not epochs:
-        return c
-    last = max(epochs)
+    last = max(epochs, default=None)
     for q in ("p98", "minmax"):
         for a in ("dwsep_bn", "conv_bn"):
             rows = [r for r in ck if r["arch"] == a and r["quantizer"] == q]
             final = {r["init"]: r for r in rows if int(r["epoch"]) == last and r.get("trained") == "yes"}
             if len(final) < 2:
+                c[f"overtrain_{a}__{q}"] = f"not judged: {len(final)} model(s) with every checkpoint audited"
                 continue
             worst = max(final, key=lambda i: final[i]["acc_drop_pct"])
             ranks = []
@@ -357,10 +383,41 @@ def all_claims(root: Path) -> OrderedDict:
                 read_csv(root / "results_ort_default" / "layers.csv"),
             )
         )
-    seeds = root / "results_seeds"
-    if (seeds / "table.csv").exists():
-        rows = read_csv(seeds / "table.csv")
-        c.update(seeded_claims(rows, spread_rows(rows)))
-    if (seeds / "checkpoints.csv").exists():
-        c.update(checkpoint_claims(read_csv(seeds / "checkpoints.csv")))
+    if (root / "results_seeds" / "table.csv").exists():
+        c.update(seeded_folder_claims(root / "results_seeds"))
     return c
+
+
+def seeded_folder_claims(folder: Path) -> OrderedDict:
+    """The seeded run's claims from its folder's table.csv and checkpoints.csv."""
+    rows = read_csv(folder / "table.csv")
+    c = seeded_claims(rows, spread_rows(rows))
+    c.update(checkpoint_claims(read_csv(folder / "checkpoints.csv") if (folder / "checkpoints.csv").exists() else []))
+    return c
+
+
+def refresh(text: str, claims: OrderedDict) -> str:
+    """``text`` with every quoted claim's value replaced by its value in ``claims`` (after new results
+    landed: ``python studies/init/analysis.py --refresh``); a quoted name no claim has is an error."""
+
+    def sub(m):
+        name = m.group(2)
+        if name not in claims:
+            raise KeyError(f"RESULTS.md quotes {name!r}, which analysis.py does not compute")
+        return f"**{claims[name]}**<!--c:{name}-->"
+
+    return CLAIM.sub(sub, text)
+
+
+if __name__ == "__main__":
+    import sys
+
+    here = Path(__file__).resolve().parent
+    claims = all_claims(here)
+    if "--refresh" in sys.argv:
+        results = here / "RESULTS.md"
+        results.write_text(refresh(results.read_text(), claims))
+        print(f"refreshed {len(quoted(results.read_text()))} quoted claims in {results}")
+    else:
+        for k, v in claims.items():
+            print(f"{k} = {v}")

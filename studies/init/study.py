@@ -1039,12 +1039,20 @@ CHECKPOINT_COLUMNS = (
 NAME_RE = r"(?P<arch>[a-z_]+?)__(?P<init>[a-z0-9_.]+?)__s(?P<seed>\d+)(?:__e(?P<epoch>\d+))?$"
 
 
-def sweep_jobs(folder: Path):
-    """(name parts, setting, row file name, the report's runs by name) of every finished job of a
-    ``qaudit sweep --out`` folder; errors are yielded with empty runs."""
+def sweep_jobs(folder: Path, sweep_file: Path):
+    """(name parts, setting, row file name, the report's runs by name) of every finished job of
+    ``qaudit sweep SWEEP_FILE --out FOLDER``: only the jobs ``--resume`` would read back (the same model
+    bytes and settings: qaudit.sweep.JobFiles), so a row left by an older setting is never read."""
     import re
 
+    from qaudit import sweep
+
+    plan = sweep.load(sweep_file)
+    files = sweep.JobFiles(plan, folder, resume=True)
+    done = {files.name(j) + ".row.json" for j in plan.jobs if j.index in files.done()}
     for f in sorted(folder.glob("*.row.json")):
+        if f.name not in done:
+            continue
         doc = json.loads(f.read_text())
         m = re.match(NAME_RE, Path(doc["model"]).stem)
         if m is None:
@@ -1109,8 +1117,9 @@ def seeded_tables(sweep_dir: Path, ckpt_dir: Path | None, work: Path, out: Path)
 
     qkey = {(m, pc): k for k, m, pc, _ in analysis.QUANTIZERS}
     out.mkdir(parents=True, exist_ok=True)
-    rows, ck, lay = [], [], []
-    for d, setting, fname, runs in sweep_jobs(sweep_dir):
+    rows, ck, lay, kept, kept_ck = [], [], [], [], []
+    for d, setting, fname, runs in sweep_jobs(sweep_dir, HERE / "sweep.toml"):
+        kept += [fname, fname.removesuffix(".row.json") + ".json"]
         pc = setting == "per_channel=true"
         log_path = work / "train" / f"{d['arch']}__{d['init']}__s{d['seed']}.json"
         log = json.loads(log_path.read_text()) if log_path.exists() else None
@@ -1130,7 +1139,8 @@ def seeded_tables(sweep_dir: Path, ckpt_dir: Path | None, work: Path, out: Path)
     spread = analysis.spread_rows(analysis.read_csv(out / "table.csv"))
     write_csv(out / "spread.csv", list(spread[0]) if spread else [], spread)
     if ckpt_dir is not None and ckpt_dir.is_dir():
-        for d, _setting, fname, runs in sweep_jobs(ckpt_dir):
+        for d, _setting, fname, runs in sweep_jobs(ckpt_dir, HERE / "sweep_checkpoints.toml"):
+            kept_ck += [fname, fname.removesuffix(".row.json") + ".json"]
             for method, rep in runs.items():
                 st = _stats(rep)
                 r = {"arch": d["arch"], "init": d["init"], "seed": int(d["seed"]), "epoch": int(d["epoch"])}
@@ -1140,9 +1150,8 @@ def seeded_tables(sweep_dir: Path, ckpt_dir: Path | None, work: Path, out: Path)
         ck.sort(key=lambda r: (qorder[r["quantizer"]], order[r["arch"]], iorder[r["init"]], r["seed"], r["epoch"]))
         write_csv(out / "checkpoints.csv", CHECKPOINT_COLUMNS, ck)
     with tarfile.open(out / "reports.tar.xz", "w:xz") as tar:  # the sweeps' files and the training logs
-        files = [("sweep", f) for f in sorted(sweep_dir.glob("*.json"))]
-        if ckpt_dir is not None and ckpt_dir.is_dir():
-            files += [("sweep_checkpoints", f) for f in sorted(ckpt_dir.glob("*.json"))]
+        files = [("sweep", sweep_dir / n) for n in kept]
+        files += [("sweep_checkpoints", ckpt_dir / n) for n in kept_ck]
         files += [("train", f) for f in sorted((work / "train").glob("*__s*.json"))]
         for sub, f in files:
             data = f.read_bytes()
@@ -1217,9 +1226,7 @@ def write_seeded_analysis(out: Path) -> str:
                     )
     lines += [
         "",
-        analysis.claims_markdown(
-            "Claims", analysis.all_claims(HERE) if out == HERE / "results_seeds" else analysis.OrderedDict()
-        ).replace("# Claims", "## Claims"),
+        analysis.claims_markdown("Claims", analysis.seeded_folder_claims(out)).replace("# Claims", "## Claims"),
     ]
     text = "\n".join(lines) + "\n"
     (out / "analysis.md").write_text(text)
@@ -1239,7 +1246,7 @@ def seeded_plots(out: Path, sweep_dir: Path) -> list[Path]:
         print("matplotlib is not installed: no plots")
         return []
     reps = {}
-    for d, setting, _fname, runs in sweep_jobs(sweep_dir):
+    for d, setting, _fname, runs in sweep_jobs(sweep_dir, HERE / "sweep.toml"):
         if setting == "per_channel=false" and d["seed"] == "0" and "percentile" in runs:
             reps[(d["arch"], d["init"])] = runs["percentile"]
     written = []

@@ -199,3 +199,95 @@ def test_the_sweep_file_has_the_study_settings(tmp_path):
     (ck,) = sweep.load(root / "sweep_checkpoints.toml").jobs
     assert ck.model.name == "conv_bn__he_normal__s0__e05.onnx" and ck.cfg.trials == 0
     assert {q.calibrate_method for q in [ck.cfg.quant, *ck.cfg.runs[1:]]} == {"percentile", "minmax"}
+
+
+def _analysis():
+    sys.path.insert(0, str(SCRIPT.parent))
+    import analysis
+
+    return analysis
+
+
+def test_every_value_results_md_quotes_is_recomputed_from_the_committed_tables():
+    """RESULTS.md quotes each claim as **VALUE**<!--c:NAME-->: every one is what analysis.py computes
+    from the committed CSV files now (a new result that changes a claim fails this test until
+    `python studies/init/analysis.py --refresh` and a re-read of the sentence)."""
+    pytest.importorskip("scipy")
+    analysis = _analysis()
+    claims = analysis.all_claims(SCRIPT.parent)
+    text = (SCRIPT.parent / "RESULTS.md").read_text()
+    quoted = analysis.quoted(text)
+    assert len(quoted) >= 40
+    wrong = [(name, value, claims.get(name)) for value, name in quoted if claims.get(name) != value]
+    assert not wrong, wrong
+    assert "<!--c:" not in analysis.CLAIM.sub("", text), "a claim marker RESULTS.md does not quote in **bold**"
+
+
+def test_the_first_run_claims_recomputed_by_hand():
+    """The issue's corrections, recomputed here from results/table.csv and layers.csv without analysis.py."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    analysis = _analysis()
+    claims = analysis.all_claims(SCRIPT.parent)
+    rows = [r for r in _csv_rows(COMMITTED) if r["trained"] == "yes"]
+    by = {(r["arch"], r["init"]): r for r in rows}
+    inits = sorted({r["init"] for r in rows})
+    for key, pick, name in (("acc_drop_pct", max, "drop"), ("worst_sqnr_db", min, "sqnr"), ("qce", max, "qce")):
+        n = sum(
+            pick((by[(a, i)] for a in ("conv_bn", "conv", "dwsep_bn", "dwsep") if (a, i) in by),
+                 key=lambda r: float(r[key]))["arch"] == "dwsep_bn"
+            for i in inits
+        )  # fmt: skip
+        assert claims[f"first_dwsbn_worst_by_{name}"] == f"{n} of {len(inits)}"
+    assert claims["first_dwsbn_worst_by_drop"] == "9 of 12" and claims["first_dwsbn_worst_by_qce"] == "7 of 12"
+    with open(COMMITTED / "layers.csv", newline="") as f:
+        layers = list(csv.DictReader(f))
+    bn = {(lr["arch"], lr["init"]) for lr in layers if lr["arch"].endswith("_bn")}
+    stem_max = 0
+    growth, drop = [], []
+    for a, i in sorted(bn):
+        w = [lr for lr in layers if (lr["arch"], lr["init"]) == (a, i) and lr["fold_w_range"]]
+        stem_max += max(w, key=lambda lr: float(lr["fold_w_range"]))["name"].startswith("/stem")
+        growth.append(sum(float(lr["fold_w_range"]) / float(lr["w_range"]) for lr in w) / len(w))
+        drop.append(float(by[(a, i)]["acc_drop_pct"]))
+    assert claims["first_stem_is_max_fold_range"] == f"{stem_max} of {len(bn)}" == "24 of 24"
+    r = scipy_stats.spearmanr(drop, growth)  # tie-aware (average ranks)
+    assert claims["first_spearman_bn_drop_vs_fold_growth_mean"] == f"rho {r.statistic:+.2f}, p {r.pvalue:.2g}, n 24"
+
+
+def test_the_seeded_tables_match_their_reports(tmp_path):
+    """results_seeds/table.csv and checkpoints.csv against the sweeps' reports in its reports.tar.xz,
+    and its analysis.md regenerated from its CSV files."""
+    pytest.importorskip("scipy")
+    folder = SCRIPT.parent / "results_seeds"
+    with tarfile.open(folder / "reports.tar.xz") as tar:
+        files = {m.name: json.load(tar.extractfile(m)) for m in tar.getmembers()}
+    methods = {k: (m, pc) for k, m, pc, _ in _analysis().QUANTIZERS}
+    for table, sub in (("table.csv", "sweep"), ("checkpoints.csv", "sweep_checkpoints")):
+        if not (folder / table).exists():
+            continue
+        with open(folder / table, newline="") as f:
+            for r in csv.DictReader(f):
+                row = files[f"{sub}/{r['report']}"]
+                method, pc = methods[r["quantizer"]]
+                assert row["setting"] in ("", f"per_channel={'true' if pc else 'false'}")
+                rep = {run["name"]: run for run in files[f"{sub}/{row['report']}"]["runs"]}[method]
+                assert rep["settings"]["per_channel"] is pc and rep["settings"]["calibrate_method"] == method
+                o = rep["outputs"][0]
+                for k in ("acc_fp32", "acc_int8", "qce", "acc_drop_pct"):
+                    assert _num(r[k]) == o[k], (r["arch"], r["init"], k)
+                sq = min(lr["sqnr_db"] for lr in rep["layers"] if lr["quant_tensor"] and lr["sqnr_db"] is not None)
+                assert _num(r["worst_sqnr_db"]) == sq
+                assert (r["trained"] == "yes") == (o["acc_fp32"] >= 0.5)
+                if table == "table.csv":
+                    t = rep["trials"]
+                    assert t["n"] == 5 and _num(r["acc_drop_pct_trials_std"]) == t["outputs"][0]["acc_drop_pct"]["std"]
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("init_study", SCRIPT)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    for name in ("table.csv", "spread.csv", "checkpoints.csv"):
+        if (folder / name).exists():
+            shutil.copy(folder / name, tmp_path / name)
+    assert study.write_seeded_analysis(tmp_path) == (folder / "analysis.md").read_text()
