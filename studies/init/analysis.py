@@ -109,6 +109,8 @@ def first_run_claims(table: list[dict], layers: list[dict], default_table: list[
         if b and nb and nb["acc_drop_pct"] > b["acc_drop_pct"]:
             exc.append(f"{init} {nb['acc_drop_pct']:.2f} vs {b['acc_drop_pct']:.2f}")
     c["first_dwsep_loses_more_than_dwsbn"] = "; ".join(exc) or "none"
+    # the other reading of "1 % clipping" (results_sym99/: ORT's symmetric Percentile 99)
+    c.update(_sym99(table))
     # BN vs no BN, same initialization, both trained
     for base in ("conv", "dwsep"):
         pairs = [
@@ -191,6 +193,41 @@ def first_run_claims(table: list[dict], layers: list[dict], default_table: list[
         rho, p, n = spearman(drop, vals)
         c[f"first_spearman_bn_drop_vs_{key}"] = f"rho {_f(rho, '+.2f')}, p {_f(p, '.2g')}, n {n}"
     return c
+
+
+def _sym99(table: list[dict]) -> dict:
+    path = Path(__file__).resolve().parent / "results_sym99" / "table.csv"
+    if not path.exists():
+        return {}
+    other = {(r["arch"], r["init"]): r for r in read_csv(path)}
+    d = [
+        abs(r["acc_drop_pct"] - other[(r["arch"], r["init"])]["acc_drop_pct"])
+        for r in _trained(table)
+        if other.get((r["arch"], r["init"]), {}).get("trained") == "yes"
+    ]
+    return {"first_sym99_drop_change": f"at most {max(d):.2f} (median {np.median(d):.2f})"}
+
+
+def seed0_reproduces(root: Path) -> str:
+    """How many of the seeded run's seed-0 training logs have the first run's loss curve, epoch by epoch
+    (both logs are in the committed reports.tar.xz archives)."""
+    import json
+    import tarfile
+
+    def logs(archive: Path, suffix: str) -> dict:
+        if not archive.exists():
+            return {}
+        with tarfile.open(archive) as tar:
+            return {
+                m.name.split("/")[-1].removesuffix(suffix): json.load(tar.extractfile(m))
+                for m in tar.getmembers()
+                if m.name.startswith("train/") and m.name.endswith(suffix)
+            }
+
+    first = logs(root / "results" / "reports.tar.xz", ".json")
+    seeded = logs(root / "results_seeds" / "reports.tar.xz", "__s0.json")
+    same = [n for n, lg in seeded.items() if n in first and lg["epoch_loss"] == first[n]["epoch_loss"]]
+    return f"{len(same)} of {len(seeded)}"
 
 
 # ------------------------------------------------------------------ the seeded run
@@ -292,6 +329,22 @@ def seeded_claims(rows: list[dict], spread: list[dict]) -> OrderedDict:
             v, d = verdict(spread, arch, inits, kind, q)
             c[f"{name}__{q}"] = v
             c[f"{name}__{q}__detail"] = d
+    # which per-initialization differences exceed the seed spread: pairs of initializations of one
+    # architecture (both with >= 2 trained seeds) whose mean % decrease differ by more than NOISE_SE
+    # combined standard errors
+    for q, *_ in QUANTIZERS:
+        for a in ("dwsep_bn", "conv_bn", "dwsep", "conv"):
+            g = [r for r in spread if r["arch"] == a and r["quantizer"] == q and r["acc_drop_pct_std"] is not None]
+            n = beyond = 0
+            for i, x in enumerate(g):
+                for y in g[i + 1 :]:
+                    n += 1
+                    se = math.sqrt(
+                        x["acc_drop_pct_std"] ** 2 / x["seeds_trained"]
+                        + y["acc_drop_pct_std"] ** 2 / y["seeds_trained"]
+                    )
+                    beyond += abs(x["acc_drop_pct_mean"] - y["acc_drop_pct_mean"]) > NOISE_SE * se
+            c[f"pairs_beyond_noise_{a}__{q}"] = f"{beyond} of {n}"
     # the spread: median over (arch, init) of the seed std and of the calibration std
     for q, *_ in QUANTIZERS:
         for key in ("acc_drop_pct", "qce", "worst_sqnr_db"):
@@ -385,6 +438,7 @@ def all_claims(root: Path) -> OrderedDict:
         )
     if (root / "results_seeds" / "table.csv").exists():
         c.update(seeded_folder_claims(root / "results_seeds"))
+        c["seed0_same_loss_as_first_run"] = seed0_reproduces(root)
     return c
 
 

@@ -1105,7 +1105,7 @@ def _trained_flag(acc_fp32, log: dict | None) -> str:
     return "yes"
 
 
-def seeded_tables(sweep_dir: Path, ckpt_dir: Path | None, work: Path, out: Path) -> tuple[list, list]:
+def seeded_tables(sweep_dir: Path, ckpt_dir: Path | None, work: Path, out: Path, sweeps=None) -> tuple[list, list]:
     """results_seeds/: ``table.csv`` (model x quantizer), ``spread.csv`` (over seeds), ``checkpoints.csv``,
     ``layers.csv`` (the Percentile per-tensor run of every model), and ``reports.tar.xz`` (the sweeps'
     files and the training logs), from ``qaudit sweep --out`` folders."""
@@ -1118,7 +1118,8 @@ def seeded_tables(sweep_dir: Path, ckpt_dir: Path | None, work: Path, out: Path)
     qkey = {(m, pc): k for k, m, pc, _ in analysis.QUANTIZERS}
     out.mkdir(parents=True, exist_ok=True)
     rows, ck, lay, kept, kept_ck = [], [], [], [], []
-    for d, setting, fname, runs in sweep_jobs(sweep_dir, HERE / "sweep.toml"):
+    sweep_file, ckpt_file = sweeps or (HERE / "sweep.toml", HERE / "sweep_checkpoints.toml")
+    for d, setting, fname, runs in sweep_jobs(sweep_dir, sweep_file):
         kept += [fname, fname.removesuffix(".row.json") + ".json"]
         pc = setting == "per_channel=true"
         log_path = work / "train" / f"{d['arch']}__{d['init']}__s{d['seed']}.json"
@@ -1139,7 +1140,7 @@ def seeded_tables(sweep_dir: Path, ckpt_dir: Path | None, work: Path, out: Path)
     spread = analysis.spread_rows(analysis.read_csv(out / "table.csv"))
     write_csv(out / "spread.csv", list(spread[0]) if spread else [], spread)
     if ckpt_dir is not None and ckpt_dir.is_dir():
-        for d, _setting, fname, runs in sweep_jobs(ckpt_dir, HERE / "sweep_checkpoints.toml"):
+        for d, _setting, fname, runs in sweep_jobs(ckpt_dir, ckpt_file):
             kept_ck += [fname, fname.removesuffix(".row.json") + ".json"]
             for method, rep in runs.items():
                 st = _stats(rep)
@@ -1233,7 +1234,7 @@ def write_seeded_analysis(out: Path) -> str:
     return text
 
 
-def seeded_plots(out: Path, sweep_dir: Path) -> list[Path]:
+def seeded_plots(out: Path, sweep_dir: Path, sweep_file: Path | None = None) -> list[Path]:
     """Fig. 4.2 (the vanishing activation range: per layer, the no-BN dw-separable models, failed ones
     dashed) and Fig. 4.5 (activation channel precision per layer, the four variants at Glorot uniform
     and the BN variants' He / RandUni +-1 models), from the Percentile per-tensor reports of seed 0."""
@@ -1246,7 +1247,7 @@ def seeded_plots(out: Path, sweep_dir: Path) -> list[Path]:
         print("matplotlib is not installed: no plots")
         return []
     reps = {}
-    for d, setting, _fname, runs in sweep_jobs(sweep_dir, HERE / "sweep.toml"):
+    for d, setting, _fname, runs in sweep_jobs(sweep_dir, sweep_file or HERE / "sweep.toml"):
         if setting == "per_channel=false" and d["seed"] == "0" and "percentile" in runs:
             reps[(d["arch"], d["init"])] = runs["percentile"]
     written = []
@@ -1356,6 +1357,13 @@ def main(argv=None) -> int:
         "--out DIR`; with --checkpoints-from, the over-training table too",
     )
     ap.add_argument("--checkpoints-from", type=Path, default=None, metavar="DIR", help="sweep_checkpoints.toml's --out")
+    ap.add_argument(
+        "--sweeps",
+        type=Path,
+        default=HERE,
+        metavar="DIR",
+        help="--from-sweep: the folder of the sweep.toml and sweep_checkpoints.toml that wrote the sweeps (default: here)",
+    )
     args = ap.parse_args(argv)
 
     CALIB_PERCENTILE, CALIB_SYMMETRIC = args.calib_percentile, args.calib_symmetric
@@ -1378,10 +1386,11 @@ def main(argv=None) -> int:
 
     if args.from_sweep is not None:
         out = args.out or HERE / "results_seeds"
-        rows, ck = seeded_tables(args.from_sweep, args.checkpoints_from, args.work, out)
+        sweeps = (args.sweeps / "sweep.toml", args.sweeps / "sweep_checkpoints.toml")
+        rows, ck = seeded_tables(args.from_sweep, args.checkpoints_from, args.work, out, sweeps)
         write_seeded_analysis(out)
         if not args.no_plots:
-            for p in seeded_plots(out, args.from_sweep):
+            for p in seeded_plots(out, args.from_sweep, sweeps[0]):
                 print(f"wrote {p}")
         print(f"{len(rows)} rows, {len(ck)} checkpoint rows in {out}")
         return 0

@@ -258,7 +258,12 @@ def test_the_seeded_tables_match_their_reports(tmp_path):
     """results_seeds/table.csv and checkpoints.csv against the sweeps' reports in its reports.tar.xz,
     and its analysis.md regenerated from its CSV files."""
     pytest.importorskip("scipy")
-    folder = SCRIPT.parent / "results_seeds"
+    _check_seeded(SCRIPT.parent / "results_seeds", tmp_path)
+
+
+def _check_seeded(folder, tmp_path) -> int:
+    """The seeded tables of ``folder`` against its archive's reports; the number of rows checked."""
+    checked = 0
     with tarfile.open(folder / "reports.tar.xz") as tar:
         files = {m.name: json.load(tar.extractfile(m)) for m in tar.getmembers()}
     methods = {k: (m, pc) for k, m, pc, _ in _analysis().QUANTIZERS}
@@ -281,6 +286,7 @@ def test_the_seeded_tables_match_their_reports(tmp_path):
                 if table == "table.csv":
                     t = rep["trials"]
                     assert t["n"] == 5 and _num(r["acc_drop_pct_trials_std"]) == t["outputs"][0]["acc_drop_pct"]["std"]
+                checked += 1
     import importlib.util
     import shutil
 
@@ -291,3 +297,57 @@ def test_the_seeded_tables_match_their_reports(tmp_path):
         if (folder / name).exists():
             shutil.copy(folder / name, tmp_path / name)
     assert study.write_seeded_analysis(tmp_path) == (folder / "analysis.md").read_text()
+    return checked
+
+
+@pytest.fixture(scope="module")
+def quick_seeded(tmp_path_factory):
+    """The seeded pipeline end to end, small: study.py --train-only --quick (3 models, seed 0, 2 epochs),
+    the two sweep files with --out, then study.py --from-sweep."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    pytest.importorskip("scipy")
+    import shutil
+
+    root = tmp_path_factory.mktemp("init_seeded") / "init"
+    root.mkdir()
+    for f in ("sweep.toml", "sweep_checkpoints.toml"):
+        shutil.copy(SCRIPT.parent / f, root / f)
+    work = root / "work"
+
+    def run(*args, timeout=600):
+        p = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=cli_env(), capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, timeout=timeout)  # fmt: skip
+        assert p.returncode == 0, (args, p.stdout[-2000:], p.stderr[-3000:])
+        return p.stdout
+
+    train = (SCRIPT, "--train-only", "--quick", "--epochs", "2", "--resume", "--work", work)
+    run(*train)
+    again = run(*train)
+    run("-m", "qaudit", "sweep", root / "sweep.toml", "--out", work / "sweep", "--quiet")
+    run("-m", "qaudit", "sweep", root / "sweep_checkpoints.toml", "--out", work / "sweep_checkpoints", "--quiet")
+    out = root / "out"
+    run(SCRIPT, "--from-sweep", work / "sweep", "--checkpoints-from", work / "sweep_checkpoints", "--sweeps", root,
+        "--work", work, "--out", out)  # fmt: skip
+    return out, work, again
+
+
+@pytest.mark.slow
+@pytest.mark.extra  # trains with torch, scikit-learn, mlxtend; scipy, matplotlib
+def test_the_seeded_pipeline_quick(quick_seeded, tmp_path):
+    out, work, again = quick_seeded
+    assert again.count("trained before, skipped") == 3  # --resume: nothing trained twice
+    logs = sorted(p.name for p in (work / "train").glob("*.json"))
+    assert logs == sorted(f"{a}__{i}__s0.json" for a, i in (("conv_bn", "glorot_uni_6"), ("dwsep_bn", "he_normal"),
+                                                           ("conv", "randnorm_1")))  # fmt: skip
+    log = json.loads((work / "train" / "conv_bn__glorot_uni_6__s0.json").read_text())
+    assert sorted(log["checkpoints"]) == ["1", "2"] and log["epochs"] == 2
+    assert sorted(p.name for p in (work / "checkpoints").glob("conv_bn__glorot_uni_6__s0__e*.onnx")) == [
+        "conv_bn__glorot_uni_6__s0__e01.onnx", "conv_bn__glorot_uni_6__s0__e02.onnx"]  # fmt: skip
+    # the last checkpoint is the model
+    assert (work / "checkpoints" / "conv_bn__glorot_uni_6__s0__e02.onnx").read_bytes() == (
+        work / "models" / "conv_bn__glorot_uni_6__s0.onnx").read_bytes()  # fmt: skip
+    rows = _csv_rows(out)
+    assert len(rows) == 3 * 4 and {r["quantizer"] for r in rows} == {"p98", "minmax", "p98_pc", "minmax_pc"}
+    assert _check_seeded(out, tmp_path) == 3 * 4 + 3 * 2 * 2  # every table and checkpoint row
+    assert (out / "plots" / "fig4_5_activation_precision.png").stat().st_size > 1000
