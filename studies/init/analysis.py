@@ -109,6 +109,23 @@ def first_run_claims(table: list[dict], layers: list[dict], default_table: list[
         if b and nb and nb["acc_drop_pct"] > b["acc_drop_pct"]:
             exc.append(f"{init} {nb['acc_drop_pct']:.2f} vs {b['acc_drop_pct']:.2f}")
     c["first_dwsep_loses_more_than_dwsbn"] = "; ".join(exc) or "none"
+
+    # Fig. 4.2: the activation range per layer of the dw-separable models without BN (layers.csv)
+    def act_ranges(init):
+        rows = [lr for lr in layers if lr["arch"] == "dwsep" and lr["init"] == init and lr.get("quantized") == "yes"
+                and lr["name"] != "input" and lr["a_range"] is not None]  # fmt: skip
+        return [lr["a_range"] for lr in sorted(rows, key=lambda lr: lr["index"])]
+
+    failed = [r["init"] for r in table if r["arch"] == "dwsep" and r.get("trained") != "yes"]
+    c["first_vanishing_failed"] = (
+        "; ".join(
+            f"{i}: {act_ranges(i)[0]:.3g} at the first activation, {act_ranges(i)[-2]:.3g} at the last before the logits"
+            for i in failed
+        )
+        or "none failed"
+    )
+    trained = [i for i in INIT_ORDER if ("dwsep", i) in ok]
+    c["first_vanishing_trained"] = f"{min(min(act_ranges(i)) for i in trained):.3g}" if trained else "-"
     # the other reading of "1 % clipping" (results_sym99/: ORT's symmetric Percentile 99)
     c.update(_sym99(table))
     # BN vs no BN, same initialization, both trained

@@ -803,6 +803,9 @@ def make_plots(out: Path, models: list[tuple[str, str]], rows: list[dict]) -> li
             written.append(png_layerwise(out, f"{fname}.png", title, reps, labels))
     if png:
         written.append(png_summary(out, rows))
+        reps = {(a, i): json.loads((out / "reports" / f"{model_name(a, i)}.json").read_text()) for a, i in models
+                if model_name(a, i) in done}  # fmt: skip
+        written += thesis_figures(reps, out, "first run")
     return [p for p in written if p]
 
 
@@ -1049,11 +1052,14 @@ def sweep_jobs(folder: Path, sweep_file: Path):
 
     plan = sweep.load(sweep_file)
     files = sweep.JobFiles(plan, folder, resume=True)
-    done = {files.name(j) + ".row.json" for j in plan.jobs if j.index in files.done()}
+    current = {files.name(j) + ".row.json": j for j in plan.jobs}
     for f in sorted(folder.glob("*.row.json")):
-        if f.name not in done:
+        if f.name not in current:
             continue
         doc = json.loads(f.read_text())
+        # what --resume reads back (JobFiles.done, without reviving every report): same fingerprint, no error
+        if doc.get("fingerprint") != files.fingerprint(current[f.name]) or doc["row"].get("status") == "error":
+            continue
         m = re.match(NAME_RE, Path(doc["model"]).stem)
         if m is None:
             continue
@@ -1235,9 +1241,19 @@ def write_seeded_analysis(out: Path) -> str:
 
 
 def seeded_plots(out: Path, sweep_dir: Path, sweep_file: Path | None = None) -> list[Path]:
-    """Fig. 4.2 (the vanishing activation range: per layer, the no-BN dw-separable models, failed ones
-    dashed) and Fig. 4.5 (activation channel precision per layer, the four variants at Glorot uniform
-    and the BN variants' He / RandUni +-1 models), from the Percentile per-tensor reports of seed 0."""
+    """The thesis's Figs. 4.2 and 4.5 (thesis_figures) from the seeded run's Percentile per-tensor
+    reports of seed 0."""
+    reps = {}
+    for d, setting, _fname, runs in sweep_jobs(sweep_dir, sweep_file or HERE / "sweep.toml"):
+        if setting == "per_channel=false" and d["seed"] == "0" and "percentile" in runs:
+            reps[(d["arch"], d["init"])] = runs["percentile"]
+    return thesis_figures(reps, out, "seed 0, Percentile 98")
+
+
+def thesis_figures(reps: dict, out: Path, what: str) -> list[Path]:
+    """Fig. 4.2 (the vanishing activation range: per layer, the dw-separable models without BN, failed
+    ones dashed) and Fig. 4.5 (activation channel precision per layer: the four variants at Glorot
+    uniform C = 6 and the thesis's named initializations), from JSON reports ``{(arch, init): report}``."""
     try:
         import matplotlib
 
@@ -1246,10 +1262,6 @@ def seeded_plots(out: Path, sweep_dir: Path, sweep_file: Path | None = None) -> 
     except ImportError:
         print("matplotlib is not installed: no plots")
         return []
-    reps = {}
-    for d, setting, _fname, runs in sweep_jobs(sweep_dir, sweep_file or HERE / "sweep.toml"):
-        if setting == "per_channel=false" and d["seed"] == "0" and "percentile" in runs:
-            reps[(d["arch"], d["init"])] = runs["percentile"]
     written = []
     (out / "plots").mkdir(parents=True, exist_ok=True)
 
@@ -1262,34 +1274,28 @@ def seeded_plots(out: Path, sweep_dir: Path, sweep_file: Path | None = None) -> 
         fig, ax = plt.subplots(figsize=(7.5, 4), dpi=80)
         for i, rep in dw:
             failed = rep["outputs"][0]["acc_fp32"] < TRAINED_MIN_ACC
-            ax.plot(
-                series(rep, "a_range"),
-                "--" if failed else "-",
-                marker="o",
-                ms=3,
-                label=INITS[i][0] + (" (failed)" if failed else ""),
-            )
+            label = INITS[i][0] + (" (failed to train)" if failed else "")
+            ax.plot(series(rep, "a_range"), "--" if failed else "-", marker="o", ms=3, label=label)
         ax.set_yscale("log")
         ax.set_xlabel("quantized activation (graph order)", fontsize=8)
-        ax.set_title("dw-separable, no BN: activation range (1st-99th pct) per layer (cf. thesis Fig. 4.2)", fontsize=9)
+        ax.set_title(
+            f"dw-separable, no BN: activation range (1st-99th pct) per layer, {what} (cf. thesis Fig. 4.2)", fontsize=8
+        )
         ax.legend(fontsize=6.5, ncol=2)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         written.append(out / "plots" / "fig4_2_activation_range.png")
         _save_png(fig, written[-1])
         plt.close(fig)
-    picks = [(a, "glorot_uni_6") for a in ARCHS] + [
-        ("dwsep_bn", "he_normal"),
-        ("dwsep_bn", "randuni_1"),
-        ("conv_bn", "glorot_uni_36"),
-    ]
+    picks = [(a, "glorot_uni_6") for a in ARCHS]
+    picks += [("dwsep_bn", "he_normal"), ("dwsep_bn", "randuni_1"), ("conv_bn", "glorot_uni_36")]
     picks = [m for m in picks if m in reps]
     if picks:
         fig, ax = plt.subplots(figsize=(7.5, 4), dpi=80)
         for a, i in picks:
             ax.plot(series(reps[(a, i)], "a_precision"), marker="o", ms=3, label=f"{ARCHS[a]}, {INITS[i][0]}")
         ax.set_xlabel("quantized activation (graph order)", fontsize=8)
-        ax.set_title("activation channel precision per layer (cf. thesis Fig. 4.5), seed 0, Percentile 98", fontsize=9)
+        ax.set_title(f"activation channel precision per layer, {what} (cf. thesis Fig. 4.5)", fontsize=8)
         ax.legend(fontsize=6.5)
         ax.grid(alpha=0.3)
         fig.tight_layout()
