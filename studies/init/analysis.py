@@ -247,6 +247,18 @@ def seed0_reproduces(root: Path) -> str:
     return f"{len(same)} of {len(seeded)}"
 
 
+def seeded_trained(root: Path) -> str:
+    """How many seeded models had finished training when results_seeds/ was made (their training logs
+    are in its reports.tar.xz), of the 144."""
+    import tarfile
+
+    archive = root / "results_seeds" / "reports.tar.xz"
+    if not archive.exists():
+        return "0"
+    with tarfile.open(archive) as tar:
+        return str(sum(m.name.startswith("train/") for m in tar.getmembers()))
+
+
 # ------------------------------------------------------------------ the seeded run
 
 
@@ -456,6 +468,7 @@ def all_claims(root: Path) -> OrderedDict:
     if (root / "results_seeds" / "table.csv").exists():
         c.update(seeded_folder_claims(root / "results_seeds"))
         c["seed0_same_loss_as_first_run"] = seed0_reproduces(root)
+        c["seeded_models_trained"] = seeded_trained(root)
     return c
 
 
