@@ -8,9 +8,15 @@ exported to ONNX with BatchNormalization kept unfolded, and audited with qaudit
 (uint8 activations and weights, per-tensor, 1 % percentile clipping on each
 side of the calibration histogram).
 
-    python studies/init/study.py            # the full study: 48 models, about an hour on 2 cores
+    python studies/init/study.py            # the first run: 48 models, one seed, audited here
     python studies/init/study.py --quick    # 3 models, 1 epoch: a smoke test (CI)
     python studies/init/study.py --table-only   # rebuild table and plots from the saved reports
+
+The seeded run (RESULTS.md, "Run"): ``--train-only --resume`` trains every model with seeds 0, 1, 2
+(``work/models/ARCH__INIT__sSEED.onnx``, checkpoints in ``work/checkpoints/``, logs in
+``work/train/``), the two sweep files beside this script audit them (``qaudit sweep sweep.toml
+--out work/sweep --resume``), and ``--from-sweep work/sweep --checkpoints-from
+work/sweep_checkpoints`` writes results_seeds/ (tables, analysis.md, figures, reports.tar.xz).
 
 Writes, under --out (default studies/init/results; --quick: results_quick):
 
