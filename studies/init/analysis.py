@@ -417,12 +417,13 @@ def checkpoint_claims(ck: list[dict]) -> OrderedDict:
                 c[f"overtrain_{a}__{q}"] = f"not judged: {len(final)} model(s) with every checkpoint audited"
                 continue
             worst = max(final, key=lambda i: final[i]["acc_drop_pct"])
-            ranks = []
+            ranks, top = [], []
             for e in epochs:
                 at = {r["init"]: r["qmse"] for r in rows if int(r["epoch"]) == e and r["init"] in final}
                 if worst not in at:
                     continue
                 order = sorted(at, key=lambda i: -at[i])
+                top.append((e, order[0] == worst))
                 rho, p, n = spearman(
                     [at[i] for i in final if i in at], [final[i]["acc_drop_pct"] for i in final if i in at]
                 )
@@ -431,6 +432,11 @@ def checkpoint_claims(ck: list[dict]) -> OrderedDict:
                 )
             c[f"overtrain_{a}__{q}"] = f"final-worst {worst} ({final[worst]['acc_drop_pct']:.2f} %); " + "; ".join(
                 ranks
+            )
+            # the first epoch from which the final-worst model has the largest QMSE at every later checkpoint
+            since = next((e for k, (e, _) in enumerate(top) if all(t for _, t in top[k:])), None)
+            c[f"overtrain_{a}__{q}__worst_by_qmse_since"] = (
+                f"epoch {since} of {last}" if since is not None else f"at no epoch (not even epoch {last})"
             )
     return c
 
