@@ -221,19 +221,27 @@ def run_jobs(
     workers: int = 1,
     ray_address: str | None = None,
     on_done: Callable[[int], None] | None = None,
+    on_result: Callable[[int, object], None] | None = None,
 ) -> list:
     """``[fn(item) for item in items]``, in this process (``workers`` 1), in ``workers`` local
     processes, or as one Ray task per item (``ray_address``; :func:`qaudit.distributed.map_tasks`).
     ``fn`` must be a module-level function and must not raise (it returns its errors).
-    ``on_done(i)``: item ``i`` finished."""
+    ``on_done(i)``: item ``i`` finished; ``on_result(i, result)``: its result, as soon as it is back
+    (locally; with Ray, once :func:`qaudit.distributed.map_tasks` returns)."""
     if ray_address is not None:
         from qaudit.distributed import map_tasks
 
-        return map_tasks(ray_address, fn, items, on_done)
+        results = map_tasks(ray_address, fn, items, on_done)
+        if on_result is not None:
+            for i, r in enumerate(results):
+                on_result(i, r)
+        return results
     if workers <= 1 or len(items) <= 1:
         out = []
         for i, item in enumerate(items):
             out.append(fn(item))
+            if on_result is not None:
+                on_result(i, out[-1])
             if on_done is not None:
                 on_done(i)
         return out
@@ -247,30 +255,173 @@ def run_jobs(
         for f in as_completed(futures):
             i = futures[f]
             results[i] = f.result()
+            if on_result is not None:
+                on_result(i, results[i])
             if on_done is not None:
                 on_done(i)
     return [results[i] for i in range(len(items))]
 
 
 def run(
-    sweep: Sweep, workers: int = 1, ray_address: str | None = None, on_done=None, shared_dir: Path | None = None
+    sweep: Sweep,
+    workers: int = 1,
+    ray_address: str | None = None,
+    on_done=None,
+    out: Path | None = None,
+    resume: bool = False,
+    shared_dir: Path | None = None,
 ) -> list[Outcome]:
-    """Every job's outcome, in order. ``shared_dir`` (with ``ray_address``): the tasks read the models
-    and data by path there (:func:`qaudit.distributed.shared_jobs`), not through the object store."""
-    jobs = list(sweep.jobs)
-    if ray_address is not None:
-        from qaudit.distributed import SharedRun, connect, shared_jobs, shipped_jobs
+    """Every job's outcome, in the sweep's order. ``out``: a folder where each job's report and row are
+    written as soon as it finishes (:class:`JobFiles`); ``resume``: the jobs already there are read
+    back, not run again. ``shared_dir`` (with ``ray_address``): the tasks read the models and data by
+    path there (:func:`qaudit.distributed.shared_jobs`), not through the object store."""
+    files = JobFiles(sweep, Path(out), resume) if out is not None else None
+    done = files.done() if files is not None else {}
+    todo = [j for j in sweep.jobs if j.index not in done]
+    results = dict(done)
 
-        connect(ray_address)  # before anything goes to the object store (ray.put would start a local Ray)
-        # the capture of each audit stays in its task (one task per model x setting)
-        jobs = [replace(j, cfg=j.cfg.replace(ray_address=None, ray_shared_dir=None)) for j in jobs]
-        if shared_dir is not None:
-            with SharedRun(shared_dir) as shared:
-                outcomes = run_jobs(run_shared_job, shared_jobs(jobs, shared), ray_address=ray_address, on_done=on_done)
-        else:
-            outcomes = run_jobs(run_shipped_job, shipped_jobs(jobs), ray_address=ray_address, on_done=on_done)
-        return [replace(o, job=j) for o, j in zip(outcomes, sweep.jobs)]
-    return run_jobs(run_job, jobs, workers, on_done=on_done)
+    def keep(k: int, outcome: Outcome) -> None:
+        outcome = replace(outcome, job=todo_chunk[k])
+        results[outcome.job.index] = outcome
+        if files is not None:
+            files.save(outcome)
+
+    if ray_address is not None:
+        import contextlib
+
+        from qaudit.distributed import SharedRun, cluster_cpus, connect, shared_jobs, shipped_jobs
+
+        ray = connect(ray_address)  # before anything goes to the object store (ray.put would start a local Ray)
+        # with --out, a chunk of jobs per cluster CPU at a time: each chunk's files land when it returns
+        size = max(1, 2 * cluster_cpus(ray)) if files is not None else max(1, len(todo))
+        with SharedRun(shared_dir) if shared_dir is not None else contextlib.nullcontext() as shared:
+            for c in range(0, len(todo), size):
+                todo_chunk = todo[c : c + size]
+                # the capture of each audit stays in its task (one task per model x setting)
+                plain = [replace(j, cfg=j.cfg.replace(ray_address=None, ray_shared_dir=None)) for j in todo_chunk]
+                if shared is not None:
+                    items, fn = shared_jobs(plain, shared), run_shared_job
+                else:
+                    items, fn = shipped_jobs(plain), run_shipped_job
+                run_jobs(fn, items, ray_address=ray_address, on_done=on_done, on_result=keep)
+    else:
+        todo_chunk = todo
+        run_jobs(run_job, todo, workers, on_done=on_done, on_result=keep)
+    return [results[j.index] for j in sweep.jobs]
+
+
+def _settings_text(cfg, gates) -> str:
+    """An audit's settings as text, for a job's fingerprint: every field of its configuration but the
+    model (its bytes are hashed) and the Ray address, paths resolved (the same sweep file read from
+    another folder is the same audit), and its gates."""
+    import dataclasses
+
+    parts = []
+    for f in dataclasses.fields(cfg):
+        if f.name in ("model", "ray_address", "ray_shared_dir"):
+            continue
+        v = getattr(cfg, f.name)
+        parts.append(f"{f.name}={v.resolve().as_posix() if isinstance(v, Path) else v!r}")
+    return "\n".join(parts) + f"\ngates={gates!r}"
+
+
+class JobFiles:
+    """``qaudit sweep --out DIR``: per job, ``NAME.json`` (its qaudit JSON report, readable by
+    ``qaudit report``) and then ``NAME.row.json`` (its table row and the job's fingerprint: the
+    job is done once that file exists). NAME is the model's path relative to the sweep file and
+    the job's setting, made file-safe, and a short hash of both. With ``resume`` a job whose row
+    file holds the same fingerprint (the model file's bytes, the audit settings, the gates) is
+    read back; a job whose row is an error runs again. Without ``resume`` the folder must hold
+    no row files (a sweep's results are never overwritten)."""
+
+    FORMAT = {"name": "qaudit-sweep-job", "version": 1}
+
+    def __init__(self, sweep: Sweep, folder: Path, resume: bool):
+        self.sweep, self.folder = sweep, folder
+        self.base = sweep.path.resolve().parent
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"--out {folder} is a file; give a folder for the sweep's per-audit files")
+        if not resume and folder.is_dir() and any(folder.glob("*.row.json")):
+            raise ConfigError(
+                f"--out {folder} already holds a sweep's results; add --resume to continue that sweep, or give a new folder"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        self._prints: dict[int, str] = {}
+
+    def name(self, job: Job) -> str:
+        import hashlib
+        import re
+
+        try:  # as the sweep file names it (a symlinked folder stays its link's name)
+            rel = job.model.relative_to(self.base).as_posix()
+        except ValueError:
+            rel = job.model.resolve().as_posix()
+        slug = re.sub(r"[^A-Za-z0-9._=-]+", "_", rel.removesuffix(".onnx")).strip("_")
+        if job.setting:
+            slug += "__" + re.sub(r"[^A-Za-z0-9._=-]+", "_", job.setting)
+        digest = hashlib.sha1((rel + "\0" + job.setting).encode()).hexdigest()[:8]
+        return f"{slug}-{digest}"
+
+    def fingerprint(self, job: Job) -> str:
+        import hashlib
+
+        if job.index not in self._prints:
+            h = hashlib.sha256(job.model.read_bytes())
+            h.update(_settings_text(job.cfg, job.gates).encode())
+            self._prints[job.index] = h.hexdigest()
+        return self._prints[job.index]
+
+    def done(self) -> dict[int, Outcome]:
+        import json
+
+        from qaudit.runs import read
+
+        found = {}
+        for job in self.sweep.jobs:
+            row_file = self.folder / f"{self.name(job)}.row.json"
+            if not row_file.is_file():
+                continue
+            try:
+                doc = json.loads(row_file.read_text(encoding="utf-8"))
+                if doc.get("format") != self.FORMAT or doc.get("fingerprint") != self.fingerprint(job):
+                    continue
+                row = {k: doc["row"].get(k) for k in COLUMNS} | {"model": str(job.model)}
+                if row["status"] == "error":
+                    continue
+                report = read(json.loads((self.folder / doc["report"]).read_text(encoding="utf-8")))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue  # unreadable or half-written: the job runs again
+            found[job.index] = Outcome(job, row, report)
+        return found
+
+    def save(self, outcome: Outcome) -> None:
+        import json
+        import os
+
+        from qaudit.report import to_json
+        from qaudit.runs import MultiReport, runs_to_json
+
+        name = self.name(outcome.job)
+
+        def write(path: Path, text: str) -> None:
+            tmp = path.with_name(path.name + ".part")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+
+        report = None
+        if outcome.report is not None:
+            r = outcome.report
+            write(self.folder / f"{name}.json", runs_to_json(r) if isinstance(r, MultiReport) else to_json(r))
+            report = f"{name}.json"
+        doc = {
+            "format": self.FORMAT,
+            "model": str(outcome.job.model),
+            "setting": outcome.job.setting,
+            "fingerprint": self.fingerprint(outcome.job),
+            "row": outcome.row,
+            "report": report,
+        }
+        write(self.folder / f"{name}.row.json", json.dumps(doc, indent=1, default=str) + "\n")
 
 
 def run_shipped_job(shipped) -> Outcome:
@@ -409,4 +560,4 @@ def comparison(outcomes: Sequence[Outcome]):
     return compare_reports(reports, labels=labels)
 
 
-__all__ = ["COLUMNS", "Job", "Outcome", "Sweep", "load", "run", "run_job", "run_jobs"]
+__all__ = ["COLUMNS", "Job", "JobFiles", "Outcome", "Sweep", "load", "run", "run_job", "run_jobs"]

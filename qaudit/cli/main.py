@@ -238,6 +238,18 @@ def build_sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", metavar="PATH", default=None, help="write the table as CSV ('-' for stdout)")
     p.add_argument("--json", metavar="PATH", default=None, help="write the table and every report as JSON")
     p.add_argument("--html", metavar="PATH", default=None, help="write the N-way overlay of the audits (HTML)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="write each audit's JSON report and table row into DIR as soon as it finishes",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --out: read back the audits DIR already holds (same model file and settings), run the rest",
+    )
     p.add_argument("--quiet", action="store_true", help="print no table")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
@@ -248,6 +260,8 @@ def _run_sweep(args) -> int:
 
     if args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, not {args.workers}")
+    if args.resume and args.out is None:
+        raise ConfigError("--resume continues a sweep's --out DIR: give --out DIR too")
     plan = sweep.load(args.sweep)
     address = args.ray_address or plan.ray_address
     shared_dir = args.ray_shared_dir or plan.ray_shared_dir
@@ -267,7 +281,7 @@ def _run_sweep(args) -> int:
         {"--csv": args.csv, "--json": args.json, "--html": args.html}, inputs, sorted({j.model for j in plan.jobs})
     )
     with outs:
-        outcomes = sweep.run(plan, args.workers, address, shared_dir=shared_dir)
+        outcomes = sweep.run(plan, args.workers, address, out=args.out, resume=args.resume, shared_dir=shared_dir)
         texts = {}
         if "--csv" in outs:
             texts["--csv"] = sweep.csv_text(outcomes)

@@ -8,9 +8,15 @@ exported to ONNX with BatchNormalization kept unfolded, and audited with qaudit
 (uint8 activations and weights, per-tensor, 1 % percentile clipping on each
 side of the calibration histogram).
 
-    python studies/init/study.py            # the full study: 48 models, about an hour on 2 cores
+    python studies/init/study.py            # the first run: 48 models, one seed, audited here
     python studies/init/study.py --quick    # 3 models, 1 epoch: a smoke test (CI)
     python studies/init/study.py --table-only   # rebuild table and plots from the saved reports
+
+The seeded run (RESULTS.md, "Run"): ``--train-only --resume`` trains every model with seeds 0, 1, 2
+(``work/models/ARCH__INIT__sSEED.onnx``, checkpoints in ``work/checkpoints/``, logs in
+``work/train/``), the two sweep files beside this script audit them (``qaudit sweep sweep.toml
+--out work/sweep --resume``), and ``--from-sweep work/sweep --checkpoints-from
+work/sweep_checkpoints`` writes results_seeds/ (tables, analysis.md, figures, reports.tar.xz).
 
 Writes, under --out (default studies/init/results; --quick: results_quick):
 
@@ -151,7 +157,14 @@ def load_split():
     return source, (x_train, y_train), (x_calib, y_calib), (x_test, y_test)
 
 
+#: the calibration images as a folder of files of this many images each (the sweep's ``calib``):
+#: qaudit's --trials draw subsets of files, so 500 images make 50 files and a trial (half) 250 images
+CALIB_FILE_IMAGES = 10
+
+
 def write_data(work: Path, split) -> dict:
+    """The study's data under ``work/data``: ``calib.npy`` (study.py's own audits), the same images
+    as ``calib/NNN.npy`` files (the sweep's, for --trials), ``test.npy`` and ``test_labels.npy``."""
     (_, _), (x_calib, _), (x_test, y_test) = split
     d = work / "data"
     d.mkdir(parents=True, exist_ok=True)
@@ -159,6 +172,11 @@ def write_data(work: Path, split) -> dict:
     np.save(paths["calib"], np.ascontiguousarray(x_calib))
     np.save(paths["eval"], np.ascontiguousarray(x_test))
     np.save(paths["labels"], y_test)
+    (d / "calib").mkdir(exist_ok=True)
+    for k in range(0, len(x_calib), CALIB_FILE_IMAGES):
+        np.save(
+            d / "calib" / f"{k // CALIB_FILE_IMAGES:03d}.npy", np.ascontiguousarray(x_calib[k : k + CALIB_FILE_IMAGES])
+        )
     return paths
 
 
@@ -262,7 +280,9 @@ def initialize(net, init: str, seed: int) -> None:
             init_weight(m, "glorot_uni_6" if (name.startswith("stem") or isinstance(m, nn.Linear)) else init, g)
 
 
-def train(net, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> dict:
+def train(net, x: np.ndarray, y: np.ndarray, epochs: int, seed: int, on_epoch=None) -> dict:
+    """Adam, batches of TRAIN_BATCH in a seeded order. ``on_epoch(epoch)`` runs after each epoch
+    (1-based) with the net in eval mode (the checkpoints); it must not touch the weights or the RNG."""
     import torch
     from torch import nn
 
@@ -286,6 +306,10 @@ def train(net, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> dict:
             total += loss.item() * len(idx)
             n += len(idx)
         losses.append(total / max(n, 1))
+        if on_epoch is not None:
+            net.eval()
+            on_epoch(len(losses))
+            net.train()
     net.eval()
     return {"epoch_loss": losses}
 
@@ -295,12 +319,13 @@ def export(net, path: Path) -> None:
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")  # a killed run leaves no half-written model
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             net,
             (torch.zeros(1, 1, 28, 28),),
-            str(path),
+            str(tmp),
             dynamo=False,
             input_names=["input"],
             output_names=["logits"],
@@ -309,6 +334,7 @@ def export(net, path: Path) -> None:
             training=torch.onnx.TrainingMode.PRESERVE,
             do_constant_folding=False,
         )
+    tmp.replace(path)
 
 
 # ------------------------------------------------------------------ audit
@@ -391,6 +417,97 @@ def audit_only(arch: str, init: str, data: dict, work: Path, out: Path, logs_fro
     return log
 
 
+#: the epochs whose weights a seeded training run also exports (the over-training study,
+#: Tables 4.3/4.4); the last epoch is the model itself
+CHECKPOINTS = (1, 2, 5, 10, 15)
+#: the seeds of the full study; seed 0 is the first run's (the same weights)
+SEEDS = (0, 1, 2)
+
+
+#: the order of the seeded training (train_all)
+TRAIN_ORDER = ("dwsep_bn", "conv_bn", "dwsep", "conv")
+
+
+def seeded_name(arch: str, init: str, seed: int) -> str:
+    return f"{arch}__{init}__s{seed}"
+
+
+def trained_fields(net, arch: str, init: str, seed: int, epochs: int, seconds: float, acc) -> dict:
+    """The training log's fields about the trained net (``acc``: its torch test accuracy, None if non-finite)."""
+    import torch
+
+    finite = bool(all(torch.isfinite(p).all() for p in net.state_dict().values() if p.is_floating_point()))
+    return dict(
+        arch=arch, init=init, epochs=epochs, seed=seed, train_seconds=seconds, torch_acc_test=acc, finite_weights=finite
+    )
+
+
+def train_seeded(arch: str, init: str, seed: int, split, work: Path, epochs: int) -> dict:
+    """Train one model with ``seed`` (initialization, data order), export it to
+    ``work/models/NAME.onnx`` and its checkpoints to ``work/checkpoints/NAME__eNN.onnx``
+    (the final epoch too), and write ``work/train/NAME.json`` last: a model is done when its
+    log exists (``--resume`` skips it). Seed 0 trains exactly the first run's model."""
+    import torch
+
+    name = seeded_name(arch, init, seed)
+    (x_train, y_train), _, (x_test, y_test) = split[1:]
+    xt = torch.from_numpy(x_test)
+    ckpt = {}
+
+    def accuracy(net):
+        with torch.no_grad():
+            logits = net(xt).numpy()
+        return float((logits.argmax(1) == y_test).mean()) if np.isfinite(logits).all() else None
+
+    def on_epoch(e):
+        if e in CHECKPOINTS or e == epochs:
+            path = work / "checkpoints" / f"{name}__e{e:02d}.onnx"
+            export(net, path)
+            ckpt[e] = {"torch_acc_test": accuracy(net), "path": f"checkpoints/{path.name}"}
+
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+    net = build(arch)
+    initialize(net, init, seed)
+    log = train(net, x_train, y_train, epochs, seed, on_epoch)
+    t_train = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    export(net, work / "models" / f"{name}.onnx")
+    log.update(
+        trained_fields(net, arch, init, seed, epochs, t_train, accuracy(net)),
+        export_seconds=time.perf_counter() - t1,
+        checkpoints={str(e): v for e, v in sorted(ckpt.items())},
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+    )
+    (work / "train").mkdir(parents=True, exist_ok=True)
+    tmp = work / "train" / f"{name}.json.part"
+    tmp.write_text(json.dumps(log, indent=1))
+    tmp.replace(work / "train" / f"{name}.json")
+    return log
+
+
+def train_all(seeds, split, work: Path, epochs: int, resume: bool, only=None) -> None:
+    """Every (arch, init, seed) in TRAIN_ORDER: the thesis's per-initialization claims are about the BN
+    variants, so dw-sep + BN (every seed), then conv + BN, then the variants without BN; a model whose
+    training log exists is skipped with --resume, so a partial run has whole groups of 12."""
+    order = [(a, i, s) for a in TRAIN_ORDER for s in seeds for i in INITS]
+    if only:
+        order = [m for m in order if seeded_name(*m) in only or model_name(*m[:2]) in only]
+    t0 = time.perf_counter()
+    for k, (arch, init, seed) in enumerate(order, 1):
+        name = seeded_name(arch, init, seed)
+        if resume and (work / "train" / f"{name}.json").exists() and (work / "models" / f"{name}.onnx").exists():
+            print(f"[{k}/{len(order)}] {name}: trained before, skipped", flush=True)
+            continue
+        log = train_seeded(arch, init, seed, split, work, epochs)
+        print(
+            f"[{k}/{len(order)}] {name}: torch acc {log['torch_acc_test']}, train {log['train_seconds']:.1f}s "
+            f"(elapsed {time.perf_counter() - t0:.0f}s)",
+            flush=True,
+        )
+
+
 def run_one(arch: str, init: str, split, data: dict, work: Path, out: Path, epochs: int) -> dict:
     import torch
 
@@ -407,16 +524,8 @@ def run_one(arch: str, init: str, split, data: dict, work: Path, out: Path, epoc
     t_train = time.perf_counter() - t0
     with torch.no_grad():
         logits = net(torch.from_numpy(x_test)).numpy()
-    finite = bool(all(torch.isfinite(p).all() for p in net.state_dict().values() if p.is_floating_point()))
-    log.update(
-        arch=arch,
-        init=init,
-        epochs=epochs,
-        seed=seed,
-        train_seconds=t_train,
-        torch_acc_test=float((logits.argmax(1) == y_test).mean()) if np.isfinite(logits).all() else None,
-        finite_weights=finite,
-    )
+    acc = float((logits.argmax(1) == y_test).mean()) if np.isfinite(logits).all() else None
+    log.update(trained_fields(net, arch, init, seed, epochs, t_train, acc))
     model_path = work / "models" / f"{name}.onnx"
     t1 = time.perf_counter()
     export(net, model_path)
@@ -700,20 +809,22 @@ def make_plots(out: Path, models: list[tuple[str, str]], rows: list[dict]) -> li
             written.append(png_layerwise(out, f"{fname}.png", title, reps, labels))
     if png:
         written.append(png_summary(out, rows))
+        reps = {(a, i): json.loads((out / "reports" / f"{model_name(a, i)}.json").read_text()) for a, i in models
+                if model_name(a, i) in done}  # fmt: skip
+        written += thesis_figures(reps, out, "first run")
     return [p for p in written if p]
 
 
 # ------------------------------------------------------------------ analysis
 
 
-def _spearman(a, b) -> float | None:
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 4:
-        return None
-    ra = np.argsort(np.argsort(a[ok])).astype(float)
-    rb = np.argsort(np.argsort(b[ok])).astype(float)
-    return float(np.corrcoef(ra, rb)[0, 1])
+def _spearman(a, b) -> str:
+    """Tie-aware Spearman rho with its p-value (scipy.stats.spearmanr, analysis.spearman): "+0.13 (p 0.55)"."""
+    sys.path.insert(0, str(HERE))
+    import analysis
+
+    rho, p, _ = analysis.spearman(a, b)
+    return "-" if rho is None else f"{rho:+.2f} (p {p:.2g})"
 
 
 def _layer_stats(rep: dict) -> dict:
@@ -740,6 +851,9 @@ def _layer_stats(rep: dict) -> dict:
         "fold_growth_max": max(lr["fold_w_range"] / lr["w_range"] for lr in w),
         "fold_growth_mean": float(np.mean([lr["fold_w_range"] / lr["w_range"] for lr in w])),
         "max_fold_w_range": max(lr["fold_w_range"] for lr in w),
+        # the stem (always Glorot uniform) apart: the initialized layers' largest folded range
+        "body_max_fold_w_range": max((lr["fold_w_range"] for lr in conv), default=None),
+        "stem_fold_w_range": next((lr["fold_w_range"] for lr in w if lr["name"].startswith("/stem")), None),
         "max_w_range": max(lr["w_range"] for lr in w),
         "min_fold_w_precision": min(lr["fold_w_precision"] for lr in w if lr.get("fold_w_precision") is not None),
         "mean_conv_fold_precision": float(np.mean([lr["fold_w_precision"] for lr in conv])) if conv else None,
@@ -772,21 +886,23 @@ def analyze(rows: list[dict], out: Path) -> str:
     lines += [
         "## Per architecture (models that trained)",
         "",
-        "| architecture | trained / run | acc decrease % median (min-max) | QCE median | worst-layer SQNR dB median | worst inner-layer SQNR dB median | BN-folding range growth, mean over layers (median over inits) | max folded w range median |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| architecture | trained / run | acc decrease % median (min-max) | QCE median | worst-layer SQNR dB median | worst inner-layer SQNR dB median | BN-folding range growth, mean over layers (median over inits) | max folded w range median (stem included) | max folded w range after the stem, median (min-max) | stem folded w range median |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for a in ARCHS:
         rs = [r for r in rows if r["arch"] == a]
         ok = [r for r in rs if r.get("trained") == "yes"]
         st = [stats[r["model"]] for r in ok]
         if not ok:
-            lines.append(f"| {ARCHS[a]} | 0 / {len(rs)} | - | - | - | - | - | - |")
+            lines.append(f"| {ARCHS[a]} | 0 / {len(rs)} | - | - | - | - | - | - | - | - |")
             continue
         d = [r["acc_drop_pct"] for r in ok]
         lines.append(
             f"| {ARCHS[a]} | {len(ok)} / {len(rs)} | {np.median(d):.2f} ({min(d):.2f}-{max(d):.2f}) | {np.median([r['qce'] for r in ok]):.4f} | "
             f"{np.median([r['worst_sqnr_db'] for r in ok]):.1f} | {np.median([s['worst_inner_sqnr_db'] for s in st]):.1f} | "
-            f"{np.median([s['fold_growth_mean'] for s in st]):.2f}x | {np.median([s['max_fold_w_range'] for s in st]):.3g} |"
+            f"{np.median([s['fold_growth_mean'] for s in st]):.2f}x | {np.median([s['max_fold_w_range'] for s in st]):.3g} | "
+            f"{np.median([s['body_max_fold_w_range'] for s in st]):.3g} ({min(s['body_max_fold_w_range'] for s in st):.3g}-"
+            f"{max(s['body_max_fold_w_range'] for s in st):.3g}) | {np.median([s['stem_fold_w_range'] for s in st]):.3g} |"
         )
     lines += [
         "",
@@ -834,7 +950,11 @@ def analyze(rows: list[dict], out: Path) -> str:
             f"{short_layer(s['worst_inner_layer'])} ({f(s['worst_inner_sqnr_db'], '.1f')}) | {f(s['min_isolated_sqnr_db'], '.1f')} |"
         )
     ok = [r for r in rows if r.get("trained") == "yes" and r["model"] in stats]
-    lines += ["", "## Rank correlation with the accuracy decrease (Spearman, trained models)", ""]
+    lines += [
+        "",
+        "## Rank correlation with the accuracy decrease (Spearman, tie-aware, two-sided p; trained models)",
+        "",
+    ]
     for arch_set, label in (
         (tuple(ARCHS), "all"),
         (("conv_bn", "dwsep_bn"), "BN variants"),
@@ -845,6 +965,7 @@ def analyze(rows: list[dict], out: Path) -> str:
         cells = []
         for key in (
             "max_fold_w_range",
+            "body_max_fold_w_range",
             "fold_growth_mean",
             "min_fold_w_precision",
             "mean_dw_fold_precision",
@@ -855,12 +976,339 @@ def analyze(rows: list[dict], out: Path) -> str:
             rho = _spearman(
                 drop, [stats[r["model"]][key] if stats[r["model"]][key] is not None else np.nan for r in sub]
             )
-            cells.append(f"{key} {f(rho, '+.2f')}")
+            cells.append(f"{key} {rho}")
         lines.append(f"* {label} (n={len(sub)}): " + "; ".join(cells))
     text = "\n".join(lines) + "\n"
     (out / "analysis.md").write_text(text)
     (out / "analysis.json").write_text(json.dumps(stats, indent=1))
     return text
+
+
+# ------------------------------------------------------------------ layers (the stem apart)
+
+LAYER_COLUMNS = (
+    "model", "arch", "init", "index", "name", "op_type", "groups", "stem", "quantized", "w_range", "fold_w_range",
+    "fold_w_precision", "w_sqnr_db", "a_range", "a_precision", "sqnr_db",
+)  # fmt: skip
+
+
+def layer_rows(arch: str, init: str, rep: dict, model: str | None = None) -> list[dict]:
+    """One row per layer of a report: its weight ranges (plain and BN-folded), activation range,
+    precision and accumulated SQNR; ``stem`` marks the first conv (always Glorot uniform)."""
+    out = []
+    for lr in rep["layers"]:
+        out.append(
+            {
+                "model": model or model_name(arch, init),
+                "arch": arch,
+                "init": init,
+                "index": lr["index"],
+                "name": lr["name"],
+                "op_type": lr["op_type"],
+                "groups": lr.get("groups"),
+                "stem": "yes" if lr["name"].startswith("/stem") else "no",
+                "quantized": "yes" if lr.get("quant_tensor") else "no",
+                **{k: lr.get(k) for k in LAYER_COLUMNS[9:]},
+            }
+        )
+    return out
+
+
+def write_csv(path: Path, columns, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(columns)
+        for r in rows:
+            w.writerow(
+                [("" if r.get(k) is None else repr(r[k]) if isinstance(r.get(k), float) else r[k]) for k in columns]
+            )
+
+
+def write_layers(rows: list[dict], out: Path) -> None:
+    """``layers.csv``: every layer of every audited model (the per-layer claims' table)."""
+    lay = []
+    for r in rows:
+        if r.get("report"):
+            lay += layer_rows(r["arch"], r["init"], json.loads((out / r["report"]).read_text()))
+    write_csv(out / "layers.csv", LAYER_COLUMNS, lay)
+
+
+# ------------------------------------------------------------------ the seeded run, from the sweeps
+
+SEEDED_COLUMNS = (
+    "arch", "init", "seed", "quantizer", "trained", "acc_fp32", "acc_int8", "qmse", "qce", "acc_drop_pct",
+    "worst_sqnr_db", "worst_layer", "worst_inner_sqnr_db", "stem_fold_w_range", "body_max_fold_w_range",
+    "body_max_fold_w_layer", "trials", "acc_drop_pct_trials_mean", "acc_drop_pct_trials_std", "qce_trials_mean",
+    "qce_trials_std", "worst_sqnr_db_trials_mean", "worst_sqnr_db_trials_std", "report",
+)  # fmt: skip
+CHECKPOINT_COLUMNS = (
+    "arch", "init", "seed", "epoch", "quantizer", "trained", "acc_fp32", "acc_int8", "acc_drop_pct", "qmse", "qce",
+    "worst_sqnr_db", "report",
+)  # fmt: skip
+NAME_RE = r"(?P<arch>[a-z_]+?)__(?P<init>[a-z0-9_.]+?)__s(?P<seed>\d+)(?:__e(?P<epoch>\d+))?$"
+
+
+def sweep_jobs(folder: Path, sweep_file: Path):
+    """(name parts, setting, row file name, the report's runs by name) of every finished job of
+    ``qaudit sweep SWEEP_FILE --out FOLDER``: only the jobs ``--resume`` would read back (the same model
+    bytes and settings: qaudit.sweep.JobFiles), so a row left by an older setting is never read."""
+    import re
+
+    from qaudit import sweep
+
+    plan = sweep.load(sweep_file)
+    files = sweep.JobFiles(plan, folder, resume=True)
+    current = {files.name(j) + ".row.json": j for j in plan.jobs}
+    for f in sorted(folder.glob("*.row.json")):
+        if f.name not in current:
+            continue
+        doc = json.loads(f.read_text())
+        # what --resume reads back (JobFiles.done, without reviving every report): same fingerprint, no error
+        if doc.get("fingerprint") != files.fingerprint(current[f.name]) or doc["row"].get("status") == "error":
+            continue
+        m = re.match(NAME_RE, Path(doc["model"]).stem)
+        if m is None:
+            continue
+        runs = {}
+        if doc.get("report"):
+            raw = json.loads((folder / doc["report"]).read_text())
+            runs = {r["name"]: r for r in raw["runs"]} if "runs" in raw else {raw["settings"]["calibrate_method"]: raw}
+        yield m.groupdict(), doc["setting"], f.name, runs
+
+
+def _stats(rep: dict) -> dict:
+    """A run's table numbers (the first run's reader, row_from, applied to a run of a sweep report)."""
+    o = rep["outputs"][0]
+    act = [r for r in rep["layers"] if r.get("quant_tensor") is not None and _finite(r.get("sqnr_db"))]
+    worst = min(act, key=lambda r: r["sqnr_db"])
+    inner = [r for r in act if r["name"] != "/fc2/Gemm"]
+    w = [r for r in rep["layers"] if _finite(r.get("fold_w_range"))]
+    body = [r for r in w if not r["name"].startswith("/stem") and r["op_type"] == "Conv"]
+    top = max(body, key=lambda r: r["fold_w_range"]) if body else None
+    stem = [r["fold_w_range"] for r in w if r["name"].startswith("/stem")]
+    row = {k: o[k] for k in ("acc_fp32", "acc_int8", "qmse", "qce", "acc_drop_pct")}
+    row.update(
+        worst_sqnr_db=worst["sqnr_db"],
+        worst_layer=worst["name"],
+        worst_inner_sqnr_db=min(r["sqnr_db"] for r in inner) if inner else None,
+        stem_fold_w_range=stem[0] if stem else None,
+        body_max_fold_w_range=top["fold_w_range"] if top else None,
+        body_max_fold_w_layer=top["name"] if top else None,
+    )
+    t = rep.get("trials")
+    if t:
+        to = t["outputs"][0]
+        row["trials"] = t["n"]
+        for key in ("acc_drop_pct", "qce"):
+            row[f"{key}_trials_mean"], row[f"{key}_trials_std"] = to[key]["mean"], to[key]["std"]
+        names = {r["name"] for r in act}
+        per = [lr["sqnr_db"]["values"] for lr in t["layers"] if lr["name"] in names and lr["sqnr_db"].get("values")]
+        worst_t = np.min(np.array(per, float), axis=0)  # each trial's worst layer
+        row["worst_sqnr_db_trials_mean"] = float(worst_t.mean())
+        row["worst_sqnr_db_trials_std"] = float(worst_t.std(ddof=t.get("std_ddof", 1)))
+    return row
+
+
+def _trained_flag(acc_fp32, log: dict | None) -> str:
+    if log is not None and not log.get("finite_weights", True):
+        return "NO (non-finite weights)"
+    if acc_fp32 is None or acc_fp32 < TRAINED_MIN_ACC:
+        return "NO (near chance)" if (acc_fp32 or 0) < 0.2 else "NO (poor)"
+    return "yes"
+
+
+def seeded_tables(sweep_dir: Path, ckpt_dir: Path | None, work: Path, out: Path, sweeps=None) -> tuple[list, list]:
+    """results_seeds/: ``table.csv`` (model x quantizer), ``spread.csv`` (over seeds), ``checkpoints.csv``,
+    ``layers.csv`` (the Percentile per-tensor run of every model), and ``reports.tar.xz`` (the sweeps'
+    files and the training logs), from ``qaudit sweep --out`` folders."""
+    import io
+    import tarfile
+
+    sys.path.insert(0, str(HERE))
+    import analysis
+
+    qkey = {(m, pc): k for k, m, pc, _ in analysis.QUANTIZERS}
+    out.mkdir(parents=True, exist_ok=True)
+    rows, ck, lay, kept, kept_ck = [], [], [], [], []
+    sweep_file, ckpt_file = sweeps or (HERE / "sweep.toml", HERE / "sweep_checkpoints.toml")
+    for d, setting, fname, runs in sweep_jobs(sweep_dir, sweep_file):
+        kept += [fname, fname.removesuffix(".row.json") + ".json"]
+        pc = setting == "per_channel=true"
+        log_path = work / "train" / f"{d['arch']}__{d['init']}__s{d['seed']}.json"
+        log = json.loads(log_path.read_text()) if log_path.exists() else None
+        for method, rep in runs.items():
+            r = {"arch": d["arch"], "init": d["init"], "seed": int(d["seed"]), "quantizer": qkey[(method, pc)]}
+            r.update(_stats(rep), report=fname)
+            r["trained"] = _trained_flag(r["acc_fp32"], log)
+            rows.append(r)
+            if method == "percentile" and not pc:
+                lay += layer_rows(d["arch"], d["init"], rep, model=Path(fname).name.split("__per_channel")[0])
+    order = {a: k for k, a in enumerate(ARCHS)}
+    iorder = {i: k for k, i in enumerate(INITS)}
+    qorder = {q[0]: k for k, q in enumerate(analysis.QUANTIZERS)}
+    rows.sort(key=lambda r: (qorder[r["quantizer"]], order[r["arch"]], iorder[r["init"]], r["seed"]))
+    write_csv(out / "table.csv", SEEDED_COLUMNS, rows)
+    write_csv(out / "layers.csv", LAYER_COLUMNS, lay)
+    spread = analysis.spread_rows(analysis.read_csv(out / "table.csv"))
+    write_csv(out / "spread.csv", list(spread[0]) if spread else [], spread)
+    if ckpt_dir is not None and ckpt_dir.is_dir():
+        for d, _setting, fname, runs in sweep_jobs(ckpt_dir, ckpt_file):
+            kept_ck += [fname, fname.removesuffix(".row.json") + ".json"]
+            for method, rep in runs.items():
+                st = _stats(rep)
+                r = {"arch": d["arch"], "init": d["init"], "seed": int(d["seed"]), "epoch": int(d["epoch"])}
+                r.update(quantizer=qkey[(method, False)], trained=_trained_flag(st["acc_fp32"], None), report=fname)
+                r.update({k: st[k] for k in CHECKPOINT_COLUMNS if k in st})
+                ck.append(r)
+        ck.sort(key=lambda r: (qorder[r["quantizer"]], order[r["arch"]], iorder[r["init"]], r["seed"], r["epoch"]))
+        write_csv(out / "checkpoints.csv", CHECKPOINT_COLUMNS, ck)
+    with tarfile.open(out / "reports.tar.xz", "w:xz") as tar:  # the sweeps' files and the training logs
+        files = [("sweep", sweep_dir / n) for n in kept]
+        files += [("sweep_checkpoints", ckpt_dir / n) for n in kept_ck]
+        files += [("train", f) for f in sorted((work / "train").glob("*__s*.json"))]
+        for sub, f in files:
+            data = f.read_bytes()
+            info = tarfile.TarInfo(f"{sub}/{f.name}")  # no mtime/owner: same files, same archive bytes
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return rows, ck
+
+
+def write_seeded_analysis(out: Path) -> str:
+    """results_seeds/analysis.md: the spread table, the thesis's claims judged, the over-training table
+    (Tables 4.3/4.4 layout) and every claim, all from the folder's CSV files (analysis.py)."""
+    sys.path.insert(0, str(HERE))
+    import analysis
+
+    rows = analysis.read_csv(out / "table.csv")
+    spread = analysis.read_csv(out / "spread.csv") if (out / "spread.csv").exists() else []
+    f = analysis._f
+    lines = ["# Seeded run: analysis (generated by study.py from table.csv, spread.csv, checkpoints.csv)", ""]
+    lines += [
+        "Trained models only (fp32 accuracy >= 50 %); failed ones are in table.csv, flagged. "
+        "mean ± std over the seeds (ddof 1); calib std: the mean over seeds of the std over 5 calibration trials.",
+        "",
+        "## Spread per model (accuracy decrease %, QCE, worst-layer SQNR dB)",
+        "",
+        "| quantizer | architecture | initialization | seeds trained / run | acc decrease % | calib std | QCE | calib std | worst SQNR dB | calib std |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in spread:
+        lines.append(
+            f"| {r['quantizer']} | {r['arch']} | {r['init']} | {r['seeds_trained']:.0f} / {r['seeds_run']:.0f} | "
+            f"{f(r['acc_drop_pct_mean'])} ± {f(r['acc_drop_pct_std'])} | {f(r['acc_drop_pct_calib_std'])} | "
+            f"{f(r['qce_mean'], '.4f')} ± {f(r['qce_std'], '.4f')} | {f(r['qce_calib_std'], '.4f')} | "
+            f"{f(r['worst_sqnr_db_mean'], '.1f')} ± {f(r['worst_sqnr_db_std'], '.1f')} | {f(r['worst_sqnr_db_calib_std'], '.2f')} |"
+        )
+    sp = analysis.spread_rows(rows)
+    lines += ["", "## The thesis's per-initialization claims, by accuracy decrease", ""]
+    lines += ["| claim | quantizer | verdict | numbers |", "|---|---|---|---|"]
+    for _name, arch, inits, kind, label in analysis.THESIS_CLAIMS:
+        for q, *_ in analysis.QUANTIZERS:
+            v, d = analysis.verdict(sp, arch, inits, kind, q)
+            lines.append(f"| {label} | {q} | {v} | {d} |")
+    if (out / "checkpoints.csv").exists():
+        ck = analysis.read_csv(out / "checkpoints.csv")
+        epochs = sorted({int(r["epoch"]) for r in ck})
+        for q in ("p98", "minmax"):
+            sub = [r for r in ck if r["quantizer"] == q]
+            models = sorted(
+                {(r["arch"], r["init"], int(r["seed"])) for r in sub},
+                key=lambda m: (list(ARCHS).index(m[0]), list(INITS).index(m[1])),
+            )
+            by = {(r["arch"], r["init"], int(r["seed"]), int(r["epoch"])): r for r in sub}
+            for title, cell in (
+                (
+                    f"Table 4.3 layout ({q}): fp32 acc % / int8 acc % / % decrease",
+                    lambda r: f"{100 * r['acc_fp32']:.2f}/{100 * r['acc_int8']:.2f}/{r['acc_drop_pct']:.2f}",
+                ),
+                (f"Table 4.4 layout ({q}): QMSE", lambda r: f"{r['qmse']:.3g}"),
+            ):
+                lines += [
+                    "",
+                    f"## {title}",
+                    "",
+                    "| network | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
+                    "|---|" + "---|" * len(epochs),
+                ]
+                for m in models:
+                    lines.append(
+                        f"| {m[0]}__{m[1]}__s{m[2]} | "
+                        + " | ".join(cell(by[m + (e,)]) if m + (e,) in by else "-" for e in epochs)
+                        + " |"
+                    )
+    lines += [
+        "",
+        analysis.claims_markdown("Claims", analysis.seeded_folder_claims(out)).replace("# Claims", "## Claims"),
+    ]
+    text = "\n".join(lines) + "\n"
+    (out / "analysis.md").write_text(text)
+    return text
+
+
+def seeded_plots(out: Path, sweep_dir: Path, sweep_file: Path | None = None) -> list[Path]:
+    """The thesis's Figs. 4.2 and 4.5 (thesis_figures) from the seeded run's Percentile per-tensor
+    reports of seed 0."""
+    reps = {}
+    for d, setting, _fname, runs in sweep_jobs(sweep_dir, sweep_file or HERE / "sweep.toml"):
+        if setting == "per_channel=false" and d["seed"] == "0" and "percentile" in runs:
+            reps[(d["arch"], d["init"])] = runs["percentile"]
+    return thesis_figures(reps, out, "seed 0, Percentile 98")
+
+
+def thesis_figures(reps: dict, out: Path, what: str) -> list[Path]:
+    """Fig. 4.2 (the vanishing activation range: per layer, the dw-separable models without BN, failed
+    ones dashed) and Fig. 4.5 (activation channel precision per layer: the four variants at Glorot
+    uniform C = 6 and the thesis's named initializations), from JSON reports ``{(arch, init): report}``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots")
+        return []
+    written = []
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+
+    def series(rep, key):
+        rows = [r for r in rep["layers"] if r.get("quant_tensor") and r["name"] != "input"]
+        return np.array([r[key] if _finite(r.get(key)) else np.nan for r in rows], float)
+
+    dw = [(i, reps[("dwsep", i)]) for i in INITS if ("dwsep", i) in reps]
+    if dw:
+        fig, ax = plt.subplots(figsize=(7.5, 4), dpi=80)
+        for i, rep in dw:
+            failed = rep["outputs"][0]["acc_fp32"] < TRAINED_MIN_ACC
+            label = INITS[i][0] + (" (failed to train)" if failed else "")
+            ax.plot(series(rep, "a_range"), "--" if failed else "-", marker="o", ms=3, label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("quantized activation (graph order)", fontsize=8)
+        ax.set_title(
+            f"dw-separable, no BN: activation range (1st-99th pct) per layer, {what} (cf. thesis Fig. 4.2)", fontsize=8
+        )
+        ax.legend(fontsize=6.5, ncol=2)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        written.append(out / "plots" / "fig4_2_activation_range.png")
+        _save_png(fig, written[-1])
+        plt.close(fig)
+    picks = [(a, "glorot_uni_6") for a in ARCHS]
+    picks += [("dwsep_bn", "he_normal"), ("dwsep_bn", "randuni_1"), ("conv_bn", "glorot_uni_36")]
+    picks = [m for m in picks if m in reps]
+    if picks:
+        fig, ax = plt.subplots(figsize=(7.5, 4), dpi=80)
+        for a, i in picks:
+            ax.plot(series(reps[(a, i)], "a_precision"), marker="o", ms=3, label=f"{ARCHS[a]}, {INITS[i][0]}")
+        ax.set_xlabel("quantized activation (graph order)", fontsize=8)
+        ax.set_title(f"activation channel precision per layer, {what} (cf. thesis Fig. 4.5)", fontsize=8)
+        ax.legend(fontsize=6.5)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        written.append(out / "plots" / "fig4_5_activation_precision.png")
+        _save_png(fig, written[-1])
+        plt.close(fig)
+    return written
 
 
 # ------------------------------------------------------------------ main
@@ -902,6 +1350,32 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--calib-symmetric", action="store_true", help="ORT's symmetric (|x|) percentile instead")
     ap.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
+    ap.add_argument(
+        "--train-only",
+        action="store_true",
+        help="train the seeded models and checkpoints into --work (NAME__sSEED), no audits: the sweeps audit them",
+    )
+    ap.add_argument(
+        "--seeds",
+        default=None,
+        help=f"--train-only: comma-separated training seeds (default {','.join(map(str, SEEDS))}; --quick 0)",
+    )
+    ap.add_argument(
+        "--from-sweep",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the seeded run's tables (--out, default results_seeds) from a `qaudit sweep studies/init/sweep.toml "
+        "--out DIR`; with --checkpoints-from, the over-training table too",
+    )
+    ap.add_argument("--checkpoints-from", type=Path, default=None, metavar="DIR", help="sweep_checkpoints.toml's --out")
+    ap.add_argument(
+        "--sweeps",
+        type=Path,
+        default=HERE,
+        metavar="DIR",
+        help="--from-sweep: the folder of the sweep.toml and sweep_checkpoints.toml that wrote the sweeps (default: here)",
+    )
     args = ap.parse_args(argv)
 
     CALIB_PERCENTILE, CALIB_SYMMETRIC = args.calib_percentile, args.calib_symmetric
@@ -921,6 +1395,27 @@ def main(argv=None) -> int:
     epochs = args.epochs or (QUICK_EPOCHS if args.quick else EPOCHS)
     out, work = args.out or (HERE / ("results_quick" if args.quick else "results")), args.work
     out.mkdir(parents=True, exist_ok=True)
+
+    if args.from_sweep is not None:
+        out = args.out or HERE / "results_seeds"
+        sweeps = (args.sweeps / "sweep.toml", args.sweeps / "sweep_checkpoints.toml")
+        rows, ck = seeded_tables(args.from_sweep, args.checkpoints_from, args.work, out, sweeps)
+        write_seeded_analysis(out)
+        if not args.no_plots:
+            for p in seeded_plots(out, args.from_sweep, sweeps[0]):
+                print(f"wrote {p}")
+        print(f"{len(rows)} rows, {len(ck)} checkpoint rows in {out}")
+        return 0
+    if args.train_only:
+        seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else ([0] if args.quick else list(SEEDS))
+        split = load_split()
+        print(f"data: {split[0]}", flush=True)
+        write_data(work, split[1:])
+        only = (
+            set(args.only.split(",")) if args.only else ({model_name(*m) for m in QUICK_MODELS} if args.quick else None)
+        )
+        train_all(seeds, split, work, epochs, args.resume, only)
+        return 0
 
     t0 = time.perf_counter()
     archive = out / "reports.tar.xz"
@@ -976,6 +1471,7 @@ def main(argv=None) -> int:
     print(text)
     if any(r.get("report") for r in rows):
         analyze(rows, out)
+        write_layers(rows, out)
     if not args.quick and (out / "reports").exists():
         import io
         import tarfile

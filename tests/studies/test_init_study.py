@@ -150,7 +150,9 @@ def test_overlay_page(quick):
 
 
 def test_the_sweep_file_has_the_study_settings(tmp_path):
-    """studies/init/sweep.toml audits the trained models as study.py does (its quant_config and audit)."""
+    """studies/init/sweep.toml audits the seeded models with the study's quantizers (analysis.QUANTIZERS:
+    Percentile 98 and MinMax, asymmetric, per-tensor and per-channel weights) and 5 calibration trials;
+    its Percentile per-tensor run is study.py's own audit (quant_config, audit)."""
     import importlib.util
     import shutil
 
@@ -159,19 +161,193 @@ def test_the_sweep_file_has_the_study_settings(tmp_path):
     spec = importlib.util.spec_from_file_location("init_study", SCRIPT)
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
-    # the study's layout: work/models/*.onnx and work/data/*.npy beside the sweep file
+    # the study's layout: work/models/*__sSEED.onnx, work/checkpoints/, work/data/ beside the sweep files
     root = tmp_path / "init"
-    (root / "work" / "models").mkdir(parents=True)
-    (root / "work" / "data").mkdir()
-    shutil.copy(REPO / "samples" / "digits" / "model.onnx", root / "work" / "models" / "conv_bn__he_normal.onnx")
-    for name in ("calib.npy", "test.npy", "test_labels.npy"):
+    for sub in ("models", "checkpoints", "data/calib"):
+        (root / "work" / sub).mkdir(parents=True)
+    shutil.copy(REPO / "samples" / "digits" / "model.onnx", root / "work" / "models" / "conv_bn__he_normal__s0.onnx")
+    shutil.copy(
+        REPO / "samples" / "digits" / "model.onnx", root / "work" / "checkpoints" / "conv_bn__he_normal__s0__e05.onnx"
+    )
+    for name in ("calib/000.npy", "test.npy", "test_labels.npy"):
         (root / "work" / "data" / name).write_bytes(b"")
-    shutil.copy(SCRIPT.parent / "sweep.toml", root / "sweep.toml")
-    (job,) = sweep.load(root / "sweep.toml").jobs
+    for f in ("sweep.toml", "sweep_checkpoints.toml"):
+        shutil.copy(SCRIPT.parent / f, root / f)
+    jobs = sweep.load(root / "sweep.toml").jobs
+    assert [j.setting for j in jobs] == ["per_channel=false", "per_channel=true"]
     want = study.quant_config()
-    got = job.cfg.quant
-    for field in ("format", "activation_type", "weight_type", "per_channel", "calibrate_method", "percentile"):
-        assert getattr(got, field) == getattr(want, field), field
-    assert got.calib_symmetric == study.CALIB_SYMMETRIC
-    assert job.cfg.batch_size == study.AUDIT_BATCH and job.cfg.clip_percentile == 1.0
-    assert job.cfg.eval.name == "test.npy" and job.cfg.labels.name == "test_labels.npy"
+    sys.path.insert(0, str(SCRIPT.parent))
+    import analysis
+
+    for job in jobs:
+        runs = [job.cfg.quant, *job.cfg.runs[1:]]
+        got = {(q.calibrate_method, q.per_channel) for q in runs}
+        assert got == {(m, pc) for _, m, pc, _ in analysis.QUANTIZERS if pc == job.cfg.quant.per_channel}
+        for q in runs:
+            for field in ("format", "activation_type", "weight_type"):
+                assert getattr(q, field) == getattr(want, field), field
+            assert q.calib_symmetric is False and q.percentile == (
+                want.percentile if q.calibrate_method == "percentile" else None
+            )
+        assert job.cfg.trials == 5 and job.cfg.trial_fraction == 0.5
+        assert job.cfg.batch_size == study.AUDIT_BATCH and job.cfg.clip_percentile == 1.0
+        assert (
+            job.cfg.calib.name == "calib"
+            and job.cfg.eval.name == "test.npy"
+            and job.cfg.labels.name == "test_labels.npy"
+        )
+    (ck,) = sweep.load(root / "sweep_checkpoints.toml").jobs
+    assert ck.model.name == "conv_bn__he_normal__s0__e05.onnx" and ck.cfg.trials == 0
+    assert {q.calibrate_method for q in [ck.cfg.quant, *ck.cfg.runs[1:]]} == {"percentile", "minmax"}
+
+
+def _analysis():
+    sys.path.insert(0, str(SCRIPT.parent))
+    import analysis
+
+    return analysis
+
+
+def test_every_value_results_md_quotes_is_recomputed_from_the_committed_tables():
+    """RESULTS.md quotes each claim as **VALUE**<!--c:NAME-->: every one is what analysis.py computes
+    from the committed CSV files now (a new result that changes a claim fails this test until
+    `python studies/init/analysis.py --refresh` and a re-read of the sentence)."""
+    pytest.importorskip("scipy")
+    analysis = _analysis()
+    claims = analysis.all_claims(SCRIPT.parent)
+    text = (SCRIPT.parent / "RESULTS.md").read_text()
+    quoted = analysis.quoted(text)
+    assert len(quoted) >= 40
+    wrong = [(name, value, claims.get(name)) for value, name in quoted if claims.get(name) != value]
+    assert not wrong, wrong
+    assert "<!--c:" not in analysis.CLAIM.sub("", text), "a claim marker RESULTS.md does not quote in **bold**"
+
+
+def test_the_first_run_claims_recomputed_by_hand():
+    """The issue's corrections, recomputed here from results/table.csv and layers.csv without analysis.py."""
+    scipy_stats = pytest.importorskip("scipy.stats")
+    analysis = _analysis()
+    claims = analysis.all_claims(SCRIPT.parent)
+    rows = [r for r in _csv_rows(COMMITTED) if r["trained"] == "yes"]
+    by = {(r["arch"], r["init"]): r for r in rows}
+    inits = sorted({r["init"] for r in rows})
+    for key, pick, name in (("acc_drop_pct", max, "drop"), ("worst_sqnr_db", min, "sqnr"), ("qce", max, "qce")):
+        n = sum(
+            pick((by[(a, i)] for a in ("conv_bn", "conv", "dwsep_bn", "dwsep") if (a, i) in by),
+                 key=lambda r: float(r[key]))["arch"] == "dwsep_bn"
+            for i in inits
+        )  # fmt: skip
+        assert claims[f"first_dwsbn_worst_by_{name}"] == f"{n} of {len(inits)}"
+    assert claims["first_dwsbn_worst_by_drop"] == "9 of 12" and claims["first_dwsbn_worst_by_qce"] == "7 of 12"
+    with open(COMMITTED / "layers.csv", newline="") as f:
+        layers = list(csv.DictReader(f))
+    bn = {(lr["arch"], lr["init"]) for lr in layers if lr["arch"].endswith("_bn")}
+    stem_max = 0
+    growth, drop = [], []
+    for a, i in sorted(bn):
+        w = [lr for lr in layers if (lr["arch"], lr["init"]) == (a, i) and lr["fold_w_range"]]
+        stem_max += max(w, key=lambda lr: float(lr["fold_w_range"]))["name"].startswith("/stem")
+        growth.append(sum(float(lr["fold_w_range"]) / float(lr["w_range"]) for lr in w) / len(w))
+        drop.append(float(by[(a, i)]["acc_drop_pct"]))
+    assert claims["first_stem_is_max_fold_range"] == f"{stem_max} of {len(bn)}" == "24 of 24"
+    r = scipy_stats.spearmanr(drop, growth)  # tie-aware (average ranks)
+    assert claims["first_spearman_bn_drop_vs_fold_growth_mean"] == f"rho {r.statistic:+.2f}, p {r.pvalue:.2g}, n 24"
+
+
+def test_the_seeded_tables_match_their_reports(tmp_path):
+    """results_seeds/table.csv and checkpoints.csv against the sweeps' reports in its reports.tar.xz,
+    and its analysis.md regenerated from its CSV files."""
+    pytest.importorskip("scipy")
+    _check_seeded(SCRIPT.parent / "results_seeds", tmp_path)
+
+
+def _check_seeded(folder, tmp_path) -> int:
+    """The seeded tables of ``folder`` against its archive's reports; the number of rows checked."""
+    checked = 0
+    with tarfile.open(folder / "reports.tar.xz") as tar:
+        files = {m.name: json.load(tar.extractfile(m)) for m in tar.getmembers()}
+    methods = {k: (m, pc) for k, m, pc, _ in _analysis().QUANTIZERS}
+    for table, sub in (("table.csv", "sweep"), ("checkpoints.csv", "sweep_checkpoints")):
+        if not (folder / table).exists():
+            continue
+        with open(folder / table, newline="") as f:
+            for r in csv.DictReader(f):
+                row = files[f"{sub}/{r['report']}"]
+                method, pc = methods[r["quantizer"]]
+                assert row["setting"] in ("", f"per_channel={'true' if pc else 'false'}")
+                rep = {run["name"]: run for run in files[f"{sub}/{row['report']}"]["runs"]}[method]
+                assert rep["settings"]["per_channel"] is pc and rep["settings"]["calibrate_method"] == method
+                o = rep["outputs"][0]
+                for k in ("acc_fp32", "acc_int8", "qce", "acc_drop_pct"):
+                    assert _num(r[k]) == o[k], (r["arch"], r["init"], k)
+                sq = min(lr["sqnr_db"] for lr in rep["layers"] if lr["quant_tensor"] and lr["sqnr_db"] is not None)
+                assert _num(r["worst_sqnr_db"]) == sq
+                assert (r["trained"] == "yes") == (o["acc_fp32"] >= 0.5)
+                if table == "table.csv":
+                    t = rep["trials"]
+                    assert t["n"] == 5 and _num(r["acc_drop_pct_trials_std"]) == t["outputs"][0]["acc_drop_pct"]["std"]
+                checked += 1
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("init_study", SCRIPT)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    for name in ("table.csv", "spread.csv", "checkpoints.csv"):
+        if (folder / name).exists():
+            shutil.copy(folder / name, tmp_path / name)
+    assert study.write_seeded_analysis(tmp_path) == (folder / "analysis.md").read_text()
+    return checked
+
+
+@pytest.fixture(scope="module")
+def quick_seeded(tmp_path_factory):
+    """The seeded pipeline end to end, small: study.py --train-only --quick (3 models, seed 0, 2 epochs),
+    the two sweep files with --out, then study.py --from-sweep."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    pytest.importorskip("scipy")
+    import shutil
+
+    root = tmp_path_factory.mktemp("init_seeded") / "init"
+    root.mkdir()
+    for f in ("sweep.toml", "sweep_checkpoints.toml"):
+        shutil.copy(SCRIPT.parent / f, root / f)
+    work = root / "work"
+
+    def run(*args, timeout=600):
+        p = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, env=cli_env(), capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, timeout=timeout)  # fmt: skip
+        assert p.returncode == 0, (args, p.stdout[-2000:], p.stderr[-3000:])
+        return p.stdout
+
+    train = (SCRIPT, "--train-only", "--quick", "--epochs", "2", "--resume", "--work", work)
+    run(*train)
+    again = run(*train)
+    run("-m", "qaudit", "sweep", root / "sweep.toml", "--out", work / "sweep", "--quiet")
+    run("-m", "qaudit", "sweep", root / "sweep_checkpoints.toml", "--out", work / "sweep_checkpoints", "--quiet")
+    out = root / "out"
+    run(SCRIPT, "--from-sweep", work / "sweep", "--checkpoints-from", work / "sweep_checkpoints", "--sweeps", root,
+        "--work", work, "--out", out)  # fmt: skip
+    return out, work, again
+
+
+@pytest.mark.slow
+@pytest.mark.extra  # trains with torch, scikit-learn, mlxtend; scipy, matplotlib
+def test_the_seeded_pipeline_quick(quick_seeded, tmp_path):
+    out, work, again = quick_seeded
+    assert again.count("trained before, skipped") == 3  # --resume: nothing trained twice
+    logs = sorted(p.name for p in (work / "train").glob("*.json"))
+    assert logs == sorted(f"{a}__{i}__s0.json" for a, i in (("conv_bn", "glorot_uni_6"), ("dwsep_bn", "he_normal"),
+                                                           ("conv", "randnorm_1")))  # fmt: skip
+    log = json.loads((work / "train" / "conv_bn__glorot_uni_6__s0.json").read_text())
+    assert sorted(log["checkpoints"]) == ["1", "2"] and log["epochs"] == 2
+    assert sorted(p.name for p in (work / "checkpoints").glob("conv_bn__glorot_uni_6__s0__e*.onnx")) == [
+        "conv_bn__glorot_uni_6__s0__e01.onnx", "conv_bn__glorot_uni_6__s0__e02.onnx"]  # fmt: skip
+    # the last checkpoint is the model
+    assert (work / "checkpoints" / "conv_bn__glorot_uni_6__s0__e02.onnx").read_bytes() == (
+        work / "models" / "conv_bn__glorot_uni_6__s0.onnx").read_bytes()  # fmt: skip
+    rows = _csv_rows(out)
+    assert len(rows) == 3 * 4 and {r["quantizer"] for r in rows} == {"p98", "minmax", "p98_pc", "minmax_pc"}
+    assert _check_seeded(out, tmp_path) == 3 * 4 + 3 * 2 * 2  # every table and checkpoint row
+    assert (out / "plots" / "fig4_5_activation_precision.png").stat().st_size > 1000
