@@ -41,8 +41,16 @@ def test_a_signal_mid_run_cleans_up(signum, code, line, slow_calib, tmp_path, cl
     env = {**cli_env, "TMPDIR": str(tmpdir)}
     cmd = [sys.executable, "-m", "qaudit", SAMPLE_MODEL, "--calib", slow_calib, "--quiet"]
     cmd += ["--json", out / "r.json", "--output-model", out / "q.onnx"]
+    # SIGINT at its default in the child: a shell without job control starts a background pytest with
+    # SIGINT ignored, and an ignored SIGINT is inherited (Python then installs no KeyboardInterrupt)
     proc = subprocess.Popen(
-        list(map(str, cmd)), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        list(map(str, cmd)),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
