@@ -208,6 +208,7 @@ def _analysis():
     return analysis
 
 
+@pytest.mark.extra  # scipy (the init-study extra; scikit-learn's dependency in the test extra)
 def test_every_value_results_md_quotes_is_recomputed_from_the_committed_tables():
     """RESULTS.md quotes each claim as **VALUE**<!--c:NAME-->: every one is what analysis.py computes
     from the committed CSV files now (a new result that changes a claim fails this test until
@@ -223,6 +224,7 @@ def test_every_value_results_md_quotes_is_recomputed_from_the_committed_tables()
     assert "<!--c:" not in analysis.CLAIM.sub("", text), "a claim marker RESULTS.md does not quote in **bold**"
 
 
+@pytest.mark.extra  # scipy (the init-study extra; scikit-learn's dependency in the test extra)
 def test_the_first_run_claims_recomputed_by_hand():
     """The issue's corrections, recomputed here from results/table.csv and layers.csv without analysis.py."""
     scipy_stats = pytest.importorskip("scipy.stats")
@@ -254,6 +256,7 @@ def test_the_first_run_claims_recomputed_by_hand():
     assert claims["first_spearman_bn_drop_vs_fold_growth_mean"] == f"rho {r.statistic:+.2f}, p {r.pvalue:.2g}, n 24"
 
 
+@pytest.mark.extra  # scipy (the init-study extra; scikit-learn's dependency in the test extra)
 def test_the_seeded_tables_match_their_reports(tmp_path):
     """results_seeds/table.csv and checkpoints.csv against the sweeps' reports in its reports.tar.xz,
     and its analysis.md regenerated from its CSV files."""
