@@ -178,14 +178,16 @@ def write_packed(packed: tuple[bytes, dict[str, bytes]], folder: Path) -> Path:
 
 
 def _write_batch(feeds: dict[str, np.ndarray], path: Path) -> Path:
-    """One batch of feeds as a .npz (its input names in ``names``: a name may be any string)."""
-    np.savez(path, names=np.array(list(feeds), dtype=str), **{f"i{k}": v for k, v in enumerate(feeds.values())})
-    return path
+    """One batch of feeds as a .npz (:func:`qaudit.pipeline.data.save_feeds`: any input name)."""
+    from qaudit.pipeline.data import save_feeds
+
+    return save_feeds(feeds, path)
 
 
 def _read_batch(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as f:
-        return {str(n): f[f"i{k}"] for k, n in enumerate(f["names"])}
+    from qaudit.pipeline.data import load_feeds
+
+    return load_feeds(path)
 
 
 # ----------------------------------------------------------- models through the object store

@@ -270,6 +270,20 @@ class Feeds(dict):
         self.samples = samples
 
 
+def save_feeds(feeds: Mapping[str, np.ndarray], path: Path) -> Path:
+    """One batch of feeds as a .npz qaudit reads back with :func:`load_feeds`: the arrays as ``i0``,
+    ``i1``, ... and their input names in ``names``, so a name may be any string (``np.savez(path,
+    **feeds)`` fails on an input named ``file`` and drops one named ``allow_pickle``)."""
+    np.savez(path, names=np.array(list(feeds), dtype=str), **{f"i{k}": v for k, v in enumerate(feeds.values())})
+    return path
+
+
+def load_feeds(path: Path) -> dict[str, np.ndarray]:
+    """The feeds :func:`save_feeds` wrote, by input name, in their order."""
+    with np.load(path, allow_pickle=False) as f:
+        return {str(n): f[f"i{k}"] for k, n in enumerate(f["names"])}
+
+
 def samples(feeds: Mapping[str, np.ndarray]) -> int:
     """The samples in a batch: what :meth:`Dataset.batches` counted; for a plain dict
     (feeds built by hand in the Python API), axis 0 of its first input."""

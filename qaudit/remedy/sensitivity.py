@@ -371,7 +371,7 @@ def workspace(
     import onnx
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    from qaudit.pipeline.data import open_inputs, samples
+    from qaudit.pipeline.data import open_inputs, samples, save_feeds
     from qaudit.pipeline.session import make_session, run_named
 
     work.mkdir(parents=True, exist_ok=True)
@@ -390,7 +390,7 @@ def workspace(
         progress.stage("fix: fp32 outputs", src.n_eval)
     for i, feeds in enumerate(src.evaluation.batches(record["batch_size"], cfg.max_samples)):
         b, f = work / f"eval-{i}.npz", work / f"fp32-{i}.npz"
-        np.savez(b, **feeds)
+        save_feeds(feeds, b)  # any input name (np.savez(b, **feeds) fails on one named 'file')
         out = run_named(session, feeds)
         np.savez(f, **{f"o{k}": out[n] for k, n in enumerate(names)})
         batches.append(b)
@@ -515,7 +515,7 @@ def measure_one(ws: Workspace, changes: tuple[Change, ...]) -> Measured:
     import onnx
 
     from qaudit.errors import QauditError
-    from qaudit.pipeline.data import samples
+    from qaudit.pipeline.data import load_feeds, samples
     from qaudit.pipeline.measure import OutputMeter
     from qaudit.pipeline.overrides import resolve
     from qaudit.pipeline.quantize import quantize
@@ -545,8 +545,8 @@ def measure_one(ws: Workspace, changes: tuple[Change, ...]) -> Measured:
             labels = np.load(ws.labels) if ws.labels is not None else None
             seen = 0
             for b, f in zip(ws.batches, ws.fp32, strict=True):
-                with np.load(b) as fb, np.load(f) as ff:
-                    feeds = {k: fb[k] for k in fb.files}
+                feeds = load_feeds(b)
+                with np.load(f) as ff:
                     fp32 = {n: ff[f"o{k}"] for k, n in enumerate(names)}
                 q = run_named(session, feeds)
                 n = samples(feeds)

@@ -486,3 +486,33 @@ def test_sets_ort_refuses_are_split_by_its_message_and_the_search_goes_on(subjec
     later = [m for m in result.trail[first:] if not m.error]
     assert later and all(c.kind != "tensor_16bit" for m in later for c in m.changes)
     assert any(m.changes for m in later)  # sets of the other changes were measured after the refusals
+
+
+def test_fix_takes_inputs_named_like_numpys_own_keywords(tmp_path, capsys):
+    """Inputs named ``file`` and ``allow_pickle`` (hostile for ``np.savez(path, **feeds)``: a TypeError,
+    and a keyword silently taken) reach the fix's measurements by name: the fix meets its target."""
+    model = planted.float_only_model()
+    rename = {"a": "file", "b": "allow_pickle"}
+    for node in model.graph.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+    for i in model.graph.input:
+        i.name = rename.get(i.name, i.name)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+
+    def write(folder, n, seed):  # an .npz keyed by those names (np.savez(**arrays) cannot write them)
+        import zipfile
+
+        rng = np.random.default_rng(seed)
+        folder.mkdir()
+        with zipfile.ZipFile(folder / "data.npz", "w") as z:
+            for name in ("file", "allow_pickle"):
+                with z.open(f"{name}.npy", "w") as f:
+                    np.lib.format.write_array(f, rng.normal(0, 1, (n, 16)).astype(np.float32))
+        return folder
+
+    calib, ev = write(tmp_path / "calib", 64, 1), write(tmp_path / "eval", 48, 2)
+    rc = _run("fix", path, "--calib", calib, "--eval", ev, "--min-output-sqnr", "25", "--quiet")
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "huge" in out.out
