@@ -1230,8 +1230,13 @@ def test_every_calibration_method_on_real_models(realmodels, name, fmt):
 def test_qdq_only_types_on_real_models(realmodels, name, fmt, act, weight):
     """16-bit activations and 16- and 4-bit weights on every real model (QDQ): every quantized
     activation reported once, each row in its type, ORT's opset change or com.microsoft domain
-    said in a note and true of the written model, and weight SQNR per layer as many bits apart
-    from the uint8 audit's as the types are (6 dB per bit: 16-bit >= 40 dB more, 4-bit >= 17 dB less)."""
+    said in a note and true of the written model, every layer's weight SQNR equal to the one
+    computed by hand from the integer weights the written model holds, and the type's bits seen
+    in it: against the uint8 audit, every layer gains with 16-bit weights and loses with 4-bit
+    ones, the median by at least 40 and 17 dB (6 dB per bit). Single layers are not bound: a
+    tensor most of whose weights sit near zero loses less at 4 bits (they round to zero either
+    way; rec, MiniLM, VAD: 8-14 dB), and one whose uint8 error is already tiny gains less at 16
+    (captcha_det: +20 dB)."""
     run = realmodels.option_audit(name, fmt, f"{act}-{weight}", activation_type=act, weight_type=weight)["percentile"]
     what = f"{name} {act}/{weight}"
     _assert_accounted(run, what)
@@ -1245,13 +1250,15 @@ def test_qdq_only_types_on_real_models(realmodels, name, fmt, act, weight):
     gain = sorted(x.w_sqnr_db - base[x.name] for x in weighted)
     bits = int(weight.removeprefix("u").removeprefix("int")) - 8
     print(
-        f"\n{what}: weight SQNR vs uint8: {gain[0]:+.1f} .. {gain[-1]:+.1f} dB; output SQNR {_labelled_output(r).sqnr_db:.1f} dB"
+        f"\n{what}: weight SQNR vs uint8: {gain[0]:+.1f} .. {gain[-1]:+.1f} dB (median {np.median(gain):+.1f}); output SQNR {_labelled_output(r).sqnr_db:.1f} dB"
     )
+    median = float(np.median(gain))
     if bits > 0:
-        assert gain[0] >= 40, gain[:3]
+        assert gain[0] > 0 and median >= 40, (gain[:3], median)
     elif bits < 0:
-        assert gain[-1] <= -17, gain[-3:]
+        assert gain[-1] < 0 and median <= -17, (gain[-3:], median)
     qmodel = onnx.load(str(run.qpath))
+    _assert_weight_sqnr_by_hand(qmodel, onnx.load(str(realmodels.subject(name).folded)), weighted, what)
     opset = {o.domain or "ai.onnx": o.version for o in qmodel.opset_import}
     domains = {n.domain or "ai.onnx" for n in qmodel.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
     source = onnx.load(str(realmodels.subject(name).model), load_external_data=False)
@@ -1263,6 +1270,32 @@ def test_qdq_only_types_on_real_models(realmodels, name, fmt, act, weight):
             assert f"opset upgraded from {src_opset} to 21" in notes, r.notes
     elif src_opset < 21:  # 4-bit weights, 8-bit activations
         assert "com.microsoft" in domains and "com.microsoft" in notes, (domains, r.notes)
+
+
+def _assert_weight_sqnr_by_hand(qmodel, fp32, rows, what: str) -> None:
+    """Each row's weight SQNR and QMSE against the written model's integer weights, dequantized
+    by hand (int64 codes, float32 as DequantizeLinear computes), and the fp32 weights."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in qmodel.graph.initializer}
+    weights = {t.name: t for t in fp32.graph.initializer}
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    nodes = {n.name: n for n in qmodel.graph.node}
+    for row in rows:
+        node = nodes[row.name]
+        dq = next(
+            producer[i]
+            for i in node.input[1:]
+            if i in producer and producer[i].op_type == "DequantizeLinear" and producer[i].input[0] in inits
+        )
+        codes, s, zp = (numpy_helper.to_array(inits[i]) for i in dq.input[:3])
+        assert s.size == 1, (what, row.name)  # per-tensor, as the rows say
+        w_hat = (codes.astype(np.int64) - int(zp.astype(np.int64))).astype(np.float32) * np.float32(s)
+        name = dq.output[0].removesuffix("_DequantizeLinear_Output")
+        w = numpy_helper.to_array(weights[name]).astype(np.float64)
+        e2 = np.sum((w - w_hat) ** 2)
+        assert row.w_sqnr_db == pytest.approx(10 * np.log10(np.sum(w**2) / e2), abs=1e-4), (what, row.name)
+        assert row.w_qmse == pytest.approx(e2 / w.size, rel=1e-4), (what, row.name)
 
 
 @pytest.mark.parametrize("act,weight", [("uint16", "uint8"), ("int8", "int4")])

@@ -248,6 +248,8 @@ def quantized_run(ctx: Context, run_cfg: AuditConfig, ranges, run_work: Path, cl
         )
         qmodel = onnx.load(str(q_path))
         quantizer = quantizer_changes(fold.model, qmodel)
+        if getattr(ranges, "notes", ()):  # the calibration's own (Entropy's grown histograms)
+            quantizer = {**quantizer, "notes": [*quantizer.get("notes", ()), *ranges.notes]}
         fmt = run_cfg.quant.format
     else:  # the user's model, its tensors named as the fp32 graph's where they pair (qaudit.pipeline.prequant)
         qmodel, _ = renamed(fold.model, given.model)
@@ -442,7 +444,15 @@ def audit(
             observe = check.observe if check else None
             extra = tuple(record.get("calibrate", ())) if record is not None else ()
             all_ranges = calibrate_many(  # one pass for every run's method
-                folded_path, batches, tuple(quants) + extra, work, progress.advance, set(bad), observe, nonfinite=bad
+                folded_path,
+                batches,
+                tuple(quants) + extra,
+                work,
+                progress.advance,
+                set(bad),
+                observe,
+                nonfinite=bad,
+                on_stage=progress.stage,
             )
             if record is not None:
                 record["extra_ranges"], all_ranges = all_ranges[len(quants) :], all_ranges[: len(quants)]

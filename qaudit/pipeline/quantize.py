@@ -179,6 +179,7 @@ def calibrate_many(
     observe: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None,
     workers: int | None = None,
     nonfinite: dict[str, tuple[float, float]] | None = None,
+    on_stage: Callable[[str, int], None] | None = None,
 ) -> list:
     """The ranges of every tensor ORT will quantize, for each calibration of ``cfgs``,
     from one pass over ``batches`` (one session run per batch).
@@ -206,6 +207,11 @@ def calibrate_many(
     ``observe(feeds, outputs)`` sees every batch with all the calibrated tensors
     and the model's outputs on a worker too, e.g. to check BN folding on the
     same pass. At most two batches of activations are alive at once.
+
+    ``on_stage(description, total)`` is called before Entropy's threshold search when some
+    histogram grew past :data:`GROWN_BINS` (the search is quadratic in the bins, ORT quirk 65),
+    and ``on_batch(1)`` after each such tensor's search; each returned ``TensorsData`` then has
+    a ``notes`` attribute saying so (the report's notes).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -267,7 +273,12 @@ def calibrate_many(
                 found.update(c.nonfinite)
             if nonfinite is not None:
                 nonfinite.update(found)
-            return [compute_ranges(collectors[collector_key(cfg)], cfg, drop=set(found)) for cfg in cfgs]
+            return [
+                compute_ranges(
+                    collectors[collector_key(cfg)], cfg, drop=set(found), on_stage=on_stage, on_tensor=on_batch
+                )
+                for cfg in cfgs
+            ]
     except QauditError:
         raise
     except Exception as e:
@@ -313,9 +324,16 @@ def _histogram_collector(cfg: QuantConfig, histogram_dict: dict):
     return collector
 
 
-def compute_ranges(collector, cfg: QuantConfig, drop: set[str] = frozenset()):
+#: Entropy histograms of more bins than this are said in a note and get a progress stage of their
+#: own: ORT's KL search is quadratic in the bins (about 5 s at 20,001 bins here, ORT quirk 65)
+GROWN_BINS = 10_000
+
+
+def compute_ranges(collector, cfg: QuantConfig, drop: set[str] = frozenset(), on_stage=None, on_tensor=None):
     """``cfg``'s ranges from a collector of :func:`make_collector` (or one of the same
-    :func:`collector_key`): what ORT's ``compute_data`` returns; tensors in ``drop`` get none."""
+    :func:`collector_key`): what ORT's ``compute_data`` returns; tensors in ``drop`` get none.
+    Entropy over histograms grown past :data:`GROWN_BINS`: ``on_stage``/``on_tensor`` as in
+    :func:`calibrate_many`, and the result's ``notes`` name the largest (:func:`grown_note`)."""
     from onnxruntime.quantization.calibrate import TensorsData
 
     method = cfg.ort_calibrate_method()
@@ -326,8 +344,39 @@ def compute_ranges(collector, cfg: QuantConfig, drop: set[str] = frozenset()):
         # Nothing to calibrate (no quantizable op in the main graph, or all non-finite):
         # ORT's compute_data fails with "Histogram has not been collected" (onnxruntime 1.32).
         return TensorsData(method, {})
+    grown = {}
+    if cfg.calibrate_method == "entropy":
+        grown = {k: len(v[0]) for k, v in hists.items() if len(v[0]) > GROWN_BINS}
+    computer = _histogram_collector(cfg, hists)
+    if grown:
+        biggest = max(grown, key=grown.get)
+        if on_stage is not None:
+            on_stage(
+                f"Entropy's threshold search over {len(grown)} grown histogram(s), the largest "
+                f"'{biggest}' at {grown[biggest]:,} bins (quadratic in the bins)",
+                len(grown),
+            )
+        computer.timed = {k: 0.0 for k in grown}
+        computer.on_tensor = on_tensor
     # HistogramCalibrater.compute_data, with cfg's method and options on these histograms
-    return TensorsData(method, _histogram_collector(cfg, hists).compute_collection_result())
+    data = TensorsData(method, computer.compute_collection_result())
+    if grown:
+        data.notes = (grown_note(grown, computer.timed, int(cfg.calibration()["num_bins"])),)
+    return data
+
+
+def grown_note(grown: dict[str, int], seconds: dict[str, float], num_bins: int) -> str:
+    """The report's note on Entropy histograms ORT grew past :data:`GROWN_BINS` (ORT quirk 65)."""
+    biggest = max(grown, key=grown.get)
+    n = grown[biggest]
+    others = f" ({len(grown) - 1} other tensor(s) past {GROWN_BINS:,} bins)" if len(grown) > 1 else ""
+    return (
+        f"Entropy calibration: the histogram of tensor '{biggest}' grew from {num_bins:,} to {n:,} bins"
+        f"{others}: ORT keeps the first batch's bin width, and this tensor's first batch spanned about "
+        f"1/{n / num_bins:,.0f} of its range; ORT's threshold search is quadratic in the bins and took "
+        f"{sum(seconds.values()):.0f} s over these tensors. Put a batch that spans the range first, calibrate "
+        f"with larger batches, or use another method (docs/configuration.md#calibration)"
+    )
 
 
 class MinMaxCollector:
@@ -460,6 +509,26 @@ def _lean_collector_class():
                 hist, hist_edges = kernels.uniform_histogram(data_arr, new_num_bins, (-new_threshold, new_threshold))
                 hist[half_increased_bins : new_num_bins - half_increased_bins] += old_hist
             return hist, hist_edges, min(old_min, new_min), max(old_max, new_max), new_threshold
+
+        #: {tensor: seconds} of the searches to time (compute_ranges: the grown histograms), and a
+        #: callable advanced by 1 after each of them
+        timed: dict = {}
+        on_tensor = None
+
+        def compute_entropy(self):
+            if not self.timed:
+                return super().compute_entropy()
+            import time
+
+            thresholds = {}
+            for tensor, histogram in self.histogram_dict.items():  # ORT's compute_entropy, less its prints
+                t0 = time.perf_counter()
+                thresholds[tensor] = (*self.get_entropy_threshold(histogram, self.num_quantized_bins), *histogram[:2])
+                if tensor in self.timed:
+                    self.timed[tensor] = time.perf_counter() - t0
+                    if self.on_tensor is not None:
+                        self.on_tensor(1)
+            return thresholds
 
         def get_entropy_threshold(self, histogram, num_quantized_bins):
             """ORT's ``HistogramCollector.get_entropy_threshold`` (onnxruntime 1.32): the same

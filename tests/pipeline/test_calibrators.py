@@ -330,3 +330,63 @@ def test_grown_entropy_histogram_holds_whole_first_batch_bins():
     data widens a 128-bin histogram to about 128 * 40 bins."""
     grown = dict(_histograms())["128-grown"]
     assert grown[0].size > 128 * 30 and grown[0].sum() == 4000
+
+
+def _narrow_first_batches():
+    """The sample's calibration data with its first batch scaled down 20x: every histogram ORT
+    widens afterwards grows (the input to 20 times its bins; ORT quirk 65)."""
+    batches = _uneven_batches()
+    return [{"input": batches[0]["input"] / 20}, *batches[1:]]
+
+
+def test_grown_entropy_histograms_get_a_stage_and_a_note(tmp_path, monkeypatch):
+    """Entropy over histograms ORT grew past GROWN_BINS: a progress stage of their own advanced once
+    per grown tensor, and a note naming the largest with ORT's own bin count; the ranges stay ORT's."""
+    import qaudit.pipeline.quantize as quantize
+
+    monkeypatch.setattr(quantize, "GROWN_BINS", 250)
+    folded = _folded(tmp_path)
+    cfg = qaudit.QuantConfig(calibrate_method="entropy")
+    stages, ticks = [], []
+    ours = calibrate_many(
+        folded, _narrow_first_batches(), [cfg], tmp_path, on_stage=lambda d, n: stages.append((d, n)),
+        on_batch=ticks.append,
+    )[0]  # fmt: skip
+    _assert_same(ours, _ort_ranges(folded, _narrow_first_batches(), cfg, tmp_path, {}))
+    # ORT's own histograms of the same batches: the bin counts the note and the stage must give
+    with quiet_ort():
+        cal = create_calibrator(
+            folded, quantizable_op_types(), augmented_model_path=str(tmp_path / "aug2.onnx"),
+            calibrate_method=cfg.ort_calibrate_method(),
+        )  # fmt: skip
+        for b in _narrow_first_batches():
+            r = _Reader("calib")
+            r.items, r.end = [b], 1
+            cal.collect_data(r)
+    bins = {k: len(v[0]) for k, v in cal.collector.histogram_dict.items()}
+    grown = {k: n for k, n in bins.items() if n > 250}
+    assert len(grown) >= 3 and grown["input"] == 128 * 20, bins  # the input itself grows 20x
+    biggest = max(grown, key=grown.get)
+    assert stages == [(
+        f"Entropy's threshold search over {len(grown)} grown histogram(s), the largest "
+        f"'{biggest}' at {grown[biggest]:,} bins (quadratic in the bins)", len(grown),
+    )]  # fmt: skip
+    calibration_ticks = len(_narrow_first_batches())
+    assert len(ticks) == calibration_ticks + len(grown) and ticks[calibration_ticks:] == [1] * len(grown)
+    (note,) = ours.notes
+    assert f"the histogram of tensor '{biggest}' grew from 128 to {grown[biggest]:,} bins" in note, note
+    assert f"({len(grown) - 1} other tensor(s) past 250 bins)" in note and "first batch spanned" in note, note
+    # no grown histogram, no stage and no note
+    stages.clear()
+    plain = calibrate_many(folded, _uneven_batches(), [cfg], tmp_path, on_stage=lambda d, n: stages.append(d))[0]
+    assert stages == [] and not getattr(plain, "notes", ())
+
+
+def test_grown_histogram_note_reaches_the_report(tmp_path, monkeypatch):
+    """The note is in the audit's report (every run's notes), with the tensor ORT grew most."""
+    import qaudit.pipeline.quantize as quantize
+
+    monkeypatch.setattr(quantize, "GROWN_BINS", 128)  # the sample's batches grow some histograms a little
+    report, _ = _audit(tmp_path, batch_size=7, calibrate_method="entropy")
+    notes = [n for n in report.notes if n.startswith("Entropy calibration: the histogram of tensor")]
+    assert len(notes) == 1 and "grew from 128 to" in notes[0], report.notes
