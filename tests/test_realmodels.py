@@ -1354,7 +1354,8 @@ def assert_clipped_biases_noted(run: AuditRun, clipped: set[str]) -> None:
 def test_16bit_activations_raise_output_sqnr(realmodels, name):
     """MinMax calibration (no clipping), QDQ, same model and data: int16 activations and weights
     against uint8 both. The rounding noise falls by 2^8 (48 dB) per tensor: the output SQNR and the
-    first quantized activation's (its own rounding only) must rise by more than 20 dB.
+    first quantized activation's (its own rounding only) must rise by more than 20 dB, or stay
+    exact where 8 bits already hold it without error (infinite SQNR).
 
     uint16 activations with uint16 weights: ORT clips an int32 bias whose scale (input scale x
     weight scale) is too small (docs/ort-quirks.md #37: it widens the weight scale for symmetric
@@ -1380,7 +1381,10 @@ def test_16bit_activations_raise_output_sqnr(realmodels, name):
         # its own rounding only, where nothing is clipped (MinMax ranges of the calibration data
         # can be exceeded by the evaluation data; the clipping error does not scale with the bits)
         if first.clip_fraction == 0 and first16.clip_fraction == 0:
-            assert first16.sqnr_db > first.sqnr_db + 20
+            if math.isinf(first.sqnr_db):  # no error at 8 bits (captcha_det: a Slice of its input image)
+                assert math.isinf(first16.sqnr_db), first16.sqnr_db
+            else:
+                assert first16.sqnr_db > first.sqnr_db + 20
         assert_clipped_biases_noted(run, clipped)
         if clipped:
             assert t == "uint16", clipped
