@@ -95,47 +95,6 @@ def _comment(cfg, result) -> str:
     return "\n".join(lines)
 
 
-def _summary(result, passed: bool) -> list[str]:
-    from qaudit.remedy.search import cost
-
-    s = result.search
-    floats, sixteen = cost(s.changes)
-    head = "target met" if passed else "target NOT met"
-    lines = [
-        f"qaudit fix: {head}: {floats} node(s) in float, {sixteen} tensor(s) at 16 bits, "
-        f"{len(s.changes) - floats - sixteen} free change(s); {len(s.candidates)} candidates ranked, "
-        f"{s.n_measured} change sets measured",
-    ]
-    t = result.seconds
-    lines.append(
-        f"  time: audit before {t['before']:.1f} s, search {t['search']:.1f} s, verifying audit {t['after']:.1f} s"
-    )
-    if s.refused:
-        c, why = s.refused[0]
-        lines.append(
-            f"  {len(s.refused)} change(s) refused by ONNX Runtime and left out, e.g. {c.describe()}: {why[:200]}"
-        )
-    elif s.errors:
-        lines.append(f"  {len(s.errors)} change set(s) could not be measured, e.g.: {s.errors[0]}")
-    if s.forced:
-        lines.append(f"  {len(s.forced)} change(s) added for the layer gates the verifying audit failed")
-    if not s.pruned:
-        lines.append(
-            f"  pruning stopped at {s.n_measured} measurements (--max-measurements): the set may not be minimal"
-        )
-    elif s.met and s.changes:
-        lines.append("  1-minimal: removing any one of the searched changes fails an output gate (measured)")
-    lines += [f"  {c.describe()}" for c in s.changes] or ["  (no change)"]
-    if not passed:
-        limits = [
-            f"{c.gate} on {c.subject or 'the outputs'}: "
-            f"{'missing' if c.measured is None else f'{c.measured:.4g}'} (target {c.comparison} {c.threshold:g})"
-            for c in result.after.gates.failures
-        ]
-        lines.append("  limited by: " + ("; ".join(limits) or "; ".join(s.limits) or "nothing measured passes"))
-    return lines
-
-
 def run_fix(args) -> int:
     import onnx
 
@@ -212,7 +171,6 @@ def run_fix(args) -> int:
             texts["--html"] = render(multi, "html", worst=settings["worst"])
         outs.commit(texts)  # every output or none
         con = console(stderr=any(t.kind == "stdout" for t in outs.targets.values()))
+        # the Fix section and its verdict, once: as qaudit report fix.json renders them
         render(multi, "terminal", console=con, quiet=settings["quiet"], worst=settings["worst"])
-        for line in _summary(result, after.gates.passed):
-            con.print(line, markup=False, highlight=False)
         return EXIT_OK if after.gates.passed else EXIT_GATE

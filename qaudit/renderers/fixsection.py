@@ -137,6 +137,8 @@ def parts(mr) -> FixParts:
     if fix["refused"]:
         r = fix["refused"][0]
         lines.append(f"{len(fix['refused'])} change(s) refused by ONNX Runtime, e.g. {fx.describe(r)}: {r['message']}")
+    if fix.get("forced"):
+        lines.append(f"{len(fix['forced'])} change(s) added for the layer gates the verifying audit failed")
     if passed is False:
         lines.append("limited by: " + "; ".join(sentence(_check(c)) for c in ver["failures"]))
     elif not fix["met"] and fix["limits"]:

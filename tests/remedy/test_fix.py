@@ -205,7 +205,8 @@ def test_cli_fix_exit_1_prints_the_best_found_and_what_limits_it(subject, tmp_pa
               "--recipe", tmp_path / "r.toml")  # fmt: skip
     text = capsys.readouterr().out
     assert rc == 1
-    assert "target NOT met" in text and "limited by: min_output_sqnr on y" in text
+    assert "target NOT met" in text and "limited by: min_output_sqnr y1: sqnr_db " in text
+    assert text.count("fix: target NOT met") == 1 and text.count("limited by:") == 1  # once (it was twice)
     assert (tmp_path / "r.toml").exists()  # the best set found is still written
 
 
@@ -466,6 +467,14 @@ def test_a_failing_layer_gate_gets_its_layers_remedy_and_the_fix_audits_again(su
     assert {r.name: r for r in result.after.layers}["conv1"].sqnr_db >= 30
 
 
+def test_the_fix_section_says_which_changes_the_layer_gates_added(subject, capsys):
+    path, calib, ev = subject("outlier_channel_model")
+    rc = _run("fix", path, "--calib", calib, "--eval", ev, "--min-output-sqnr", "15", "--min-layer-sqnr", "conv1=30",
+              "--no-progress")  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0 and text.count("1 change(s) added for the layer gates the verifying audit failed") == 1
+
+
 def test_sets_ort_refuses_are_split_by_its_message_and_the_search_goes_on(subject, tmp_path):
     """On a workspace without the 16-bit graph, ORT refuses every set with a tensor at 16 bits (ORT
     quirk 63): the change its message names is marked refused with ORT's words, the others are found by
@@ -512,7 +521,16 @@ def test_fix_takes_inputs_named_like_numpys_own_keywords(tmp_path, capsys):
         return folder
 
     calib, ev = write(tmp_path / "calib", 64, 1), write(tmp_path / "eval", 48, 2)
-    rc = _run("fix", path, "--calib", calib, "--eval", ev, "--min-output-sqnr", "25", "--quiet")
+    rc = _run("fix", path, "--calib", calib, "--eval", ev, "--min-output-sqnr", "25", "--quiet", "--json", "-")
     out = capsys.readouterr()
     assert rc == 0, out.err
-    assert "huge" in out.out
+    assert [c["node"] for c in json.loads(out.out)["fix"]["changes"]] == ["huge"]
+
+
+def test_the_verdict_of_a_fix_that_meets_its_target_is_printed_once(subject, capsys):
+    path, calib, ev = subject("float_only_model")
+    assert _run("fix", path, "--calib", calib, "--eval", ev, "--min-output-sqnr", "25", "--no-progress") == 0
+    text = capsys.readouterr().out
+    assert text.count("fix: target met: 1 node(s) in float") == 1 and "target met" not in text.replace(
+        "fix: target met: 1 node(s) in float", "", 1)  # fmt: skip
+    assert text.count("pruning complete") == 1 and "limited by" not in text
