@@ -72,8 +72,9 @@ def build_fix_parser():
         type=int,
         default=None,
         metavar="N",
-        help="measure at most N change sets per search (default 32; sets ORT refuses are measured again without "
-        "the refused change and do not count); pruning stops there and keeps a passing set that may not be minimal",
+        help="measure at most N change sets per search (default 32, with --minimal 1000; sets ORT refuses are measured "
+        "again without the refused change and do not count); with --max-cost, whichever cap comes first stops the "
+        "search, which keeps a passing set that may not be minimal",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -102,7 +103,7 @@ def run_fix(args) -> int:
     from qaudit.gate import evaluate
     from qaudit.output import check_outputs
     from qaudit.remedy.recipe import ort_arguments, recipe_toml
-    from qaudit.remedy.search import DEFAULT_BUDGET, fix
+    from qaudit.remedy.search import fix
     from qaudit.renderers import render
     from qaudit.renderers.terminal import console
     from qaudit.runs import MultiReport
@@ -120,6 +121,11 @@ def run_fix(args) -> int:
     for flag, v in (("--max-layers", args.max_layers), ("--max-measurements", args.max_measurements)):
         if v is not None and v < 1:
             raise ConfigError(f"{flag} must be >= 1, not {v}")
+    if settings["minimal"] and settings["max_cost"] and settings.sources["max_cost"] != "default":
+        raise ConfigError(
+            f"--minimal measures until the set is 1-minimal, with no cost cap, but max_cost {settings['max_cost']:g} "
+            f"is set ({settings.sources['max_cost']}): drop one of them (--max-measurements N caps a --minimal search)"
+        )
     wanted = {
         "--json": settings["json"],
         "--html": settings["html"],
@@ -138,8 +144,10 @@ def run_fix(args) -> int:
         show = not (settings["quiet"] or args.no_progress) and sys.stderr.isatty()
         progress = _RichProgress() if show else None
         try:
-            budget = args.max_measurements or DEFAULT_BUDGET
-            result = fix(cfg, gates, progress, layers=args.max_layers, budget=budget)
+            result = fix(
+                cfg, gates, progress, layers=args.max_layers, budget=args.max_measurements,
+                max_cost=settings["max_cost"], minimal=settings["minimal"],
+            )  # fmt: skip
         except OutputError as e:
             raise OutputError(f"cannot write {outs.label_of(e.path)}: {e.reason}; nothing was written") from e
         finally:
@@ -164,7 +172,7 @@ def run_fix(args) -> int:
         from qaudit.remedy.fixreport import FILE_FLAGS, section
 
         files = {k: wanted[flag] if flag in outs else None for k, flag in FILE_FLAGS.items()}
-        multi = MultiReport((("before", before), ("after", after)), fix=section(result, gates, budget, files))
+        multi = MultiReport((("before", before), ("after", after)), fix=section(result, gates, files=files))
         if "--json" in outs:
             texts["--json"] = render(multi, "json")
         if "--html" in outs:
