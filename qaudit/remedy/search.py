@@ -123,8 +123,10 @@ DEFAULT_MAX_COST = 5.0
 MINIMAL_BUDGET = 1000
 #: how much longer the verifying audit takes than the audit before, per second a set's measurement takes longer
 #: than the baseline's: an audit runs the quantized graph twice (accumulated, isolated) with its intermediate
-#: tensors as outputs, a measurement once (PP-OCR rec, 249 tensors at 16 bits: measured 6.1 s slower, audited 22 s)
-AUDIT_GROWTH = 3.0
+#: tensors as outputs, a measurement once (PP-OCR rec, 250 tensors at 16 bits, three runs of bench_fix.py: the
+#: verifying audit 1.44-1.62x the audit before, 17-22 s longer where the set measured 2.4-6.1 s longer; 5 fits
+#: the two runs on the quieter machine, 4.9 and 3.6, and errs on the long side)
+AUDIT_GROWTH = 5.0
 #: the cost cap never stops a fix before this many seconds: in units of a sub-second audit, one-off costs would
 #: stop it after its first set (ORT's first 16-bit quantization imports torch where installed, 2.2 s: ORT quirk 64)
 MIN_COST_SECONDS = 60.0

@@ -210,16 +210,19 @@ def reported(base: float, fail: float, passing: float) -> tuple:
 
 
 def test_the_cost_cap_estimates_the_verifying_audit_from_the_passing_sets_measurement():
-    """The verifying audit: the audit before plus AUDIT_GROWTH (3) x what the last passing set took longer to
-    measure than the baseline. Baseline 1 s, sets 2 s (the wall time, 4 s a set, is the next set's estimate):
-    after the 3rd set (the first passing) 32 + 4 + 10 + 3 x (2 - 1) = 49: the 4th is measured; 36 + 4 + 13 > 50.
-    With the audit before alone as the estimate a 5th set would be measured (36 + 4 + 10 = 50)."""
+    """The verifying audit: the audit before plus AUDIT_GROWTH (5) x what the last passing set took longer to
+    measure than the baseline. Baseline 1 s, failing sets 1 s, passing sets 1.5 s (the wall time, 4 s a set, is
+    the next set's estimate): after the 3rd set (the first passing) 32 + 4 + 10 + 5 x (1.5 - 1) = 48.5: the 4th
+    is measured; then 36 + 4 + 12.5 > 50. With the audit before alone as the estimate a 5th set would be
+    measured (36 + 4 + 10 = 50); before a set passes, the last set measured is the reference."""
     from qaudit.remedy.search import AUDIT_GROWTH
 
-    assert AUDIT_GROWTH == 3.0
-    result, clock = reported(1.0, 2.0, 2.0)
+    assert AUDIT_GROWTH == 5.0
+    result, clock = reported(1.0, 1.0, 1.5)
     assert result.trail[2].passed and not result.trail[1].passed
     assert result.n_measured == 4 and result.stopped_by == "max_cost" and clock.now == 36.0
+    result, clock = reported(1.0, 2.0, 1.0)  # the 2nd set (failing) 1 s longer: 28 + 4 + 15 = 47, 32 + 4 + 10 = 46
+    assert result.n_measured == 5 and clock.now == 40.0
 
 
 def test_the_cost_cap_estimates_the_next_set_from_the_last_when_it_is_longer():
