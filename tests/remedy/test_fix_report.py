@@ -318,6 +318,27 @@ def test_refused_changes_and_a_pruning_the_budget_stopped_are_in_the_section(fix
     assert load_report_text(runs_to_json(multi)).fix == sec
 
 
+def test_a_fix_report_written_before_the_caps_reads_and_renders(fixed, tmp_path, capsys):
+    """A report without ``max_cost``, ``cost_limit_seconds`` and ``stopped_by`` (written before the cost cap):
+    read back with them absent, and a pruning that stopped is the budget's, as it was then."""
+    doc = json.loads(json.dumps(fixed["doc"]))
+    for key in ("max_cost", "cost_limit_seconds", "stopped_by"):
+        del doc["fix"][key]
+    doc["fix"]["pruned"] = doc["fix"]["minimal"] = False
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(doc))
+    assert "stopped_by" not in load_report(old).fix
+    assert _run("report", old) == 0
+    n = doc["fix"]["measurements"]
+    assert f"{n} measurements of at most 32; the budget (--max-measurements 32: {n} sets measured in " in (
+        capsys.readouterr().out
+    )
+    doc["fix"]["stopped_by"] = "time"
+    old.write_text(json.dumps(doc))
+    assert _run("report", old) == 2
+    assert "fix.stopped_by must be null or one of max_measurements, max_cost" in capsys.readouterr().err
+
+
 def load_report_text(text: str):
     from qaudit.runs import read
 
