@@ -18,11 +18,11 @@ step measured with :func:`qaudit.remedy.sensitivity.verify`:
    is taken out alone; one that passes without it goes, and the check starts again.
 
 The result is 1-minimal (removing any one change fails a gate) when the search ends within its
-caps (:attr:`SearchResult.pruned`): the count of measurements (``budget``, ``--max-measurements``) and
-the cost cap (``max_cost``, ``--max-cost``: the fix's wall time in units of the audit before; the search
-measures a set only while the time spent, the next measurement's estimate and the verifying audit's fit
-under it). Whichever comes first stops the search (:attr:`SearchResult.stopped_by`). A set ORT refuses to quantize is never a dead end: the
-changes its message names are marked refused (with ORT's words, :attr:`SearchResult.refused`)
+caps (:attr:`SearchResult.pruned`): the count of measurements (``budget``, ``--max-measurements``)
+and the cost cap (``max_cost``, ``--max-cost``: the fix's wall time in units of the audit before;
+a set is measured only while the time spent, the next measurement's estimate and the verifying
+audit's fit under it). Whichever comes first stops the search (:attr:`SearchResult.stopped_by`).
+A set ORT refuses to quantize is never a dead end: the changes its message names are marked refused (with ORT's words, :attr:`SearchResult.refused`)
 and the set is measured again without them. When nothing passes, the result is the set with
 the smallest shortfall measured, and its failing checks say what limits it.
 """
@@ -123,9 +123,9 @@ DEFAULT_MAX_COST = 5.0
 MINIMAL_BUDGET = 1000
 #: how much longer the verifying audit takes than the audit before, per second a set's measurement takes longer
 #: than the baseline's: an audit runs the quantized graph twice (accumulated, isolated) with its intermediate
-#: tensors as outputs, a measurement once (PP-OCR rec, 250 tensors at 16 bits, three runs of bench_fix.py: the
-#: verifying audit 1.44-1.62x the audit before, 17-22 s longer where the set measured 2.4-6.1 s longer; 5 fits
-#: the two runs on the quieter machine, 4.9 and 3.6, and errs on the long side)
+#: tensors as outputs, a measurement once (PP-OCR rec, about 250 tensors at 16 bits, four runs of bench_fix.py:
+#: the verifying audit 1.17-1.62x the audit before, 7-22 s longer where the kept set measured 1.4-6.1 s longer
+#: than the baseline: 3.6, 8 (beside a test run), 5.0 and 4.9 times)
 AUDIT_GROWTH = 5.0
 #: the cost cap never stops a fix before this many seconds: in units of a sub-second audit, one-off costs would
 #: stop it after its first set (ORT's first 16-bit quantization imports torch where installed, 2.2 s: ORT quirk 64)
@@ -387,7 +387,16 @@ def search(
     return result(current, last, pruned)
 
 
-__all__ = ["DEFAULT_BUDGET", "DEFAULT_MAX_COST", "MINIMAL_BUDGET", "MIN_COST_SECONDS", "SearchResult", "cost", "search"]
+__all__ = [
+    "AUDIT_GROWTH",
+    "DEFAULT_BUDGET",
+    "DEFAULT_MAX_COST",
+    "MINIMAL_BUDGET",
+    "MIN_COST_SECONDS",
+    "SearchResult",
+    "cost",
+    "search",
+]
 
 
 @dataclass
@@ -454,8 +463,8 @@ def fix(
     The caps (docs/remedy.md#the-caps): ``budget`` measurements at most per search (None:
     :data:`DEFAULT_BUDGET`, with ``minimal`` :data:`MINIMAL_BUDGET`), and ``max_cost``: the whole fix
     within that many times the audit before's wall time (0 or None: no cost cap; ``minimal``: none
-    either, the search runs until 1-minimal or ``budget``), the verifying audit estimated as long as
-    the audit before (:func:`search`)."""
+    either, the search runs until 1-minimal or ``budget``), the next measurement and the verifying
+    audit estimated from the measurements (:func:`search`)."""
     import tempfile
     import time
     from pathlib import Path
