@@ -232,6 +232,18 @@ def test_the_cost_cap_estimates_the_next_set_from_the_last_when_it_is_longer():
     assert result.n_measured == 3 and result.stopped_by == "max_cost" and clock.now == 32.0
 
 
+def test_a_refused_set_is_not_measured_again_when_the_cost_cap_is_spent():
+    """ORT refuses the first tier (it holds t5), measured at 34 -> 38 s: measuring it again without t5 would
+    break the cap (38 + 4 + 10 > 50), so the refused set counts as failing and the cost cap stops the search."""
+    clock = Clock(30.0)
+    oracle = Timed(lambda s: NEED <= s, clock, 4.0)
+    oracle.refuses = lambda s: REFUSAL.format("t5") if T[5] in s else ""
+    result = search(None, mixed(), oracle, budget=200, max_cost=5.0, audit_seconds=10.0, started=0.0, clock=clock,
+                    min_seconds=0.0)  # fmt: skip
+    assert result.n_measured == 2 and result.trail[1].error and result.refused == ()
+    assert not result.met and result.stopped_by == "max_cost" and clock.now == 38.0
+
+
 def test_the_cost_cap_never_stops_a_fix_before_its_floor():
     # a 0.1 s audit: 5x is 0.5 s, less than the one measurement of 1 s; the floor of 60 s holds: sets are
     # measured while 1 + k + 1 + 0.1 <= 60, i.e. k <= 57 (the search ends on its own before that)
