@@ -1,15 +1,17 @@
 """Benchmark ``qaudit fix`` against one plain audit of the same model and data (issue 19 item 7).
 
-    python benchmarks/bench_fix.py [--models rec minilm] [--target 20] [--budget N] [--data DIR] [--out results.json]
+    python benchmarks/bench_fix.py [--models rec minilm] [--target 20] [--budget N] [--max-cost X] [--minimal]
+        [--data DIR] [--out results.json]
 
 Builds the real models' inputs with ``samples/realworld/build.py`` (PP-OCR rec: 32
 calibration and 32 evaluation text lines; all-MiniLM-L6-v2: 64 and 64 sentences, as
 ``tests/test_realmodels.py`` does; ``--data DIR`` reuses a folder it built), then, in
 this one process and for each model: one plain audit (``qaudit.audit``, the default
 settings), then ``qaudit fix`` to ``--min-output-sqnr TARGET`` (``qaudit.remedy.search.fix``:
-the audit before, the search, the verifying audit). Prints the wall times, their ratio
+the audit before, the search, the verifying audit; by default capped at ``--max-cost 5`` audits,
+``--minimal``: no cost cap, until 1-minimal). Prints the wall times, their ratio
 (the issue's target: at most 5x), how many change sets were measured (and how many of them
-ORT refused), the nodes the recipe leaves in float, the tensors at 16 bits, the free changes,
+ORT refused), which cap stopped the search, the nodes the recipe leaves in float, the tensors at 16 bits, the free changes,
 whether the set is 1-minimal (every single removal measured failing) and the output SQNR before and after.
 """
 
@@ -37,11 +39,13 @@ def _builder():
     return module
 
 
-def bench(name: str, root: Path, target: float, budget: int | None = None) -> dict:
+def bench(
+    name: str, root: Path, target: float, budget: int | None = None, max_cost: float | None = None, minimal=False
+) -> dict:
     from qaudit.gate import GateConfig
     from qaudit.options import audit_config
     from qaudit.pipeline.audit import audit
-    from qaudit.remedy.search import DEFAULT_BUDGET, cost, fix
+    from qaudit.remedy.search import DEFAULT_MAX_COST, cost, fix
 
     build = _builder()
     folder = root / name
@@ -52,7 +56,8 @@ def bench(name: str, root: Path, target: float, budget: int | None = None) -> di
     t0 = time.perf_counter()
     plain = audit(cfg)
     t_audit = time.perf_counter() - t0
-    result = fix(cfg, GateConfig({"min_output_sqnr": target}), budget=budget or DEFAULT_BUDGET)
+    max_cost = DEFAULT_MAX_COST if max_cost is None else max_cost
+    result = fix(cfg, GateConfig({"min_output_sqnr": target}), budget=budget, max_cost=max_cost, minimal=minimal)
     floats, sixteen = cost(result.search.changes)
     return {
         "model": name,
@@ -61,9 +66,12 @@ def bench(name: str, root: Path, target: float, budget: int | None = None) -> di
         "fix_s": result.seconds["total"],
         "phases_s": result.seconds,
         "ratio": result.seconds["total"] / t_audit,
+        "ratio_before": result.seconds["total"] / result.seconds["before"],  # what --max-cost bounds
         "measured": result.search.n_measured,
         "candidates": len(result.search.candidates),
-        "budget": budget or DEFAULT_BUDGET,
+        "budget": result.search.budget,
+        "max_cost": result.search.max_cost,
+        "stopped_by": result.search.stopped_by,
         "pruned": result.search.pruned,
         "minimal": result.search.minimal,
         "errors": result.search.errors,
@@ -85,31 +93,36 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(SIZES), choices=list(SIZES))
     p.add_argument("--target", type=float, default=20.0, help="--min-output-sqnr of the fix (dB)")
     p.add_argument("--budget", type=int, default=None, help="--max-measurements of the fix (default: the fix's)")
+    p.add_argument("--max-cost", type=float, default=None, help="--max-cost of the fix (default 5; 0: no cost cap)")
+    p.add_argument("--minimal", action="store_true", help="--minimal: no cost cap, search until 1-minimal")
     p.add_argument("--data", type=Path, default=None, help="folder of built subjects (reused; built when absent)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-fix-") as tmp:
         root = args.data or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        rows = [bench(m, root, args.target, args.budget) for m in args.models]
+        rows = [bench(m, root, args.target, args.budget, args.max_cost, args.minimal) for m in args.models]
     print(
         f"{'model':<8} {'audit s':>8} {'fix s':>8} {'ratio':>6} {'sets':>5} {'refused':>8} {'float':>6} {'16-bit':>7} "
-        f"{'free':>5} {'1-minimal':>9} {'SQNR before':>12} {'after':>7}  met"
+        f"{'free':>5} {'1-minimal':>9} {'stopped by':>16} {'SQNR before':>12} {'after':>7}  met"
     )
     for r in rows:
         print(
             f"{r['model']:<8} {r['audit_s']:8.1f} {r['fix_s']:8.1f} {r['ratio']:6.2f} {r['measured']:5d} "
             f"{r['refused_sets']:8d} {r['float_nodes']:6d} {r['tensors_16bit']:7d} {r['free_changes']:5d} "
-            f"{'yes' if r['minimal'] else 'no':>9} {r['sqnr_before_db']:12.1f} "
+            f"{'yes' if r['minimal'] else 'no':>9} {r['stopped_by'] or '-':>16} {r['sqnr_before_db']:12.1f} "
             f"{r['sqnr_after_db']:7.1f}  {'yes' if r['met'] else 'NO'}"
         )
     print(f"target: fix wall time <= {TARGET_RATIO:g}x one plain audit")
+    for r in rows:
+        print(f"{r['model']}: the fix took {r['ratio_before']:.2f}x its own audit before (what --max-cost bounds)")
     for r in rows:
         p = r["phases_s"]
         print(
             f"{r['model']}: before {p['before']:.1f} s, search {p['search']:.1f} s ({r['measured']} sets, "
             f"{sum(r['seconds_per_set']) / max(1, r['measured']):.1f} s each), verifying audit(s) {p['after']:.1f} s, "
-            f"budget {r['budget']}; {len(r['refused'])} change(s) refused"
+            f"caps: --max-measurements {r['budget']}, --max-cost {r['max_cost'] or 0:g}; stopped by "
+            f"{r['stopped_by'] or 'neither (the search ended on its own)'}; {len(r['refused'])} change(s) refused"
         )
         for c in r["changes"]:
             print(f"  {c}")

@@ -72,8 +72,9 @@ def build_fix_parser():
         type=int,
         default=None,
         metavar="N",
-        help="measure at most N change sets per search (default 32; sets ORT refuses are measured again without "
-        "the refused change and do not count); pruning stops there and keeps a passing set that may not be minimal",
+        help="measure at most N change sets per search (default 32, with --minimal 1000; sets ORT refuses are measured "
+        "again without the refused change and do not count); with --max-cost, whichever cap comes first stops the "
+        "search, which keeps a passing set that may not be minimal",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
@@ -95,47 +96,6 @@ def _comment(cfg, result) -> str:
     return "\n".join(lines)
 
 
-def _summary(result, passed: bool) -> list[str]:
-    from qaudit.remedy.search import cost
-
-    s = result.search
-    floats, sixteen = cost(s.changes)
-    head = "target met" if passed else "target NOT met"
-    lines = [
-        f"qaudit fix: {head}: {floats} node(s) in float, {sixteen} tensor(s) at 16 bits, "
-        f"{len(s.changes) - floats - sixteen} free change(s); {len(s.candidates)} candidates ranked, "
-        f"{s.n_measured} change sets measured",
-    ]
-    t = result.seconds
-    lines.append(
-        f"  time: audit before {t['before']:.1f} s, search {t['search']:.1f} s, verifying audit {t['after']:.1f} s"
-    )
-    if s.refused:
-        c, why = s.refused[0]
-        lines.append(
-            f"  {len(s.refused)} change(s) refused by ONNX Runtime and left out, e.g. {c.describe()}: {why[:200]}"
-        )
-    elif s.errors:
-        lines.append(f"  {len(s.errors)} change set(s) could not be measured, e.g.: {s.errors[0]}")
-    if s.forced:
-        lines.append(f"  {len(s.forced)} change(s) added for the layer gates the verifying audit failed")
-    if not s.pruned:
-        lines.append(
-            f"  pruning stopped at {s.n_measured} measurements (--max-measurements): the set may not be minimal"
-        )
-    elif s.met and s.changes:
-        lines.append("  1-minimal: removing any one of the searched changes fails an output gate (measured)")
-    lines += [f"  {c.describe()}" for c in s.changes] or ["  (no change)"]
-    if not passed:
-        limits = [
-            f"{c.gate} on {c.subject or 'the outputs'}: "
-            f"{'missing' if c.measured is None else f'{c.measured:.4g}'} (target {c.comparison} {c.threshold:g})"
-            for c in result.after.gates.failures
-        ]
-        lines.append("  limited by: " + ("; ".join(limits) or "; ".join(s.limits) or "nothing measured passes"))
-    return lines
-
-
 def run_fix(args) -> int:
     import onnx
 
@@ -143,7 +103,7 @@ def run_fix(args) -> int:
     from qaudit.gate import evaluate
     from qaudit.output import check_outputs
     from qaudit.remedy.recipe import ort_arguments, recipe_toml
-    from qaudit.remedy.search import DEFAULT_BUDGET, fix
+    from qaudit.remedy.search import fix
     from qaudit.renderers import render
     from qaudit.renderers.terminal import console
     from qaudit.runs import MultiReport
@@ -161,6 +121,11 @@ def run_fix(args) -> int:
     for flag, v in (("--max-layers", args.max_layers), ("--max-measurements", args.max_measurements)):
         if v is not None and v < 1:
             raise ConfigError(f"{flag} must be >= 1, not {v}")
+    if settings["minimal"] and settings["max_cost"] and settings.sources["max_cost"] != "default":
+        raise ConfigError(
+            f"--minimal measures until the set is 1-minimal, with no cost cap, but max_cost {settings['max_cost']:g} "
+            f"is set ({settings.sources['max_cost']}): drop one of them (--max-measurements N caps a --minimal search)"
+        )
     wanted = {
         "--json": settings["json"],
         "--html": settings["html"],
@@ -179,8 +144,10 @@ def run_fix(args) -> int:
         show = not (settings["quiet"] or args.no_progress) and sys.stderr.isatty()
         progress = _RichProgress() if show else None
         try:
-            budget = args.max_measurements or DEFAULT_BUDGET
-            result = fix(cfg, gates, progress, layers=args.max_layers, budget=budget)
+            result = fix(
+                cfg, gates, progress, layers=args.max_layers, budget=args.max_measurements,
+                max_cost=settings["max_cost"], minimal=settings["minimal"],
+            )  # fmt: skip
         except OutputError as e:
             raise OutputError(f"cannot write {outs.label_of(e.path)}: {e.reason}; nothing was written") from e
         finally:
@@ -205,14 +172,13 @@ def run_fix(args) -> int:
         from qaudit.remedy.fixreport import FILE_FLAGS, section
 
         files = {k: wanted[flag] if flag in outs else None for k, flag in FILE_FLAGS.items()}
-        multi = MultiReport((("before", before), ("after", after)), fix=section(result, gates, budget, files))
+        multi = MultiReport((("before", before), ("after", after)), fix=section(result, gates, files=files))
         if "--json" in outs:
             texts["--json"] = render(multi, "json")
         if "--html" in outs:
             texts["--html"] = render(multi, "html", worst=settings["worst"])
         outs.commit(texts)  # every output or none
         con = console(stderr=any(t.kind == "stdout" for t in outs.targets.values()))
+        # the Fix section and its verdict, once: as qaudit report fix.json renders them
         render(multi, "terminal", console=con, quiet=settings["quiet"], worst=settings["worst"])
-        for line in _summary(result, after.gates.passed):
-            con.print(line, markup=False, highlight=False)
         return EXIT_OK if after.gates.passed else EXIT_GATE

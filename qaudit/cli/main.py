@@ -44,6 +44,7 @@ GROUP_TITLES = {
     "regression": "baseline regression gates (run only with --baseline)",
     "output": "output",
     "config": "configuration",
+    "fix": "the fix search's caps (qaudit fix only)",
 }
 
 
@@ -59,6 +60,7 @@ def _add_options(p: argparse.ArgumentParser, command: str, only: frozenset | Non
     from qaudit.cli.settings import OPTIONS
 
     used = {o.group for o in OPTIONS if command in o.commands and (only is None or o.name in only)} | {"config"}
+    used -= {"fix"} if only is None else set()
     groups = {name: p.add_argument_group(title) for name, title in GROUP_TITLES.items() if name in used}
 
     def group(name):
@@ -67,6 +69,8 @@ def _add_options(p: argparse.ArgumentParser, command: str, only: frozenset | Non
     S = argparse.SUPPRESS
     for o in OPTIONS:
         if command not in o.commands or (only is not None and o.name not in only):
+            continue
+        if only is None and o.group == "fix":  # qaudit fix's own settings: not the audit's flags
             continue
         g = group(o.group)
         o = dataclasses.replace(o, help=o.help.replace("%", "%%"))

@@ -72,6 +72,11 @@ def _between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False)
     return check
 
 
+def _max_cost(v):
+    if v != 0 and v < 2:  # the audit before and the verifying audit alone are 2
+        raise ValueError(f"must be 0 (no cost cap) or at least 2 (the audit before and the verifying audit), not {v!r}")
+
+
 @dataclass(frozen=True)
 class Option:
     """One setting. ``kind``: path (an input file), out (an output file, ``-`` = stdout),
@@ -351,6 +356,24 @@ OPTIONS: tuple[Option, ...] = (
         "files already in it are read in place)",
         group="measurement",
         metavar="DIR",
+    ),
+    Option(
+        "max_cost",
+        "float",
+        "qaudit fix: stop measuring change sets when the fix would take more than X times the audit before's wall "
+        "time (the next set and the verifying audit estimated; default 5; 0: no cost cap)",
+        5.0,
+        check=_max_cost,
+        group="fix",
+        metavar="X",
+    ),
+    Option(
+        "minimal",
+        "bool",
+        "qaudit fix: no cost cap: measure until the set is 1-minimal (or --max-measurements, default then 1000)",
+        False,
+        group="fix",
+        bool_flags=("--minimal", "--no-minimal"),
     ),
     Option(
         "output_model",

@@ -221,6 +221,9 @@ def section(result, gates, budget: int | None = None, files: dict | None = None)
         "trail": trail,
         "refused": refused,
         "budget": budget if budget is not None else getattr(s, "budget", None),
+        "max_cost": getattr(s, "max_cost", None),
+        "stopped_by": getattr(s, "stopped_by", None),
+        "cost_limit_seconds": getattr(s, "cost_limit", None),
         "pruned": bool(s.pruned),
         "minimal": bool(getattr(s, "minimal", False)),
         "forced": [{**_change(c), "description": _describe(c)} for c in getattr(s, "forced", None) or ()],
@@ -274,6 +277,10 @@ def check(d, where: str = "fix") -> dict | None:
     need(d, "pruned", bool, where)
     need(d, "measurements", int, where)
     need(d, "budget", int, where, null=True)
+    if d.get("max_cost") is not None:  # new in the section: absent from older reports
+        need(d, "max_cost", (int, float), where)
+    if d.get("stopped_by") is not None and d["stopped_by"] not in STOPPED_BY:
+        raise ValueError(f"{where}.stopped_by must be null or one of {', '.join(STOPPED_BY)}")
     need(d, "seconds", dict, where)
     need(d, "files", dict, where)
     for key in ("changes", "candidates", "refused"):
@@ -320,19 +327,56 @@ def headline(fix: dict, passed: bool | None) -> str:
     )
 
 
+#: the caps that can stop a search (``fix.stopped_by``), by the flag that sets them
+STOPPED_BY = {"max_measurements": "--max-measurements", "max_cost": "--max-cost"}
+
+
+def cap_words(fix: dict) -> str | None:
+    """The cap that stopped the search, in words (None: none did): ``"the cost cap (--max-cost 5: 14 sets
+    measured in 212.0 s)"``; a report without ``stopped_by`` whose pruning stopped: the budget."""
+    stopped = fix.get("stopped_by")
+    search = (fix.get("seconds") or {}).get("search")
+    took = f" in {search:.1f} s" if search is not None else ""
+    n = fix["measurements"]
+    sets = f"{n} set{'' if n == 1 else 's'} measured{took}"
+    if stopped == "max_cost":
+        return f"the cost cap (--max-cost {fix['max_cost']:g}: {sets})"
+    if stopped == "max_measurements" or (stopped is None and "stopped_by" not in fix and not fix["pruned"]):
+        b = f" {fix['budget']}" if fix.get("budget") is not None else ""
+        return f"the budget (--max-measurements{b}: {sets})"
+    return None
+
+
 def budget_line(fix: dict) -> str:
-    """The budget and whether the pruning completed, in words."""
+    """The caps and whether the pruning completed, in words."""
     b = fix["budget"]
     of = f" of at most {b}" if b is not None else ""
+    if fix.get("max_cost"):
+        limit = fix.get("cost_limit_seconds")
+        of += f", within {fix['max_cost']:g}x the audit before" + (f" ({limit:.1f} s)" if limit is not None else "")
+    cap = cap_words(fix)
     if not fix["met"]:
-        return f"{fix['measurements']} measurements{of}; no set measured met the target"
+        stop = f"; {cap} stopped the search" if cap else ""
+        return f"{fix['measurements']} measurements{of}; no set measured met the target{stop}"
     if fix["pruned"]:
         return (
             f"{fix['measurements']} measurements{of}; pruning complete: removing any one change fails a gate (measured)"
         )
-    return (
-        f"{fix['measurements']} measurements{of}; the budget stopped the pruning: the set passes but may not be minimal"
-    )
+    return f"{fix['measurements']} measurements{of}; {cap or 'a cap'} stopped the pruning: the set passes but may not be minimal"
+
+
+def limited_by(fix: dict, failures: list[str]) -> str | None:
+    """``"limited by: ..."``: the cap that stopped the search before a set passed (and how to lift it),
+    then the failing checks (``failures``, in words); None when nothing limits the result."""
+    parts = []
+    cap = cap_words(fix) if not fix["met"] else None
+    if cap:
+        by_cost = fix.get("stopped_by") == "max_cost"
+        lift = "raise --max-cost or --max-measurements" if by_cost else "raise --max-measurements"
+        parts.append(f"{cap}; {lift}")
+    if failures:
+        parts.append(("the best set fails " if cap else "") + "; ".join(failures))
+    return "limited by: " + "; ".join(parts) if parts else None
 
 
 def trail_rows(fix: dict) -> list[dict]:
@@ -407,10 +451,13 @@ def output_pairs(fix: dict, before, after) -> list[dict]:
 __all__ = [
     "FILE_FLAGS",
     "TIERS",
+    "STOPPED_BY",
     "budget_line",
+    "cap_words",
     "check",
     "describe",
     "headline",
+    "limited_by",
     "output_pairs",
     "section",
     "sqnr",

@@ -18,8 +18,11 @@ step measured with :func:`qaudit.remedy.sensitivity.verify`:
    is taken out alone; one that passes without it goes, and the check starts again.
 
 The result is 1-minimal (removing any one change fails a gate) when the search ends within its
-budget (:attr:`SearchResult.pruned`). A set ORT refuses to quantize is never a dead end: the
-changes its message names are marked refused (with ORT's words, :attr:`SearchResult.refused`)
+caps (:attr:`SearchResult.pruned`): the count of measurements (``budget``, ``--max-measurements``)
+and the cost cap (``max_cost``, ``--max-cost``: the fix's wall time in units of the audit before;
+a set is measured only while the time spent, the next measurement's estimate and the verifying
+audit's fit under it). Whichever comes first stops the search (:attr:`SearchResult.stopped_by`).
+A set ORT refuses to quantize is never a dead end: the changes its message names are marked refused (with ORT's words, :attr:`SearchResult.refused`)
 and the set is measured again without them. When nothing passes, the result is the set with
 the smallest shortfall measured, and its failing checks say what limits it.
 """
@@ -27,6 +30,7 @@ the smallest shortfall measured, and its failing checks say what limits it.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 from qaudit.remedy.sensitivity import Candidate, Change, Measured, verify
@@ -53,6 +57,14 @@ class SearchResult:
     #: the changes ORT refused to quantize, each with ORT's message (the set was measured again without them)
     refused: tuple[tuple[Change, str], ...] = ()
     forced: tuple[Change, ...] = ()  # changes every measured set held (the layer gates' remedies, :func:`fix`)
+    #: the cap that stopped the search before it ended on its own: None, "max_measurements" or "max_cost"
+    stopped_by: str | None = None
+    budget: int | None = None  # the count cap (measurements at most)
+    max_cost: float | None = None  # the cost cap, in audits before (None: none)
+    #: the wall time the cost cap was measured against: the audit before's seconds (None: no cost cap)
+    audit_seconds: float | None = None
+    seconds: float | None = None  # the fix's wall time when the search ended (from the start of the audit before)
+    cost_limit: float | None = None  # the cost cap in seconds: max(max_cost x audit_seconds, MIN_COST_SECONDS)
 
     @property
     def n_measured(self) -> int:
@@ -105,9 +117,34 @@ def culprits(error: str, changes) -> list[Change]:
 DEFAULT_BUDGET = 32
 #: candidates of the first tier: about the noisiest 8 layers' (each tier doubles it)
 FIRST_TIER = 24
+#: the cost cap by default: a fix's wall time at most this many times the audit before's (``--max-cost``)
+DEFAULT_MAX_COST = 5.0
+#: measurements at most with ``--minimal`` (no cost cap): the search runs until its result is 1-minimal
+MINIMAL_BUDGET = 1000
+#: how much longer the verifying audit takes than the audit before, per second a set's measurement takes longer
+#: than the baseline's: an audit runs the quantized graph twice (accumulated, isolated) with its intermediate
+#: tensors as outputs, a measurement once (PP-OCR rec, about 250 tensors at 16 bits, four runs of bench_fix.py:
+#: the verifying audit 1.17-1.62x the audit before, 7-22 s longer where the kept set measured 1.4-6.1 s longer
+#: than the baseline: 3.6, 8 (beside a test run), 5.0 and 4.9 times)
+AUDIT_GROWTH = 5.0
+#: the cost cap never stops a fix before this many seconds: in units of a sub-second audit, one-off costs would
+#: stop it after its first set (ORT's first 16-bit quantization imports torch where installed, 2.2 s: ORT quirk 64)
+MIN_COST_SECONDS = 60.0
 
 
-def search(ws, cands, executor=None, progress=None, budget: int = DEFAULT_BUDGET, forced=()) -> SearchResult:
+def search(
+    ws,
+    cands,
+    executor=None,
+    progress=None,
+    budget: int = DEFAULT_BUDGET,
+    forced=(),
+    max_cost: float | None = None,
+    audit_seconds: float | None = None,
+    started: float | None = None,
+    clock=time.perf_counter,
+    min_seconds: float = MIN_COST_SECONDS,
+) -> SearchResult:
     """Search the cheapest passing change set among ``cands`` (ranked, best first:
     :func:`~qaudit.remedy.sensitivity.candidates`); every set measured holds ``forced`` too.
 
@@ -123,7 +160,21 @@ def search(ws, cands, executor=None, progress=None, budget: int = DEFAULT_BUDGET
     removal from the final set was not measured is tried alone (1-minimality). ``budget`` caps the
     measurements: the search stops there and the set kept still passes (:attr:`SearchResult.pruned`
     is then False). Each removal tried is a measured sensitivity (:attr:`SearchResult.trail`).
+
+    The cost cap (``max_cost`` > 0 with ``audit_seconds``, the audit before's wall time): a set is
+    measured only while ``elapsed + next + verifying <= max(max_cost * audit_seconds, min_seconds)``: ``elapsed``
+    the ``clock()`` seconds since ``started`` (the fix's start; default: this call's), ``next`` the mean
+    wall time of the sets this search measured so far or the last one's ``seconds`` if longer (the baseline
+    is measured anyway), ``verifying`` the verifying audit's estimate: ``audit_seconds``, plus
+    :data:`AUDIT_GROWTH` times what the last passing set (none: the last set) took longer to measure than
+    the baseline. :attr:`SearchResult.stopped_by` names the cap that stopped the search (None: it ended
+    on its own).
     """
+    t_search = clock()
+    started = t_search if started is None else started
+    capped = bool(max_cost) and audit_seconds is not None
+    limit = max(max_cost * audit_seconds, min_seconds) if capped else None
+    stopped: list[str] = []  # the cap that stopped the search (sticky: once stopped, it measures nothing more)
     trail: list[Measured] = []
     memo: dict[frozenset, Measured] = {}
     asked: set[frozenset] = set()
@@ -161,6 +212,9 @@ def search(ws, cands, executor=None, progress=None, budget: int = DEFAULT_BUDGET
                 trail.append(m)
             if not m.error:
                 return m
+            if not affordable():  # the cost cap: no measuring again, the refused set counts as failing
+                stopped[:] = stopped or ["max_cost"]
+                return m
             bad = culprits(m.error, [c for c in key if c not in forced])
             if not bad and len(retried) < budget:  # the refusals' own measurements: at most the budget again
                 bad = isolate(key)
@@ -191,8 +245,33 @@ def search(ws, cands, executor=None, progress=None, budget: int = DEFAULT_BUDGET
                 return []
         return pool
 
+    def affordable() -> bool:
+        """The cost cap leaves room for one more measurement and the verifying audit."""
+        if not capped:
+            return True
+        now = clock()
+        return (now - started) + next_seconds(now) + verifying_seconds() <= limit
+
+    def next_seconds(now) -> float:
+        """The next measurement's estimate: the mean wall time of this search's, or the last one's if longer."""
+        return max((now - t_search) / len(trail), trail[-1].seconds) if trail else 0.0
+
+    def verifying_seconds() -> float:
+        """The verifying audit's estimate: the audit before's, and :data:`AUDIT_GROWTH` times what the set it
+        would audit (the last passing, else the last measured) took longer to measure than the baseline."""
+        if not trail:
+            return audit_seconds
+        ref = next((m for m in reversed(trail) if m.passed), trail[-1])
+        return audit_seconds + AUDIT_GROWTH * max(0.0, ref.seconds - trail[0].seconds)
+
     def room() -> bool:
-        return len(trail) - len(retried) < budget
+        """Another measurement fits under both caps; the first cap found full stops the search for good."""
+        if not stopped:
+            if len(trail) - len(retried) >= budget:
+                stopped.append("max_measurements")
+            elif not affordable():
+                stopped.append("max_cost")
+        return not stopped
 
     def kept(changes) -> list[Change]:
         return [c for c in changes if c not in refused]
@@ -229,7 +308,8 @@ def search(ws, cands, executor=None, progress=None, budget: int = DEFAULT_BUDGET
     def result(current, last, pruned=True) -> SearchResult:
         return SearchResult(
             tuple(_order(full(current))), last, base, last.passed, cands, tuple(trail), pruned,
-            tuple(refused.items()), forced,
+            tuple(refused.items()), forced, stopped[0] if stopped else None, budget,
+            max_cost if capped else None, audit_seconds if capped else None, clock() - started, limit,
         )  # fmt: skip
 
     base = measure([], plan[:1])
@@ -245,7 +325,7 @@ def search(ws, cands, executor=None, progress=None, budget: int = DEFAULT_BUDGET
             break
     if not last.passed:  # the smallest shortfall measured
         last = min(trail, key=lambda m: (m.shortfall, cost(m.changes)))
-        return result([c for c in last.changes if c not in forced], last, room())
+        return result([c for c in last.changes if c not in forced], last, not stopped)
     if progress is not None:
         progress.stage("fix: pruning", None)
 
@@ -307,7 +387,16 @@ def search(ws, cands, executor=None, progress=None, budget: int = DEFAULT_BUDGET
     return result(current, last, pruned)
 
 
-__all__ = ["SearchResult", "cost", "search"]
+__all__ = [
+    "AUDIT_GROWTH",
+    "DEFAULT_BUDGET",
+    "DEFAULT_MAX_COST",
+    "MINIMAL_BUDGET",
+    "MIN_COST_SECONDS",
+    "SearchResult",
+    "cost",
+    "search",
+]
 
 
 @dataclass
@@ -349,7 +438,17 @@ def cause_hints(report) -> list[Hint]:
 MAX_ROUNDS = 3
 
 
-def fix(cfg, gates, progress=None, executor=None, layers=None, hints=None, budget=DEFAULT_BUDGET) -> FixResult:
+def fix(
+    cfg,
+    gates,
+    progress=None,
+    executor=None,
+    layers=None,
+    hints=None,
+    budget: int | None = None,
+    max_cost: float | None = DEFAULT_MAX_COST,
+    minimal: bool = False,
+) -> FixResult:
     """Audit ``cfg``, search the cheapest change set meeting ``gates``' output gates, and audit the
     result again (the verification; every gate of ``gates`` applies to it). When the verifying audit
     fails a layer gate, that layer's next remedy (:func:`~qaudit.remedy.sensitivity.layer_remedies`)
@@ -359,7 +458,13 @@ def fix(cfg, gates, progress=None, executor=None, layers=None, hints=None, budge
     for at most that many of the noisiest activations and weights (None: all, in growing tiers).
     ``cfg.ray_address``: both audits sharded over that Ray cluster, and (with no ``executor`` given) the
     change sets measured as its tasks (:class:`qaudit.distributed.RayExecutor`): the same result;
-    ``cfg.ray_shared_dir``: the workspace is written there and the tasks read it by path."""
+    ``cfg.ray_shared_dir``: the workspace is written there and the tasks read it by path.
+
+    The caps (docs/remedy.md#the-caps): ``budget`` measurements at most per search (None:
+    :data:`DEFAULT_BUDGET`, with ``minimal`` :data:`MINIMAL_BUDGET`), and ``max_cost``: the whole fix
+    within that many times the audit before's wall time (0 or None: no cost cap; ``minimal``: none
+    either, the search runs until 1-minimal or ``budget``), the next measurement and the verifying
+    audit estimated from the measurements (:func:`search`)."""
     import tempfile
     import time
     from pathlib import Path
@@ -374,9 +479,13 @@ def fix(cfg, gates, progress=None, executor=None, layers=None, hints=None, budge
 
         executor = RayExecutor(cfg.ray_address, cfg.ray_shared_dir)  # connects first: no cluster there is one
         try:  # line, before any work
-            return fix(cfg, gates, progress, executor, layers, hints, budget)
+            return fix(cfg, gates, progress, executor, layers, hints, budget, max_cost, minimal)
         finally:
             executor.close()
+    if budget is None:
+        budget = MINIMAL_BUDGET if minimal else DEFAULT_BUDGET
+    if minimal:
+        max_cost = None
     t0 = time.perf_counter()
     alt = alternative_method(cfg.quant.calibrate_method)
     record: dict = {"calibrate": [QuantConfig(calibrate_method=alt)]}
@@ -397,7 +506,7 @@ def fix(cfg, gates, progress=None, executor=None, layers=None, hints=None, budge
         seconds["search"] += time.perf_counter() - t  # the workspace: fp32 outputs, the 16-bit graph's ranges
         for round_ in range(MAX_ROUNDS):
             t = time.perf_counter()
-            found = search(ws, cands, executor, progress, budget, forced)
+            found = search(ws, cands, executor, progress, budget, forced, max_cost, seconds["before"], t0)
             quant = quant_of(cfg.quant, found.changes, _ranges_loader(ws, found.changes))
             seconds["search"] += time.perf_counter() - t
             t = time.perf_counter()

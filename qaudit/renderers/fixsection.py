@@ -137,10 +137,14 @@ def parts(mr) -> FixParts:
     if fix["refused"]:
         r = fix["refused"][0]
         lines.append(f"{len(fix['refused'])} change(s) refused by ONNX Runtime, e.g. {fx.describe(r)}: {r['message']}")
+    if fix.get("forced"):
+        lines.append(f"{len(fix['forced'])} change(s) added for the layer gates the verifying audit failed")
     if passed is False:
-        lines.append("limited by: " + "; ".join(sentence(_check(c)) for c in ver["failures"]))
-    elif not fix["met"] and fix["limits"]:
-        lines.append("limited by: " + "; ".join(fix["limits"]))
+        limit = fx.limited_by(fix, [sentence(_check(c)) for c in ver["failures"]])
+    else:
+        limit = fx.limited_by(fix, fix["limits"]) if not fix["met"] else None
+    if limit:
+        lines.append(limit)
     written = [f"{fx.FILE_FLAGS[k]} {v}" for k, v in fix["files"].items() if v is not None]
     if written:
         lines.append("written: " + ", ".join(written))

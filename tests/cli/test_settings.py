@@ -322,13 +322,18 @@ def test_command_line_errors_name_the_flag(tmp_path, argv, words):
 
 
 def test_every_option_has_its_flags_and_env_var():
+    from qaudit.cli.fix import build_fix_parser
+
     audit_flags = {s for a in build_parser()._actions for s in a.option_strings}
     report_flags = {s for a in build_report_parser()._actions for s in a.option_strings}
+    fix_flags = {s for a in build_fix_parser()._actions for s in a.option_strings}
     envs = [o.env for o in OPTIONS]
     assert len(set(envs)) == len(envs)
     for o in OPTIONS:
         for flag in o.flags:
-            if "audit" in o.commands:
+            if o.group == "fix":  # qaudit fix's own settings (its caps): its flags, not an audit's
+                assert flag in fix_flags and flag not in audit_flags, flag
+            elif "audit" in o.commands:
                 assert flag in audit_flags, flag
             assert (flag in report_flags) == ("report" in o.commands), flag
 

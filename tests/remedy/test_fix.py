@@ -205,7 +205,8 @@ def test_cli_fix_exit_1_prints_the_best_found_and_what_limits_it(subject, tmp_pa
               "--recipe", tmp_path / "r.toml")  # fmt: skip
     text = capsys.readouterr().out
     assert rc == 1
-    assert "target NOT met" in text and "limited by: min_output_sqnr on y" in text
+    assert "target NOT met" in text and "limited by: min_output_sqnr y1: sqnr_db " in text
+    assert text.count("fix: target NOT met") == 1 and text.count("limited by:") == 1  # once (it was twice)
     assert (tmp_path / "r.toml").exists()  # the best set found is still written
 
 
@@ -466,6 +467,14 @@ def test_a_failing_layer_gate_gets_its_layers_remedy_and_the_fix_audits_again(su
     assert {r.name: r for r in result.after.layers}["conv1"].sqnr_db >= 30
 
 
+def test_the_fix_section_says_which_changes_the_layer_gates_added(subject, capsys):
+    path, calib, ev = subject("outlier_channel_model")
+    rc = _run("fix", path, "--calib", calib, "--eval", ev, "--min-output-sqnr", "15", "--min-layer-sqnr", "conv1=30",
+              "--no-progress")  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 0 and text.count("1 change(s) added for the layer gates the verifying audit failed") == 1
+
+
 def test_sets_ort_refuses_are_split_by_its_message_and_the_search_goes_on(subject, tmp_path):
     """On a workspace without the 16-bit graph, ORT refuses every set with a tensor at 16 bits (ORT
     quirk 63): the change its message names is marked refused with ORT's words, the others are found by
@@ -512,7 +521,93 @@ def test_fix_takes_inputs_named_like_numpys_own_keywords(tmp_path, capsys):
         return folder
 
     calib, ev = write(tmp_path / "calib", 64, 1), write(tmp_path / "eval", 48, 2)
-    rc = _run("fix", path, "--calib", calib, "--eval", ev, "--min-output-sqnr", "25", "--quiet")
+    rc = _run("fix", path, "--calib", calib, "--eval", ev, "--min-output-sqnr", "25", "--quiet", "--json", "-")
     out = capsys.readouterr()
     assert rc == 0, out.err
-    assert "huge" in out.out
+    assert [c["node"] for c in json.loads(out.out)["fix"]["changes"]] == ["huge"]
+
+
+def test_the_cost_cap_from_a_config_file_stops_the_search_and_says_so_once(subject, tmp_path, capsys, monkeypatch):
+    """``max_cost = 2`` in a config file: the audit before and the verifying audit alone are 2 audits, so the
+    search measures the baseline and stops there (without the 60 s floor, which a sub-second audit needs): exit 1,
+    the JSON names the cap, the terminal says it once with how to lift it, and ``qaudit report`` says the same."""
+    from functools import partial
+
+    from qaudit.report import load_report
+
+    monkeypatch.setattr(S, "search", partial(S.search, min_seconds=0.0))
+    path, calib, ev = subject("float_only_model")
+    (tmp_path / "fix.toml").write_text("max_cost = 2\n")
+    rc = _run("fix", path, "--calib", calib, "--eval", ev, "--min-output-sqnr", "25", "--config", tmp_path / "fix.toml",
+              "--json", tmp_path / "fix.json", "--no-progress")  # fmt: skip
+    text = capsys.readouterr().out
+    assert rc == 1
+    fix = json.loads((tmp_path / "fix.json").read_text())["fix"]
+    assert fix["stopped_by"] == "max_cost" and fix["max_cost"] == 2.0 and fix["budget"] == S.DEFAULT_BUDGET
+    assert fix["cost_limit_seconds"] == pytest.approx(2 * fix["seconds"]["before"], rel=1e-12)
+    assert fix["measurements"] == 1 and fix["met"] is False and fix["pruned"] is False and fix["minimal"] is False
+    line = (
+        f"limited by: the cost cap (--max-cost 2: 1 set measured in {fix['seconds']['search']:.1f} s); "
+        "raise --max-cost or --max-measurements; the best set fails min_output_sqnr y1: sqnr_db "
+    )
+    assert line in text
+    assert (
+        f"1 measurements of at most 32, within 2x the audit before ({fix['cost_limit_seconds']:.1f} s); no set "
+        "measured met the target; the cost cap (--max-cost 2: 1 set measured in" in text
+    )
+    # the verdict and what limits it, once each (qaudit fix printed them twice before)
+    assert text.count("fix: target NOT met") == 1 and text.count("limited by:") == 1
+    assert _run("report", tmp_path / "fix.json") == 1
+    again = capsys.readouterr().out
+    assert line in again and again.count("fix: target NOT met") == 1 and again.count("limited by:") == 1
+    read = load_report(tmp_path / "fix.json").fix
+    assert read == {k: v for k, v in fix.items() if k != "verification"}
+
+
+def test_the_verdict_of_a_fix_that_meets_its_target_is_printed_once(subject, capsys):
+    path, calib, ev = subject("float_only_model")
+    assert _run("fix", path, "--calib", calib, "--eval", ev, "--min-output-sqnr", "25", "--no-progress") == 0
+    text = capsys.readouterr().out
+    assert text.count("fix: target met: 1 node(s) in float") == 1 and "target met" not in text.replace(
+        "fix: target met: 1 node(s) in float", "", 1)  # fmt: skip
+    assert text.count("pruning complete") == 1 and "limited by" not in text
+
+
+def test_minimal_and_max_cost_0_run_without_a_cost_cap(subject, tmp_path, capsys):
+    path, calib, ev = subject("float_only_model")
+    docs = {}
+    for flags in (["--minimal"], ["--max-cost", "0"]):
+        out = tmp_path / f"{flags[0]}.json"
+        rc = _run("fix", path, "--calib", calib, "--eval", ev, "--min-output-sqnr", "25", *flags, "--json", out)
+        assert rc == 0
+        docs[flags[0]] = json.loads(out.read_text())["fix"]
+    minimal, uncapped = docs["--minimal"], docs["--max-cost"]
+    assert minimal["budget"] == S.MINIMAL_BUDGET and uncapped["budget"] == S.DEFAULT_BUDGET
+    for fix in (minimal, uncapped):
+        assert fix["max_cost"] is None and fix["cost_limit_seconds"] is None and fix["stopped_by"] is None
+        assert fix["minimal"] is True and [c["node"] for c in fix["changes"]] == ["huge"]
+    assert [m["changes"] for m in minimal["trail"]] == [m["changes"] for m in uncapped["trail"]]
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--max-cost", "1.5"], "max_cost from --max-cost: must be 0 (no cost cap) or at least 2"),
+        (["--max-cost", "-1"], "max_cost from --max-cost: must be 0 (no cost cap) or at least 2"),
+        (["--minimal", "--max-cost", "3"], "--minimal measures until the set is 1-minimal, with no cost cap"),
+    ],
+)
+def test_bad_caps_are_exit_2(subject, tmp_path, capsys, argv, words):
+    path, calib, ev = subject("float_only_model")
+    rc = _run("fix", path, "--calib", calib, "--eval", ev, "--min-output-sqnr", "25", *argv, "--json", tmp_path / "j")
+    err = capsys.readouterr().err
+    assert rc == 2 and words in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "j").exists()
+
+
+def test_the_fix_caps_are_not_audit_flags(subject, capsys):
+    path, calib, ev = subject("float_only_model")
+    with pytest.raises(SystemExit) as e:
+        _run(path, "--calib", calib, "--max-cost", "3")
+    assert e.value.code == 2 and "unrecognized arguments: --max-cost" in capsys.readouterr().err

@@ -138,6 +138,9 @@ def test_the_fix_section_holds_the_fix_results_numbers(fixed):
     } == {json.dumps(_change(s.changes[0]), sort_keys=True)}
     # budget, pruning, time, refused changes, files (names only: the paths are the test's)
     assert fix["budget"] == S.DEFAULT_BUDGET and fix["pruned"] is s.pruned is True
+    # the caps: the default cost cap, 5 audits before (at least a minute); this search ended on its own
+    assert fix["max_cost"] == S.DEFAULT_MAX_COST == s.max_cost and fix["stopped_by"] is s.stopped_by is None
+    assert fix["cost_limit_seconds"] == s.cost_limit == max(5 * result.seconds["before"], S.MIN_COST_SECONDS)
     assert fix["seconds"] == result.seconds
     assert fix["refused"] == [] and fix["limits"] == []
     from pathlib import Path
@@ -226,7 +229,9 @@ def test_the_fix_section_is_rendered_in_every_format(fixed):
         assert "Fix: model outputs, before → after" in text and "-3.0 → ∞" in text
         assert "Fix: every change set measured, in order" in text and "no change (baseline)" in text
         assert (
-            f"{n} measurements of at most {S.DEFAULT_BUDGET}; pruning complete: removing any one change fails" in text
+            f"{n} measurements of at most {S.DEFAULT_BUDGET}, within {S.DEFAULT_MAX_COST:g}x the audit before "
+            f"({fixed['doc']['fix']['cost_limit_seconds']:.1f} s); pruning complete: removing any one change fails"
+            in text
         )
         assert "fix: target met: 1 node(s) in float, 0 tensor(s) at 16 bits, 0 free change(s)" in text
     assert "--recipe " in term and "recipe.toml" in term
@@ -291,20 +296,47 @@ def test_refused_changes_and_a_pruning_the_budget_stopped_are_in_the_section(fix
     names = ("changes", "measured", "baseline", "met", "candidates", "trail", "limits", "n_measured")
     refused = Change("tensor_16bit", "huge", "z", "uint16")
     search = SimpleNamespace(
-        **{k: getattr(r.search, k) for k in names}, pruned=False, refused=[(refused, "Only an existing tensor")]
-    )
+        **{k: getattr(r.search, k) for k in names}, pruned=False, refused=[(refused, "Only an existing tensor")],
+        stopped_by="max_measurements", max_cost=None,
+    )  # fmt: skip
     sec = section(dataclasses.replace(r, search=search), GateConfig({"min_output_sqnr": 25.0}), budget=7)
     assert sec["refused"] == [
         {"kind": "tensor_16bit", "node": "huge", "tensor": "z", "detail": "uint16",
          "description": "tensor z at uint16", "message": "Only an existing tensor"}
     ]  # fmt: skip
     assert sec["pruned"] is False and sec["budget"] == 7
+    assert sec["stopped_by"] == "max_measurements" and sec["max_cost"] is None
     multi = dataclasses.replace(fixed["multi"], fix=sec)
+    n, t = sec["measurements"], sec["seconds"]["search"]
     for fmt in ("terminal", "markdown", "html"):
-        text = render(multi, fmt)
-        assert "of at most 7; the budget stopped the pruning: the set passes but may not be minimal" in text
+        text = render(multi, fmt, width=400) if fmt == "terminal" else render(multi, fmt)
+        assert (
+            f"{n} measurements of at most 7; the budget (--max-measurements 7: {n} sets measured in {t:.1f} s) "
+            "stopped the pruning: the set passes but may not be minimal" in text
+        )
         assert "1 change(s) refused by ONNX Runtime, e.g. tensor z at uint16: Only an existing tensor" in text
     assert load_report_text(runs_to_json(multi)).fix == sec
+
+
+def test_a_fix_report_written_before_the_caps_reads_and_renders(fixed, tmp_path, capsys):
+    """A report without ``max_cost``, ``cost_limit_seconds`` and ``stopped_by`` (written before the cost cap):
+    read back with them absent, and a pruning that stopped is the budget's, as it was then."""
+    doc = json.loads(json.dumps(fixed["doc"]))
+    for key in ("max_cost", "cost_limit_seconds", "stopped_by"):
+        del doc["fix"][key]
+    doc["fix"]["pruned"] = doc["fix"]["minimal"] = False
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(doc))
+    assert "stopped_by" not in load_report(old).fix
+    assert _run("report", old) == 0
+    n = doc["fix"]["measurements"]
+    assert f"{n} measurements of at most 32; the budget (--max-measurements 32: {n} sets measured in " in (
+        capsys.readouterr().out
+    )
+    doc["fix"]["stopped_by"] = "time"
+    old.write_text(json.dumps(doc))
+    assert _run("report", old) == 2
+    assert "fix.stopped_by must be null or one of max_measurements, max_cost" in capsys.readouterr().err
 
 
 def load_report_text(text: str):

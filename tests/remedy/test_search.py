@@ -4,6 +4,7 @@ themselves are the deployed model's (tests/remedy/test_fix.py); here only the se
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -108,6 +109,149 @@ def test_the_budget_stops_the_pruning_with_a_passing_set_that_may_not_be_minimal
     assert result.met and not result.pruned and not result.minimal
     assert need <= set(result.changes)
     assert result.n_measured == 4
+    assert result.stopped_by == "max_measurements" and result.budget == 4 and result.max_cost is None
+
+
+class Clock:
+    """A fake clock: ``now`` seconds; a :class:`Timed` oracle advances it by its ``dt`` per set measured."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Timed(Oracle):
+    def __init__(self, passes, clock: Clock, dt: float):
+        super().__init__(passes)
+        self.clock, self.dt = clock, dt
+
+    def map(self, fn, workspaces, sets):
+        out = []
+        for s in sets:
+            self.clock.now += self.dt
+            out += super().map(fn, [None], [s])
+        return out
+
+
+#: a passing set needs 12 of the 16-bit tensors: the second tier (all 40 candidates) holds them, the first (24)
+#: only 8, so a search without a cap measures the baseline, both tiers (passing at the 3rd set), then prunes
+NEED = set(T[:12])
+
+
+def capped(dt=4.0, max_cost=5.0, audit=10.0, before=20.0, budget=200, min_seconds=0.0, need=NEED):
+    """A search whose fix began at 0 (``before`` seconds ago: the audit before and the workspace), each set
+    measured in ``dt`` seconds."""
+    clock = Clock(before)
+    oracle = Timed(lambda s: need <= s, clock, dt)
+    result = search(None, mixed(), oracle, budget=budget, max_cost=max_cost, audit_seconds=audit, started=0.0,
+                    clock=clock, min_seconds=min_seconds)  # fmt: skip
+    return result, clock
+
+
+def test_the_cost_cap_stops_exactly_where_the_arithmetic_says():
+    # 5 x 10 s = 50 s; the set after k measurements is measured while 20 + 4k (elapsed) + 4 (their mean) + 10
+    # (the verifying audit) <= 50, i.e. k <= 4 (equal at k = 4: measured): 5 sets, then the cap
+    result, clock = capped()
+    assert result.n_measured == 5 and clock.now == 40.0
+    assert result.stopped_by == "max_cost" and result.max_cost == 5.0 and result.cost_limit == 50.0
+    assert result.audit_seconds == 10.0 and result.seconds == 40.0
+    assert (
+        result.met and not result.pruned and not result.minimal
+    )  # it passed at the 3rd set: the cap stopped the pruning
+    assert NEED <= set(result.changes)
+    # one second more per set: 20 + 5k + 5 + 10 <= 50 for k <= 3: 4 sets
+    result, _ = capped(dt=5.0)
+    assert result.n_measured == 4 and result.stopped_by == "max_cost"
+    # no passing set before the cap: not met, and the cap is what stopped it (baseline + the first tier)
+    result, _ = capped(dt=13.0, need=set(T))
+    assert result.n_measured == 1 and not result.met and not result.pruned and result.stopped_by == "max_cost"
+
+
+def test_the_baseline_is_measured_even_when_the_cap_is_already_spent():
+    result, clock = capped(before=60.0)
+    assert result.n_measured == 1 and result.trail[0].changes == () and result.stopped_by == "max_cost"
+
+
+def test_without_a_cost_cap_the_search_runs_to_1_minimal():
+    free, _ = capped(max_cost=None)
+    for off in (0, 0.0):
+        result, _ = capped(max_cost=off)
+        assert result.stopped_by is None and result.max_cost is None and result.cost_limit is None
+        assert [m.changes for m in result.trail] == [m.changes for m in free.trail]
+        assert result.n_measured > 5 and set(result.changes) == NEED
+        assert_one_minimal(result, Oracle(lambda s: NEED <= s))
+
+
+def test_whichever_cap_comes_first_stops_the_search():
+    assert capped(budget=3)[0].stopped_by == "max_measurements"  # 3 sets: before the cost cap's 5
+    result, _ = capped(budget=5)  # both would allow 5: the count is checked first
+    assert result.n_measured == 5 and result.stopped_by == "max_measurements"
+    assert capped(budget=6)[0].stopped_by == "max_cost"
+
+
+def reported(base: float, fail: float, passing: float) -> tuple:
+    """A capped search (as :func:`capped`: 4 s of wall time per set) whose measurements report their own
+    ``seconds``: ``base`` for the baseline, ``fail`` for a failing set, ``passing`` for a passing one."""
+    clock = Clock(20.0)
+    timed = Timed(lambda s: NEED <= s, clock, 4.0)
+    real = timed.map
+
+    def map(fn, workspaces, sets):
+        out = real(fn, workspaces, sets)
+        secs = [base if not m.changes else passing if m.passed else fail for m in out]
+        return [dataclasses.replace(m, seconds=t) for m, t in zip(out, secs, strict=True)]
+
+    timed.map = map
+    result = search(None, mixed(), timed, budget=200, max_cost=5.0, audit_seconds=10.0, started=0.0, clock=clock,
+                    min_seconds=0.0)  # fmt: skip
+    return result, clock
+
+
+def test_the_cost_cap_estimates_the_verifying_audit_from_the_passing_sets_measurement():
+    """The verifying audit: the audit before plus AUDIT_GROWTH (5) x what the last passing set took longer to
+    measure than the baseline. Baseline 1 s, failing sets 1 s, passing sets 1.5 s (the wall time, 4 s a set, is
+    the next set's estimate): after the 3rd set (the first passing) 32 + 4 + 10 + 5 x (1.5 - 1) = 48.5: the 4th
+    is measured; then 36 + 4 + 12.5 > 50. With the audit before alone as the estimate a 5th set would be
+    measured (36 + 4 + 10 = 50); before a set passes, the last set measured is the reference."""
+    from qaudit.remedy.search import AUDIT_GROWTH
+
+    assert AUDIT_GROWTH == 5.0
+    result, clock = reported(1.0, 1.0, 1.5)
+    assert result.trail[2].passed and not result.trail[1].passed
+    assert result.n_measured == 4 and result.stopped_by == "max_cost" and clock.now == 36.0
+    result, clock = reported(1.0, 2.0, 1.0)  # the 2nd set (failing) 1 s longer: 28 + 4 + 15 = 47, 32 + 4 + 10 = 46
+    assert result.n_measured == 5 and clock.now == 40.0
+
+
+def test_the_cost_cap_estimates_the_next_set_from_the_last_when_it_is_longer():
+    """Every set reports 9 s of its own (the wall time: 4 s): the next set is estimated at 9 s, so after k sets
+    20 + 4k + 9 + 10 <= 50 holds for k <= 2: 3 sets (the mean wall time alone would allow 5)."""
+    result, clock = reported(9.0, 9.0, 9.0)
+    assert result.n_measured == 3 and result.stopped_by == "max_cost" and clock.now == 32.0
+
+
+def test_a_refused_set_is_not_measured_again_when_the_cost_cap_is_spent():
+    """ORT refuses the first tier (it holds t5), measured at 34 -> 38 s: measuring it again without t5 would
+    break the cap (38 + 4 + 10 > 50), so the refused set counts as failing and the cost cap stops the search."""
+    clock = Clock(30.0)
+    oracle = Timed(lambda s: NEED <= s, clock, 4.0)
+    oracle.refuses = lambda s: REFUSAL.format("t5") if T[5] in s else ""
+    result = search(None, mixed(), oracle, budget=200, max_cost=5.0, audit_seconds=10.0, started=0.0, clock=clock,
+                    min_seconds=0.0)  # fmt: skip
+    assert result.n_measured == 2 and result.trail[1].error and result.refused == ()
+    assert not result.met and result.stopped_by == "max_cost" and clock.now == 38.0
+
+
+def test_the_cost_cap_never_stops_a_fix_before_its_floor():
+    # a 0.1 s audit: 5x is 0.5 s, less than the one measurement of 1 s; the floor of 60 s holds: sets are
+    # measured while 1 + k + 1 + 0.1 <= 60, i.e. k <= 57 (the search ends on its own before that)
+    result, clock = capped(dt=1.0, audit=0.1, before=1.0, min_seconds=60.0)
+    assert result.cost_limit == 60.0 and result.stopped_by is None and result.minimal
+    result, clock = capped(dt=10.0, audit=0.1, before=1.0, min_seconds=60.0)
+    # 1 + 10k + 10 + 0.1 <= 60 for k <= 4
+    assert result.n_measured == 5 and result.stopped_by == "max_cost" and clock.now == 51.0
 
 
 def test_forced_changes_are_in_every_measured_set():
