@@ -139,9 +139,7 @@ def first_run_claims(table: list[dict], layers: list[dict], default_table: list[
     for tag, tab in (("clip", table), ("default", default_table)):
         okk = _trained(tab)
         med = {a: float(np.median([r["acc_drop_pct"] for r in okk if r["arch"] == a])) for a in ARCHS}
-        c[f"first_arch_order_drop_{tag}"] = " > ".join(
-            f"{a} {med[a]:.2f}" for a in sorted(ARCHS, key=lambda a: -med[a])
-        )
+        c[f"first_arch_order_drop_{tag}"] = _order(med, sorted(ARCHS, key=lambda a: -med[a]))
         c[f"first_max_drop_{tag}"] = f"{max(r['acc_drop_pct'] for r in okk):.2f}"
     # the thesis's initializations, ranked by accuracy decrease (1 = the largest) among the trained
     for arch, init in (
@@ -392,10 +390,19 @@ def seeded_claims(rows: list[dict], spread: list[dict]) -> OrderedDict:
             ]
             if v:
                 med[a] = float(np.median(v))
-        c[f"arch_order_drop__{q}"] = (
-            " > ".join(f"{a} {med[a]:.2f}" for a in sorted(med, key=lambda a: -med[a])) or "none audited yet"
-        )
+        c[f"arch_order_drop__{q}"] = _order(med, sorted(med, key=lambda a: -med[a])) or "none audited yet"
     return c
+
+
+def _order(values: dict, ranked: list) -> str:
+    """``a 5.25 > b 0.82``: ``ranked`` (largest first) with their values at 2 decimals, joined by
+    ``>``, or by ``=`` where the two printed values are equal (a tie at the precision shown)."""
+    out = ""
+    for i, a in enumerate(ranked):
+        if i:
+            out += " = " if f"{values[a]:.2f}" == f"{values[ranked[i - 1]]:.2f}" else " > "
+        out += f"{a} {values[a]:.2f}"
+    return out
 
 
 # ------------------------------------------------------------------ over-training (Tables 4.3/4.4)
