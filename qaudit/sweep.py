@@ -113,6 +113,10 @@ def load(path: Path) -> Sweep:
     for key, values in grid.items():
         if key in SWEEP_KEYS or key in NOT_IN_SWEEP or key not in OPTIONS_BY_NAME or key in ("calib", "eval"):
             raise ConfigError(f"[grid] {where}: '{key}' is not an audit setting a sweep can vary")
+        if OPTIONS_BY_NAME[key].group == "fix":  # every row would be the same audit
+            raise ConfigError(
+                f"[grid] {where}: '{key}' is a setting of qaudit fix, which a sweep's audits do not read; remove it"
+            )
         if key in table:
             raise ConfigError(f"[grid] {where}: '{key}' is also set at the top level; set it in one place")
         if not isinstance(values, list) or not values:

@@ -103,6 +103,8 @@ def test_workers_give_the_sequential_rows(tmp_path):
         ('calibrate_method = ["fastest"]', "", "calibrate_method"),
         ('calibrate_method = ["minmax"]', 'json = "x.json"', "does not apply to a sweep"),
         ('calibrate_method = ["minmax"]', 'calibrate_method = "minmax"', "set it in one place"),
+        ("max_cost = [3, 5]", "", "setting of qaudit fix"),
+        ("minimal = [true, false]", "", "setting of qaudit fix"),
     ],
 )
 def test_a_bad_sweep_file_is_one_line_before_any_audit(tmp_path, run_cli, grid, extra, message):
