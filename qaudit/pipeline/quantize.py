@@ -356,7 +356,7 @@ def compute_ranges(collector, cfg: QuantConfig, drop: set[str] = frozenset(), on
                 f"'{biggest}' at {grown[biggest]:,} bins (quadratic in the bins)",
                 len(grown),
             )
-        computer.timed = {k: 0.0 for k in grown}
+        computer.timed = []
         computer.on_tensor = on_tensor
     # HistogramCalibrater.compute_data, with cfg's method and options on these histograms
     data = TensorsData(method, computer.compute_collection_result())
@@ -365,7 +365,7 @@ def compute_ranges(collector, cfg: QuantConfig, drop: set[str] = frozenset(), on
     return data
 
 
-def grown_note(grown: dict[str, int], seconds: dict[str, float], num_bins: int) -> str:
+def grown_note(grown: dict[str, int], seconds: list[float], num_bins: int) -> str:
     """The report's note on Entropy histograms ORT grew past :data:`GROWN_BINS` (ORT quirk 65)."""
     biggest = max(grown, key=grown.get)
     n = grown[biggest]
@@ -374,7 +374,7 @@ def grown_note(grown: dict[str, int], seconds: dict[str, float], num_bins: int) 
         f"Entropy calibration: the histogram of tensor '{biggest}' grew from {num_bins:,} to {n:,} bins"
         f"{others}: ORT keeps the first batch's bin width, and this tensor's first batch spanned about "
         f"1/{n / num_bins:,.0f} of its range; ORT's threshold search is quadratic in the bins and took "
-        f"{sum(seconds.values()):.0f} s over these tensors. Put a batch that spans the range first, calibrate "
+        f"{sum(seconds):.0f} s over these tensors. Put a batch that spans the range first, calibrate "
         f"with larger batches, or use another method (docs/configuration.md#calibration)"
     )
 
@@ -510,27 +510,24 @@ def _lean_collector_class():
                 hist[half_increased_bins : new_num_bins - half_increased_bins] += old_hist
             return hist, hist_edges, min(old_min, new_min), max(old_max, new_max), new_threshold
 
-        #: {tensor: seconds} of the searches to time (compute_ranges: the grown histograms), and a
-        #: callable advanced by 1 after each of them
-        timed: dict = {}
+        #: the seconds of each search over a histogram of more than GROWN_BINS bins (None: not timed;
+        #: compute_ranges sets a list), and a callable advanced by 1 after each of them
+        timed: list | None = None
         on_tensor = None
 
-        def compute_entropy(self):
-            if not self.timed:
-                return super().compute_entropy()
+        def get_entropy_threshold(self, histogram, num_quantized_bins):
+            """:meth:`_kl_threshold`, timed for a histogram of more than :data:`GROWN_BINS` bins."""
             import time
 
-            thresholds = {}
-            for tensor, histogram in self.histogram_dict.items():  # ORT's compute_entropy, less its prints
-                t0 = time.perf_counter()
-                thresholds[tensor] = (*self.get_entropy_threshold(histogram, self.num_quantized_bins), *histogram[:2])
-                if tensor in self.timed:
-                    self.timed[tensor] = time.perf_counter() - t0
-                    if self.on_tensor is not None:
-                        self.on_tensor(1)
-            return thresholds
+            t0 = time.perf_counter()
+            optimal = self._kl_threshold(histogram, num_quantized_bins)
+            if self.timed is not None and histogram[0].size > GROWN_BINS:
+                self.timed.append(time.perf_counter() - t0)
+                if self.on_tensor is not None:
+                    self.on_tensor(1)
+            return optimal
 
-        def get_entropy_threshold(self, histogram, num_quantized_bins):
+        def _kl_threshold(self, histogram, num_quantized_bins):
             """ORT's ``HistogramCollector.get_entropy_threshold`` (onnxruntime 1.32): the same
             KL search, the same ``p`` and ``q`` for every candidate threshold and ORT's own
             ``smooth_distribution`` and ``entropy`` on them, so the threshold is ORT's, bit for bit
