@@ -40,6 +40,8 @@ QUANTIZERS = (
     ("minmax_pc", "minmax", True, "ORT MinMax asym., per-channel weights"),
 )
 QLABEL = {k: label for k, _, _, label in QUANTIZERS}
+#: the test set's size: one image is 1 / TEST_IMAGES of accuracy
+TEST_IMAGES = 1000
 #: a difference is beyond the noise when it exceeds NOISE_SE standard errors over the seeds
 NOISE_SE = 2.0
 #: the thesis's per-initialization claims: (name, arch, inits, "worst"/"best", the thesis's wording)
@@ -339,6 +341,42 @@ def verdict(spread: list[dict], arch: str, inits: tuple, kind: str, quantizer: s
     return "not distinguishable from noise", detail
 
 
+def decisive_ratio(spread: list[dict], arch: str, inits: tuple, kind: str, quantizer: str, key: str = "acc_drop_pct"):
+    """How close :func:`verdict`'s answer is to changing: the comparison that decides it, as a
+    difference in units of its noise margin (NOISE_SE combined standard errors). "reproduced": the
+    claimed init's lead over the next one (above 1); "not reproduced": the largest lead another init has
+    over the claimed one (above 1); "not distinguishable from noise": the larger of those two (below 1).
+    A ratio near 1 is a verdict a slightly stricter or looser rule would change. Returns (ratio, the other
+    init of that comparison), or None: not judged."""
+    v, _ = verdict(spread, arch, inits, kind, quantizer, key)
+    if v == "not judged":
+        return None
+    g = {
+        r["init"]: r
+        for r in spread
+        if r["arch"] == arch and r["quantizer"] == quantizer and r[f"{key}_mean"] is not None
+    }
+    sign = 1.0 if kind == "worst" else -1.0
+
+    def se2(r):
+        return r[f"{key}_std"] ** 2 / r["seeds_trained"]
+
+    claimed = max(inits, key=lambda i: sign * g[i][f"{key}_mean"])
+    c = g[claimed]
+    others = [i for i in g if i not in inits and g[i][f"{key}_std"] is not None]
+    rival = max(others, key=lambda i: sign * g[i][f"{key}_mean"])
+
+    def lead(i):  # the other init's lead over the claimed one, in margins (negative: behind it)
+        return sign * (g[i][f"{key}_mean"] - c[f"{key}_mean"]) / (NOISE_SE * math.sqrt(se2(c) + se2(g[i])))
+
+    first = max(others, key=lead)
+    if v == "reproduced":
+        return -lead(rival), rival
+    if v == "not reproduced":
+        return lead(first), first
+    return max((lead(first), first), (-lead(rival), rival))
+
+
 def seeded_claims(rows: list[dict], spread: list[dict]) -> OrderedDict:
     c = OrderedDict()
     models = sorted({(r["arch"], r["init"], r["seed"]) for r in rows})
@@ -356,6 +394,27 @@ def seeded_claims(rows: list[dict], spread: list[dict]) -> OrderedDict:
             v, d = verdict(spread, arch, inits, kind, q)
             c[f"{name}__{q}"] = v
             c[f"{name}__{q}__detail"] = d
+    # the verdicts a rule slightly stricter or looser (NOISE_SE within 10 %) would change
+    # and the test images behind them: per seed, fp32 minus int8 correct answers on the 1,000 (negative: gained)
+    near, images = [], []
+    for name, arch, inits, kind, _ in THESIS_CLAIMS:
+        for q, *_ in QUANTIZERS:
+            got = decisive_ratio(spread, arch, inits, kind, q)
+            if got is None or not 0.9 <= got[0] <= 1.1:
+                continue
+            near.append(f"{name} under {q} ({c[f'{name}__{q}']}, ratio {got[0]:.3f})")
+            sign = 1.0 if kind == "worst" else -1.0
+            g = {r["init"]: r for r in spread if r["arch"] == arch and r["quantizer"] == q}
+            claimed = max(inits, key=lambda i: sign * g[i]["acc_drop_pct_mean"])
+            lost = []
+            for init in (claimed, got[1]):
+                seeds = sorted((r for r in rows if (r["arch"], r["init"], r["quantizer"]) == (arch, init, q)
+                                and r.get("trained") == "yes"), key=lambda r: r["seed"])  # fmt: skip
+                n = ", ".join(f"{round((r['acc_fp32'] - r['acc_int8']) * TEST_IMAGES):+d}" for r in seeds)
+                lost.append(f"{init} {n}")
+            images.append(f"{name} under {q}: " + " vs ".join(lost))
+    c["verdicts_near_margin"] = "; ".join(near) or "none"
+    c["verdicts_near_margin_images"] = "; ".join(images) or "none"
     # which per-initialization differences exceed the seed spread: pairs of initializations of one
     # architecture (both with >= 2 trained seeds) whose mean % decrease differ by more than NOISE_SE
     # combined standard errors

@@ -257,6 +257,48 @@ def test_the_first_run_claims_recomputed_by_hand():
 
 
 @pytest.mark.extra  # scipy (the init-study extra; scikit-learn's dependency in the test extra)
+def test_the_verdicts_recomputed_by_hand():
+    """The twelve verdicts on the thesis's claims (3 claims x 4 quantizers) and how near each is to the
+    rule's margin, recomputed here from results_seeds/table.csv with the statistics module: per
+    initialization the trained seeds' mean and sample std of the % decrease, the margin 2 combined
+    standard errors."""
+    import statistics
+
+    pytest.importorskip("scipy")
+    claims = _analysis().all_claims(SCRIPT.parent)
+    rows = _csv_rows(SCRIPT.parent / "results_seeds")
+    thesis = (("he_worst_dwsbn", "dwsep_bn", ("he_normal", "he_uniform"), 1.0),
+              ("randuni_large_best_dwsbn", "dwsep_bn", ("randuni_1",), -1.0),
+              ("modglorot_med_collapse_convbn", "conv_bn", ("glorot_uni_36",), 1.0))  # fmt: skip
+    near = []
+    for name, arch, inits, sign in thesis:
+        for q in ("p98", "minmax", "p98_pc", "minmax_pc"):
+            drops: dict[str, list[float]] = {}
+            for r in rows:
+                if (r["arch"], r["quantizer"], r["trained"]) == (arch, q, "yes"):
+                    drops.setdefault(r["init"], []).append(float(r["acc_drop_pct"]))
+            assert all(len(v) == 3 for v in drops.values()) and len(drops) == 12  # 3 trained seeds each
+            mean = {i: statistics.fmean(v) for i, v in drops.items()}
+            se2 = {i: statistics.stdev(v) ** 2 / len(v) for i, v in drops.items()}
+            claimed = max(inits, key=lambda i: sign * mean[i])
+            others = [i for i in drops if i not in inits]
+
+            rival = max(others, key=lambda i: sign * mean[i])
+            # another init's lead over the claimed one (worse for "worst", better for "best"), in margins
+            lead = {i: sign * (mean[i] - mean[claimed]) / (2 * math.sqrt(se2[i] + se2[claimed])) for i in others}
+            if -lead[rival] > 1:
+                want, ratio = "reproduced", -lead[rival]
+            elif max(lead.values()) > 1:
+                want, ratio = "not reproduced", max(lead.values())
+            else:
+                want, ratio = "not distinguishable from noise", max(max(lead.values()), -lead[rival])
+            assert claims[f"{name}__{q}"] == want, (name, q)
+            if 0.9 <= ratio <= 1.1:
+                near.append(f"{name} under {q} ({want}, ratio {ratio:.3f})")
+    assert claims["verdicts_near_margin"] == ("; ".join(near) or "none")
+
+
+@pytest.mark.extra  # scipy (the init-study extra; scikit-learn's dependency in the test extra)
 def test_the_seeded_tables_match_their_reports(tmp_path):
     """results_seeds/table.csv and checkpoints.csv against the sweeps' reports in its reports.tar.xz,
     and its analysis.md regenerated from its CSV files."""
