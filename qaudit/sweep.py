@@ -19,6 +19,7 @@ from __future__ import annotations
 import glob as globlib
 import itertools
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,7 +28,7 @@ from pathlib import Path
 from qaudit.errors import ConfigError, QauditError
 
 #: sweep-file keys besides the audit settings
-SWEEP_KEYS = ("models", "grid", "gates")
+SWEEP_KEYS = ("models", "grid", "gates", "part")
 #: settings a sweep does not take from its file: the command's --json/--csv/--html name the outputs
 NOT_IN_SWEEP = ("model", "output_model", "html", "json", "junit", "markdown", "quiet", "worst", "baseline")
 #: the table's columns, in order (the CSV's header; the JSON's row keys)
@@ -80,9 +81,47 @@ def _value_text(v) -> str:
     return str(v)
 
 
+def _models(models, where: str, base: Path) -> list[Path]:
+    """The model files ``models`` (a path or glob, or a list of them, relative to ``base``) names."""
+    if isinstance(models, str):
+        models = [models]
+    if not models or not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise ConfigError(f"'models' {where} must be a list of model paths or globs, e.g. models = [\"models/*.onnx\"]")
+    paths: list[Path] = []
+    for m in models:
+        pattern = m if Path(m).is_absolute() else str(base / m)
+        found = sorted(Path(p) for p in globlib.glob(pattern, recursive=True))
+        if not found:
+            raise ConfigError(f"'models' {where}: {m!r} matches no file")
+        paths += [p for p in found if p not in paths]
+    return paths
+
+
+def _check_grid(grid, where: str, table: dict, label: str = "[grid]", scope: str = "at the top level") -> None:
+    """``grid`` (the [grid] table ``label``) varies audit settings ``table`` (its scope's own keys) does not set."""
+    from qaudit.cli.settings import OPTIONS_BY_NAME
+
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{label} {where} must be a table of setting = [values]")
+    for key, values in grid.items():
+        if key in SWEEP_KEYS or key in NOT_IN_SWEEP or key not in OPTIONS_BY_NAME or key in ("calib", "eval"):
+            raise ConfigError(f"{label} {where}: '{key}' is not an audit setting a sweep can vary")
+        if OPTIONS_BY_NAME[key].group == "fix":  # every row would be the same audit
+            raise ConfigError(
+                f"{label} {where}: '{key}' is a setting of qaudit fix, which a sweep's audits do not read; remove it"
+            )
+        if key in table:
+            raise ConfigError(f"{label} {where}: '{key}' is also set {scope}; set it in one place")
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{label} {where}: '{key}' must be a non-empty list of values, e.g. {key} = [...]")
+
+
 def load(path: Path) -> Sweep:
-    """The jobs of the sweep file at ``path``, every point checked (a :class:`ConfigError` names the key)."""
-    from qaudit.cli.settings import OPTIONS_BY_NAME, resolve
+    """The jobs of the sweep file at ``path``, every point checked (a :class:`ConfigError` names the key).
+
+    The top level's ``models`` and ``[grid]``, and each ``[[part]]``'s (its own ``models``, optional
+    ``[part.grid]`` and settings over the top level's, its jobs' setting ``part=NAME ...``), in that order."""
+    from qaudit.cli.settings import resolve
 
     path = Path(path)
     if not path.is_file():
@@ -95,42 +134,51 @@ def load(path: Path) -> Sweep:
             hint = "list models in 'models'" if key == "model" else f"give qaudit sweep --{key} instead" if key in (
                 "json", "html") else "a sweep writes one table (--csv, --json, --html)"  # fmt: skip
             raise ConfigError(f"'{key}' {where} does not apply to a sweep: {hint}")
-    models = table.get("models")
-    if isinstance(models, str):
-        models = [models]
-    if not models or not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-        raise ConfigError(f"'models' {where} must be a list of model paths or globs, e.g. models = [\"models/*.onnx\"]")
-    paths: list[Path] = []
-    for m in models:
-        pattern = m if Path(m).is_absolute() else str(base / m)
-        found = sorted(Path(p) for p in globlib.glob(pattern, recursive=True))
-        if not found:
-            raise ConfigError(f"'models' {where}: {m!r} matches no file")
-        paths += [p for p in found if p not in paths]
-    grid = table.get("grid", {})
-    if not isinstance(grid, dict):
-        raise ConfigError(f"'grid' {where} must be a table of setting = [values]")
-    for key, values in grid.items():
-        if key in SWEEP_KEYS or key in NOT_IN_SWEEP or key not in OPTIONS_BY_NAME or key in ("calib", "eval"):
-            raise ConfigError(f"[grid] {where}: '{key}' is not an audit setting a sweep can vary")
-        if OPTIONS_BY_NAME[key].group == "fix":  # every row would be the same audit
+    parts = table.get("part", [])
+    if not isinstance(parts, list) or not all(isinstance(t, dict) for t in parts):
+        raise ConfigError(f"'part' {where} must be tables: [[part]] with a name and its models")
+    shared = {k: v for k, v in table.items() if k not in ("models", "grid", "part", "ray_address", "ray_shared_dir")}
+    groups = []  # (the part's name or None, its where, its models, its grid, its settings)
+    if "models" in table or not parts:
+        groups.append((None, where, table.get("models"), table.get("grid", {}), {}))
+    elif "grid" in table:
+        raise ConfigError(f"[grid] {where} needs the top-level 'models' it varies; put it in a [[part]] as [part.grid]")
+    names: set[str] = set()
+    for i, part in enumerate(parts):
+        name = part.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
             raise ConfigError(
-                f"[grid] {where}: '{key}' is a setting of qaudit fix, which a sweep's audits do not read; remove it"
+                f"[[part]] {i + 1} {where} needs a name of letters, digits, '.', '_' or '-', e.g. name = \"checkpoints\""
             )
-        if key in table:
-            raise ConfigError(f"[grid] {where}: '{key}' is also set at the top level; set it in one place")
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"[grid] {where}: '{key}' must be a non-empty list of values, e.g. {key} = [...]")
-    shared = {k: v for k, v in table.items() if k not in ("models", "grid", "ray_address", "ray_shared_dir")}
-    keys = tuple(grid)
+        if name in names:
+            raise ConfigError(f"[[part]] '{name}' {where} is named twice; give each part its own name")
+        names.add(name)
+        pwhere = f"in [[part]] '{name}' of {path}"
+        for key in (*NOT_IN_SWEEP, "ray_address", "ray_shared_dir", "part"):
+            if key in part:
+                raise ConfigError(
+                    f"'{key}' {pwhere} does not apply to a part: set it for the whole sweep, at the top level"
+                )
+        settings = {k: v for k, v in part.items() if k not in ("name", "models", "grid")}
+        groups.append((name, pwhere, part.get("models"), part.get("grid", {}), settings))
+    keys: tuple[str, ...] = ()
     jobs: list[Job] = []
-    for point in itertools.product(*(grid[k] for k in keys)) if keys else [()]:
-        values = dict(zip(keys, point))
-        setting = " ".join(f"{k}={_value_text(v)}" for k, v in values.items())
-        for model in paths:  # (each audit runs whole in its process or task: no ray_address of its own)
-            settings = resolve("audit", {}, cwd=base, file=(path, {**shared, **values, "model": str(model)}))
-            cfg = settings.audit_config()
-            jobs.append(Job(len(jobs), model, setting, cfg, settings.gates))
+    for name, at, models, grid, own in groups:
+        paths = _models(models, at, base)
+        if name is None:
+            _check_grid(grid, at, table)
+        else:
+            _check_grid(grid, at, own, "[part.grid]", "in the part")
+        keys += tuple(k for k in grid if k not in keys)
+        for point in itertools.product(*grid.values()) if grid else [()]:
+            values = dict(zip(grid, point, strict=True))
+            setting = " ".join(
+                ([f"part={name}"] if name is not None else []) + [f"{k}={_value_text(v)}" for k, v in values.items()]
+            )
+            for model in paths:  # (each audit runs whole in its process or task: no ray_address of its own)
+                merged = {**shared, **own, **values, "model": str(model)}
+                settings = resolve("audit", {}, cwd=base, file=(path, merged))
+                jobs.append(Job(len(jobs), model, setting, settings.audit_config(), settings.gates))
     address = table.get("ray_address")
     if address is not None and not isinstance(address, str):
         raise ConfigError(f"'ray_address' {where} must be a string (an address, or auto)")

@@ -54,6 +54,11 @@ def _at_least(lo: float) -> Callable:
     return check
 
 
+def _trials(v):
+    if v != 0 and v < 2:  # 0: none (a [[part]] of a sweep turns off the top level's trials so)
+        raise ValueError(f"must be 0 (none) or >= 2 (a spread needs two trials), not {v!r}")
+
+
 def _calibrate_method(v):
     methods = [m.strip() for m in v.split(",")]
     for m in methods:
@@ -313,9 +318,9 @@ OPTIONS: tuple[Option, ...] = (
         "trials",
         "int",
         "also calibrate on N random subsets of the calibration files and report each metric's mean, std, min "
-        "and max over them (the main report and the gates stay the full-data audit's)",
+        "and max over them (the main report and the gates stay the full-data audit's; 0: none)",
         None,
-        check=_at_least(2),
+        check=_trials,
         group="measurement",
         metavar="N",
     ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 
 import pytest
@@ -141,3 +142,106 @@ def test_ray_address_without_ray_is_one_line_with_the_pip_command(tmp_path, run_
         assert p.stderr == 'qaudit: error: --ray-address needs Ray, which is not installed: pip install "qaudit[ray]"\n'
     p = run_cli("sweep", str(path), "--quiet")
     assert p.returncode == 0, p.stderr
+
+
+def _with_parts(folder, parts: str, **kw):
+    path = write_sweep(folder, broken=False, **kw)
+    path.write_text(path.read_text() + "\n" + parts)
+    return path
+
+
+def test_a_part_audits_its_own_models_with_its_own_settings(tmp_path):
+    """[[part]]: its models, its settings over the top level's, its own [part.grid]; the top-level grid
+    does not apply to it; each job's setting names its part, so its files never collide with the top's."""
+    parts = """[[part]]
+name = "pc"
+models = ["models/a.onnx"]
+calibrate_method = "minmax"
+per_channel = true
+
+[[part]]
+name = "types"
+models = "models/a.onnx"
+weight_type = "int8"
+[part.grid]
+activation_type = ["uint8", "int8"]
+"""
+    path = _with_parts(tmp_path / "s", parts)
+    plan = sweep.load(path)
+    got = [(j.model.name, j.setting, j.cfg.quant.calibrate_method, j.cfg.quant.per_channel, j.cfg.quant.activation_type,
+            j.cfg.quant.weight_type)
+           for j in plan.jobs]  # fmt: skip
+    assert got == [
+        ("a.onnx", "calibrate_method=minmax", "minmax", False, "uint8", "uint8"),
+        ("a.onnx", "calibrate_method=percentile", "percentile", False, "uint8", "uint8"),
+        ("a.onnx", "part=pc", "minmax", True, "uint8", "uint8"),
+        ("a.onnx", "part=types activation_type=uint8", "percentile", False, "uint8", "int8"),
+        ("a.onnx", "part=types activation_type=int8", "percentile", False, "int8", "int8"),
+    ]
+    assert all(j.cfg.batch_size == 8 and j.gates.configured(False) for j in plan.jobs)  # the shared settings
+    files = sweep.JobFiles(plan, tmp_path / "out", resume=False)
+    assert len({files.name(j) for j in plan.jobs}) == 5
+    # the part's audit is the one plain qaudit.audit gives with its settings
+    (pc,) = [o for o in sweep.run(sweep.Sweep(plan.path, (plan.jobs[2],), plan.grid_keys))]
+    want = qaudit.audit(audit_config(SAMPLE_MODEL, SAMPLE_CALIB, SAMPLE_EVAL, SAMPLE_LABELS, batch_size=8,
+                                     calibrate_method="minmax", per_channel=True))  # fmt: skip
+    assert without_clock(to_dict(pc.report))["layers"] == without_clock(to_dict(want))["layers"]
+    assert pc.row["setting"] == "part=pc"
+
+
+def test_a_sweep_of_parts_alone_needs_no_top_level_models(tmp_path):
+    path = _with_parts(tmp_path / "s", '[[part]]\nname = "only"\nmodels = ["models/a.onnx"]\n', grid="")
+    text = path.read_text().replace('models = ["models/*.onnx"]\n', "").replace("[grid]\n", "")
+    path.write_text(text)
+    assert [j.setting for j in sweep.load(path).jobs] == ["part=only"]
+
+
+@pytest.mark.parametrize(
+    "parts, message",
+    [
+        ('[[part]]\nmodels = ["models/a.onnx"]\n', "needs a name"),
+        ('[[part]]\nname = "a b"\nmodels = ["models/a.onnx"]\n', "needs a name"),
+        (
+            '[[part]]\nname = "x"\nmodels = ["models/a.onnx"]\n[[part]]\nname = "x"\nmodels = ["models/a.onnx"]\n',
+            "named twice",
+        ),
+        ('[[part]]\nname = "x"\n', "'models' in [[part]] 'x'"),
+        ('[[part]]\nname = "x"\nmodels = ["nowhere/*.onnx"]\n', "matches no file"),
+        ('[[part]]\nname = "x"\nmodels = ["models/a.onnx"]\njson = "x.json"\n', "does not apply to a part"),
+        ('[[part]]\nname = "x"\nmodels = ["models/a.onnx"]\nray_address = "auto"\n', "does not apply to a part"),
+        (
+            '[[part]]\nname = "x"\nmodels = ["models/a.onnx"]\nper_channel = true\n[part.grid]\nper_channel = [true]\n',
+            "also set in the part",
+        ),
+        ('[[part]]\nname = "x"\nmodels = ["models/a.onnx"]\n[part.grid]\nmax_cost = [1]\n', "setting of qaudit fix"),
+        ('[[part]]\nname = "x"\nmodels = ["models/a.onnx"]\ncalibrate_method = "fastest"\n', "calibrate_method"),
+        ("part = 3\n", "must be tables"),
+    ],
+)
+def test_a_bad_part_is_one_line_before_any_audit(tmp_path, run_cli, parts, message):
+    if parts.startswith("part ="):  # a top-level key: before the tables
+        path = write_sweep(tmp_path / "s", broken=False, extra=parts)
+    else:
+        path = _with_parts(tmp_path / "s", parts)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        sweep.load(path)
+    p = run_cli("sweep", str(path))
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+
+
+def test_a_top_level_grid_without_top_level_models_is_an_error(tmp_path):
+    path = _with_parts(tmp_path / "s", '[[part]]\nname = "x"\nmodels = ["models/a.onnx"]\n')
+    path.write_text(path.read_text().replace('models = ["models/*.onnx"]\n', ""))
+    with pytest.raises(ConfigError, match="needs the top-level 'models'"):
+        sweep.load(path)
+
+
+def test_a_part_turns_the_top_levels_trials_off_with_zero(tmp_path):
+    path = _with_parts(
+        tmp_path / "s", '[[part]]\nname = "ck"\nmodels = ["models/a.onnx"]\ntrials = 0\n', extra="trials = 3"
+    )
+    assert [(j.setting, j.cfg.trials) for j in sweep.load(path).jobs] == [
+        ("calibrate_method=minmax", 3),
+        ("calibrate_method=percentile", 3),
+        ("part=ck", 0),
+    ]

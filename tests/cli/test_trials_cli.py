@@ -30,12 +30,14 @@ def test_flags_config_file_and_environment(tmp_path):
     cfg = _settings(tmp_path).audit_config()
     assert (cfg.trials, cfg.seed, cfg.trial_fraction) == (4, 9, 0.5)
     assert _settings(tmp_path, env={"QAUDIT_TRIALS": "6"}).audit_config().trials == 6
+    assert _settings(tmp_path, env={"QAUDIT_TRIALS": "0"}).audit_config().trials == 0  # 0: none, as the default
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--trials", "1"], "trials from --trials: must be >= 2"),
+        (["--trials", "1"], "trials from --trials: must be 0 (none) or >= 2"),
+        (["--trials", "-3"], "trials from --trials: must be 0 (none) or >= 2"),
         (["--trials", "3", "--trial-fraction", "1"], "trial_fraction from --trial-fraction: must be in (0, 1)"),
         (["--trials", "3", "--trial-fraction", "0.1"], "less than 1 file"),
     ],
