@@ -42,7 +42,7 @@ def main() -> None:
     models = sorted((HERE / "work" / "models").glob(args.pattern))[: args.models]
     if len(models) < args.models:
         sys.exit(f"bench_ray: {len(models)} trained model(s) match {args.pattern}: train them first (RESULTS.md, Run)")
-    spec = (HERE / "sweep.toml").read_text()
+    spec = (HERE / "sweep.toml").read_text().split("\n[[part]]")[0]  # the models' jobs, not the checkpoints'
     listed = ", ".join(f'"work/models/{m.name}"' for m in models)
     spec = spec.replace('models = ["work/models/*__s*.onnx"]', f"models = [{listed}]")
     with tempfile.TemporaryDirectory(prefix="qaudit-bench-ray-") as tmp:

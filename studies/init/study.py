@@ -14,9 +14,9 @@ side of the calibration histogram).
 
 The seeded run (RESULTS.md, "Run"): ``--train-only --resume`` trains every model with seeds 0, 1, 2
 (``work/models/ARCH__INIT__sSEED.onnx``, checkpoints in ``work/checkpoints/``, logs in
-``work/train/``), the two sweep files beside this script audit them (``qaudit sweep sweep.toml
---out work/sweep --resume``), and ``--from-sweep work/sweep --checkpoints-from
-work/sweep_checkpoints`` writes results_seeds/ (tables, analysis.md, figures, reports.tar.xz).
+``work/train/``), the sweep file beside this script audits them and, in its part "checkpoints", the
+checkpoints (``qaudit sweep sweep.toml --out work/sweep --resume``), and ``--from-sweep work/sweep``
+writes results_seeds/ (tables, analysis.md, figures, reports.tar.xz).
 
 Writes, under --out (default studies/init/results; --quick: results_quick):
 
@@ -1117,10 +1117,14 @@ def _trained_flag(acc_fp32, log: dict | None) -> str:
     return "yes"
 
 
-def seeded_tables(sweep_dir: Path, ckpt_dir: Path | None, work: Path, out: Path, sweeps=None) -> tuple[list, list]:
-    """results_seeds/: ``table.csv`` (model x quantizer), ``spread.csv`` (over seeds), ``checkpoints.csv``,
-    ``layers.csv`` (the Percentile per-tensor run of every model), and ``reports.tar.xz`` (the sweeps'
-    files and the training logs), from ``qaudit sweep --out`` folders."""
+#: the sweep's part that audits the over-training checkpoints (sweep.toml)
+CHECKPOINT_PART = "part=checkpoints"
+
+
+def seeded_tables(sweep_dir: Path, work: Path, out: Path, sweep_file: Path | None = None) -> tuple[list, list]:
+    """results_seeds/: ``table.csv`` (model x quantizer), ``spread.csv`` (over seeds), ``checkpoints.csv``
+    (the part "checkpoints"), ``layers.csv`` (the Percentile per-tensor run of every model), and
+    ``reports.tar.xz`` (the sweep's files and the training logs), from ``qaudit sweep --out`` folder."""
     import io
     import tarfile
 
@@ -1129,10 +1133,17 @@ def seeded_tables(sweep_dir: Path, ckpt_dir: Path | None, work: Path, out: Path,
 
     qkey = {(m, pc): k for k, m, pc, _ in analysis.QUANTIZERS}
     out.mkdir(parents=True, exist_ok=True)
-    rows, ck, lay, kept, kept_ck = [], [], [], [], []
-    sweep_file, ckpt_file = sweeps or (HERE / "sweep.toml", HERE / "sweep_checkpoints.toml")
-    for d, setting, fname, runs in sweep_jobs(sweep_dir, sweep_file):
+    rows, ck, lay, kept = [], [], [], []
+    for d, setting, fname, runs in sweep_jobs(sweep_dir, sweep_file or HERE / "sweep.toml"):
         kept += [fname, fname.removesuffix(".row.json") + ".json"]
+        if setting == CHECKPOINT_PART:
+            for method, rep in runs.items():
+                st = _stats(rep)
+                r = {"arch": d["arch"], "init": d["init"], "seed": int(d["seed"]), "epoch": int(d["epoch"])}
+                r.update(quantizer=qkey[(method, False)], trained=_trained_flag(st["acc_fp32"], None), report=fname)
+                r.update({k: st[k] for k in CHECKPOINT_COLUMNS if k in st})
+                ck.append(r)
+            continue
         pc = setting == "per_channel=true"
         log_path = work / "train" / f"{d['arch']}__{d['init']}__s{d['seed']}.json"
         log = json.loads(log_path.read_text()) if log_path.exists() else None
@@ -1151,20 +1162,11 @@ def seeded_tables(sweep_dir: Path, ckpt_dir: Path | None, work: Path, out: Path,
     write_csv(out / "layers.csv", LAYER_COLUMNS, lay)
     spread = analysis.spread_rows(analysis.read_csv(out / "table.csv"))
     write_csv(out / "spread.csv", list(spread[0]) if spread else [], spread)
-    if ckpt_dir is not None and ckpt_dir.is_dir():
-        for d, _setting, fname, runs in sweep_jobs(ckpt_dir, ckpt_file):
-            kept_ck += [fname, fname.removesuffix(".row.json") + ".json"]
-            for method, rep in runs.items():
-                st = _stats(rep)
-                r = {"arch": d["arch"], "init": d["init"], "seed": int(d["seed"]), "epoch": int(d["epoch"])}
-                r.update(quantizer=qkey[(method, False)], trained=_trained_flag(st["acc_fp32"], None), report=fname)
-                r.update({k: st[k] for k in CHECKPOINT_COLUMNS if k in st})
-                ck.append(r)
+    if ck:
         ck.sort(key=lambda r: (qorder[r["quantizer"]], order[r["arch"]], iorder[r["init"]], r["seed"], r["epoch"]))
         write_csv(out / "checkpoints.csv", CHECKPOINT_COLUMNS, ck)
-    with tarfile.open(out / "reports.tar.xz", "w:xz") as tar:  # the sweeps' files and the training logs
+    with tarfile.open(out / "reports.tar.xz", "w:xz") as tar:  # the sweep's files and the training logs
         files = [("sweep", sweep_dir / n) for n in kept]
-        files += [("sweep_checkpoints", ckpt_dir / n) for n in kept_ck]
         files += [("train", f) for f in sorted((work / "train").glob("*__s*.json"))]
         for sub, f in files:
             data = f.read_bytes()
@@ -1366,15 +1368,14 @@ def main(argv=None) -> int:
         default=None,
         metavar="DIR",
         help="the seeded run's tables (--out, default results_seeds) from a `qaudit sweep studies/init/sweep.toml "
-        "--out DIR`; with --checkpoints-from, the over-training table too",
+        '--out DIR`, the over-training table from its part "checkpoints"',
     )
-    ap.add_argument("--checkpoints-from", type=Path, default=None, metavar="DIR", help="sweep_checkpoints.toml's --out")
     ap.add_argument(
         "--sweeps",
         type=Path,
         default=HERE,
         metavar="DIR",
-        help="--from-sweep: the folder of the sweep.toml and sweep_checkpoints.toml that wrote the sweeps (default: here)",
+        help="--from-sweep: the folder of the sweep.toml that wrote the sweep (default: here)",
     )
     args = ap.parse_args(argv)
 
@@ -1398,11 +1399,11 @@ def main(argv=None) -> int:
 
     if args.from_sweep is not None:
         out = args.out or HERE / "results_seeds"
-        sweeps = (args.sweeps / "sweep.toml", args.sweeps / "sweep_checkpoints.toml")
-        rows, ck = seeded_tables(args.from_sweep, args.checkpoints_from, args.work, out, sweeps)
+        sweep_file = args.sweeps / "sweep.toml"
+        rows, ck = seeded_tables(args.from_sweep, args.work, out, sweep_file)
         write_seeded_analysis(out)
         if not args.no_plots:
-            for p in seeded_plots(out, args.from_sweep, sweeps[0]):
+            for p in seeded_plots(out, args.from_sweep, sweep_file):
                 print(f"wrote {p}")
         print(f"{len(rows)} rows, {len(ck)} checkpoint rows in {out}")
         return 0

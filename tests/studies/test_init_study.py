@@ -152,7 +152,8 @@ def test_overlay_page(quick):
 def test_the_sweep_file_has_the_study_settings(tmp_path):
     """studies/init/sweep.toml audits the seeded models with the study's quantizers (analysis.QUANTIZERS:
     Percentile 98 and MinMax, asymmetric, per-tensor and per-channel weights) and 5 calibration trials;
-    its Percentile per-tensor run is study.py's own audit (quant_config, audit)."""
+    its Percentile per-tensor run is study.py's own audit (quant_config, audit); its part "checkpoints"
+    audits the seed-0 checkpoints with the per-tensor two, no trials, the rest alike."""
     import importlib.util
     import shutil
 
@@ -171,9 +172,8 @@ def test_the_sweep_file_has_the_study_settings(tmp_path):
     )
     for name in ("calib/000.npy", "test.npy", "test_labels.npy"):
         (root / "work" / "data" / name).write_bytes(b"")
-    for f in ("sweep.toml", "sweep_checkpoints.toml"):
-        shutil.copy(SCRIPT.parent / f, root / f)
-    jobs = sweep.load(root / "sweep.toml").jobs
+    shutil.copy(SCRIPT.parent / "sweep.toml", root / "sweep.toml")
+    *jobs, ck = sweep.load(root / "sweep.toml").jobs
     assert [j.setting for j in jobs] == ["per_channel=false", "per_channel=true"]
     want = study.quant_config()
     sys.path.insert(0, str(SCRIPT.parent))
@@ -196,9 +196,14 @@ def test_the_sweep_file_has_the_study_settings(tmp_path):
             and job.cfg.eval.name == "test.npy"
             and job.cfg.labels.name == "test_labels.npy"
         )
-    (ck,) = sweep.load(root / "sweep_checkpoints.toml").jobs
+    assert ck.setting == study.CHECKPOINT_PART
     assert ck.model.name == "conv_bn__he_normal__s0__e05.onnx" and ck.cfg.trials == 0
-    assert {q.calibrate_method for q in [ck.cfg.quant, *ck.cfg.runs[1:]]} == {"percentile", "minmax"}
+    assert {(q.calibrate_method, q.per_channel) for q in [ck.cfg.quant, *ck.cfg.runs[1:]]} == {
+        ("percentile", False),
+        ("minmax", False),
+    }
+    for field in ("batch_size", "clip_percentile", "calib", "eval", "labels", "isolated"):
+        assert getattr(ck.cfg, field) == getattr(jobs[0].cfg, field), field
 
 
 def _analysis():
@@ -312,15 +317,16 @@ def _check_seeded(folder, tmp_path) -> int:
     with tarfile.open(folder / "reports.tar.xz") as tar:
         files = {m.name: json.load(tar.extractfile(m)) for m in tar.getmembers()}
     methods = {k: (m, pc) for k, m, pc, _ in _analysis().QUANTIZERS}
-    for table, sub in (("table.csv", "sweep"), ("checkpoints.csv", "sweep_checkpoints")):
+    for table in ("table.csv", "checkpoints.csv"):
         if not (folder / table).exists():
             continue
         with open(folder / table, newline="") as f:
             for r in csv.DictReader(f):
-                row = files[f"{sub}/{r['report']}"]
+                row = files[f"sweep/{r['report']}"]
                 method, pc = methods[r["quantizer"]]
-                assert row["setting"] in ("", f"per_channel={'true' if pc else 'false'}")
-                rep = {run["name"]: run for run in files[f"{sub}/{row['report']}"]["runs"]}[method]
+                part = "part=checkpoints" if table == "checkpoints.csv" else f"per_channel={'true' if pc else 'false'}"
+                assert row["setting"] == part
+                rep = {run["name"]: run for run in files[f"sweep/{row['report']}"]["runs"]}[method]
                 assert rep["settings"]["per_channel"] is pc and rep["settings"]["calibrate_method"] == method
                 o = rep["outputs"][0]
                 for k in ("acc_fp32", "acc_int8", "qce", "acc_drop_pct"):
@@ -348,7 +354,7 @@ def _check_seeded(folder, tmp_path) -> int:
 @pytest.fixture(scope="module")
 def quick_seeded(tmp_path_factory):
     """The seeded pipeline end to end, small: study.py --train-only --quick (3 models, seed 0, 2 epochs),
-    the two sweep files with --out, then study.py --from-sweep."""
+    the sweep file with --out (its part "checkpoints" too), then study.py --from-sweep."""
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     pytest.importorskip("scipy")
@@ -356,8 +362,7 @@ def quick_seeded(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("init_seeded") / "init"
     root.mkdir()
-    for f in ("sweep.toml", "sweep_checkpoints.toml"):
-        shutil.copy(SCRIPT.parent / f, root / f)
+    shutil.copy(SCRIPT.parent / "sweep.toml", root / "sweep.toml")
     work = root / "work"
 
     def run(*args, timeout=600):
@@ -370,10 +375,8 @@ def quick_seeded(tmp_path_factory):
     run(*train)
     again = run(*train)
     run("-m", "qaudit", "sweep", root / "sweep.toml", "--out", work / "sweep", "--quiet")
-    run("-m", "qaudit", "sweep", root / "sweep_checkpoints.toml", "--out", work / "sweep_checkpoints", "--quiet")
     out = root / "out"
-    run(SCRIPT, "--from-sweep", work / "sweep", "--checkpoints-from", work / "sweep_checkpoints", "--sweeps", root,
-        "--work", work, "--out", out)  # fmt: skip
+    run(SCRIPT, "--from-sweep", work / "sweep", "--sweeps", root, "--work", work, "--out", out)
     return out, work, again
 
 
