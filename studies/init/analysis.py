@@ -209,6 +209,11 @@ def first_run_claims(table: list[dict], layers: list[dict], default_table: list[
     ):
         rho, p, n = spearman(drop, vals)
         c[f"first_spearman_bn_drop_vs_{key}"] = f"rho {_f(rho, '+.2f')}, p {_f(p, '.2g')}, n {n}"
+    # the same within each BN variant: the two variants' folded ranges do not overlap
+    for a in ("conv_bn", "dwsep_bn"):
+        mine = [r for r in sub if r["arch"] == a]
+        rho, p, n = spearman([r["acc_drop_pct"] for r in mine], [body_max[(a, r["init"])] for r in mine])
+        c[f"first_spearman_{a}_drop_vs_body_max_fold_range"] = f"rho {_f(rho, '+.2f')}, p {_f(p, '.2g')}, n {n}"
     return c
 
 
@@ -245,6 +250,26 @@ def seed0_reproduces(root: Path) -> str:
     seeded = logs(root / "results_seeds" / "reports.tar.xz", "__s0.json")
     same = [n for n, lg in seeded.items() if n in first and lg["epoch_loss"] == first[n]["epoch_loss"]]
     return f"{len(same)} of {len(seeded)}"
+
+
+def seeded_train_seconds(root: Path) -> str:
+    """The seeded run's training times, from its training logs (``train_seconds``, reports.tar.xz): the
+    total, the median, and per architecture the range."""
+    import json
+    import tarfile
+
+    archive = root / "results_seeds" / "reports.tar.xz"
+    if not archive.exists():
+        return "none"
+    with tarfile.open(archive) as tar:
+        logs = [json.load(tar.extractfile(m)) for m in tar.getmembers() if m.name.startswith("train/")]
+    t = [lg["train_seconds"] for lg in logs]
+    per = []
+    for a in ARCHS:
+        v = [lg["train_seconds"] for lg in logs if lg["arch"] == a]
+        if v:
+            per.append(f"{a} {min(v):.0f}-{max(v):.0f} s")
+    return f"{sum(t):,.0f} s for {len(t)} models (median {np.median(t):.0f} s; " + ", ".join(per) + ")"
 
 
 def seeded_trained(root: Path) -> str:
@@ -450,6 +475,20 @@ def seeded_claims(rows: list[dict], spread: list[dict]) -> OrderedDict:
             if v:
                 med[a] = float(np.median(v))
         c[f"arch_order_drop__{q}"] = _order(med, sorted(med, key=lambda a: -med[a])) or "none audited yet"
+        # the same per training seed (the medians over that seed's 12 initializations)
+        per = []
+        for seed in sorted({r["seed"] for r in rows}):
+            m = {}
+            for a in ARCHS:
+                v = [
+                    r["acc_drop_pct"]
+                    for r in rows
+                    if (r["quantizer"], r["arch"], r["seed"]) == (q, a, seed) and r.get("trained") == "yes"
+                ]
+                if v:
+                    m[a] = float(np.median(v))
+            per.append(f"seed {seed:.0f}: " + _order(m, sorted(m, key=lambda a: -m[a])))
+        c[f"arch_order_drop_by_seed__{q}"] = "; ".join(per)
     return c
 
 
@@ -483,6 +522,12 @@ def checkpoint_claims(ck: list[dict]) -> OrderedDict:
                 c[f"overtrain_{a}__{q}"] = f"not judged: {len(final)} model(s) with every checkpoint audited"
                 continue
             worst = max(final, key=lambda i: final[i]["acc_drop_pct"])
+            # the test images the final-worst and the runner-up lose at the last epoch (fp32 minus int8 correct)
+            runner = max((i for i in final if i != worst), key=lambda i: final[i]["acc_drop_pct"])
+            lost = {i: round((final[i]["acc_fp32"] - final[i]["acc_int8"]) * TEST_IMAGES) for i in (worst, runner)}
+            c[f"overtrain_{a}__{q}__final_images"] = (
+                f"{worst} {lost[worst]:+d} images, the next ({runner}) {lost[runner]:+d}"
+            )
             ranks, top = [], []
             for e in epochs:
                 at = {r["init"]: r["qmse"] for r in rows if int(r["epoch"]) == e and r["init"] in final}
@@ -541,6 +586,7 @@ def all_claims(root: Path) -> OrderedDict:
         c.update(seeded_folder_claims(root / "results_seeds"))
         c["seed0_same_loss_as_first_run"] = seed0_reproduces(root)
         c["seeded_models_trained"] = seeded_trained(root)
+        c["seeded_train_seconds"] = seeded_train_seconds(root)
     return c
 
 
