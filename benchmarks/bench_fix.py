@@ -55,6 +55,7 @@ def bench(
     from qaudit.gate import GateConfig
     from qaudit.options import audit_config
     from qaudit.pipeline.audit import audit
+    from qaudit.remedy import search as S
     from qaudit.remedy.search import DEFAULT_MAX_COST, cost, fix
 
     build = _builder()
@@ -68,7 +69,19 @@ def bench(
     t_audit = time.perf_counter() - t0
     max_cost = DEFAULT_MAX_COST if max_cost is None else max_cost
     gates = GateConfig({"min_output_sqnr": target})
-    result = fix(cfg, gates, budget=budget, max_cost=max_cost, minimal=minimal, workers=workers)
+    rounds = []  # the sets measured per call of verify (with --workers N up to N: the asked one and those ahead)
+    measure = S.verify
+
+    def counted(ws, sets, *args):
+        sets = list(sets)
+        rounds.append(len(sets))
+        return measure(ws, sets, *args)
+
+    S.verify = counted
+    try:
+        result = fix(cfg, gates, budget=budget, max_cost=max_cost, minimal=minimal, workers=workers)
+    finally:
+        S.verify = measure
     floats, sixteen = cost(result.search.changes)
     return {
         "model": name,
@@ -82,6 +95,8 @@ def bench(
         "ratio": result.seconds["total"] / t_audit,
         "ratio_before": result.seconds["total"] / result.seconds["before"],  # what --max-cost bounds
         "measured": result.search.n_measured,
+        "rounds": len(rounds),  # calls of verify: the sets asked for, with those measured ahead
+        "measured_in_all": sum(rounds),  # the sets measured ahead and never asked for included
         "candidates": len(result.search.candidates),
         "budget": result.search.budget,
         "max_cost": result.search.max_cost,
@@ -154,7 +169,7 @@ def main() -> None:
         p = r["phases_s"]
         print(
             f"{r['model']} --workers {r['workers']}: before {p['before']:.1f} s, search {p['search']:.1f} s "
-            f"({r['measured']} sets, "
+            f"({r['measured']} sets; {r['measured_in_all']} measured in {r['rounds']} rounds, "
             f"{sum(r['seconds_per_set']) / max(1, r['measured']):.1f} s each), verifying audit(s) {p['after']:.1f} s, "
             f"caps: --max-measurements {r['budget']}, --max-cost {r['max_cost'] or 0:g}; stopped by "
             f"{r['stopped_by'] or 'neither (the search ended on its own)'}; {len(r['refused'])} change(s) refused"

@@ -378,8 +378,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "workers",
         "int",
-        "qaudit fix: measure change sets N at a time, in N local processes (same recipe and measurements as 1; not "
-        "with --ray-address)",
+        "qaudit fix: measure change sets N at a time, in N local processes (default 1; under the count cap alone the "
+        "same recipe and measurements as 1; not with --ray-address)",
         1,
         check=_at_least(1),
         group="fix",

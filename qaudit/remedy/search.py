@@ -180,9 +180,9 @@ def search(
     asked: set[frozenset] = set()
     refused: dict[Change, str] = {}
     forced = tuple(dict.fromkeys(forced))
-    # an executor measuring several sets at once (a Ray cluster's CPUs): the sets the next step may ask
-    # for are measured together with the one it asks for; the trail, the budget and the result are the
-    # one-at-a-time search's (a set is in the trail when the search asks for it)
+    # an executor measuring several sets at once (a Ray cluster's CPUs, --workers N local processes): the
+    # sets the next step may ask for are measured together with the one it asks for; the trail, the budget
+    # and the result are the one-at-a-time search's (a set is in the trail when the search asks for it)
     width = getattr(executor, "width", 1)
 
     def full(changes) -> list[Change]:
@@ -472,10 +472,9 @@ def fix(
 
     ``workers`` > 1 (``--workers N``, no ``executor`` given): the change sets are measured in that many
     local processes (:class:`~qaudit.remedy.sensitivity.ProcessExecutor`, one pool for the whole fix), the
-    search measuring the sets its next step may ask for
-    together with the one it asks for: the same result and trail as one process (the cost cap aside,
-    which counts wall time). With ``cfg.ray_address`` it is a :class:`~qaudit.errors.ConfigError`: the
-    cluster's CPUs are the width there."""
+    search measuring the sets its next step may ask for together with the one it asks for: the same result
+    and trail as one process (the cost cap aside, which counts wall time). With ``cfg.ray_address`` it is a
+    :class:`~qaudit.errors.ConfigError`: the cluster's CPUs are the width there."""
     import tempfile
     import time
     from pathlib import Path
@@ -549,7 +548,7 @@ def fix(
 
 
 def _local_pool(executor, workers: int, tmp):
-    """A context yielding ``executor``, or with ``workers`` > 1 a process pool writing its temporary files into ``tmp``."""
+    """A context yielding ``executor``, or with ``workers`` > 1 a process pool (temporary files in ``tmp``)."""
     import contextlib
 
     from qaudit.remedy.sensitivity import ProcessExecutor
