@@ -30,7 +30,7 @@ from qaudit.errors import ConfigError, QauditError
 #: sweep-file keys besides the audit settings
 SWEEP_KEYS = ("models", "grid", "gates", "part")
 #: settings a sweep does not take from its file: the command's --json/--csv/--html name the outputs
-NOT_IN_SWEEP = ("model", "output_model", "html", "json", "junit", "markdown", "quiet", "worst", "baseline")
+NOT_IN_SWEEP = ("model", "output_model", "html", "json", "junit", "markdown", "quiet", "worst", "baseline", "workers")
 #: the table's columns, in order (the CSV's header; the JSON's row keys)
 COLUMNS = (
     "model", "setting", "status", "layers", "worst_layer", "worst_sqnr_db", "output", "sqnr_db", "qce",
@@ -132,7 +132,7 @@ def load(path: Path) -> Sweep:
     for key in NOT_IN_SWEEP:
         if key in table:
             hint = "list models in 'models'" if key == "model" else f"give qaudit sweep --{key} instead" if key in (
-                "json", "html") else "a sweep writes one table (--csv, --json, --html)"  # fmt: skip
+                "json", "html", "workers") else "a sweep writes one table (--csv, --json, --html)"  # fmt: skip
             raise ConfigError(f"'{key}' {where} does not apply to a sweep: {hint}")
     parts = table.get("part", [])
     if not isinstance(parts, list) or not all(isinstance(t, dict) for t in parts):

@@ -146,7 +146,7 @@ def run_fix(args) -> int:
         try:
             result = fix(
                 cfg, gates, progress, layers=args.max_layers, budget=args.max_measurements,
-                max_cost=settings["max_cost"], minimal=settings["minimal"],
+                max_cost=settings["max_cost"], minimal=settings["minimal"], workers=settings["workers"],
             )  # fmt: skip
         except OutputError as e:
             raise OutputError(f"cannot write {outs.label_of(e.path)}: {e.reason}; nothing was written") from e

@@ -381,6 +381,16 @@ OPTIONS: tuple[Option, ...] = (
         bool_flags=("--minimal", "--no-minimal"),
     ),
     Option(
+        "workers",
+        "int",
+        "qaudit fix: measure change sets N at a time, in N local processes (default 1; under the count cap alone the "
+        "same recipe and measurements as 1; not with --ray-address)",
+        1,
+        check=_at_least(1),
+        group="fix",
+        metavar="N",
+    ),
+    Option(
         "output_model",
         "out",
         "write the quantized model that was audited; with several calibration methods the first run's, or one "

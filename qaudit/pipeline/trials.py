@@ -102,15 +102,19 @@ def prepare_trial(ctx, index: int, indices: Sequence[int], clock: PhaseClock | N
 
 
 def _own_copy(model: Path, folder: Path) -> Path:
-    """``model`` (and its external weights, ``<name>.data``) linked into ``folder``: ORT's calibrator
+    """``model`` linked (and its external weights, ``<name>.data``, copied) into ``folder``: ORT's calibrator
     and ``quantize_static`` write ``<model>-inferred.onnx`` beside the model they are given and delete
-    it (onnxruntime 1.32, docs/ort-quirks.md), so trials run in parallel on one file would race."""
+    it (onnxruntime 1.32, docs/ort-quirks.md), so trials run in parallel on one file would race; onnx
+    refuses to load external data through a hard link ("potential hardlink attack"), so that is a copy."""
     out = folder / model.name
     for src in (model, model.with_name(model.name + ".data")):
         dst = folder / src.name
         if src.exists() and not dst.exists():
             try:
-                os.link(src, dst)
+                if src == model:
+                    os.link(src, dst)
+                else:  # onnx refuses external data behind a hard link
+                    shutil.copyfile(src, dst)
             except OSError:  # another file system: a copy
                 shutil.copyfile(src, dst)
     return out

@@ -180,9 +180,9 @@ def search(
     asked: set[frozenset] = set()
     refused: dict[Change, str] = {}
     forced = tuple(dict.fromkeys(forced))
-    # an executor measuring several sets at once (a Ray cluster's CPUs): the sets the next step may ask
-    # for are measured together with the one it asks for; the trail, the budget and the result are the
-    # one-at-a-time search's (a set is in the trail when the search asks for it)
+    # an executor measuring several sets at once (a Ray cluster's CPUs, --workers N local processes): the
+    # sets the next step may ask for are measured together with the one it asks for; the trail, the budget
+    # and the result are the one-at-a-time search's (a set is in the trail when the search asks for it)
     width = getattr(executor, "width", 1)
 
     def full(changes) -> list[Change]:
@@ -190,10 +190,12 @@ def search(
 
     def fetch(sets) -> None:
         todo: dict[frozenset, tuple] = {}
-        for s in sets[: max(1, width)]:
+        for s in sets:  # the first ``width`` sets not measured yet
             key = frozenset(full(s))
             if key not in memo and key not in todo:
                 todo[key] = tuple(_order(key))
+                if len(todo) >= max(1, width):
+                    break
         for key, m in zip(todo, verify(ws, list(todo.values()), executor, progress), strict=True):
             memo[key] = m
 
@@ -373,14 +375,15 @@ def search(
     changed = pruned
     while changed:
         changed = False
-        for c in _order(current):
-            without = [x for x in current if x != c]
+        removals = [[x for x in current if x != c] for c in _order(current)]
+        for i, without in enumerate(removals):
             if failed(without):
                 continue
             if not room():
                 pruned = False
                 break
-            m = measure(without)
+            # measured together (a wide executor): the next single removals, in the order this loop asks for them
+            m = measure(without, [w for w in removals[i + 1 :] if not failed(w)])
             if m.passed:
                 current, last, changed = kept(without), m, True
                 break
@@ -448,6 +451,7 @@ def fix(
     budget: int | None = None,
     max_cost: float | None = DEFAULT_MAX_COST,
     minimal: bool = False,
+    workers: int = 1,
 ) -> FixResult:
     """Audit ``cfg``, search the cheapest change set meeting ``gates``' output gates, and audit the
     result again (the verification; every gate of ``gates`` applies to it). When the verifying audit
@@ -464,16 +468,32 @@ def fix(
     :data:`DEFAULT_BUDGET`, with ``minimal`` :data:`MINIMAL_BUDGET`), and ``max_cost``: the whole fix
     within that many times the audit before's wall time (0 or None: no cost cap; ``minimal``: none
     either, the search runs until 1-minimal or ``budget``), the next measurement and the verifying
-    audit estimated from the measurements (:func:`search`)."""
+    audit estimated from the measurements (:func:`search`).
+
+    ``workers`` > 1 (``--workers N``, no ``executor`` given): the change sets are measured in that many
+    local processes (:class:`~qaudit.remedy.sensitivity.ProcessExecutor`, one pool for the whole fix), the
+    search measuring the sets its next step may ask for together with the one it asks for: the same result
+    and trail as one process (the cost cap aside, which counts wall time). With ``cfg.ray_address`` it is a
+    :class:`~qaudit.errors.ConfigError`: the cluster's CPUs are the width there."""
     import tempfile
     import time
     from pathlib import Path
 
+    from qaudit.errors import ConfigError
     from qaudit.gate import evaluate
     from qaudit.options import QuantConfig
     from qaudit.pipeline.audit import audit
     from qaudit.remedy.sensitivity import _ranges_loader, candidates, layer_remedies, quant_of, workspace
 
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"--workers must be an integer >= 1 (processes measuring change sets), not {workers!r}")
+    if workers > 1 and cfg.ray_address is not None:
+        raise ConfigError(
+            f"--workers {workers} measures change sets in local processes, but with --ray-address the cluster "
+            "measures them (as many at once as it has CPUs): drop one of them"
+        )
+    if workers > 1 and executor is not None:
+        raise ConfigError("give fix() an executor or workers > 1, not both")
     if executor is None and cfg.ray_address is not None:
         from qaudit.distributed import RayExecutor
 
@@ -494,7 +514,10 @@ def fix(
     seconds = {"before": t1 - t0, "search": 0.0, "after": 0.0}
     forced: list = []
     root = getattr(executor, "workspace_root", None)  # a Ray executor's shared folder, say
-    with root() if root is not None else tempfile.TemporaryDirectory(prefix="qaudit-fix-") as tmp:
+    with (
+        root() if root is not None else tempfile.TemporaryDirectory(prefix="qaudit-fix-") as tmp,
+        _local_pool(executor, workers, Path(tmp)) as executor,  # closed before the folder is removed
+    ):
         t = time.perf_counter()
         if hints is None:
             hints = cause_hints(before)
@@ -522,6 +545,17 @@ def fix(
             forced += new
     seconds["total"] = time.perf_counter() - t0
     return FixResult(before, after, found, quant, after_record, alt, seconds)
+
+
+def _local_pool(executor, workers: int, tmp):
+    """A context yielding ``executor``, or with ``workers`` > 1 a process pool (temporary files in ``tmp``)."""
+    import contextlib
+
+    from qaudit.remedy.sensitivity import ProcessExecutor
+
+    if executor is not None or workers <= 1:
+        return contextlib.nullcontext(executor)
+    return ProcessExecutor(workers, tmp)
 
 
 __all__ += ["FixResult", "Hint", "cause_hints", "fix"]

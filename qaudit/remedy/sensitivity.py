@@ -520,6 +520,7 @@ def measure_one(ws: Workspace, changes: tuple[Change, ...]) -> Measured:
     from qaudit.pipeline.overrides import resolve
     from qaudit.pipeline.quantize import quantize
     from qaudit.pipeline.session import QUANTIZER_AT_FAULT, make_session, run_named
+    from qaudit.pipeline.trials import _own_copy
 
     t0 = time.perf_counter()
     ranges_of = _ranges_loader(ws, changes)
@@ -529,9 +530,12 @@ def measure_one(ws: Workspace, changes: tuple[Change, ...]) -> Measured:
         with tempfile.TemporaryDirectory(prefix="qaudit-fix-", dir=ws.work) as tmp:
             model = onnx.load(str(folded), load_external_data=False)
             tensor_overrides, _ = resolve(quant.overrides or {}, model, quant)
+            # ORT writes <model>-inferred.onnx beside the model it quantizes (quirk 54): measurements at once
+            # (--workers, Ray tasks reading a shared folder) each give it a file of their own
+            own = _own_copy(folded, Path(tmp))
             del model
             q_path = quantize(
-                folded,
+                own,
                 ranges_of(ws.method),
                 quant,
                 Path(tmp) / "quantized.onnx",
@@ -576,6 +580,63 @@ class LocalExecutor:
         return map(fn, *iterables)
 
 
+class ProcessExecutor:
+    """``width`` change sets measured at once in as many local processes (``qaudit fix --workers N``).
+
+    One process pool (spawn: ONNX Runtime's threads do not survive a fork), started at the first
+    :meth:`map` and reused for every measurement until :meth:`close`; a context manager that closes it
+    on leaving, and stops the processes at once when leaving on an error or KeyboardInterrupt. The
+    processes ignore SIGINT (Ctrl-C is the fix's to handle) and write their temporary files into
+    ``tmp`` (the fix's workspace folder, removed with it after :meth:`close`). Each session keeps ONNX
+    Runtime's default intra-op threads: one thread per process was not faster on 2 cores
+    (docs/performance.md#qaudit-fix)."""
+
+    def __init__(self, workers: int, tmp: Path):
+        self.width = workers
+        self.tmp = Path(tmp)
+        self._pool = None
+
+    def map(self, fn, workspaces, change_sets):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        if self._pool is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.width, ctx, _worker_start, (str(self.tmp),))
+        return self._pool.map(fn, workspaces, change_sets)
+
+    def close(self, stop: bool = False) -> None:
+        """Wait for the processes to end (``stop``: end them now, their measurements discarded)."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if not stop:
+            pool.shutdown(wait=True)
+            return
+        # the pool's processes (ProcessPoolExecutor.terminate_workers from Python 3.14 only; its _processes
+        # in 3.10-3.13): shutdown() alone waits for the measurements running
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            proc.terminate()
+        for proc in processes:
+            proc.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        self.close(stop=kind is not None)
+
+
+def _worker_start(tmp: str) -> None:
+    """A :class:`ProcessExecutor` process's start: Ctrl-C left to the fix, temporary files in its folder."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    tempfile.tempdir = tmp
+
+
 def verify(ws: Workspace, change_sets: Iterable[Sequence[Change]], executor=None, progress=None) -> list[Measured]:
     """Measure every change set (:func:`measure_one`) with ``executor`` (anything with
     ``map(fn, *iterables)``, e.g. ``concurrent.futures.ProcessPoolExecutor``; default: here, in
@@ -595,6 +656,7 @@ __all__ = [
     "Change",
     "LocalExecutor",
     "Measured",
+    "ProcessExecutor",
     "Workspace",
     "candidates",
     "layer_remedies",

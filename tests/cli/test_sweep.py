@@ -106,6 +106,8 @@ def test_workers_give_the_sequential_rows(tmp_path):
         ('calibrate_method = ["minmax"]', 'calibrate_method = "minmax"', "set it in one place"),
         ("max_cost = [3, 5]", "", "setting of qaudit fix"),
         ("minimal = [true, false]", "", "setting of qaudit fix"),
+        ("workers = [1, 2]", "", "is not an audit setting a sweep can vary"),
+        ('calibrate_method = ["minmax"]', "workers = 2", "give qaudit sweep --workers instead"),
     ],
 )
 def test_a_bad_sweep_file_is_one_line_before_any_audit(tmp_path, run_cli, grid, extra, message):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -339,7 +340,10 @@ def test_cli_fix_recipe_records_the_preprocessing_and_class_names_of_an_image_fo
         "--json", out / "fix.json",
     )  # fmt: skip
     assert rc == 0
-    assert "preprocess signed: short side to 18, centre crop 16x16 (bicubic), BGR" in capsys.readouterr().out
+    # the data line names the (temporary) folders: however long, the terminal may wrap it; compare its words
+    assert "preprocess signed: short side to 18, centre crop 16x16 (bicubic), BGR" in " ".join(
+        capsys.readouterr().out.split()
+    )
     after = json.loads((out / "fix.json").read_text())["runs"][1]
     recipe = tomllib.loads((out / "recipe.toml").read_text())
     assert recipe["preprocess"] == {
@@ -409,6 +413,169 @@ def test_an_executor_measuring_several_sets_at_once_changes_neither_the_trail_no
         assert [m.outputs for m in got.search.trail] == [m.outputs for m in one.search.trail]
         assert max(Wide.calls) > 1 and sum(Wide.calls) > one.search.n_measured  # measured ahead
         assert len(Wide.calls) < one.search.n_measured  # in fewer rounds
+
+
+def test_workers_measure_the_one_process_recipe_trail_and_numbers(subject, tmp_path, monkeypatch):
+    """``workers=2`` (``--workers 2``): a process pool measures the sets the next step may ask for with the one
+    it asks for; with the count cap only (``max_cost=0``: the cost cap counts wall time) the recipe, the trail
+    and every measured number are one process's, to the last bit (repr: NaN rows compare equal too), and the
+    workers leave no temporary file behind (the fix's folder is theirs)."""
+    import tempfile
+
+    from qaudit.remedy import sensitivity
+
+    sizes: list = []
+
+    class Counted(sensitivity.ProcessExecutor):
+        def map(self, fn, workspaces, sets):
+            sets = list(sets)
+            sizes.append(len(sets))
+            return super().map(fn, workspaces, sets)
+
+    monkeypatch.setattr(sensitivity, "ProcessExecutor", Counted)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    gates = GateConfig({"min_output_sqnr": 25.0})
+    for name in ("outlier_channel_model", "float_only_model"):
+        path, calib, ev = subject(name)
+        cfg = audit_config(path, calib, ev)
+        one = S.fix(cfg, gates, max_cost=0)
+        sizes.clear()
+        two = S.fix(cfg, gates, max_cost=0, workers=2)
+        assert two.search.changes == one.search.changes and two.quant == one.quant
+        assert [m.changes for m in two.search.trail] == [m.changes for m in one.search.trail]
+        assert repr([m.outputs for m in two.search.trail]) == repr([m.outputs for m in one.search.trail])
+        assert repr(two.after.outputs) == repr(one.after.outputs) and two.search.minimal == one.search.minimal
+        assert max(sizes) == 2 and len(sizes) < one.search.n_measured  # two at a time, in fewer rounds
+        assert list(scratch.iterdir()) == []
+
+
+def test_a_measurement_gives_ort_a_model_file_of_its_own(subject, tmp_path, monkeypatch):
+    """ORT's quantize_static writes ``<model>-inferred.onnx`` beside the model file it is given and deletes it
+    (docs/ort-quirks.md): two measurements at once from one workspace file raced (FileNotFoundError on MiniLM
+    with --workers 2). Each measurement hands ORT a copy in its own folder, external data included."""
+    import onnx.shape_inference
+
+    path, calib, ev = subject("outlier_channel_model")
+    cfg = audit_config(path, calib, ev)
+    record = {"calibrate": [QuantConfig(calibrate_method="minmax")]}
+    audit(cfg, record=record)
+    ws = workspace(record, cfg, GateConfig({"min_output_sqnr": 25.0}), tmp_path / "ws", "minmax")
+    onnx.save(
+        onnx.load(ws.folded), ws.folded, save_as_external_data=True, location=ws.folded.name + ".data", size_threshold=0
+    )
+    written = []
+    infer = onnx.shape_inference.infer_shapes_path
+    monkeypatch.setattr(
+        onnx.shape_inference, "infer_shapes_path", lambda a, b, *r, **k: (written.append(b), infer(a, b, *r, **k))[1]
+    )
+    m = measure_one(ws, (Change("per_channel", "conv1", "w1"),))
+    assert m.error == "" and written
+    assert all(Path(w).parent != ws.folded.parent for w in written)  # not beside the workspace's model
+    assert sorted(p.name for p in ws.work.iterdir() if p.is_dir()) == []  # its folder went with it
+
+
+def _where(ws, changes):
+    """What a worker process sees (a ProcessExecutor task)."""
+    import os
+    import tempfile
+    import time
+
+    time.sleep(changes)
+    return os.getpid(), tempfile.gettempdir()
+
+
+def test_the_process_pool_is_reused_writes_into_the_fix_folder_and_stops_at_once_on_an_interrupt(tmp_path):
+    import os
+    import time
+    from types import SimpleNamespace
+
+    from qaudit.remedy.sensitivity import ProcessExecutor, Workspace
+
+    ws = Workspace(tmp_path, *[SimpleNamespace()] * 4, (), (), (), None, None, None)
+    with ProcessExecutor(2, tmp_path) as ex:
+        first = list(ex.map(_where, [ws] * 2, [0.5, 0.5]))
+        again = list(ex.map(_where, [ws] * 4, [0, 0, 0, 0]))
+        processes = list(ex._pool._processes.values())
+    pids = {p for p, _ in first + again}
+    assert len(pids) == 2 and os.getpid() not in pids  # two processes, the same for every map
+    assert {d for _, d in first + again} == {str(tmp_path)}  # the fix's folder
+    assert not any(p.is_alive() for p in processes)
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt), ProcessExecutor(2, tmp_path) as ex:
+        ex.map(_where, [ws] * 2, [60, 60])
+        processes = list(ex._pool._processes.values())
+        raise KeyboardInterrupt
+    assert not any(p.is_alive() for p in processes) and time.perf_counter() - t0 < 30
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--workers", "0"], "workers from --workers: must be >= 1, not 0"),
+        (["--workers", "-2"], "workers from --workers: must be >= 1, not -2"),
+        (["--workers", "1.5"], "qaudit fix: error: argument --workers: invalid int value: '1.5'"),
+        (["--workers", "two"], "qaudit fix: error: argument --workers: invalid int value: 'two'"),
+        (["--workers", "2", "--ray-address", "auto"], "--workers 2 measures change sets in local processes"),
+    ],
+)
+def test_bad_workers_are_exit_2(subject, tmp_path, capsys, argv, words):
+    path, calib, ev = subject("float_only_model")
+    try:
+        rc = _run(
+            "fix", path, "--calib", calib, "--eval", ev, "--min-output-sqnr", "25", *argv, "--json", tmp_path / "j"
+        )
+    except SystemExit as e:  # argparse's own
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "j").exists()
+
+
+@pytest.mark.parametrize(
+    ("toml", "words"),
+    [
+        ("workers = 0\n", "workers in "),
+        ("workers = 1.5\n", "must be an integer, not 1.5"),
+        ('workers = "2"\n', "must be an integer, not '2'"),
+        ("workers = true\n", "must be an integer, not True"),
+    ],
+)
+def test_bad_workers_in_a_config_file_are_exit_2(subject, tmp_path, capsys, toml, words):
+    path, calib, ev = subject("float_only_model")
+    (tmp_path / "fix.toml").write_text(toml)
+    rc = _run("fix", path, "--calib", calib, "--eval", ev, "--min-output-sqnr", "25", "--config", tmp_path / "fix.toml")
+    err = capsys.readouterr().err
+    assert rc == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_workers_from_a_config_file_reach_the_fix_and_the_flag_overrides_it(subject, tmp_path, monkeypatch, capsys):
+    from qaudit.cli.fix import build_fix_parser
+    from qaudit.cli.settings import OPTIONS_BY_NAME, resolve
+    from qaudit.errors import ConfigError
+
+    (tmp_path / "qaudit.toml").write_text("workers = 3\n")
+    ns = vars(build_fix_parser().parse_args(["m.onnx"]))
+    s = resolve("audit", {k: v for k, v in ns.items() if k in OPTIONS_BY_NAME}, {}, tmp_path)
+    assert s["workers"] == 3 and s.sources["workers"].endswith("qaudit.toml")
+    ns = vars(build_fix_parser().parse_args(["m.onnx", "--workers", "2"]))
+    s = resolve("audit", {k: v for k, v in ns.items() if k in OPTIONS_BY_NAME}, {"QAUDIT_WORKERS": "4"}, tmp_path)
+    assert s["workers"] == 2 and s.sources["workers"] == "--workers"
+    assert resolve("audit", {}, {"QAUDIT_WORKERS": "4"}, tmp_path)["workers"] == 4
+    assert resolve("audit", {}, {}, tmp_path / "none")["workers"] == 1
+    # and the CLI hands it to fix()
+    seen = {}
+
+    def fake(cfg, gates, progress=None, **kw):
+        seen.update(kw)
+        raise ConfigError("stopped here")
+
+    monkeypatch.setattr(S, "fix", fake)
+    path, calib, ev = subject("float_only_model")
+    monkeypatch.chdir(tmp_path)
+    assert _run("fix", path, "--calib", calib, "--eval", ev, "--min-output-sqnr", "25", "--no-progress") == 2
+    assert seen["workers"] == 3 and "stopped here" in capsys.readouterr().err
 
 
 def test_a_16_bit_set_below_opset_21_is_measured_on_the_graph_its_audit_prepares(subject, tmp_path):

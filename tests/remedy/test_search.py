@@ -284,3 +284,38 @@ def test_an_executor_measuring_ahead_gives_the_one_at_a_time_trail_and_result():
     assert [m.changes for m in got.trail] == [m.changes for m in one.trail]
     assert got.changes == one.changes and got.refused == one.refused and got.minimal
     assert len(wide.seen) > len(one.trail)  # it did measure ahead
+
+
+class Rounds(Oracle):
+    """An oracle measuring ``width`` sets at once that records which of its calls measured each set."""
+
+    def __init__(self, passes, width, refuses=lambda s: ""):
+        super().__init__(passes, refuses)
+        self.width, self.round_of = width, {}
+
+    def map(self, fn, workspaces, sets):
+        sets = list(sets)
+        assert len(sets) <= self.width
+        n = len(set(self.round_of.values()))
+        self.round_of.update({frozenset(s): n for s in sets})
+        return super().map(fn, workspaces, sets)
+
+
+@pytest.mark.parametrize("width", [2, 4, 8])
+def test_the_1_minimality_check_measures_the_next_single_removals_together(width):
+    """Step 5 (each single removal from the final set): a wide executor measures the next removals the loop will
+    ask for with the one it asks for, so the check takes fewer rounds than removals; the trail and result stay the
+    one-at-a-time search's (a set measured ahead is in the trail only once the search asks for it)."""
+    # eight changes all needed: group pruning keeps them all, and step 5 must measure each single removal
+    need = {T[1], T[4], T[6], T[9], T[12], T[14], T[17], P[3]}
+    one = search(None, mixed(), Oracle(lambda s: need <= s), budget=1000)
+    wide = Rounds(lambda s: need <= s, width)
+    got = search(None, mixed(), wide, budget=1000)
+    assert [m.changes for m in got.trail] == [m.changes for m in one.trail]
+    assert got.changes == one.changes and set(got.changes) == need and got.minimal
+    assert_one_minimal(got, wide)
+    removals = [frozenset(need - {c}) for c in need]
+    rounds = {wide.round_of[r] for r in removals}
+    # 8 removals measured width at a time (those group pruning measured already count too)
+    assert len(rounds) <= -(-len(removals) // width) + 1
+    assert len(set(wide.round_of.values())) < len(one.trail)
