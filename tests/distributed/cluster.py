@@ -47,6 +47,17 @@ def _ps(columns: str) -> str:
     return subprocess.run(["ps", "-ww", "-eo", columns], capture_output=True, text=True, env=env).stdout
 
 
+def started(pid: int) -> int | None:
+    """Process ``pid``'s start time (clock ticks after boot, /proc/PID/stat field 22), None when it does not
+    run: with the pid, it names one process even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
 def alive(pid: int) -> bool:
     """Whether process ``pid`` runs: a zombie (ended, not yet reaped: a container's init may never
     reap it) does not."""
@@ -88,6 +99,7 @@ class Cluster:
 
     def __init__(self, cpus: int = 1, worker_cpus: int = 1, object_store_mb: int = 300):
         self.tmp = Path(tempfile.mkdtemp(prefix="qr", dir="/tmp"))
+        self._known: dict[int, int | None] = {}  # every process own_pids() saw: pid -> start time
         self.env = loopback_env()
         self.env["RAY_TMPDIR"] = str(self.tmp)
         self.port = free_ports(HEAD, 1)[0]
@@ -155,6 +167,8 @@ class Cluster:
             if pid not in seen and pid != os.getpid():
                 seen.append(pid)
                 todo += children.get(pid, [])
+        for pid in seen:  # remembered for stop(): a process whose parent died is no one's descendant any more
+            self._known.setdefault(pid, started(pid))
         return seen
 
     def stop(self) -> None:
@@ -162,6 +176,8 @@ class Cluster:
         that ends every Ray process on the machine, another cluster's too."""
         for _ in range(5):  # again: a dying daemon may have started another (a log monitor)
             pids = self.own_pids()  # a worker whose raylet is gone no longer shows the folder: all at once
+            # and every process seen before that still runs (same pid, same start time: not a reused pid)
+            pids += [p for p, t in self._known.items() if p not in pids and t and started(p) == t]
             if not pids:
                 break
             for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -170,8 +186,10 @@ class Cluster:
                         os.kill(pid, sig)
                     except ProcessLookupError:  # ended meanwhile
                         pass
+                # after SIGKILL too: a killed process runs until the kernel has torn it down (a raylet's
+                # memory, under load), and the caller may look at once
                 deadline = time.monotonic() + 10
-                while sig == signal.SIGTERM and time.monotonic() < deadline and any(map(alive, pids)):
+                while time.monotonic() < deadline and any(map(alive, pids)):
                     time.sleep(0.2)
         shutil.rmtree(self.tmp, ignore_errors=True)
 

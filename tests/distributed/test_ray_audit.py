@@ -83,7 +83,7 @@ def test_stopping_a_cluster_ends_its_own_processes_and_no_other(ray_cluster):
     of the machine): a second cluster stopped leaves none of its processes and the session's cluster whole."""
     from pathlib import Path
 
-    from .cluster import Cluster, alive
+    from .cluster import Cluster, started
 
     def daemons(c) -> set[int]:  # its GCS, raylets, monitors (workers come and go)
         out = set()
@@ -98,11 +98,14 @@ def test_stopping_a_cluster_ends_its_own_processes_and_no_other(ray_cluster):
     before = daemons(ray_cluster)
     other = Cluster(cpus=1, worker_cpus=0, object_store_mb=100)
     try:
-        theirs = other.own_pids()
+        theirs = {pid: started(pid) for pid in other.own_pids()}
         assert theirs and not set(theirs) & set(before)
     finally:
         other.stop()
-    assert not any(map(alive, theirs))
+    still = [pid for pid, t in theirs.items() if t is not None and started(pid) == t]  # not a reused pid
+    assert not still, [
+        Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in still if Path(f"/proc/{pid}").exists()
+    ]
     assert not other.tmp.exists()
     assert before and before == daemons(ray_cluster)
     ray_cluster.wait_for_nodes(2, timeout=10)
