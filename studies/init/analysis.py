@@ -52,6 +52,11 @@ THESIS_CLAIMS = (
 )  # fmt: skip
 
 
+def images_lost(row: dict) -> int:
+    """The test images a table row's quantization loses: fp32 minus int8 correct answers (negative: gained)."""
+    return round((row["acc_fp32"] - row["acc_int8"]) * TEST_IMAGES)
+
+
 def read_csv(path: Path) -> list[dict]:
     def cell(v):
         if v == "":
@@ -435,7 +440,7 @@ def seeded_claims(rows: list[dict], spread: list[dict]) -> OrderedDict:
             for init in (claimed, got[1]):
                 seeds = sorted((r for r in rows if (r["arch"], r["init"], r["quantizer"]) == (arch, init, q)
                                 and r.get("trained") == "yes"), key=lambda r: r["seed"])  # fmt: skip
-                n = ", ".join(f"{round((r['acc_fp32'] - r['acc_int8']) * TEST_IMAGES):+d}" for r in seeds)
+                n = ", ".join(f"{images_lost(r):+d}" for r in seeds)
                 lost.append(f"{init} {n}")
             images.append(f"{name} under {q}: " + " vs ".join(lost))
     c["verdicts_near_margin"] = "; ".join(near) or "none"
@@ -524,7 +529,7 @@ def checkpoint_claims(ck: list[dict]) -> OrderedDict:
             worst = max(final, key=lambda i: final[i]["acc_drop_pct"])
             # the test images the final-worst and the runner-up lose at the last epoch (fp32 minus int8 correct)
             runner = max((i for i in final if i != worst), key=lambda i: final[i]["acc_drop_pct"])
-            lost = {i: round((final[i]["acc_fp32"] - final[i]["acc_int8"]) * TEST_IMAGES) for i in (worst, runner)}
+            lost = {i: images_lost(final[i]) for i in (worst, runner)}
             c[f"overtrain_{a}__{q}__final_images"] = (
                 f"{worst} {lost[worst]:+d} images, the next ({runner}) {lost[runner]:+d}"
             )
