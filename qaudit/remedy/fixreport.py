@@ -362,7 +362,15 @@ def budget_line(fix: dict) -> str:
         return (
             f"{fix['measurements']} measurements{of}; pruning complete: removing any one change fails a gate (measured)"
         )
-    return f"{fix['measurements']} measurements{of}; {cap or 'a cap'} stopped the pruning: the set passes but may not be minimal"
+    more = (
+        "--minimal prunes it until 1-minimal"
+        if fix.get("stopped_by") == "max_cost"
+        else "a larger --max-measurements prunes it further"
+    )
+    return (
+        f"{fix['measurements']} measurements{of}; {cap or 'a cap'} stopped the pruning: the set passes but may not "
+        f"be minimal ({more})"
+    )
 
 
 def limited_by(fix: dict, failures: list[str]) -> str | None:

@@ -312,10 +312,21 @@ def test_refused_changes_and_a_pruning_the_budget_stopped_are_in_the_section(fix
         text = render(multi, fmt, width=400) if fmt == "terminal" else render(multi, fmt)
         assert (
             f"{n} measurements of at most 7; the budget (--max-measurements 7: {n} sets measured in {t:.1f} s) "
-            "stopped the pruning: the set passes but may not be minimal" in text
+            "stopped the pruning: the set passes but may not be minimal (a larger --max-measurements prunes it further)"
+            in text
         )
         assert "1 change(s) refused by ONNX Runtime, e.g. tensor z at uint16: Only an existing tensor" in text
     assert load_report_text(runs_to_json(multi)).fix == sec
+    # the cost cap stopped it instead: what lifts that cap is --minimal, not a larger count
+    capped = dataclasses.replace(
+        r, search=SimpleNamespace(**{**vars(search), "stopped_by": "max_cost", "max_cost": 5.0})
+    )
+    sec = section(capped, GateConfig({"min_output_sqnr": 25.0}), budget=7)
+    text = render(dataclasses.replace(fixed["multi"], fix=sec), "terminal", width=400)
+    assert (
+        f"the cost cap (--max-cost 5: {n} sets measured in {t:.1f} s) stopped the pruning: the set passes but may "
+        "not be minimal (--minimal prunes it until 1-minimal)" in text
+    )
 
 
 def test_a_fix_report_written_before_the_caps_reads_and_renders(fixed, tmp_path, capsys):
