@@ -397,6 +397,44 @@ def test_loader_script_gives_the_report_of_the_directory_it_reads(tmp_path, name
     assert a.data["sources"]["calib"]["loader"]["name"] == name
 
 
+def test_a_loader_script_and_what_it_imports_beside_it_leave_no_file_in_its_folder(tmp_path, monkeypatch):
+    """Running the user's script writes no ``__pycache__`` into its folder: not for the script, not for a
+    module it imports beside it, not for one it imports only while it yields (Python writes bytecode unless
+    told not to; the CI machine's environment did not say so). Python's own setting is restored after."""
+    import hashlib
+    import sys
+
+    model = classifier(tmp_path / "m.onnx")
+    scripts = tmp_path / "scripts"
+    (scripts / "npy").mkdir(parents=True)
+    for i, p in enumerate(photos(tmp_path / "imgs", n=3)):
+        np.save(scripts / "npy" / f"{i:02d}.npy", by_hand(p, (16, 16)))
+    (scripts / "helper_at_import.py").write_text("SCALE = 1.0\n")
+    (scripts / "helper_when_yielding.py").write_text(
+        "def load(p):\n    import numpy as np\n    return np.load(p)[None]\n"
+    )
+    (scripts / "loader.py").write_text(
+        "from pathlib import Path\nimport helper_at_import\n\n\ndef feeds():\n"
+        "    for p in sorted((Path(__file__).parent / 'npy').glob('*.npy')):\n"
+        "        import helper_when_yielding\n\n"
+        "        yield {'x': helper_when_yielding.load(p) * helper_at_import.SCALE}\n"
+    )
+
+    def tree():
+        return {str(p.relative_to(scripts)): p.is_file() and hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in scripts.rglob("*")}  # fmt: skip
+
+    before = tree()
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as a fresh machine's Python runs it
+    for mod in ("helper_at_import", "helper_when_yielding"):
+        monkeypatch.delitem(sys.modules, mod, raising=False)
+    a = qaudit.audit(model, f"{scripts / 'loader.py'}:feeds")
+    assert comparable(a) == comparable(qaudit.audit(model, scripts / "npy"))
+    assert "helper_when_yielding" in sys.modules  # the lazy import did run
+    assert tree() == before
+    assert sys.dont_write_bytecode is False
+
+
 def test_script_syntax_is_split_at_the_last_colon():
     from pathlib import Path
 

@@ -20,6 +20,7 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,23 @@ def _line(e: BaseException, script: Path) -> str:
     if isinstance(e, SyntaxError) and e.lineno and Path(e.filename or "").resolve() == real:
         return f"{script}, line {e.lineno}"
     return f"{script}, line {frames[-1].lineno}" if frames else str(script)
+
+
+@contextmanager
+def _running(script: Path):
+    """While the user's script runs (its import, ``NAME()`` and each feed it yields): its folder is
+    first on ``sys.path``, so what it imports from beside it is found at any of those times, as under
+    ``python script.py``; and no ``__pycache__`` is written there, or beside what it imports from its
+    folder: qaudit writes nothing into a folder the user gave it. Both are restored after (Python's
+    own setting: ``-B``, PYTHONDONTWRITEBYTECODE)."""
+    folder, before = str(script.resolve().parent), sys.dont_write_bytecode
+    sys.path.insert(0, folder)
+    sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        sys.dont_write_bytecode = before
+        sys.path.remove(folder)
 
 
 class LoaderSource:
@@ -74,13 +92,11 @@ class LoaderSource:
         modname = f"qaudit_loader_{abs(hash(str(self.script.resolve())))}"
         spec = importlib.util.spec_from_file_location(modname, self.script)
         module = importlib.util.module_from_spec(spec)
-        sys.path.insert(0, str(self.script.resolve().parent))  # the script's own imports beside it
         try:
-            spec.loader.exec_module(module)
+            with _running(self.script):
+                spec.loader.exec_module(module)
         except Exception as e:
             raise self._fail(e, "while importing it") from e
-        finally:
-            sys.path.remove(str(self.script.resolve().parent))
         obj = module
         for part in self.name.split("."):
             if not hasattr(obj, part):
@@ -106,7 +122,8 @@ class LoaderSource:
 
     def _feeds(self) -> Iterator:
         try:
-            got = self.func()
+            with _running(self.script):
+                got = self.func()
         except Exception as e:
             raise self._fail(e, f"when {self.name}() was called") from e
         if got is None:
@@ -123,11 +140,13 @@ class LoaderSource:
         else:
             if callable(got) and not hasattr(got, "__iter__"):
                 try:
-                    got = got()
+                    with _running(self.script):
+                        got = got()
                 except Exception as e:
                     raise self._fail(e, f"when the callable {self.name}() returned was called") from e
             try:
-                it = iter(got)
+                with _running(self.script):
+                    it = iter(got)
             except TypeError:
                 raise DataError(
                     f"{self.what} data: loader {self.description} returned {type(got).__name__}: return a "
@@ -137,7 +156,8 @@ class LoaderSource:
             step = it.__next__
         while True:
             try:
-                feeds = step()
+                with _running(self.script):
+                    feeds = step()
             except StopIteration:
                 return
             except Exception as e:
