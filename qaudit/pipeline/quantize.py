@@ -614,7 +614,15 @@ def _lean_collector_class():
                     if not (np.isfinite(lo) and np.isfinite(hi)):
                         self._drop_nonfinite(tensor, flat)
                         continue
-                    hist, hist_edges = kernels.uniform_histogram(data, self.num_bins, (lo, hi))
+                    try:
+                        hist, hist_edges = kernels.uniform_histogram(data, self.num_bins, (lo, hi))
+                    except ValueError as e:  # numpy: no num_bins distinct float32 edges in [lo, hi]
+                        raise QuantizationError(
+                            f"ONNX Runtime's Percentile calibration cannot bin tensor '{tensor}': its first batch's "
+                            f"absolute values span [{lo:.9g}, {hi:.9g}], fewer float32 steps than {self.num_bins} "
+                            f"bins (numpy: {e}; docs/ort-quirks.md #70); use --calibrate-method minmax or entropy, "
+                            "or calibration data whose first batch varies more"
+                        ) from e
                     self.histogram_dict[tensor] = (hist, hist_edges.astype(data.dtype), min_value, max_value)
                     continue
                 if flat.size == 0:  # no values: nothing to add (ORT fails here, docs/ort-quirks.md #22)

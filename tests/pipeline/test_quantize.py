@@ -208,3 +208,42 @@ def test_a_prepared_graph_ort_cannot_load_blames_qaudit(tmp_path, monkeypatch):
     assert msg.endswith(
         "the graph qaudit prepared from it (Ifs inlined, BatchNorm folded) is at fault: please report this model to qaudit"
     )
+
+
+def test_a_first_batch_too_narrow_for_the_percentile_histogram_is_one_line_naming_the_tensor(tmp_path):
+    """ORT quirk 70: a tensor whose first batch spans fewer float32 steps than the bins (magika: [1.0000063,
+    1.0000488]) cannot be binned; ORT's own HistogramCollector fails on the same values, and qaudit says
+    which tensor and what to do instead of numpy's words alone; MinMax calibrates it."""
+    import pytest
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    from qaudit.errors import QuantizationError
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "one"], ["near_one"], name="add"),
+         helper.make_node("Mul", ["near_one", "two"], ["y"], name="mul")],
+        "narrow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        [numpy_helper.from_array(np.ones((1, 5), np.float32), "one"),
+         numpy_helper.from_array(np.full((1, 5), 2.0, np.float32), "two")],
+    )  # fmt: skip
+    model = tmp_path / "narrow.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_operatorsetid("", 17)]), model)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    x = np.array([[6.3e-6, 1.61e-5, 2.68e-5, 3.41e-5, 4.88e-5]], np.float32)
+    for i in range(3):
+        np.save(calib / f"{i}.npy", x)
+    near_one = x + np.float32(1)
+    with pytest.raises(ValueError, match="Too many bins"):  # ORT's own collector, on the tensor's first batch
+        HistogramCollector("percentile", True, 2048, 2048, 99.999, None).collect({"near_one": [near_one]})
+    with pytest.raises(QuantizationError) as err:
+        qaudit.audit(model, calib)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "cannot bin tensor 'near_one'" in message and f"[{near_one.min():.9g}, {near_one.max():.9g}]" in message
+    assert "--calibrate-method minmax or entropy" in message and "ort-quirks.md #70" in message
+    report = qaudit.audit(model, calib, calibrate_method="minmax")
+    row = next(r for r in report.layers if r.name == "near_one" or getattr(r, "tensor", None) == "near_one")
+    assert row.a_min == pytest.approx(float(near_one.min())) and row.a_max == pytest.approx(float(near_one.max()))
