@@ -619,8 +619,13 @@ class ProcessExecutor:
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in processes:
             proc.terminate()
+        # the pool's own thread may reap a process first, and then our join returns while the process
+        # still reads as alive until that thread has recorded its exit code: wait for the exit code
+        deadline = time.monotonic() + 10
         for proc in processes:
-            proc.join()
+            proc.join(max(0.0, deadline - time.monotonic()))
+            while proc.exitcode is None and time.monotonic() < deadline:
+                time.sleep(0.01)
 
     def __enter__(self):
         return self
